@@ -1,0 +1,1 @@
+"""The CQD gain-model digital twin: pure numpy physics, sample presets."""
