@@ -45,11 +45,11 @@ __all__ = [
     "DOPING_KINDS",
     "DopingKind",
     "GainTable",
-    "gain_table",
     "band_edge_weights",
     "doping_distribution",
     "doping_range",
     "exciton_distribution",
+    "gain_table",
     "gain_threshold",
     "normalized_absorption",
     "normalized_gain",
@@ -77,9 +77,7 @@ def doping_range(g: int, kind: str) -> tuple[float, float]:
 
 def _check_kind(kind: str) -> None:
     if kind not in DOPING_KINDS:
-        raise ParameterError(
-            f"unknown doping distribution {kind!r}; allowed: {', '.join(DOPING_KINDS)}"
-        )
+        raise ParameterError(f"unknown doping distribution {kind!r}; allowed: {', '.join(DOPING_KINDS)}")
 
 
 def _check_g(g: int) -> None:
@@ -99,7 +97,7 @@ def _as_checked(name: str, value, lo: float, hi: float, unit: str) -> np.ndarray
 
 def _n_max_excitons(mean: np.ndarray | float) -> int:
     m = float(np.max(mean)) if np.size(mean) else 0.0
-    return int(math.ceil(m + 10.0 * math.sqrt(m + 1.0) + 12.0))
+    return math.ceil(m + 10.0 * math.sqrt(m + 1.0) + 12.0)
 
 
 def exciton_distribution(mean_excitons, n_max: int | None = None) -> np.ndarray:
@@ -267,7 +265,7 @@ class GainTable:
         self.g = g
         self.kind = kind
         lo, hi = doping_range(g, kind)
-        n_dop = max(int(round((hi - lo) / doping_step)) + 1, 2)
+        n_dop = max(round((hi - lo) / doping_step) + 1, 2)
         self.doping_grid = np.linspace(lo, hi, n_dop)
         self._u_max = math.sqrt(MAX_MEAN_EXCITONS)
         self.mean_grid = np.minimum(np.linspace(0.0, self._u_max, n_nodes) ** 2, MAX_MEAN_EXCITONS)
@@ -287,9 +285,7 @@ class GainTable:
         dop = np.asarray(doping, dtype=float)
         d_lo, d_hi = self.doping_grid[0], self.doping_grid[-1]
         if np.any(~np.isfinite(dop)) or np.any(dop < d_lo) or np.any(dop > d_hi):
-            raise ParameterError(
-                f"doping <n_e> outside {d_lo:g} to {d_hi:g} electrons/dot for kind {self.kind!r}"
-            )
+            raise ParameterError(f"doping <n_e> outside {d_lo:g} to {d_hi:g} electrons/dot for kind {self.kind!r}")
         if np.any(~np.isfinite(mean)) or np.any(mean < 0):
             raise ParameterError("<N> must be finite and >= 0 excitons/dot")
         nu = self._n_mean - 1

@@ -1,0 +1,1 @@
+"""Pure analysis of measured (or simulated) data: the same live and in replay."""

@@ -1,0 +1,247 @@
+"""Sample presets: the twin's parameters for one material/film, validated.
+
+A presets file is TOML with one ``[setup]`` table (the optical bench the twin
+emulates) and one ``[sample.<id>]`` table per sample, each with sub-tables
+``spectra``, ``auger``, ``film`` (the ASE/VSL/TA film), ``dfb`` (the DFB device made
+from the same dots) and ``damage``. Every parameter carries its unit in its name
+(``_nm``, ``_ps``, ``_meV``, ``_per_cm``, ``_uJ_cm2``, ...) or is dimensionless
+(noted in its description). Unknown keys are rejected, and every error names the
+key and the allowed range.
+
+The shipped presets (``core``, ``cas``, ``cas_doped``) are calibrated to the numbers
+of Taghipour et al. (see ``twin/data/paper_numbers.toml``). ``load_presets(path)``
+reads a user's own file for a new material.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gainloop.errors import PresetError
+
+from .constants import PUMP_WAVELENGTH_NM, photon_energy_eV
+
+__all__ = [
+    "AugerParams",
+    "DamageParams",
+    "DfbParams",
+    "FilmParams",
+    "PresetFile",
+    "Sample",
+    "SetupParams",
+    "SpectraParams",
+    "default_presets_path",
+    "excitons_per_fluence",
+    "load_presets",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SetupParams(_Frozen):
+    """The stripe-excitation bench the twin emulates (pump line, slit, collection)."""
+
+    pump_repetition_rate_kHz: float = Field(10.0, gt=0, description="pump repetition rate, kHz")
+    pump_pulse_fs: float = Field(300.0, gt=0, description="pump pulse duration, fs")
+    pump_line_half_length_um: float = Field(
+        2000.0, gt=0, description="1/e^2 half-length of the cylindrical-lens pump line, um"
+    )
+    stripe_width_um: float = Field(60.0, gt=0, description="width of the pumped stripe, um")
+    max_pulse_energy_uJ: float = Field(
+        6.0, gt=0, description="largest pulse energy the attenuated laser delivers at the sample, uJ"
+    )
+    stripe_length_min_um: float = Field(10.0, gt=0, description="shortest stripe the slit makes, um")
+    stripe_length_max_um: float = Field(4000.0, gt=0, description="longest stripe the slit makes, um")
+    ase_onset_gain_length: float = Field(
+        2.0, gt=0, description="net gain-length product (dimensionless) that defines the ASE onset"
+    )
+    fluence_limit_uJ_cm2: float = Field(
+        5000.0, gt=0, description="largest peak fluence any path may send to the sample, uJ/cm^2"
+    )
+
+    @model_validator(mode="after")
+    def _stripe_range(self) -> SetupParams:
+        if self.stripe_length_min_um >= self.stripe_length_max_um:
+            raise ValueError("stripe_length_min_um must be below stripe_length_max_um")
+        return self
+
+
+class SpectraParams(_Frozen):
+    """Spectral positions and widths on the spectrometer's axis."""
+
+    abs_peak_nm: float = Field(gt=800, lt=2500, description="first excitonic absorption peak, nm")
+    abs_linewidth_meV: float = Field(gt=0, description="FWHM of the first excitonic absorption, meV")
+    ase_redshift_meV: float = Field(ge=0, description="red shift of the gain (ASE) peak from the absorption peak, meV")
+    gain_linewidth_meV: float = Field(gt=0, description="FWHM of the stimulated-emission band, meV")
+    pl_stokes_shift_meV: float = Field(ge=0, description="PL peak shift below the absorption peak, meV")
+    pl_linewidth_meV: float = Field(gt=0, description="FWHM of the photoluminescence, meV")
+
+
+class AugerParams(_Frozen):
+    """Auger recombination with statistical scaling (see ``twin.dynamics``)."""
+
+    tau_xx_ps: float = Field(gt=0, description="biexciton Auger lifetime, ps")
+    electron_fraction: float = Field(
+        gt=0, le=1, description="r = C_e/(C_e + C_h): share of the electron (negative-trion) channel"
+    )
+    scaling_exponent: float = Field(
+        1.0, gt=0, le=1.5, description="exponent on the statistical pathway count (1 = statistical)"
+    )
+    tau_x_radiative_ns: float = Field(gt=0, description="single-exciton (radiative) lifetime, ns")
+
+
+class FilmParams(_Frozen):
+    """The film used for TA, ASE and VSL: pump absorption and the slab waveguide."""
+
+    thickness_nm: float = Field(gt=0, le=5000, description="film thickness, nm")
+    packing_fraction: float = Field(gt=0, le=0.75, description="volume fraction of dots in the film")
+    absorbed_fraction_1030: float = Field(gt=0, lt=1, description="fraction of the 1030 nm pump absorbed")
+    dot_diameter_nm: float = Field(gt=0, le=30, description="diameter of the absorbing volume per dot used for <N>, nm")
+    confinement: float = Field(gt=0, le=1, description="optical confinement factor of the guided mode")
+    alpha0_per_cm: float = Field(gt=0, description="1S absorption coefficient at the gain peak, 1/cm")
+    waveguide_loss_per_cm: float = Field(ge=0, description="scattering and substrate loss, 1/cm")
+    intraband_loss_1s_per_cm: float = Field(
+        ge=0, description="modal intraband absorption per 1S electron per dot, 1/cm"
+    )
+    intraband_loss_1p_per_cm: float = Field(
+        ge=0, description="modal intraband absorption per 1P electron per dot, 1/cm"
+    )
+    saturation_intensity: float = Field(
+        gt=0, description="ASE output (in units of spontaneous emission per um) at which gain halves"
+    )
+    group_index: float = Field(2.0, ge=1, lt=5, description="group index of the guided mode")
+
+
+class DfbParams(_Frozen):
+    """A second-order DFB device made from the same dots."""
+
+    grating_period_nm: float = Field(gt=200, lt=2000, description="grating period, nm")
+    film_thickness_nm: float = Field(gt=0, le=5000, description="CQD film thickness on the grating, nm")
+    packing_fraction: float = Field(gt=0, le=0.75, description="volume fraction of dots in the film")
+    absorbed_fraction_1030: float = Field(gt=0, lt=1, description="fraction of the 1030 nm pump absorbed")
+    dot_diameter_nm: float = Field(gt=0, le=30, description="diameter of the absorbing volume per dot, nm")
+    film_index: float = Field(gt=1, lt=5, description="refractive index of the CQD film at lasing")
+    substrate_index: float = Field(gt=1, lt=5, description="refractive index of the substrate")
+    cover_index: float = Field(1.0, ge=1, lt=5, description="refractive index above the film (air = 1)")
+    grating_loss_per_cm: float = Field(ge=0, description="radiation + grating loss of the lasing mode, 1/cm")
+    spontaneous_coupling: float = Field(gt=0, lt=1, description="beta: share of emission into the mode")
+    cavity_linewidth_nm: float = Field(gt=0, description="cold-cavity linewidth of the band-edge mode, nm")
+    polarization_extinction: float = Field(
+        gt=0, lt=1, description="I_perp/I_par of the lasing mode through an analyser (dimensionless)"
+    )
+
+
+class DamageParams(_Frozen):
+    """Irreversible photo-damage of the film."""
+
+    damage_fluence_uJ_cm2: float = Field(gt=0, description="fluence at which damage is fast, uJ/cm^2")
+    damage_order: float = Field(gt=0, description="power law of the per-pulse damage rate in fluence")
+    damage_per_pulse_at_threshold: float = Field(
+        gt=0, lt=1, description="fraction of dots damaged per pulse at the damage fluence"
+    )
+
+
+class Sample(_Frozen):
+    """One sample's full parameter set."""
+
+    description: str = ""
+    degeneracy: int = Field(8, ge=1, le=32, description="band-edge (1S) degeneracy g per carrier")
+    doping_ne: float = Field(ge=0, description="1S doping <n_e> from the bleach, electrons/dot")
+    doping_distribution: Literal["fixed", "binomial", "poisson"] = "poisson"
+    exciton_yield: float = Field(1.0, gt=0, le=1, description="fraction of nominal <N> reaching band-edge excitons")
+    spectra: SpectraParams
+    auger: AugerParams
+    film: FilmParams
+    dfb: DfbParams | None = None
+    damage: DamageParams
+
+    @model_validator(mode="after")
+    def _doping_in_range(self) -> Sample:
+        g = self.degeneracy
+        hi = 0.99 * g if self.doping_distribution == "poisson" else float(g)
+        if not (0.0 <= self.doping_ne <= hi):
+            raise ValueError(
+                f"doping_ne = {self.doping_ne} is outside 0 to {hi:g} electrons/dot "
+                f"for a {self.doping_distribution} distribution with degeneracy {g}"
+            )
+        return self
+
+
+class PresetFile(_Frozen):
+    """A whole presets file: the setup and the samples by id."""
+
+    setup: SetupParams = SetupParams()
+    sample: dict[str, Sample]
+
+    @model_validator(mode="after")
+    def _has_samples(self) -> PresetFile:
+        if not self.sample:
+            raise ValueError("a presets file needs at least one [sample.<id>] table")
+        return self
+
+    def get(self, sample_id: str) -> Sample:
+        """The sample with this id, or a clear error listing the ids there are."""
+        try:
+            return self.sample[sample_id]
+        except KeyError:
+            raise PresetError(
+                f"unknown sample {sample_id!r}; this presets file has: {', '.join(sorted(self.sample))}"
+            ) from None
+
+
+def default_presets_path() -> Path:
+    """Path of the shipped presets file (calibrated to the paper)."""
+    return Path(str(resources.files("twin") / "data" / "presets.toml"))
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid presets file {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not a preset parameter; check its spelling)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_presets(path: str | Path | None = None) -> PresetFile:
+    """Read and validate a presets TOML file (the shipped one when ``path`` is None)."""
+    p = default_presets_path() if path is None else Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise PresetError(f"presets file {p} does not exist") from None
+    except OSError as exc:
+        raise PresetError(f"cannot read presets file {p}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PresetError(f"presets file {p} is not valid TOML: {exc}") from None
+    try:
+        return PresetFile.model_validate(data)
+    except ValidationError as exc:
+        raise PresetError(_format_validation_error(exc, str(p))) from None
+
+
+def excitons_per_fluence(
+    absorbed_fraction_1030: float, thickness_nm: float, packing_fraction: float, dot_diameter_nm: float
+) -> float:
+    """kappa = <N>/F in excitons/dot per uJ/cm^2 of 1030 nm pump.
+
+    <N> = A_1030 * (F / h nu) / n_area, with the photon fluence F/h nu (photons/cm^2;
+    h nu = 1.2037 eV at 1030 nm) and the areal dot density of the film
+    n_area = phi * t / V_dot (dots/cm^2), V_dot = pi d^3 / 6.
+    """
+    photon_energy_uJ = photon_energy_eV(PUMP_WAVELENGTH_NM) * 1.602176634e-19 * 1e6
+    v_dot_cm3 = math.pi / 6.0 * (dot_diameter_nm * 1e-7) ** 3
+    n_area_per_cm2 = packing_fraction * thickness_nm * 1e-7 / v_dot_cm3
+    return absorbed_fraction_1030 / photon_energy_uJ / n_area_per_cm2
