@@ -53,6 +53,7 @@ __all__ = [
     "check_stripe_length",
     "lambertw_of_exp",
     "max_fluence_uJ_cm2",
+    "saturate",
     "stripe_gain",
     "vsl_output",
 ]
@@ -86,6 +87,15 @@ def lambertw_of_exp(y) -> np.ndarray:
     for _ in range(6):
         w = np.maximum(w - (w + np.log(w) - y) / (1.0 + 1.0 / w), 1e-300)
     return w
+
+
+def saturate(log_unsaturated, saturation_intensity: float) -> np.ndarray:
+    """Saturated output I_sat W(I_u / I_sat) from the log of the unsaturated output I_u.
+
+    Gain saturation is shared by all wavelengths of the band (the same inverted
+    dots feed them), so it acts on the spectrally integrated guided output.
+    """
+    return saturation_intensity * lambertw_of_exp(np.asarray(log_unsaturated) - math.log(saturation_intensity))
 
 
 def max_fluence_uJ_cm2(stripe_length_um, setup: SetupParams) -> np.ndarray:
@@ -201,12 +211,13 @@ def ase_output(
     sigma_pl = spectra.pl_linewidth_meV * _FWHM_TO_SIGMA
     sigma_gain = spectra.gain_linewidth_meV * _FWHM_TO_SIGMA
     pl_at_gain_peak = math.exp(-0.5 * ((e_gain - e_pl) * 1e3 / sigma_pl) ** 2)
-    log_i = _amplified(st.spontaneous * pl_at_gain_peak, g_per_um, st.length_um)
-    i_sat = sample.film.saturation_intensity
-    saturated = i_sat * lambertw_of_exp(log_i - math.log(i_sat))
+    log_peak = _amplified(st.spontaneous * pl_at_gain_peak, g_per_um, st.length_um)
     inv_var = 1.0 / sigma_pl**2 + np.maximum(phi, 0.0) / sigma_gain**2
-    width_meV = math.sqrt(2.0 * math.pi) / np.sqrt(inv_var)
-    return saturated * width_meV
+    log_width = 0.5 * np.log(2.0 * math.pi / inv_var)
+    guided = saturate(log_peak + log_width, sample.film.saturation_intensity)
+    # unguided spontaneous emission collected from the whole stripe, over the whole PL band
+    background = setup.unguided_pl_collection * st.spontaneous * st.length_um * math.sqrt(2.0 * math.pi) * sigma_pl
+    return guided + background
 
 
 def vsl_output(stripe_length_um, fluence_uJ_cm2, doping, sample: Sample, setup: SetupParams) -> np.ndarray:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from gainloop.errors import PresetError
 
 from .constants import PUMP_WAVELENGTH_NM, photon_energy_eV
+from .noise import NoiseParams
 
 __all__ = [
     "AugerParams",
@@ -60,6 +61,12 @@ class SetupParams(_Frozen):
     )
     stripe_length_min_um: float = Field(10.0, gt=0, description="shortest stripe the slit makes, um")
     stripe_length_max_um: float = Field(4000.0, gt=0, description="longest stripe the slit makes, um")
+    unguided_pl_collection: float = Field(
+        3.0,
+        ge=0,
+        description="collected spontaneous emission that is not amplified (scattered out of the film, "
+        "red tail), relative to the guided spontaneous emission of the same stripe (dimensionless)",
+    )
     ase_onset_gain_length: float = Field(
         2.0, gt=0, description="net gain-length product (dimensionless) that defines the ASE onset"
     )
@@ -179,6 +186,7 @@ class PresetFile(_Frozen):
     """A whole presets file: the setup and the samples by id."""
 
     setup: SetupParams = SetupParams()
+    noise: NoiseParams = NoiseParams()
     sample: dict[str, Sample]
 
     @model_validator(mode="after")

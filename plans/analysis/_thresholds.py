@@ -1,0 +1,160 @@
+"""Threshold of an input-output curve (ASE or lasing) from its kink.
+
+The lab's method: on a log-log plot of integrated output versus pump fluence,
+spontaneous emission rises with slope ~1, amplified emission rises steeply above
+threshold and, at high fluence, gain saturation bends the curve back towards a
+slope ~1. The threshold is the onset of the steep part.
+
+``kink_threshold`` fits a continuous piecewise-linear model to (log F, log I):
+two segments (below / above), or three (below / steep / saturated) when the data
+reach saturation, chosen by the residual sum of squares with a penalty per extra
+parameter (BIC). The threshold is the first breakpoint; its uncertainty comes from
+the least-squares covariance of the breakpoint, inflated by the residual scatter.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize
+
+from gainloop.errors import GainloopError
+
+__all__ = ["AnalysisError", "KinkFit", "kink_threshold"]
+
+
+class AnalysisError(GainloopError, ValueError):
+    """Data that cannot be analysed (too few points, no kink, non-finite values)."""
+
+
+@dataclass(frozen=True)
+class KinkFit:
+    """Result of a kink fit. Fluences in the units of the input (uJ/cm^2 for gainloop)."""
+
+    threshold: float
+    threshold_err: float
+    slope_below: float
+    slope_above: float
+    n_segments: int
+    n_points: int
+
+    def as_dict(self, prefix: str = "threshold", unit: str = "uJ_cm2") -> dict[str, float]:
+        """Flat dict with units in the keys (for JSON and event documents)."""
+        return {
+            f"{prefix}_{unit}": self.threshold,
+            f"{prefix}_err_{unit}": self.threshold_err,
+            "slope_below": self.slope_below,
+            "slope_above": self.slope_above,
+        }
+
+
+def _design(x: np.ndarray, breaks: tuple[float, ...]) -> np.ndarray:
+    cols = [np.ones_like(x), x]
+    cols += [np.maximum(x - b, 0.0) for b in breaks]
+    return np.stack(cols, axis=1)
+
+
+def _hinge(x, *p):
+    n_b = (len(p) - 2) // 2
+    a, s = p[0], p[1]
+    breaks = p[2 : 2 + n_b]
+    dslopes = p[2 + n_b :]
+    y = a + s * x
+    for b, ds in zip(breaks, dslopes, strict=True):
+        y = y + ds * np.maximum(x - b, 0.0)
+    return y
+
+
+def _best_breaks(x: np.ndarray, y: np.ndarray, n_breaks: int, min_pts: int):
+    n = len(x)
+    cand = 0.5 * (x[:-1] + x[1:])
+    best = (math.inf, None, None)
+    idx_range = range(min_pts - 1, n - min_pts)
+    for combo in itertools.combinations(idx_range, n_breaks):
+        if n_breaks == 2 and combo[1] - combo[0] < min_pts - 1:
+            continue
+        breaks = tuple(cand[i] for i in combo)
+        a = _design(x, breaks)
+        coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+        rss = float(np.sum((a @ coef - y) ** 2))
+        if rss < best[0]:
+            best = (rss, breaks, coef)
+    return best
+
+
+def kink_threshold(fluence, intensity, *, min_points_per_segment: int = 3) -> KinkFit:
+    """Threshold fluence at the kink of a log-log input-output curve, with uncertainty.
+
+    ``fluence``: pump fluences (> 0, e.g. uJ/cm^2); ``intensity``: integrated output
+    (> 0, any unit). Non-positive or non-finite points are an error, not dropped.
+    """
+    f = np.asarray(fluence, dtype=float).ravel()
+    i = np.asarray(intensity, dtype=float).ravel()
+    if f.shape != i.shape:
+        raise AnalysisError(f"fluence ({f.size} points) and intensity ({i.size} points) differ in length")
+    if not (np.all(np.isfinite(f)) and np.all(np.isfinite(i))):
+        raise AnalysisError("input-output data contain NaN or inf; remove failed points before the kink fit")
+    if np.any(f <= 0) or np.any(i <= 0):
+        raise AnalysisError("kink fit needs positive fluences and positive (background-corrected) intensities")
+    m = min_points_per_segment
+    if f.size < 2 * m:
+        raise AnalysisError(f"kink fit needs at least {2 * m} points, got {f.size}")
+    order = np.argsort(f)
+    x = np.log10(f[order])
+    y = np.log10(i[order])
+    n = x.size
+
+    fits = []
+    for n_breaks in (1, 2):
+        if n < (n_breaks + 1) * m:
+            continue
+        rss, breaks, coef = _best_breaks(x, y, n_breaks, m)
+        if breaks is None:
+            continue
+        k = 2 + 2 * n_breaks
+        bic = n * math.log(max(rss, 1e-300) / n) + k * math.log(n)
+        fits.append((bic, n_breaks, breaks, coef))
+    if not fits:
+        raise AnalysisError("no kink could be fitted")
+    bic, n_breaks, breaks, coef = min(fits, key=lambda t: t[0])
+    if n_breaks == 2 and coef[2] <= 0:
+        # the "steep" segment is not steeper than the one below: fall back to one kink
+        bic, n_breaks, breaks, coef = next(t for t in fits if t[1] == 1)
+
+    p0 = [coef[0], coef[1], *breaks, *coef[2:]]
+    lo = [-np.inf, -np.inf] + [x[0]] * n_breaks + [-np.inf] * n_breaks
+    hi = [np.inf, np.inf] + [x[-1]] * n_breaks + [np.inf] * n_breaks
+    try:
+        popt, pcov = optimize.curve_fit(_hinge, x, y, p0=p0, bounds=(lo, hi), maxfev=20000)
+    except (RuntimeError, ValueError):
+        popt, pcov = np.asarray(p0), np.full((len(p0), len(p0)), np.nan)
+    x0 = float(popt[2])
+    slope_below = float(popt[1])
+    slope_above = float(popt[1] + popt[2 + n_breaks])
+    if slope_above <= slope_below:
+        raise AnalysisError(
+            f"no threshold kink: the output does not rise faster above the break "
+            f"(slopes {slope_below:.2f} below, {slope_above:.2f} above)"
+        )
+    var = float(pcov[2, 2]) if np.all(np.isfinite(pcov)) else math.nan
+    if not math.isfinite(var) or var <= 0:
+        # breakpoint pinned to a grid/bound: half the local point spacing is the resolution
+        j = int(np.clip(np.searchsorted(x, x0), 1, n - 1))
+        sd_log = 0.5 * (x[j] - x[j - 1])
+    else:
+        sd_log = math.sqrt(var)
+    # never claim better than a quarter of the local sampling step
+    j = int(np.clip(np.searchsorted(x, x0), 1, n - 1))
+    sd_log = max(sd_log, 0.25 * (x[j] - x[j - 1]) / math.sqrt(3.0))
+    thr = 10.0**x0
+    return KinkFit(
+        threshold=thr,
+        threshold_err=thr * math.log(10.0) * sd_log,
+        slope_below=slope_below,
+        slope_above=slope_above,
+        n_segments=n_breaks + 1,
+        n_points=n,
+    )
