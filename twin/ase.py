@@ -195,11 +195,21 @@ def _amplified(spont_per_um, gain_per_um, length_um):
 
 
 def ase_output(
-    fluence_uJ_cm2, stripe_length_um, doping, sample: Sample, setup: SetupParams, *, stripe: StripeGain | None = None
+    fluence_uJ_cm2,
+    stripe_length_um,
+    doping,
+    sample: Sample,
+    setup: SetupParams,
+    *,
+    stripe: StripeGain | None = None,
+    at_peak: bool = False,
 ) -> np.ndarray:
-    """Spectrally integrated ASE output (arb. units: spontaneous emission of 1 um x 1 meV).
+    """ASE output of a pumped stripe, spectrally integrated (default) or at the gain peak.
 
-    Vectorised over broadcastable fluence (uJ/cm^2), stripe length (um) and doping
+    Integrated: in units of the spontaneous emission of 1 um of fully excited
+    stripe x meV. ``at_peak=True``: the spectral density (per meV) at the gain
+    peak wavelength, what a VSL measurement reads at the ASE peak. Vectorised over
+    broadcastable fluence (uJ/cm^2), stripe length (um) and doping
     (electrons/dot). Includes saturation and spectral narrowing (module docstring).
     """
     st = stripe if stripe is not None else stripe_gain(fluence_uJ_cm2, stripe_length_um, doping, sample, setup)
@@ -214,15 +224,18 @@ def ase_output(
     log_peak = _amplified(st.spontaneous * pl_at_gain_peak, g_per_um, st.length_um)
     inv_var = 1.0 / sigma_pl**2 + np.maximum(phi, 0.0) / sigma_gain**2
     log_width = 0.5 * np.log(2.0 * math.pi / inv_var)
-    guided = saturate(log_peak + log_width, sample.film.saturation_intensity)
-    # unguided spontaneous emission collected from the whole stripe, over the whole PL band
-    background = setup.unguided_pl_collection * st.spontaneous * st.length_um * math.sqrt(2.0 * math.pi) * sigma_pl
-    return guided + background
+    log_total = log_peak + log_width
+    guided_total = saturate(log_total, sample.film.saturation_intensity)
+    # unguided spontaneous emission collected from the whole stripe
+    unguided = setup.unguided_pl_collection * st.spontaneous * st.length_um
+    if at_peak:
+        return np.exp(log_peak - log_total) * guided_total + unguided * pl_at_gain_peak
+    return guided_total + unguided * math.sqrt(2.0 * math.pi) * sigma_pl
 
 
 def vsl_output(stripe_length_um, fluence_uJ_cm2, doping, sample: Sample, setup: SetupParams) -> np.ndarray:
-    """Integrated ASE output versus stripe length (um) at fixed peak fluence: the VSL curve."""
-    return ase_output(fluence_uJ_cm2, stripe_length_um, doping, sample, setup)
+    """ASE spectral density at the gain peak versus stripe length (um) at fixed fluence: the VSL curve."""
+    return ase_output(fluence_uJ_cm2, stripe_length_um, doping, sample, setup, at_peak=True)
 
 
 def ase_threshold_uJ_cm2(stripe_length_um, doping, sample: Sample, setup: SetupParams) -> np.ndarray:
