@@ -144,6 +144,13 @@ class DfbParams(_Frozen):
     polarization_extinction: float = Field(
         gt=0, lt=1, description="I_perp/I_par of the lasing mode through an analyser (dimensionless)"
     )
+    pl_collection: float = Field(
+        0.02,
+        gt=0,
+        lt=1,
+        description="share of the spontaneous emission (PL) the normal-incidence collection picks up, "
+        "relative to the lasing beam (dimensionless)",
+    )
 
 
 class DamageParams(_Frozen):

@@ -1,1 +1,24 @@
-"""Pure analysis of measured (or simulated) data: the same live and in replay."""
+"""Pure analysis of measured (or simulated) data: the same live and in replay.
+
+Nothing here imports bluesky, the devices or the twin: the functions take arrays
+with units in their names and return small frozen results.
+"""
+
+from ._spectra import SpectralPeak, peak_shift_meV, spectral_peak
+from ._thresholds import AnalysisError, Crossing, KinkFit, kink_threshold, level_crossing
+from ._vsl import Plateau, VslFit, plateau_level, vsl_gain
+
+__all__ = [
+    "AnalysisError",
+    "Crossing",
+    "KinkFit",
+    "Plateau",
+    "SpectralPeak",
+    "VslFit",
+    "kink_threshold",
+    "level_crossing",
+    "peak_shift_meV",
+    "plateau_level",
+    "spectral_peak",
+    "vsl_gain",
+]

@@ -23,7 +23,7 @@ from scipy import optimize
 
 from gainloop.errors import GainloopError
 
-__all__ = ["AnalysisError", "KinkFit", "kink_threshold"]
+__all__ = ["AnalysisError", "Crossing", "KinkFit", "kink_threshold", "level_crossing"]
 
 
 class AnalysisError(GainloopError, ValueError):
@@ -119,10 +119,15 @@ def kink_threshold(fluence, intensity, *, min_points_per_segment: int = 3) -> Ki
         fits.append((bic, n_breaks, breaks, coef))
     if not fits:
         raise AnalysisError("no kink could be fitted")
-    bic, n_breaks, breaks, coef = min(fits, key=lambda t: t[0])
-    if n_breaks == 2 and coef[2] <= 0:
-        # the "steep" segment is not steeper than the one below: fall back to one kink
-        bic, n_breaks, breaks, coef = next(t for t in fits if t[1] == 1)
+    one = next(t for t in fits if t[1] == 1)
+    bic, n_breaks, breaks, coef = one
+    two = [t for t in fits if t[1] == 2]
+    if two:
+        bic2, _, _, coef2 = two[0]
+        steep, last = coef2[1] + coef2[2], coef2[1] + coef2[2] + coef2[3]
+        # a saturation segment only when it clearly improves the fit and really bends back
+        if bic2 < bic - 6.0 and coef2[2] > 0 and last < 0.5 * steep:
+            bic, n_breaks, breaks, coef = two[0]
 
     p0 = [coef[0], coef[1], *breaks, *coef[2:]]
     lo = [-np.inf, -np.inf] + [x[0]] * n_breaks + [-np.inf] * n_breaks
@@ -158,3 +163,41 @@ def kink_threshold(fluence, intensity, *, min_points_per_segment: int = 3) -> Ki
         n_segments=n_breaks + 1,
         n_points=n,
     )
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """Where a measured curve first crosses a level: x with its uncertainty."""
+
+    x: float
+    x_err: float
+
+
+def level_crossing(x, y, level: float, *, y_err: float | None = None) -> Crossing:
+    """First x at which y rises through ``level`` (linear interpolation between the bracketing points).
+
+    Used for the TA gain threshold (|d(alpha)/alpha0| = 1). The uncertainty
+    propagates the scatter of y (``y_err``, default: the rms of point-to-point
+    second differences) through the local slope.
+    """
+    xs = np.asarray(x, dtype=float).ravel()
+    ys = np.asarray(y, dtype=float).ravel()
+    if xs.shape != ys.shape or xs.size < 3:
+        raise AnalysisError("level crossing needs matching x and y with at least 3 points")
+    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
+        raise AnalysisError("data contain NaN or inf")
+    order = np.argsort(xs)
+    xs, ys = xs[order], ys[order]
+    above = np.nonzero(ys >= level)[0]
+    if above.size == 0 or above[0] == 0:
+        raise AnalysisError(
+            f"the data do not cross {level:g} from below within x = {xs[0]:g} to {xs[-1]:g}; extend the range"
+        )
+    j = int(above[0])
+    x0, x1, y0, y1 = xs[j - 1], xs[j], ys[j - 1], ys[j]
+    slope = (y1 - y0) / (x1 - x0)
+    xc = float(x0 + (level - y0) / slope)
+    if y_err is None:
+        y_err = float(np.sqrt(np.mean(np.diff(ys, 2) ** 2) / 6.0)) if ys.size >= 3 else 0.0
+    err = math.hypot(y_err / abs(slope), (x1 - x0) / math.sqrt(12.0) * 0.1)
+    return Crossing(x=xc, x_err=float(err))

@@ -21,7 +21,7 @@ from scipy import optimize
 
 from ._thresholds import AnalysisError
 
-__all__ = ["VslFit", "vsl_gain"]
+__all__ = ["Plateau", "VslFit", "plateau_level", "vsl_gain"]
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,11 @@ def vsl_gain(
             continue
         if g * l_cm[n - 1] > max_gain_length:
             break
-        best = (popt, pcov, n)
+        resid = y[:n] - _model(l_cm[:n], *popt)
+        good = np.sqrt(np.mean(resid**2)) <= 0.15 * np.mean(np.abs(y[:n]))
+        significant = g > 2.0 * math.sqrt(max(pcov[1, 1], 0.0)) and g * l_cm[n - 1] >= 1.0
+        if good and significant:
+            best = (popt, pcov, n)
     if best is None:
         raise AnalysisError(
             "no unsaturated exponential growth found: the VSL curve does not rise as A(exp(g l) - 1) "
@@ -100,3 +104,41 @@ def vsl_gain(
         max_stripe_um=float(l_cm[n - 1] * 1e4),
         n_points=n,
     )
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """Saturation level of a rising curve: mean of its plateau points, with the standard error."""
+
+    level: float
+    level_err: float
+    start_x: float
+    n_points: int
+
+
+def plateau_level(x, y, *, max_relative_step: float = 0.10, min_points: int = 2) -> Plateau:
+    """Level at which y(x) saturates: the mean of the highest-x run of points in which
+    each step to the next x changes y by less than ``max_relative_step``.
+
+    Used for the saturation of g_net(F) measured by VSL at several fluences.
+    """
+    xs = np.asarray(x, dtype=float).ravel()
+    ys = np.asarray(y, dtype=float).ravel()
+    if xs.shape != ys.shape or xs.size < min_points + 1:
+        raise AnalysisError(f"plateau needs matching x and y with at least {min_points + 1} points")
+    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
+        raise AnalysisError("data contain NaN or inf")
+    order = np.argsort(xs)
+    xs, ys = xs[order], ys[order]
+    start = xs.size - 1
+    while start > 0 and abs(ys[start] - ys[start - 1]) <= max_relative_step * abs(ys[start]):
+        start -= 1
+    n = xs.size - start
+    if n < min_points:
+        raise AnalysisError(
+            f"no plateau: the last points still change by more than {max_relative_step:.0%} per step; "
+            "measure at higher x"
+        )
+    pts = ys[start:]
+    err = float(np.std(pts, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    return Plateau(level=float(np.mean(pts)), level_err=err, start_x=float(xs[start]), n_points=int(n))

@@ -1,0 +1,159 @@
+"""The ``gainloop`` command line.
+
+``gainloop twin reproduce|predict|optimum`` query the digital twin. Errors in the
+user's input (a bad presets file, an unknown sample, a doping outside the model's
+range) are printed as one clear message and exit with status 2, never as a
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gainloop.errors import GainloopError
+
+app = typer.Typer(
+    help="gainloop: closed-loop optimisation and digital twin for CQD infrared lasers.", no_args_is_help=True
+)
+twin_app = typer.Typer(help="Query the CQD gain-model digital twin.", no_args_is_help=True)
+app.add_typer(twin_app, name="twin")
+
+PresetsOption = Annotated[
+    Path | None,
+    typer.Option("--presets", help="TOML presets file for your own samples (default: the shipped presets)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+SampleOption = Annotated[str, typer.Option("--sample", help="Sample id in the presets file.")]
+
+_console = Console()
+_err = Console(stderr=True)
+
+
+def _fail(exc: Exception) -> None:
+    _err.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON serialisable: {value!r}")
+
+
+def _print_json(obj) -> None:
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    sys.stdout.write(json.dumps(clean(obj), default=_json_default) + "\n")
+
+
+@twin_app.command("reproduce")
+def twin_reproduce(
+    presets: PresetsOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated measurements' noise.")] = 0,
+    json_out: JsonOption = False,
+) -> None:
+    """Re-measure every number of the paper on the twin: paper value, twin value, tolerance, pass."""
+    from gainloop.reproduce import reproduce
+    from twin.presets import load_presets
+
+    try:
+        rows = reproduce(load_presets(presets), seed=seed)
+    except GainloopError as exc:
+        _fail(exc)
+    if json_out:
+        _print_json([{k: r.as_dict()[k] for k in ("id", "sample", "unit", "paper", "twin", "tol", "ok")} for r in rows])
+    else:
+        table = Table(title="Paper numbers reproduced on the twin")
+        for col in ("id", "sample", "unit", "paper", "twin", "tol", "ok"):
+            table.add_column(col, justify="right" if col in ("paper", "twin", "tol") else "left")
+        for r in rows:
+            table.add_row(
+                r.id,
+                r.sample,
+                r.unit,
+                f"{r.paper:g}",
+                f"{r.twin:.4g}" if math.isfinite(r.twin) else "n/a",
+                f"{r.tol:g}",
+                "[green]pass[/]" if r.ok else f"[red]FAIL[/] {r.note}",
+            )
+        _console.print(table)
+        n_ok = sum(r.ok for r in rows)
+        _console.print(f"{n_ok} of {len(rows)} numbers reproduced within tolerance")
+    if not all(r.ok for r in rows):
+        raise typer.Exit(code=1)
+
+
+@twin_app.command("predict")
+def twin_predict(
+    sample: SampleOption,
+    presets: PresetsOption = None,
+    doping: Annotated[
+        float | None, typer.Option("--doping", help="Doping <n_e> in 1S electrons/dot (default: the sample's).")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """What the twin predicts for one sample: thresholds, gain and lifetimes."""
+    from twin.predict import predict
+    from twin.presets import load_presets
+
+    try:
+        result = predict(load_presets(presets), sample, doping)
+    except GainloopError as exc:
+        _fail(exc)
+    if json_out:
+        _print_json(result)
+        return
+    table = Table(title=f"Twin prediction for {sample}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for k, v in result.items():
+        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    _console.print(table)
+
+
+@twin_app.command("optimum")
+def twin_optimum(
+    sample: SampleOption = "cas_doped",
+    presets: PresetsOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """The true minimum ASE threshold over stripe length and doping (dense search of the model)."""
+    from twin.landscape import find_optimum
+    from twin.presets import load_presets
+
+    try:
+        p = load_presets(presets)
+        opt = find_optimum(p.get(sample), p.setup, sample)
+    except (GainloopError, ValueError) as exc:
+        _fail(exc)
+    if json_out:
+        _print_json(opt.as_dict())
+        return
+    _console.print(
+        f"[bold]{sample}[/]: lowest ASE threshold {opt.threshold_uJ_cm2:.1f} uJ/cm^2 "
+        f"at stripe length {opt.stripe_length_um:.0f} um and doping {opt.doping:.2f} electrons/dot"
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
