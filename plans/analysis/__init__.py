@@ -4,6 +4,7 @@ Nothing here imports bluesky, the devices or the twin: the functions take arrays
 with units in their names and return small frozen results.
 """
 
+from ._polarization import PolarizationFit, polarization_ratio
 from ._spectra import SpectralPeak, peak_shift_meV, spectral_peak
 from ._thresholds import AnalysisError, Crossing, KinkFit, kink_threshold, level_crossing
 from ._vsl import Plateau, VslFit, plateau_level, vsl_gain
@@ -13,12 +14,14 @@ __all__ = [
     "Crossing",
     "KinkFit",
     "Plateau",
+    "PolarizationFit",
     "SpectralPeak",
     "VslFit",
     "kink_threshold",
     "level_crossing",
     "peak_shift_meV",
     "plateau_level",
+    "polarization_ratio",
     "spectral_peak",
     "vsl_gain",
 ]
