@@ -1,0 +1,434 @@
+"""Reproduce the paper's numbers on the twin by simulated, lab-style measurements.
+
+Each row of ``paper_numbers.toml`` has a protocol here: the twin is "measured"
+with noisy instruments (``twin.instrument``) over the fluences, stripe lengths,
+delays or angles a lab would use, and the data are analysed with the same pure
+functions the plans use on bench data (``plans.analysis``): thresholds from the
+kink of output versus fluence, g_net from a VSL fit, lifetimes from fits of
+simulated traces. Only the two "theory" rows are pure statistics.
+
+Every protocol is seeded from (seed, row id), so a row's value does not depend on
+which other rows were run.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from gainloop.errors import GainloopError, PresetError
+from plans.analysis import (
+    AnalysisError,
+    KinkFit,
+    biexciton_lifetime,
+    gain_lifetime,
+    kink_threshold,
+    level_crossing,
+    peak_shift_meV,
+    plateau_level,
+    polarization_ratio,
+    spectral_peak,
+    vsl_gain,
+)
+from twin import dfb as dfb_model
+from twin import dynamics
+from twin.ase import max_fluence_uJ_cm2
+from twin.damage import accumulate_damage, damaged_sample
+from twin.gain import film_kappa
+from twin.instrument import acquire_stripe_spectrum
+from twin.noise import PumpDrift
+from twin.occupancy import gain_threshold
+from twin.presets import PresetFile, Sample
+from twin.spectra import SPECTROMETER_AXIS_NM, absorption_spectrum
+
+__all__ = [
+    "ASE_STRIPE_LENGTH_UM",
+    "PaperNumber",
+    "ReproRow",
+    "load_paper_numbers",
+    "measure_ase_threshold",
+    "reproduce",
+]
+
+#: Stripe length of the ASE input-output measurements, um.
+ASE_STRIPE_LENGTH_UM = 1000.0
+#: VSL fluence of the paper's headline gain, uJ/cm^2.
+VSL_FLUENCE_UJ_CM2 = 2200.0
+
+
+@dataclass(frozen=True)
+class PaperNumber:
+    """One row of the paper's table: value with tolerance (absolute, in ``unit``)."""
+
+    id: str
+    what: str
+    sample: str
+    value: float
+    tol: float
+    unit: str
+    kind: str
+    compare: str = "abs"
+
+
+@dataclass(frozen=True)
+class ReproRow:
+    """Paper value next to the twin's measured value."""
+
+    id: str
+    sample: str
+    unit: str
+    paper: float
+    twin: float
+    tol: float
+    ok: bool
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def paper_numbers_path() -> Path:
+    """The shipped copy of the paper's numbers."""
+    return Path(str(resources.files("twin") / "data" / "paper_numbers.toml"))
+
+
+def load_paper_numbers(path: str | Path | None = None) -> list[PaperNumber]:
+    """Read the table of the paper's numbers (the shipped copy by default)."""
+    p = paper_numbers_path() if path is None else Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise GainloopError(f"cannot read the paper's numbers from {p}: {exc}") from None
+    rows = []
+    for raw in data.get("number", []):
+        rows.append(
+            PaperNumber(
+                id=raw["id"],
+                what=raw["what"],
+                sample=raw["sample"],
+                value=float(raw["value"]),
+                tol=float(raw["tol"]),
+                unit=raw["unit"],
+                kind=raw["kind"],
+                compare=raw.get("compare", "abs"),
+            )
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# measurement protocols
+
+
+class _Bench:
+    """What every protocol needs: the presets and a row-specific random generator."""
+
+    def __init__(self, presets: PresetFile, seed: int):
+        self.presets = presets
+        self.seed = seed
+        self._cache: dict = {}
+
+    def rng(self, key: str) -> np.random.Generator:
+        return np.random.default_rng([self.seed, zlib.crc32(key.encode())])
+
+    def sample(self, name: str) -> Sample:
+        return self.presets.get(name)
+
+    def cached(self, key, fn):
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+
+def _integrated(bench: _Bench, sample: Sample, fluence: float, length_um: float, rng) -> float:
+    """Integrated counts per second, with auto-exposure when the camera saturates."""
+    exposure = 3.0
+    for _ in range(6):
+        acq = acquire_stripe_spectrum(
+            fluence,
+            length_um,
+            sample.doping_ne,
+            sample,
+            bench.presets.setup,
+            bench.presets.noise,
+            rng,
+            exposure_s=exposure,
+        )
+        if not acq.saturated:
+            return acq.integrated_counts / exposure
+        exposure /= 10.0
+    raise GainloopError(f"detector saturated even at {exposure:g} s exposure at {fluence:g} uJ/cm^2")
+
+
+def measure_ase_threshold(
+    bench: _Bench, sample: Sample, rng: np.random.Generator, length_um: float = ASE_STRIPE_LENGTH_UM
+) -> KinkFit:
+    """ASE input-output at a fixed stripe: coarse log sweep, then points around the kink; kink fit."""
+    setup = bench.presets.setup
+    f_max = float(min(max_fluence_uJ_cm2(length_um, setup), 0.8 * sample.damage.damage_fluence_uJ_cm2))
+    coarse = np.geomspace(10.0, f_max, 14)
+    counts = [_integrated(bench, sample, f, length_um, rng) for f in coarse]
+    first = kink_threshold(coarse, counts)
+    fine = np.geomspace(0.5 * first.threshold, min(2.0 * first.threshold, f_max), 24)
+    counts_fine = [_integrated(bench, sample, f, length_um, rng) for f in fine]
+    return kink_threshold(fine, counts_fine)
+
+
+def _ase_fit(bench: _Bench, name: str) -> KinkFit:
+    sample = bench.sample(name)
+    return bench.cached(("ase", name), lambda: measure_ase_threshold(bench, sample, bench.rng("ase" + name)))
+
+
+def _peak_pixel_counts(bench: _Bench, sample: Sample, fluence: float, length_um: float, rng, half_width=2) -> float:
+    exposure = 3.0
+    for _ in range(8):
+        acq = acquire_stripe_spectrum(
+            fluence,
+            length_um,
+            sample.doping_ne,
+            sample,
+            bench.presets.setup,
+            bench.presets.noise,
+            rng,
+            exposure_s=exposure,
+        )
+        if not acq.saturated:
+            i = int(np.argmax(acq.counts))
+            lo, hi = max(i - half_width, 0), i + half_width + 1
+            return float(np.sum(acq.counts[lo:hi])) / exposure
+        exposure /= 10.0
+    raise GainloopError("detector saturated in the VSL series")
+
+
+def measure_vsl_gain(bench: _Bench, sample: Sample, fluence: float, rng) -> float:
+    """g_net (1/cm) by VSL at one fluence: a coarse series sets the range, a fine one is fitted."""
+    setup = bench.presets.setup
+    lo_l = setup.stripe_length_min_um
+    coarse = np.geomspace(lo_l, min(1600.0, setup.stripe_length_max_um), 10)
+    y = [_peak_pixel_counts(bench, sample, fluence, length, rng) for length in coarse]
+    # two-stripe estimate where growth is clearest
+    ratios = np.log(np.maximum(np.array(y[1:]), 1e-12) / np.maximum(np.array(y[:-1]), 1e-12))
+    g_est = max(float(np.max(ratios / np.diff(coarse))) * 1e4, 20.0)  # 1/cm
+    l_max = float(np.clip(9.0 / g_est * 1e4, 4 * lo_l, setup.stripe_length_max_um))
+    lengths = np.linspace(lo_l, l_max, 20)
+    y = [_peak_pixel_counts(bench, sample, fluence, length, rng) for length in lengths]
+    return vsl_gain(lengths, y).gain_per_cm
+
+
+def _ta_threshold(bench: _Bench, sample: Sample, rng) -> float:
+    """<N> at which |d(alpha)/alpha0| = 1 at the gain peak, 2 ps after the pump (TA, 15 pump levels)."""
+    means = np.geomspace(0.05, 12.0, 25)
+    delay = np.array([2.0])
+    signal = []
+    a_unpumped = float(dynamics.ta_trace(np.array([0.0]), 0.0, sample)[0])
+    for m in means:
+        a = float(dynamics.ta_trace(delay, m, sample)[0])
+        d_alpha = (a - a_unpumped) / a_unpumped
+        signal.append(abs(d_alpha) + rng.normal(0.0, 0.01))
+    return level_crossing(means, signal, 1.0).x
+
+
+def _dfb_threshold(bench: _Bench, name: str) -> KinkFit:
+    def run():
+        sample = bench.sample(name)
+        rng = bench.rng("dfb" + name)
+        truth = dfb_model.dfb_threshold_uJ_cm2(sample)
+        f = np.geomspace(0.4 * truth, 2.5 * truth, 30)
+        out = dfb_model.dfb_output(f, sample)
+        noisy = out * (1.0 + 0.02 * rng.standard_normal(f.size))
+        return kink_threshold(f, noisy)
+
+    return bench.cached(("dfb", name), run)
+
+
+def _dfb_spectrum_peak(bench: _Bench, name: str, factor: float):
+    sample = bench.sample(name)
+    thr = _dfb_threshold(bench, name).threshold
+    lam0 = dfb_model.bragg_wavelength_nm(sample.dfb)
+    axis = np.arange(lam0 - 15.0, lam0 + 15.0, 0.05)
+    spec = dfb_model.dfb_spectrum(axis, factor * thr, sample)
+    rng = bench.rng("dfbspec" + name)
+    spec = spec + rng.normal(0.0, 1e-3 * float(spec.max()), spec.shape)
+    return spectral_peak(axis, spec)
+
+
+def _polarization(bench: _Bench, name: str) -> float:
+    sample = bench.sample(name)
+    thr = _dfb_threshold(bench, name).threshold
+    angles = np.arange(0.0, 360.0, 10.0)
+    i = dfb_model.dfb_polarized_output(angles, 1.5 * thr, sample)
+    rng = bench.rng("pol" + name)
+    i = i * (1.0 + 0.01 * rng.standard_normal(angles.size))
+    return polarization_ratio(angles, i).ratio
+
+
+def _stability_hours(bench: _Bench, name: str, horizon_h: float = 12.0) -> float:
+    """Hours at 10 kHz, 1.1x the lasing threshold, before the output falls 10 % below its start."""
+    sample = bench.sample(name)
+    setup = bench.presets.setup
+    thr = _dfb_threshold(bench, name).threshold
+    fluence = 1.1 * thr
+    drift = PumpDrift(bench.presets.noise, seed=bench.seed)
+    rng = bench.rng("stab" + name)
+    step_s = 60.0
+    n_steps = int(horizon_h * 3600 / step_s)
+    pulses = step_s * setup.pump_repetition_rate_kHz * 1e3
+    dose = 0.0
+    out = np.empty(n_steps)
+    for k in range(n_steps):
+        f_k = fluence * float(drift.factor(k * step_s))
+        out[k] = float(dfb_model.dfb_output(f_k, damaged_sample(sample, dose))) * (1 + 0.005 * rng.standard_normal())
+        dose = accumulate_damage(dose, f_k, pulses, sample.damage)
+    start = float(np.mean(out[:10]))
+    smooth = np.convolve(out, np.ones(5) / 5, mode="valid")
+    below = np.nonzero(smooth < 0.9 * start)[0]
+    return (below[0] + 2) * step_s / 3600 if below.size else horizon_h
+
+
+def _theory_threshold(doping: float) -> float:
+    return float(gain_threshold(doping, 8, "fixed"))
+
+
+def _protocols() -> dict[str, Callable[[_Bench], float]]:
+    def ta(name):
+        return lambda b: _ta_threshold(b, b.sample(name), b.rng("ta" + name))
+
+    def biexciton(name):
+        def run(b):
+            s = b.sample(name)
+            t = np.linspace(0.0, 3000.0, 301)
+            rng = b.rng("xx" + name)
+            high = dynamics.ta_trace(t, 1.0, s) - dynamics.ta_trace(np.array([-1.0]), 0.0, s)[0]
+            low = dynamics.ta_trace(t, 0.1, s) - dynamics.ta_trace(np.array([-1.0]), 0.0, s)[0]
+            high = high + rng.normal(0, 2e-4, t.size)
+            low = low + rng.normal(0, 2e-4, t.size)
+            return biexciton_lifetime(t, high, low).tau_ps
+
+        return run
+
+    def gain_life(name):
+        def run(b):
+            s = b.sample(name)
+            pump = 3.0 * float(gain_threshold(s.doping_ne, s.degeneracy, s.doping_distribution, s.exciton_yield))
+            t = np.linspace(0.0, 1000.0, 1001)
+            trace = dynamics.ta_trace(t, pump, s) + b.rng("tg" + name).normal(0, 2e-3, t.size)
+            return gain_lifetime(t, trace).tau_ps
+
+        return run
+
+    def ase_f(name):
+        return lambda b: _ase_fit(b, name).threshold
+
+    def ase_n(name):
+        return lambda b: _ase_fit(b, name).threshold * film_kappa(b.sample(name).film)
+
+    def redshift(name):
+        def run(b):
+            s = b.sample(name)
+            rng = b.rng("shift" + name)
+            ax = SPECTROMETER_AXIS_NM
+            absorb = absorption_spectrum(ax, s.spectra) + rng.normal(0, 2e-3, ax.size)
+            thr = _ase_fit(b, name).threshold
+            acq = acquire_stripe_spectrum(
+                2.0 * thr, ASE_STRIPE_LENGTH_UM, s.doping_ne, s, b.presets.setup, b.presets.noise, rng, exposure_s=0.3
+            )
+            return peak_shift_meV(spectral_peak(ax, absorb).wavelength_nm, spectral_peak(ax, acq.counts).wavelength_nm)
+
+        return run
+
+    def gnet_max(name):
+        return lambda b: measure_vsl_gain(b, b.sample(name), VSL_FLUENCE_UJ_CM2, b.rng("vsl" + name))
+
+    def gnet_sat(name):
+        def run(b):
+            s = b.sample(name)
+            rng = b.rng("vslsat" + name)
+            fl = np.array([250.0, 350.0, 500.0, 750.0, 1000.0, 1300.0, 1700.0, 2200.0])
+            gains = [measure_vsl_gain(b, s, f, rng) for f in fl]
+            return plateau_level(fl, gains).level
+
+        return run
+
+    def dfb_f(name):
+        return lambda b: _dfb_threshold(b, name).threshold
+
+    def dfb_n(name):
+        def run(b):
+            d = b.sample(name).dfb
+            from twin.presets import excitons_per_fluence
+
+            kappa = excitons_per_fluence(
+                d.absorbed_fraction_1030, d.film_thickness_nm, d.packing_fraction, d.dot_diameter_nm
+            )
+            return _dfb_threshold(b, name).threshold * kappa
+
+        return run
+
+    return {
+        "gain_threshold_poisson_neutral": lambda b: _theory_threshold(0.0),
+        "gain_threshold_charged_ne7": lambda b: _theory_threshold(7.0),
+        "ta_gain_threshold_core": ta("core"),
+        "ta_gain_threshold_cas": ta("cas"),
+        "ta_gain_threshold_cas_doped": ta("cas_doped"),
+        "auger_biexciton_core": biexciton("core"),
+        "auger_biexciton_cas": biexciton("cas"),
+        "gain_lifetime_core": gain_life("core"),
+        "gain_lifetime_cas": gain_life("cas"),
+        "gain_lifetime_cas_doped": gain_life("cas_doped"),
+        "ase_threshold_core": ase_f("core"),
+        "ase_threshold_cas": ase_f("cas"),
+        "ase_threshold_cas_doped": ase_f("cas_doped"),
+        "ase_threshold_N_cas": ase_n("cas"),
+        "ase_threshold_N_cas_doped": ase_n("cas_doped"),
+        "ase_redshift_cas": redshift("cas"),
+        "ase_redshift_core": redshift("core"),
+        "net_modal_gain_max_cas_doped": gnet_max("cas_doped"),
+        "net_modal_gain_saturation_cas_doped": gnet_sat("cas_doped"),
+        "dfb_lasing_threshold_cas": dfb_f("cas"),
+        "dfb_lasing_threshold_cas_doped": dfb_f("cas_doped"),
+        "dfb_lasing_threshold_N_cas_doped": dfb_n("cas_doped"),
+        "dfb_wavelength_cas": lambda b: _dfb_spectrum_peak(b, "cas", 1.5).wavelength_nm,
+        "dfb_wavelength_cas_doped": lambda b: _dfb_spectrum_peak(b, "cas_doped", 1.5).wavelength_nm,
+        "dfb_linewidth_cas_doped": lambda b: _dfb_spectrum_peak(b, "cas_doped", 1.1).fwhm_nm,
+        "dfb_polarization_ratio": lambda b: _polarization(b, "cas_doped"),
+        "dfb_stability_hours": lambda b: _stability_hours(b, "cas_doped"),
+    }
+
+
+PROTOCOLS = _protocols()
+
+
+def reproduce(
+    presets: PresetFile, *, seed: int = 0, numbers: list[PaperNumber] | None = None, only: set[str] | None = None
+) -> list[ReproRow]:
+    """Measure every number of the paper's table on the twin; one row per number."""
+    table = load_paper_numbers() if numbers is None else numbers
+    bench = _Bench(presets, seed)
+    rows = []
+    for n in table:
+        if only is not None and n.id not in only:
+            continue
+        protocol = PROTOCOLS.get(n.id)
+        note = ""
+        if protocol is None:
+            value, note = math.nan, "no measurement protocol for this row"
+        elif n.sample != "theory" and n.sample not in presets.sample:
+            value, note = math.nan, f"sample {n.sample!r} is not in these presets"
+        else:
+            try:
+                value = float(protocol(bench))
+            except (AnalysisError, PresetError, GainloopError) as exc:
+                value, note = math.nan, f"measurement failed: {exc}"
+        if n.compare == "at_least":
+            ok = math.isfinite(value) and value >= n.value
+        else:
+            ok = math.isfinite(value) and abs(value - n.value) <= n.tol
+        rows.append(ReproRow(n.id, n.sample, n.unit, n.value, value, n.tol, bool(ok), note))
+    return rows

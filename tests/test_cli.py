@@ -1,0 +1,94 @@
+"""The gainloop CLI as a user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from twin.presets import default_presets_path
+
+
+def run(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "gainloop.cli", *args], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}: {proc.stderr}\n{proc.stdout}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def reproduce_json():
+    proc = run("twin", "reproduce", "--json")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_reproduce_json_lists_every_row_with_its_keys(reproduce_json):
+    assert len(reproduce_json) >= 27
+    for row in reproduce_json:
+        assert set(row) == {"id", "sample", "unit", "paper", "twin", "tol", "ok"}
+        assert row["ok"] is True, row
+
+
+def test_reproduce_table_is_readable():
+    proc = run("twin", "reproduce")
+    assert "ase_threshold_cas_doped" in proc.stdout
+    assert "numbers reproduced within tolerance" in proc.stdout
+
+
+def test_predict_json_has_the_keys_with_units():
+    out = json.loads(run("twin", "predict", "--sample", "cas_doped", "--json").stdout)
+    for key in (
+        "gain_threshold_N",
+        "ase_threshold_uJ_cm2",
+        "dfb_threshold_uJ_cm2",
+        "gnet_2200_per_cm",
+        "tau_xx_ps",
+        "tau_gain_ps",
+    ):
+        assert isinstance(out[key], float), key
+    assert 0.3 < out["gain_threshold_N"] < 0.6
+    assert out["tau_xx_ps"] == pytest.approx(485.0, rel=0.01)
+    lighter = json.loads(run("twin", "predict", "--sample", "cas_doped", "--doping", "5", "--json").stdout)
+    assert lighter["gain_threshold_N"] > 1.0
+    assert lighter["ase_threshold_uJ_cm2"] > out["ase_threshold_uJ_cm2"]
+
+
+def test_optimum_json():
+    out = json.loads(run("twin", "optimum", "--sample", "cas_doped", "--json").stdout)
+    assert set(out) == {"threshold_uJ_cm2", "stripe_length_um", "doping", "sample"}
+    assert out["sample"] == "cas_doped"
+    assert 0 < out["threshold_uJ_cm2"] < 90
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("twin", "predict", "--sample", "nope"), "unknown sample 'nope'"),
+        (("twin", "predict", "--sample", "cas_doped", "--doping", "9"), "outside the model's range"),
+        (("twin", "predict", "--sample", "cas_doped", "--doping", "nan"), "doping must be finite"),
+        (("twin", "optimum", "--presets", "/nonexistent.toml"), "does not exist"),
+    ],
+)
+def test_bad_input_is_one_clear_line_not_a_traceback(args, message):
+    proc = run(*args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_user_presets_file_is_used(tmp_path):
+    text = default_presets_path().read_text().replace("tau_xx_ps = 485.0", "tau_xx_ps = 300.0")
+    p = tmp_path / "mine.toml"
+    p.write_text(text)
+    out = json.loads(run("twin", "predict", "--sample", "cas", "--presets", str(p), "--json").stdout)
+    assert out["tau_xx_ps"] == pytest.approx(300.0, rel=0.01)
+
+
+def test_malformed_presets_name_the_key(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text(default_presets_path().read_text().replace("confinement = 0.5", "confinement = 1.5", 1))
+    proc = run("twin", "predict", "--sample", "cas", "--presets", str(p), check=False)
+    assert proc.returncode == 2
+    assert "film.confinement" in proc.stderr
