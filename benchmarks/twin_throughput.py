@@ -19,11 +19,11 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from twin.ase import ase_output  # noqa: E402
-from twin.occupancy import gain_table  # noqa: E402
-from twin.presets import load_presets  # noqa: E402
+from twin.ase import ase_output
+from twin.occupancy import gain_table
+from twin.presets import load_presets
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
 
     presets = load_presets()
     sample, setup = presets.get(args.sample), presets.setup
-    side = int(round(np.sqrt(args.conditions)))
+    side = round(float(np.sqrt(args.conditions)))
     lengths = np.geomspace(50.0, 3000.0, side)
     dopings = np.linspace(0.0, 7.9, int(np.ceil(args.conditions / side)))
     ll, dd = np.meshgrid(lengths, dopings)

@@ -80,7 +80,7 @@ def twin_reproduce(
     else:
         table = Table(title="Paper numbers reproduced on the twin")
         for col in ("id", "sample", "unit", "paper", "twin", "tol", "ok"):
-            table.add_column(col, justify="right" if col in ("paper", "twin", "tol") else "left")
+            table.add_column(col, justify="right" if col in ("paper", "twin", "tol") else "left", no_wrap=col != "ok")
         for r in rows:
             table.add_row(
                 r.id,
@@ -108,7 +108,7 @@ def twin_predict(
     json_out: JsonOption = False,
 ) -> None:
     """What the twin predicts for one sample: thresholds, gain and lifetimes."""
-    from twin.predict import predict
+    from gainloop.predict import predict
     from twin.presets import load_presets
 
     try:

@@ -305,8 +305,8 @@ def _protocols() -> dict[str, Callable[[_Bench], float]]:
             s = b.sample(name)
             t = np.linspace(0.0, 3000.0, 301)
             rng = b.rng("xx" + name)
-            high = dynamics.ta_trace(t, 1.0, s) - dynamics.ta_trace(np.array([-1.0]), 0.0, s)[0]
-            low = dynamics.ta_trace(t, 0.1, s) - dynamics.ta_trace(np.array([-1.0]), 0.0, s)[0]
+            high = dynamics.ta_trace(t, 1.0, s, differential=True)
+            low = dynamics.ta_trace(t, 0.1, s, differential=True)
             high = high + rng.normal(0, 2e-4, t.size)
             low = low + rng.normal(0, 2e-4, t.size)
             return biexciton_lifetime(t, high, low).tau_ps

@@ -150,8 +150,10 @@ def trion_auger_lifetime_ps(doping, sample: Sample) -> np.ndarray:
     n = d + spilled_electrons(d, sample)
     a = sample.auger
     s = n * (n + 1.0) * a.electron_fraction
-    with np.errstate(divide="ignore"):
-        return np.where(s > 0, a.tau_xx_ps / np.power(np.maximum(s, 1e-300) / 4.0, a.scaling_exponent), np.inf)
+    rate_per_ps = np.power(s / 4.0, a.scaling_exponent) / a.tau_xx_ps
+    out = np.full(np.shape(rate_per_ps), np.inf)
+    np.divide(1.0, rate_per_ps, out=out, where=rate_per_ps > 0)
+    return out
 
 
 def modal_gain_per_cm(
