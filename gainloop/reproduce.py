@@ -248,12 +248,22 @@ def _dfb_threshold(bench: _Bench, name: str) -> KinkFit:
     return bench.cached(("dfb", name), run)
 
 
+#: Resolution (FWHM, nm) of the spectrometer's fibre-coupled port used for lasing spectra.
+HIGH_RES_FWHM_NM = 0.2
+
+
 def _dfb_spectrum_peak(bench: _Bench, name: str, factor: float):
+    """Lasing spectrum at ``factor`` x the measured threshold through the high-resolution port; its peak."""
     sample = bench.sample(name)
     thr = _dfb_threshold(bench, name).threshold
     lam0 = dfb_model.bragg_wavelength_nm(sample.dfb)
-    axis = np.arange(lam0 - 15.0, lam0 + 15.0, 0.05)
+    step = 0.05
+    axis = np.arange(lam0 - 15.0, lam0 + 15.0, step)
     spec = dfb_model.dfb_spectrum(axis, factor * thr, sample)
+    sigma = HIGH_RES_FWHM_NM / (2.0 * np.sqrt(2.0 * np.log(2.0))) / step
+    kernel_x = np.arange(-int(4 * sigma) - 1, int(4 * sigma) + 2)
+    kernel = np.exp(-0.5 * (kernel_x / sigma) ** 2)
+    spec = np.convolve(spec, kernel / kernel.sum(), mode="same")
     rng = bench.rng("dfbspec" + name)
     spec = spec + rng.normal(0.0, 1e-3 * float(spec.max()), spec.shape)
     return spectral_peak(axis, spec)
