@@ -147,10 +147,10 @@ class _Bench:
         return self._cache[key]
 
 
-def _integrated(bench: _Bench, sample: Sample, fluence: float, length_um: float, rng) -> float:
-    """Integrated counts per second, with auto-exposure when the camera saturates."""
+def _unsaturated_read(bench: _Bench, sample: Sample, fluence: float, length_um: float, rng, tries: int = 8):
+    """One spectrum, with the exposure cut tenfold until the camera no longer saturates (auto-exposure)."""
     exposure = 3.0
-    for _ in range(6):
+    for _ in range(tries):
         acq = acquire_stripe_spectrum(
             fluence,
             length_um,
@@ -162,9 +162,15 @@ def _integrated(bench: _Bench, sample: Sample, fluence: float, length_um: float,
             exposure_s=exposure,
         )
         if not acq.saturated:
-            return acq.integrated_counts / exposure
+            return acq
         exposure /= 10.0
     raise GainloopError(f"detector saturated even at {exposure:g} s exposure at {fluence:g} uJ/cm^2")
+
+
+def _integrated(bench: _Bench, sample: Sample, fluence: float, length_um: float, rng) -> float:
+    """Integrated counts per second."""
+    acq = _unsaturated_read(bench, sample, fluence, length_um, rng)
+    return acq.integrated_counts / acq.exposure_s
 
 
 def measure_ase_threshold(
@@ -187,24 +193,11 @@ def _ase_fit(bench: _Bench, name: str) -> KinkFit:
 
 
 def _peak_pixel_counts(bench: _Bench, sample: Sample, fluence: float, length_um: float, rng, half_width=2) -> float:
-    exposure = 3.0
-    for _ in range(8):
-        acq = acquire_stripe_spectrum(
-            fluence,
-            length_um,
-            sample.doping_ne,
-            sample,
-            bench.presets.setup,
-            bench.presets.noise,
-            rng,
-            exposure_s=exposure,
-        )
-        if not acq.saturated:
-            i = int(np.argmax(acq.counts))
-            lo, hi = max(i - half_width, 0), i + half_width + 1
-            return float(np.sum(acq.counts[lo:hi])) / exposure
-        exposure /= 10.0
-    raise GainloopError("detector saturated in the VSL series")
+    """Counts per second in the few pixels around the emission peak (VSL at the ASE peak)."""
+    acq = _unsaturated_read(bench, sample, fluence, length_um, rng)
+    i = int(np.argmax(acq.counts))
+    lo, hi = max(i - half_width, 0), i + half_width + 1
+    return float(np.sum(acq.counts[lo:hi])) / acq.exposure_s
 
 
 def measure_vsl_gain(bench: _Bench, sample: Sample, fluence: float, rng) -> float:
