@@ -289,10 +289,11 @@ def _stability_hours(bench: _Bench, name: str, horizon_h: float = 12.0) -> float
         f_k = fluence * float(drift.factor(k * step_s))
         out[k] = float(dfb_model.dfb_output(f_k, damaged_sample(sample, dose))) * (1 + 0.005 * rng.standard_normal())
         dose = accumulate_damage(dose, f_k, pulses, sample.damage)
-    start = float(np.mean(out[:10]))
-    smooth = np.convolve(out, np.ones(5) / 5, mode="valid")
-    below = np.nonzero(smooth < 0.9 * start)[0]
-    return (below[0] + 2) * step_s / 3600 if below.size else horizon_h
+    # the lab reads the trend: 30-minute running means, the first one taken as the start
+    window = 30
+    smooth = np.convolve(out, np.ones(window) / window, mode="valid")
+    below = np.nonzero(smooth < 0.9 * smooth[0])[0]
+    return (below[0] + window) * step_s / 3600 if below.size else horizon_h
 
 
 def _theory_threshold(doping: float) -> float:

@@ -40,7 +40,7 @@ class NoiseParams(BaseModel):
 
     pulse_jitter_rms: float = Field(0.02, ge=0, lt=0.5, description="pulse-to-pulse fluence jitter (fraction)")
     drift_rms: float = Field(
-        0.003, ge=0, lt=0.5, description="slow pump-power drift (long-term stability of the laser), rms fraction"
+        0.002, ge=0, lt=0.5, description="slow pump-power drift (long-term stability of the laser), rms fraction"
     )
     drift_period_min_s: float = Field(600.0, gt=0, description="shortest drift period, s")
     drift_period_max_s: float = Field(14400.0, gt=0, description="longest drift period, s")
