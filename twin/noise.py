@@ -47,6 +47,9 @@ class NoiseParams(BaseModel):
     counts_per_unit_s: float = Field(
         5.0, gt=0, description="detector counts per second per unit of twin spectral intensity x meV"
     )
+    dfb_counts_per_unit_s: float = Field(
+        1.0e7, gt=0, description="detector counts per second per unit of DFB output (surface-normal collection)"
+    )
     read_noise_counts: float = Field(8.0, ge=0, description="read noise per pixel and read, counts rms")
     dark_counts_per_s: float = Field(20.0, ge=0, description="dark counts per pixel per second")
     full_well_counts: float = Field(6.0e7, gt=0, description="counts at which a pixel saturates")
