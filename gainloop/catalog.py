@@ -84,14 +84,14 @@ class Catalog:
         except httpx.HTTPError as exc:
             raise CatalogError(
                 f"cannot reach the catalog at {uri}: {exc}. Start the Tiled server "
-                "(`gainloop catalog serve`) or check the URI."
+                "at that address, or check the URI."
             ) from None
         try:
             return from_uri(uri, api_key=api_key) if api_key else from_uri(uri)
         except Exception as exc:  # httpx connection errors, auth errors, bad URIs
             raise CatalogError(
                 f"cannot reach the catalog at {uri}: {exc}. Start the Tiled server "
-                "(`gainloop catalog serve`) or check the URI and API key."
+                "at that address, or check the URI and API key."
             ) from None
 
     def writer(self):
