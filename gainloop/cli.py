@@ -150,6 +150,49 @@ def twin_optimum(
     )
 
 
+@twin_app.command("serve")
+def twin_serve(
+    bench: Annotated[Path, typer.Option("--bench", help="Bench file (TOML) whose PVs to serve.")],
+    prefix: Annotated[
+        str | None, typer.Option("--prefix", help="PV prefix (default: the bench file's [bench].prefix).")
+    ] = None,
+    time_scale: Annotated[
+        float, typer.Option("--time-scale", help="Lab seconds per wall second (1 = real time).")
+    ] = 1.0,
+    seed: Annotated[int | None, typer.Option("--seed", help="Noise seed (default: the bench file's).")] = None,
+    list_pvs: Annotated[bool, typer.Option("--list-pvs", help="Print every PV served at start-up.")] = False,
+    port: Annotated[
+        int | None, typer.Option("--port", help="CA server port (default: EPICS_CA_SERVER_PORT, else 5064).")
+    ] = None,
+    interface: Annotated[
+        list[str] | None,
+        typer.Option("--interface", help="Address to bind (repeatable; default 127.0.0.1 only)."),
+    ] = None,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fault",
+            help="Fault on at start (repeatable): pause, disconnect, stuck_motor, saturated_detector, nan_readback.",
+        ),
+    ] = None,
+    disconnect_s: Annotated[
+        float, typer.Option("--disconnect-s", help="Wall seconds the PVs stay away under the disconnect fault.")
+    ] = 5.0,
+) -> None:
+    """Serve the twin bench as an EPICS IOC (Channel Access): the bench file's PVs on one simulated bench."""
+    from devices.config import load_bench
+    from sim.ioc import build_ioc, serve
+
+    try:
+        cfg = load_bench(bench)
+        ioc = build_ioc(
+            cfg, prefix=prefix, time_scale=time_scale, seed=seed, faults=fault or (), disconnect_s=disconnect_s
+        )
+        serve(ioc, interfaces=interface or ["127.0.0.1"], port=port, list_pvs=list_pvs)
+    except GainloopError as exc:
+        _fail(exc)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,118 @@
+"""EPICS signals of the bench: contract units, client-side checks, puts that report refusals.
+
+``BenchSignal`` (settable) and ``BenchSignalRO`` (readback) differ from ophyd's
+``EpicsSignal``/``EpicsSignalRO`` in four ways:
+
+* ``describe()`` carries the PV contract's unit (``units=`` of the component);
+* readbacks are fetched fresh on every read (``auto_monitor=False``), so a read
+  right after a completed put or acquisition never returns the previous value;
+  subscribing still turns monitoring on (ophyd does that);
+* ``read()`` of a measurement (``nan_ok=False``) raises ``ReadbackError`` on NaN;
+* ``set()`` checks the value against the bench file (``check=``; ``LimitError``,
+  nothing sent), then writes with completion and returns a status that fails
+  with ``PutRefusedError`` (the IOC's reason) if the IOC refuses, or
+  ``DeviceTimeoutError`` if it does not answer in time. ``put()`` is
+  ``set().wait()`` (it raises those errors); ``put(force=True)`` skips the check.
+"""
+
+from __future__ import annotations
+
+from ophyd.signal import EpicsSignal, EpicsSignalRO
+
+from ._ca import Completion, put_notify
+from ._checks import Check, require_finite
+
+__all__ = ["DEFAULT_PUT_TIMEOUT_S", "BenchSignal", "BenchSignalRO"]
+
+#: Timeout of a put whose completion is immediate on the bench (setpoints), s.
+DEFAULT_PUT_TIMEOUT_S = 10.0
+
+
+def _bench_config(signal):
+    root = signal.root
+    cfg = getattr(root, "bench_config", None)
+    if cfg is None:
+        raise RuntimeError(f"{signal.name}: bench signals must belong to a bench device (no bench_config found)")
+    return cfg
+
+
+class _BenchMixin:
+    def _init_bench(self, units: str | None, nan_ok: bool) -> None:
+        self._units = units
+        self._nan_ok = nan_ok
+
+    def describe(self):
+        desc = super().describe()
+        if self._units is not None:
+            desc[self.name]["units"] = self._units
+        return desc
+
+    def read(self):
+        reading = super().read()
+        if not self._nan_ok:
+            require_finite(reading[self.name]["value"], f"{self.name} ({self.pvname})")
+        return reading
+
+
+class BenchSignalRO(_BenchMixin, EpicsSignalRO):
+    """A readback PV with its contract unit; ``nan_ok=False`` makes NaN a read error."""
+
+    def __init__(self, read_pv, *, units: str | None = None, nan_ok: bool = True, auto_monitor=False, **kwargs):
+        super().__init__(read_pv, auto_monitor=auto_monitor, **kwargs)
+        self._init_bench(units, nan_ok)
+
+
+class BenchSignal(_BenchMixin, EpicsSignal):
+    """A setpoint PV (optionally with a separate readback PV), checked against the bench file."""
+
+    def __init__(
+        self,
+        read_pv,
+        write_pv=None,
+        *,
+        units: str | None = None,
+        check: Check | None = None,
+        nan_ok: bool = True,
+        put_timeout: float = DEFAULT_PUT_TIMEOUT_S,
+        auto_monitor=False,
+        **kwargs,
+    ):
+        super().__init__(read_pv, write_pv=write_pv, auto_monitor=auto_monitor, **kwargs)
+        self._init_bench(units, nan_ok)
+        self._check = check
+        self.put_timeout = put_timeout
+
+    def check_value(self, value):
+        if self._check is not None:
+            self._check(value, _bench_config(self))
+        super().check_value(value)
+
+    def set(self, value, *, timeout=None, settle_time=None, **kwargs):
+        """Check, write with completion; the status fails with the bench's reason if refused."""
+        self.check_value(value)
+        return self._put_status(value, self.put_timeout if timeout is None else timeout)
+
+    def put(self, value, *, force=False, timeout=None, wait=True, **kwargs):
+        """Check (unless ``force``), write with completion and (``wait``) raise if refused or late."""
+        if not force:
+            self.check_value(value)
+        status = self._put_status(value, self.put_timeout if timeout is None else timeout)
+        if wait:
+            status.wait()
+        return status
+
+    def _put_status(self, value, timeout):
+        pvname = self.setpoint_pvname
+        done = Completion(
+            self, timeout, lambda: f"{self.name}: put of {value!r} to {pvname} did not complete within {timeout:g} s"
+        )
+        cfg = _bench_config(self)
+        put_notify(
+            self,
+            value,
+            lambda err: done.finish() if err is None else done.fail(err),
+            timeout=timeout,
+            connection_timeout=cfg.bench.connection_timeout_s,
+            reason_pv=cfg.pv(cfg.interlock.message),
+        )
+        return done.status

@@ -1,0 +1,541 @@
+"""The optical bench as ophyd devices over EPICS, with PV names from the bench file.
+
+``connect_bench(cfg)`` builds every device of the PV contract (``docs/pvs.md``)
+and waits for their PVs; ``Bench`` is the container plans receive. The twin's
+in-process devices (``sim.devices.twin_bench_devices``) return the same
+container with devices of the same component names, units and errors.
+
+Component names (and units) - the interface plans rely on:
+
+* ``pump`` (``PumpLaser``): ``fluence`` (uJ/cm^2, setpoint ``PUMP:Fluence-SP``,
+  readback ``PUMP:Fluence-RB``, hinted), ``shutter`` (0/1), ``pulse_energy`` (uJ),
+  ``repetition_rate`` (kHz), ``power_ok`` (0/1)
+* ``slit`` (``StripeSlit``, an ``EpicsMotor``): stripe length in um
+* ``stage`` (``SampleStage``): ``set(sample_id)``, ``sample`` (id), ``doping``
+  (electrons/dot), ``grating_period`` (nm, 0 for a film), ``sample_kind``
+  (``film``/``dfb``; ``kind`` is taken by ophyd), ``busy``, ``request_film(doping)``,
+  ``library``
+* ``spectrometer`` (``Spectrometer``): ``exposure`` (s), ``trigger()``, ``spectrum``
+  (counts), ``wavelength`` (nm), ``integrated`` (counts, hinted),
+  ``peak_wavelength`` (nm), ``fwhm`` (nm), ``saturated`` (0/1)
+* ``polarizer`` (``Polarizer``): ``angle`` (deg)
+* ``ta`` (``TransientAbsorption``): ``delay`` (ps), ``pump_excitons``
+  (excitons/dot), ``trigger()``, ``signal`` (d(alpha)/alpha0, unit 1)
+* ``interlock`` (``Interlock``): ``permit`` (0/1), ``message``
+
+How faults surface: a setpoint outside the bench file's limits (or NaN) raises
+``LimitError`` before anything is sent; a setpoint the IOC refuses fails the
+status with ``PutRefusedError`` carrying the IOC's reason; an operation that does
+not complete in time (stuck motor, paused IOC) fails with ``DeviceTimeoutError``;
+an acquisition whose readbacks are NaN fails its trigger status with
+``ReadbackError`` (and reading a NaN measurement raises it); a saturated
+spectrum is data (``saturated`` = 1), not an error.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ophyd import Device, EpicsMotor
+from ophyd import FormattedComponent as FCpt
+from ophyd.positioner import PositionerBase
+from ophyd.utils import InvalidState
+
+from ._ca import Completion, ensure_control_layer, put_notify
+from ._checks import (
+    UNITS,
+    check_angle,
+    check_delay,
+    check_doping,
+    check_exposure,
+    check_flag,
+    check_fluence,
+    check_pump_excitons,
+    check_sample_id,
+    check_slit,
+    require_finite,
+)
+from ._errors import BenchConnectionError, DeviceTimeoutError
+from ._signals import BenchSignal, BenchSignalRO
+from .config import BenchConfig, LibraryEntry, load_bench
+
+__all__ = [
+    "Bench",
+    "BenchDevice",
+    "Interlock",
+    "Polarizer",
+    "PumpLaser",
+    "SampleStage",
+    "Spectrometer",
+    "StripeSlit",
+    "TransientAbsorption",
+    "connect_bench",
+]
+
+
+def _pv_names(cfg: BenchConfig, section) -> dict[str, str]:
+    """Full PV names of one bench-file table (its string-valued keys), by key."""
+    return {k: cfg.pv(v) for k, v in section.model_dump().items() if isinstance(v, str)}
+
+
+def _reason_pv(cfg: BenchConfig) -> str:
+    """The PV where the bench explains a refusal (``IL:Message``)."""
+    return cfg.pv(cfg.interlock.message)
+
+
+class BenchDevice(Device):
+    """A device of the bench: holds the bench file; PV names come from one of its tables."""
+
+    _section: str = ""
+
+    def __init__(self, bench_config: BenchConfig, *, name: str, **kwargs):
+        self.bench_config = bench_config
+        self._pv = _pv_names(bench_config, getattr(bench_config, self._section))
+        super().__init__(prefix=bench_config.bench.prefix, name=name, **kwargs)
+
+
+class PumpLaser(BenchDevice):
+    """The pump: fluence through the attenuator (soft limit from the bench file), shutter, power meter."""
+
+    _section = "pump"
+    fluence = FCpt(
+        BenchSignal,
+        "{_pv[fluence_readback]}",
+        write_pv="{_pv[fluence_setpoint]}",
+        units=UNITS["fluence"],
+        check=check_fluence,
+        nan_ok=False,
+        kind="hinted",
+    )
+    shutter = FCpt(BenchSignal, "{_pv[shutter]}", check=check_flag, kind="normal")
+    pulse_energy = FCpt(BenchSignalRO, "{_pv[pulse_energy_readback]}", units=UNITS["pulse_energy"], nan_ok=False)
+    repetition_rate = FCpt(
+        BenchSignalRO, "{_pv[repetition_rate_readback]}", units=UNITS["repetition_rate"], kind="config"
+    )
+    power_ok = FCpt(BenchSignalRO, "{_pv[power_ok]}", kind="normal")
+
+    @property
+    def fluence_limit(self) -> float:
+        """The bench's fluence limit (uJ/cm^2)."""
+        return self.bench_config.bench.fluence_limit_uJ_cm2
+
+
+class StripeSlit(EpicsMotor):
+    """The slit as a motor record (stripe length, um) with the bench file's soft limits.
+
+    ``move``/``set`` check ``[slit].min_um .. max_um`` client-side (``LimitError``,
+    nothing sent), report a refused move (``PutRefusedError``) and time out with
+    ``DeviceTimeoutError`` (and stop the motor) after the travel time at
+    ``[slit].speed_um_per_s`` plus ``timeout_margin_s`` unless ``timeout`` is given.
+    """
+
+    timeout_margin_s = 10.0
+
+    def __init__(self, bench_config: BenchConfig, *, name: str, **kwargs):
+        self.bench_config = bench_config
+        super().__init__(bench_config.pv(bench_config.slit.motor), name=name, **kwargs)
+
+    @property
+    def soft_limits(self) -> tuple[float, float]:
+        return self.bench_config.slit.min_um, self.bench_config.slit.max_um
+
+    @property
+    def limits(self):
+        lo, hi = self.soft_limits
+        try:
+            ioc_lo, ioc_hi = super().limits
+        except Exception:
+            return lo, hi
+        if ioc_lo < ioc_hi:
+            lo, hi = max(lo, ioc_lo), min(hi, ioc_hi)
+        return lo, hi
+
+    def check_value(self, pos):
+        check_slit(pos, self.bench_config)
+        super().check_value(pos)
+
+    def describe(self):
+        desc = super().describe()
+        for key in (self.user_readback.name, self.user_setpoint.name):
+            if key in desc:
+                desc[key]["units"] = UNITS["stripe_length"]
+        return desc
+
+    def default_timeout(self, position: float) -> float:
+        """Travel time at the bench file's speed plus ``timeout_margin_s``, s."""
+        here = self.user_readback.get()
+        travel = abs(float(position) - float(here)) if here is not None and math.isfinite(here) else 0.0
+        return travel / self.bench_config.slit.speed_um_per_s + self.timeout_margin_s
+
+    def move(self, position, wait=True, *, timeout=None, moved_cb=None, **kwargs):
+        self.check_value(position)
+        if timeout is None:
+            timeout = self.default_timeout(position)
+        self._started_moving = False
+        status = PositionerBase.move(self, position, moved_cb=moved_cb, timeout=None)
+        target = float(position)
+
+        def fail(exc) -> None:
+            self._reset_sub(self._SUB_REQ_DONE)  # the motor's done-callback no longer finishes this status
+            try:
+                status.set_exception(exc)
+            except InvalidState:  # finished meanwhile
+                pass
+
+        def expired() -> None:
+            self._reset_sub(self._SUB_REQ_DONE)  # a stopped motor must not count as arrived
+            if status.done:
+                return
+            where, dmov = self.user_readback.get(), self.motor_done_move.get()
+            try:  # stop before reporting, so that the plan never races a motor still under way
+                self.motor_stop.put(1, wait=True, timeout=2.0)
+                stopped = "motion stopped"
+            except Exception as exc:
+                stopped = f"the stop request failed ({exc!r})"
+            fail(
+                DeviceTimeoutError(
+                    f"{self.name}: did not reach {target:g} um within {timeout:g} s "
+                    f"(at {where:g} um, DMOV={dmov}): stuck motor or silent IOC; {stopped}"
+                )
+            )
+
+        timer = threading.Timer(timeout, expired)
+        timer.daemon = True
+        status.add_callback(lambda st: timer.cancel())
+        timer.start()
+        put_notify(
+            self.user_setpoint,
+            target,
+            lambda err: None if err is None else fail(err),
+            timeout=timeout,
+            connection_timeout=self.bench_config.bench.connection_timeout_s,
+            reason_pv=_reason_pv(self.bench_config),
+        )
+        if wait:
+            status.wait()
+        return status
+
+
+class SampleStage(BenchDevice):
+    """The sample stage: mount a library sample, or have an operator make a new film (hours)."""
+
+    _section = "stage"
+    sample = FCpt(BenchSignal, "{_pv[sample_readback]}", write_pv="{_pv[sample_setpoint]}", string=True)
+    doping = FCpt(BenchSignalRO, "{_pv[doping_readback]}", units=UNITS["doping"], nan_ok=False)
+    grating_period = FCpt(BenchSignalRO, "{_pv[grating_period_readback]}", units=UNITS["grating_period"])
+    sample_kind = FCpt(BenchSignalRO, "{_pv[kind_readback]}", string=True)
+    busy = FCpt(BenchSignalRO, "{_pv[busy]}", kind="omitted")
+    new_film_doping = FCpt(
+        BenchSignal, "{_pv[new_film_doping]}", units=UNITS["new_film_doping"], check=check_doping, kind="omitted"
+    )
+    new_film_request = FCpt(BenchSignal, "{_pv[new_film_request]}", check=check_flag, kind="omitted")
+
+    def __init__(self, bench_config: BenchConfig, *, name: str, **kwargs):
+        super().__init__(bench_config, name=name, **kwargs)
+        #: the samples on the stage: the bench file's library, plus films made this session
+        self.library: dict[str, LibraryEntry] = {e.id: e for e in bench_config.stage.library}
+
+    @property
+    def move_timeout_s(self) -> float:
+        return self.bench_config.stage.move_timeout_s
+
+    @property
+    def new_film_timeout_s(self) -> float:
+        return self.bench_config.stage.new_film_timeout_h * 3600.0
+
+    def set(self, sample_id, *, timeout=None, **kwargs):
+        """Mount ``sample_id``; the status finishes when ``Sample-RB`` reads it (timeout: move_timeout_s)."""
+        check_sample_id(sample_id, self.library)
+        timeout = self.move_timeout_s if timeout is None else timeout
+        done = Completion(
+            self,
+            timeout,
+            lambda: (
+                f"{self.name}: sample {sample_id!r} not mounted within {timeout:g} s "
+                f"(Sample-RB reads {self.sample.get()!r}, busy={self.busy.get()})"
+            ),
+        )
+        state = {"put": False, "rb": False}
+        lock = threading.Lock()
+
+        def progress(which: str) -> None:
+            with lock:
+                state[which] = True
+                ready = all(state.values())
+            if ready:
+                done.finish()
+
+        def on_rb(value=None, **kw) -> None:
+            if value == sample_id:
+                progress("rb")
+
+        cid = self.sample.subscribe(on_rb, run=True)
+        done.status.add_callback(lambda st: self.sample.clear_sub(cid))
+        put_notify(
+            self.sample,
+            sample_id,
+            lambda err: progress("put") if err is None else done.fail(err),
+            timeout=timeout,
+            connection_timeout=self.bench_config.bench.connection_timeout_s,
+            reason_pv=_reason_pv(self.bench_config),
+        )
+        return done.status
+
+    def request_film(self, doping: float, *, timeout=None):
+        """An operator makes a film of ``doping`` (electrons/dot) and mounts it; hours on the bench.
+
+        Puts ``NewFilm-Doping-SP``, then ``NewFilm-Request`` = 1 with completion
+        (timeout: ``new_film_timeout_h``). When done the new film's id is in
+        ``sample`` and in ``library``.
+        """
+        check_doping(doping, self.bench_config)
+        timeout = self.new_film_timeout_s if timeout is None else timeout
+        d = float(doping)
+        done = Completion(self, timeout, lambda: f"{self.name}: no film of doping {d:g} mounted within {timeout:g} s")
+        ct = self.bench_config.bench.connection_timeout_s
+
+        def mounted() -> None:
+            try:
+                new_id = self.sample.get(use_monitor=False)
+                if new_id not in self.library:
+                    self.library[new_id] = LibraryEntry(id=new_id, kind="film", doping=d)
+            except Exception as exc:
+                done.fail(exc)
+            else:
+                done.finish()
+
+        def doping_set(err) -> None:
+            if err is not None:
+                done.fail(err)
+                return
+            put_notify(
+                self.new_film_request,
+                1,
+                lambda e: threading.Thread(target=mounted, daemon=True).start() if e is None else done.fail(e),
+                timeout=timeout,
+                connection_timeout=ct,
+                reason_pv=_reason_pv(self.bench_config),
+            )
+
+        put_notify(
+            self.new_film_doping,
+            d,
+            doping_set,
+            timeout=timeout,
+            connection_timeout=ct,
+            reason_pv=_reason_pv(self.bench_config),
+        )
+        return done.status
+
+
+class _Triggered(BenchDevice):
+    """A detector whose acquisition is a put of 1 with completion, followed by a NaN check."""
+
+    def _acquire(self, acquire_signal, check, timeout: float):
+        done = Completion(self, timeout, lambda: f"{self.name}: acquisition did not complete within {timeout:g} s")
+
+        def verify() -> None:
+            try:
+                check()
+            except Exception as exc:
+                done.fail(exc)
+            else:
+                done.finish()
+
+        def acquired(err) -> None:
+            if err is not None:
+                done.fail(err)
+            else:
+                threading.Thread(target=verify, daemon=True).start()
+
+        put_notify(
+            acquire_signal,
+            1,
+            acquired,
+            timeout=timeout,
+            connection_timeout=self.bench_config.bench.connection_timeout_s,
+            reason_pv=_reason_pv(self.bench_config),
+        )
+        return done.status
+
+
+class Spectrometer(_Triggered):
+    """The spectrometer: exposure, one acquisition per trigger, spectrum and camera statistics."""
+
+    _section = "spectrometer"
+    exposure = FCpt(BenchSignal, "{_pv[exposure]}", units=UNITS["exposure"], check=check_exposure, kind="config")
+    acquire = FCpt(BenchSignal, "{_pv[acquire]}", check=check_flag, kind="omitted")
+    spectrum = FCpt(BenchSignalRO, "{_pv[spectrum]}", units=UNITS["spectrum"], nan_ok=False)
+    wavelength = FCpt(BenchSignalRO, "{_pv[wavelength]}", units=UNITS["wavelength"], kind="config")
+    integrated = FCpt(BenchSignalRO, "{_pv[integrated]}", units=UNITS["integrated"], nan_ok=False, kind="hinted")
+    peak_wavelength = FCpt(BenchSignalRO, "{_pv[peak_wavelength]}", units=UNITS["peak_wavelength"])
+    fwhm = FCpt(BenchSignalRO, "{_pv[fwhm]}", units=UNITS["fwhm"])
+    saturated = FCpt(BenchSignalRO, "{_pv[saturated]}")
+
+    def trigger(self):
+        """Acquire one spectrum; fails with ``ReadbackError`` if the counts come back NaN."""
+
+        def check() -> None:
+            require_finite(self.integrated.get(use_monitor=False), f"{self.name}_integrated ({self.integrated.pvname})")
+            require_finite(self.spectrum.get(use_monitor=False), f"{self.name}_spectrum ({self.spectrum.pvname})")
+
+        return self._acquire(self.acquire, check, self.bench_config.spectrometer.acquire_timeout_s)
+
+
+class Polarizer(BenchDevice):
+    """The analyser in front of the spectrometer (angle from the lasing polarisation, deg)."""
+
+    _section = "polarizer"
+    angle = FCpt(
+        BenchSignal,
+        "{_pv[angle_readback]}",
+        write_pv="{_pv[angle_setpoint]}",
+        units=UNITS["angle"],
+        check=check_angle,
+        kind="hinted",
+    )
+
+
+class TransientAbsorption(_Triggered):
+    """Pump-probe TA: delay stage, pump level, one averaged d(alpha)/alpha0 per trigger."""
+
+    _section = "transient_absorption"
+    delay = FCpt(
+        BenchSignal,
+        "{_pv[delay_readback]}",
+        write_pv="{_pv[delay_setpoint]}",
+        units=UNITS["delay"],
+        check=check_delay,
+        kind="hinted",
+    )
+    pump_excitons = FCpt(
+        BenchSignal, "{_pv[pump_excitons]}", units=UNITS["pump_excitons"], check=check_pump_excitons, kind="config"
+    )
+    acquire = FCpt(BenchSignal, "{_pv[acquire]}", check=check_flag, kind="omitted")
+    signal = FCpt(BenchSignalRO, "{_pv[signal]}", units=UNITS["signal"], nan_ok=False, kind="hinted")
+
+    def trigger(self):
+        """Average the probe; fails with ``ReadbackError`` if d(alpha)/alpha0 comes back NaN."""
+
+        def check() -> None:
+            require_finite(self.signal.get(use_monitor=False), f"{self.name}_signal ({self.signal.pvname})")
+
+        return self._acquire(self.acquire, check, self.bench_config.spectrometer.acquire_timeout_s)
+
+
+class Interlock(BenchDevice):
+    """The laser-safety interlock: permit (1 = permitted) and the last refusal in words."""
+
+    _section = "interlock"
+    permit = FCpt(BenchSignal, "{_pv[permit]}", check=check_flag, kind="config")
+    message = FCpt(BenchSignalRO, "{_pv[message]}", string=True, kind="omitted")
+
+
+@dataclass
+class Bench:
+    """Every device of one bench, and its bench file.
+
+    Built by ``connect_bench`` (EPICS) or ``sim.devices.twin_bench_devices``
+    (in-process twin; then ``engine`` is its ``TwinBench``, else None).
+    """
+
+    config: BenchConfig
+    pump: Device
+    slit: Device
+    stage: Device
+    spectrometer: Device
+    polarizer: Device
+    ta: Device
+    interlock: Device
+    engine: object | None = None
+
+    def devices(self) -> dict[str, Device]:
+        """The devices by name (``pump``, ``slit``, ...)."""
+        return {n: getattr(self, n) for n in ("pump", "slit", "stage", "spectrometer", "polarizer", "ta", "interlock")}
+
+    def destroy(self) -> None:
+        """Release the devices' connections."""
+        for dev in self.devices().values():
+            dev.destroy()
+
+
+def _unready_pvs(dev: Device) -> tuple[list[str], list[str]]:
+    """PVs of ``dev`` whose signals are not ready: (not found, found but without control metadata)."""
+    missing: list[str] = []
+    no_metadata: list[str] = []
+    for walk in dev.walk_signals(include_lazy=True):
+        sig = walk.item
+        if getattr(sig, "connected", True):
+            continue
+        got_metadata = getattr(sig, "_received_first_metadata", {})
+        for attr in ("_read_pv", "_write_pv"):
+            pv = getattr(sig, attr, None)
+            if pv is None:
+                continue
+            if not pv.connected:
+                bucket = missing
+            elif not got_metadata.get(pv.pvname, True):
+                bucket = no_metadata
+            else:
+                continue
+            if pv.pvname not in bucket:
+                bucket.append(pv.pvname)
+    return missing, no_metadata
+
+
+def _shown(pvs: list[str]) -> str:
+    return ", ".join(pvs)
+
+
+def connect_bench(cfg: BenchConfig | str | Path, *, timeout: float | None = None) -> Bench:
+    """Create the bench's EPICS devices and wait until every PV is connected.
+
+    ``cfg`` is a ``BenchConfig`` or the path of a bench file; ``timeout``
+    defaults to ``[bench].connection_timeout_s``. Raises ``BenchConnectionError``
+    naming the PVs that did not connect.
+    """
+    if not isinstance(cfg, BenchConfig):
+        cfg = load_bench(cfg)
+    ensure_control_layer()
+    timeout = cfg.bench.connection_timeout_s if timeout is None else float(timeout)
+    bench = Bench(
+        config=cfg,
+        pump=PumpLaser(cfg, name="pump"),
+        slit=StripeSlit(cfg, name="slit"),
+        stage=SampleStage(cfg, name="stage"),
+        spectrometer=Spectrometer(cfg, name="spectrometer"),
+        polarizer=Polarizer(cfg, name="polarizer"),
+        ta=TransientAbsorption(cfg, name="ta"),
+        interlock=Interlock(cfg, name="interlock"),
+    )
+    deadline = time.monotonic() + timeout
+    for dev in bench.devices().values():
+        try:
+            dev.wait_for_connection(all_signals=True, timeout=max(deadline - time.monotonic(), 0.01))
+        except TimeoutError:
+            pass
+    missing: list[str] = []
+    no_metadata: list[str] = []
+    for dev in bench.devices().values():
+        a, b = _unready_pvs(dev)
+        missing += a
+        no_metadata += b
+    if missing or no_metadata:
+        bench.destroy()
+        parts = []
+        if missing:
+            parts.append(
+                f"{len(missing)} PV(s) did not connect within {timeout:g} s: {_shown(missing)} "
+                "(is the IOC running, and are EPICS_CA_ADDR_LIST / the server port set?)"
+            )
+        if no_metadata:
+            parts.append(
+                f"{len(no_metadata)} PV(s) connected but their control metadata could not be read "
+                f"(an error of the IOC serving them): {_shown(no_metadata)}"
+            )
+        raise BenchConnectionError(f"bench {cfg.bench.name!r}: " + "; ".join(parts))
+    return bench

@@ -1,0 +1,132 @@
+"""The twin IOC's Channel Access server, restartable for the ``disconnect`` fault.
+
+``supervise`` runs caproto's asyncio server on the IOC's PV database until asked to
+stop. When the IOC asks for a disconnection (``SIM:Fault-Disconnect`` = 1 or
+``--fault disconnect``) it tears the server down for real -- the TCP listeners and
+the UDP search sockets are closed and every client's circuit is closed (the clients
+see their channels disconnect and searches go unanswered) -- waits the IOC's
+``disconnect_s`` of wall time, then starts a new server on the same port with the
+same PV database and engine, the way an IOC reboot with autosave looks to a client.
+Clients reconnect on their own (caproto and libca re-search disconnected channels).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import caproto as ca
+from caproto.asyncio.server import Context, VirtualCircuit
+from caproto.asyncio.utils import _TransportWrapper
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sim.ioc import TwinIOC
+
+__all__ = ["supervise"]
+
+log = logging.getLogger("gainloop.ioc")
+
+#: Wall time (s) between a put to SIM:Fault-Disconnect and the listeners going away,
+#: so that the put's own completion reaches the client first.
+_DISCONNECT_GRACE_S = 0.2
+
+
+def _as_put_notify_reply(command):
+    """A failed put-with-completion is answered as EPICS's rsrv does: a WRITE_NOTIFY reply whose
+    status is the failure (ECA_PUTFAIL), not the generic CA_PROTO_ERROR caproto sends."""
+    if isinstance(command, ca.ErrorResponse):
+        request = command.original_request
+        if request.command == ca.WriteNotifyRequest.ID:
+            return ca.WriteNotifyResponse(
+                data_type=request.data_type,
+                data_count=max(1, request.data_count),
+                status=command.header.parameter2,
+                ioid=request.parameter2,
+            )
+    return command
+
+
+class _Circuit(VirtualCircuit):
+    async def send(self, *commands):
+        await super().send(*(_as_put_notify_reply(c) for c in commands))
+
+
+class _Context(Context):
+    """caproto's asyncio server context, on a chosen port, that can be torn down cleanly."""
+
+    CircuitClass = _Circuit
+
+    def __init__(self, pvdb, interfaces: Sequence[str], port: int | None):
+        super().__init__(pvdb, list(interfaces))
+        if port is not None:
+            self.ca_server_port = int(port)
+        self._tcp_servers: list[asyncio.AbstractServer] = []
+
+    async def server_accept_loop(self, sock):
+        # as caproto's, but keeps the asyncio server so that go_dark() can close it
+        def _new_client(reader, writer):
+            transport = _TransportWrapper(reader, writer)
+            self.server_tasks.create(self.tcp_handler(transport, transport.getpeername()))
+
+        self._tcp_servers.append(await asyncio.start_server(_new_client, sock=sock))
+
+    async def go_dark(self) -> None:
+        """Stop accepting clients and close every client's circuit."""
+        for server in self._tcp_servers:
+            server.close()
+        for circuit in list(self.circuits):
+            with contextlib.suppress(Exception):
+                await circuit._on_disconnect()  # unsubscribes its monitors, closes its socket
+            self.circuits.discard(circuit)
+        for server in self._tcp_servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+
+
+async def supervise(
+    ioc: TwinIOC,
+    *,
+    interfaces: Sequence[str],
+    port: int | None,
+    stop: asyncio.Event,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Serve ``ioc.pvdb`` until ``stop`` is set, going dark whenever the IOC asks."""
+    first = True
+    while not stop.is_set():
+        if ioc.disconnect_requested.is_set():
+            log.warning("disconnect fault: PVs gone for %.3g s", ioc.disconnect_s)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), ioc.disconnect_s)
+            ioc.disconnect_requested.clear()
+            await ioc.disconnect_done()
+            if stop.is_set():
+                break
+        ctx = _Context(ioc.pvdb, interfaces, port)
+
+        async def ready(async_lib, ctx=ctx, first=first):
+            log.info("serving %d PVs on %s port %s", len(ioc.pvdb), ",".join(interfaces), ctx.port)
+            if on_ready is not None and first:
+                on_ready(ctx.port)
+
+        first = False
+        run = asyncio.ensure_future(ctx.run(startup_hook=ready))
+        stopping = asyncio.ensure_future(stop.wait())
+        disconnecting = asyncio.ensure_future(ioc.disconnect_requested.wait())
+        try:
+            await asyncio.wait({run, stopping, disconnecting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            disconnecting.cancel()
+        if run.done():
+            run.result()  # the server failed (e.g. cannot bind): raise it
+            return
+        if ioc.disconnect_requested.is_set() and not stop.is_set():
+            await asyncio.sleep(_DISCONNECT_GRACE_S)
+        await ctx.go_dark()
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run

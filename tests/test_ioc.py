@@ -1,0 +1,474 @@
+"""The twin's IOC as a Channel Access client sees it: ``gainloop twin serve`` in a subprocess on 127.0.0.1.
+
+One IOC (time scale 1000) serves the module; tests that need real time set ``SIM:TimeScale``
+and put it back. Clients are caproto's sync client (``tests.ioc_helpers``) and ophyd.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from caproto import CaprotoError, CaprotoTimeoutError, ChannelType
+from caproto.sync.client import read
+
+from .ioc_helpers import EXAMPLE_BENCH, REPO, PutRefused, caget, caput, twin_ioc
+
+LIMIT = 3000.0  # examples/twin_bench.toml
+SPEED = 500.0  # um/s
+SCALE = 1000.0
+
+
+@pytest.fixture(scope="module")
+def ioc():
+    with twin_ioc(EXAMPLE_BENCH, time_scale=SCALE, args=["--list-pvs"]) as running:
+        yield running
+
+
+@pytest.fixture
+def pv(ioc):
+    return ioc.pv
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def contract_pvs() -> set[str]:
+    text = (REPO / "docs" / "pvs.md").read_text()
+    return set(re.findall(r"`((?:PUMP|SLIT|STAGE|SPEC|POL|TA|IL|SIM):[A-Za-z0-9:\-]+)`", text))
+
+
+# ---------------------------------------------------------------------------- start-up
+
+
+def test_list_pvs_prints_every_pv_of_the_contract(ioc):
+    expected = {ioc.pv(name) for name in contract_pvs()}
+    assert len(expected) == 39  # 32 bench PVs + 7 SIM PVs in docs/pvs.md
+    listed = {line.strip() for line in ioc.stdout().splitlines() if line.strip() and not line.startswith("#")}
+    assert listed == expected
+    for name in expected:  # and each answers, with its control metadata (units fit DBR_CTRL's 8 chars)
+        read(name, data_type="control", repeater=False, timeout=2)
+
+
+def _sockets(table: str, port: int) -> list[tuple[str, str]]:
+    rows = [line.split() for line in Path(table).read_text().splitlines()[1:]]
+    return [(row[1], row[3]) for row in rows if row[1].endswith(f":{port:04X}")]
+
+
+def test_serves_on_the_loopback_only(ioc):
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("needs Linux /proc/net")
+    listeners = [addr for addr, state in _sockets("/proc/net/tcp", ioc.server_port) if state == "0A"]
+    assert listeners
+    assert all(addr.startswith("0100007F:") for addr in listeners), listeners  # 127.0.0.1
+    udp = [addr for addr, _ in _sockets("/proc/net/udp", ioc.server_port)]
+    assert udp
+    assert all(addr.startswith("0100007F:") for addr in udp), udp
+
+
+# ---------------------------------------------------------------------------- pump and interlock
+
+
+def test_fluence_limit_is_the_drive_limit_and_refusals_say_why(pv):
+    assert caget(pv("PUMP:Fluence-SP.DRVH")) == LIMIT
+    assert caget(pv("PUMP:Fluence-SP.HOPR")) == LIMIT
+    ctrl = read(pv("PUMP:Fluence-SP"), data_type=ChannelType.CTRL_DOUBLE, repeater=False, timeout=2)
+    assert ctrl.metadata.upper_ctrl_limit == LIMIT
+    assert ctrl.metadata.upper_disp_limit == LIMIT
+
+    caput(pv("PUMP:Fluence-SP"), 1000.0)
+    assert caget(pv("PUMP:Fluence-SP")) == 1000.0
+    for bad, reason in ((5000.0, "above the limit of 3000 uJ/cm^2"), (math.nan, "finite"), (-1.0, ">= 0")):
+        with pytest.raises(PutRefused):
+            caput(pv("PUMP:Fluence-SP"), bad)
+        message = caget(pv("IL:Message"))
+        assert reason in message, message
+        assert caget(pv("PUMP:Fluence-SP")) == 1000.0
+    assert len(caget(pv("IL:Message"))) > 40  # whole message, not a 40-char DBR_STRING
+
+    with pytest.raises(PutRefused):
+        caput(pv("PUMP:Fluence-SP.DRVH"), 1e5)
+    assert caget(pv("PUMP:Fluence-SP.DRVH")) == LIMIT
+    caput(pv("PUMP:Fluence-SP"), 0.0)
+
+
+def test_permit_off_closes_the_shutter_and_refuses_fluence(pv):
+    caput(pv("PUMP:Fluence-SP"), 100.0)
+    caput(pv("PUMP:Shutter"), 1)
+    assert caget(pv("PUMP:PulseEnergy-RB")) > 0
+    assert caget(pv("PUMP:Fluence-RB")) == pytest.approx(100.0, rel=0.05)
+    try:
+        caput(pv("IL:Permit"), 0)
+        assert caget(pv("PUMP:Shutter")) == 0
+        assert caget(pv("PUMP:PulseEnergy-RB")) == 0.0
+        assert "interlock open" in caget(pv("IL:Message"))
+        with pytest.raises(PutRefused):
+            caput(pv("PUMP:Fluence-SP"), 200.0)
+        assert "permit" in caget(pv("IL:Message"))
+        assert caget(pv("PUMP:Fluence-SP")) == 100.0
+        with pytest.raises(PutRefused):
+            caput(pv("PUMP:Shutter"), 1)
+        assert caget(pv("PUMP:Shutter")) == 0
+        caput(pv("PUMP:Fluence-SP"), 0.0)  # zero is allowed without permit
+        assert caget(pv("PUMP:Fluence-SP")) == 0.0
+    finally:
+        caput(pv("IL:Permit"), 1)
+    caput(pv("PUMP:Fluence-SP"), 200.0)
+    assert caget(pv("PUMP:Fluence-SP")) == 200.0
+    caput(pv("PUMP:Fluence-SP"), 0.0)
+
+
+def test_power_ok_can_be_dropped_for_suspenders(pv):
+    assert caget(pv("PUMP:PowerOK")) == 1
+    caput(pv("PUMP:PowerOK"), 0)
+    assert caget(pv("PUMP:PowerOK")) == 0
+    caput(pv("PUMP:PowerOK"), 1)
+    assert caget(pv("PUMP:PowerOK")) == 1
+
+
+# ---------------------------------------------------------------------------- spectrometer, clock
+
+
+def test_acquire_completes_when_the_spectrum_is_posted(pv):
+    pixels = 512
+    wl = caget(pv("SPEC:Wavelength"))
+    assert wl.shape == (pixels,) and wl[0] == pytest.approx(1200.0) and wl[-1] == pytest.approx(1700.0)
+    assert np.all(np.diff(wl) > 0)
+    caput(pv("PUMP:Shutter"), 0)
+    caput(pv("SPEC:Exposure"), 2.0)
+    caput(pv("SPEC:Acquire"), 1)
+    dark = caget(pv("SPEC:Integrated"))
+
+    caput(pv("PUMP:Fluence-SP"), 2000.0)
+    caput(pv("PUMP:Shutter"), 1)
+    caput(pv("SIM:TimeScale"), 10.0)
+    try:
+        t0, lab0 = time.monotonic(), caget(pv("SIM:LabTime"))
+        caput(pv("SPEC:Acquire"), 1, timeout=10)
+        wall = time.monotonic() - t0
+        integrated = caget(pv("SPEC:Integrated"))  # read right after the put completed
+        lab = caget(pv("SIM:LabTime")) - lab0
+    finally:
+        caput(pv("SIM:TimeScale"), SCALE)
+        caput(pv("PUMP:Shutter"), 0)
+    assert wall >= 2.0 / 10.0  # the IOC awaited exposure / time scale
+    assert lab == pytest.approx(2.0, abs=1e-9)
+    spectrum = caget(pv("SPEC:Spectrum"))
+    assert spectrum.shape == (pixels,)
+    assert integrated > 100 * abs(dark) + 1e4  # the pumped spectrum, not the dark one before it
+    assert spectrum.sum() == pytest.approx(integrated, rel=1e-12)
+    assert 1200.0 < caget(pv("SPEC:PeakWavelength")) < 1700.0
+    assert caget(pv("SPEC:FWHM")) > 0
+    assert caget(pv("SPEC:Acquire")) == 0
+
+
+def test_lab_clock_advances_by_the_exposure_not_wall_time(pv):
+    caput(pv("SPEC:Exposure"), 45.0)
+    lab0, t0 = caget(pv("SIM:LabTime")), time.monotonic()
+    caput(pv("SPEC:Acquire"), 1, timeout=10)
+    wall = time.monotonic() - t0
+    assert caget(pv("SIM:LabTime")) - lab0 == pytest.approx(45.0, abs=1e-9)
+    assert wall < 5.0  # 45 lab seconds at 1000x
+    time.sleep(0.2)  # idle wall time does not count
+    assert caget(pv("SIM:LabTime")) - lab0 == pytest.approx(45.0, abs=1e-9)
+    caput(pv("SPEC:Exposure"), 1.0)
+
+
+def test_exposure_outside_its_range_is_refused(pv):
+    caput(pv("SPEC:Exposure"), 1.5)
+    with pytest.raises(PutRefused):
+        caput(pv("SPEC:Exposure"), 120.0)
+    assert "exposure" in caget(pv("IL:Message"))
+    assert caget(pv("SPEC:Exposure")) == 1.5
+
+
+def test_ta_acquire_completes_with_dalpha(pv):
+    caput(pv("TA:Delay-SP"), 10.0)
+    caput(pv("TA:PumpExcitons-SP"), 2.0)
+    assert caget(pv("TA:Delay-RB")) == 10.0
+    lab0 = caget(pv("SIM:LabTime"))
+    caput(pv("TA:Acquire"), 1, timeout=10)
+    signal = caget(pv("TA:dAlpha"))
+    assert math.isfinite(signal) and signal < -0.1  # bleach beyond transparency at <N> = 2
+    assert caget(pv("SIM:LabTime")) - lab0 == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(PutRefused):
+        caput(pv("TA:Delay-SP"), 1e6)
+    assert caget(pv("TA:Delay-RB")) == 10.0
+
+
+# ---------------------------------------------------------------------------- slit (motor record)
+
+
+def test_slit_move_completes_with_dmov_and_limits_are_refused(pv):
+    slit = pv("SLIT:Length")
+    assert caget(slit + ".HLM") == 4000.0 and caget(slit + ".LLM") == 10.0
+    assert caget(slit + ".EGU") == "um"
+    start = caget(slit + ".RBV")
+    lab0 = caget(pv("SIM:LabTime"))
+    caput(slit, 2500.0, timeout=10)
+    assert caget(slit + ".DMOV") == 1 and caget(slit + ".MOVN") == 0
+    assert caget(slit + ".RBV") == 2500.0 and caget(slit + ".VAL") == 2500.0
+    assert caget(pv("SIM:LabTime")) - lab0 == pytest.approx(abs(2500.0 - start) / SPEED, abs=1e-9)
+    for bad in (5000.0, 5.0):
+        with pytest.raises(PutRefused):
+            caput(slit + ".VAL", bad)
+        assert caget(slit + ".LVIO") == 1
+        assert "soft limits" in caget(pv("IL:Message"))
+        assert caget(slit + ".RBV") == 2500.0 and caget(slit + ".VAL") == 2500.0
+    assert caget(slit + ".HLS") == 0 and caget(slit + ".LLS") == 0
+
+
+def test_slit_stop_halts_a_move(pv):
+    slit = pv("SLIT:Length")
+    caput(slit, 2500.0, timeout=10)
+    caput(pv("SIM:TimeScale"), 1.0)  # real time: 2490 um take 5 s
+    try:
+        caput(slit, 10.0, wait=False)
+        assert wait_for(lambda: caget(slit + ".MOVN") == 1, 1.0)
+        time.sleep(0.3)
+        assert caget(slit + ".DMOV") == 0
+        caput(slit + ".STOP", 1)
+        assert wait_for(lambda: caget(slit + ".DMOV") == 1, 1.0)
+    finally:
+        caput(pv("SIM:TimeScale"), SCALE)
+    rbv = caget(slit + ".RBV")
+    assert 10.0 < rbv < 2500.0
+    assert caget(slit + ".VAL") == pytest.approx(rbv)
+    time.sleep(0.1)
+    assert caget(slit + ".RBV") == rbv
+
+
+def test_ophyd_epics_motor_works_unchanged(pv):
+    from ophyd import EpicsMotor
+    from ophyd.utils import LimitError
+
+    motor = EpicsMotor(pv("SLIT:Length"), name="slit")
+    try:
+        motor.wait_for_connection(timeout=10)
+        assert motor.limits == (10.0, 4000.0)
+        assert motor.egu == "um"
+        status = motor.set(1234.5)
+        status.wait(10)
+        assert status.success
+        assert motor.position == pytest.approx(1234.5)
+        assert caget(pv("SLIT:Length.RBV")) == pytest.approx(1234.5)
+        with pytest.raises(LimitError):
+            motor.set(4500.0)
+        status = motor.set(1234.5)  # a null move completes too
+        status.wait(10)
+        assert status.success
+        assert motor.position == pytest.approx(1234.5)
+    finally:
+        motor.destroy()
+
+
+# ---------------------------------------------------------------------------- stage
+
+
+def test_sample_change_completes_when_mounted(pv):
+    with pytest.raises(PutRefused):
+        caput(pv("STAGE:Sample-SP"), "no-such-sample")
+    assert "no-such-sample" in caget(pv("IL:Message"))
+    assert caget(pv("STAGE:Sample-RB")) == "core-film"
+    lab0 = caget(pv("SIM:LabTime"))
+    caput(pv("STAGE:Sample-SP"), "cas-dfb", timeout=10)
+    assert caget(pv("STAGE:Sample-RB")) == "cas-dfb"
+    assert caget(pv("STAGE:Kind-RB")) == "dfb"
+    assert caget(pv("STAGE:Period-RB")) == 860.0
+    assert caget(pv("STAGE:Doping-RB")) == pytest.approx(0.47)
+    assert caget(pv("STAGE:Busy")) == 0
+    assert caget(pv("SIM:LabTime")) - lab0 == pytest.approx(20.0, abs=1e-9)
+
+
+def test_new_film_request_completes_when_the_film_is_mounted(pv):
+    caput(pv("SIM:TimeScale"), 1e5)  # 6 lab hours in 0.216 s
+    try:
+        caput(pv("STAGE:NewFilm-Doping-SP"), 50.0)
+        with pytest.raises(PutRefused):
+            caput(pv("STAGE:NewFilm-Request"), 1)
+        assert "cannot be made" in caget(pv("IL:Message"))
+        caput(pv("STAGE:NewFilm-Doping-SP"), 5.0)
+        lab0, t0 = caget(pv("SIM:LabTime")), time.monotonic()
+        caput(pv("STAGE:NewFilm-Request"), 1, timeout=20)
+        wall = time.monotonic() - t0
+    finally:
+        caput(pv("SIM:TimeScale"), SCALE)
+    assert wall >= 6 * 3600 / 1e5
+    assert caget(pv("SIM:LabTime")) - lab0 == pytest.approx(6 * 3600.0, abs=1e-6)
+    film = caget(pv("STAGE:Sample-RB"))
+    assert film.startswith("film-001")
+    assert caget(pv("STAGE:Sample-SP")) == film
+    assert caget(pv("STAGE:Doping-RB")) == 5.0
+    assert caget(pv("STAGE:Kind-RB")) == "film"
+    assert caget(pv("STAGE:Period-RB")) == 0.0
+    assert caget(pv("STAGE:NewFilm-Request")) == 0 and caget(pv("STAGE:Busy")) == 0
+    caput(pv("STAGE:Sample-SP"), "core-film", timeout=10)
+
+
+# ---------------------------------------------------------------------------- faults
+
+
+def test_fault_stuck_motor_never_finishes_until_cleared(pv):
+    slit = pv("SLIT:Length")
+    start = caget(slit + ".RBV")
+    target = start + 500.0 if start < 3000 else start - 500.0
+    caput(pv("SIM:Fault-StuckMotor"), 1)
+    try:
+        caput(slit, target, wait=False)
+        time.sleep(0.5)  # 500x the 1 ms of wall time the move takes
+        assert caget(slit + ".DMOV") == 0
+        assert caget(slit + ".MOVN") == 1
+        assert caget(slit + ".RBV") == start
+    finally:
+        caput(pv("SIM:Fault-StuckMotor"), 0)
+    assert wait_for(lambda: caget(slit + ".DMOV") == 1, 2.0)
+    assert caget(slit + ".RBV") == target
+
+
+def test_fault_nan_readbacks(pv):
+    caput(pv("PUMP:Fluence-SP"), 500.0)
+    caput(pv("SIM:Fault-NaN"), 1)
+    try:
+        caput(pv("SPEC:Acquire"), 1, timeout=10)
+        assert math.isnan(caget(pv("SPEC:Integrated")))
+        assert np.isnan(caget(pv("SPEC:Spectrum"))).all()
+        assert math.isnan(caget(pv("PUMP:Fluence-RB")))
+        caput(pv("TA:Acquire"), 1, timeout=10)
+        assert math.isnan(caget(pv("TA:dAlpha")))
+    finally:
+        caput(pv("SIM:Fault-NaN"), 0)
+    caput(pv("SPEC:Acquire"), 1, timeout=10)
+    assert math.isfinite(caget(pv("SPEC:Integrated")))
+    assert caget(pv("PUMP:Fluence-RB")) == pytest.approx(500.0, rel=0.05)
+    caput(pv("TA:Acquire"), 1, timeout=10)
+    assert math.isfinite(caget(pv("TA:dAlpha")))
+    caput(pv("PUMP:Fluence-SP"), 0.0)
+
+
+def test_fault_saturated_detector(pv):
+    caput(pv("PUMP:Shutter"), 0)
+    caput(pv("SPEC:Acquire"), 1, timeout=10)
+    assert caget(pv("SPEC:Saturated")) == 0
+    caput(pv("SIM:Fault-Saturated"), 1)
+    try:
+        caput(pv("SPEC:Acquire"), 1, timeout=10)
+        assert caget(pv("SPEC:Saturated")) == 1
+        spectrum = caget(pv("SPEC:Spectrum"))
+        assert spectrum.min() == spectrum.max() > 1e3  # every pixel at the full well
+    finally:
+        caput(pv("SIM:Fault-Saturated"), 0)
+    caput(pv("SPEC:Acquire"), 1, timeout=10)
+    assert caget(pv("SPEC:Saturated")) == 0
+
+
+def test_fault_pause_hangs_puts_until_unpaused(pv):
+    caput(pv("PUMP:Fluence-SP"), 10.0)
+    caput(pv("SIM:Fault-Pause"), 1)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(CaprotoTimeoutError):
+            caput(pv("PUMP:Fluence-SP"), 123.0, timeout=1.0)
+        assert time.monotonic() - t0 >= 1.0
+        with pytest.raises(CaprotoTimeoutError):
+            caput(pv("SPEC:Acquire"), 1, timeout=0.5)
+        assert caget(pv("PUMP:Fluence-SP")) == 10.0  # reads still answer; nothing applied
+    finally:
+        caput(pv("SIM:Fault-Pause"), 0)
+    assert wait_for(lambda: caget(pv("PUMP:Fluence-SP")) == 123.0, 2.0)  # the waiting put went through
+    assert wait_for(lambda: caget(pv("SPEC:Acquire")) == 0, 2.0)
+    caput(pv("PUMP:Fluence-SP"), 0.0, timeout=2.0)
+    assert caget(pv("PUMP:Fluence-SP")) == 0.0
+
+
+def test_fault_disconnect_takes_the_pvs_away_and_back():
+    """A second IOC (its own ports) with faults from the command line."""
+    with twin_ioc(EXAMPLE_BENCH, time_scale=SCALE, args=["--fault", "stuck_motor", "--disconnect-s", "1.5"]) as ioc2:
+        pv = ioc2.pv
+        assert caget(pv("SIM:Fault-StuckMotor")) == 1
+        assert caget(pv("SIM:Fault-Disconnect")) == 0
+        caput(pv("PUMP:Fluence-SP"), 321.0)
+        lab = caget(pv("SIM:LabTime"))
+        caput(pv("SIM:Fault-Disconnect"), 1)
+        t0 = time.monotonic()
+
+        def answers() -> bool:
+            try:
+                caget(pv("PUMP:Fluence-SP"), timeout=0.3)
+                return True
+            except (CaprotoError, OSError):  # timeout, or the circuit closing under us
+                return False
+
+        assert wait_for(lambda: not answers(), 1.0)
+        assert wait_for(answers, 10.0)
+        assert time.monotonic() - t0 >= 1.2
+        assert caget(pv("PUMP:Fluence-SP")) == 321.0  # the same engine
+        assert caget(pv("SIM:LabTime")) == lab
+        assert caget(pv("SIM:Fault-Disconnect")) == 0
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def serve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gainloop.cli", "twin", "serve", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_bad_bench_file_is_a_clear_error_and_non_zero_exit(tmp_path):
+    missing = serve("--bench", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 2
+    assert "does not exist" in " ".join(missing.stderr.split())
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[bench]\nname = "x"\nfluence_limit_uJ_cm2 = 100.0\nfluence_limt = 5\n\n'
+        '[[stage.library]]\nid = "a"\nkind = "film"\ndoping = 0.0\n'
+    )
+    proc = serve("--bench", str(bad))
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 2
+    assert "bench.fluence_limt" in err and "unknown key" in err
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fault", "gremlins"], "unknown fault"),
+        (["--time-scale", "0"], "time scale must be"),
+        (["--interface", "192.0.2.1"], "cannot serve on 192.0.2.1"),  # TEST-NET: not this host's
+    ],
+)
+def test_bad_arguments_are_a_clear_error_and_non_zero_exit(args, message):
+    proc = serve("--bench", str(EXAMPLE_BENCH), "--port", "1", *args)
+    assert proc.returncode == 2
+    assert message in " ".join(proc.stderr.split())
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_ioc_logged_no_traceback(ioc):
+    """Last: nothing above made the module's IOC raise where it should have refused."""
+    with pytest.raises(PutRefused):
+        caput(ioc.pv("PUMP:Fluence-SP"), 5000.0)
+    stop = ioc.stop()
+    err = ioc.stderr()
+    assert "Traceback" not in err, err
+    assert stop == 0, err
+    assert "refused fluence 5000 uJ/cm^2" in err  # refusals are logged, one line each
