@@ -1,0 +1,363 @@
+"""The bench's ophyd devices over Channel Access, against the twin's IOC in a subprocess.
+
+Each IOC gets its own PV prefix (the bench file's names under a unique prefix), so
+channels of one IOC are never confused with another's. The module's IOC runs at a
+time scale of 1e4 lab seconds per wall second; tests that compare numbers start a
+fresh, seeded IOC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import time
+import tomllib
+
+import bluesky.plan_stubs as bps
+import bluesky.plans as bp
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.utils import FailedStatus
+
+from devices import (
+    BenchConnectionError,
+    DeviceTimeoutError,
+    LimitError,
+    PutRefusedError,
+    ReadbackError,
+    StripeSlit,
+    connect_bench,
+    parse_bench,
+)
+from sim.devices import twin_bench_devices
+
+from .ioc_helpers import EXAMPLE_BENCH, caget, caput, twin_ioc
+
+SCALE = 1e4
+_counter = itertools.count()
+
+
+def bench_config(prefix: str, **overrides):
+    """The example bench file under another prefix (and other settings)."""
+    data = tomllib.loads(EXAMPLE_BENCH.read_text())
+    data["bench"]["prefix"] = prefix
+    for table, values in overrides.items():
+        data.setdefault(table, {}).update(values)
+    return parse_bench(data, f"{EXAMPLE_BENCH} (prefix {prefix})")
+
+
+@contextlib.contextmanager
+def ioc_and_bench(*, seed: int | None = None, time_scale: float = SCALE, **overrides):
+    """A fresh IOC under a unique prefix and the bench's devices connected to it."""
+    prefix = f"T{os.getpid()}x{next(_counter)}:"
+    cfg = bench_config(prefix, **overrides)
+    args = [] if seed is None else ["--seed", str(seed)]
+    with twin_ioc(EXAMPLE_BENCH, time_scale=time_scale, prefix=prefix, args=args) as ioc:
+        bench = connect_bench(cfg)
+        try:
+            yield ioc, bench
+        finally:
+            bench.destroy()
+
+
+@pytest.fixture(scope="module")
+def epics():
+    # short device timeouts so that fault tests fail fast
+    with ioc_and_bench(spectrometer={"acquire_timeout_s": 2.0}, stage={"move_timeout_s": 5.0}) as (ioc, bench):
+        yield ioc, bench
+
+
+@pytest.fixture
+def ioc(epics):
+    return epics[0]
+
+
+@pytest.fixture
+def bench(epics):
+    ioc, bench = epics
+    yield bench
+    # leave the IOC as the next test expects it
+    for fault in ("Pause", "NaN", "Saturated", "StuckMotor"):
+        caput(ioc.pv(f"SIM:Fault-{fault}"), 0)
+    caput(ioc.pv("IL:Permit"), 1)
+
+
+@pytest.fixture
+def RE():
+    return RunEngine({})
+
+
+def _collect(RE, plan):
+    docs: list[tuple[str, dict]] = []
+    RE(plan, lambda name, doc: docs.append((name, doc)))
+    return docs
+
+
+def _events(docs):
+    return [d for n, d in docs if n == "event"]
+
+
+def _descriptor(docs):
+    (desc,) = [d for n, d in docs if n == "descriptor"]
+    return desc
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+# ---------------------------------------------------------------- connection
+def test_connect_names_the_pvs_that_did_not_connect():
+    cfg = bench_config("NOSUCHBENCH:", bench={"connection_timeout_s": 0.5})
+    t0 = time.monotonic()
+    with pytest.raises(BenchConnectionError) as err:
+        connect_bench(cfg)
+    assert time.monotonic() - t0 < 5.0
+    msg = str(err.value)
+    assert "NOSUCHBENCH:PUMP:Fluence-SP" in msg and "NOSUCHBENCH:SPEC:Acquire" in msg
+    assert "did not connect within 0.5 s" in msg
+
+
+def test_epics_bench_has_the_contract_pvs(ioc, bench):
+    assert bench.engine is None
+    assert bench.pump.fluence.pvname == ioc.pv("PUMP:Fluence-RB")
+    assert bench.pump.fluence.setpoint_pvname == ioc.pv("PUMP:Fluence-SP")
+    assert isinstance(bench.slit, StripeSlit) and bench.slit.prefix == ioc.pv("SLIT:Length")
+    assert bench.stage.sample.pvname == ioc.pv("STAGE:Sample-RB")
+    assert bench.spectrometer.spectrum.pvname == ioc.pv("SPEC:Spectrum")
+
+
+# ---------------------------------------------------------------- same numbers as in-process
+def _sequence(b) -> list[tuple]:
+    b.pump.shutter.put(1)
+    b.spectrometer.exposure.put(0.5)
+    out = []
+    for sample, fluence, length in [
+        ("cas_doped-film", 400.0, 1500.0),
+        ("cas_doped-film", 900.0, 700.0),
+        ("cas-dfb", 1500.0, 700.0),
+    ]:
+        b.stage.set(sample).wait(10)
+        b.pump.fluence.put(fluence)
+        b.slit.move(length, wait=True)
+        b.spectrometer.trigger().wait(10)
+        spec = b.spectrometer
+        out.append(
+            (
+                spec.integrated.get(),
+                np.asarray(spec.spectrum.get(), dtype=float),
+                spec.peak_wavelength.get(),
+                spec.fwhm.get(),
+                b.pump.fluence.get(),
+                b.pump.pulse_energy.get(),
+            )
+        )
+    b.ta.delay.put(5.0)
+    b.ta.trigger().wait(10)
+    out.append((b.ta.signal.get(),))
+    return out
+
+
+def test_inprocess_and_ioc_agree_for_the_same_seed(presets):
+    with ioc_and_bench(seed=5) as (ioc, bench):
+        over_ca = _sequence(bench)
+        lab_time_ioc = caget(ioc.pv("SIM:LabTime"))
+        twin = twin_bench_devices(bench.config, seed=5, presets=presets)
+        in_process = _sequence(twin)
+    assert len(over_ca) == len(in_process) == 4
+    for a, b in zip(in_process, over_ca, strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-9, atol=0)
+    assert lab_time_ioc == pytest.approx(twin.engine.lab_time_s, abs=1e-6)
+    # and a different seed gives different counts
+    other = _sequence(twin_bench_devices(bench.config, seed=6, presets=presets))
+    assert other[0][0] != in_process[0][0]
+
+
+def test_describe_matches_inprocess(bench, presets):
+    twin = twin_bench_devices(bench.config, presets=presets)
+    for name, dev in bench.devices().items():
+        mine = dev.describe()
+        theirs = twin.devices()[name].describe()
+        assert set(mine) == set(theirs), name
+        for key, desc in theirs.items():
+            if "units" in desc:
+                assert mine[key]["units"] == desc["units"], key
+            assert mine[key]["dtype"] == desc["dtype"], key
+        assert set(dev.describe_configuration()) == set(twin.devices()[name].describe_configuration()), name
+
+
+# ---------------------------------------------------------------- plans over CA
+def test_scan_over_fluence_and_slit_over_ca(RE, ioc, bench):
+    RE(bps.mv(bench.pump.shutter, 1, bench.spectrometer.exposure, 0.1))
+    plan = bp.grid_scan(
+        [bench.spectrometer], bench.pump.fluence, 300.0, 900.0, 2, bench.slit, 500, 1500, 2, snake_axes=False
+    )
+    docs = _collect(RE, plan)
+    keys = _descriptor(docs)["data_keys"]
+    assert keys["pump_fluence"]["units"] == "uJ/cm^2"
+    assert keys["slit"]["units"] == "um"
+    assert keys["spectrometer_integrated"]["units"] == "counts"
+    assert keys["spectrometer_spectrum"]["shape"] == [512]
+    events = _events(docs)
+    assert len(events) == 4
+    assert [e["data"]["slit"] for e in events] == pytest.approx([500.0, 1500.0, 500.0, 1500.0])
+    assert [e["data"]["pump_fluence"] for e in events] == pytest.approx([300.0, 300.0, 900.0, 900.0], rel=0.02)
+    for ev in events:
+        spec = np.asarray(ev["data"]["spectrometer_spectrum"])
+        assert ev["data"]["spectrometer_integrated"] == pytest.approx(float(spec.sum()), rel=1e-9)
+    assert caget(ioc.pv("PUMP:Fluence-SP")) == 900.0
+
+
+def test_epics_motor_slit_moves_and_costs_lab_time(RE, ioc, bench):
+    RE(bps.mv(bench.slit, 1000.0))
+    t0 = caget(ioc.pv("SIM:LabTime"))
+    RE(bps.mv(bench.slit, 2500.0))
+    assert bench.slit.position == pytest.approx(2500.0)
+    assert caget(ioc.pv("SLIT:Length.RBV")) == pytest.approx(2500.0)
+    assert caget(ioc.pv("SLIT:Length.DMOV")) == 1
+    assert caget(ioc.pv("SIM:LabTime")) - t0 == pytest.approx(1500.0 / 500.0, abs=1e-6)
+
+
+def test_slit_soft_limits_are_checked_before_sending(RE, ioc, bench):
+    RE(bps.mv(bench.slit, 1200.0))
+    for bad in (5.0, 4500.0, math.nan):
+        with pytest.raises(LimitError, match="nothing was sent"):
+            RE(bps.mv(bench.slit, bad))
+    assert caget(ioc.pv("SLIT:Length.VAL")) == pytest.approx(1200.0)
+    assert caget(ioc.pv("SLIT:Length.LVIO")) == 0  # the IOC never saw a violation
+
+
+def test_stage_mounts_and_film_takes_hours(ioc, bench):
+    st = bench.stage.set("cas-dfb")
+    st.wait(10)
+    assert caget(ioc.pv("STAGE:Sample-RB")) == "cas-dfb"
+    assert bench.stage.sample_kind.get() == "dfb" and bench.stage.grating_period.get() == pytest.approx(860.0)
+    t0 = caget(ioc.pv("SIM:LabTime"))
+    st = bench.stage.request_film(2.0)
+    st.wait(30)
+    assert caget(ioc.pv("SIM:LabTime")) - t0 == pytest.approx(6 * 3600.0, abs=1e-6)
+    new_id = bench.stage.sample.get()
+    assert new_id.startswith("film-") and bench.stage.library[new_id].doping == 2.0
+    assert bench.stage.doping.get() == pytest.approx(2.0)
+    with pytest.raises(LimitError, match="not in the stage's library"):
+        bench.stage.set("nope")
+
+
+def test_ta_and_polarizer_over_ca(RE, ioc, bench):
+    docs = _collect(RE, bp.scan([bench.ta], bench.ta.delay, 0.0, 100.0, 2))
+    keys = _descriptor(docs)["data_keys"]
+    assert keys["ta_delay"]["units"] == "ps" and keys["ta_signal"]["units"] == "1"
+    assert all(math.isfinite(e["data"]["ta_signal"]) for e in _events(docs))
+    RE(bps.mv(bench.polarizer.angle, 30.0))
+    assert caget(ioc.pv("POL:Angle-RB")) == 30.0
+
+
+# ---------------------------------------------------------------- bad setpoints
+@pytest.mark.parametrize(
+    ("attr", "pv", "bad"),
+    [
+        ("fluence", "PUMP:Fluence-SP", 3000.5),
+        ("fluence", "PUMP:Fluence-SP", -1.0),
+        ("fluence", "PUMP:Fluence-SP", math.nan),
+        ("exposure", "SPEC:Exposure", 120.0),
+        ("delay", "TA:Delay-SP", 1e5),
+        ("pump_excitons", "TA:PumpExcitons-SP", -2.0),
+    ],
+)
+def test_bad_setpoints_are_clear_errors_and_never_sent(RE, ioc, bench, attr, pv, bad):
+    sig = {
+        "fluence": bench.pump.fluence,
+        "exposure": bench.spectrometer.exposure,
+        "delay": bench.ta.delay,
+        "pump_excitons": bench.ta.pump_excitons,
+    }[attr]
+    before, message = caget(ioc.pv(pv)), caget(ioc.pv("IL:Message"))
+    with pytest.raises(LimitError, match="nothing was sent"):
+        RE(bps.mv(sig, bad))
+    with pytest.raises(LimitError):
+        sig.put(bad)
+    assert caget(ioc.pv(pv)) == before
+    assert caget(ioc.pv("IL:Message")) == message
+
+
+def test_refused_setpoints_carry_the_iocs_reason(RE, ioc, bench):
+    RE(bps.mv(bench.pump.fluence, 100.0))
+    caput(ioc.pv("IL:Permit"), 0)
+    with pytest.raises(FailedStatus) as err:
+        RE(bps.mv(bench.pump.fluence, 200.0))
+    exc = err.value.__cause__
+    assert isinstance(exc, PutRefusedError)
+    assert "interlock permit is off" in str(exc) and ioc.pv("PUMP:Fluence-SP") in str(exc)
+    assert caget(ioc.pv("PUMP:Fluence-SP")) == 100.0
+    with pytest.raises(PutRefusedError, match="shutter"):
+        bench.pump.shutter.put(1)
+    st = bench.stage.request_film(39.0)  # the schema allows it, the preset's dots cannot hold it
+    with pytest.raises(PutRefusedError, match="cannot be made"):
+        st.wait(10)
+
+
+# ---------------------------------------------------------------- faults
+def test_nan_readbacks_fail_the_trigger(RE, ioc, bench):
+    RE(bps.mv(bench.pump.shutter, 1, bench.pump.fluence, 500.0))
+    caput(ioc.pv("SIM:Fault-NaN"), 1)
+    with pytest.raises(FailedStatus) as err:
+        RE(bp.count([bench.spectrometer]))
+    assert isinstance(err.value.__cause__, ReadbackError)
+    assert "spectrometer_integrated" in str(err.value.__cause__)
+    with pytest.raises(ReadbackError, match="pump_fluence"):
+        bench.pump.read()
+    assert isinstance(bench.ta.trigger().exception(5), ReadbackError)
+    caput(ioc.pv("SIM:Fault-NaN"), 0)
+    RE(bp.count([bench.spectrometer]))
+
+
+def test_saturated_spectrum_is_flagged_not_raised(RE, ioc, bench):
+    caput(ioc.pv("SIM:Fault-Saturated"), 1)
+    (ev,) = _events(_collect(RE, bp.count([bench.spectrometer])))
+    assert ev["data"]["spectrometer_saturated"] == 1
+    caput(ioc.pv("SIM:Fault-Saturated"), 0)
+    (ev,) = _events(_collect(RE, bp.count([bench.spectrometer])))
+    assert ev["data"]["spectrometer_saturated"] == 0
+
+
+def test_stuck_motor_times_out_with_a_clear_error(RE, ioc, bench, monkeypatch):
+    RE(bps.mv(bench.slit, 1000.0))
+    caput(ioc.pv("SIM:Fault-StuckMotor"), 1)
+    monkeypatch.setattr(bench.slit, "timeout_margin_s", 0.5)  # travel 1 s of lab time + 0.5 s
+    t0 = time.monotonic()
+    with pytest.raises(FailedStatus) as err:
+        RE(bps.mv(bench.slit, 1500.0))
+    assert 1.2 < time.monotonic() - t0 < 10.0
+    exc = err.value.__cause__
+    assert isinstance(exc, DeviceTimeoutError) and isinstance(exc, TimeoutError)
+    assert "did not reach 1500 um" in str(exc) and "stuck" in str(exc)
+    caput(ioc.pv("SIM:Fault-StuckMotor"), 0)
+    # the device stopped the move: the motor is done and never went to 1500
+    assert _wait_for(lambda: caget(ioc.pv("SLIT:Length.DMOV")) == 1, 5.0)
+    assert caget(ioc.pv("SLIT:Length.RBV")) == pytest.approx(1000.0)
+    RE(bps.mv(bench.slit, 1100.0))
+    assert bench.slit.position == pytest.approx(1100.0)
+
+
+def test_paused_ioc_times_out_with_a_clear_error(RE, ioc, bench):
+    RE(bps.mv(bench.pump.fluence, 100.0))
+    caput(ioc.pv("SIM:Fault-Pause"), 1)
+    st = bench.pump.fluence.set(200.0, timeout=0.5)
+    with pytest.raises(DeviceTimeoutError, match=r"did not complete within 0\.5 s"):
+        st.wait(5)
+    t0 = time.monotonic()
+    with pytest.raises(FailedStatus) as err:
+        RE(bp.count([bench.spectrometer]))
+    assert isinstance(err.value.__cause__, DeviceTimeoutError)
+    assert "acquisition did not complete within 2 s" in str(err.value.__cause__)
+    assert 1.5 < time.monotonic() - t0 < 10.0
+    caput(ioc.pv("SIM:Fault-Pause"), 0)
