@@ -40,5 +40,6 @@ def test_unknown_uid_is_a_clear_error(catalog):
 
 
 def test_unreachable_catalog_says_what_to_start(tmp_path):
-    with pytest.raises(CatalogError, match=r"cannot reach the catalog at http://127\.0\.0\.1:9/api.*Start the Tiled server"):
+    expected = r"cannot reach the catalog at http://127\.0\.0\.1:9/api.*Start the Tiled server"
+    with pytest.raises(CatalogError, match=expected):
         Catalog("http://127.0.0.1:9/api", data_dir_path=tmp_path)

@@ -1,0 +1,85 @@
+"""Measurement plans on the in-process twin: metadata, safety, and recovery of the twin's ground truth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+
+from plans.measurements import ase_fluence_scan, vsl_scan
+from plans.safety import FluenceLimitError
+from sim.devices import twin_bench_devices
+from twin.ase import ase_threshold_uJ_cm2, stripe_gain
+
+from .conftest import REPO
+
+BENCH_FILE = REPO / "examples" / "twin_bench.toml"
+
+
+@pytest.fixture
+def bench():
+    return twin_bench_devices(BENCH_FILE, seed=3)
+
+
+@pytest.fixture
+def RE():
+    return RunEngine({}, call_returns_result=True)
+
+
+def _collect(RE):
+    docs = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    return docs
+
+
+def test_ase_scan_recovers_the_twin_threshold_within_its_uncertainty(bench, RE):
+    docs = _collect(RE)
+    result = RE(ase_fluence_scan(bench, "cas_doped-film", stripe_length_um=1000.0)).plan_result
+    engine = bench.engine
+    sample = engine._sample_for(bench.config.library_entry("cas_doped-film"))
+    truth = float(ase_threshold_uJ_cm2(1000.0, sample.doping_ne, sample, engine.presets.setup))
+    assert abs(result["threshold_uJ_cm2"] - truth) <= 3 * result["threshold_err_uJ_cm2"] + 0.03 * truth
+    start = next(d for n, d in docs if n == "start")
+    assert start["plan_name"] == "ase_fluence_scan"
+    assert start["sample_id"] == "cas_doped-film" and start["doping"] == pytest.approx(7.4)
+    assert start["devices"] == "twin" and start["twin"]["seed"] == 3
+    assert start["units"]["fluence"] == "uJ/cm^2"
+    assert start["hints"]["dimensions"][0][0] == [bench.pump.fluence.name]
+    streams = {d["name"] for n, d in docs if n == "descriptor"}
+    assert streams == {"primary", "analysis"}
+    analysis = [d for n, d in docs if n == "event" and d["data"].get("threshold_uJ_cm2") is not None]
+    assert analysis[0]["data"]["threshold_uJ_cm2"] == pytest.approx(result["threshold_uJ_cm2"])
+    assert bench.pump.shutter.get() == 0  # closed at the end
+
+
+def test_vsl_scan_recovers_the_twin_gain(bench, RE):
+    result = RE(
+        vsl_scan(bench, "cas_doped-film", fluence_uJ_cm2=2200.0, stripe_lengths_um=np.linspace(10, 40, 16))
+    ).plan_result
+    sample = bench.engine._sample_for(bench.config.library_entry("cas_doped-film"))
+    truth = float(stripe_gain(2200.0, 20.0, 7.4, sample, bench.engine.presets.setup).net_gain_per_cm())
+    assert abs(result["gnet_per_cm"] - truth) <= 3 * result["gnet_err_per_cm"] + 0.03 * truth
+
+
+def test_plan_refuses_an_over_limit_range_before_anything_moves(bench, RE):
+    before = bench.engine.state.fluence_uJ_cm2
+    with pytest.raises(FluenceLimitError):
+        RE(ase_fluence_scan(bench, "cas_doped-film", fluence_max_uJ_cm2=1e5))
+    assert bench.engine.state.fluence_uJ_cm2 == before
+    assert bench.engine.lab_time_s == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"stripe_lengths_um": [0.0, 10, 20, 30, 40]},
+        {"stripe_lengths_um": [-5.0, 10, 20, 30, 40]},
+        {"stripe_lengths_um": [10, 20]},
+        {"stripe_lengths_um": [10, 20, 30, 40, math.nan]},
+    ],
+)
+def test_bad_stripe_lengths_are_clear_errors(bench, RE, kwargs):
+    with pytest.raises(ValueError, match=r"stripe length|at least 5"):
+        RE(vsl_scan(bench, "cas_doped-film", fluence_uJ_cm2=500.0, **kwargs))
