@@ -83,8 +83,7 @@ class Catalog:
             httpx.get(uri, timeout=timeout_s)
         except httpx.HTTPError as exc:
             raise CatalogError(
-                f"cannot reach the catalog at {uri}: {exc}. Start the Tiled server "
-                "at that address, or check the URI."
+                f"cannot reach the catalog at {uri}: {exc}. Start the Tiled server at that address, or check the URI."
             ) from None
         try:
             return from_uri(uri, api_key=api_key) if api_key else from_uri(uri)
