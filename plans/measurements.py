@@ -87,7 +87,9 @@ def _counts_per_s(reading: dict, spectrometer, exposure_s: float, at_peak: bool)
 def _acquire(bench, exposure_s: float, *, at_peak: bool = False, max_tries: int = 4):
     """Trigger and read; on saturation cut the exposure tenfold and read again (every read is an event).
 
-    Returns counts per second (integrated, or around the peak) and the exposure used.
+    Returns counts per second (integrated, or around the peak), the pump fluence the
+    power meter read during the acquisition (uJ/cm^2) and the exposure used (s):
+    the analysis uses stored values only, so a replay re-derives the same result.
     """
     spec = bench.spectrometer
     exp = exposure_s
@@ -96,9 +98,9 @@ def _acquire(bench, exposure_s: float, *, at_peak: bool = False, max_tries: int 
         reading = yield from bps.trigger_and_read([spec, bench.pump, bench.slit])
         rate, saturated = _counts_per_s(reading, spec, exp, at_peak)
         if not saturated:
-            return rate, exp
+            return rate, float(reading[bench.pump.fluence.name]["value"]), exp
         exp = exp / 10.0
-    return math.nan, exp
+    return math.nan, math.nan, exp
 
 
 def _mount(bench, sample_id: str, stripe_length_um: float | None):
@@ -183,9 +185,9 @@ def ase_fluence_scan(
 
         def measure(f):
             yield from bps.mv(bench.pump.fluence, float(f))
-            rate, _ = yield from _acquire(bench, exposure_s)
-            if math.isfinite(rate) and rate > 0:
-                fluences.append(float(f))
+            rate, measured_fluence, _ = yield from _acquire(bench, exposure_s)
+            if math.isfinite(rate) and rate > 0 and math.isfinite(measured_fluence) and measured_fluence > 0:
+                fluences.append(measured_fluence)
                 rates.append(rate)
 
         for f in np.geomspace(fluence_min_uJ_cm2, f_hi, n_coarse):
@@ -252,7 +254,7 @@ def vsl_scan(
         used, rates = [], []
         for length in lengths:
             yield from bps.mv(bench.slit, length)
-            rate, _ = yield from _acquire(bench, exposure_s, at_peak=True)
+            rate, _, _ = yield from _acquire(bench, exposure_s, at_peak=True)
             if math.isfinite(rate):
                 used.append(length)
                 rates.append(rate)
