@@ -12,6 +12,8 @@ import contextlib
 import itertools
 import math
 import os
+import subprocess
+import sys
 import time
 import tomllib
 
@@ -34,7 +36,7 @@ from devices import (
 )
 from sim.devices import twin_bench_devices
 
-from .ioc_helpers import EXAMPLE_BENCH, caget, caput, twin_ioc
+from .ioc_helpers import EXAMPLE_BENCH, ca_environment, caget, caput, free_port, twin_ioc
 
 SCALE = 1e4
 _counter = itertools.count()
@@ -361,3 +363,67 @@ def test_paused_ioc_times_out_with_a_clear_error(RE, ioc, bench):
     assert "acquisition did not complete within 2 s" in str(err.value.__cause__)
     assert 1.5 < time.monotonic() - t0 < 10.0
     caput(ioc.pv("SIM:Fault-Pause"), 0)
+
+
+# ---------------------------------------------------------------- refusals as CA error responses
+_STUB_IOC = """
+from caproto.server import PVGroup, pvproperty, run
+
+class Stub(PVGroup):
+    sp = pvproperty(value=0.0, name="SP")
+
+    @sp.putter
+    async def sp(self, instance, value):
+        if value > 10:
+            raise ValueError(f"stub refuses {value}: above 10")
+        return value
+
+run(Stub(prefix="PREFIX").pvdb, interfaces=["127.0.0.1"])
+"""
+
+
+def test_refusal_sent_as_an_error_response_is_reported(tmp_path, monkeypatch):
+    """A plain caproto IOC answers a refused put-with-completion with an ErrorResponse, which
+    caproto's client drops; the devices still report it at once, with the IOC's text."""
+    from ophyd import EpicsSignal
+
+    from devices._ca import put_notify
+
+    prefix = f"STUB{os.getpid()}:"
+    env = ca_environment(free_port(), free_port())
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    script = tmp_path / "stub_ioc.py"
+    script.write_text(_STUB_IOC.replace("PREFIX", prefix))
+    server_env = {**os.environ, "EPICS_CAS_SERVER_PORT": env["EPICS_CA_SERVER_PORT"]}
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    sig = None
+    try:
+        assert _wait_for(lambda: _answers(prefix + "SP"), 20.0)
+        sig = EpicsSignal(prefix + "SP", name="stub_sp")  # after the server is up: no search back-off
+        sig.wait_for_connection(timeout=10)
+        replies: list = []
+        put_notify(sig, 5.0, replies.append, timeout=5.0, connection_timeout=5.0)
+        assert _wait_for(lambda: len(replies) == 1, 5.0) and replies == [None]
+        t0 = time.monotonic()
+        put_notify(sig, 50.0, replies.append, timeout=30.0, connection_timeout=5.0)
+        assert _wait_for(lambda: len(replies) == 2, 5.0), "the refusal was not delivered"
+        assert time.monotonic() - t0 < 5.0
+        assert isinstance(replies[1], PutRefusedError)
+        assert "stub refuses 50.0: above 10" in str(replies[1])
+        assert caget(prefix + "SP") == 5.0
+    finally:
+        if sig is not None:
+            sig.destroy()
+        proc.terminate()
+        proc.wait(10)
+
+
+def _answers(pvname: str) -> bool:
+    try:
+        caget(pvname, timeout=0.5)
+    except Exception:
+        return False
+    return True
