@@ -10,13 +10,13 @@ extra settings live in an optional ``[twin]`` table that the bench ignores.
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gainloop.errors import GainloopError
+from gainloop.tomlfile import format_validation_error, read_toml
 
 __all__ = [
     "BenchConfig",
@@ -184,21 +184,12 @@ class BenchConfig(_Strict):
         raise BenchConfigError(f"sample {sample_id!r} is not in the bench's library; mounted: {ids}")
 
 
-def _format(err: ValidationError, source: str) -> str:
-    lines = [f"invalid bench file {source}:"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = "unknown key (check its spelling)" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
-
-
 def parse_bench(data: dict, source: str = "<dict>") -> BenchConfig:
     """Validate an already-parsed bench mapping."""
     try:
         cfg = BenchConfig.model_validate(data)
     except ValidationError as exc:
-        raise BenchConfigError(_format(exc, source)) from None
+        raise BenchConfigError(format_validation_error(exc, "bench file", source)) from None
     if not math.isfinite(cfg.bench.fluence_limit_uJ_cm2):
         raise BenchConfigError(f"invalid bench file {source}: bench.fluence_limit_uJ_cm2 must be finite")
     return cfg
@@ -206,15 +197,4 @@ def parse_bench(data: dict, source: str = "<dict>") -> BenchConfig:
 
 def load_bench(path: str | Path) -> BenchConfig:
     """Read and validate a bench TOML file."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise BenchConfigError(f"bench file {p} does not exist") from None
-    except OSError as exc:
-        raise BenchConfigError(f"cannot read bench file {p}: {exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise BenchConfigError(f"bench file {p} is not valid TOML: {exc}") from None
-    return parse_bench(data, str(p))
+    return parse_bench(read_toml(path, "bench file", BenchConfigError), str(path))

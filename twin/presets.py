@@ -16,14 +16,14 @@ reads a user's own file for a new material.
 from __future__ import annotations
 
 import math
-import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gainloop.errors import PresetError
+from gainloop.tomlfile import load_toml_model
 
 from .constants import PUMP_WAVELENGTH_NM, photon_energy_eV
 from .noise import NoiseParams
@@ -217,34 +217,10 @@ def default_presets_path() -> Path:
     return Path(str(resources.files("twin") / "data" / "presets.toml"))
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid presets file {source}:"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (not a preset parameter; check its spelling)"
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
-
-
 def load_presets(path: str | Path | None = None) -> PresetFile:
     """Read and validate a presets TOML file (the shipped one when ``path`` is None)."""
     p = default_presets_path() if path is None else Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise PresetError(f"presets file {p} does not exist") from None
-    except OSError as exc:
-        raise PresetError(f"cannot read presets file {p}: {exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PresetError(f"presets file {p} is not valid TOML: {exc}") from None
-    try:
-        return PresetFile.model_validate(data)
-    except ValidationError as exc:
-        raise PresetError(_format_validation_error(exc, str(p))) from None
+    return load_toml_model(p, PresetFile, "presets file", PresetError)
 
 
 def excitons_per_fluence(
