@@ -9,6 +9,7 @@ traceback.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -191,6 +192,72 @@ def twin_serve(
         serve(ioc, interfaces=interface or ["127.0.0.1"], port=port, list_pvs=list_pvs)
     except GainloopError as exc:
         _fail(exc)
+
+
+MEASUREMENT_PLANS = ("ase_fluence_scan", "vsl_scan")
+
+
+@app.command("measure")
+def measure(
+    plan: Annotated[str, typer.Argument(help=f"One of: {', '.join(MEASUREMENT_PLANS)}.")],
+    sample: SampleOption,
+    twin: Annotated[bool, typer.Option("--twin", help="Use the in-process twin bench (default).")] = False,
+    bench: Annotated[Path | None, typer.Option("--bench", help="Bench file of a real bench (EPICS).")] = None,
+    catalog: Annotated[
+        str | None, typer.Option("--catalog", help="Tiled server URI (default: the embedded catalog).")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Data folder of the embedded catalog.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Twin seed (default: the bench file's).")] = None,
+    stripe_length_um: Annotated[float, typer.Option("--stripe-length", help="Stripe length, um.")] = 1000.0,
+    fluence_uJ_cm2: Annotated[float, typer.Option("--fluence", help="VSL fluence, uJ/cm^2.")] = 2200.0,
+    json_out: JsonOption = False,
+) -> None:
+    """Run one measurement plan, store every document in the catalog, print the uid and the result."""
+    import numpy as np
+    from bluesky import RunEngine
+
+    from gainloop.catalog import Catalog
+    from gainloop.catalog import data_dir as resolve_data_dir
+    from plans.measurements import ase_fluence_scan, vsl_scan
+
+    if plan not in MEASUREMENT_PLANS:
+        _fail(GainloopError(f"unknown plan {plan!r}; available: {', '.join(MEASUREMENT_PLANS)}"))
+    if twin and bench is not None:
+        _fail(GainloopError("choose one of --twin and --bench FILE"))
+    try:
+        if bench is not None:
+            from devices import connect_bench, load_bench
+
+            devices = connect_bench(load_bench(bench))
+        else:
+            from sim.devices import default_twin_bench_path, twin_bench_devices
+
+            devices = twin_bench_devices(default_twin_bench_path(), seed=seed)
+        devices.config.library_entry(sample)
+        folder_is_new = data_dir is None and catalog is None and not (resolve_data_dir() / "catalog").exists()
+        with Catalog(catalog, data_dir_path=data_dir) as cat:
+            if folder_is_new:
+                _err.print(f"gainloop catalog: {cat.location}")
+            RE = RunEngine({}, call_returns_result=True)
+            # the RunEngine logs a traceback for a plan's own refusal; the CLI prints it as one line
+            logging.getLogger("bluesky").setLevel(logging.CRITICAL)
+            RE.subscribe(cat.writer())
+            if plan == "ase_fluence_scan":
+                gen = ase_fluence_scan(devices, sample, stripe_length_um=stripe_length_um)
+            else:
+                lengths = np.linspace(10.0, 40.0, 16)
+                gen = vsl_scan(devices, sample, fluence_uJ_cm2=fluence_uJ_cm2, stripe_lengths_um=lengths)
+            result = RE(gen)
+            if result.exit_status != "success":
+                _fail(GainloopError(f"run {result.run_start_uids} ended with {result.exit_status}: {result.reason}"))
+            out = {**result.plan_result, "plan": plan, "sample": sample, "catalog": str(cat.location)}
+    except (GainloopError, ValueError) as exc:
+        _fail(exc)
+    if json_out:
+        _print_json(out)
+    else:
+        for k, v in out.items():
+            _console.print(f"{k}: {v}")
 
 
 def main() -> None:

@@ -64,6 +64,7 @@ __all__ = [
     "TwinSpectrometer",
     "TwinStripeSlit",
     "TwinTransientAbsorption",
+    "default_twin_bench_path",
     "twin_bench_devices",
 ]
 
@@ -564,6 +565,13 @@ class TwinInterlock(_TwinDevice):
 
     def _message(self) -> str:
         return self.twin.state.message
+
+
+def default_twin_bench_path() -> Path:
+    """The twin's bench file shipped with the package (the same as ``examples/twin_bench.toml``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("sim") / "data" / "twin_bench.toml"))
 
 
 def twin_bench_devices(
