@@ -20,6 +20,7 @@ from ._checks import (
     require_finite,
 )
 from ._errors import BenchConnectionError, DeviceTimeoutError, LimitError, PutRefusedError, ReadbackError
+from ._signals import ContractReadings
 from .bench import (
     Bench,
     Interlock,
@@ -39,6 +40,7 @@ __all__ = [
     "BenchConfig",
     "BenchConfigError",
     "BenchConnectionError",
+    "ContractReadings",
     "DeviceTimeoutError",
     "Interlock",
     "LibraryEntry",

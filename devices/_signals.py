@@ -22,7 +22,7 @@ from ophyd.signal import EpicsSignal, EpicsSignalRO
 from ._ca import Completion, put_notify
 from ._checks import Check, require_finite
 
-__all__ = ["DEFAULT_PUT_TIMEOUT_S", "BenchSignal", "BenchSignalRO"]
+__all__ = ["DEFAULT_PUT_TIMEOUT_S", "BenchSignal", "BenchSignalRO", "ContractReadings"]
 
 #: Timeout of a put whose completion is immediate on the bench (setpoints), s.
 DEFAULT_PUT_TIMEOUT_S = 10.0
@@ -36,10 +36,19 @@ def _bench_config(signal):
     return cfg
 
 
-class _BenchMixin:
-    def _init_bench(self, units: str | None, nan_ok: bool) -> None:
-        self._units = units
-        self._nan_ok = nan_ok
+class ContractReadings:
+    """Signal mixin shared by the EPICS and the twin's signals.
+
+    ``describe()`` carries the PV contract's unit (``_units``); ``read()`` of a
+    measurement (``_nan_ok`` False) raises ``ReadbackError`` on NaN or inf.
+    """
+
+    _units: str | None = None
+    _nan_ok: bool = True
+
+    def _reading_source(self) -> str:
+        """Where the value came from, for error messages (the PV name)."""
+        return str(getattr(self, "pvname", "?"))
 
     def describe(self):
         desc = super().describe()
@@ -50,8 +59,14 @@ class _BenchMixin:
     def read(self):
         reading = super().read()
         if not self._nan_ok:
-            require_finite(reading[self.name]["value"], f"{self.name} ({self.pvname})")
+            require_finite(reading[self.name]["value"], f"{self.name} ({self._reading_source()})")
         return reading
+
+
+class _BenchMixin(ContractReadings):
+    def _init_bench(self, units: str | None, nan_ok: bool) -> None:
+        self._units = units
+        self._nan_ok = nan_ok
 
 
 class BenchSignalRO(_BenchMixin, EpicsSignalRO):

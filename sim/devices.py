@@ -35,6 +35,7 @@ from devices import (
     UNITS,
     Bench,
     BenchConfig,
+    ContractReadings,
     DeviceTimeoutError,
     LibraryEntry,
     PutRefusedError,
@@ -85,7 +86,7 @@ def _refused(what: str, value, exc: Exception) -> PutRefusedError:
     return PutRefusedError(f"{what} refused {value!r}: {exc}")
 
 
-class TwinSignal(Signal):
+class TwinSignal(ContractReadings, Signal):
     """A signal whose value lives in the engine: ``getter``/``setter`` name methods of its device.
 
     Same behaviour as ``devices``' ``BenchSignal``: contract units in ``describe()``,
@@ -146,18 +147,12 @@ class TwinSignal(Signal):
             return _failed(self, exc)
         return _finished(self)
 
+    def _reading_source(self) -> str:
+        return "twin"
+
     def describe(self):
         self.get()
-        desc = super().describe()
-        if self._units is not None:
-            desc[self.name]["units"] = self._units
-        return desc
-
-    def read(self):
-        reading = super().read()
-        if not self._nan_ok:
-            require_finite(reading[self.name]["value"], f"{self.name} (twin)")
-        return reading
+        return super().describe()
 
 
 class _TwinDevice(Device):
