@@ -62,10 +62,21 @@ def bench_metadata(bench, sample_id: str) -> dict:
     return md
 
 
-def _merge_md(base: dict, md: dict | None) -> dict:
-    out = dict(base)
-    out.update(md or {})
-    return out
+def _measurement(bench, plan_name: str, plan_args: dict, dimension, md: dict | None, body):
+    """Run ``body(results)`` as one run with the standard metadata (the user's ``md`` last),
+    the shutter closed at the end and every fluence checked; return ``{"uid", **results}``."""
+    start_md = {
+        "plan_name": plan_name,
+        "plan_args": plan_args,
+        "units": _UNITS,
+        "hints": {"dimensions": [([dimension.name], "primary")]},
+        **bench_metadata(bench, plan_args["sample_id"]),
+        **(md or {}),
+    }
+    results: dict[str, float] = {}
+    plan = _closing_shutter(bench, bpp.run_wrapper(body(results), md=start_md))
+    uid = yield from fluence_guard(plan, [bench.pump.fluence, bench.pump], bench.config.bench.fluence_limit_uJ_cm2)
+    return {"uid": uid, **results}
 
 
 #: Pixels on each side of the peak summed for the ASE-peak intensity of a VSL series.
@@ -168,16 +179,8 @@ def ase_fluence_scan(
         "n_fine": n_fine,
         "exposure_s": exposure_s,
     }
-    base = {
-        "plan_name": "ase_fluence_scan",
-        "plan_args": plan_args,
-        "units": _UNITS,
-        "hints": {"dimensions": [([bench.pump.fluence.name], "primary")]},
-        **bench_metadata(bench, sample_id),
-    }
 
-    @bpp.run_decorator(md=_merge_md(base, md))
-    def inner():
+    def inner(results):
         yield from _mount(bench, sample_id, stripe_length_um)
         yield from bps.mv(bench.pump.fluence, fluence_min_uJ_cm2)
         yield from bps.mv(bench.pump.shutter, 1)
@@ -205,10 +208,7 @@ def ase_fluence_scan(
         results.update(threshold_uJ_cm2=fit.threshold, threshold_err_uJ_cm2=fit.threshold_err)
         yield from _analysis_event(results)
 
-    results: dict[str, float] = {}
-    plan = _closing_shutter(bench, inner())
-    uid = yield from fluence_guard(plan, [bench.pump.fluence, bench.pump], limit)
-    return {"uid": uid, **results}
+    return (yield from _measurement(bench, "ase_fluence_scan", plan_args, bench.pump.fluence, md, inner))
 
 
 def vsl_scan(
@@ -238,16 +238,8 @@ def vsl_scan(
         "stripe_lengths_um": lengths,
         "exposure_s": exposure_s,
     }
-    base = {
-        "plan_name": "vsl_scan",
-        "plan_args": plan_args,
-        "units": _UNITS,
-        "hints": {"dimensions": [([bench.slit.name], "primary")]},
-        **bench_metadata(bench, sample_id),
-    }
 
-    @bpp.run_decorator(md=_merge_md(base, md))
-    def inner():
+    def inner(results):
         yield from _mount(bench, sample_id, lengths[0])
         yield from bps.mv(bench.pump.fluence, fluence_uJ_cm2)
         yield from bps.mv(bench.pump.shutter, 1)
@@ -262,7 +254,4 @@ def vsl_scan(
         results.update(gnet_per_cm=fit.gain_per_cm, gnet_err_per_cm=fit.gain_err_per_cm)
         yield from _analysis_event(results)
 
-    results: dict[str, float] = {}
-    plan = _closing_shutter(bench, inner())
-    uid = yield from fluence_guard(plan, [bench.pump.fluence, bench.pump], limit)
-    return {"uid": uid, **results}
+    return (yield from _measurement(bench, "vsl_scan", plan_args, bench.slit, md, inner))
