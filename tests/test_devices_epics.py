@@ -346,8 +346,11 @@ def test_stuck_motor_times_out_with_a_clear_error(RE, ioc, bench, monkeypatch):
     # the device stopped the move: the motor is done and never went to 1500
     assert _wait_for(lambda: caget(ioc.pv("SLIT:Length.DMOV")) == 1, 5.0)
     assert caget(ioc.pv("SLIT:Length.RBV")) == pytest.approx(1000.0)
+    # let the device's own monitors catch up with the stop before the next move (under load
+    # a late DMOV update of the stopped move could otherwise be taken for the new move's end)
+    assert _wait_for(lambda: bench.slit.motor_done_move.get() == 1 and not bench.slit.moving, 5.0)
     RE(bps.mv(bench.slit, 1100.0))
-    assert bench.slit.position == pytest.approx(1100.0)
+    assert _wait_for(lambda: bench.slit.position == pytest.approx(1100.0), 5.0)
 
 
 def test_paused_ioc_times_out_with_a_clear_error(RE, ioc, bench):
