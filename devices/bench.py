@@ -367,7 +367,8 @@ class Spectrometer(_Triggered):
     """The spectrometer: exposure, one acquisition per trigger, spectrum and camera statistics."""
 
     _section = "spectrometer"
-    exposure = FCpt(BenchSignal, "{_pv[exposure]}", units=UNITS["exposure"], check=check_exposure, kind="config")
+    # the exposure used is read with every event (the analysis divides the counts by it)
+    exposure = FCpt(BenchSignal, "{_pv[exposure]}", units=UNITS["exposure"], check=check_exposure, kind="normal")
     acquire = FCpt(BenchSignal, "{_pv[acquire]}", check=check_flag, kind="omitted")
     spectrum = FCpt(BenchSignalRO, "{_pv[spectrum]}", units=UNITS["spectrum"], nan_ok=False)
     wavelength = FCpt(BenchSignalRO, "{_pv[wavelength]}", units=UNITS["wavelength"], kind="config")

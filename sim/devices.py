@@ -420,7 +420,7 @@ class TwinSpectrometer(_TwinDevice):
         setter="_set_exposure",
         check=check_exposure,
         units=UNITS["exposure"],
-        kind="config",
+        kind="normal",
     )
     acquire = Cpt(TwinSignal, getter="_zero", setter="_acquire", check=check_flag, kind="omitted")
     spectrum = Cpt(TwinSignal, getter="_spectrum", units=UNITS["spectrum"], nan_ok=False)

@@ -116,6 +116,7 @@ def test_count_events_and_units(RE, bench, cfg):
     keys = desc["data_keys"]
     assert set(keys) == {
         "spectrometer_spectrum",
+        "spectrometer_exposure",
         "spectrometer_integrated",
         "spectrometer_peak_wavelength",
         "spectrometer_fwhm",
@@ -134,7 +135,7 @@ def test_count_events_and_units(RE, bench, cfg):
     assert units["pump_pulse_energy"] == "uJ"
     assert keys["spectrometer_spectrum"]["shape"] == [cfg.spectrometer.pixels]
     conf = desc["configuration"]["spectrometer"]["data_keys"]
-    assert conf["spectrometer_exposure"]["units"] == "s"
+    assert keys["spectrometer_exposure"]["units"] == "s"
     assert conf["spectrometer_wavelength"]["units"] == "nm"
     assert desc["configuration"]["pump"]["data_keys"]["pump_repetition_rate"]["units"] == "kHz"
     assert desc["hints"]["spectrometer"]["fields"] == ["spectrometer_integrated"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -142,15 +141,13 @@ def test_large_and_weakly_scaled_cascade_stays_exact(presets):
     assert pops.probabilities[2, 0, :] == pytest.approx(ref, abs=1e-10)
 
 
-def test_cascade_is_fast_for_many_delays_dopings_and_excitons(presets):
+def test_cascade_covers_many_delays_dopings_and_excitons(presets):
+    # (speed lives in benchmarks/, not in timed tests)
     s = _sample(presets, "cas_doped", doping=7.9, tau_xx_ps=485.0, scaling_exponent=1.0, electron_fraction=0.5)
     t = np.linspace(0.0, 3000.0, 200)
-    dynamics.exciton_populations(t[:5], 20.0, s)  # warm-up (imports, caches)
-    start = time.perf_counter()
     pops = dynamics.exciton_populations(t, 20.0, s)
-    elapsed = time.perf_counter() - start
     assert pops.probabilities.shape[1] >= 40 and pops.probabilities.shape[2] >= 55
-    assert elapsed < 1.0
+    assert pops.total_probability() == pytest.approx(1.0, abs=1e-9)
 
 
 # ----------------------------------------------------------------------------- TA traces

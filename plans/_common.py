@@ -1,0 +1,181 @@
+"""What every measurement plan shares: metadata, the run wrapper, acquisitions, the analysis stream.
+
+A plan collects the readings of its ``primary`` stream in a ``PrimaryData`` as it
+goes and, at the end, calls its analysis function on them: the *same* function a
+replay calls on the stored ``primary`` stream (``plans.registry``), so live and
+replayed results are equal by construction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+import numpy as np
+
+from plans.safety import fluence_guard
+
+__all__ = [
+    "UNITS",
+    "PrimaryData",
+    "acquire",
+    "analysis_event",
+    "bench_metadata",
+    "closing_shutter",
+    "counts_per_s",
+    "measurement",
+    "mount",
+]
+
+#: Units of the quantities in gainloop's plans (recorded in every start document).
+UNITS = {
+    "fluence": "uJ/cm^2",
+    "stripe_length": "um",
+    "doping": "electrons/dot",
+    "integrated": "counts",
+    "spectrum": "counts",
+    "exposure": "s",
+    "wavelength": "nm",
+    "fwhm": "nm",
+    "threshold": "uJ/cm^2",
+    "gnet": "1/cm",
+    "polarizer_angle": "deg",
+    "ta_delay": "ps",
+    "ta_signal": "|d(alpha)/alpha0|",
+    "lifetime": "ps",
+    "lab_time": "s",
+}
+
+#: Pixels on each side of the peak summed for a peak intensity.
+PEAK_HALF_WIDTH_PX = 2
+
+
+class PrimaryData:
+    """The readings of a run's primary stream as columns, in event order (live side of a replay)."""
+
+    def __init__(self) -> None:
+        self._columns: dict[str, list] = {}
+
+    def add(self, reading: dict) -> None:
+        for key, value in reading.items():
+            self._columns.setdefault(key, []).append(value["value"])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self._columns.items()}
+
+
+def bench_metadata(bench, sample_id: str) -> dict:
+    """Metadata about the devices and the sample: bench or twin (with the twin's parameters)."""
+    entry = bench.config.library_entry(sample_id)
+    md = {
+        "sample_id": sample_id,
+        "sample_kind": entry.kind,
+        "doping": entry.doping,
+        "bench_name": bench.config.bench.name,
+        "fluence_limit_uJ_cm2": bench.config.bench.fluence_limit_uJ_cm2,
+    }
+    engine = bench.engine
+    if engine is None:
+        md["devices"] = "bench"
+    else:
+        md["devices"] = "twin"
+        md["twin"] = {
+            "seed": engine.seed,
+            "preset": entry.preset or bench.config.twin.new_film_preset,
+            "sample": engine._sample_for(entry).model_dump(mode="json"),
+            "setup": engine.presets.setup.model_dump(mode="json"),
+        }
+    return md
+
+
+def measurement(
+    bench, plan_name: str, plan_args: dict, dimension, md: dict | None, body: Callable, *, shutter: bool = True
+):
+    """Run ``body(results)`` as one run with the standard metadata (the user's ``md`` last),
+    the shutter closed at the end and every fluence checked; return ``{"uid", **results}``.
+
+    ``dimension``: the device (or signal) whose readback is the scan's x axis (for the
+    hints BestEffortCallback and LiveTable use).
+    """
+    dims = dimension if isinstance(dimension, list | tuple) else [dimension]
+    fields = [name for d in dims for name in (d.hints["fields"] if hasattr(d, "hints") else [d.name])]
+    start_md = {
+        "plan_name": plan_name,
+        "plan_args": plan_args,
+        "units": UNITS,
+        "hints": {"dimensions": [(fields, "primary")]},
+        **bench_metadata(bench, plan_args["sample_id"]),
+        **(md or {}),
+    }
+    results: dict[str, float] = {}
+    plan = bpp.run_wrapper(body(results), md=start_md)
+    if shutter:
+        plan = closing_shutter(bench, plan)
+    uid = yield from fluence_guard(plan, [bench.pump.fluence, bench.pump], bench.config.bench.fluence_limit_uJ_cm2)
+    return {"uid": uid, **results}
+
+
+def counts_per_s(data: dict[str, np.ndarray], *, at_peak: bool = False) -> np.ndarray:
+    """Per event: counts per second (integrated, or summed around the peak pixel); NaN where saturated."""
+    exposure = np.asarray(data["spectrometer_exposure"], dtype=float)
+    saturated = np.asarray(data["spectrometer_saturated"]).astype(bool)
+    if at_peak:
+        spectra = np.atleast_2d(np.asarray(data["spectrometer_spectrum"], dtype=float))
+        counts = np.empty(spectra.shape[0])
+        for k, spectrum in enumerate(spectra):
+            if not np.any(np.isfinite(spectrum)):
+                counts[k] = math.nan
+                continue
+            i = int(np.nanargmax(spectrum))
+            lo, hi = max(i - PEAK_HALF_WIDTH_PX, 0), i + PEAK_HALF_WIDTH_PX + 1
+            counts[k] = float(np.sum(spectrum[lo:hi]))
+    else:
+        counts = np.asarray(data["spectrometer_integrated"], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = counts / exposure
+    return np.where(saturated | ~np.isfinite(rate), math.nan, rate)
+
+
+def acquire(bench, exposure_s: float, primary: PrimaryData, *, extra=(), max_tries: int = 4):
+    """Trigger and read the spectrometer (its exposure is a read field), the pump and the slit as one event.
+
+    On saturation the exposure is cut tenfold and the read repeated (every read is
+    an event; saturated ones are skipped by the analysis). Returns the last reading.
+    """
+    spec = bench.spectrometer
+    exp = exposure_s
+    reading = {}
+    for _ in range(max_tries):
+        yield from bps.mv(spec.exposure, exp)
+        reading = yield from bps.trigger_and_read([spec, bench.pump, bench.slit, *extra])
+        primary.add(reading)
+        if not bool(reading[spec.saturated.name]["value"]):
+            break
+        exp = max(exp / 10.0, bench.config.spectrometer.exposure_min_s)
+    return reading
+
+
+def mount(bench, sample_id: str, stripe_length_um: float | None = None):
+    yield from bps.mv(bench.stage, sample_id)
+    if stripe_length_um is not None:
+        yield from bps.mv(bench.slit, stripe_length_um)
+
+
+def closing_shutter(bench, plan):
+    def close():
+        yield from bps.mv(bench.pump.shutter, 0)
+
+    return bpp.finalize_wrapper(plan, close())
+
+
+def analysis_event(results: dict):
+    """Record analysis results as one event of an ``analysis`` stream (numbers only)."""
+    from ophyd import Signal
+
+    signals = [Signal(name=key, value=float(value), kind="hinted") for key, value in results.items()]
+    yield from bps.create(name="analysis")
+    for sig in signals:
+        yield from bps.read(sig)
+    yield from bps.save()

@@ -1,0 +1,53 @@
+"""Every measurement plan by name, with the pure function that analyses its stored data.
+
+``PLANS[name].analyse(primary, plan_args)`` takes the run's ``primary`` stream as
+columns (``{data key: array in event order}``) and the start document's
+``plan_args``, and returns the results the plan recorded in its ``analysis``
+stream. The plan calls the same function live, so a replay re-derives exactly
+what was printed live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from plans import measurements
+
+__all__ = ["PLANS", "PlanSpec", "plan_spec"]
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """One measurement plan: ``plan(bench, sample_id, **kwargs)`` and ``analyse(primary, plan_args)``."""
+
+    name: str
+    plan: Callable
+    analyse: Callable[[dict[str, np.ndarray], dict], dict[str, float]]
+    description: str
+
+
+PLANS: dict[str, PlanSpec] = {}
+
+
+def _register(name: str, plan: Callable, analyse: Callable, description: str) -> None:
+    PLANS[name] = PlanSpec(name, plan, analyse, description)
+
+
+_register(
+    "ase_fluence_scan",
+    measurements.ase_fluence_scan,
+    measurements.analyse_ase_fluence_scan,
+    "ASE input-output at a fixed stripe: threshold_uJ_cm2",
+)
+_register("vsl_scan", measurements.vsl_scan, measurements.analyse_vsl_scan, "VSL series: gnet_per_cm")
+
+
+def plan_spec(name: str) -> PlanSpec:
+    """The plan called ``name``, or a ``KeyError`` naming the plans there are."""
+    try:
+        return PLANS[name]
+    except KeyError:
+        raise KeyError(f"unknown plan {name!r}; available: {', '.join(PLANS)}") from None
