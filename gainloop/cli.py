@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gainloop.cli_catalog import catalog_app
 from gainloop.errors import GainloopError
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 twin_app = typer.Typer(help="Query the CQD gain-model digital twin.", no_args_is_help=True)
 app.add_typer(twin_app, name="twin")
+app.add_typer(catalog_app, name="catalog")
 
 PresetsOption = Annotated[
     Path | None,
