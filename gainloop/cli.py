@@ -196,37 +196,112 @@ def twin_serve(
         _fail(exc)
 
 
-MEASUREMENT_PLANS = ("ase_fluence_scan", "vsl_scan")
+CatalogOption = Annotated[
+    str | None, typer.Option("--catalog", help="Tiled server URI (default: the embedded catalog in the data folder).")
+]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option("--api-key", help="API key of the Tiled server (default: $TILED_API_KEY).", show_default=False),
+]
+DataDirOption = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data folder of the embedded catalog (default: $GAINLOOP_DATA_DIR).")
+]
+
+
+def _parse_plan_args(pairs: list[str]) -> dict:
+    """``key=value`` pairs; values are JSON (numbers, lists, strings), else taken as strings."""
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise GainloopError(f"--arg takes key=value (e.g. --arg stripe_length_um=800), got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def _plan_kwargs(spec, given: dict) -> dict:
+    import inspect
+
+    params = inspect.signature(spec.plan).parameters
+    allowed = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and n != "md"]
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise GainloopError(
+            f"plan {spec.name} has no argument {', '.join(unknown)}; its arguments: {', '.join(allowed)}"
+        )
+    return given
+
+
+def _live_callbacks(json_out: bool) -> list:
+    """The callbacks that show a run as it happens (none in --json mode: stdout is the JSON)."""
+    if json_out:
+        return []
+    from bluesky.callbacks.best_effort import BestEffortCallback
+
+    bec = BestEffortCallback()
+    bec.disable_plots()
+    bec.disable_baseline()
+    return [bec]
+
+
+def _open_catalog(catalog: str | None, data_dir: Path | None, api_key: str | None):
+    from gainloop.catalog import Catalog
+    from gainloop.catalog import data_dir as resolve_data_dir
+
+    folder_is_new = catalog is None and not (resolve_data_dir(data_dir) / "catalog").exists()
+    cat = Catalog(catalog, data_dir_path=data_dir, api_key=api_key)
+    if folder_is_new:
+        _err.print(f"gainloop catalog: {cat.location}")
+    return cat
 
 
 @app.command("measure")
 def measure(
-    plan: Annotated[str, typer.Argument(help=f"One of: {', '.join(MEASUREMENT_PLANS)}.")],
+    plan: Annotated[str, typer.Argument(help="Plan name (see `gainloop plans`).")],
     sample: SampleOption,
     twin: Annotated[bool, typer.Option("--twin", help="Use the in-process twin bench (default).")] = False,
     bench: Annotated[Path | None, typer.Option("--bench", help="Bench file of a real bench (EPICS).")] = None,
-    catalog: Annotated[
-        str | None, typer.Option("--catalog", help="Tiled server URI (default: the embedded catalog).")
-    ] = None,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Data folder of the embedded catalog.")] = None,
+    catalog: CatalogOption = None,
+    api_key: ApiKeyOption = None,
+    data_dir: DataDirOption = None,
     seed: Annotated[int | None, typer.Option(help="Twin seed (default: the bench file's).")] = None,
-    stripe_length_um: Annotated[float, typer.Option("--stripe-length", help="Stripe length, um.")] = 1000.0,
-    fluence_uJ_cm2: Annotated[float, typer.Option("--fluence", help="VSL fluence, uJ/cm^2.")] = 2200.0,
+    stripe_length_um: Annotated[
+        float | None, typer.Option("--stripe-length", help="Stripe length, um (plans that take one).")
+    ] = None,
+    fluence_uJ_cm2: Annotated[
+        float | None, typer.Option("--fluence", help="Pump fluence, uJ/cm^2 (plans that take one).")
+    ] = None,
+    plan_arg: Annotated[
+        list[str] | None,
+        typer.Option("--arg", "-a", help="Plan argument key=value, repeatable (e.g. -a exposure_s=1)."),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Run one measurement plan, store every document in the catalog, print the uid and the result."""
-    import numpy as np
     from bluesky import RunEngine
 
-    from gainloop.catalog import Catalog
-    from gainloop.catalog import data_dir as resolve_data_dir
-    from plans.measurements import ase_fluence_scan, vsl_scan
+    from plans.registry import plan_spec
 
-    if plan not in MEASUREMENT_PLANS:
-        _fail(GainloopError(f"unknown plan {plan!r}; available: {', '.join(MEASUREMENT_PLANS)}"))
+    try:
+        spec = plan_spec(plan)
+    except KeyError as exc:
+        _fail(GainloopError(str(exc.args[0])))
     if twin and bench is not None:
         _fail(GainloopError("choose one of --twin and --bench FILE"))
     try:
+        given = _parse_plan_args(plan_arg or [])
+        if stripe_length_um is not None:
+            given["stripe_length_um"] = stripe_length_um
+        if fluence_uJ_cm2 is not None:
+            given["fluence_uJ_cm2"] = fluence_uJ_cm2
+        if plan == "vsl_scan":
+            given.setdefault("fluence_uJ_cm2", 2200.0)
+            given.setdefault("stripe_lengths_um", [float(x) for x in range(10, 41, 2)])
+        kwargs = _plan_kwargs(spec, given)
         if bench is not None:
             from devices import connect_bench, load_bench
 
@@ -236,30 +311,64 @@ def measure(
 
             devices = twin_bench_devices(default_twin_bench_path(), seed=seed)
         devices.config.library_entry(sample)
-        folder_is_new = data_dir is None and catalog is None and not (resolve_data_dir() / "catalog").exists()
-        with Catalog(catalog, data_dir_path=data_dir) as cat:
-            if folder_is_new:
-                _err.print(f"gainloop catalog: {cat.location}")
+        gen = spec.plan(devices, sample, **kwargs)  # argument checks run before anything is stored
+        with _open_catalog(catalog, data_dir, api_key) as cat:
             RE = RunEngine({}, call_returns_result=True)
             # the RunEngine logs a traceback for a plan's own refusal; the CLI prints it as one line
             logging.getLogger("bluesky").setLevel(logging.CRITICAL)
             RE.subscribe(cat.writer())
-            if plan == "ase_fluence_scan":
-                gen = ase_fluence_scan(devices, sample, stripe_length_um=stripe_length_um)
-            else:
-                lengths = np.linspace(10.0, 40.0, 16)
-                gen = vsl_scan(devices, sample, fluence_uJ_cm2=fluence_uJ_cm2, stripe_lengths_um=lengths)
+            for cb in _live_callbacks(json_out):
+                RE.subscribe(cb)
             result = RE(gen)
             if result.exit_status != "success":
                 _fail(GainloopError(f"run {result.run_start_uids} ended with {result.exit_status}: {result.reason}"))
             out = {**result.plan_result, "plan": plan, "sample": sample, "catalog": str(cat.location)}
-    except (GainloopError, ValueError) as exc:
+    except (GainloopError, ValueError, TypeError) as exc:
         _fail(exc)
     if json_out:
         _print_json(out)
     else:
         for k, v in out.items():
             _console.print(f"{k}: {v}")
+
+
+@app.command("replay")
+def replay_cmd(
+    uid: Annotated[str, typer.Argument(help="uid of the stored run.")],
+    catalog: CatalogOption = None,
+    api_key: ApiKeyOption = None,
+    data_dir: DataDirOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Re-analyse a stored run from its stored data and re-stream its documents through the live callbacks."""
+    from gainloop.replay import replay
+
+    try:
+        with _open_catalog(catalog, data_dir, api_key) as cat:
+            rr = replay(cat, uid, _live_callbacks(json_out))
+            start = cat.run(uid).start
+            out = {**rr.result, "plan": start["plan_name"], "sample": start["sample_id"], "catalog": str(cat.location)}
+    except GainloopError as exc:
+        _fail(exc)
+    if not rr.matches:
+        _err.print(f"[bold red]error:[/] the re-derived result differs from the run's stored analysis {rr.stored}")
+    if json_out:
+        _print_json(out)
+    else:
+        for k, v in out.items():
+            _console.print(f"{k}: {v}")
+        _console.print(f"replayed {rr.n_documents} documents ({rr.n_events} events)")
+    if not rr.matches:
+        raise typer.Exit(code=1)
+
+
+@app.command("plans")
+def list_plans() -> None:
+    """The measurement plans and what they return."""
+    from plans.registry import PLANS
+
+    for spec in PLANS.values():
+        _console.print(f"[bold]{spec.name}[/]: {spec.description}")
 
 
 def main() -> None:

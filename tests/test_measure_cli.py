@@ -39,6 +39,10 @@ def test_measure_stores_the_run_and_prints_the_result(tmp_path):
         assert run_.metadata["stop"]["exit_status"] == "success"
         stored = run_["analysis"].read()
         assert float(stored["threshold_uJ_cm2"].values[0]) == pytest.approx(out["threshold_uJ_cm2"])
+    # replay re-derives, from the stored data, exactly what was printed live
+    proc = run("replay", out["uid"], "--data-dir", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == out
 
 
 @pytest.mark.parametrize(
@@ -48,6 +52,9 @@ def test_measure_stores_the_run_and_prints_the_result(tmp_path):
         (("measure", "lasing_dance", "--sample", "cas_doped-film"), "unknown plan 'lasing_dance'"),
         (("measure", "vsl_scan", "--sample", "cas_doped-film", "--twin", "--bench", "x.toml"), "choose one"),
         (("measure", "vsl_scan", "--sample", "cas_doped-film", "--fluence", "9000"), "refused by the plan"),
+        (("measure", "vsl_scan", "--sample", "cas_doped-film", "-a", "stripe_lengths_um=[0,10,20,30,40]"), "slit"),
+        (("measure", "ase_fluence_scan", "--sample", "cas_doped-film", "-a", "speed=3"), "has no argument speed"),
+        (("replay", "0000-no-such-run"), "no run with uid '0000-no-such-run'"),
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path, args, message):

@@ -14,7 +14,7 @@ from ._lifetimes import (
 )
 from ._polarization import PolarizationFit, polarization_ratio
 from ._spectra import SpectralPeak, peak_shift_meV, spectral_peak
-from ._thresholds import AnalysisError, Crossing, KinkFit, kink_threshold, level_crossing
+from ._thresholds import AnalysisError, Crossing, KinkFit, kink_threshold, kink_threshold_windowed, level_crossing
 from ._vsl import Plateau, VslFit, plateau_level, vsl_gain
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "fit_exponential",
     "gain_lifetime",
     "kink_threshold",
+    "kink_threshold_windowed",
     "level_crossing",
     "peak_shift_meV",
     "plateau_level",

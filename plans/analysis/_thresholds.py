@@ -23,7 +23,7 @@ from scipy import optimize
 
 from gainloop.errors import GainloopError
 
-__all__ = ["AnalysisError", "Crossing", "KinkFit", "kink_threshold", "level_crossing"]
+__all__ = ["AnalysisError", "Crossing", "KinkFit", "kink_threshold", "kink_threshold_windowed", "level_crossing"]
 
 
 class AnalysisError(GainloopError, ValueError):
@@ -201,3 +201,42 @@ def level_crossing(x, y, level: float, *, y_err: float | None = None) -> Crossin
         y_err = float(np.sqrt(np.mean(np.diff(ys, 2) ** 2) / 6.0)) if ys.size >= 3 else 0.0
     err = math.hypot(y_err / abs(slope), (x1 - x0) / math.sqrt(12.0) * 0.1)
     return Crossing(x=xc, x_err=float(err))
+
+
+#: Fit windows (in units of the first threshold estimate) whose refits bound the window systematic.
+KINK_WINDOWS = ((0.0, 3.0), (1.0 / 3.0, math.inf), (0.0, 2.0), (0.5, 2.0))
+
+
+def kink_threshold_windowed(fluence, intensity, *, min_points_per_segment: int = 3) -> KinkFit:
+    """``kink_threshold`` with the fit-window systematic folded into its uncertainty.
+
+    A smooth ASE onset has no unique kink: where a piecewise-linear fit puts the
+    break depends on which fluences it sees. The fit is repeated on the windows of
+    ``KINK_WINDOWS`` around the first estimate (those with enough points each
+    side); the largest shift of the threshold is the systematic uncertainty,
+    added in quadrature to the statistical one.
+    """
+    fit = kink_threshold(fluence, intensity, min_points_per_segment=min_points_per_segment)
+    f = np.asarray(fluence, dtype=float).ravel()
+    i = np.asarray(intensity, dtype=float).ravel()
+    m = min_points_per_segment
+    shifts = []
+    for lo, hi in KINK_WINDOWS:
+        keep = (f >= lo * fit.threshold) & (f <= hi * fit.threshold)
+        below = int(np.sum(keep & (f < fit.threshold)))
+        if below < m or int(np.sum(keep)) - below < m or np.array_equal(keep, np.ones_like(keep)):
+            continue
+        try:
+            alt = kink_threshold(f[keep], i[keep], min_points_per_segment=m)
+        except AnalysisError:
+            continue
+        shifts.append(abs(alt.threshold - fit.threshold))
+    systematic = max(shifts, default=0.0)
+    return KinkFit(
+        threshold=fit.threshold,
+        threshold_err=math.hypot(fit.threshold_err, systematic),
+        slope_below=fit.slope_below,
+        slope_above=fit.slope_above,
+        n_segments=fit.n_segments,
+        n_points=fit.n_points,
+    )
