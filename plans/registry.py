@@ -51,3 +51,25 @@ def plan_spec(name: str) -> PlanSpec:
         return PLANS[name]
     except KeyError:
         raise KeyError(f"unknown plan {name!r}; available: {', '.join(PLANS)}") from None
+
+
+from plans import lasing  # noqa: E402
+
+_register(
+    "lasing_threshold",
+    lasing.lasing_threshold,
+    lasing.analyse_lasing_threshold,
+    "DFB input-output: threshold_uJ_cm2 (linear-axes kink), kink_onset_uJ_cm2 (log-log)",
+)
+_register(
+    "lasing_spectrum",
+    lasing.lasing_spectrum,
+    lasing.analyse_lasing_spectrum,
+    "DFB spectra at one fluence: wavelength_nm, linewidth_nm (Lorentzian fit)",
+)
+_register(
+    "polarization_scan",
+    lasing.polarization_scan,
+    lasing.analyse_polarization_scan,
+    "analyser scan of a DFB laser: polarization_ratio, polarization_angle_deg",
+)
