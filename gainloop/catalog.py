@@ -93,11 +93,16 @@ class Catalog:
                 "at that address, or check the URI and API key."
             ) from None
 
-    def writer(self):
-        """A ``TiledWriter`` into this catalog, backing documents up on disk when the server is away."""
+    def writer(self, batch_size: int | None = None):
+        """A ``TiledWriter`` into this catalog, backing documents up on disk when the server is away.
+
+        ``batch_size=1`` writes every event as it comes (a campaign's record, so that a
+        killed process loses nothing already decided); the default batches event rows.
+        """
         from bluesky_tiled_plugins import TiledWriter
 
-        return TiledWriter(self.client, backup_directory=str(self.backup_dir))
+        kwargs = {} if batch_size is None else {"batch_size": batch_size}
+        return TiledWriter(self.client, backup_directory=str(self.backup_dir), **kwargs)
 
     def run(self, uid: str):
         """The stored run (BlueskyRun) with this uid, or ``RunNotFoundError``."""

@@ -68,7 +68,8 @@ class PrimaryData:
 
 def bench_metadata(bench, sample_id: str) -> dict:
     """Metadata about the devices and the sample: bench or twin (with the twin's parameters)."""
-    entry = bench.config.library_entry(sample_id)
+    library = getattr(bench.stage, "library", None) or {}
+    entry = library[sample_id] if sample_id in library else bench.config.library_entry(sample_id)
     md = {
         "sample_id": sample_id,
         "sample_kind": entry.kind,

@@ -24,7 +24,14 @@ from plans._common import PrimaryData, acquire, analysis_event, counts_per_s, me
 from plans.analysis import AnalysisError, kink_threshold, kink_threshold_windowed, vsl_gain
 from plans.safety import check_fluence
 
-__all__ = ["analyse_ase_fluence_scan", "analyse_vsl_scan", "ase_fluence_scan", "vsl_scan"]
+__all__ = [
+    "analyse_ase_fluence_scan",
+    "analyse_ase_point",
+    "analyse_vsl_scan",
+    "ase_fluence_scan",
+    "ase_point",
+    "vsl_scan",
+]
 
 
 def _input_output(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -157,3 +164,55 @@ def vsl_scan(
         yield from analysis_event(results)
 
     return (yield from measurement(bench, "vsl_scan", plan_args, bench.slit, md, inner))
+
+
+def analyse_ase_point(data: dict[str, np.ndarray], plan_args: dict) -> dict[str, float]:
+    """One acquisition: output (counts/s), emission FWHM (nm) and the fluence measured (uJ/cm^2).
+
+    The last unsaturated read counts (the exposure was cut after a saturated one); NaN if none.
+    """
+    rate = counts_per_s(data)
+    ok = np.nonzero(np.isfinite(rate))[0]
+    if ok.size == 0:
+        raise AnalysisError("every read of the acquisition saturated the detector, even at the shortest exposure")
+    k = int(ok[-1])
+    return {
+        "counts_per_s": float(rate[k]),
+        "fwhm_nm": float(np.asarray(data["spectrometer_fwhm"], dtype=float)[k]),
+        "measured_fluence_uJ_cm2": float(np.asarray(data["pump_fluence"], dtype=float)[k]),
+        "exposure_s": float(np.asarray(data["spectrometer_exposure"], dtype=float)[k]),
+    }
+
+
+def ase_point(
+    bench,
+    sample_id: str,
+    *,
+    fluence_uJ_cm2: float,
+    stripe_length_um: float,
+    exposure_s: float = 3.0,
+    md: dict | None = None,
+):
+    """One ASE acquisition at a fluence and stripe length (a joint-optimisation trial)."""
+    limit = bench.config.bench.fluence_limit_uJ_cm2
+    check_fluence(fluence_uJ_cm2, limit)
+    if not fluence_uJ_cm2 > 0:
+        raise ValueError(f"fluence must be > 0 uJ/cm^2, got {fluence_uJ_cm2!r}")
+    check_slit(stripe_length_um, bench.config)
+    plan_args = {
+        "sample_id": sample_id,
+        "fluence_uJ_cm2": fluence_uJ_cm2,
+        "stripe_length_um": stripe_length_um,
+        "exposure_s": exposure_s,
+    }
+
+    def inner(results):
+        yield from mount(bench, sample_id, stripe_length_um)
+        yield from bps.mv(bench.pump.fluence, float(fluence_uJ_cm2))
+        yield from bps.mv(bench.pump.shutter, 1)
+        primary = PrimaryData()
+        yield from acquire(bench, exposure_s, primary)
+        results.update(analyse_ase_point(primary.arrays(), plan_args))
+        yield from analysis_event(results)
+
+    return (yield from measurement(bench, "ase_point", plan_args, bench.pump.fluence, md, inner))

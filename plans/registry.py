@@ -43,6 +43,12 @@ _register(
     "ASE input-output at a fixed stripe: threshold_uJ_cm2",
 )
 _register("vsl_scan", measurements.vsl_scan, measurements.analyse_vsl_scan, "VSL series: gnet_per_cm")
+_register(
+    "ase_point",
+    measurements.ase_point,
+    measurements.analyse_ase_point,
+    "one acquisition at a fluence and stripe length: counts_per_s, fwhm_nm",
+)
 
 
 def plan_spec(name: str) -> PlanSpec:

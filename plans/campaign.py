@@ -1,0 +1,295 @@
+"""The closed loop as one Bluesky plan: suggest, measure, analyse, ingest, repeat.
+
+``campaign`` drives any optimiser with the ``suggest(n)`` / ``ingest(results)`` /
+``best()`` / ``state()`` protocol (``optimizer``; this module never imports it) on a
+``devices.Bench``:
+
+* a proposal's doping selects a film: an existing film of the stage's library within
+  ``film_doping_tol`` (a sample change, seconds), else, if the bench can make films,
+  an operator makes one (``new_film_doping`` + ``new_film_request``: hours);
+* a nested trial (params without a fluence) is an adaptive ``ase_fluence_scan`` at the
+  proposed stripe length; a joint trial is one ``ase_point`` acquisition at the proposed
+  fluence and stripe length;
+* every measurement is its own run whose start document carries ``campaign_uid``,
+  ``trial_index`` and the proposal; the campaign's own run (run key ``"campaign"``, open
+  alongside) records each proposal, outcome and the model's state as events in its
+  ``proposals``, ``outcomes`` and ``model`` streams;
+* a failed measurement (device fault, NaN data, analysis error) becomes a ``failed`` or
+  ``infeasible`` result with its reason, never a number; a breaker stops the campaign
+  when more than ``max_failure_fraction`` of at least ``breaker_min_trials`` trials fail;
+* it stops at the lab-time budget (``lab_clock``: seconds, e.g. the twin's lab clock or
+  wall time on the bench), the trial budget or when a threshold at or below the target
+  is measured, and returns a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+from bluesky.utils import RequestAbort, RequestStop
+
+from devices import LibraryEntry
+from plans.analysis import AnalysisError
+from plans.measurements import ase_fluence_scan, ase_point
+
+__all__ = ["CampaignStop", "campaign"]
+
+
+class CampaignStop(RuntimeError):
+    """The campaign's breaker tripped (too many failed trials)."""
+
+
+class _Recorder:
+    """Signals of the campaign run's streams (one set per stream: bluesky wants the same objects)."""
+
+    def __init__(self) -> None:
+        self._signals: dict[str, dict] = {}
+
+    def record(self, stream: str, values: dict):
+        """One event of ``stream`` (numbers and strings; dicts and lists as JSON)."""
+        from ophyd import Signal
+
+        signals = self._signals.setdefault(stream, {})
+        for key, value in values.items():
+            if isinstance(value, dict | list):
+                value = json.dumps(value, sort_keys=True, default=str)
+            elif isinstance(value, bool):
+                value = int(value)
+            elif value is None:
+                value = math.nan
+            if key not in signals:
+                signals[key] = Signal(name=key, value=value)
+            else:
+                signals[key].put(value)
+        yield from bps.create(name=stream)
+        for sig in signals.values():
+            yield from bps.read(sig)
+        yield from bps.save()
+
+
+def _in_campaign_run(plan):
+    return bpp.set_run_key_wrapper(plan, "campaign")
+
+
+def _film_id(bench, doping: float, tol: float, eligible) -> str | None:
+    """An existing film of this doping (electrons/dot) the campaign may use."""
+    best, best_diff = None, math.inf
+    for entry in bench.stage.library.values():
+        if entry.kind != "film" or (eligible is not None and entry.id not in eligible):
+            continue
+        diff = abs(entry.doping - doping)
+        if diff <= tol and diff < best_diff:
+            best, best_diff = entry.id, diff
+    return best
+
+
+def _mount_film(bench, doping: float, tol: float, eligible, can_make_films: bool):
+    sample_id = _film_id(bench, doping, tol, eligible)
+    if sample_id is not None:
+        return sample_id, False
+    if not can_make_films:
+        raise ValueError(f"no film of doping {doping:g} electrons/dot in the library and this bench cannot make films")
+    yield from bps.mv(bench.stage.new_film_doping, float(doping))
+    yield from bps.mv(bench.stage.new_film_request, 1)
+    new_id = yield from bps.rd(bench.stage.sample)
+    if new_id not in bench.stage.library:
+        bench.stage.library[new_id] = LibraryEntry(id=new_id, kind="film", doping=float(doping))
+    if eligible is not None:
+        eligible.add(new_id)
+    return new_id, True
+
+
+def campaign(
+    bench,
+    optimizer,
+    *,
+    campaign_uid: str,
+    lab_clock: Callable[[], float],
+    budget_lab_h: float | None = None,
+    max_trials: int | None = None,
+    target_threshold_uJ_cm2: float | None = None,
+    lab_time_used_s: float = 0.0,
+    trials_done: int = 0,
+    films: list[str] | None = None,
+    can_make_films: bool = True,
+    film_doping_tol: float = 0.02,
+    scan_args: dict | None = None,
+    point_args: dict | None = None,
+    max_failure_fraction: float = 0.5,
+    breaker_min_trials: int = 5,
+    progress: Callable[[dict], None] | None = None,
+    md: dict | None = None,
+):
+    """Run the closed loop until a budget or the target is reached; return the campaign's summary.
+
+    ``lab_time_used_s`` and ``trials_done`` carry over what a resumed campaign already
+    spent. ``films``: library ids the campaign may measure (default: every film).
+    ``scan_args`` / ``point_args``: extra arguments of ``ase_fluence_scan`` / ``ase_point``.
+    """
+    if budget_lab_h is None and max_trials is None and target_threshold_uJ_cm2 is None:
+        raise ValueError("a campaign needs a stop: budget_lab_h, max_trials or target_threshold_uJ_cm2")
+    if budget_lab_h is not None and not (math.isfinite(budget_lab_h) and budget_lab_h > 0):
+        raise ValueError(f"budget_lab_h must be a positive number of hours, got {budget_lab_h!r}")
+    if max_trials is not None and max_trials < 1:
+        raise ValueError(f"max_trials must be >= 1, got {max_trials!r}")
+    eligible = set(films) if films is not None else None
+    scan_args = dict(scan_args or {})
+    point_args = dict(point_args or {})
+    summary = {
+        "campaign_uid": campaign_uid,
+        "trials": trials_done,
+        "failures": 0,
+        "lab_hours": lab_time_used_s / 3600.0,
+        "stopped_by": "",
+        "trial_uids": [],
+    }
+    start_md = {
+        "plan_name": "campaign",
+        "campaign_uid": campaign_uid,
+        "strategy": optimizer.strategy,
+        "seed": optimizer.seed,
+        "budget_lab_h": budget_lab_h,
+        "max_trials": max_trials,
+        "target_threshold_uJ_cm2": target_threshold_uJ_cm2,
+        "resumed_at_trial": trials_done,
+        **(md or {}),
+    }
+    t0 = lab_clock()
+    recorder = _Recorder()
+    _record = recorder.record
+
+    def used_s() -> float:
+        return lab_time_used_s + (lab_clock() - t0)
+
+    def failures() -> int:
+        return sum(r.status == "failed" for r in optimizer.history())
+
+    def stop_reason() -> str:
+        if budget_lab_h is not None and used_s() >= budget_lab_h * 3600.0:
+            return "lab-time budget"
+        if max_trials is not None and summary["trials"] >= max_trials:
+            return "trial budget"
+        best = optimizer.best()
+        if target_threshold_uJ_cm2 is not None and best and best["threshold_uJ_cm2"] <= target_threshold_uJ_cm2:
+            return "target reached"
+        n = len(optimizer.history())
+        if n >= breaker_min_trials and failures() > max_failure_fraction * n:
+            return "breaker"
+        return ""
+
+    def trial(proposal):
+        params = proposal.params
+        trial_md = {
+            "campaign_uid": campaign_uid,
+            "trial_index": proposal.trial_index,
+            "proposal": proposal.as_dict(),
+            "lab_time_used_s": used_s(),
+        }
+        t_start = lab_clock()
+        status, outcome, reason, uid = "completed", {}, "", None
+        try:
+            sample_id, new_film = yield from _mount_film(
+                bench, float(params["doping"]), film_doping_tol, eligible, can_make_films
+            )
+            trial_md["new_film"] = new_film
+            if "fluence_uJ_cm2" in params:
+                result = yield from ase_point(
+                    bench,
+                    sample_id,
+                    fluence_uJ_cm2=float(params["fluence_uJ_cm2"]),
+                    stripe_length_um=float(params["stripe_length_um"]),
+                    md=trial_md,
+                    **point_args,
+                )
+            else:
+                result = yield from ase_fluence_scan(
+                    bench, sample_id, stripe_length_um=float(params["stripe_length_um"]), md=trial_md, **scan_args
+                )
+            uid = result.pop("uid")
+            outcome = result
+        except (RequestAbort, RequestStop):
+            raise
+        except AnalysisError as exc:
+            status, reason = "infeasible", f"no ASE threshold found: {exc}"
+        except Exception as exc:  # device faults, refused setpoints, NaN readbacks: recorded, never fed as numbers
+            status, reason = "failed", f"{type(exc).__name__}: {exc}"
+        return {
+            "trial_index": proposal.trial_index,
+            "params": dict(params),
+            "status": status,
+            "outcome": outcome,
+            "reason": reason,
+            "lab_time_s": lab_clock() - t_start,
+        }, uid
+
+    def loop():
+        while not (reason := stop_reason()):
+            proposals = optimizer.suggest()
+            for p in proposals:
+                yield from _in_campaign_run(
+                    _record(
+                        "proposals",
+                        {
+                            "trial_index": p.trial_index,
+                            "params": p.params,
+                            "predicted": p.predicted,
+                            "expected_cost_s": p.expected_cost_s,
+                            "acquisition_value": p.acquisition_value,
+                        },
+                    )
+                )
+            for p in proposals:
+                result, uid = yield from trial(p)
+                optimizer.ingest([result])
+                summary["trials"] += 1
+                summary["failures"] = failures()
+                summary["lab_hours"] = used_s() / 3600.0
+                if uid:
+                    summary["trial_uids"].append(uid)
+                best = optimizer.best()
+                yield from _in_campaign_run(
+                    _record(
+                        "outcomes",
+                        {
+                            "trial_index": result["trial_index"],
+                            "run_uid": uid or "",
+                            "status": result["status"],
+                            "params": result["params"],
+                            "outcome": result["outcome"],
+                            "reason": result["reason"],
+                            "trial_lab_time_s": result["lab_time_s"],
+                            "lab_time_used_s": used_s(),
+                            "best_threshold_uJ_cm2": best["threshold_uJ_cm2"] if best else math.nan,
+                        },
+                    )
+                )
+                yield from _in_campaign_run(
+                    _record("model", {"trial_index": p.trial_index, "state": optimizer.state()})
+                )
+                if progress is not None:
+                    progress({**summary, "best": best})
+                if stop_reason():
+                    break
+        summary["stopped_by"] = reason
+        summary["best"] = optimizer.best()
+        if reason == "breaker":
+            n = len(optimizer.history())
+            raise CampaignStop(
+                f"campaign {campaign_uid} stopped: {failures()} of {n} trials failed "
+                f"(more than {max_failure_fraction:.0%}); last reason: "
+                f"{next((r.reason for r in reversed(optimizer.history()) if r.status == 'failed'), '')}"
+            )
+
+    def close(exit_status: str, reason: str = ""):
+        yield from _in_campaign_run(bps.close_run(exit_status=exit_status, reason=reason))
+
+    def on_error(exc):
+        return (yield from close("fail", f"{type(exc).__name__}: {exc}"))
+
+    yield from _in_campaign_run(bps.open_run(md=start_md))
+    yield from bpp.contingency_wrapper(loop(), except_plan=on_error, else_plan=lambda: close("success"))
+    return summary
