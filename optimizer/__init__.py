@@ -1,1 +1,65 @@
-"""optimizer package."""
+"""The optimiser: search space, cost model, strategies behind ``suggest(n)`` / ``ingest(results)``.
+
+Knows nothing of bluesky, devices or the twin (import-linter enforces it): a campaign
+turns a ``Proposal`` into a measurement plan and the plan's analysis into a
+``TrialResult``.
+
+Strategies (``make_optimizer``):
+
+* ``"nested"`` -- a trial is (stripe length, doping) measured by an adaptive fluence scan;
+  GP on ln threshold with heteroscedastic noise, cost-aware qLogNEI (``_nested``);
+* ``"joint"`` -- a trial is one acquisition at (fluence, stripe length, doping); the model
+  learns where lasing begins and proposals pin down the lowest-fluence boundary (``_joint``);
+* ``"random"``, ``"grid"`` -- baselines with the same protocol (``_baselines``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gainloop.errors import ParameterError
+
+from . import _imports  # noqa: F401  (first: BoTorch's stack, see its docstring)
+from ._base import Optimizer
+from ._baselines import GridSearch, RandomSearch
+from ._cost import CostModel, LabState
+from ._joint import JointOptimizer
+from ._nested import NestedOptimizer
+from ._protocol import STATUSES, Proposal, TrialResult
+from ._space import SearchSpace
+
+__all__ = [
+    "STATUSES",
+    "CostModel",
+    "GridSearch",
+    "JointOptimizer",
+    "LabState",
+    "NestedOptimizer",
+    "Optimizer",
+    "Proposal",
+    "RandomSearch",
+    "SearchSpace",
+    "TrialResult",
+    "make_optimizer",
+]
+
+_STRATEGIES = {"nested": NestedOptimizer, "joint": JointOptimizer, "random": RandomSearch, "grid": GridSearch}
+
+
+def make_optimizer(
+    strategy: str,
+    space: SearchSpace,
+    *,
+    seed: int,
+    cost: CostModel | None = None,
+    objectives: Sequence[str] = ("threshold",),
+    batch_size: int = 1,
+    lab_state: LabState | None = None,
+    **options,
+) -> Optimizer:
+    """An optimiser of the named strategy; ``options`` are the strategy's tuning knobs."""
+    if strategy not in _STRATEGIES:
+        raise ParameterError(f"unknown strategy {strategy!r}; allowed: {sorted(_STRATEGIES)}")
+    return _STRATEGIES[strategy](
+        space, seed=seed, cost=cost, objectives=objectives, batch_size=batch_size, lab_state=lab_state, **options
+    )

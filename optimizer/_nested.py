@@ -1,0 +1,525 @@
+"""Nested formulation: a trial is (stripe length, doping), measured by an adaptive fluence scan.
+
+Model. Inputs: ``x = (u_L, u_n)`` in the unit cube (``u_L`` from log stripe length, ``u_n``
+from doping; ``SearchSpace``), float64. Output: ``y = -ln(threshold_uJ_cm2)`` (maximised),
+standardised, with fixed heteroscedastic noise from the scan's fit uncertainty:
+``Var[y] = max(threshold_err / threshold, min_rel_err)^2`` (log-normal error
+propagation; ``min_rel_err`` = 1 % floor for day-to-day repeatability; a missing error
+counts as ``default_rel_err`` = 5 %). A ``SingleTaskGP`` (RBF kernel, BoTorch's default
+priors), refitted from scratch at every suggestion.
+
+Constraints (outcome constraints of the acquisition, smoothed feasibility indicators):
+
+* the safe set: the threshold must lie below ``fluence_limit_uJ_cm2``
+  (``-y - ln(limit) <= 0``) -- a stripe whose threshold the interlock would not allow
+  is worthless;
+* "lasing observed": an ``infeasible`` trial (no ASE up to the fluence cap) carries no
+  threshold value, only the fact that the threshold is above the cap there. Rather than
+  imputing a made-up number at the cap, a second GP is regressed on the label +1
+  (lasing observed) / -1 (not), over completed and infeasible trials, and the
+  acquisition requires its latent value > 0. Label regression is a cheap, stable
+  classifier that needs no approximate inference and is refitted in milliseconds; it is
+  only built once an infeasible trial exists.
+
+Acquisition. ``qLogNoisyExpectedImprovement`` (``qLogNoisyExpectedHypervolumeImprovement``
+on ``(-ln threshold, gnet_per_cm)`` when ``objectives=("threshold", "gnet")``), with
+pending proposals as ``X_pending``, minus ``ln(cost / measurement cost)``: log expected
+improvement per unit lab time. The cost (``CostModel``) is a step in doping -- nothing on
+the mounted film, a sample change on another existing film, ``new_film_s`` (hours) for a
+doping with no film -- plus the slit move. So a campaign uses a film until its expected
+improvement has dropped by ~``ln(new_film_s / scan_s)`` (about 5 e-folds with the
+defaults) before asking for a new one. Because a continuous optimiser never lands exactly
+on an existing film's doping, the acquisition is maximised per *option*: each existing
+film (discrete doping: each library level) as a 1-D problem in stripe length with the
+doping fixed, plus (continuous doping) the free 2-D problem priced as a new film. Start
+points come from a dense line per film and a scrambled Sobol set, the best are polished
+with L-BFGS-B (``gen_candidates_scipy``), and the best option wins. A batch (q > 1) is
+built greedily: each pick becomes pending for the next and updates the lab state.
+
+Initial design (cost-aware): ``n_init`` stripe lengths (scrambled Sobol in log length,
+played shortest first) on one film -- the mounted film when the lab state names one,
+else the first Sobol doping. If fewer than two trials have completed after that (e.g.
+the first film does not lase), the design continues with 2-D Sobol points.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from botorch.acquisition import AcquisitionFunction
+from botorch.acquisition.logei import qLogNoisyExpectedImprovement, qLogProbabilityOfFeasibility
+from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
+from botorch.acquisition.multi_objective.objective import IdentityMCMultiOutputObjective
+from botorch.acquisition.objective import GenericMCObjective
+from botorch.exceptions.errors import ModelFittingError
+from botorch.exceptions.warnings import BotorchWarning
+from botorch.generation.gen import gen_candidates_scipy
+from botorch.models import ModelListGP
+from botorch.sampling import SobolQMCNormalSampler
+from botorch.utils.multi_objective.hypervolume import infer_reference_point
+from botorch.utils.multi_objective.pareto import is_non_dominated
+from botorch.utils.sampling import manual_seed
+from linear_operator.utils.errors import NanError, NotPSDError
+from torch.quasirandom import SobolEngine
+
+from ._base import Optimizer, _finite
+from ._cost import LabState
+from ._models import DTYPE, fit_gp, gp_hyperparameters, numerics
+from ._protocol import Proposal
+from ._space import DOPING, LENGTH, NESTED_DIMS
+
+__all__ = ["NestedOptimizer"]
+
+#: Seed tag of the initial design (a trial index no campaign reaches).
+_DESIGN_TAG = 0x7FFFFFFF
+
+
+class _PerCost(AcquisitionFunction):
+    """``base(X) - ln(cost(X) / reference_s)``: log acquisition per unit lab time. ``X``: ``b x q x d``."""
+
+    def __init__(self, base: AcquisitionFunction, cost_s, reference_s: float) -> None:
+        super().__init__(model=base.model)
+        self.base = base
+        self._cost_s = cost_s
+        self._ref = reference_s
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return self.base(X) - torch.log(self._cost_s(X) / self._ref)
+
+
+class NestedOptimizer(Optimizer):
+    """GP on ln(threshold) over (log stripe length, doping) with cost-aware qLogNEI (module docstring)."""
+
+    strategy = "nested"
+    joint = False
+
+    def __init__(
+        self,
+        space,
+        *,
+        seed: int,
+        cost=None,
+        objectives=("threshold",),
+        batch_size: int = 1,
+        lab_state: LabState | None = None,
+        n_init: int = 4,
+        raw_samples: int = 256,
+        num_restarts: int = 3,
+        line_points: int = 64,
+        mc_samples: int = 64,
+        maxiter: int = 60,
+        acq_maxiter: int = 20,
+        min_rel_err: float = 0.01,
+        default_rel_err: float = 0.05,
+        cost_aware: bool = True,
+        polish_margin: float = 1.0,
+        film_rel_sd: float = 0.03,
+        torch_threads: int | None = 1,
+    ) -> None:
+        super().__init__(space, seed=seed, cost=cost, objectives=objectives, batch_size=batch_size, lab_state=lab_state)
+        self.n_init = int(n_init)
+        self.raw_samples = int(raw_samples)
+        self.num_restarts = int(num_restarts)
+        self.line_points = int(line_points)
+        self.mc_samples = int(mc_samples)
+        self.maxiter = int(maxiter)
+        self.acq_maxiter = int(acq_maxiter)
+        self.min_rel_err = float(min_rel_err)
+        self.default_rel_err = float(default_rel_err)
+        self.cost_aware = bool(cost_aware)
+        self.polish_margin = float(polish_margin)
+        self.film_rel_sd = float(film_rel_sd)
+        self.torch_threads = torch_threads
+        self._design_cache: list[dict[str, float]] | None = None
+
+    # ---- data -------------------------------------------------------------------------
+    def _rows(self, status: str):
+        return [r for r in self.history() if r.status == status]
+
+    def _unit(self, params: Mapping[str, Any]) -> list[float]:
+        return self.space.to_unit(params, NESTED_DIMS).tolist()
+
+    def training_data(self) -> dict[str, torch.Tensor]:
+        """Tensors the models see: ``X`` (n x 2), ``Y`` = -ln threshold (n x 1), ``Yvar`` (n x 1),
+        ``X_infeasible`` (m x 2), and ``gnet`` rows when present."""
+        done = self._rows("completed")
+        X, Y, Yvar, G, Gvar, XG = [], [], [], [], [], []
+        for r in done:
+            thr = float(r.outcome["threshold_uJ_cm2"])
+            err = _finite(r.outcome.get("threshold_err_uJ_cm2"))
+            rel = self.default_rel_err if err is None else err / thr
+            X.append(self._unit(r.params))
+            Y.append([-math.log(thr)])
+            Yvar.append([max(rel, self.min_rel_err) ** 2])
+            g = _finite(r.outcome.get("gnet_per_cm"))
+            if g is not None:
+                XG.append(X[-1])
+                G.append([g])
+                ge = _finite(r.outcome.get("gnet_err_per_cm"))
+                Gvar.append([max(ge if ge is not None else 0.05 * abs(g), 1e-6 + 0.01 * abs(g)) ** 2])
+        inf = [self._unit(r.params) for r in self._rows("infeasible")]
+
+        def t(a, d=2):
+            return torch.tensor(a, dtype=DTYPE) if a else torch.empty(0, d, dtype=DTYPE)
+
+        Yt, Yvt = t(Y, 1), t(Yvar, 1)
+        if Yt.shape[0] > 1:
+            # keep the standardised noise above BoTorch's 1e-6 floor whatever the spread of Y
+            Yvt = Yvt.clamp_min(1e-5 * float(Yt.var()))
+        return {
+            "X": t(X),
+            "Y": Yt,
+            "Yvar": Yvt,
+            "X_infeasible": t(inf),
+            "X_gnet": t(XG),
+            "gnet": t(G, 1),
+            "gnet_var": t(Gvar, 1),
+        }
+
+    # ---- initial design ---------------------------------------------------------------
+    def _design(self) -> list[dict[str, float]]:
+        if self._design_cache is not None:
+            return self._design_cache
+        sp = self.space
+        seed = self.trial_seed(_DESIGN_TAG)
+        sob = SobolEngine(2, scramble=True, seed=seed).draw(self.n_init + 64, dtype=DTYPE)
+        cur = self.initial_lab_state.current_doping
+        if cur is not None:
+            lo, hi = sp.doping_bounds
+            d0_unit = sp.unit_doping(min(max(cur, lo), hi))
+        else:
+            d0_unit = float(sob[0, 1])
+        d0 = sp.from_unit([0.0, d0_unit])[DOPING]
+        first = sorted(float(u) for u in sob[: self.n_init, 0])
+        design = [{LENGTH: sp.from_unit([u, 0.0])[LENGTH], DOPING: d0} for u in first]
+        design += [sp.from_unit(row.tolist()) for row in sob[self.n_init :]]
+        self._design_cache = design
+        return design
+
+    def _n_attempted(self) -> int:
+        return sum(1 for r in self._results.values() if r.status != "abandoned") + len(self._pending)
+
+    # ---- proposing --------------------------------------------------------------------
+    def _propose(self, indices: list[int], seed: int) -> list[Proposal]:
+        t0 = time.perf_counter()
+        out: list[Proposal] = []
+        state = self.lab_state()
+        attempted = self._n_attempted()
+        n_completed = len(self._rows("completed"))
+        design = self._design()
+        bo_indices = []
+        for idx in indices:
+            if attempted < self.n_init or n_completed < 2:
+                p = design[min(attempted, len(design) - 1)]
+                params = self._params(p)
+                out.append(
+                    Proposal(
+                        trial_index=idx,
+                        params=params,
+                        expected_cost_s=self.cost.trial_cost_s(params, state),
+                        strategy=self.strategy,
+                        predicted={"design": True},
+                    )
+                )
+                state = state.after(params)
+                attempted += 1
+            else:
+                bo_indices.append(idx)
+        if bo_indices:
+            messages: list[str] = []
+            self._last.pop("fallback", None)
+            try:
+                with manual_seed(seed), numerics(self.torch_threads, messages):
+                    out += self._bo(bo_indices, seed, state, [self._unit(p.params) for p in out])
+            except (NotPSDError, NanError, ModelFittingError) as err:
+                # degenerate data (e.g. identical repeats): propose the next design points instead
+                self._last["fallback"] = f"{type(err).__name__}: {err}"
+                for idx in bo_indices:
+                    params = self._params(design[min(attempted, len(design) - 1)])
+                    out.append(
+                        Proposal(
+                            trial_index=idx,
+                            params=params,
+                            expected_cost_s=self.cost.trial_cost_s(params, state),
+                            strategy=self.strategy,
+                            predicted={"design": True, "fallback": True},
+                        )
+                    )
+                    state = state.after(params)
+                    attempted += 1
+            self._last["numerics"] = {"n_messages": len(messages), "last": messages[-5:]}
+        self._last["suggest_s"] = time.perf_counter() - t0
+        return out
+
+    def _fit(self, data):
+        """Threshold GP (+ gnet GP, + feasibility GP). Returns (model, index map, fit messages)."""
+        messages: list[str] = []
+        film = None
+        if self.film_rel_sd > 0:
+            lo, hi = self.space.doping_bounds
+            width = self.cost.film_doping_tol / (hi - lo) if hi > lo else 1.0
+            film = (1, max(width, 1e-4), self.film_rel_sd)
+        thr_gp, info = fit_gp(data["X"], data["Y"], data["Yvar"], maxiter=self.maxiter, film=film)
+        messages += info.messages
+        models = [thr_gp]
+        index = {"threshold": 0}
+        hyper = {"threshold": gp_hyperparameters(thr_gp, NESTED_DIMS)}
+        if "gnet" in self.objectives and data["gnet"].shape[0] >= 2:
+            g_gp, info = fit_gp(data["X_gnet"], data["gnet"], data["gnet_var"], maxiter=self.maxiter)
+            messages += info.messages
+            index["gnet"] = len(models)
+            models.append(g_gp)
+            hyper["gnet"] = gp_hyperparameters(g_gp, NESTED_DIMS)
+        if data["X_infeasible"].shape[0] > 0:
+            Xf = torch.cat([data["X"], data["X_infeasible"]])
+            n_ok, n_bad = data["X"].shape[0], data["X_infeasible"].shape[0]
+            labels = torch.cat([torch.ones(n_ok, 1, dtype=DTYPE), -torch.ones(n_bad, 1, dtype=DTYPE)])
+            f_gp, info = fit_gp(Xf, labels, None, maxiter=self.maxiter)
+            messages += info.messages
+            index["feasible"] = len(models)
+            models.append(f_gp)
+            hyper["feasible"] = gp_hyperparameters(f_gp, NESTED_DIMS)
+        model = models[0] if len(models) == 1 else ModelListGP(*models)
+        return model, index, hyper, messages
+
+    def _acquisition(self, model, index, data, X_pending, seed):
+        limit_log = math.log(self.space.fluence_limit_uJ_cm2)
+        i_thr = index["threshold"]
+        constraints = [lambda Z: -Z[..., i_thr] - limit_log]
+        if "feasible" in index:
+            i_f = index["feasible"]
+            constraints.append(lambda Z: -Z[..., i_f])
+        sampler = SobolQMCNormalSampler(sample_shape=torch.Size([self.mc_samples]), seed=seed)
+        if "gnet" in index:
+            keep = []
+            Xg = data["X_gnet"]
+            for row in Xg:
+                keep.append(bool(((data["X"] - row).abs().sum(-1) < 1e-12).any()))
+            Xb = torch.unique(Xg[torch.tensor(keep)], dim=0)
+            if Xb.shape[0] >= 2:
+                with torch.no_grad():
+                    post = model.posterior(Xb)
+                    obj = post.mean[..., [i_thr, index["gnet"]]]
+                front = obj[is_non_dominated(obj)]
+                ref = infer_reference_point(front)
+                return qLogNoisyExpectedHypervolumeImprovement(
+                    model=model,
+                    ref_point=ref,
+                    X_baseline=Xb,
+                    sampler=sampler,
+                    objective=IdentityMCMultiOutputObjective(outcomes=[i_thr, index["gnet"]]),
+                    constraints=constraints,
+                    X_pending=X_pending,
+                    prune_baseline=True,
+                )
+        objective = GenericMCObjective(lambda Z, X=None: Z[..., i_thr]) if isinstance(model, ModelListGP) else None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", BotorchWarning)
+            acq = qLogNoisyExpectedImprovement(
+                model=model,
+                # repeated trials at one point would make the baseline's joint covariance singular
+                X_baseline=torch.unique(data["X"], dim=0),
+                sampler=sampler,
+                objective=objective,
+                constraints=constraints,
+                X_pending=X_pending,
+                prune_baseline=True,
+                cache_root=True,
+            )
+        for w in caught:
+            if issubclass(w.category, BotorchWarning) and "all training points are infeasible" in str(w.message):
+                # no measured point is (probably) feasible: first find the feasible region, as BoTorch advises
+                return qLogProbabilityOfFeasibility(
+                    model=model, constraints=constraints, sampler=sampler, objective=objective, X_pending=X_pending
+                )
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return acq
+
+    def _cost_fn(self, state: LabState):
+        """Lab seconds of a trial at unit-cube ``X`` (``b x q x 2``) from ``state``, as a tensor ``b``."""
+        sp, cm = self.space, self.cost
+        l_lo, l_hi = (math.log(v) for v in sp.stripe_length_um)
+        d_lo, d_hi = sp.doping_bounds
+        films = torch.tensor(state.films, dtype=DTYPE) if state.films else torch.empty(0, dtype=DTYPE)
+        meas = cm.measurement_s(joint=False)
+
+        def cost(X: torch.Tensor) -> torch.Tensor:
+            length = torch.exp(l_lo + X[..., 0] * (l_hi - l_lo))
+            d = d_lo + X[..., 1] * (d_hi - d_lo)
+            exists = (
+                ((d.unsqueeze(-1) - films).abs() <= cm.film_doping_tol).any(-1)
+                if films.numel()
+                else torch.zeros_like(d, dtype=torch.bool)
+            )
+            film = torch.where(
+                exists,
+                torch.full_like(d, cm.sample_change_s),
+                torch.full_like(d, cm.new_film_s + cm.sample_change_s),
+            )
+            if state.current_doping is not None:
+                film = torch.where((d - state.current_doping).abs() <= cm.film_doping_tol, torch.zeros_like(d), film)
+            slit = (
+                torch.sqrt((length - state.stripe_length_um) ** 2 + 1.0) / cm.slit_speed_um_per_s
+                if state.stripe_length_um is not None
+                else torch.zeros_like(d)
+            )
+            total = film + slit + meas
+            return total.sum(-1)
+
+        return cost, meas
+
+    def _options(self, state: LabState) -> list[float]:
+        """Unit dopings optimised as fixed 1-D problems: the library levels, or the existing films."""
+        sp = self.space
+        if sp.discrete:
+            return [sp.unit_doping(d) for d in sp.doping]
+        lo, hi = sp.doping_bounds
+        return [sp.unit_doping(d) for d in state.films if lo <= d <= hi]
+
+    def _maximise(self, acq: AcquisitionFunction, state: LabState, seed: int):
+        """Best unit-cube point (2,) and its score; see the module docstring."""
+        gen = torch.Generator().manual_seed(seed)
+        fixed = self._options(state)
+        cand = []
+        if fixed:
+            n = self.line_points
+            u = (torch.arange(n, dtype=DTYPE) + torch.rand(1, generator=gen, dtype=DTYPE)) / n
+            for ud in fixed:
+                cand.append(torch.stack([u, torch.full_like(u, ud)], dim=-1))
+        n_fixed = sum(c.shape[0] for c in cand)
+        if not self.space.discrete:
+            cand.append(SobolEngine(2, scramble=True, seed=seed).draw(self.raw_samples, dtype=DTYPE))
+        C = torch.cat(cand).unsqueeze(-2)  # N x 1 x 2
+        with torch.no_grad():
+            scores = torch.cat([acq(chunk) for chunk in C.split(512)])
+        best_x, best_s = None, -math.inf
+        if n_fixed:
+            # a film's option is 1-D: refine the best line point on a finer local line (no gradients)
+            j = int(torch.argmax(scores[:n_fixed]))
+            x0 = C[j, 0]
+            step = 1.0 / self.line_points
+            u = (x0[0] + torch.linspace(-step, step, 17, dtype=DTYPE)).clamp(0.0, 1.0)
+            local = torch.stack([u, torch.full_like(u, float(x0[1]))], dim=-1).unsqueeze(-2)
+            with torch.no_grad():
+                ls = acq(local)
+            k = int(torch.argmax(ls))
+            if float(ls[k]) >= float(scores[j]):
+                best_x, best_s = local[k, 0].clone(), float(ls[k])
+            else:
+                best_x, best_s = x0.clone(), float(scores[j])
+        if C.shape[0] > n_fixed:
+            free = scores[n_fixed:]
+            raw_best = float(free.max())
+            # polish the free (new-film) option when it leads or comes close
+            if best_x is None or raw_best >= best_s - self.polish_margin:
+                top = n_fixed + torch.topk(free, min(self.num_restarts, free.numel())).indices
+                x0 = C[top]  # k x 1 x 2
+                xs, vals = gen_candidates_scipy(
+                    x0,
+                    acq,
+                    lower_bounds=torch.zeros(2, dtype=DTYPE),
+                    upper_bounds=torch.ones(2, dtype=DTYPE),
+                    options={"maxiter": self.acq_maxiter, "maxls": 10},
+                )
+                vals = torch.where(torch.isfinite(vals), vals, torch.full_like(vals, -math.inf))
+                k = int(torch.argmax(vals))
+                cand_x, cand_s = (xs[k, 0].detach().clone(), float(vals[k]))
+                if cand_s < raw_best:  # never accept a polished point worse than its best start
+                    cand_x, cand_s = C[top[0], 0].clone(), raw_best
+                if cand_s > best_s:
+                    best_x, best_s = cand_x, cand_s
+        return best_x, best_s
+
+    def _bo(self, indices: list[int], seed: int, state: LabState, batch_units: list[list[float]]) -> list[Proposal]:
+        data = self.training_data()
+        t0 = time.perf_counter()
+        model, index, hyper, messages = self._fit(data)
+        fit_s = time.perf_counter() - t0
+        pend = [self._unit(p.params) for p in self.pending()] + list(batch_units)
+        out: list[Proposal] = []
+        last = []
+        for k, idx in enumerate(indices):
+            X_pending = torch.tensor(pend, dtype=DTYPE) if pend else None
+            base = self._acquisition(model, index, data, X_pending, seed + k)
+            cost, meas = self._cost_fn(state)
+            acq = _PerCost(base, cost, meas) if self.cost_aware else base
+            x, _ = self._maximise(acq, state, seed + 7919 * (k + 1))
+            params = self._snap(self.space.from_unit(x.tolist()), state)
+            xu = torch.tensor([self._unit(params)], dtype=DTYPE)
+            with torch.no_grad():
+                log_acq = float(base(xu.unsqueeze(0)))
+                expected = self.cost.trial_cost_s(params, state)
+                post = (model.models[index["threshold"]] if isinstance(model, ModelListGP) else model).posterior(xu)
+                mean, var = float(post.mean), float(post.variance)
+            thr = math.exp(-mean)
+            predicted = {"threshold_uJ_cm2": thr, "threshold_err_uJ_cm2": thr * math.sqrt(max(var, 0.0))}
+            if "feasible" in index:
+                with torch.no_grad():
+                    fp = model.models[index["feasible"]].posterior(xu)
+                    z = float(fp.mean) / math.sqrt(max(float(fp.variance), 1e-12))
+                predicted["p_lasing"] = 0.5 * math.erfc(-z / math.sqrt(2.0))
+            value = log_acq - (math.log(expected / meas) if self.cost_aware else 0.0)
+            full = self._params(params)
+            out.append(
+                Proposal(
+                    trial_index=idx,
+                    params=full,
+                    predicted=predicted,
+                    expected_cost_s=expected,
+                    acquisition_value=value,
+                    strategy=self.strategy,
+                )
+            )
+            last.append({"trial_index": idx, "log_acquisition": log_acq, "cost_s": expected, "value": value})
+            pend.append(self._unit(params))
+            state = state.after(full)
+        self._last.update(
+            {
+                "model": hyper,
+                "fit_messages": messages[-10:],
+                "fit_s": fit_s,
+                "last_acquisition": last,
+                "n_training": int(data["X"].shape[0]),
+                "n_infeasible": int(data["X_infeasible"].shape[0]),
+            }
+        )
+        return out
+
+    def _snap(self, params: dict[str, float], state: LabState) -> dict[str, float]:
+        """A free doping within the film tolerance of an existing film is that film's doping."""
+        if self.space.discrete:
+            return params
+        d = params[DOPING]
+        near = [f for f in state.films if abs(f - d) <= self.cost.film_doping_tol]
+        lo, hi = self.space.doping_bounds
+        if near:
+            f = min(near, key=lambda f: abs(f - d))
+            if lo <= f <= hi:
+                params = {**params, DOPING: f}
+        return params
+
+    def pareto(self) -> list[dict]:
+        """Measured non-dominated trials in (lowest threshold, highest gnet_per_cm)."""
+        rows = [r for r in self._rows("completed") if _finite(r.outcome.get("gnet_per_cm")) is not None]
+        if not rows:
+            return []
+        obj = torch.tensor(
+            [[-float(r.outcome["threshold_uJ_cm2"]), float(r.outcome["gnet_per_cm"])] for r in rows], dtype=DTYPE
+        )
+        mask = is_non_dominated(obj)
+        return [
+            {
+                "trial_index": r.trial_index,
+                "threshold_uJ_cm2": float(r.outcome["threshold_uJ_cm2"]),
+                "gnet_per_cm": float(r.outcome["gnet_per_cm"]),
+                LENGTH: float(r.params[LENGTH]),
+                DOPING: float(r.params[DOPING]),
+            }
+            for r, m in zip(rows, mask.tolist(), strict=True)
+            if m
+        ]
