@@ -15,6 +15,7 @@ through the Tiled client's BlueskyRun.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import platformdirs
@@ -24,6 +25,14 @@ from gainloop.errors import GainloopError
 __all__ = ["Catalog", "CatalogError", "RunNotFoundError", "data_dir"]
 
 ENV_DATA_DIR = "GAINLOOP_DATA_DIR"
+
+_SECRET_IN_URI = re.compile(r"(api_key=)[^&\s\"']+|(//[^/:@\s]+:)[^@/\s]+(@)", re.IGNORECASE)
+
+
+def _masked(text: str, api_key: str | None = None) -> str:
+    """``text`` with API keys (``api_key=...``, the key itself) and URI passwords replaced by ``***``."""
+    out = _SECRET_IN_URI.sub(lambda m: f"{m.group(1)}***" if m.group(1) else f"{m.group(2)}***{m.group(3)}", text)
+    return out.replace(api_key, "***") if api_key else out
 
 
 class CatalogError(GainloopError):
@@ -71,7 +80,7 @@ class Catalog:
             self._server = SimpleTiledServer(directory=self.location)
             self.client = self._connect(self._server.uri, None)
         else:
-            self.location = uri
+            self.location = _masked(uri)
             self.client = self._connect(uri, api_key or os.environ.get("TILED_API_KEY"))
 
     @staticmethod
@@ -83,14 +92,21 @@ class Catalog:
             httpx.get(uri, timeout=timeout_s)
         except httpx.HTTPError as exc:
             raise CatalogError(
-                f"cannot reach the catalog at {uri}: {exc}. Start the Tiled server at that address, or check the URI."
+                _masked(
+                    f"cannot reach the catalog at {uri}: {exc}. "
+                    "Start the Tiled server at that address, or check the URI.",
+                    api_key,
+                )
             ) from None
         try:
             return from_uri(uri, api_key=api_key) if api_key else from_uri(uri)
         except Exception as exc:  # httpx connection errors, auth errors, bad URIs
             raise CatalogError(
-                f"cannot reach the catalog at {uri}: {exc}. Start the Tiled server "
-                "at that address, or check the URI and API key."
+                _masked(
+                    f"cannot reach the catalog at {uri}: {exc}. Start the Tiled server "
+                    "at that address, or check the URI and API key.",
+                    api_key,
+                )
             ) from None
 
     def writer(self, batch_size: int | None = None):

@@ -43,3 +43,11 @@ def test_unreachable_catalog_says_what_to_start(tmp_path):
     expected = r"cannot reach the catalog at http://127\.0\.0\.1:9/api.*Start the Tiled server"
     with pytest.raises(CatalogError, match=expected):
         Catalog("http://127.0.0.1:9/api", data_dir_path=tmp_path)
+
+
+def test_an_unreachable_catalog_error_never_shows_the_key(tmp_path):
+    with pytest.raises(CatalogError) as info:
+        Catalog("http://127.0.0.1:9/?api_key=SECRETKEY123", data_dir_path=tmp_path, api_key="OTHERKEY456")
+    message = str(info.value)
+    assert "cannot reach the catalog" in message
+    assert "SECRETKEY123" not in message and "OTHERKEY456" not in message
