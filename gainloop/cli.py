@@ -371,6 +371,160 @@ def list_plans() -> None:
         _console.print(f"[bold]{spec.name}[/]: {spec.description}")
 
 
+campaign_app = typer.Typer(help="Closed-loop campaigns that minimise the lasing threshold.", no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign")
+
+
+def _campaign_progress(json_out: bool, budget_h: float | None, max_trials: int | None):
+    """A rich progress bar (lab time, trials, best so far) on stderr; nothing in --json mode."""
+    if json_out:
+        return None, None
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    progress = Progress(
+        TextColumn("[bold]campaign[/]"),
+        BarColumn(),
+        TextColumn("{task.fields[lab]:.1f} lab h"),
+        TextColumn("trials {task.fields[trials]}"),
+        TextColumn("failures {task.fields[failures]}"),
+        TextColumn("best {task.fields[best]}"),
+        console=_err,
+    )
+    total = budget_h if budget_h is not None else float(max_trials or 1)
+    task = progress.add_task("campaign", total=total, lab=0.0, trials=0, failures=0, best="-")
+
+    def update(summary: dict) -> None:
+        best = summary.get("best")
+        text = f"{best['threshold_uJ_cm2']:.1f} uJ/cm^2" if best else "-"
+        done = summary["lab_hours"] if budget_h is not None else summary["trials"]
+        progress.update(
+            task,
+            completed=done,
+            lab=summary["lab_hours"],
+            trials=summary["trials"],
+            failures=summary["failures"],
+            best=text,
+        )
+
+    return progress, update
+
+
+def _print_campaign(summary: dict, json_out: bool) -> None:
+    keys = ("campaign_uid", "best", "lab_hours", "trials", "failures", "stopped_by")
+    out = {k: summary.get(k) for k in keys if k in summary}
+    if json_out:
+        _print_json(out)
+        return
+    best = out.get("best")
+    _console.print(
+        f"campaign {out['campaign_uid']}: {out['trials']} trials, {out['failures']} failed, "
+        f"{out['lab_hours']:.2f} lab hours" + (f", stopped by {out['stopped_by']}" if out.get("stopped_by") else "")
+    )
+    if best:
+        _console.print(
+            f"best: threshold {best['threshold_uJ_cm2']:.1f} +- {best['threshold_err_uJ_cm2']:.1f} uJ/cm^2 at stripe "
+            f"{best['stripe_length_um']:.0f} um, doping {best['doping']:.2f} electrons/dot "
+            f"(trial {best['trial_index']})"
+        )
+
+
+@campaign_app.command("run")
+def campaign_run(
+    twin: Annotated[bool, typer.Option("--twin", help="Use the in-process twin bench (default).")] = False,
+    bench: Annotated[Path | None, typer.Option("--bench", help="Bench file of a real bench (EPICS).")] = None,
+    strategy: Annotated[str, typer.Option("--strategy", help="nested, joint, random or grid.")] = "nested",
+    budget_hours: Annotated[float | None, typer.Option("--budget-hours", help="Lab-time budget, hours.")] = 24.0,
+    max_trials: Annotated[int | None, typer.Option("--max-trials", help="Trial budget.")] = None,
+    target: Annotated[
+        float | None, typer.Option("--target", help="Stop once a threshold at or below this is measured, uJ/cm^2.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Optimiser seed (and the twin's noise seed).")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Proposals per round (q).")] = 1,
+    catalog: CatalogOption = None,
+    api_key: ApiKeyOption = None,
+    data_dir: DataDirOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Run a closed-loop campaign: suggest, measure, analyse, ingest, until a budget or the target."""
+    from gainloop.campaign import CampaignConfig, run_campaign
+
+    if twin and bench is not None:
+        _fail(GainloopError("choose one of --twin and --bench FILE"))
+    if strategy not in ("nested", "joint", "random", "grid"):
+        _fail(GainloopError(f"unknown strategy {strategy!r}; allowed: nested, joint, random, grid"))
+    if budget_hours is not None and not (math.isfinite(budget_hours) and budget_hours > 0):
+        _fail(GainloopError(f"--budget-hours must be a positive number of hours, got {budget_hours!r}"))
+    cfg = CampaignConfig(
+        strategy=strategy,
+        seed=seed,
+        budget_lab_h=budget_hours,
+        max_trials=max_trials,
+        target_threshold_uJ_cm2=target,
+        batch_size=batch_size,
+        bench_file=str(bench) if bench is not None else None,
+        twin_seed=seed,
+    )
+    progress, update = _campaign_progress(json_out, budget_hours, max_trials)
+    try:
+        with _open_catalog(catalog, data_dir, api_key) as cat:
+            if progress is not None:
+                progress.start()
+            try:
+                summary = run_campaign(cat, cfg, progress=update)
+            finally:
+                if progress is not None:
+                    progress.stop()
+    except (GainloopError, ValueError) as exc:
+        _fail(exc)
+    _print_campaign(summary, json_out)
+
+
+@campaign_app.command("resume")
+def campaign_resume(
+    campaign_uid: Annotated[str, typer.Argument(help="uid of the campaign to continue.")],
+    budget_hours: Annotated[
+        float | None, typer.Option("--budget-hours", help="New total lab-time budget, hours (default: as stored).")
+    ] = None,
+    max_trials: Annotated[
+        int | None, typer.Option("--max-trials", help="New total trial budget (default: as stored).")
+    ] = None,
+    catalog: CatalogOption = None,
+    api_key: ApiKeyOption = None,
+    data_dir: DataDirOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Rebuild a campaign's state from the catalog alone and continue it."""
+    from gainloop.campaign import run_campaign
+
+    try:
+        with _open_catalog(catalog, data_dir, api_key) as cat:
+            summary = run_campaign(
+                cat, resume_uid=campaign_uid, budgets={"budget_lab_h": budget_hours, "max_trials": max_trials}
+            )
+    except (GainloopError, ValueError) as exc:
+        _fail(exc)
+    _print_campaign(summary, json_out)
+
+
+@campaign_app.command("status")
+def campaign_status_cmd(
+    campaign_uid: Annotated[str, typer.Argument(help="uid of the campaign.")],
+    catalog: CatalogOption = None,
+    api_key: ApiKeyOption = None,
+    data_dir: DataDirOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Best conditions so far, lab time used, trials, failures."""
+    from gainloop.campaign import campaign_status
+
+    try:
+        with _open_catalog(catalog, data_dir, api_key) as cat:
+            status = campaign_status(cat, campaign_uid)
+    except GainloopError as exc:
+        _fail(exc)
+    _print_campaign(status, json_out)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,303 @@
+"""Campaigns as the service runs them: bench + optimiser + catalog, started, resumed and summarised.
+
+``CampaignConfig`` is everything a campaign needs to be rebuilt: strategy, seed,
+budgets, search space, films, scan settings and the twin's seed. It is stored in
+the start document of the campaign's record run, so ``resume`` needs only the
+catalog and the campaign uid:
+
+* the config comes from the first record run's start document;
+* the trials come from the measurement runs carrying the ``campaign_uid``, each
+  judged by its own stop document and analysis stream (a run without a stop
+  document was interrupted: the trial is recorded failed with that reason, and a
+  trial index is never measured twice once a run of it completed), and from the
+  record runs' ``outcomes`` streams for trials that failed before their run opened;
+* re-ingesting them into a fresh optimiser of the same seed gives exactly the
+  proposals the uninterrupted campaign would have made;
+* on the twin, the films made so far and the lab clock are restored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import asdict, dataclass, field
+
+from gainloop.errors import GainloopError
+
+__all__ = ["CampaignConfig", "CampaignError", "campaign_status", "rebuild_trials", "run_campaign"]
+
+
+class CampaignError(GainloopError):
+    """A campaign cannot be started or resumed (unknown uid, bad config...)."""
+
+
+@dataclass
+class CampaignConfig:
+    """What defines a campaign (units in the names)."""
+
+    strategy: str = "nested"
+    seed: int = 0
+    budget_lab_h: float | None = 24.0
+    max_trials: int | None = None
+    target_threshold_uJ_cm2: float | None = None
+    fluence_min_uJ_cm2: float = 10.0
+    fluence_max_uJ_cm2: float | None = None  # default: the bench's fluence limit
+    stripe_length_min_um: float = 100.0
+    stripe_length_max_um: float = 4000.0
+    doping_min: float = 0.0
+    doping_max: float = 7.9
+    films: list[str] | None = None  # library films the campaign may use (default: twin's same-material films)
+    can_make_films: bool = True
+    batch_size: int = 1
+    scan_args: dict = field(default_factory=dict)
+    bench_file: str | None = None  # None: the twin
+    twin_seed: int | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CampaignConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise CampaignError(f"unknown campaign settings {sorted(unknown)}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+def _bench(cfg: CampaignConfig):
+    if cfg.bench_file is not None:
+        from devices import connect_bench, load_bench
+
+        return connect_bench(load_bench(cfg.bench_file))
+    from sim.devices import default_twin_bench_path, twin_bench_devices
+
+    return twin_bench_devices(default_twin_bench_path(), seed=cfg.twin_seed)
+
+
+def _films(cfg: CampaignConfig, bench) -> list[str]:
+    if cfg.films is not None:
+        for f in cfg.films:
+            bench.config.library_entry(f)
+        return list(cfg.films)
+    entries = [e for e in bench.config.stage.library if e.kind == "film"]
+    if bench.engine is not None:  # films of the material new films are made of
+        entries = [
+            e for e in entries if (e.preset or bench.config.twin.new_film_preset) == bench.config.twin.new_film_preset
+        ]
+    return [e.id for e in entries]
+
+
+def _optimizer(cfg: CampaignConfig, bench, films: list[str]):
+    from optimizer import LabState, SearchSpace, make_optimizer
+
+    limit = bench.config.bench.fluence_limit_uJ_cm2
+    f_hi = min(limit, cfg.fluence_max_uJ_cm2 or limit)
+    dopings = [bench.config.library_entry(f).doping for f in films]
+    doping = (cfg.doping_min, cfg.doping_max) if cfg.can_make_films else sorted(set(dopings))
+    space = SearchSpace(
+        fluence_uJ_cm2=(cfg.fluence_min_uJ_cm2, f_hi),
+        stripe_length_um=(cfg.stripe_length_min_um, cfg.stripe_length_max_um),
+        doping=doping,
+        fluence_limit_uJ_cm2=f_hi,
+    )
+    return make_optimizer(
+        cfg.strategy,
+        space,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        lab_state=LabState(current_doping=dopings[0] if dopings else None, films=tuple(dopings)),
+    )
+
+
+def _lab_clock(bench):
+    import time
+
+    if bench.engine is not None:
+        return lambda: bench.engine.lab_time_s
+    return time.time
+
+
+# ------------------------------------------------------------------ reading a campaign back
+def _search(catalog, **equals):
+    from tiled.queries import Key
+
+    results = catalog.client
+    for key, value in equals.items():
+        results = results.search(Key(f"start.{key}") == value)
+    return results
+
+
+def _records(catalog, campaign_uid: str):
+    runs = _search(catalog, campaign_uid=campaign_uid, plan_name="campaign")
+    return sorted((run for run in runs.values()), key=lambda r: r.start["time"])
+
+
+def _analysis(run) -> dict:
+    from gainloop.replay import stream_columns
+
+    if "analysis" not in run:
+        return {}
+    return {k: float(v[-1]) for k, v in stream_columns(run["analysis"]).items()}
+
+
+def rebuild_trials(catalog, campaign_uid: str) -> tuple[CampaignConfig, list[dict], float, list[dict]]:
+    """(config, trial results as dicts by trial index, lab seconds used, films made) from the catalog alone."""
+    from gainloop.replay import stream_columns
+
+    records = _records(catalog, campaign_uid)
+    if not records:
+        raise CampaignError(f"no campaign {campaign_uid!r} in the catalog at {catalog.location}")
+    cfg = CampaignConfig.from_dict(records[0].start["config"])
+    results: dict[int, dict] = {}
+    used_s = 0.0
+    for rec in records:
+        if "outcomes" not in rec:
+            continue
+        cols = stream_columns(rec["outcomes"])
+        for k in range(len(cols["trial_index"])):
+            idx = int(cols["trial_index"][k])
+            results[idx] = {
+                "trial_index": idx,
+                "params": json.loads(cols["params"][k]),
+                "status": str(cols["status"][k]),
+                "outcome": json.loads(cols["outcome"][k]),
+                "reason": str(cols["reason"][k]),
+                "lab_time_s": float(cols["trial_lab_time_s"][k]),
+            }
+            used_s = max(used_s, float(cols["lab_time_used_s"][k]))
+    films: list[dict] = []
+    runs = sorted(
+        (r for r in _search(catalog, campaign_uid=campaign_uid).values() if r.start.get("plan_name") != "campaign"),
+        key=lambda r: r.start["time"],
+    )
+    for run in runs:
+        start = run.start
+        idx = int(start["trial_index"])
+        if start.get("new_film"):
+            films.append({"id": start["sample_id"], "doping": float(start["doping"])})
+        if idx in results and results[idx]["status"] == "completed":
+            continue  # a completed trial is never replaced by a later run of it
+        stop = run.metadata.get("stop")
+        params = start["proposal"]["params"]
+        lab_s = float(start.get("trial_lab_time_s", 0.0) or 0.0)
+        if stop is None:
+            res = {"status": "failed", "outcome": {}, "reason": "interrupted: the run has no stop document"}
+        elif stop.get("exit_status") != "success":
+            res = {
+                "status": "failed",
+                "outcome": {},
+                "reason": f"run ended {stop.get('exit_status')}: {stop.get('reason')}",
+            }
+        else:
+            res = {"status": "completed", "outcome": _analysis(run), "reason": ""}
+        results[idx] = {"trial_index": idx, "params": params, "lab_time_s": lab_s, **res}
+        used_s = max(used_s, float(start.get("lab_time_used_s", 0.0) or 0.0))
+    return cfg, [results[k] for k in sorted(results)], used_s, films
+
+
+# ------------------------------------------------------------------ running
+def run_campaign(
+    catalog,
+    cfg: CampaignConfig | None = None,
+    *,
+    resume_uid: str | None = None,
+    budgets: dict | None = None,
+    progress=None,
+) -> dict:
+    """Start a campaign (``cfg``) or resume one (``resume_uid``); return its summary.
+
+    ``budgets``: on resume, new ``budget_lab_h`` / ``max_trials`` / ``target_threshold_uJ_cm2``
+    (the totals over the whole campaign) in place of the stored ones.
+    """
+    from bluesky import RunEngine
+
+    from devices import LibraryEntry
+    from plans.campaign import campaign
+
+    history: list[dict] = []
+    used_s = 0.0
+    films_made: list[dict] = []
+    if resume_uid is not None:
+        cfg, history, used_s, films_made = rebuild_trials(catalog, resume_uid)
+        for key, value in (budgets or {}).items():
+            if key not in ("budget_lab_h", "max_trials", "target_threshold_uJ_cm2"):
+                raise CampaignError(
+                    f"cannot change {key!r} on resume; budgets allowed: budget_lab_h, max_trials, target"
+                )
+            if value is not None:
+                setattr(cfg, key, value)
+        campaign_uid = resume_uid
+    else:
+        if cfg is None:
+            raise CampaignError("a new campaign needs a config")
+        campaign_uid = str(uuid.uuid4())
+    bench = _bench(cfg)
+    films = _films(cfg, bench)
+    for f in films_made:  # films made before the interruption are on the stage
+        entry = LibraryEntry(id=f["id"], kind="film", doping=f["doping"], preset=None)
+        bench.stage.library[f["id"]] = entry
+        if bench.engine is not None:
+            bench.engine.library[f["id"]] = entry
+        films.append(f["id"])
+    if bench.engine is not None:
+        bench.engine.lab_time_s = used_s
+    opt = _optimizer(cfg, bench, films)
+    if history:
+        opt.ingest(history)
+    RE = RunEngine({}, call_returns_result=True)
+    RE.subscribe(catalog.writer(batch_size=1))
+    clock = _lab_clock(bench)
+    plan = campaign(
+        bench,
+        opt,
+        campaign_uid=campaign_uid,
+        lab_clock=clock,
+        budget_lab_h=cfg.budget_lab_h,
+        max_trials=cfg.max_trials,
+        target_threshold_uJ_cm2=cfg.target_threshold_uJ_cm2,
+        lab_time_used_s=used_s,
+        trials_done=len(history),
+        films=films,
+        can_make_films=cfg.can_make_films,
+        scan_args=cfg.scan_args,
+        progress=progress,
+        md={"config": cfg.as_dict()},
+    )
+    result = RE(plan)
+    if result.exit_status != "success":
+        raise CampaignError(f"campaign {campaign_uid} ended with {result.exit_status}: {result.reason}")
+    summary = dict(result.plan_result)
+    summary["best"] = opt.best()
+    summary["trials"] = len(opt.history())
+    summary["failures"] = sum(r.status == "failed" for r in opt.history())
+    return summary
+
+
+def campaign_status(catalog, campaign_uid: str) -> dict:
+    """Best conditions so far, lab time used, trials and failures, from the catalog alone."""
+    cfg, history, used_s, films = rebuild_trials(catalog, campaign_uid)
+    done = [
+        h
+        for h in history
+        if h["status"] == "completed" and math.isfinite(h["outcome"].get("threshold_uJ_cm2", math.nan))
+    ]
+    best = min(done, key=lambda h: h["outcome"]["threshold_uJ_cm2"], default=None)
+    return {
+        "campaign_uid": campaign_uid,
+        "strategy": cfg.strategy,
+        "best": None
+        if best is None
+        else {
+            "threshold_uJ_cm2": best["outcome"]["threshold_uJ_cm2"],
+            "threshold_err_uJ_cm2": best["outcome"].get("threshold_err_uJ_cm2"),
+            "stripe_length_um": best["params"]["stripe_length_um"],
+            "doping": best["params"]["doping"],
+            "trial_index": best["trial_index"],
+        },
+        "lab_hours": used_s / 3600.0,
+        "trials": len(history),
+        "failures": sum(h["status"] == "failed" for h in history),
+        "films_made": len(films),
+    }
