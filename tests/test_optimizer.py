@@ -276,7 +276,7 @@ def test_proposals_stay_in_the_space_and_the_safe_set(strategy, history):
     if strategy == "joint":
         results = _as_joint(results)
     for space in (continuous_space(), discrete_space()):
-        for seed in range(3):
+        for seed in range(2):
             opt = make_optimizer(strategy, space, seed=seed, lab_state=LabState(current_doping=7.4))
             opt.ingest(results)
             for p in opt.suggest(2):
@@ -287,7 +287,7 @@ def test_proposals_stay_in_the_space_and_the_safe_set(strategy, history):
 
 
 def test_nested_bo_proposals_stay_inside_over_many_seeds(sample, setup):
-    for seed in range(6):
+    for seed in range(4):
         space = continuous_space() if seed % 2 else discrete_space()
         opt = run(make_optimizer("nested", space, seed=seed), 7, sample, setup, seed=seed)
         for p in opt.pending() + opt.suggest(3):
@@ -363,10 +363,10 @@ def test_a_campaign_uses_its_film_before_asking_for_another(sample, setup):
 
 
 def test_a_new_film_is_reused_rather_than_made_again(sample, setup):
-    opt = run(make_optimizer("nested", continuous_space(), seed=5), 25, sample, setup)
-    films = opt.lab_state().films
-    new_films = [r for r in opt.history() if r.params["doping"] not in films[:1]]
-    assert len(films) <= 8 < 25 and len(new_films) > 0
+    opt = run(make_optimizer("nested", continuous_space(), seed=5), 16, sample, setup)
+    dopings = [r.params["doping"] for r in opt.history()]
+    changes = sum(a != b for a, b in itertools.pairwise(dopings))
+    assert 1 <= len(set(dopings)) - 1 <= 4 and changes == len(set(dopings)) - 1  # each film made once, then used
 
 
 # ---- infeasible results, gnet, baselines, joint ------------------------------------------
