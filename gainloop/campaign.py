@@ -92,8 +92,7 @@ def _films(cfg: CampaignConfig, bench) -> list[str]:
 def _optimizer(cfg: CampaignConfig, bench, films: list[str]):
     from optimizer import LabState, SearchSpace, make_optimizer
 
-    limit = bench.config.bench.fluence_limit_uJ_cm2
-    f_hi = min(limit, cfg.fluence_max_uJ_cm2 or limit)
+    f_hi = _fluence_max(cfg, bench)
     dopings = [bench.config.library_entry(f).doping for f in films]
     doping = (cfg.doping_min, cfg.doping_max) if cfg.can_make_films else sorted(set(dopings))
     space = SearchSpace(
@@ -109,6 +108,19 @@ def _optimizer(cfg: CampaignConfig, bench, films: list[str]):
         batch_size=cfg.batch_size,
         lab_state=LabState(current_doping=dopings[0] if dopings else None, films=tuple(dopings)),
     )
+
+
+def _fluence_max(cfg: CampaignConfig, bench) -> float:
+    """The campaign's highest fluence (uJ/cm^2): the config's, which may not exceed the bench's limit."""
+    limit = bench.config.bench.fluence_limit_uJ_cm2
+    if cfg.fluence_max_uJ_cm2 is None:
+        return limit
+    if not cfg.fluence_max_uJ_cm2 <= limit:
+        raise CampaignError(
+            f"fluence_max_uJ_cm2 = {cfg.fluence_max_uJ_cm2:g} exceeds the bench's fluence limit {limit:g} uJ/cm^2; "
+            f"allowed: up to {limit:g}"
+        )
+    return cfg.fluence_max_uJ_cm2
 
 
 def _lab_clock(bench):
@@ -261,7 +273,11 @@ def run_campaign(
         trials_done=len(history),
         films=films,
         can_make_films=cfg.can_make_films,
-        scan_args=cfg.scan_args,
+        scan_args={
+            "fluence_min_uJ_cm2": cfg.fluence_min_uJ_cm2,
+            "fluence_max_uJ_cm2": _fluence_max(cfg, bench),
+            **cfg.scan_args,
+        },
         progress=progress,
         md={"config": cfg.as_dict()},
     )

@@ -428,44 +428,41 @@ def _print_campaign(summary: dict, json_out: bool) -> None:
         )
 
 
-@campaign_app.command("run")
-def campaign_run(
-    twin: Annotated[bool, typer.Option("--twin", help="Use the in-process twin bench (default).")] = False,
-    bench: Annotated[Path | None, typer.Option("--bench", help="Bench file of a real bench (EPICS).")] = None,
-    strategy: Annotated[str, typer.Option("--strategy", help="nested, joint, random or grid.")] = "nested",
-    budget_hours: Annotated[float | None, typer.Option("--budget-hours", help="Lab-time budget, hours.")] = 24.0,
-    max_trials: Annotated[int | None, typer.Option("--max-trials", help="Trial budget.")] = None,
-    target: Annotated[
-        float | None, typer.Option("--target", help="Stop once a threshold at or below this is measured, uJ/cm^2.")
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Optimiser seed (and the twin's noise seed).")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Proposals per round (q).")] = 1,
-    catalog: CatalogOption = None,
-    api_key: ApiKeyOption = None,
-    data_dir: DataDirOption = None,
-    json_out: JsonOption = False,
-) -> None:
-    """Run a closed-loop campaign: suggest, measure, analyse, ingest, until a budget or the target."""
-    from gainloop.campaign import CampaignConfig, run_campaign
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="gainloop config file (TOML); command-line options win.")
+]
 
-    if twin and bench is not None:
-        _fail(GainloopError("choose one of --twin and --bench FILE"))
-    if strategy not in ("nested", "joint", "random", "grid"):
-        _fail(GainloopError(f"unknown strategy {strategy!r}; allowed: nested, joint, random, grid"))
-    if budget_hours is not None and not (math.isfinite(budget_hours) and budget_hours > 0):
-        _fail(GainloopError(f"--budget-hours must be a positive number of hours, got {budget_hours!r}"))
-    cfg = CampaignConfig(
-        strategy=strategy,
-        seed=seed,
-        budget_lab_h=budget_hours,
-        max_trials=max_trials,
-        target_threshold_uJ_cm2=target,
-        batch_size=batch_size,
-        bench_file=str(bench) if bench is not None else None,
-        twin_seed=seed,
-    )
-    progress, update = _campaign_progress(json_out, budget_hours, max_trials)
+
+def _run_campaign_cli(
+    config: Path | None,
+    overrides: dict,
+    bench: Path | None,
+    catalog: str | None,
+    api_key: str | None,
+    data_dir: Path | None,
+    json_out: bool,
+    *,
+    report_dir: Path | None = None,
+) -> dict:
+    """Config file + command-line options -> a campaign in the catalog (with a progress bar)."""
+    import os
+
+    from gainloop.campaign import run_campaign
+    from gainloop.config import load_config
+
     try:
+        conf = load_config(config)
+        strategy = overrides.get("strategy")
+        if strategy is not None and strategy not in ("nested", "joint", "random", "grid"):
+            raise GainloopError(f"unknown strategy {strategy!r}; allowed: nested, joint, random, grid")
+        budget = overrides.get("budget_lab_h")
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            raise GainloopError(f"--budget-hours must be a positive number of hours, got {budget!r}")
+        cfg = conf.campaign_config(bench_file=str(bench) if bench is not None else None, **overrides)
+        catalog = catalog or conf.catalog.uri
+        data_dir = data_dir or conf.catalog.data_dir
+        api_key = api_key or os.environ.get(conf.catalog.api_key_env)
+        progress, update = _campaign_progress(json_out, cfg.budget_lab_h, cfg.max_trials)
         with _open_catalog(catalog, data_dir, api_key) as cat:
             if progress is not None:
                 progress.start()
@@ -474,9 +471,79 @@ def campaign_run(
             finally:
                 if progress is not None:
                     progress.stop()
+            if report_dir is not None:
+                from gainloop.report import write_report
+
+                uid = summary["campaign_uid"]
+                summary["report"] = str(write_report(cat, uid, report_dir / uid))
     except (GainloopError, ValueError) as exc:
         _fail(exc)
+    return summary
+
+
+@campaign_app.command("run")
+def campaign_run(
+    config: ConfigOption = None,
+    twin: Annotated[bool, typer.Option("--twin", help="Use the in-process twin bench (default).")] = False,
+    bench: Annotated[Path | None, typer.Option("--bench", help="Bench file of a real bench (EPICS).")] = None,
+    strategy: Annotated[
+        str | None, typer.Option("--strategy", help="nested, joint, random or grid (default: nested).")
+    ] = None,
+    budget_hours: Annotated[
+        float | None, typer.Option("--budget-hours", help="Lab-time budget, hours (default: 24).")
+    ] = None,
+    max_trials: Annotated[int | None, typer.Option("--max-trials", help="Trial budget.")] = None,
+    target: Annotated[
+        float | None, typer.Option("--target", help="Stop once a threshold at or below this is measured, uJ/cm^2.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Optimiser seed (and the twin's noise seed).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Proposals per round (q).")] = None,
+    catalog: CatalogOption = None,
+    api_key: ApiKeyOption = None,
+    data_dir: DataDirOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Run a closed-loop campaign: suggest, measure, analyse, ingest, until a budget or the target."""
+    if twin and bench is not None:
+        _fail(GainloopError("choose one of --twin and --bench FILE"))
+    overrides = {
+        "strategy": strategy,
+        "budget_lab_h": budget_hours,
+        "max_trials": max_trials,
+        "target_threshold_uJ_cm2": target,
+        "seed": seed,
+        "batch_size": batch_size,
+    }
+    summary = _run_campaign_cli(config, overrides, bench, catalog, api_key, data_dir, json_out)
     _print_campaign(summary, json_out)
+
+
+@app.command("demo")
+def demo(
+    config: ConfigOption = None,
+    max_trials: Annotated[int, typer.Option("--max-trials", help="Trials of the demo campaign.")] = 6,
+    seed: Annotated[int | None, typer.Option("--seed", help="Optimiser and twin seed.")] = None,
+    data_dir: DataDirOption = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for reports (default: reports/ in the data folder).")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """The main job: a short campaign on the twin into the embedded catalog, its best conditions and report."""
+    from gainloop.catalog import data_dir as resolve_data_dir
+
+    try:
+        folder = resolve_data_dir(data_dir)
+    except GainloopError as exc:
+        _fail(exc)
+    overrides = {"max_trials": max_trials, "seed": seed, "budget_lab_h": 48.0}
+    reports = out if out is not None else folder / "reports"
+    summary = _run_campaign_cli(config, overrides, None, None, None, folder, json_out, report_dir=reports)
+    if json_out:
+        _print_json({k: summary.get(k) for k in ("campaign_uid", "best", "lab_hours", "trials", "failures", "report")})
+        return
+    _print_campaign(summary, json_out)
+    _console.print(f"report: {summary['report']}")
 
 
 @campaign_app.command("resume")

@@ -1,0 +1,140 @@
+"""The service's one config file (TOML): bench or twin, catalog, optimiser, budgets, limits.
+
+Every option of ``gainloop campaign run`` and ``gainloop demo`` can come from it; an
+option given on the command line wins. Unknown keys and out-of-range values are
+errors that name the key and what is allowed. Secrets never live in the file: the
+catalog's API key comes from the environment variable the file names
+(``catalog.api_key_env``, default ``TILED_API_KEY``).
+
+Example (``examples/gainloop.toml``)::
+
+    [bench]
+    # file = "my_bench.toml"       # a real bench over EPICS; absent: the twin
+    twin_seed = 0
+
+    [catalog]
+    # uri = "http://127.0.0.1:8000"  # a Tiled server; absent: the embedded catalog
+    # data_dir = "/data/gainloop"
+
+    [optimizer]
+    strategy = "nested"              # nested | joint | random | grid
+    seed = 0
+    batch_size = 1
+
+    [budgets]
+    lab_hours = 24.0
+    # max_trials = 20
+    # target_threshold_uJ_cm2 = 85.0
+
+    [limits]
+    fluence_min_uJ_cm2 = 10.0
+    # fluence_max_uJ_cm2 = 2000.0     # at most the bench's fluence limit
+    stripe_length_min_um = 100.0
+    stripe_length_max_um = 4000.0
+    doping_min = 0.0
+    doping_max = 7.9
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gainloop.errors import GainloopError
+from gainloop.tomlfile import load_toml_model
+
+__all__ = ["ConfigError", "GainloopConfig", "load_config"]
+
+
+class ConfigError(GainloopError):
+    """The config file is missing, malformed or out of range."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BenchSection(_Strict):
+    file: Path | None = Field(None, description="bench file of a real bench (EPICS); absent: the twin")
+    twin_seed: int | None = Field(None, ge=0, description="the twin's noise seed (default: the optimiser's seed)")
+
+
+class CatalogSection(_Strict):
+    uri: str | None = Field(None, description="Tiled server URI; absent: the embedded catalog")
+    data_dir: Path | None = Field(None, description="data folder of the embedded catalog and the writer's backup")
+    api_key_env: str = Field("TILED_API_KEY", description="environment variable holding the server's API key")
+
+
+class OptimizerSection(_Strict):
+    strategy: Literal["nested", "joint", "random", "grid"] = "nested"
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(1, ge=1, le=16)
+
+
+class BudgetsSection(_Strict):
+    lab_hours: float | None = Field(24.0, gt=0, description="lab-time budget, h")
+    max_trials: int | None = Field(None, ge=1)
+    target_threshold_uJ_cm2: float | None = Field(None, gt=0)
+
+
+class LimitsSection(_Strict):
+    fluence_min_uJ_cm2: float = Field(10.0, gt=0)
+    fluence_max_uJ_cm2: float | None = Field(None, gt=0, description="at most the bench's fluence limit")
+    stripe_length_min_um: float = Field(100.0, gt=0)
+    stripe_length_max_um: float = Field(4000.0, gt=0)
+    doping_min: float = Field(0.0, ge=0)
+    doping_max: float = Field(7.9, gt=0, le=40)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.stripe_length_max_um <= self.stripe_length_min_um:
+            raise ValueError("stripe_length_max_um must be above stripe_length_min_um")
+        if self.doping_max <= self.doping_min:
+            raise ValueError("doping_max must be above doping_min")
+        if self.fluence_max_uJ_cm2 is not None and self.fluence_max_uJ_cm2 <= self.fluence_min_uJ_cm2:
+            raise ValueError("fluence_max_uJ_cm2 must be above fluence_min_uJ_cm2")
+        return self
+
+
+class GainloopConfig(_Strict):
+    """The whole config; every table is optional."""
+
+    bench: BenchSection = BenchSection()
+    catalog: CatalogSection = CatalogSection()
+    optimizer: OptimizerSection = OptimizerSection()
+    budgets: BudgetsSection = BudgetsSection()
+    limits: LimitsSection = LimitsSection()
+
+    def campaign_config(self, **overrides):
+        """A ``CampaignConfig`` from this file, with command-line ``overrides`` (None: not given)."""
+        from gainloop.campaign import CampaignConfig
+
+        values = {
+            "strategy": self.optimizer.strategy,
+            "seed": self.optimizer.seed,
+            "batch_size": self.optimizer.batch_size,
+            "budget_lab_h": self.budgets.lab_hours,
+            "max_trials": self.budgets.max_trials,
+            "target_threshold_uJ_cm2": self.budgets.target_threshold_uJ_cm2,
+            "fluence_min_uJ_cm2": self.limits.fluence_min_uJ_cm2,
+            "fluence_max_uJ_cm2": self.limits.fluence_max_uJ_cm2,
+            "stripe_length_min_um": self.limits.stripe_length_min_um,
+            "stripe_length_max_um": self.limits.stripe_length_max_um,
+            "doping_min": self.limits.doping_min,
+            "doping_max": self.limits.doping_max,
+            "bench_file": str(self.bench.file) if self.bench.file is not None else None,
+            "twin_seed": self.bench.twin_seed,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["twin_seed"] is None:
+            values["twin_seed"] = values["seed"]
+        return CampaignConfig(**values)
+
+
+def load_config(path: str | Path | None) -> GainloopConfig:
+    """The config in ``path`` (defaults everywhere when None)."""
+    if path is None:
+        return GainloopConfig()
+    return load_toml_model(path, GainloopConfig, "config file", ConfigError)
