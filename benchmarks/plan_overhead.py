@@ -1,0 +1,322 @@
+"""Plan overhead: one acquisition through RunEngine + twin devices + TiledWriter, against a bare count.
+
+Side by side in one process, each path on its own fresh ``RunEngine``:
+
+* **twin + writer** (``per_acq_ms``): ``bp.count([spectrometer, pump, slit], num=N)`` of
+  ``sim.devices.twin_bench_devices`` (film mounted, shutter open, exposure 0.01 lab s:
+  the lab clock, no sleeping), the RunEngine subscribed to ``Catalog(...).writer()``
+  of an embedded catalog in a temporary folder;
+* **bare count** (``bare_count_ms``): ``bp.count([ophyd.sim.det], num=N)``, no subscriber;
+* for the breakdown: the twin devices without a writer, ``ophyd.sim.det`` with the
+  writer, and the twin's trigger + read called directly (no RunEngine).
+
+Each figure is the wall time of a run divided by N (the run's open and close are
+included, spread over its N events), after a warm-up run; the paths are timed in
+interleaved rounds and the median round is reported. ``ratio`` = per_acq_ms / bare_count_ms.
+
+Replay (``replay_events_per_s``): a ``count`` run of M events (``ophyd.sim`` det +
+motor + a 512-pixel spectrum, the spectrometer's shape) is written into the catalog
+(documents composed with event_model and fed to the writer: M RunEngine events would
+take minutes), then ``list(gainloop.replay.run_documents(catalog.run(uid)))`` is
+timed together with dispatching the documents through a trivial callback: events
+per wall second, Tiled reads included (median of the repeats). For reference: the
+Tiled reads alone, the writer's ingest of the same documents, the same documents
+from memory to the callback, and the live rate 1 / per_acq_ms.
+
+Prints a table and, with --json, one JSON object on the last line: ``per_acq_ms``,
+``bare_count_ms``, ``ratio``, ``replay_events_per_s`` (and the breakdown).
+``--profile`` adds cProfile's view of one twin + writer run (the RunEngine's thread).
+
+Targets (plan-overhead issue): ratio <= 3x; replay >= 1e4 events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import math
+import os
+import pstats
+import statistics
+import tempfile
+import threading
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import bluesky.plans as bp
+import event_model
+import numpy as np
+from bluesky import RunEngine
+from ophyd.sim import SynSignal, det, motor
+
+from gainloop.catalog import Catalog
+from gainloop.replay import run_documents, stream_columns
+from sim.devices import default_twin_bench_path, twin_bench_devices
+
+RATIO_TARGET = 3.0
+REPLAY_TARGET = 1e4
+SAMPLE = "cas_doped-film"
+
+#: Where --profile looks (label: (file path suffix, function)); cumulative times, overlapping.
+PROFILE_SPOTS = {
+    "twin physics (TwinBench.acquire)": ("sim/engine.py", "acquire"),
+    "jsonschema validation (event_model, TiledWriter)": ("jsonschema/validators.py", "validate"),
+    "  numpy array repr (jsonschema error messages)": ("numpy/_core/arrayprint.py", "array2string"),
+    "traceback.format_stack (bluesky Plan objects)": ("traceback.py", "format_stack"),
+    "TiledWriter (all documents)": ("writing/tiled_writer.py", "__call__"),
+    "  of which HTTP requests to the server": ("httpx/_client.py", "request"),
+}
+
+
+def _twin_bench(seed: int, exposure_s: float, fluence: float):
+    bench = twin_bench_devices(default_twin_bench_path(), seed=seed)
+    bench.stage.set(SAMPLE).wait(10)
+    bench.slit.set(1000.0).wait(10)
+    bench.spectrometer.exposure.put(exposure_s)
+    bench.pump.fluence.set(fluence).wait(10)
+    bench.pump.shutter.put(1)
+    return bench
+
+
+def _run_engine(*subscribers) -> RunEngine:
+    RE = RunEngine({})
+    for cb in subscribers:
+        RE.subscribe(cb)
+    return RE
+
+
+def _timed_run(RE: RunEngine, detectors: list, n: int) -> float:
+    """Wall seconds per event of one ``bp.count`` run of ``n`` events."""
+    t0 = time.perf_counter()
+    RE(bp.count(detectors, num=n))
+    return (time.perf_counter() - t0) / n
+
+
+def _timed_direct(bench, n: int) -> float:
+    """Wall seconds per acquisition of the twin's devices without a RunEngine (what bp.count asks of them)."""
+    devs = [bench.spectrometer, bench.pump, bench.slit]
+    t0 = time.perf_counter()
+    for _ in range(n):
+        for d in devs:
+            d.trigger().wait(10)
+        for d in devs:
+            d.read()
+    return (time.perf_counter() - t0) / n
+
+
+def _profile_run(RE: RunEngine, detectors: list, n: int, top: int) -> None:
+    """cProfile one run in the RunEngine's event-loop thread (where the plan, the devices and the writer run)."""
+    pr = cProfile.Profile()
+    ready = threading.Event()
+
+    def toggle(on: bool) -> None:
+        pr.enable() if on else pr.disable()
+        ready.set()
+
+    RE.loop.call_soon_threadsafe(toggle, True)
+    ready.wait(10)
+    ready.clear()
+    t0 = time.perf_counter()
+    RE(bp.count(detectors, num=n))
+    wall = time.perf_counter() - t0
+    RE.loop.call_soon_threadsafe(toggle, False)
+    ready.wait(10)
+
+    st = pstats.Stats(pr)
+    cum = dict.fromkeys(PROFILE_SPOTS, 0.0)
+    for (path, _line, func), (_cc, _nc, _tt, ct, _callers) in st.stats.items():
+        path = path.replace(os.sep, "/")
+        for label, (suffix, name) in PROFILE_SPOTS.items():
+            if path.endswith(suffix) and func == name:
+                cum[label] = max(cum[label], ct)
+    print(f"\nprofile of one twin + writer run, {n} events, {1e3 * wall / n:.2f} ms/event wall (RunEngine thread;")
+    print("the embedded server's own thread is seen as time waiting on HTTP; the spots overlap):")
+    for label, ct in cum.items():
+        print(f"  {label:<50} {1e3 * ct / n:>8.2f} ms/event ({100 * ct / wall:3.0f}%)")
+    print(f"\ntop {top} functions by cumulative time:")
+    st.sort_stats("cumulative").print_stats(top)
+
+
+def _write_replay_run(cat: Catalog, n_events: int, seed: int) -> tuple[str, list[tuple[str, dict]], float]:
+    """Write a ``count`` of det + motor + a 512-pixel spectrum straight into the catalog's writer.
+
+    The documents are composed with event_model from the devices' describe() and
+    read() (what the RunEngine would emit, without it, to keep the fixture fast);
+    the spectrum is a list per event, stored as the same (n, 512) float64 array.
+    Returns (uid, the documents, the writer's ingest rate in events per second).
+    """
+    rng = np.random.default_rng(seed)
+    spectrum = SynSignal(func=lambda: rng.random(512).tolist(), name="spectrum")
+    devices = [det, motor, spectrum]
+    data_keys, configuration, object_keys = {}, {}, {}
+    for dev in devices:
+        data_keys.update(dev.describe())
+        object_keys[dev.name] = list(dev.describe())
+        configuration[dev.name] = {
+            "data": {k: v["value"] for k, v in dev.read_configuration().items()},
+            "timestamps": {k: v["timestamp"] for k, v in dev.read_configuration().items()},
+            "data_keys": dev.describe_configuration(),
+        }
+    run = event_model.compose_run(metadata={"plan_name": "count", "detectors": [d.name for d in devices]})
+    stream = run.compose_descriptor(
+        name="primary", data_keys=data_keys, object_keys=object_keys, configuration=configuration
+    )
+    docs = [("start", run.start_doc), ("descriptor", stream.descriptor_doc)]
+    for seq_num in range(1, n_events + 1):
+        data, timestamps = {}, {}
+        for dev in devices:
+            dev.trigger()
+            for key, reading in dev.read().items():
+                data[key], timestamps[key] = reading["value"], reading["timestamp"]
+        docs.append(("event", stream.compose_event(data=data, timestamps=timestamps, seq_num=seq_num, validate=False)))
+    docs.append(("stop", run.compose_stop()))
+    writer = cat.writer()
+    t0 = time.perf_counter()
+    for name, doc in docs:
+        writer(name, doc)
+    return run.start_doc["uid"], docs, n_events / (time.perf_counter() - t0)
+
+
+def _replay_rate(cat: Catalog, uid: str) -> tuple[float, int]:
+    """(events per wall second, events) of reading the run back through Tiled and dispatching its documents."""
+    n_events = 0
+
+    def callback(name: str, doc: dict) -> None:
+        nonlocal n_events
+        n_events += name == "event"
+
+    t0 = time.perf_counter()
+    docs = list(run_documents(cat.run(uid)))
+    for name, doc in docs:
+        callback(name, doc)
+    return n_events / (time.perf_counter() - t0), n_events
+
+
+def _read_rate(cat: Catalog, uid: str, n_events: int) -> float:
+    """Events per wall second of the Tiled reads alone (the primary stream's columns and arrays)."""
+    t0 = time.perf_counter()
+    cols = stream_columns(cat.run(uid)["primary"])
+    rate = n_events / (time.perf_counter() - t0)
+    if len(cols["spectrum"]) != n_events:
+        raise RuntimeError(f"stored spectrum has {len(cols['spectrum'])} rows, the run {n_events} events")
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100, help="acquisitions (events) per timed run")
+    parser.add_argument("--warmup", type=int, default=10, help="events of the untimed warm-up run of each path")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
+    parser.add_argument("--replay-events", type=int, default=2000, help="events in the replayed run")
+    parser.add_argument("--exposure", type=float, default=0.01, help="spectrometer exposure (lab s)")
+    parser.add_argument("--fluence", type=float, default=1500.0, help="pump fluence (uJ/cm^2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="also cProfile one twin + writer run")
+    parser.add_argument("--profile-top", type=int, default=25, help="functions listed by --profile")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    args = parser.parse_args()
+    if args.n < 1 or args.repeats < 1 or args.replay_events < 1 or args.warmup < 1:
+        parser.error("--n, --warmup, --repeats and --replay-events must be >= 1")
+
+    bench = _twin_bench(args.seed, args.exposure, args.fluence)
+    twin_dets = [bench.spectrometer, bench.pump, bench.slit]
+
+    with tempfile.TemporaryDirectory(prefix="gainloop-bench-") as tmp, Catalog(data_dir_path=tmp) as cat:
+        # name: (run engine, detectors) -- each a fresh RunEngine; "direct" has none
+        paths = {
+            "twin_writer": (_run_engine(cat.writer()), twin_dets),
+            "bare": (_run_engine(), [det]),
+            "twin": (_run_engine(), twin_dets),
+            "bare_writer": (_run_engine(cat.writer()), [det]),
+            "direct": (None, None),
+        }
+        for RE, dets in paths.values():  # warm-up: imports, catalog nodes, caches
+            _ = _timed_direct(bench, args.warmup) if RE is None else _timed_run(RE, dets, args.warmup)
+        per_event: dict[str, list[float]] = {k: [] for k in paths}
+        for _ in range(args.repeats):
+            for key, (RE, dets) in paths.items():
+                per_event[key].append(_timed_direct(bench, args.n) if RE is None else _timed_run(RE, dets, args.n))
+        ms = {k: 1e3 * statistics.median(v) for k, v in per_event.items()}
+
+        if args.profile:
+            _profile_run(paths["twin_writer"][0], twin_dets, args.n, args.profile_top)
+
+        uid, docs, ingest_rate = _write_replay_run(cat, args.replay_events, args.seed)
+        seen = 0
+
+        def count_events(name: str, doc: dict) -> None:
+            nonlocal seen
+            seen += name == "event"
+
+        t0 = time.perf_counter()
+        for name, doc in docs:
+            count_events(name, doc)
+        memory_rate = seen / (time.perf_counter() - t0)
+        rates, read_rates = [], []
+        for _ in range(args.repeats):
+            rate, n_events = _replay_rate(cat, uid)
+            if n_events != args.replay_events:
+                raise RuntimeError(f"replay streamed {n_events} events, the run has {args.replay_events}")
+            rates.append(rate)
+            read_rates.append(_read_rate(cat, uid, args.replay_events))
+        replay_rate = statistics.median(rates)
+        read_rate = statistics.median(read_rates)
+
+    ratio = ms["twin_writer"] / ms["bare"]
+    result = {
+        "per_acq_ms": ms["twin_writer"],
+        "bare_count_ms": ms["bare"],
+        "ratio": ratio,
+        "replay_events_per_s": replay_rate,
+        "per_acq_no_writer_ms": ms["twin"],
+        "twin_direct_ms": ms["direct"],
+        "bare_writer_ms": ms["bare_writer"],
+        "overhead_ratio": (ms["twin_writer"] - ms["direct"]) / ms["bare"],
+        "replay_reads_events_per_s": read_rate,
+        "writer_ingest_events_per_s": ingest_rate,
+        "memory_dispatch_events_per_s": memory_rate,
+        "n": args.n,
+        "replay_events": args.replay_events,
+        "repeats": args.repeats,
+    }
+    ok_ratio = ratio <= RATIO_TARGET
+    ok_replay = replay_rate >= REPLAY_TARGET
+
+    print(f"\nplan overhead: ms per acquisition (run wall time / {args.n} events, median of {args.repeats} rounds)")
+    print(f"{'path':<52} {'ms/event':>10}")
+    rows = [
+        ("RunEngine + twin devices + TiledWriter  [per_acq]", "twin_writer"),
+        ("RunEngine + ophyd.sim det, no writer    [bare_count]", "bare"),
+        ("  RunEngine + twin devices, no writer", "twin"),
+        ("  RunEngine + ophyd.sim det + TiledWriter", "bare_writer"),
+        ("  twin trigger + read, no RunEngine", "direct"),
+    ]
+    for label, key in rows:
+        print(f"{label:<52} {ms[key]:>10.3f}")
+    print(f"ratio per_acq / bare_count: {ratio:.1f}x (target <= {RATIO_TARGET:g}x: {'met' if ok_ratio else 'MISSED'})")
+    print(
+        "breakdown per acquisition: twin physics and devices "
+        f"{ms['direct']:.2f} ms, RunEngine over the twin {ms['twin'] - ms['direct']:.2f} ms, "
+        f"TiledWriter {ms['twin_writer'] - ms['twin']:.2f} ms "
+        f"(on ophyd.sim det: {ms['bare_writer'] - ms['bare']:.2f} ms)"
+    )
+    print(f"ratio without the twin's physics, (per_acq - direct) / bare_count: {result['overhead_ratio']:.1f}x")
+    print(f"\nreplay of a {args.replay_events}-event run (det + motor + 512-px spectrum), median of {args.repeats}")
+    print(f"{'path':<52} {'events/s':>10}")
+    print(f"{'Tiled reads + run_documents + callback  [replay]':<52} {replay_rate:>10.3e}")
+    print(f"{'  Tiled reads alone (stream_columns)':<52} {read_rate:>10.3e}")
+    print(f"{'  the same documents into TiledWriter (ingest)':<52} {ingest_rate:>10.3e}")
+    print(f"{'  the same documents from memory to the callback':<52} {memory_rate:>10.3e}")
+    print(f"{'  live: RunEngine + twin + TiledWriter (1/per_acq)':<52} {1e3 / ms['twin_writer']:>10.3e}")
+    print(f"replay target >= {REPLAY_TARGET:.0e} events/s: {'met' if ok_replay else 'MISSED'}")
+    if not all(math.isfinite(v) and v > 0 for v in (ms["twin_writer"], ms["bare"], replay_rate)):
+        raise RuntimeError(f"non-finite or non-positive result: {result}")
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""benchmarks/plan_overhead.py runs at tiny sizes and ends with its JSON line (its speed is not tested here)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO
+
+KEYS = ("per_acq_ms", "bare_count_ms", "ratio", "replay_events_per_s")
+
+
+@pytest.mark.slow
+def test_plan_overhead_prints_finite_positive_figures_on_its_last_line():
+    args = ["--n", "2", "--warmup", "1", "--repeats", "1", "--replay-events", "10", "--json"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "plan_overhead.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in KEYS:
+        assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, (key, result)
+    assert result["ratio"] == pytest.approx(result["per_acq_ms"] / result["bare_count_ms"])
+    assert result["replay_events"] == 10 and result["n"] == 2
+    assert "ratio per_acq / bare_count" in proc.stdout and "[replay]" in proc.stdout
