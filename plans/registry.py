@@ -79,3 +79,19 @@ _register(
     lasing.analyse_polarization_scan,
     "analyser scan of a DFB laser: polarization_ratio, polarization_angle_deg",
 )
+
+from plans import pump_probe, stability  # noqa: E402
+
+_register(
+    "pump_probe",
+    pump_probe.pump_probe,
+    pump_probe.analyse_pump_probe,
+    "transient absorption: gain_threshold_N (transparency at threshold_delay_ps), "
+    "biexciton_lifetime_ps, gain_lifetime_ps",
+)
+_register(
+    "stability_run",
+    stability.stability_run,
+    stability.analyse_stability_run,
+    "hours at 10 kHz just above threshold: duration_h, drop_fraction_max, hours_to_10pct_drop, interruptions",
+)

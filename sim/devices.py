@@ -178,7 +178,8 @@ class TwinPumpLaser(_TwinDevice):
     shutter = Cpt(TwinSignal, getter="_shutter", setter="_set_shutter", check=check_flag, kind="normal")
     pulse_energy = Cpt(TwinSignal, getter="_pulse_energy", units=UNITS["pulse_energy"], nan_ok=False)
     repetition_rate = Cpt(TwinSignal, getter="_rep_rate", units=UNITS["repetition_rate"], kind="config")
-    power_ok = Cpt(TwinSignal, getter="_power_ok", kind="normal")
+    # writable as the IOC's PUMP:PowerOK is, so a test can drop the pump power in-process
+    power_ok = Cpt(TwinSignal, getter="_power_ok", setter="_set_power_ok", check=check_flag, kind="normal")
 
     @property
     def fluence_limit(self) -> float:
@@ -218,6 +219,9 @@ class TwinPumpLaser(_TwinDevice):
 
     def _power_ok(self) -> int:
         return int(self.twin.state.power_ok)
+
+    def _set_power_ok(self, value) -> None:
+        self.twin.state.power_ok = bool(value)
 
 
 class TwinStripeSlit(Device, PositionerBase):

@@ -28,9 +28,10 @@ from gainloop.errors import GainloopError, ParameterError
 from twin import dfb as dfb_model
 from twin import dynamics
 from twin.damage import accumulate_damage, damaged_sample
+from twin.gain import film_kappa
 from twin.instrument import acquire_stripe_spectrum
 from twin.noise import PumpDrift, detector_counts
-from twin.presets import PresetFile, Sample, load_presets
+from twin.presets import PresetFile, Sample, excitons_per_fluence, load_presets
 from twin.spectra import energy_bin_widths_meV, spectrometer_axis_nm
 
 __all__ = ["FAULTS", "Acquisition", "InterlockError", "TwinBench"]
@@ -133,6 +134,16 @@ class TwinBench:
                 update={"dfb": sample.dfb.model_copy(update={"grating_period_nm": entry.grating_period_nm})}
             )
         return sample.model_copy(update={"doping_ne": entry.doping})
+
+    def excitons_per_uJ_cm2(self, sample_id: str | None = None) -> float:
+        """The twin's kappa = <N>/F (excitons/dot per uJ/cm^2) of a library entry (default: the mounted one)."""
+        entry = self.current() if sample_id is None else self.library[sample_id]
+        sample = self._sample_for(entry)
+        if entry.kind == "dfb":
+            d = sample.dfb
+            args = (d.absorbed_fraction_1030, d.film_thickness_nm, d.packing_fraction, d.dot_diameter_nm)
+            return float(excitons_per_fluence(*args))
+        return float(film_kappa(sample.film))
 
     def current(self) -> LibraryEntry:
         return self.library[self.state.sample_id]
