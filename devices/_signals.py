@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from ophyd.signal import EpicsSignal, EpicsSignalRO
 
 from ._ca import Completion, put_notify
@@ -60,6 +61,11 @@ class ContractReadings:
         reading = super().read()
         if not self._nan_ok:
             require_finite(reading[self.name]["value"], f"{self.name} ({self._reading_source()})")
+        value = reading[self.name]["value"]
+        if isinstance(value, np.ndarray):
+            # waveforms go into documents as lists: event-model's schema check formats a
+            # rejected ndarray candidate as text on every event (10 ms for a 512-px spectrum)
+            reading[self.name]["value"] = value.tolist()
         return reading
 
 

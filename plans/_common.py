@@ -149,7 +149,8 @@ def acquire(bench, exposure_s: float, primary: PrimaryData, *, extra=(), max_tri
     exp = exposure_s
     reading = {}
     for _ in range(max_tries):
-        yield from bps.mv(spec.exposure, exp)
+        if spec.exposure.get() != exp:  # (each plan step costs; most reads keep the exposure)
+            yield from bps.mv(spec.exposure, exp)
         reading = yield from bps.trigger_and_read([spec, bench.pump, bench.slit, *extra])
         primary.add(reading)
         if not bool(reading[spec.saturated.name]["value"]):
