@@ -5,6 +5,8 @@ stripe length, doping), float64. Output: the output per unit pumped fluence and 
 
     y = ln(counts_per_s / (fluence_uJ_cm2 * stripe_length_um)),
 
+(the fluence the power meter read, ``measured_fluence_uJ_cm2``, when the outcome has it),
+
 which is flat in fluence below the ASE threshold (spontaneous emission grows linearly
 with both) and rises steeply above it (amplification). A ``SingleTaskGP`` with learned
 homoscedastic noise and a standardised outcome models ``y``.
@@ -83,7 +85,7 @@ class JointOptimizer(Optimizer):
         fluence_grid: int = 48,
         boundary_samples: int = 128,
         lasing_margin: float = math.log(2.0),
-        maxiter: int = 100,
+        maxiter: int = 60,
         cost_aware: bool = True,
         torch_threads: int | None = 1,
     ) -> None:
@@ -121,7 +123,10 @@ class JointOptimizer(Optimizer):
             if r.status != "completed":
                 continue
             X.append(self._unit(r.params))
-            F, L = float(r.params[FLUENCE]), float(r.params[LENGTH])
+            # normalise by the fluence the power meter read when the plan reports it
+            F = _finite(r.outcome.get("measured_fluence_uJ_cm2"))
+            F = F if F is not None and F > 0 else float(r.params[FLUENCE])
+            L = float(r.params[LENGTH])
             Y.append([math.log(float(r.outcome["counts_per_s"]) / (F * L))])
         inf = [self._unit(r.params) for r in self.history() if r.status == "infeasible"]
         return {

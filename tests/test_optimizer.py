@@ -423,7 +423,7 @@ def test_joint_learns_the_lasing_boundary(sample, setup):
     space = continuous_space()
     opt = make_optimizer("joint", space, seed=0, lab_state=LabState(current_doping=7.4))
     assert opt.best() is None
-    run(opt, 24, sample, setup, result=joint_result)
+    run(opt, 20, sample, setup, result=joint_result)
     for p in opt.suggest(2):
         space.validate(p.params, joint=True)
         assert p.params["fluence_uJ_cm2"] <= LIMIT and 0.0 <= p.predicted["p_lasing"] <= 1.0
