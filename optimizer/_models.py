@@ -4,7 +4,8 @@
 outcomes ``Y`` (``n x 1``) with a ``Standardize`` outcome transform, either with fixed
 heteroscedastic noise ``Yvar`` (``n x 1``, in the units of ``Y``) or with a learned
 homoscedastic noise, and fits it by maximum marginal likelihood (BoTorch's defaults:
-RBF kernel with dimension-scaled log-normal length-scale prior).
+RBF kernel with dimension-scaled log-normal length-scale prior; optionally plus the fixed
+film-to-film term of ``FilmKernel``).
 
 Fitting never raises: optimiser warnings are recorded (not swallowed) in the returned
 ``FitInfo`` so the campaign can log them, and if every fitting attempt fails the model
