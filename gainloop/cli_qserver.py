@@ -1,0 +1,140 @@
+"""``gainloop qserver start``: bluesky-queueserver's RE Manager on gainloop's plans and devices.
+
+Errors (a bad setting, Redis or the catalog away) are printed as one line
+``error: ...`` on stderr with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from gainloop.errors import GainloopError
+
+__all__ = ["qserver_app"]
+
+qserver_app = typer.Typer(
+    help="Run gainloop's plans from bluesky-queueserver (a queue in Redis, driven over 0MQ).", no_args_is_help=True
+)
+
+_err = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(exc: Exception) -> None:
+    _err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _redis_reachable(addr: str, timeout_s: float = 2.0) -> None:
+    """Fail fast with a clear message when nothing listens at the Redis address (HOST:PORT or HOST:PORT/DB)."""
+    hostport = addr.split("/", 1)[0]
+    host, _, port = hostport.rpartition(":") if hostport.count(":") == 1 else (hostport, "", "6379")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port or 6379)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as exc:
+        raise GainloopError(
+            f"cannot reach Redis at {addr}: {exc}. The queueserver keeps its queue in Redis: start it "
+            "(e.g. redis-server --bind 127.0.0.1) or pass --redis HOST:PORT"
+        ) from None
+
+
+@qserver_app.command("start")
+def start(
+    twin: Annotated[bool, typer.Option("--twin", help="Drive the in-process twin bench (default).")] = False,
+    bench: Annotated[Path | None, typer.Option("--bench", help="Bench file of a real bench (EPICS).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Twin seed (default: the bench file's).")] = None,
+    catalog: Annotated[
+        str | None,
+        typer.Option(
+            "--catalog", help="Tiled server URI, its API key in $TILED_API_KEY (default: the embedded catalog)."
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Data folder: embedded catalog, write backups (default: $GAINLOOP_DATA_DIR)."),
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Interface the 0MQ control and info sockets bind (default 127.0.0.1 only).")
+    ] = "127.0.0.1",
+    control_port: Annotated[
+        int, typer.Option("--control-port", help="0MQ control port (clients connect here).")
+    ] = 60615,
+    info_port: Annotated[int, typer.Option("--info-port", help="0MQ port publishing the console output.")] = 60625,
+    redis: Annotated[str, typer.Option("--redis", help="Redis address: HOST:PORT or HOST:PORT/DB.")] = "127.0.0.1:6379",
+    redis_prefix: Annotated[
+        str, typer.Option("--redis-prefix", help="Prefix of the manager's Redis keys (one per manager).")
+    ] = "gainloop",
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir", help="Folder of the permissions and plan/device lists (default: <data folder>/qserver)."
+        ),
+    ] = None,
+    print_command: Annotated[
+        bool, typer.Option("--print-command", help="Write the files, print the manager's command and exit.")
+    ] = False,
+) -> None:
+    """Start the RE Manager; open its environment and submit plans with bluesky-queueserver-api or `qserver`."""
+    import shlex
+
+    from gainloop.catalog import Catalog, _masked
+    from gainloop.catalog import data_dir as resolve_data_dir
+    from gainloop.queueserver import (
+        ENV_BENCH_FILE,
+        ENV_CATALOG_URI,
+        ENV_TWIN_SEED,
+        ManagerSettings,
+        ProfileSettings,
+        manager_argv,
+        prepare,
+    )
+
+    if twin and bench is not None:
+        _fail(GainloopError("choose one of --twin and --bench FILE"))
+    try:
+        folder = resolve_data_dir(data_dir)
+        profile = ProfileSettings(
+            catalog_uri=catalog,
+            data_dir=str(folder),
+            bench_file=str(bench.resolve()) if bench is not None else None,
+            twin_seed=seed,
+        )
+        if bench is not None and not bench.is_file():
+            raise GainloopError(f"--bench names no file: {bench}")
+        settings = ManagerSettings(
+            state_dir=state_dir if state_dir is not None else folder / "qserver",
+            host=host,
+            control_port=control_port,
+            info_port=info_port,
+            redis_addr=redis,
+            redis_prefix=redis_prefix,
+            profile=profile,
+        )
+        if not print_command:
+            _redis_reachable(redis)
+            if catalog is not None:  # the key and the address, checked before the worker needs them
+                Catalog(catalog, data_dir_path=folder).close()
+        prepare(settings)
+        argv = manager_argv(settings)
+        if print_command:
+            env = " ".join(f"{k}={shlex.quote(v)}" for k, v in profile.as_environ().items())
+            typer.echo(f"{env} {shlex.join(argv)}")
+            return
+    except (GainloopError, ValueError, OSError) as exc:
+        _fail(exc)
+    location = _masked(catalog) if catalog is not None else f"embedded in {folder / 'catalog'}"
+    _err.print(
+        f"gainloop qserver: RE Manager at {settings.control_addr} (console {settings.info_addr}), "
+        f"Redis {redis} prefix {redis_prefix!r}, devices {bench or 'twin'}, catalog {location}",
+        highlight=False,
+    )
+    # the worker reads its settings from these variables only (the key stays in $TILED_API_KEY)
+    env = {k: v for k, v in os.environ.items() if k not in (ENV_CATALOG_URI, ENV_BENCH_FILE, ENV_TWIN_SEED)}
+    os.execve(argv[0], argv, {**env, **profile.as_environ()})
