@@ -259,7 +259,7 @@ def run_campaign(
     if history:
         opt.ingest(history)
     RE = RunEngine({}, call_returns_result=True)
-    RE.subscribe(catalog.writer(batch_size=1))
+    RE.subscribe(catalog.campaign_writer())
     clock = _lab_clock(bench)
     plan = campaign(
         bench,

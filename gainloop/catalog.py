@@ -120,6 +120,19 @@ class Catalog:
         kwargs = {} if batch_size is None else {"batch_size": batch_size}
         return TiledWriter(self.client, backup_directory=str(self.backup_dir), **kwargs)
 
+    def campaign_writer(self):
+        """Writers per run: a campaign's record run event by event (a process killed mid-campaign
+        loses nothing already decided), measurement runs in batches (complete at their stop document)."""
+        from event_model import RunRouter
+
+        every_event = self.writer(batch_size=1)
+        batched = self.writer()
+
+        def factory(name, start):
+            return [every_event if start.get("plan_name") == "campaign" else batched], []
+
+        return RunRouter([factory])
+
     def run(self, uid: str):
         """The stored run (BlueskyRun) with this uid, or ``RunNotFoundError``."""
         try:

@@ -270,18 +270,8 @@ def _run_engine(bench, catalog):
 
 
 def _writer(catalog):
-    """The catalog's ``TiledWriter`` per run: a campaign's record run event by event (a worker
-    killed mid-campaign loses nothing already decided), measurement runs in batches (each
-    complete at its stop document, as ``gainloop measure`` writes them)."""
-    from event_model import RunRouter
-
-    every_event = catalog.writer(batch_size=1)
-    batched = catalog.writer()
-
-    def factory(name, start):
-        return [every_event if start.get("plan_name") == "campaign" else batched], []
-
-    return RunRouter([factory])
+    """The catalog's per-run writers (``Catalog.campaign_writer``)."""
+    return catalog.campaign_writer()
 
 
 def build_namespace(settings: ProfileSettings | None = None, *, connect: bool = True) -> dict:
