@@ -594,6 +594,29 @@ def campaign_status_cmd(
     _print_campaign(status, json_out)
 
 
+@app.command("report")
+def report_cmd(
+    campaign_uid: Annotated[str, typer.Argument(help="uid of the campaign.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write index.html and its PNG figures into.")],
+    catalog: CatalogOption = None,
+    api_key: ApiKeyOption = None,
+    data_dir: DataDirOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Write a campaign's report: an HTML page with PNG figures; print the path of its index.html."""
+    from gainloop.report import build_report
+
+    try:
+        with _open_catalog(catalog, data_dir, api_key) as cat:
+            report = build_report(cat, campaign_uid, out)
+    except GainloopError as exc:
+        _fail(exc)
+    if json_out:
+        _print_json({"report": str(report.index), "figures": [str(p) for p in report.figures]})
+    else:
+        sys.stdout.write(f"{report.index}\n")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
