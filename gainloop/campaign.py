@@ -186,11 +186,13 @@ def rebuild_trials(catalog, campaign_uid: str) -> tuple[CampaignConfig, list[dic
     )
     for run in runs:
         start = run.start
+        if "trial_index" not in start:
+            continue  # a run tagged with the campaign that is not one of its trials
         idx = int(start["trial_index"])
         if start.get("new_film"):
             films.append({"id": start["sample_id"], "doping": float(start["doping"])})
-        if idx in results and results[idx]["status"] == "completed":
-            continue  # a completed trial is never replaced by a later run of it
+        if idx in results:
+            continue  # the campaign recorded this trial's outcome (completed, infeasible, failed): it stands
         stop = run.metadata.get("stop")
         params = start["proposal"]["params"]
         lab_s = float(start.get("trial_lab_time_s", 0.0) or 0.0)

@@ -43,7 +43,7 @@ _err = Console(stderr=True)
 
 
 def _fail(exc: Exception) -> None:
-    _err.print(f"[bold red]error:[/] {exc}")
+    _err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -313,6 +313,8 @@ def measure(
 
             devices = twin_bench_devices(default_twin_bench_path(), seed=seed)
         devices.config.library_entry(sample)
+        if plan == "pump_probe" and "excitons_per_uJ_cm2" not in kwargs and devices.engine is not None:
+            kwargs["excitons_per_uJ_cm2"] = devices.engine.excitons_per_uJ_cm2(sample)  # the twin's own film
         gen = spec.plan(devices, sample, **kwargs)  # argument checks run before anything is stored
         with _open_catalog(catalog, data_dir, api_key) as cat:
             RE = RunEngine({}, call_returns_result=True)
