@@ -21,6 +21,7 @@ from rich.table import Table
 
 from gainloop.cli_catalog import catalog_app
 from gainloop.cli_qserver import qserver_app
+from gainloop.cli_sweep import sweep
 from gainloop.errors import GainloopError
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app = typer.Typer(
 twin_app = typer.Typer(help="Query the CQD gain-model digital twin.", no_args_is_help=True)
 app.add_typer(twin_app, name="twin")
 app.add_typer(catalog_app, name="catalog")
+app.command("sweep")(sweep)
 app.add_typer(qserver_app, name="qserver")
 
 PresetsOption = Annotated[

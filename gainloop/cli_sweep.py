@@ -1,0 +1,203 @@
+"""``gainloop sweep``: many offline campaigns on the twin, on a Dask cluster, into the catalog.
+
+Errors in the input (an unknown strategy, bad seeds, a bad presets file, a scheduler
+that does not answer) are printed as one line ``error: ...`` on stderr with exit
+status 2, before anything runs. A campaign that fails is a row of the summary with its
+reason, and the command then exits with status 1.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from gainloop.errors import GainloopError
+
+__all__ = ["sweep"]
+
+_console = Console(width=None if sys.stdout.isatty() else 160)  # a table piped to a file keeps its columns
+_err = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(exc: Exception) -> None:
+    _err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+
+
+def _print_table(result: dict, rows: list[dict]) -> None:
+    table = Table(title=f"Sweep: {_n(len(rows), 'campaign')} on the twin")
+    columns = [
+        ("strategy", "left"),
+        ("seed", "right"),
+        ("presets", "left"),
+        ("best threshold uJ/cm^2", "right"),
+        ("stripe um", "right"),
+        ("doping", "right"),
+        ("lab h", "right"),
+        ("trials", "right"),
+        ("failed", "right"),
+        ("campaign_uid", "left"),
+    ]
+    if any(r["error"] for r in rows):
+        columns.append(("error", "left"))
+    for name, justify in columns:
+        table.add_column(name, justify=justify, no_wrap=name == "campaign_uid")
+    for r in rows:
+        best = (
+            f"{_fmt(r['threshold_uJ_cm2'], '.1f')} ± {_fmt(r['threshold_err_uJ_cm2'], '.1f')}"
+            if r["threshold_uJ_cm2"] is not None
+            else "-"
+        )
+        cells = [
+            r["strategy"],
+            str(r["seed"]),
+            Path(r["presets"]).name if r["presets"] != "shipped" else "shipped",
+            best,
+            _fmt(r["stripe_length_um"], ".0f"),
+            _fmt(r["doping"], ".2f"),
+            _fmt(r["lab_hours"], ".2f"),
+            _fmt(r["trials"], "d"),
+            _fmt(r["failures"], "d"),
+            r["campaign_uid"] or "-",
+        ]
+        if len(columns) > len(cells):
+            cells.append(escape(r["error"] or ""))
+        table.add_row(*cells)
+    _console.print(table)
+    _console.print(
+        f"{_n(len(rows), 'campaign')} on {_n(result['workers'], 'Dask worker')} ({result['scheduler']}) in "
+        f"{result['wall_s']:.1f} s; catalog: {result['catalog']}"
+    )
+
+
+def sweep(
+    strategies: Annotated[
+        list[str],
+        typer.Option("--strategies", help="Strategies, comma-separated or repeated: nested, joint, random, grid."),
+    ],
+    seeds: Annotated[
+        list[str],
+        typer.Option("--seeds", help="Optimiser seeds (each also the twin's noise seed): e.g. 0,1,2 or 0-9."),
+    ],
+    presets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--presets", help="Presets TOML files of the twin, comma-separated or repeated (default: shipped)."
+        ),
+    ] = None,
+    max_trials: Annotated[int | None, typer.Option("--max-trials", help="Trial budget of each campaign.")] = None,
+    budget_hours: Annotated[
+        float | None, typer.Option("--budget-hours", help="Lab-time budget of each campaign, hours (default: 24).")
+    ] = None,
+    target: Annotated[
+        float | None, typer.Option("--target", help="Stop a campaign at a threshold at or below this, uJ/cm^2.")
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", help="Address of an existing Dask scheduler (default: start a LocalCluster)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Worker processes of the LocalCluster (default: the cores).")
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Interface the LocalCluster binds (default 127.0.0.1 only).")
+    ] = "127.0.0.1",
+    config: Annotated[
+        Path | None, typer.Option("--config", help="gainloop config file (TOML); command-line options win.")
+    ] = None,
+    catalog: Annotated[
+        str | None,
+        typer.Option("--catalog", help="Tiled server URI (default: the embedded catalog in the data folder)."),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", help="API key of the Tiled server (default: $TILED_API_KEY).", show_default=False),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Data folder of the embedded catalog (default: $GAINLOOP_DATA_DIR)."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")] = False,
+) -> None:
+    """Many offline campaigns (strategies x seeds x presets) on the twin, on a Dask cluster, into the catalog."""
+    import os
+
+    from gainloop.catalog import Catalog
+    from gainloop.catalog import data_dir as resolve_data_dir
+    from gainloop.config import load_config
+    from gainloop.sweep import collect_sweep, dask_client, parse_seeds, parse_strategies, submit_sweep, sweep_tasks
+
+    try:
+        if scheduler is not None and (workers is not None or host != "127.0.0.1"):
+            raise GainloopError("--workers and --host set up a LocalCluster; leave them out with --scheduler")
+        if budget_hours is not None and not (math.isfinite(budget_hours) and budget_hours > 0):
+            raise GainloopError(f"--budget-hours must be a positive number of hours, got {budget_hours!r}")
+        if max_trials is not None and max_trials < 1:
+            raise GainloopError(f"--max-trials must be at least 1, got {max_trials}")
+        conf = load_config(config)
+        tasks = sweep_tasks(
+            parse_strategies(strategies),
+            parse_seeds(seeds),
+            [p.strip() for value in presets or [] for p in value.split(",") if p.strip()] or None,
+            base_config=conf,
+            overrides={"max_trials": max_trials, "budget_lab_h": budget_hours, "target_threshold_uJ_cm2": target},
+        )
+        uri = catalog or conf.catalog.uri
+        folder = data_dir or conf.catalog.data_dir
+        key = api_key or os.environ.get(conf.catalog.api_key_env)
+        folder_is_new = uri is None and not (resolve_data_dir(folder) / "catalog").exists()
+        n_workers = workers if workers is not None else min(len(tasks), os.cpu_count() or 1)
+        with dask_client(scheduler, workers=n_workers, host=host) as client:  # fail fast: the cluster first
+            address = client.scheduler.address
+            n_workers = len(client.scheduler_info()["workers"])
+            if not json_out:
+                where = "a new LocalCluster" if scheduler is None else "the scheduler"
+                _err.print(
+                    f"sweep: {_n(len(tasks), 'campaign')} on {_n(n_workers, 'Dask worker')} of {where} at {address}"
+                )
+            submitted = submit_sweep(client, tasks)  # the campaigns run while the catalog opens
+            with Catalog(uri, data_dir_path=folder, api_key=key) as cat:
+                if folder_is_new and not json_out:
+                    _err.print(f"gainloop catalog: {cat.location}")
+
+                def done(row: dict, k: int, total: int) -> None:
+                    if json_out:
+                        return
+                    what = (
+                        f"failed: {row['error']}"
+                        if row["error"]
+                        else f"best {_fmt(row['threshold_uJ_cm2'], '.1f')} uJ/cm^2 in {row['trials']} trials"
+                    )
+                    _err.print(
+                        escape(f"[{k}/{total}] {row['strategy']} seed {row['seed']} ({row['presets']}): {what}"),
+                        highlight=False,
+                    )
+
+                result = collect_sweep(cat, submitted, on_done=done)
+                result.update(scheduler=address, workers=n_workers, catalog=str(cat.location))
+    except GainloopError as exc:
+        _fail(exc)
+    rows = result.pop("rows")
+    if json_out:
+        from gainloop.cli import _print_json
+
+        _print_json({**result, "campaigns": rows})
+    else:
+        _print_table(result, rows)
+    if any(r["error"] for r in rows):
+        raise typer.Exit(code=1)

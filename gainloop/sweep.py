@@ -1,0 +1,462 @@
+"""Offline optimisation at scale: many campaigns on the twin at once, on a Dask cluster.
+
+One task is one offline campaign (strategy, seed, presets file) on the in-process
+twin, run by ``gainloop.campaign.run_campaign`` on a Dask worker. The worker does not
+write to the catalog: its RunEngine's documents go to a list that the task returns,
+and the client writes each campaign's documents into the catalog with the
+``TiledWriter`` as soon as its task finishes (while the other campaigns still run).
+So the embedded catalog (one SQLite file behind one in-process server) has exactly one
+writer, a Tiled server gets the same documents, workers need no access to the catalog
+or its API key, and a campaign appears in the catalog whole or not at all.
+
+A campaign that fails (an error in the campaign, a worker that dies) is a row with
+its reason, never dropped; whatever documents it produced are stored.
+
+Servers: the default ``LocalCluster`` (scheduler and workers, one thread each) binds
+127.0.0.1 unless another interface is named; an existing cluster is reached by the
+scheduler's address, and an address where no scheduler answers within a few seconds
+is an error that says what to start.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gainloop.errors import GainloopError
+
+__all__ = [
+    "STRATEGIES",
+    "SchedulerUnreachableError",
+    "SubmittedSweep",
+    "SweepError",
+    "SweepTask",
+    "collect_sweep",
+    "dask_client",
+    "parse_seeds",
+    "parse_strategies",
+    "run_sweep",
+    "run_task",
+    "store_documents",
+    "submit_sweep",
+    "sweep_tasks",
+]
+
+STRATEGIES = ("nested", "joint", "random", "grid")
+SHIPPED = "shipped"  # the presets label of the shipped presets file
+
+
+class SweepError(GainloopError):
+    """A sweep cannot be started (bad strategies, seeds or presets; no cluster to run on)."""
+
+
+class SchedulerUnreachableError(SweepError):
+    """No Dask scheduler answers at the given address."""
+
+
+# ------------------------------------------------------------------ what to run
+def _split(values: list[str] | str | None) -> list[str]:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]`` (comma-separated and repeated options alike)."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    return [v.strip() for value in values for v in str(value).split(",") if v.strip()]
+
+
+def parse_strategies(values: list[str] | str | None) -> list[str]:
+    """Strategy names (comma-separated or repeated), each one of ``STRATEGIES``, duplicates dropped."""
+    names = _split(values)
+    if not names:
+        raise SweepError(f"no strategy given; allowed: {', '.join(STRATEGIES)}")
+    for name in names:
+        if name not in STRATEGIES:
+            raise SweepError(f"unknown strategy {name!r}; allowed: {', '.join(STRATEGIES)}")
+    return list(dict.fromkeys(names))
+
+
+def parse_seeds(values: list[str] | str | None) -> list[int]:
+    """Seeds: non-negative integers and inclusive ranges ``A-B``, comma-separated or repeated."""
+    seeds: list[int] = []
+    for item in _split(values):
+        lo, sep, hi = item.partition("-")
+        try:
+            rng = range(int(lo), int(hi) + 1) if sep else [int(item)]
+        except ValueError:
+            raise SweepError(
+                f"bad seed {item!r}; allowed: non-negative integers and ranges like 0-9, comma-separated"
+            ) from None
+        if sep and int(hi) < int(lo):
+            raise SweepError(f"bad seed range {item!r}: the end is below the start")
+        seeds.extend(rng)
+    if not seeds:
+        raise SweepError("no seed given; e.g. --seeds 0,1,2 or --seeds 0-9")
+    return list(dict.fromkeys(seeds))
+
+
+@dataclass(frozen=True)
+class SweepTask:
+    """One campaign of a sweep: what the worker runs (plain data, sent to the worker)."""
+
+    strategy: str
+    seed: int
+    presets_label: str  # "shipped" or the presets file as given
+    config: dict  # CampaignConfig.as_dict()
+    presets: object | None = field(default=None, repr=False)  # twin.presets.PresetFile; None: the shipped one
+
+
+def _check_presets_fit_the_twin(presets, label: str) -> None:
+    """Every film on the twin's stage (and the new films) must map onto a sample of the presets file."""
+    from devices import load_bench
+    from sim.devices import default_twin_bench_path
+    from sim.engine import TwinBench
+
+    bench = load_bench(default_twin_bench_path())
+    try:
+        TwinBench(bench, presets=presets)
+        presets.get(bench.twin.new_film_preset)
+    except GainloopError as exc:
+        raise SweepError(f"presets file {label} does not fit the twin's bench: {exc}") from None
+
+
+def sweep_tasks(
+    strategies: list[str],
+    seeds: list[int],
+    presets: list[str | Path] | None = None,
+    *,
+    base_config=None,
+    overrides: dict | None = None,
+) -> list[SweepTask]:
+    """The sweep's campaigns: every presets file x strategy x seed, in that order.
+
+    ``base_config``: a ``gainloop.config.GainloopConfig`` (budgets, limits; default: the
+    defaults); ``overrides``: ``CampaignConfig`` values that win over it (None: not given).
+    ``presets``: presets files (default: the shipped one), each read and checked here.
+    """
+    from gainloop.config import GainloopConfig
+    from twin.presets import load_presets
+
+    conf = base_config if base_config is not None else GainloopConfig()
+    if conf.bench.file is not None:
+        raise SweepError(
+            f"a sweep runs on the twin, but the config names a bench file ({conf.bench.file}); "
+            "remove [bench] file from the config"
+        )
+    files: list[tuple[str, object | None]] = []
+    for path in presets or [None]:
+        if path is None:
+            files.append((SHIPPED, None))
+            continue
+        pf = load_presets(path)
+        _check_presets_fit_the_twin(pf, str(path))
+        files.append((str(path), pf))
+    tasks = []
+    for (label, pf), strategy, seed in itertools.product(files, strategies, seeds):
+        values = {k: v for k, v in (overrides or {}).items() if v is not None}
+        values.update(strategy=strategy, seed=seed)  # the twin's noise seed follows unless the config fixes it
+        cfg = conf.campaign_config(**values)
+        tasks.append(SweepTask(strategy, seed, label, cfg.as_dict(), pf))
+    return tasks
+
+
+# ------------------------------------------------------------------ on the worker
+class _DocumentList:
+    """Stands in for the catalog in ``run_campaign``: its writer keeps the documents in order."""
+
+    location = "the sweep task's document list"
+
+    def __init__(self) -> None:
+        self.documents: list[tuple[str, dict]] = []
+
+    def _append(self, name: str, doc: dict) -> None:
+        self.documents.append((name, doc))
+
+    def writer(self, batch_size: int | None = None):
+        return self._append
+
+    def campaign_writer(self):
+        return self._append
+
+
+_presets_here = threading.local()
+_hooks_lock = threading.Lock()
+
+
+class _SigintOnMainThreadOnly:
+    """bluesky's ``SigintHandler`` on the main thread; nothing on another thread.
+
+    A Dask worker runs tasks on threads of its own, where ``signal.signal`` is refused
+    (``ValueError: signal only works in main thread``); there is no Ctrl+C to catch there.
+    """
+
+    original = None  # bluesky.run_engine.SigintHandler, set when the hook is installed
+
+    def __init__(self, RE):
+        main = threading.current_thread() is threading.main_thread()
+        self._inner = type(self).original(RE) if main else None
+
+    def __enter__(self):
+        return self._inner.__enter__() if self._inner is not None else self
+
+    def __exit__(self, *exc):
+        return self._inner.__exit__(*exc) if self._inner is not None else False
+
+
+def _install_worker_hooks() -> None:
+    """Let ``run_campaign`` run on a worker thread, on this thread's presets (``_presets_here``).
+
+    ``gainloop.campaign.run_campaign`` makes a ``RunEngine`` with bluesky's default
+    context managers (a SIGINT handler, main thread only) and builds its twin on the
+    shipped presets; it takes neither as an argument. So, once per process: the RunEngine's
+    default SIGINT handler is skipped off the main thread, and the campaign's bench factory
+    uses the presets a sweep task set on its thread. Threads that set nothing (and the main
+    thread) see no change.
+    """
+    import bluesky.run_engine
+
+    from gainloop import campaign
+
+    with _hooks_lock:
+        if bluesky.run_engine.SigintHandler is not _SigintOnMainThreadOnly:
+            _SigintOnMainThreadOnly.original = bluesky.run_engine.SigintHandler
+            bluesky.run_engine.SigintHandler = _SigintOnMainThreadOnly
+        if getattr(campaign._bench, "_sweep_hook", False):
+            return
+        original = campaign._bench
+
+        def bench(cfg):
+            presets = getattr(_presets_here, "presets", None)
+            if presets is None or cfg.bench_file is not None:
+                return original(cfg)
+            from sim.devices import default_twin_bench_path, twin_bench_devices
+
+            return twin_bench_devices(default_twin_bench_path(), seed=cfg.twin_seed, presets=presets)
+
+        bench._sweep_hook = True
+        campaign._bench = bench
+
+
+@contextmanager
+def _twin_presets(presets) -> Iterator[None]:
+    _presets_here.presets = presets
+    try:
+        yield
+    finally:
+        _presets_here.presets = None
+
+
+def _campaign_uid(documents: list[tuple[str, dict]]) -> str | None:
+    for name, doc in documents:
+        if name == "start" and doc.get("plan_name") == "campaign":
+            return doc.get("campaign_uid")
+    return None
+
+
+def run_task(task: SweepTask) -> dict:
+    """Run one campaign here (on a worker); return its summary, its documents and any error.
+
+    Returns ``{"summary": dict | None, "error": str | None, "documents": [(name, doc), ...],
+    "host": str, "pid": int, "started": float, "finished": float, "cpu_s": float}`` (``started`` and
+    ``finished`` in epoch seconds; ``cpu_s`` the CPU time of the worker process meanwhile).
+    """
+    import socket
+
+    from gainloop.campaign import CampaignConfig, run_campaign
+
+    _install_worker_hooks()
+    started, cpu0 = time.time(), time.process_time()
+    sink = _DocumentList()
+    summary, error = None, None
+    try:
+        with _twin_presets(task.presets):
+            summary = run_campaign(sink, CampaignConfig.from_dict(task.config))
+    except Exception as exc:  # recorded as the campaign's outcome, with its reason
+        error = f"{type(exc).__name__}: {exc}"
+    return {
+        "summary": summary,
+        "error": error,
+        "documents": sink.documents,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": started,
+        "finished": time.time(),
+        "cpu_s": time.process_time() - cpu0,
+    }
+
+
+# ------------------------------------------------------------------ on the client
+def store_documents(catalog, documents: list[tuple[str, dict]]) -> None:
+    """Write one campaign's documents, in the order they were emitted, into the catalog."""
+    writer = catalog.writer()
+    for name, doc in documents:
+        writer(name, doc)
+
+
+@contextmanager
+def dask_client(
+    scheduler: str | None = None,
+    *,
+    workers: int | None = None,
+    host: str = "127.0.0.1",
+    timeout_s: float = 5.0,
+    workers_timeout_s: float = 10.0,
+) -> Iterator:
+    """A ``distributed.Client``: on a new ``LocalCluster`` (``scheduler=None``) or on the scheduler at that address.
+
+    The LocalCluster has ``workers`` processes (default: the machine's cores) of one
+    thread each; scheduler, workers and the dashboard bind ``host`` on free ports.
+    Both are stopped on exit. An existing cluster is left running; its scheduler must answer
+    within ``timeout_s`` and have a worker within ``workers_timeout_s``.
+    """
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    if scheduler is None:
+        n = workers if workers is not None else (os.cpu_count() or 1)
+        if n < 1:
+            raise SweepError(f"--workers must be at least 1, got {n}")
+        try:
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                host=host,
+                scheduler_port=0,
+                dashboard_address=f"{host}:0",
+                silence_logs=logging.ERROR,
+            )
+        except Exception as exc:  # the interface cannot be bound, workers cannot start
+            raise SweepError(f"cannot start a local Dask cluster on {host}: {exc}") from None
+        try:
+            with Client(cluster) as client:
+                yield client
+        finally:
+            cluster.close()
+        return
+    hint = "start one with `dask scheduler --host 127.0.0.1` (and `dask worker ADDRESS`) or omit --scheduler"
+    try:
+        client = Client(scheduler, timeout=f"{timeout_s}s")
+    except (OSError, TimeoutError):
+        raise SchedulerUnreachableError(
+            f"cannot reach the Dask scheduler at {scheduler} (no answer within {timeout_s:g} s): {hint}"
+        ) from None
+    except ValueError as exc:
+        raise SchedulerUnreachableError(
+            f"bad Dask scheduler address {scheduler!r} ({exc}); expected e.g. tcp://127.0.0.1:8786"
+        ) from None
+    try:
+        try:
+            client.wait_for_workers(1, timeout=workers_timeout_s)
+        except (TimeoutError, OSError):
+            raise SweepError(
+                f"the Dask scheduler at {scheduler} has no workers (none within {workers_timeout_s:g} s): "
+                f"start one with `dask worker {scheduler}`"
+            ) from None
+        yield client
+    finally:
+        client.close()
+
+
+def _row(task: SweepTask, out: dict) -> dict:
+    """One line of the summary table (units in the keys)."""
+    summary = out.get("summary") or {}
+    best = summary.get("best") or {}
+
+    def num(value):
+        return None if value is None else float(value)
+
+    return {
+        "strategy": task.strategy,
+        "seed": task.seed,
+        "presets": task.presets_label,
+        "threshold_uJ_cm2": num(best.get("threshold_uJ_cm2")),
+        "threshold_err_uJ_cm2": num(best.get("threshold_err_uJ_cm2")),
+        "stripe_length_um": num(best.get("stripe_length_um")),
+        "doping": num(best.get("doping")),
+        "lab_hours": num(summary.get("lab_hours")),
+        "trials": summary.get("trials"),
+        "failures": summary.get("failures"),
+        "stopped_by": summary.get("stopped_by"),
+        "campaign_uid": summary.get("campaign_uid") or _campaign_uid(out.get("documents") or []),
+        "error": out.get("error"),
+        "campaign_s": out["finished"] - out["started"] if "started" in out else None,
+    }
+
+
+@dataclass
+class SubmittedSweep:
+    """A sweep's campaigns running on the cluster (``futures`` in the order of ``tasks``)."""
+
+    tasks: list[SweepTask]
+    futures: list
+    submitted: float  # time.perf_counter() at submission
+
+
+def submit_sweep(client, tasks: list[SweepTask]) -> SubmittedSweep:
+    """Start every campaign on the cluster (one task each); nothing waits here."""
+    t0 = time.perf_counter()
+    return SubmittedSweep(list(tasks), [client.submit(run_task, task, pure=False) for task in tasks], t0)
+
+
+def collect_sweep(
+    catalog,
+    sweep: SubmittedSweep,
+    *,
+    on_done: Callable[[dict, int, int], None] | None = None,
+) -> dict:
+    """Store each campaign in the catalog as soon as it finishes; return the rows and timings.
+
+    Returns ``{"rows": [...] (in the order of tasks), "wall_s", "campaigns_s", "store_s"}``:
+    ``wall_s`` from submission to the last campaign stored, ``campaigns_s`` from the first
+    campaign's start to the last one's end on the workers, ``store_s`` the client's time
+    writing documents into the catalog. ``on_done(row, done, total)`` follows each campaign.
+    """
+    from distributed import as_completed
+
+    index = {future: k for k, future in enumerate(sweep.futures)}
+    rows: list[dict | None] = [None] * len(sweep.tasks)
+    store_s, spans = 0.0, []
+    for done, future in enumerate(as_completed(sweep.futures), start=1):
+        k = index.pop(future)
+        try:
+            out = future.result()
+        except Exception as exc:  # the worker died, or cannot import gainloop
+            out = {"summary": None, "documents": [], "error": f"the task failed on the cluster: {exc!r}"}
+        finally:
+            future.release()
+        if "started" in out:
+            spans.append((out["started"], out["finished"]))
+        if out["documents"]:
+            t_store = time.perf_counter()
+            try:
+                store_documents(catalog, out["documents"])
+            except Exception as exc:
+                reason = f"cannot store the campaign's documents in the catalog at {catalog.location}: {exc}"
+                out["error"] = f"{out['error']}; {reason}" if out["error"] else reason
+            store_s += time.perf_counter() - t_store
+        rows[k] = _row(sweep.tasks[k], out)
+        if on_done is not None:
+            on_done(rows[k], done, len(rows))
+    sweep.futures.clear()
+    campaigns_s = max(e for _, e in spans) - min(s for s, _ in spans) if spans else math.nan
+    wall_s = time.perf_counter() - sweep.submitted
+    return {"rows": rows, "wall_s": wall_s, "campaigns_s": campaigns_s, "store_s": store_s}
+
+
+def run_sweep(
+    catalog,
+    tasks: list[SweepTask],
+    client,
+    *,
+    on_done: Callable[[dict, int, int], None] | None = None,
+) -> dict:
+    """Run every task on the cluster and store each campaign as it finishes (``collect_sweep``'s result)."""
+    return collect_sweep(catalog, submit_sweep(client, tasks), on_done=on_done)
