@@ -253,3 +253,14 @@ def twin_ioc(bench: str | Path = EXAMPLE_BENCH, *, set_environ: bool = True, **k
 def twin_ioc_module() -> Iterator[TwinIOCProcess]:
     with twin_ioc() as ioc:
         yield ioc
+
+
+def bound_addresses(port: int, kind: str = "tcp") -> set[str]:
+    """Local addresses of the sockets bound to ``port``: TCP ones listening (``kind="tcp"``), or UDP ones."""
+    import psutil
+
+    found = set()
+    for conn in psutil.net_connections(kind=kind):
+        if conn.laddr and conn.laddr.port == port and (kind != "tcp" or conn.status == psutil.CONN_LISTEN):
+            found.add(conn.laddr.ip)
+    return found

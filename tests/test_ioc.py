@@ -11,14 +11,13 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from caproto import CaprotoError, CaprotoTimeoutError, ChannelType
 from caproto.sync.client import read
 
-from .ioc_helpers import EXAMPLE_BENCH, REPO, PutRefused, caget, caput, twin_ioc
+from .ioc_helpers import EXAMPLE_BENCH, REPO, PutRefused, bound_addresses, caget, caput, twin_ioc
 
 LIMIT = 3000.0  # examples/twin_bench.toml
 SPEED = 500.0  # um/s
@@ -62,20 +61,11 @@ def test_list_pvs_prints_every_pv_of_the_contract(ioc):
         read(name, data_type="control", repeater=False, timeout=2)
 
 
-def _sockets(table: str, port: int) -> list[tuple[str, str]]:
-    rows = [line.split() for line in Path(table).read_text().splitlines()[1:]]
-    return [(row[1], row[3]) for row in rows if row[1].endswith(f":{port:04X}")]
-
-
 def test_serves_on_the_loopback_only(ioc):
-    if not Path("/proc/net/tcp").exists():
-        pytest.skip("needs Linux /proc/net")
-    listeners = [addr for addr, state in _sockets("/proc/net/tcp", ioc.server_port) if state == "0A"]
-    assert listeners
-    assert all(addr.startswith("0100007F:") for addr in listeners), listeners  # 127.0.0.1
-    udp = [addr for addr, _ in _sockets("/proc/net/udp", ioc.server_port)]
-    assert udp
-    assert all(addr.startswith("0100007F:") for addr in udp), udp
+    listeners = bound_addresses(ioc.server_port, "tcp")
+    assert listeners == {"127.0.0.1"}, listeners
+    udp = bound_addresses(ioc.server_port, "udp")
+    assert udp == {"127.0.0.1"}, udp
 
 
 # ---------------------------------------------------------------------------- pump and interlock

@@ -30,6 +30,7 @@ from gainloop.queueserver import (
     write_existing_plans_devices,
 )
 
+from .ioc_helpers import bound_addresses
 from .test_catalog_server import _clean_env, _free_port, _start, _stop, database  # noqa: F401 (fixture)
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -44,26 +45,6 @@ def _redis_listening() -> bool:
             return True
     except OSError:
         return False
-
-
-def _listening_addresses(port: int) -> set[str]:
-    """Local addresses of the TCP sockets listening on ``port`` (from /proc/net/tcp and tcp6)."""
-    found = set()
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
-        if not os.path.exists(table):
-            continue
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local, state = fields[1], fields[3]
-            addr, _, hex_port = local.partition(":")
-            if state == "0A" and int(hex_port, 16) == port and len(addr) == width:
-                raw = bytes.fromhex(addr)
-                if width == 8:
-                    found.add(socket.inet_ntop(socket.AF_INET, raw[::-1]))
-                else:  # four little-endian 32-bit words
-                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
-                    found.add(socket.inet_ntop(socket.AF_INET6, words))
-    return found
 
 
 def _wait(predicate, timeout_s: float, what: str, proc=None, log: Path | None = None):
@@ -285,10 +266,8 @@ def manager(catalog_server, tmp_path_factory):
 
 
 def test_the_manager_listens_on_loopback_only(manager):
-    if not os.path.exists("/proc/net/tcp"):
-        pytest.skip("no /proc/net/tcp to read listening sockets from")
     for port in (manager.settings.control_port, manager.settings.info_port):
-        addresses = _listening_addresses(port)
+        addresses = bound_addresses(port, "tcp")
         assert addresses == {"127.0.0.1"}, (port, addresses)
     allowed = manager.api.plans_allowed()["plans_allowed"]
     assert set(allowed) == set(plan_names())
