@@ -352,7 +352,7 @@ def replay_cmd(
     try:
         with _open_catalog(catalog, data_dir, api_key) as cat:
             rr = replay(cat, uid, _live_callbacks(json_out))
-            start = cat.run(uid).start
+            start = rr.start  # (the run is read once)
             out = {**rr.result, "plan": start["plan_name"], "sample": start["sample_id"], "catalog": str(cat.location)}
     except GainloopError as exc:
         _fail(exc)

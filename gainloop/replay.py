@@ -35,6 +35,7 @@ class ReplayResult:
     stored: dict[str, float]
     n_documents: int
     n_events: int
+    start: dict
 
     @property
     def matches(self) -> bool:
@@ -160,4 +161,4 @@ def replay(catalog: Catalog, uid: str, callbacks: Iterable[Callable[[str, dict],
         cols = stream_columns(run["analysis"])
         stored = {k: float(v[-1]) for k, v in cols.items()}
     result = {"uid": start["uid"], **results}
-    return ReplayResult(result=result, stored=stored, n_documents=n_docs, n_events=n_events)
+    return ReplayResult(result=result, stored=stored, n_documents=n_docs, n_events=n_events, start=dict(start))
