@@ -147,6 +147,9 @@ class TransientAbsorptionPVs(_Strict):
 class InterlockPVs(_Strict):
     permit: str = "IL:Permit"
     message: str = "IL:Message"
+    resume_delay_s: float = Field(
+        5.0, ge=0, le=3600, description="wall time a measurement waits after the permit or pump power is back"
+    )
 
 
 class TwinSettings(_Strict):

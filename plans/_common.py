@@ -15,9 +15,11 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
 
+from plans._suspenders import INTERRUPTION_STREAM, interruptible, trigger_then_read
 from plans.safety import fluence_guard
 
 __all__ = [
+    "INTERRUPTION_STREAM",
     "UNITS",
     "PrimaryData",
     "acquire",
@@ -92,13 +94,25 @@ def bench_metadata(bench, sample_id: str) -> dict:
 
 
 def measurement(
-    bench, plan_name: str, plan_args: dict, dimension, md: dict | None, body: Callable, *, shutter: bool = True
+    bench,
+    plan_name: str,
+    plan_args: dict,
+    dimension,
+    md: dict | None,
+    body: Callable,
+    *,
+    shutter: bool = True,
+    resume_delay_s: float | None = None,
 ):
     """Run ``body(results)`` as one run with the standard metadata (the user's ``md`` last),
     the shutter closed at the end and every fluence checked; return ``{"uid", **results}``.
 
     ``dimension``: the device (or signal) whose readback is the scan's x axis (for the
-    hints BestEffortCallback and LiveTable use).
+    hints BestEffortCallback and LiveTable use). The run waits out interlock and
+    pump-power interruptions (``plans._suspenders.interruptible``): it suspends, takes an
+    acquisition they touched again, resumes ``resume_delay_s`` after the signal is back
+    (default ``[interlock].resume_delay_s`` of the bench file) and records each in the
+    ``interruptions`` stream.
     """
     dims = dimension if isinstance(dimension, list | tuple) else [dimension]
     fields = [name for d in dims for name in (d.hints["fields"] if hasattr(d, "hints") else [d.name])]
@@ -111,7 +125,8 @@ def measurement(
         **(md or {}),
     }
     results: dict[str, float] = {}
-    plan = bpp.run_wrapper(body(results), md=start_md)
+    delay = bench.config.interlock.resume_delay_s if resume_delay_s is None else resume_delay_s
+    plan = bpp.run_wrapper(interruptible(bench, body(results), resume_delay_s=delay), md=start_md)
     if shutter:
         plan = closing_shutter(bench, plan)
     uid = yield from fluence_guard(plan, [bench.pump.fluence, bench.pump], bench.config.bench.fluence_limit_uJ_cm2)
@@ -143,7 +158,9 @@ def acquire(bench, exposure_s: float, primary: PrimaryData, *, extra=(), max_tri
     """Trigger and read the spectrometer (its exposure is a read field), the pump and the slit as one event.
 
     On saturation the exposure is cut tenfold and the read repeated (every read is
-    an event; saturated ones are skipped by the analysis). Returns the last reading.
+    an event; saturated ones are skipped by the analysis). An acquisition an interlock or
+    pump-power interruption touched is taken again (``trigger_then_read``). Returns the
+    last reading.
     """
     spec = bench.spectrometer
     exp = exposure_s
@@ -151,7 +168,7 @@ def acquire(bench, exposure_s: float, primary: PrimaryData, *, extra=(), max_tri
     for _ in range(max_tries):
         if spec.exposure.get() != exp:  # (each plan step costs; most reads keep the exposure)
             yield from bps.mv(spec.exposure, exp)
-        reading = yield from bps.trigger_and_read([spec, bench.pump, bench.slit, *extra])
+        reading = yield from trigger_then_read([spec, bench.pump, bench.slit, *extra], triggers=[spec])
         primary.add(reading)
         if not bool(reading[spec.saturated.name]["value"]):
             break

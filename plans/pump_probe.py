@@ -33,10 +33,11 @@ rms disagreement between it and kappa x the readback (pump drift) as a systemati
 of the <N> scale. The error of kappa itself is not included (``gain_threshold_uJ_cm2``
 states the threshold without it).
 
-Every event is taken with ``trigger_then_read``: a suspension or pause before the
-acquisition is complete re-takes it; once it is complete it is saved exactly once (no
-repeated or missing ``seq_num``, which bluesky's plain rewind to the previous checkpoint
-could give).
+Every event is taken with ``trigger_then_read`` (``plans._suspenders``): a suspension or
+pause before the acquisition is complete re-takes it, an acquisition an interlock or
+pump-power interruption touched is taken again, and a complete one is saved exactly once
+(no repeated or missing ``seq_num``, which bluesky's plain rewind to the previous
+checkpoint could give).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from ophyd import Signal
 
 from devices import check_delay, check_pump_excitons
 from plans._common import PrimaryData, analysis_event, bench_metadata, measurement, mount
+from plans._suspenders import read_after_trigger, trigger_then_read
 from plans.analysis import AnalysisError, biexciton_lifetime, gain_lifetime
 from plans.safety import check_fluence
 
@@ -77,60 +79,6 @@ _GAIN_PUMP_OVER_THRESHOLD = 3.0
 #: Fractional half-width of the pump window fitted about the threshold; minimum points in it.
 _THRESHOLD_WINDOW = 0.3
 _THRESHOLD_MIN_POINTS = 6
-
-
-# ----------------------------------------------------------------------------- acquisition
-
-
-def read_after_trigger(objs, name: str = "primary"):
-    """Bundle the readings of ``objs`` into one event of ``name`` that is never re-emitted.
-
-    Call it once the acquisition is complete. It turns rewinding off and sets a
-    checkpoint *before* ``create``, so that a suspension or pause from here on resumes
-    where it stopped instead of rewinding to the previous checkpoint (which would save
-    the same point again under the same ``seq_num``); the rewindable state is restored
-    after ``save``. A read that fails drops the event. Returns ``{data key: reading}``.
-
-    (Messages are yielded directly: the plan stubs' ``@plan`` bookkeeping costs more
-    than the twin's acquisitions.)
-    """
-    rewindable = yield Msg("rewindable", None, None)
-    yield Msg("rewindable", None, False)
-    yield Msg("checkpoint")
-    yield Msg("create", None, name=name)
-    reading: dict = {}
-    try:
-        for obj in objs:
-            r = yield Msg("read", obj)
-            if r is not None:
-                reading.update(r)
-    except BaseException:
-        yield Msg("drop")
-        raise
-    yield Msg("save")
-    if rewindable is not None:
-        yield Msg("rewindable", None, rewindable)
-    return reading
-
-
-def trigger_then_read(objs, name: str = "primary", *, triggers=None):
-    """``trigger_and_read`` that saves every point exactly once, even across suspensions.
-
-    A checkpoint precedes the trigger, so a suspension (or pause) during the acquisition
-    rewinds to it and takes the point again; once the acquisition is complete the
-    readings are saved by ``read_after_trigger``. ``triggers``: the objects to trigger
-    (default: every one of ``objs`` that has a ``trigger`` method). Unlike
-    ``bps.trigger_and_read`` the objects are not deduplicated, so a component of a device
-    that is not in the device's ``read()`` (a configuration signal) can be read with it.
-    """
-    yield Msg("checkpoint")
-    group = short_uid("trigger")
-    to_trigger = [o for o in objs if hasattr(o, "trigger")] if triggers is None else list(triggers)
-    for obj in to_trigger:
-        yield Msg("trigger", obj, group=group)
-    if to_trigger:
-        yield Msg("wait", None, group=group)
-    return (yield from read_after_trigger(objs, name))
 
 
 # ----------------------------------------------------------------------------- analysis

@@ -7,20 +7,18 @@ back-to-back acquisitions of ``interval_s`` each, until ``duration_h`` hours of
 photo-stability: an interruption closes the shutter and stops the clock). The twin's
 lab clock advances by the exposures without sleeping, so hours pass in seconds.
 
-Interruptions. Suspenders (``bluesky.suspenders.SuspendBoolLow``) on the interlock permit
-and on the pump's power-OK signal are installed for the run (``suspend_wrapper``): when
+Interruptions. Like every measurement (``plans._common.measurement``, ``plans._suspenders``),
+the run has suspenders on the interlock permit and on the pump's power-OK signal: when
 either drops the RunEngine suspends, waits until it is back (plus ``resume_delay_s``),
 re-establishes the pump (fluence, shutter: the interlock closes it) and resumes. An
 acquisition that an interruption may have touched - the signal dropped, or a suspension
 began, after its exposure started, or the shutter reads closed when it ends - is
-discarded before anything is saved and taken again (``trigger_then_read``'s two
-checkpoints make the RunEngine re-take an exposure a suspension cuts short, and never
-re-save a point already saved), so the ``primary`` stream's ``seq_num`` runs 1..n with no
-gap or repeat and holds only whole exposures. Each interruption is recorded as an event
-of an ``interruptions`` stream (which signal, wall-clock start, duration in s), and the
-``primary`` stream carries the running count and total duration with every event, so
-``analyse_stability_run`` - a pure function of the stored ``primary`` columns, the same
-in replay - reports them too.
+discarded before anything is saved and taken again (``trigger_then_read``), so the
+``primary`` stream's ``seq_num`` runs 1..n with no gap or repeat and holds only whole
+exposures. Each interruption is recorded as an event of an ``interruptions`` stream
+(which signal, wall-clock start, duration in s), and the ``primary`` stream carries the
+running count and total duration with every event, so ``analyse_stability_run`` - a pure
+function of the stored ``primary`` columns, the same in replay - reports them too.
 
 Analysis: dark-subtracted output rate (counts/s) per acquisition at the middle of its
 exposure in pumped time; its trend, a running mean over ``smoothing_s`` centred on each
@@ -34,18 +32,13 @@ acquisition length).
 from __future__ import annotations
 
 import math
-import time
 
-import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky import Msg
-from bluesky.suspenders import SuspendBoolLow
-from bluesky.utils import short_uid
-from ophyd import Signal
-from ophyd.status import Status
 
 from devices import check_exposure
 from plans._common import PrimaryData, analysis_event, measurement, mount
+from plans._suspenders import INTERRUPTION_STREAM, Computed, trigger_then_read
 from plans.analysis import AnalysisError
 from plans.pump_probe import _move
 from plans.safety import check_fluence
@@ -63,8 +56,6 @@ __all__ = [
 DARK_KEY = "stability_dark"
 INTERRUPTIONS_KEY = "stability_interruptions"
 INTERRUPTED_KEY = "stability_interrupted_s"
-#: Stream of one event per interruption (signal, wall-clock start, duration).
-INTERRUPTION_STREAM = "interruptions"
 #: Fractional drop of the output whose time is reported.
 DROP_LEVEL = 0.10
 
@@ -183,62 +174,6 @@ def analyse_stability_run(data: dict[str, np.ndarray], plan_args: dict) -> dict[
     return results
 
 
-# ----------------------------------------------------------------------------- plan machinery
-
-
-class _Computed(Signal):
-    """A read-only soft signal whose value is computed when it is read (the plan's own columns)."""
-
-    def __init__(self, fn, *, name: str, **kwargs):
-        super().__init__(name=name, value=fn(), **kwargs)
-        self._fn = fn
-
-    def get(self, **kwargs):
-        self._readback = self._fn()
-        return self._readback
-
-
-class _Interruptions:
-    """What the suspenders saw: low signals, suspensions begun and ended, records not yet saved."""
-
-    def __init__(self):
-        self.events = 0  # low values seen + suspensions begun (any change means: re-take)
-        self.count = 0
-        self.total_s = 0.0
-        self.open: dict[str, float] = {}
-        self.pending: list[tuple[str, float, float]] = []
-
-
-class _CountingSuspendBoolLow(SuspendBoolLow):
-    """``SuspendBoolLow`` that also notes every low value it sees (before the RunEngine suspends)."""
-
-    def __init__(self, signal, *, log: _Interruptions, **kwargs):
-        super().__init__(signal, **kwargs)
-        self._log = log
-
-    def _should_suspend(self, value):
-        low = super()._should_suspend(value)
-        if low:
-            self._log.events += 1
-        return low
-
-
-class _ExposureMark:
-    """Triggered just before the detector: notes the interruption counter as the exposure starts."""
-
-    def __init__(self, log: _Interruptions, name: str = "stability_exposure_mark"):
-        self.name = name
-        self.parent = None
-        self._log = log
-        self.at_trigger = -1
-
-    def trigger(self):
-        self.at_trigger = self._log.events
-        status = Status(obj=self)
-        status.set_finished()
-        return status
-
-
 def stability_run(
     bench,
     sample_id: str,
@@ -318,127 +253,40 @@ def stability_run(
     exposure_min = cfg.spectrometer.exposure_min_s
 
     def inner(results):
-        log = _Interruptions()
+        guard = yield Msg("checkpoint")  # the run's Interruptions (plans._suspenders)
         phase = {"pumping": False}
         primary = PrimaryData()
-        dark_sig = _Computed(lambda: 0 if phase["pumping"] else 1, name=DARK_KEY)
-        count_sig = _Computed(lambda: log.count, name=INTERRUPTIONS_KEY)
-        total_sig = _Computed(lambda: log.total_s, name=INTERRUPTED_KEY)
-        record: dict = {"signal": "", "start": 0.0, "duration": 0.0}
-        rec_sigs = [
-            _Computed(lambda: record["signal"], name="interruption_signal"),
-            _Computed(lambda: record["start"], name="interruption_start"),
-            _Computed(lambda: record["duration"], name="interruption_duration_s"),
-        ]
-        mark = _ExposureMark(log)
+        dark_sig = Computed(lambda: 0 if phase["pumping"] else 1, name=DARK_KEY)
+        count_sig = Computed(lambda: guard.count if guard is not None else 0, name=INTERRUPTIONS_KEY)
+        total_sig = Computed(lambda: guard.total_s if guard is not None else 0.0, name=INTERRUPTED_KEY)
         spec, pump = bench.spectrometer, bench.pump
         objs = [spec, pump, pump.repetition_rate, dark_sig, count_sig, total_sig]
-
-        def pump_on():
-            yield from _move(pump.fluence, fluence)
-            yield from _move(pump.shutter, 1)
-
-        def suspender(signal, what: str):
-            def pre():
-                log.events += 1
-                log.open.setdefault(what, time.time())
-                yield from ()
-
-            def post():
-                start = log.open.pop(what, time.time())
-                duration = time.time() - start
-                log.count += 1
-                log.total_s += duration
-                log.pending.append((what, start, duration))
-                if phase["pumping"]:
-                    yield from pump_on()  # the interlock closed the shutter
-
-            return _CountingSuspendBoolLow(
-                signal,
-                log=log,
-                sleep=delay,
-                pre_plan=pre,
-                post_plan=post,
-                tripped_message=f"{what} dropped: the stability run waits for it",
-            )
-
-        suspenders = [suspender(bench.interlock.permit, "interlock_permit"), suspender(pump.power_ok, "pump_power_ok")]
-
-        def flush_interruptions():
-            while log.pending:
-                record["signal"], record["start"], record["duration"] = log.pending.pop(0)
-                yield Msg("create", None, name=INTERRUPTION_STREAM)
-                for sig in rec_sigs:
-                    yield Msg("read", sig)
-                yield Msg("save")
-
-        def save_point(rewindable):
-            """The acquisition is whole: bundle it (and any interruption records) with no rewind."""
-            yield Msg("rewindable", None, False)
-            yield Msg("checkpoint")
-            yield Msg("create", None, name="primary")
-            reading: dict = {}
-            for obj in objs:
-                reading.update((yield Msg("read", obj)) or {})
-            yield Msg("save")
-            yield from flush_interruptions()
-            yield Msg("rewindable", None, rewindable)
-            return reading
-
-        def acquire_whole(rewindable):
-            """Trigger the spectrometer until an exposure no interruption touched is complete; save it."""
-            while True:
-                yield Msg("checkpoint")
-                group = short_uid("trigger")
-                yield Msg("trigger", mark, group=group)
-                yield Msg("trigger", spec, group=group)
-                yield Msg("wait", None, group=group)
-                shutter_ok = True
-                if phase["pumping"]:
-                    r = yield Msg("read", pump.shutter)
-                    shutter_ok = r is not None and int(r[pump.shutter.name]["value"]) == 1
-                whole = mark.at_trigger == log.events and shutter_ok and not any(s.tripped for s in suspenders)
-                if whole:
-                    return (yield from save_point(rewindable))
-                # an interruption touched this exposure: discard it, wait for the signals, re-take
-                yield Msg("checkpoint")
-                futures = [f for s in suspenders for f in s.get_futures()[0]]
-                if futures:
-                    yield Msg("wait_for", None, futures)
-                if phase["pumping"]:
-                    yield from pump_on()
-
-        def acquisitions():
-            rewindable = yield Msg("rewindable", None, None)
-            rewindable = True if rewindable is None else rewindable
-            yield from mount(bench, sample_id)
-            yield from _move(pump.shutter, 0)
-            yield from _move(spec.exposure, interval)
-            for _ in range(plan_args["n_dark"]):
-                primary.add((yield from acquire_whole(rewindable)))
-            phase["pumping"] = True
-            yield from pump_on()
-            exposure, pumped_s = interval, 0.0
-            while pumped_s < hours * 3600.0:
-                reading = yield from acquire_whole(rewindable)
-                primary.add(reading)
-                pumped_s += float(reading[spec.exposure.name]["value"])
-                if bool(reading[spec.saturated.name]["value"]) and exposure / 10.0 >= exposure_min:
-                    exposure /= 10.0
-                    yield from _move(spec.exposure, exposure)
-
-        yield from bpp.suspend_wrapper(acquisitions(), suspenders)
-        # interruptions after the last acquisition (never re-saved by a rewind)
-        rewindable = yield Msg("rewindable", None, False)
-        yield Msg("checkpoint")
-        yield from flush_interruptions()
-        yield Msg("rewindable", None, True if rewindable is None else rewindable)
+        yield from mount(bench, sample_id)
+        yield from _move(pump.shutter, 0)
+        yield from _move(spec.exposure, interval)
+        for _ in range(plan_args["n_dark"]):
+            primary.add((yield from trigger_then_read(objs, triggers=[spec])))
+        phase["pumping"] = True
+        yield from _move(pump.fluence, fluence)
+        yield from _move(pump.shutter, 1)
+        exposure, pumped_s = interval, 0.0
+        while pumped_s < hours * 3600.0:
+            reading = yield from trigger_then_read(objs, triggers=[spec])
+            primary.add(reading)
+            pumped_s += float(reading[spec.exposure.name]["value"])
+            if bool(reading[spec.saturated.name]["value"]) and exposure / 10.0 >= exposure_min:
+                exposure /= 10.0
+                yield from _move(spec.exposure, exposure)
         results.update(analyse_stability_run(primary.arrays(), plan_args))
         yield from analysis_event(results)
 
     start_md = {"hints": {"dimensions": [(["time"], "primary")]}}
     md_all = {**start_md, **(md or {})}
-    return (yield from measurement(bench, "stability_run", plan_args, bench.spectrometer, md_all, inner))
+    return (
+        yield from measurement(
+            bench, "stability_run", plan_args, bench.spectrometer, md_all, inner, resume_delay_s=delay
+        )
+    )
 
 
 def _number(value, what: str) -> float:
