@@ -10,14 +10,17 @@ so every simulated measurement is reproducible. The simulated devices in
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import logsumexp
 
+from .ase import _amplified, saturate, stripe_gain
 from .noise import NoiseParams, PumpDrift, detector_counts, jitter_nodes
-from .presets import Sample, SetupParams
-from .spectra import SPECTROMETER_AXIS_NM, emission_spectrum, energy_bin_widths_meV
+from .presets import Sample, SetupParams, SpectraParams
+from .spectra import SPECTROMETER_AXIS_NM, energy_bin_widths_meV, pl_spectrum
 
 __all__ = ["SpectrumAcquisition", "acquire_stripe_spectrum", "pulses_in"]
 
@@ -63,13 +66,9 @@ def acquire_stripe_spectrum(
     the spectrum is averaged over the exposure's pulses with their jitter.
     """
     delivered = float(fluence_uJ_cm2) * (float(drift.factor(lab_time_s)) if drift is not None else 1.0)
-    mult, weights = jitter_nodes(noise.pulse_jitter_rms)
-    widths = energy_bin_widths_meV(wavelength_nm)
-    per_node = np.stack(
-        [
-            emission_spectrum(wavelength_nm, delivered * m, stripe_length_um, doping, sample, setup) * widths
-            for m in mult
-        ]
+    mult, weights = _jitter_nodes(noise.pulse_jitter_rms)
+    per_node = _node_intensities(
+        np.asarray(wavelength_nm, dtype=float), delivered * mult, stripe_length_um, doping, sample, setup
     )
     mean = np.tensordot(weights, per_node, axes=1)
     # residual fluctuation of the pulse average: one common factor (the pulses jitter as a whole)
@@ -86,3 +85,63 @@ def acquire_stripe_spectrum(
         exposure_s=exposure_s,
         fluence_uJ_cm2=delivered,
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _jitter_nodes(jitter_rms: float) -> tuple[np.ndarray, np.ndarray]:
+    """``jitter_nodes`` of a jitter, computed once (read-only arrays)."""
+    mult, weights = jitter_nodes(jitter_rms)
+    mult.setflags(write=False)
+    weights.setflags(write=False)
+    return mult, weights
+
+
+class _AxisShapes:
+    """What depends only on the wavelength axis and the sample's spectra: line shapes and pixel widths."""
+
+    __slots__ = ("absorption", "emission", "log_widths", "pl", "widths")
+
+    def __init__(self, lam: np.ndarray, spectra: SpectraParams):
+        from .gain import absorption_shape, emission_shape
+
+        self.pl = pl_spectrum(lam, spectra)
+        self.emission = emission_shape(lam, spectra)
+        self.absorption = absorption_shape(lam, spectra)
+        self.widths = energy_bin_widths_meV(lam)
+        self.log_widths = np.log(self.widths)
+
+
+_SHAPES: dict[tuple, _AxisShapes] = {}
+
+
+def _axis_shapes(lam: np.ndarray, spectra: SpectraParams) -> _AxisShapes:
+    key = (spectra, lam.shape, lam.tobytes())
+    shapes = _SHAPES.get(key)
+    if shapes is None:
+        if len(_SHAPES) >= 32:
+            _SHAPES.clear()
+        shapes = _SHAPES[key] = _AxisShapes(lam, spectra)
+    return shapes
+
+
+def _node_intensities(lam, fluences_uJ_cm2, stripe_length_um, doping, sample: Sample, setup: SetupParams):
+    """Intensity per pixel (spectral density x pixel meV width) at each jitter node's fluence: (nodes, pixels).
+
+    The same model as ``twin.spectra.emission_spectrum`` evaluated at every node in one
+    pass (one ``stripe_gain`` over the node fluences; line shapes cached per axis).
+    """
+    shapes = _axis_shapes(lam, sample.spectra)
+    st = stripe_gain(fluences_uJ_cm2, stripe_length_um, doping, sample, setup)  # arrays of shape (nodes,)
+    film = sample.film
+    col = np.newaxis
+    g_mat = (st.emitting * st.auger_factor)[:, col] * shapes.emission - st.absorbing[:, col] * shapes.absorption
+    length = st.length_um[:, col]
+    phi = (film.confinement * film.alpha0_per_cm * g_mat - st.loss_per_cm[:, col]) * length * 1e-4
+    spont = st.spontaneous[:, col]
+    log_i = _amplified(spont * shapes.pl, phi / length, length)
+    # shared gain saturation acts on the band-integrated guided output of each node
+    log_total = logsumexp(log_i + shapes.log_widths, axis=-1)
+    total = saturate(log_total, film.saturation_intensity)
+    guided = np.exp(log_i - log_total[:, col]) * total[:, col]
+    unguided = setup.unguided_pl_collection * spont * length * shapes.pl
+    return (guided + unguided) * shapes.widths
