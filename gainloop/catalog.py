@@ -10,10 +10,28 @@
 Writing goes through bluesky's ``TiledWriter`` with its backup directory on (in the
 data folder), so documents are kept on disk when the server is away. Reading goes
 through the Tiled client's BlueskyRun.
+
+``Catalog.writer()`` wraps the TiledWriter with one decision per run, taken at its
+start document (one request without retries):
+
+* the uid is new: the run goes to the TiledWriter (which falls back to the backup
+  file ``<data dir>/backup/<uid prefix>.jsonl`` if the server goes away mid-run);
+* the uid is stored with its stop document: the run is already complete, its
+  documents are dropped (a replay, or a second writer on the same RunEngine);
+* the uid is stored without a stop document (another writer is writing it): the
+  documents are held until the stop document, then dropped if the stored run is
+  complete by then, else kept in the backup file;
+* the server does not answer: the run goes straight to the backup file (no
+  retries stalling the plan).
+
+A run whose documents ended in the backup is reported by one warning line naming
+``gainloop catalog upload-backup`` (``gainloop.backup``), which writes it into the
+catalog later.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -22,9 +40,12 @@ import platformdirs
 
 from gainloop.errors import GainloopError
 
-__all__ = ["Catalog", "CatalogError", "RunNotFoundError", "data_dir"]
+__all__ = ["Catalog", "CatalogError", "CatalogWriter", "RunNotFoundError", "backup_file", "data_dir"]
 
 ENV_DATA_DIR = "GAINLOOP_DATA_DIR"
+CHECK_TIMEOUT_S = 2.0  # the per-run "is this uid stored?" request (no retries)
+
+logger = logging.getLogger(__name__)
 
 _SECRET_IN_URI = re.compile(r"(api_key=)[^&\s\"']+|(//[^/:@\s]+:)[^@/\s]+(@)", re.IGNORECASE)
 
@@ -109,16 +130,48 @@ class Catalog:
                 )
             ) from None
 
-    def writer(self, batch_size: int | None = None):
-        """A ``TiledWriter`` into this catalog, backing documents up on disk when the server is away.
+    def writer(self, batch_size: int | None = None) -> CatalogWriter:
+        """A writer into this catalog (a ``TiledWriter`` behind a per-run guard, see the module doc),
+        backing documents up on disk when the server is away.
 
         ``batch_size=1`` writes every event as it comes (a campaign's record, so that a
         killed process loses nothing already decided); the default batches event rows.
         """
         from bluesky_tiled_plugins import TiledWriter
 
+        _quiet_connection_tracebacks()
         kwargs = {} if batch_size is None else {"batch_size": batch_size}
-        return TiledWriter(self.client, backup_directory=str(self.backup_dir), **kwargs)
+        return CatalogWriter(self, TiledWriter(self.client, backup_directory=str(self.backup_dir), **kwargs))
+
+    # -- what is stored
+    def stored_state(self, uid: str, *, timeout_s: float = CHECK_TIMEOUT_S) -> tuple[str, dict | None]:
+        """``(state, stop document)`` of the run ``uid`` in the catalog, in one request without retries.
+
+        ``state``: ``"absent"``, ``"complete"`` (stored with its stop document),
+        ``"incomplete"`` (stored without one) or ``"unreachable"`` (no answer, or an error).
+        """
+        import httpx
+
+        url = f"{self.client.uri.rstrip('/')}/{uid}"
+        try:
+            response = self.client.context.http_client.get(url, timeout=timeout_s)
+        except httpx.HTTPError:
+            return "unreachable", None
+        if response.status_code == 404:
+            return "absent", None
+        if response.status_code != 200:
+            return "unreachable", None
+        try:
+            metadata = response.json()["data"]["attributes"]["metadata"] or {}
+        except (ValueError, KeyError, TypeError):
+            return "unreachable", None
+        stop = metadata.get("stop")
+        return ("complete", stop) if stop else ("incomplete", None)
+
+    def upload_hint(self) -> str:
+        """The command that writes this catalog's backup into it (no API key in it)."""
+        where = "" if self.uri is None else f" --catalog {self.location}"
+        return f"gainloop catalog upload-backup{where} --data-dir {self.data_dir}"
 
     def campaign_writer(self):
         """Writers per run: a campaign's record run event by event (a process killed mid-campaign
@@ -153,3 +206,144 @@ class Catalog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def backup_file(backup_dir: Path, uid: str) -> Path:
+    """Where ``TiledWriter`` backs a run up: ``<backup_dir>/<uid up to its first dash>.jsonl``."""
+    return Path(backup_dir) / f"{uid.split('-')[0]}.jsonl"
+
+
+class CatalogWriter:
+    """``writer(name, doc)``: documents into the catalog through a ``TiledWriter``, one decision per run.
+
+    See the module doc for the decisions. ``backed_up`` lists the uids of runs whose
+    documents ended in the backup directory; ``skipped`` those not written because
+    the catalog already had them.
+    """
+
+    def __init__(self, catalog: Catalog, tiled_writer) -> None:
+        from event_model import RunRouter
+
+        self.catalog = catalog
+        self.tiled_writer = tiled_writer
+        self.backed_up: list[str] = []
+        self.skipped: list[str] = []
+        self._router = RunRouter([self._factory])
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self._router(name, doc)
+
+    def _factory(self, name: str, start: dict):
+        uid = start["uid"]
+        state, _ = self.catalog.stored_state(uid)
+        if state == "absent":
+            return [_ToTiled(self, uid)], []
+        if state == "complete":
+            return [_Drop(self, uid)], []
+        if state == "incomplete":
+            return [_HoldUntilStop(self, uid)], []
+        return [_ToBackup(self, uid)], []
+
+    # -- notes, one line each
+    def _note_backed_up(self, uid: str, why: str) -> None:
+        self.backed_up.append(uid)
+        logger.warning(
+            "run %s: %s; its documents are in %s: write them into the catalog with `%s`",
+            uid,
+            why,
+            backup_file(self.catalog.backup_dir, uid),
+            self.catalog.upload_hint(),
+        )
+
+    def _note_skipped(self, uid: str, why: str) -> None:
+        self.skipped.append(uid)
+        logger.info("run %s %s: not written again", uid, why)
+
+
+class _ToTiled:
+    """The run goes to the TiledWriter; at its stop, notes whether the writer fell back to its backup."""
+
+    def __init__(self, owner: CatalogWriter, uid: str) -> None:
+        self.owner, self.uid = owner, uid
+        self.file = backup_file(owner.catalog.backup_dir, uid)
+        self.size0 = self.file.stat().st_size if self.file.exists() else 0
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self.owner.tiled_writer(name, doc)
+        if name == "stop" and self.file.exists() and self.file.stat().st_size > self.size0:
+            self.owner._note_backed_up(self.uid, f"the catalog at {self.owner.catalog.location} failed mid-run")
+
+
+class _Drop:
+    def __init__(self, owner: CatalogWriter, uid: str) -> None:
+        owner._note_skipped(uid, "is already complete in the catalog")
+
+    def __call__(self, name: str, doc: dict) -> None:
+        pass
+
+
+class _HoldUntilStop:
+    """The run is being written by another writer: hold its documents; at the stop, drop them if the
+    stored run is complete with this stop document, else keep them in the backup file."""
+
+    def __init__(self, owner: CatalogWriter, uid: str) -> None:
+        self.owner, self.uid = owner, uid
+        self.docs: list[tuple[str, dict]] = []
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self.docs.append((name, doc))
+        if name != "stop":
+            return
+        state, stop = self.owner.catalog.stored_state(self.uid)
+        if state == "complete" and stop.get("uid") == doc.get("uid"):
+            self.owner._note_skipped(self.uid, "was written by another writer")
+            return
+        from bluesky.callbacks.json_writer import JSONLinesWriter
+
+        backup = JSONLinesWriter(str(self.owner.catalog.backup_dir), filename=backup_file(Path("."), self.uid).name)
+        for held in self.docs:
+            backup(*held)
+        self.docs.clear()
+        self.owner._note_backed_up(self.uid, "the catalog holds an incomplete copy of this run")
+
+
+class _ToBackup:
+    """The server did not answer at the run's start: every document goes to the backup file."""
+
+    def __init__(self, owner: CatalogWriter, uid: str) -> None:
+        from bluesky.callbacks.json_writer import JSONLinesWriter
+
+        self.owner, self.uid = owner, uid
+        self.backup = JSONLinesWriter(str(owner.catalog.backup_dir), filename=backup_file(Path("."), uid).name)
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self.backup(name, doc)
+        if name == "stop":
+            self.owner._note_backed_up(self.uid, f"the catalog at {self.owner.catalog.location} did not answer")
+
+
+class _ConnectionFailureFilter(logging.Filter):
+    """TiledWriter logs a full traceback when its server goes away mid-run; the guard says it in one
+    line at the run's stop, so a connection failure's record loses its traceback and drops to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import httpx
+
+        exc = record.exc_info[1] if record.exc_info else None
+        seen = set()
+        while exc is not None and id(exc) not in seen:
+            seen.add(id(exc))
+            if isinstance(exc, httpx.TransportError):
+                record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+                record.args = ()
+                record.exc_info = record.exc_text = None
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+            exc = exc.__cause__ or exc.__context__
+        return True
+
+
+def _quiet_connection_tracebacks() -> None:
+    tw_logger = logging.getLogger("bluesky_tiled_plugins.writing.tiled_writer")
+    if not any(isinstance(f, _ConnectionFailureFilter) for f in tw_logger.filters):
+        tw_logger.addFilter(_ConnectionFailureFilter())

@@ -64,3 +64,55 @@ def serve(
         _fail(exc)
     except KeyboardInterrupt:  # pragma: no cover - uvicorn handles Ctrl-C itself
         raise typer.Exit(code=0) from None
+
+
+@catalog_app.command("upload-backup")
+def upload_backup(
+    catalog: Annotated[
+        str | None,
+        typer.Option("--catalog", help="Tiled server URI (default: the embedded catalog in the data folder)."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Data folder whose backup/ to upload (default: $GAINLOOP_DATA_DIR)."),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", help="API key of the Tiled server (default: $TILED_API_KEY).", show_default=False),
+    ] = None,
+    include_incomplete: Annotated[
+        bool,
+        typer.Option("--include-incomplete", help="Also write runs with no stop document in the backup, as they are."),
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")] = False,
+) -> None:
+    """Write the runs kept in the backup (catalog away during a run) into the catalog; one line per run.
+
+    Runs already complete in the catalog are skipped, partly written ones are rewritten
+    whole, and files done move to backup/uploaded/: running it again changes nothing.
+    Exit status 1 if a run failed to upload (its file stays for another try).
+    """
+    import json
+
+    from gainloop.backup import upload_backup as run_upload
+    from gainloop.catalog import Catalog
+
+    try:
+        with Catalog(catalog, data_dir_path=data_dir, api_key=api_key) as cat:
+            reports = run_upload(cat, include_incomplete=include_incomplete)
+            backup_dir = cat.backup_dir
+    except GainloopError as exc:
+        _fail(exc)
+    counts = {a: sum(r.action == a for r in reports) for a in ("uploaded", "replaced", "skipped", "left", "failed")}
+    if json_out:
+        print(json.dumps({"backup_dir": str(backup_dir), "counts": counts, "runs": [r.as_dict() for r in reports]}))
+    else:
+        out = Console(soft_wrap=True, highlight=False)
+        for r in reports:
+            what = f"run {r.uid}" if r.uid else "file"
+            detail = f": {r.detail}" if r.detail else ""
+            out.print(f"{escape(r.action)} {what} ({r.n_documents} documents, {escape(r.file)}){escape(detail)}")
+        summary = ", ".join(f"{n} {a}" for a, n in counts.items() if n) or "nothing to upload"
+        out.print(f"backup {escape(str(backup_dir))}: {summary}")
+    if counts["failed"]:
+        raise typer.Exit(code=1)

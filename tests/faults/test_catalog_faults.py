@@ -1,0 +1,47 @@
+"""Faults 3, 4 and 10: the Tiled server down mid-run, duplicate ingestion, load from four writers.
+
+Each test runs its scenario (``tests/faults/scenarios/catalog.py``) against a real Tiled
+server on the machine's PostgreSQL (skipped, naming it, when PostgreSQL is absent).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .scenarios.catalog import scenario_duplicate_ingestion, scenario_load, scenario_tiled_down_mid_run
+
+
+def test_server_down_mid_run_loses_no_document_once_the_backup_is_uploaded(run_scenario):
+    figures = run_scenario(scenario_tiled_down_mid_run, trials=3, stop_trial=1, stop_event=3, restart_trial=2)
+    assert figures.checks["a_run_was_left_partial_by_the_outage"], figures.detail
+    assert figures.checks["partial_runs_were_replaced_whole"], figures.detail
+    assert figures.checks["every_emitted_document_is_stored_equal"], figures.detail
+    assert figures.checks["second_upload_does_nothing"], figures.detail
+    assert figures.checks["a_complete_run_in_the_backup_is_skipped"], figures.detail
+    assert figures.checks["catalog_unchanged_by_later_uploads"], figures.detail
+    assert figures.checks["no_trial_counted_failed_by_the_campaign"], figures.detail
+    assert figures.checks["the_user_is_told_how_to_upload"], figures.detail
+    assert figures.documents_lost == 0 and figures.trials_lost == 0 and figures.trials_doubled == 0
+    assert figures.ok, figures
+
+
+def test_duplicate_ingestion_keeps_one_run_per_uid_quietly(run_scenario):
+    figures = run_scenario(scenario_duplicate_ingestion, trials=2)
+    assert figures.checks["one_run_per_uid"], figures.detail
+    assert figures.checks["replayed_runs_all_skipped"], figures.detail
+    assert figures.checks["stored_runs_equal_emitted"], figures.detail
+    assert figures.checks["no_duplicate_outcome_rows"], figures.detail
+    assert figures.checks["training_rows_one_per_trial"], figures.detail
+    assert figures.checks["no_log_line_above_info"] and figures.checks["no_python_warning"], figures.detail
+    assert figures.checks["no_backup_file"], figures.detail
+    assert figures.ok, figures
+
+
+@pytest.mark.parametrize("n_runs", [200])
+def test_runs_from_four_writer_processes_are_all_stored_and_readable(run_scenario, n_runs):
+    figures = run_scenario(scenario_load, n_runs=n_runs, n_writers=4)
+    assert figures.checks["zero_errors"], figures.detail
+    assert figures.checks["every_run_written"] and figures.checks["every_run_stored_once"], figures.detail
+    assert figures.checks["every_run_readable"], figures.detail
+    assert figures.documents_lost == 0
+    assert figures.ok, figures
