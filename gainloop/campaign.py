@@ -14,22 +14,76 @@ catalog and the campaign uid:
 * re-ingesting them into a fresh optimiser of the same seed gives exactly the
   proposals the uninterrupted campaign would have made;
 * on the twin, the films made so far and the lab clock are restored.
+
+What a resume does with each kind of interrupted trial (nothing is lost, nothing is
+measured twice):
+
+* proposed, never started (recorded in a ``proposals`` stream, no run, no outcome): the
+  stored proposal is *replayed*: measured first, under its own trial index. It is
+  checked like any new proposal (inside the search space, whose fluence range lies
+  within the bench's limit); a stored proposal that fails the check (e.g. a fluence
+  above the limit) stops the resume with ``CampaignError`` before anything is sent;
+* its run has no stop document (process killed mid-measurement): ``failed``, reason
+  ``interrupted: the run has no stop document``; never fed to a model as a number;
+* its run ended ``abort`` (an operator's abort, Ctrl+C): ``abandoned`` with the run's
+  reason; its index stays spent (a later trial may measure the same conditions under
+  a new index: nothing was learnt there);
+* its run ended ``success`` but its outcome was never recorded (killed after the stop
+  document): ``completed`` from the run's own ``analysis`` stream, never re-measured.
+
+The stored config is checked again on resume: its fluence range (and any fluence in
+its ``scan_args``) must lie within the bench's configured limit, else ``CampaignError``.
+
+Interruptions: ``run_campaign`` runs under bluesky's SIGINT handling. The first Ctrl+C
+asks for a deferred pause (taken at the checkpoint before the next trial, so every
+finished trial is recorded), a second one pauses at once. The paused RunEngine is then
+aborted: every open run gets its stop document (``exit_status`` ``"abort"``), the
+RunEngine ends idle and ``CampaignInterrupted`` says how to resume. Further Ctrl+C
+during that clean-up are ignored.
+
+Fault injection (tests and the fault benchmark only; nothing happens when unset): the
+environment variable ``GAINLOOP_FAULT_INJECT`` holds comma-separated
+``ACTION@POINT:TRIAL`` entries, ``POINT`` one of ``plans.campaign.FAULT_POINTS``
+(``proposed``, ``measuring``, ``measured``, ``recording``) and ``ACTION`` ``sigkill``
+(the process kills itself with SIGKILL there) or ``stall=SECONDS`` (the plan sleeps
+there, in the RunEngine, so that a pause or a signal can land mid-trial). E.g.
+``GAINLOOP_FAULT_INJECT="sigkill@measured:1"``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 
 from gainloop.errors import GainloopError
 
-__all__ = ["CampaignConfig", "CampaignError", "campaign_status", "rebuild_trials", "run_campaign"]
+__all__ = [
+    "FAULT_ENV",
+    "CampaignConfig",
+    "CampaignError",
+    "CampaignInterrupted",
+    "PreparedCampaign",
+    "campaign_status",
+    "prepare_campaign",
+    "rebuild_trials",
+    "run_campaign",
+]
+
+#: Environment variable of the fault-injection hook (see the module doc).
+FAULT_ENV = "GAINLOOP_FAULT_INJECT"
 
 
 class CampaignError(GainloopError):
     """A campaign cannot be started or resumed (unknown uid, bad config...)."""
+
+
+class CampaignInterrupted(CampaignError):
+    """The campaign was interrupted (Ctrl+C); its open runs were closed with exit_status "abort"."""
 
 
 @dataclass
@@ -154,8 +208,23 @@ def _analysis(run) -> dict:
     return {k: float(v[-1]) for k, v in stream_columns(run["analysis"]).items()}
 
 
-def rebuild_trials(catalog, campaign_uid: str) -> tuple[CampaignConfig, list[dict], float, list[dict]]:
-    """(config, trial results as dicts by trial index, lab seconds used, films made) from the catalog alone."""
+@dataclass
+class _Rebuilt:
+    cfg: CampaignConfig
+    trials: list[dict]  # by trial index
+    used_s: float
+    films: list[dict]
+    pending: list[dict]  # stored proposals (as_dict form) with no run and no outcome, by trial index
+
+
+def _record_reason(records, t: float) -> str:
+    """The stop reason of the campaign record that was open at time ``t`` (e.g. the RunEngine's abort reason)."""
+    open_then = [r for r in records if r.start["time"] <= t]
+    stop = open_then[-1].metadata.get("stop") if open_then else None
+    return str((stop or {}).get("reason") or "")
+
+
+def _rebuild(catalog, campaign_uid: str) -> _Rebuilt:
     from gainloop.replay import stream_columns
 
     records = _records(catalog, campaign_uid)
@@ -163,8 +232,20 @@ def rebuild_trials(catalog, campaign_uid: str) -> tuple[CampaignConfig, list[dic
         raise CampaignError(f"no campaign {campaign_uid!r} in the catalog at {catalog.location}")
     cfg = CampaignConfig.from_dict(records[0].start["config"])
     results: dict[int, dict] = {}
+    proposals: dict[int, dict] = {}
     used_s = 0.0
     for rec in records:
+        if "proposals" in rec:
+            cols = stream_columns(rec["proposals"])
+            for k in range(len(cols["trial_index"])):
+                idx = int(cols["trial_index"][k])
+                proposals[idx] = {
+                    "trial_index": idx,
+                    "params": json.loads(cols["params"][k]),
+                    "predicted": json.loads(cols["predicted"][k]),
+                    "expected_cost_s": float(cols["expected_cost_s"][k]),
+                    "acquisition_value": float(cols["acquisition_value"][k]),
+                }
         if "outcomes" not in rec:
             continue
         cols = stream_columns(rec["outcomes"])
@@ -177,6 +258,7 @@ def rebuild_trials(catalog, campaign_uid: str) -> tuple[CampaignConfig, list[dic
                 "outcome": json.loads(cols["outcome"][k]),
                 "reason": str(cols["reason"][k]),
                 "lab_time_s": float(cols["trial_lab_time_s"][k]),
+                "run_uid": str(cols["run_uid"][k]),
             }
             used_s = max(used_s, float(cols["lab_time_used_s"][k]))
     films: list[dict] = []
@@ -184,11 +266,13 @@ def rebuild_trials(catalog, campaign_uid: str) -> tuple[CampaignConfig, list[dic
         (r for r in _search(catalog, campaign_uid=campaign_uid).values() if r.start.get("plan_name") != "campaign"),
         key=lambda r: r.start["time"],
     )
+    measured: set[int] = set()
     for run in runs:
         start = run.start
         if "trial_index" not in start:
             continue  # a run tagged with the campaign that is not one of its trials
         idx = int(start["trial_index"])
+        measured.add(idx)
         if start.get("new_film"):
             films.append({"id": start["sample_id"], "doping": float(start["doping"])})
         if idx in results:
@@ -198,6 +282,9 @@ def rebuild_trials(catalog, campaign_uid: str) -> tuple[CampaignConfig, list[dic
         lab_s = float(start.get("trial_lab_time_s", 0.0) or 0.0)
         if stop is None:
             res = {"status": "failed", "outcome": {}, "reason": "interrupted: the run has no stop document"}
+        elif stop.get("exit_status") == "abort":
+            why = stop.get("reason") or _record_reason(records, start["time"]) or "no reason given"
+            res = {"status": "abandoned", "outcome": {}, "reason": f"run ended abort: {why}"}
         elif stop.get("exit_status") != "success":
             res = {
                 "status": "failed",
@@ -206,35 +293,126 @@ def rebuild_trials(catalog, campaign_uid: str) -> tuple[CampaignConfig, list[dic
             }
         else:
             res = {"status": "completed", "outcome": _analysis(run), "reason": ""}
-        results[idx] = {"trial_index": idx, "params": params, "lab_time_s": lab_s, **res}
+        results[idx] = {"trial_index": idx, "params": params, "lab_time_s": lab_s, "run_uid": start["uid"], **res}
         used_s = max(used_s, float(start.get("lab_time_used_s", 0.0) or 0.0))
-    return cfg, [results[k] for k in sorted(results)], used_s, films
+    pending = [proposals[k] for k in sorted(proposals) if k not in results and k not in measured]
+    return _Rebuilt(cfg, [results[k] for k in sorted(results)], used_s, films, pending)
 
 
-# ------------------------------------------------------------------ running
-def run_campaign(
+def rebuild_trials(catalog, campaign_uid: str) -> tuple[CampaignConfig, list[dict], float, list[dict]]:
+    """(config, trial results as dicts by trial index, lab seconds used, films made) from the catalog alone.
+
+    Each result has ``trial_index``, ``params``, ``status``, ``outcome``, ``reason``,
+    ``lab_time_s`` and ``run_uid`` (its measurement run's uid, "" if none).
+    """
+    rb = _rebuild(catalog, campaign_uid)
+    return rb.cfg, rb.trials, rb.used_s, rb.films
+
+
+def _fault_hook():
+    """The fault-injection hook from ``$GAINLOOP_FAULT_INJECT`` (None when unset; see the module doc)."""
+    spec = os.environ.get(FAULT_ENV, "").strip()
+    if not spec:
+        return None
+    from plans.campaign import FAULT_POINTS
+
+    actions: dict[tuple[str, int], str] = {}
+    for entry in spec.split(","):
+        action, _, where = entry.strip().partition("@")
+        point, _, index = where.partition(":")
+        ok = point in FAULT_POINTS and index.isdigit()
+        if action.startswith("stall="):
+            try:
+                ok = ok and float(action[len("stall=") :]) >= 0
+            except ValueError:
+                ok = False
+        elif action != "sigkill":
+            ok = False
+        if not ok:
+            raise CampaignError(
+                f"{FAULT_ENV}: bad entry {entry!r}; allowed: ACTION@POINT:TRIAL with ACTION sigkill or "
+                f"stall=SECONDS, POINT one of {', '.join(FAULT_POINTS)}, TRIAL a trial index"
+            )
+        actions[(point, int(index))] = action
+
+    def hook(point: str, trial_index: int):
+        action = actions.get((point, trial_index))
+        if action is None:
+            return None
+        if action == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        import bluesky.plan_stubs as bps
+
+        return bps.sleep(float(action[len("stall=") :]))
+
+    return hook
+
+
+def _check_stored_fluence(cfg: CampaignConfig, bench, pending: list[dict], joint: bool, campaign_uid: str) -> float:
+    """The campaign's highest fluence, after checking what a resume would send (config, scan_args, proposals)."""
+    limit = bench.config.bench.fluence_limit_uJ_cm2
+    f_hi = _fluence_max(cfg, bench)
+    for key in ("fluence_min_uJ_cm2", "fluence_max_uJ_cm2"):
+        value = cfg.scan_args.get(key)
+        if value is None:
+            continue
+        try:
+            ok = math.isfinite(float(value)) and 0 < float(value) <= f_hi
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CampaignError(
+                f"campaign {campaign_uid}: its config's scan_args {key} = {value!r} is outside the campaign's "
+                f"fluence range; allowed: above 0, up to {f_hi:g} uJ/cm^2 (bench limit {limit:g}); nothing was sent"
+            )
+    for p in pending:
+        params = p.get("params") or {}
+        if "fluence_uJ_cm2" in params and not joint:
+            raise CampaignError(
+                f"campaign {campaign_uid}: stored proposal of trial {p['trial_index']} carries a fluence "
+                f"({params['fluence_uJ_cm2']!r} uJ/cm^2) but its strategy {cfg.strategy!r} scans the fluence itself; "
+                "refused, nothing was sent to the bench"
+            )
+    return f_hi
+
+
+@dataclass
+class PreparedCampaign:
+    """A campaign ready to run: its plan (for any RunEngine), optimiser, bench and uid."""
+
+    campaign_uid: str
+    cfg: CampaignConfig
+    plan: object
+    optimizer: object
+    bench: object
+    history: list[dict]
+    replayed: list[dict]
+
+
+def prepare_campaign(
     catalog,
     cfg: CampaignConfig | None = None,
     *,
     resume_uid: str | None = None,
     budgets: dict | None = None,
     progress=None,
-) -> dict:
-    """Start a campaign (``cfg``) or resume one (``resume_uid``); return its summary.
+    fault_hook=None,
+) -> PreparedCampaign:
+    """Everything ``run_campaign`` runs, without running it: the campaign plan on a fresh bench and optimiser.
 
-    ``budgets``: on resume, new ``budget_lab_h`` / ``max_trials`` / ``target_threshold_uJ_cm2``
-    (the totals over the whole campaign) in place of the stored ones.
+    ``fault_hook``: see ``plans.campaign`` (default: from ``$GAINLOOP_FAULT_INJECT``, None when unset).
     """
-    from bluesky import RunEngine
-
     from devices import LibraryEntry
+    from gainloop.errors import ParameterError
     from plans.campaign import campaign
 
     history: list[dict] = []
+    pending: list[dict] = []
     used_s = 0.0
     films_made: list[dict] = []
     if resume_uid is not None:
-        cfg, history, used_s, films_made = rebuild_trials(catalog, resume_uid)
+        rb = _rebuild(catalog, resume_uid)
+        cfg, history, used_s, films_made, pending = rb.cfg, rb.trials, rb.used_s, rb.films, rb.pending
         for key, value in (budgets or {}).items():
             if key not in ("budget_lab_h", "max_trials", "target_threshold_uJ_cm2"):
                 raise CampaignError(
@@ -258,34 +436,82 @@ def run_campaign(
     if bench.engine is not None:
         bench.engine.lab_time_s = used_s
     opt = _optimizer(cfg, bench, films)
+    f_hi = _check_stored_fluence(cfg, bench, pending, opt.joint, campaign_uid)
     if history:
         opt.ingest(history)
-    RE = RunEngine({}, call_returns_result=True)
-    RE.subscribe(catalog.campaign_writer())
-    clock = _lab_clock(bench)
+    for p in pending:  # recorded, never measured: measured first, each checked against the search space
+        try:
+            opt.mark_pending([{**p, "strategy": opt.strategy}])
+        except ParameterError as exc:
+            raise CampaignError(
+                f"campaign {campaign_uid}: stored proposal of trial {p['trial_index']} refused: {exc}; "
+                "nothing was sent to the bench"
+            ) from None
+    attempted = sum(1 for h in history if h["status"] != "abandoned" or h.get("run_uid"))
     plan = campaign(
         bench,
         opt,
         campaign_uid=campaign_uid,
-        lab_clock=clock,
+        lab_clock=_lab_clock(bench),
         budget_lab_h=cfg.budget_lab_h,
         max_trials=cfg.max_trials,
         target_threshold_uJ_cm2=cfg.target_threshold_uJ_cm2,
         lab_time_used_s=used_s,
-        trials_done=len(history),
+        trials_done=attempted,
         films=films,
         can_make_films=cfg.can_make_films,
-        scan_args={
-            "fluence_min_uJ_cm2": cfg.fluence_min_uJ_cm2,
-            "fluence_max_uJ_cm2": _fluence_max(cfg, bench),
-            **cfg.scan_args,
-        },
+        scan_args={"fluence_min_uJ_cm2": cfg.fluence_min_uJ_cm2, "fluence_max_uJ_cm2": f_hi, **cfg.scan_args},
         progress=progress,
         md={"config": cfg.as_dict()},
+        fault_hook=fault_hook if fault_hook is not None else _fault_hook(),
     )
-    result = RE(plan)
+    return PreparedCampaign(campaign_uid, cfg, plan, opt, bench, history, pending)
+
+
+def run_campaign(
+    catalog,
+    cfg: CampaignConfig | None = None,
+    *,
+    resume_uid: str | None = None,
+    budgets: dict | None = None,
+    progress=None,
+) -> dict:
+    """Start a campaign (``cfg``) or resume one (``resume_uid``); return its summary.
+
+    ``budgets``: on resume, new ``budget_lab_h`` / ``max_trials`` / ``target_threshold_uJ_cm2``
+    (the totals over the whole campaign) in place of the stored ones. Ctrl+C ends it with
+    ``CampaignInterrupted`` once its open runs are closed (see the module doc).
+    """
+    from bluesky import RunEngine
+    from bluesky.utils import RunEngineInterrupted
+
+    prepared = prepare_campaign(catalog, cfg, resume_uid=resume_uid, budgets=budgets, progress=progress)
+    campaign_uid = prepared.campaign_uid
+    RE = RunEngine({}, call_returns_result=True)
+    RE.subscribe(catalog.campaign_writer())
+    # bluesky's SIGINT handler turns Ctrl+C into pauses while the plan runs and calls the handler
+    # it found after more than ten; this one (also in force while aborting) only counts them
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    sigints: list[int] = []
+    if main:
+        signal.signal(signal.SIGINT, lambda signum, frame: sigints.append(signum))
+    try:
+        try:
+            result = RE(prepared.plan)
+        except RunEngineInterrupted:
+            if not RE.state.is_idle:
+                RE.abort(reason="interrupted (Ctrl+C)")
+            raise CampaignInterrupted(
+                f"campaign {campaign_uid} interrupted (Ctrl+C): its open runs were closed with exit_status "
+                f"'abort'; continue it with `gainloop campaign resume {campaign_uid}`"
+            ) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
     if result.exit_status != "success":
         raise CampaignError(f"campaign {campaign_uid} ended with {result.exit_status}: {result.reason}")
+    opt = prepared.optimizer
     summary = dict(result.plan_result)
     summary["best"] = opt.best()
     summary["trials"] = len(opt.history())

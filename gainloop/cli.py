@@ -434,6 +434,19 @@ def _print_campaign(summary: dict, json_out: bool) -> None:
         )
 
 
+def _campaign_stdout(json_out: bool):
+    """In --json mode, what bluesky prints while a campaign runs (pause and abort notices) goes to stderr."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext()
+
+
+def _interrupted(exc: Exception) -> None:
+    """A campaign stopped by Ctrl+C: one line, exit status 130 (128 + SIGINT)."""
+    _err.print(f"[bold yellow]interrupted:[/] {exc}", soft_wrap=True)
+    raise typer.Exit(code=130)
+
+
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="gainloop config file (TOML); command-line options win.")
 ]
@@ -453,7 +466,7 @@ def _run_campaign_cli(
     """Config file + command-line options -> a campaign in the catalog (with a progress bar)."""
     import os
 
-    from gainloop.campaign import run_campaign
+    from gainloop.campaign import CampaignInterrupted, run_campaign
     from gainloop.config import load_config
 
     try:
@@ -473,7 +486,8 @@ def _run_campaign_cli(
             if progress is not None:
                 progress.start()
             try:
-                summary = run_campaign(cat, cfg, progress=update)
+                with _campaign_stdout(json_out):
+                    summary = run_campaign(cat, cfg, progress=update)
             finally:
                 if progress is not None:
                     progress.stop()
@@ -482,6 +496,8 @@ def _run_campaign_cli(
 
                 uid = summary["campaign_uid"]
                 summary["report"] = str(write_report(cat, uid, report_dir / uid))
+    except CampaignInterrupted as exc:
+        _interrupted(exc)
     except (GainloopError, ValueError) as exc:
         _fail(exc)
     return summary
@@ -567,13 +583,15 @@ def campaign_resume(
     json_out: JsonOption = False,
 ) -> None:
     """Rebuild a campaign's state from the catalog alone and continue it."""
-    from gainloop.campaign import run_campaign
+    from gainloop.campaign import CampaignInterrupted, run_campaign
 
     try:
-        with _open_catalog(catalog, data_dir, api_key) as cat:
+        with _open_catalog(catalog, data_dir, api_key) as cat, _campaign_stdout(json_out):
             summary = run_campaign(
                 cat, resume_uid=campaign_uid, budgets={"budget_lab_h": budget_hours, "max_trials": max_trials}
             )
+    except CampaignInterrupted as exc:
+        _interrupted(exc)
     except (GainloopError, ValueError) as exc:
         _fail(exc)
     _print_campaign(summary, json_out)

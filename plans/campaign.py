@@ -19,7 +19,20 @@
   when more than ``max_failure_fraction`` of at least ``breaker_min_trials`` trials fail;
 * it stops at the lab-time budget (``lab_clock``: seconds, e.g. the twin's lab clock or
   wall time on the bench), the trial budget or when a threshold at or below the target
-  is measured, and returns a summary.
+  is measured, and returns a summary; proposals of the last batch left unmeasured are
+  recorded ``abandoned`` (their indices are never used again);
+* proposals the optimiser already holds as pending when the campaign starts (a resumed
+  campaign's proposals that were recorded but never measured, ``Optimizer.mark_pending``)
+  are measured first, under their own trial indices, before anything new is suggested;
+* a ``checkpoint`` message precedes every trial: a deferred pause (``RE.request_pause(
+  defer=True)``, the first Ctrl+C) stops there, between trials, and ``RE.resume()``
+  continues without re-doing anything, so the data equal an uninterrupted campaign's;
+* ``fault_hook(point, trial_index)`` (fault injection, tests only) is called at named
+  points of every trial: ``"proposed"`` (its proposal recorded, nothing measured),
+  ``"measuring"`` (the first event of its measurement run saved, no stop document yet),
+  ``"measured"`` (the run's stop document emitted, the result not yet ingested or
+  recorded) and ``"recording"`` (inside the record's ``outcomes`` event: created, not
+  saved). It may return a plan to run there (e.g. ``bps.sleep``), or None.
 """
 
 from __future__ import annotations
@@ -49,8 +62,9 @@ class _Recorder:
     def __init__(self) -> None:
         self._signals: dict[str, dict] = {}
 
-    def record(self, stream: str, values: dict):
-        """One event of ``stream`` (numbers and strings; dicts and lists as JSON)."""
+    def record(self, stream: str, values: dict, before_save=None):
+        """One event of ``stream`` (numbers and strings; dicts and lists as JSON); ``before_save``:
+        a plan (or None) run once the event is created and read, before it is saved."""
         from ophyd import Signal
 
         signals = self._signals.setdefault(stream, {})
@@ -68,11 +82,39 @@ class _Recorder:
         yield from bps.create(name=stream)
         for sig in signals.values():
             yield from bps.read(sig)
+        if before_save is not None:
+            yield from before_save
         yield from bps.save()
 
 
 def _in_campaign_run(plan):
     return bpp.set_run_key_wrapper(plan, "campaign")
+
+
+FAULT_POINTS = ("proposed", "measuring", "measured", "recording")
+
+
+def _at(fault_hook, point: str, trial_index: int):
+    """Call the fault hook at ``point`` and run the plan it returns (if any)."""
+    if fault_hook is None:
+        return
+    plan = fault_hook(point, trial_index)
+    if plan is not None:
+        yield from plan
+
+
+def _after_first_event(plan, then):
+    """``plan`` with ``then()`` (a plan) run right after its first ``save`` (its first event)."""
+    done = False
+
+    def mutate(msg):
+        nonlocal done
+        if msg.command == "save" and not done:
+            done = True
+            return None, then()
+        return None, None
+
+    return bpp.plan_mutator(plan, mutate)
 
 
 def _film_id(bench, doping: float, tol: float, eligible) -> str | None:
@@ -123,12 +165,14 @@ def campaign(
     breaker_min_trials: int = 5,
     progress: Callable[[dict], None] | None = None,
     md: dict | None = None,
+    fault_hook: Callable[[str, int], object] | None = None,
 ):
     """Run the closed loop until a budget or the target is reached; return the campaign's summary.
 
     ``lab_time_used_s`` and ``trials_done`` carry over what a resumed campaign already
     spent. ``films``: library ids the campaign may measure (default: every film).
     ``scan_args`` / ``point_args``: extra arguments of ``ase_fluence_scan`` / ``ase_point``.
+    ``fault_hook``: fault injection at the points of ``FAULT_POINTS`` (tests only; see the module doc).
     """
     if budget_lab_h is None and max_trials is None and target_threshold_uJ_cm2 is None:
         raise ValueError("a campaign needs a stop: budget_lab_h, max_trials or target_threshold_uJ_cm2")
@@ -183,9 +227,10 @@ def campaign(
 
     def trial(proposal):
         params = proposal.params
+        index = proposal.trial_index
         trial_md = {
             "campaign_uid": campaign_uid,
-            "trial_index": proposal.trial_index,
+            "trial_index": index,
             "proposal": proposal.as_dict(),
             "lab_time_used_s": used_s(),
         }
@@ -197,7 +242,7 @@ def campaign(
             )
             trial_md["new_film"] = new_film
             if "fluence_uJ_cm2" in params:
-                result = yield from ase_point(
+                measure = ase_point(
                     bench,
                     sample_id,
                     fluence_uJ_cm2=float(params["fluence_uJ_cm2"]),
@@ -206,9 +251,12 @@ def campaign(
                     **point_args,
                 )
             else:
-                result = yield from ase_fluence_scan(
+                measure = ase_fluence_scan(
                     bench, sample_id, stripe_length_um=float(params["stripe_length_um"]), md=trial_md, **scan_args
                 )
+            if fault_hook is not None:
+                measure = _after_first_event(measure, lambda: _at(fault_hook, "measuring", index))
+            result = yield from measure
             uid = result.pop("uid")
             outcome = result
         except (RequestAbort, RequestStop):
@@ -217,8 +265,9 @@ def campaign(
             status, reason = "infeasible", f"no ASE threshold found: {exc}"
         except Exception as exc:  # device faults, refused setpoints, NaN readbacks: recorded, never fed as numbers
             status, reason = "failed", f"{type(exc).__name__}: {exc}"
+        yield from _at(fault_hook, "measured", index)
         return {
-            "trial_index": proposal.trial_index,
+            "trial_index": index,
             "params": dict(params),
             "status": status,
             "outcome": outcome,
@@ -226,23 +275,67 @@ def campaign(
             "lab_time_s": lab_clock() - t_start,
         }, uid
 
+    def record_proposal(p, replayed: bool):
+        yield from _in_campaign_run(
+            _record(
+                "proposals",
+                {
+                    "trial_index": p.trial_index,
+                    "params": p.params,
+                    "predicted": p.predicted,
+                    "expected_cost_s": p.expected_cost_s,
+                    "acquisition_value": p.acquisition_value,
+                    "replayed": replayed,
+                },
+            )
+        )
+
+    def record_outcome(result, uid):
+        best = optimizer.best()
+        yield from _in_campaign_run(
+            _record(
+                "outcomes",
+                {
+                    "trial_index": result["trial_index"],
+                    "run_uid": uid or "",
+                    "status": result["status"],
+                    "params": result["params"],
+                    "outcome": result["outcome"],
+                    "reason": result["reason"],
+                    "trial_lab_time_s": result["lab_time_s"],
+                    "lab_time_used_s": used_s(),
+                    "best_threshold_uJ_cm2": best["threshold_uJ_cm2"] if best else math.nan,
+                },
+                before_save=_at(fault_hook, "recording", result["trial_index"]),
+            )
+        )
+
+    def abandon(proposals, why: str):
+        """Record proposals that will not be measured as ``abandoned`` (their indices are spent)."""
+        for p in proposals:
+            result = {
+                "trial_index": p.trial_index,
+                "params": dict(p.params),
+                "status": "abandoned",
+                "outcome": {},
+                "reason": why,
+                "lab_time_s": 0.0,
+            }
+            optimizer.ingest([result])
+            yield from record_outcome(result, None)
+
     def loop():
+        replay = list(optimizer.pending())  # a resumed campaign's recorded, never measured proposals
         while not (reason := stop_reason()):
-            proposals = optimizer.suggest()
+            if replay:
+                proposals, replayed, replay = replay, True, []
+            else:
+                proposals, replayed = optimizer.suggest(), False
             for p in proposals:
-                yield from _in_campaign_run(
-                    _record(
-                        "proposals",
-                        {
-                            "trial_index": p.trial_index,
-                            "params": p.params,
-                            "predicted": p.predicted,
-                            "expected_cost_s": p.expected_cost_s,
-                            "acquisition_value": p.acquisition_value,
-                        },
-                    )
-                )
-            for p in proposals:
+                yield from record_proposal(p, replayed)
+            for k, p in enumerate(proposals):
+                yield from _at(fault_hook, "proposed", p.trial_index)
+                yield from bps.checkpoint()  # a deferred pause stops here, between trials
                 result, uid = yield from trial(p)
                 optimizer.ingest([result])
                 summary["trials"] += 1
@@ -250,30 +343,17 @@ def campaign(
                 summary["lab_hours"] = used_s() / 3600.0
                 if uid:
                     summary["trial_uids"].append(uid)
-                best = optimizer.best()
-                yield from _in_campaign_run(
-                    _record(
-                        "outcomes",
-                        {
-                            "trial_index": result["trial_index"],
-                            "run_uid": uid or "",
-                            "status": result["status"],
-                            "params": result["params"],
-                            "outcome": result["outcome"],
-                            "reason": result["reason"],
-                            "trial_lab_time_s": result["lab_time_s"],
-                            "lab_time_used_s": used_s(),
-                            "best_threshold_uJ_cm2": best["threshold_uJ_cm2"] if best else math.nan,
-                        },
-                    )
-                )
+                yield from record_outcome(result, uid)
                 yield from _in_campaign_run(
                     _record("model", {"trial_index": p.trial_index, "state": optimizer.state()})
                 )
                 if progress is not None:
-                    progress({**summary, "best": best})
-                if stop_reason():
+                    progress({**summary, "best": optimizer.best()})
+                if why := stop_reason():
+                    yield from abandon(proposals[k + 1 :], f"campaign stopped ({why}) before measuring it")
                     break
+        if replay:  # stopped before the replayed proposals could be measured
+            yield from abandon(replay, f"campaign stopped ({reason}) before measuring it")
         summary["stopped_by"] = reason
         summary["best"] = optimizer.best()
         if reason == "breaker":
@@ -288,6 +368,8 @@ def campaign(
         yield from _in_campaign_run(bps.close_run(exit_status=exit_status, reason=reason))
 
     def on_error(exc):
+        if isinstance(exc, RequestAbort | RequestStop):
+            return  # the RunEngine closes the record with its own exit status and reason (e.g. "abort")
         return (yield from close("fail", f"{type(exc).__name__}: {exc}"))
 
     yield from _in_campaign_run(bps.open_run(md=start_md))
