@@ -130,6 +130,7 @@ def start(
     except (GainloopError, ValueError, OSError) as exc:
         _fail(exc)
     location = _masked(catalog) if catalog is not None else f"embedded in {folder / 'catalog'}"
+    _warn_unfinished_item(redis, redis_prefix)
     _err.print(
         f"gainloop qserver: RE Manager at {settings.control_addr} (console {settings.info_addr}), "
         f"Redis {redis} prefix {redis_prefix!r}, devices {bench or 'twin'}, catalog {location}",
@@ -138,3 +139,79 @@ def start(
     # the worker reads its settings from these variables only (the key stays in $TILED_API_KEY)
     env = {k: v for k, v in os.environ.items() if k not in (ENV_CATALOG_URI, ENV_BENCH_FILE, ENV_TWIN_SEED)}
     os.execve(argv[0], argv, {**env, **profile.as_environ()})
+
+
+def _warn_unfinished_item(redis: str, redis_prefix: str) -> None:
+    """Say so when the last manager of this prefix died in the middle of an item (its outcome is lost)."""
+    from gainloop.queueserver import read_queue_state
+
+    try:
+        running = read_queue_state(redis, redis_prefix).running
+    except GainloopError:
+        return  # the manager reports Redis problems itself
+    if running.get("item_uid"):
+        _err.print(
+            f"gainloop qserver: item {running['item_uid']} ({running.get('name', '?')}) was running when the last "
+            "manager stopped; the queueserver will record it as 'unknown': it counts as a success only once "
+            "`gainloop qserver reconcile` finds its runs stopped with success in the catalog",
+            highlight=False,
+        )
+
+
+@qserver_app.command("reconcile")
+def reconcile_command(
+    catalog: Annotated[
+        str | None,
+        typer.Option(
+            "--catalog", help="Tiled server URI, its API key in $TILED_API_KEY (default: the embedded catalog)."
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Data folder (default: $GAINLOOP_DATA_DIR).")
+    ] = None,
+    redis: Annotated[str, typer.Option("--redis", help="Redis address: HOST:PORT or HOST:PORT/DB.")] = "127.0.0.1:6379",
+    redis_prefix: Annotated[
+        str, typer.Option("--redis-prefix", help="Prefix of the manager's Redis keys.")
+    ] = "gainloop",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcomes as one JSON line.")] = False,
+) -> None:
+    """The outcome of every item in the queue's history; items the queueserver lost track of
+    ('unknown') are checked against their runs' stop documents in the catalog.
+
+    Exit status 0 when every item is accounted for (success, failed or stopped), 1 when an item is
+    still 'interrupted' or 'unknown' (it did not run to its end: resume or submit it again).
+    """
+    import json
+
+    from gainloop.catalog import Catalog
+    from gainloop.catalog import data_dir as resolve_data_dir
+    from gainloop.queueserver import read_queue_state, reconcile
+
+    try:
+        state = read_queue_state(redis, redis_prefix)
+        with Catalog(catalog, data_dir_path=resolve_data_dir(data_dir)) as cat:
+            outcomes = reconcile(state.history, cat)
+    except (GainloopError, ValueError, OSError) as exc:
+        _fail(exc)
+    unresolved = [o for o in outcomes if o.outcome in ("interrupted", "unknown")]
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "items": [o.as_dict() for o in outcomes],
+                    "queued": len(state.queue),
+                    "running": state.running.get("item_uid"),
+                    "successes": sum(o.counted_as_success for o in outcomes),
+                    "unresolved": len(unresolved),
+                }
+            )
+        )
+    else:
+        for o in outcomes:
+            typer.echo(f"{o.item_uid}  {o.name:<18} queue: {o.queue_exit_status:<9} -> {o.outcome:<11} {o.detail}")
+        typer.echo(
+            f"{sum(o.counted_as_success for o in outcomes)} of {len(outcomes)} items succeeded; "
+            f"{len(unresolved)} unresolved; {len(state.queue)} queued"
+        )
+    if unresolved:
+        raise typer.Exit(code=1)

@@ -38,10 +38,12 @@ __all__ = [
     "ENV_CATALOG_URI",
     "ENV_TWIN_SEED",
     "FUNCTION_NAMES",
+    "ITEM_UID_KEY",
     "ProfileSettings",
     "QueueServerError",
     "build_namespace",
     "plan_names",
+    "running_item_uid",
 ]
 
 ENV_CATALOG_URI = "GAINLOOP_CATALOG_URI"
@@ -255,6 +257,40 @@ def _close_at_exit(catalog) -> None:
         atexit.register(catalog.close)
 
 
+#: Start-document key of every run a queue item opens: the item's ``item_uid`` (what
+#: ``gainloop qserver reconcile`` looks its runs up by when the item's outcome was lost).
+ITEM_UID_KEY = "qserver_item_uid"
+
+
+def running_item_uid() -> str | None:
+    """The ``item_uid`` of the queue item this RE worker is running, else None.
+
+    The queueserver's worker is the current ``multiprocessing`` process and keeps the item
+    it runs in ``_running_plan_info`` (bluesky-queueserver 0.0.25) while ``RE`` runs it.
+    """
+    import multiprocessing
+
+    info = getattr(multiprocessing.current_process(), "_running_plan_info", None)
+    uid = info.get("item_uid") if isinstance(info, dict) else None
+    return uid if isinstance(uid, str) and uid else None
+
+
+def _tag_runs_with_item(plan):
+    """Every run ``plan`` opens carries the queue item's uid in its start document (``ITEM_UID_KEY``)."""
+    from bluesky.preprocessors import msg_mutator
+
+    uid = running_item_uid()  # read when RE starts the plan: the item being run
+    if uid is None:
+        return plan
+
+    def tag(msg):
+        if msg.command == "open_run" and ITEM_UID_KEY not in msg.kwargs:
+            return msg._replace(kwargs={**msg.kwargs, ITEM_UID_KEY: uid})
+        return msg
+
+    return msg_mutator(plan, tag)
+
+
 def _run_engine(bench, catalog):
     from bluesky import RunEngine
 
@@ -264,6 +300,7 @@ def _run_engine(bench, catalog):
     limit = bench.config.bench.fluence_limit_uJ_cm2
     fluence_objects = (bench.pump.fluence, bench.pump)
     RE.preprocessors.append(lambda plan: fluence_guard(plan, fluence_objects, limit))
+    RE.preprocessors.append(_tag_runs_with_item)
     if catalog is not None:
         RE.subscribe(_writer(catalog))
     return RE
