@@ -348,10 +348,15 @@ def _fault_hook():
     return hook
 
 
-def _check_stored_fluence(cfg: CampaignConfig, bench, pending: list[dict], joint: bool, campaign_uid: str) -> float:
-    """The campaign's highest fluence, after checking what a resume would send (config, scan_args, proposals)."""
+def _check_fluence_settings(cfg: CampaignConfig, bench, pending: list[dict], joint: bool, what: str) -> float:
+    """The campaign's highest fluence, after checking what it would send (config, scan_args, stored proposals).
+
+    ``what`` names the campaign in the errors (e.g. "campaign UID" on resume)."""
     limit = bench.config.bench.fluence_limit_uJ_cm2
-    f_hi = _fluence_max(cfg, bench)
+    try:
+        f_hi = _fluence_max(cfg, bench)
+    except CampaignError as exc:
+        raise CampaignError(f"{what}: its config is refused: {exc}; nothing was sent") from None
     for key in ("fluence_min_uJ_cm2", "fluence_max_uJ_cm2"):
         value = cfg.scan_args.get(key)
         if value is None:
@@ -362,14 +367,14 @@ def _check_stored_fluence(cfg: CampaignConfig, bench, pending: list[dict], joint
             ok = False
         if not ok:
             raise CampaignError(
-                f"campaign {campaign_uid}: its config's scan_args {key} = {value!r} is outside the campaign's "
+                f"{what}: its config's scan_args {key} = {value!r} is outside the campaign's "
                 f"fluence range; allowed: above 0, up to {f_hi:g} uJ/cm^2 (bench limit {limit:g}); nothing was sent"
             )
     for p in pending:
         params = p.get("params") or {}
         if "fluence_uJ_cm2" in params and not joint:
             raise CampaignError(
-                f"campaign {campaign_uid}: stored proposal of trial {p['trial_index']} carries a fluence "
+                f"{what}: stored proposal of trial {p['trial_index']} carries a fluence "
                 f"({params['fluence_uJ_cm2']!r} uJ/cm^2) but its strategy {cfg.strategy!r} scans the fluence itself; "
                 "refused, nothing was sent to the bench"
             )
@@ -435,8 +440,9 @@ def prepare_campaign(
         films.append(f["id"])
     if bench.engine is not None:
         bench.engine.lab_time_s = used_s
+    what = f"campaign {campaign_uid}" if resume_uid is not None else "the new campaign"
+    f_hi = _check_fluence_settings(cfg, bench, pending, cfg.strategy == "joint", what)
     opt = _optimizer(cfg, bench, films)
-    f_hi = _check_stored_fluence(cfg, bench, pending, opt.joint, campaign_uid)
     if history:
         opt.ingest(history)
     for p in pending:  # recorded, never measured: measured first, each checked against the search space

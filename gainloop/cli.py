@@ -435,9 +435,14 @@ def _print_campaign(summary: dict, json_out: bool) -> None:
 
 
 def _campaign_stdout(json_out: bool):
-    """In --json mode, what bluesky prints while a campaign runs (pause and abort notices) goes to stderr."""
+    """In --json mode, what bluesky prints while a campaign runs (pause and abort notices) goes to stderr.
+
+    The RunEngine's own log (a traceback for an abort or a failed plan) is silenced: the CLI
+    says what happened in one line.
+    """
     import contextlib
 
+    logging.getLogger("bluesky").setLevel(logging.CRITICAL)
     return contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext()
 
 

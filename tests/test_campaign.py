@@ -1,20 +1,18 @@
-"""Campaigns on the twin: everything recorded, resumable from the catalog alone, even after SIGKILL."""
+"""Campaigns on the twin: everything recorded, resumable from the catalog alone.
+
+Process faults (SIGKILL at four points, runs without stop documents, pause, abort,
+Ctrl+C) are in ``tests/faults/test_campaign_faults.py``.
+"""
 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from gainloop.campaign import CampaignConfig, CampaignError, campaign_status, rebuild_trials, run_campaign
 from gainloop.catalog import Catalog
 from gainloop.replay import stream_columns
-
-from .test_catalog_server import _clean_env, _start, _stop, database  # noqa: F401  (module fixture)
 
 
 @pytest.fixture(scope="module")
@@ -83,90 +81,28 @@ def test_unknown_campaign_is_a_clear_error(catalog):
         campaign_status(catalog, "nope")
 
 
-# ---------------------------------------------------------------- SIGKILL against a real server
-@pytest.fixture(scope="module")
-def server(database, tmp_path_factory):  # noqa: F811
-    postgres_uri, _ = database
-    logs = tmp_path_factory.mktemp("server")
-    proc, url, _out, _ = _start(postgres_uri, logs / "data", logs, _clean_env(GAINLOOP_TILED_API_KEY="k" * 32))
-    try:
-        yield url, "k" * 32
-    finally:
-        _stop(proc)
+def test_a_batch_left_unmeasured_is_abandoned_and_its_indices_spent(catalog):
+    cfg = CampaignConfig(
+        strategy="nested", seed=3, budget_lab_h=None, max_trials=1, twin_seed=3, batch_size=2,
+        scan_args={"n_coarse": 6, "n_fine": 4},
+    )  # fmt: skip
+    first = run_campaign(catalog, cfg)
+    _, trials, _, _ = rebuild_trials(catalog, first["campaign_uid"])
+    assert [(t["trial_index"], t["status"]) for t in trials] == [(0, "completed"), (1, "abandoned")]
+    assert trials[1]["reason"] == "campaign stopped (trial budget) before measuring it"
+    run_campaign(catalog, resume_uid=first["campaign_uid"], budgets={"max_trials": 2})
+    _, trials, _, _ = rebuild_trials(catalog, first["campaign_uid"])
+    assert [t["trial_index"] for t in trials if t["status"] != "abandoned"] == [0, 2]  # index 1 never used again
+    measured = [r.start["trial_index"] for r in _runs_of(catalog, first["campaign_uid"]) if "trial_index" in r.start]
+    assert sorted(measured) == [0, 2]
 
 
-def _wait_for(predicate, timeout_s: float, what: str, proc):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the campaign exited before {what}: {proc.stderr.read()}")
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
+@pytest.mark.parametrize("spec", ["sigkill@nowhere:0", "explode@measured:1", "stall=x@proposed:0", "sigkill@measured"])
+def test_a_bad_fault_injection_spec_is_a_clear_error(catalog, monkeypatch, spec):
+    monkeypatch.setenv("GAINLOOP_FAULT_INJECT", spec)
+    cfg = CampaignConfig(strategy="random", seed=0, budget_lab_h=None, max_trials=1, twin_seed=0)
+    with pytest.raises(CampaignError, match=r"GAINLOOP_FAULT_INJECT: bad entry .*allowed: ACTION@POINT:TRIAL"):
+        run_campaign(catalog, cfg)
 
 
-@pytest.mark.parametrize("kill_point", ["mid-measurement", "between trials"])
-def test_sigkill_then_resume_loses_and_doubles_nothing(kill_point, server, tmp_path):
-    url, key = server
-    env = _clean_env(TILED_API_KEY=key)
-    args = ["--catalog", url, "--data-dir", str(tmp_path), "--json"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gainloop.cli", "campaign", "run", "--seed", "2", "--max-trials", "3", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        with Catalog(url, data_dir_path=tmp_path, api_key=key) as cat:
-            from tiled.queries import Key
-
-            def campaign_uid():
-                runs = list(cat.client.search(Key("start.plan_name") == "campaign").values())
-                mine = [r for r in runs if r.start.get("config", {}).get("seed") == 2]
-                return mine[-1].start["campaign_uid"] if mine else None
-
-            uid = _wait_for(campaign_uid, 120, "the campaign's record run", proc)
-
-            def trial_run(index, stopped):
-                for r in _runs_of(cat, uid):
-                    if r.start.get("trial_index") == index and (r.metadata.get("stop") is not None) == stopped:
-                        return r
-                return None
-
-            if kill_point == "mid-measurement":
-                _wait_for(lambda: trial_run(1, stopped=False), 180, "trial 1 to start", proc)
-            else:
-                _wait_for(lambda: trial_run(0, stopped=True), 180, "trial 0 to end", proc)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stdout.close()
-        proc.stderr.close()
-    resumed = subprocess.run(
-        [sys.executable, "-m", "gainloop.cli", "campaign", "resume", uid, "--max-trials", "3", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    out = json.loads(resumed.stdout.strip().splitlines()[-1])
-    assert out["campaign_uid"] == uid and out["trials"] == 3
-    with Catalog(url, data_dir_path=tmp_path, api_key=key) as cat:
-        _, trials, _, _ = rebuild_trials(cat, uid)
-        assert [t["trial_index"] for t in trials] == [0, 1, 2]  # none lost
-        completed_runs = {}
-        for r in _runs_of(cat, uid):
-            if r.start["plan_name"] != "campaign" and (r.metadata.get("stop") or {}).get("exit_status") == "success":
-                completed_runs[r.start["trial_index"]] = completed_runs.get(r.start["trial_index"], 0) + 1
-        assert all(n == 1 for n in completed_runs.values())  # none measured twice
-        if kill_point == "mid-measurement":
-            assert trials[1]["status"] == "failed" and "interrupted" in trials[1]["reason"]
-        else:  # trial 0 had ended; trial 1 may have begun before the kill landed
-            assert trials[0]["status"] == "completed"
-            assert all(t["status"] == "completed" or "interrupted" in t["reason"] for t in trials)
+# SIGKILL, abort, pause and SIGINT of a campaign process: tests/faults/test_campaign_faults.py
