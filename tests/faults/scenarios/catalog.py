@@ -130,34 +130,32 @@ def compare_run(emitted: list[tuple[str, dict]], stored: list[tuple[str, dict]])
     return lost, diffs
 
 
-def compare_catalog(catalog, emitted: list[tuple[str, dict]]) -> tuple[int, list[str]]:
-    """Every emitted document against the catalog (read back through ``gainloop.replay.run_documents``)."""
+def stored_documents(catalog, uids) -> dict[str, list[tuple[str, dict]] | None]:
+    """Each run's documents as read back through ``gainloop.replay.run_documents`` (None: not stored)."""
     from gainloop.catalog import RunNotFoundError
     from gainloop.replay import run_documents
 
+    out: dict[str, list[tuple[str, dict]] | None] = {}
+    for uid in sorted(uids):
+        try:
+            out[uid] = [(n, _plain(d)) for n, d in run_documents(catalog.run(uid))]
+        except RunNotFoundError:
+            out[uid] = None
+    return out
+
+
+def compare_catalog(stored: dict, emitted: list[tuple[str, dict]]) -> tuple[int, list[str]]:
+    """Every emitted document against the stored runs (``stored_documents``): (lost, what differs)."""
     lost, diffs = 0, []
     for uid, docs in _by_run(emitted).items():
-        try:
-            stored = list(run_documents(catalog.run(uid)))
-        except RunNotFoundError:
+        if stored.get(uid) is None:
             lost += len(docs)
             diffs.append(f"run {uid} not in the catalog")
             continue
-        n, d = compare_run(docs, stored)
+        n, d = compare_run(docs, stored[uid])
         lost += n
         diffs += [f"run {uid}: {x}" for x in d]
     return lost, diffs
-
-
-def _snapshot(catalog, uids) -> dict:
-    """What the catalog holds for these runs: metadata and every stream's table (to prove nothing changed)."""
-    from gainloop.replay import run_documents
-
-    out = {}
-    for uid in sorted(uids):
-        run = catalog.run(uid)
-        out[uid] = json.dumps([(n, _plain(d)) for n, d in run_documents(run)], sort_keys=True)
-    return out
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
@@ -210,13 +208,15 @@ def scenario_tiled_down_mid_run(
     env: FaultEnv,
     *,
     trials: int = 3,
-    stop_trial: int = 1,
+    stop_trial: int = 0,
     stop_event: int = 3,
     restart_trial: int = 2,
     seed: int = 1,
 ) -> FaultFigures:
     """The server stops at event ``stop_event`` of trial ``stop_trial``'s run and is back at trial
-    ``restart_trial``'s start; the backup is uploaded twice (and once more with a file put back)."""
+    ``restart_trial``'s start. The backup is uploaded with the CLI, then again (nothing to do), then
+    once more with the processed files put back (every run skipped)."""
+    from gainloop.backup import upload_backup
     from gainloop.campaign import rebuild_trials
     from gainloop.catalog import Catalog
 
@@ -276,6 +276,8 @@ def scenario_tiled_down_mid_run(
         backup_files = sorted(p.name for p in cat.backup_dir.glob("*.jsonl"))
         checks["server_was_stopped_and_restarted"] = (markers / "stop-done").exists() and math.isfinite(restart_s)
         checks["a_run_was_left_partial_by_the_outage"] = "incomplete" in before.values()
+        if restart_trial - stop_trial > 1:  # a trial started while the server was down
+            checks["a_run_started_in_the_outage_went_to_the_backup"] = "absent" in before.values()
         checks["runs_caught_by_the_outage_are_in_the_backup"] = len(backup_files) >= 1
         hint_lines = [line for line in worker_err.splitlines() if "gainloop catalog upload-backup" in line]
         checks["the_user_is_told_how_to_upload"] = len(hint_lines) >= 1
@@ -288,24 +290,23 @@ def scenario_tiled_down_mid_run(
             acts["uploaded"] + acts["replaced"] >= 1 and acts["failed"] == 0 and acts["left"] == 0
         )
         checks["partial_runs_were_replaced_whole"] = acts["replaced"] == sum(v == "incomplete" for v in before.values())
-        checks["backup_files_moved_aside"] = not list(cat.backup_dir.glob("*.jsonl")) and len(
-            list((cat.backup_dir / "uploaded").glob("*.jsonl"))
-        ) == len(backup_files)
-
-        lost, diffs = compare_catalog(cat, emitted)
-        checks["every_emitted_document_is_stored_equal"] = lost == 0 and not diffs
-        snap = _snapshot(cat, runs)
-
-        second, _, _ = _upload(server.url, server.api_key, data_dir)
-        checks["second_upload_does_nothing"] = second["runs"] == []
-        # a processed file put back: its runs are complete in the catalog, so it is skipped, not duplicated
-        for p in (cat.backup_dir / "uploaded").glob("*.jsonl"):
-            (cat.backup_dir / p.name).write_bytes(p.read_bytes())
-        third, _, _ = _upload(server.url, server.api_key, data_dir)
-        checks["a_complete_run_in_the_backup_is_skipped"] = bool(third["runs"]) and all(
-            r["action"] == "skipped" for r in third["runs"]
+        checks["absent_runs_were_uploaded"] = acts["uploaded"] == sum(v == "absent" for v in before.values())
+        moved = list((cat.backup_dir / "uploaded").glob("*.jsonl"))
+        checks["backup_files_moved_aside"] = not list(cat.backup_dir.glob("*.jsonl")) and len(moved) == len(
+            backup_files
         )
-        checks["catalog_unchanged_by_later_uploads"] = _snapshot(cat, runs) == snap
+        stored = stored_documents(cat, runs)
+        lost, diffs = compare_catalog(stored, emitted)
+        checks["every_emitted_document_is_stored_equal"] = lost == 0 and not diffs
+
+        second = upload_backup(cat)
+        checks["second_upload_does_nothing"] = second == []
+        # the processed files put back: their runs are complete in the catalog, so skipped, not duplicated
+        for p in moved:
+            (cat.backup_dir / p.name).write_bytes(p.read_bytes())
+        third = upload_backup(cat)
+        checks["a_complete_run_in_the_backup_is_skipped"] = bool(third) and all(r.action == "skipped" for r in third)
+        checks["catalog_unchanged_by_later_uploads"] = stored_documents(cat, runs) == stored
         stored_runs = {r for r in cat.client.search(_key("start.campaign_uid", campaign_uid))}
         checks["one_stored_run_per_emitted_run"] = stored_runs == set(runs)
 
@@ -432,16 +433,16 @@ def scenario_duplicate_ingestion(workdir: Path, env: FaultEnv, *, trials: int = 
                 summary = run_campaign(cat, cfg)
                 campaign_uid = summary["campaign_uid"]
                 runs = _by_run(emitted)
-                snap = _snapshot(cat, runs)
+                stored_docs = stored_documents(cat, runs)
+                lost, diffs = compare_catalog(stored_docs, emitted)
+                checks["stored_runs_equal_emitted"] = lost == 0 and not diffs
                 replayer = cat.writer()
                 for name, doc in emitted:  # the same documents fed again (a replay, a re-shipped batch)
                     replayer(name, doc)
                 checks["replayed_runs_all_skipped"] = sorted(replayer.skipped) == sorted(runs)
-                checks["catalog_unchanged_by_the_replay"] = _snapshot(cat, runs) == snap
+                checks["catalog_unchanged_by_the_replay"] = stored_documents(cat, runs) == stored_docs
                 stored = list(cat.client.search(_key("start.campaign_uid", campaign_uid)))
                 checks["one_run_per_uid"] = sorted(stored) == sorted(runs)
-                lost, diffs = compare_catalog(cat, emitted)
-                checks["stored_runs_equal_emitted"] = lost == 0 and not diffs
                 backups = list(cat.backup_dir.glob("*.jsonl"))
                 checks["no_backup_file"] = not backups
                 record_run = next(cat.run(u) for u in runs if runs[u][0][1].get("plan_name") == "campaign")
