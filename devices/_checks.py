@@ -138,10 +138,24 @@ def check_sample_id(value: object, library: Mapping[str, LibraryEntry]) -> str:
     return value
 
 
-def require_finite(value: object, what: str) -> None:
-    """Raise ``ReadbackError`` if a readback (scalar or array) holds NaN or inf."""
-    arr = np.asarray(value)
+def require_finite(value: object, what: str, *, minimum: float | None = None, unit: str = "") -> None:
+    """Raise ``ReadbackError`` unless a measurement's readback (scalar or array) is numbers, all finite
+    (and, with ``minimum``, none below it): a text, ``None`` (no value), NaN, inf or an impossible
+    value (a negative fluence) never passes as data."""
+    if value is None or isinstance(value, str | bytes):
+        raise ReadbackError(f"{what} read back {value!r}: not a number (the instrument sent no valid reading)")
+    try:
+        arr = np.asarray(value)
+    except Exception:  # a ragged or odd object
+        raise ReadbackError(f"{what} read back {value!r}: not a number") from None
+    if arr.dtype.kind not in "biufc" or arr.size == 0:
+        raise ReadbackError(f"{what} read back {value!r}: not a number (the instrument sent no valid reading)")
     if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         shown = f"{float(arr):g}" if arr.ndim == 0 else f"{bad} of {arr.size} values not finite"
         raise ReadbackError(f"{what} read back {shown}: the instrument returned no valid number (fault?)")
+    if minimum is not None and arr.dtype.kind != "c" and np.any(arr < minimum):
+        low = float(np.min(arr))
+        raise ReadbackError(
+            f"{what} read back {low:g} {unit}: below {minimum:g} {unit}, which it cannot be (fault?)".replace("  ", " ")
+        )

@@ -7,7 +7,8 @@
 * readbacks are fetched fresh on every read (``auto_monitor=False``), so a read
   right after a completed put or acquisition never returns the previous value;
   subscribing still turns monitoring on (ophyd does that);
-* ``read()`` of a measurement (``nan_ok=False``) raises ``ReadbackError`` on NaN;
+* ``read()`` of a measurement (``nan_ok=False``) raises ``ReadbackError`` on NaN, inf, text,
+  no value or a value below its ``minimum``; a PV that is gone raises it too;
 * ``set()`` checks the value against the bench file (``check=``; ``LimitError``,
   nothing sent), then writes with completion and returns a status that fails
   with ``PutRefusedError`` (the IOC's reason) if the IOC refuses, or
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 from ophyd.signal import EpicsSignal, EpicsSignalRO
+from ophyd.utils import DisconnectedError
 
 from ._ca import Completion, put_notify
 from ._checks import Check, require_finite
+from ._errors import ReadbackError
 
 __all__ = ["DEFAULT_PUT_TIMEOUT_S", "BenchSignal", "BenchSignalRO", "ContractReadings"]
 
@@ -46,6 +49,8 @@ class ContractReadings:
 
     _units: str | None = None
     _nan_ok: bool = True
+    #: lowest value a measurement can read (None: any), e.g. 0 for a fluence
+    _minimum: float | None = None
 
     def _reading_source(self) -> str:
         """Where the value came from, for error messages (the PV name)."""
@@ -58,9 +63,19 @@ class ContractReadings:
         return desc
 
     def read(self):
-        reading = super().read()
+        try:
+            reading = super().read()
+        except (TimeoutError, DisconnectedError) as exc:  # a PV gone (disconnected, or no answer)
+            raise ReadbackError(f"{self.name} ({self._reading_source()}) is missing from the reading: {exc}") from exc
+        if self.name not in reading:
+            raise ReadbackError(f"{self.name} ({self._reading_source()}) is missing from the reading")
         if not self._nan_ok:
-            require_finite(reading[self.name]["value"], f"{self.name} ({self._reading_source()})")
+            require_finite(
+                reading[self.name]["value"],
+                f"{self.name} ({self._reading_source()})",
+                minimum=self._minimum,
+                unit=self._units or "",
+            )
         value = reading[self.name]["value"]
         if isinstance(value, np.ndarray):
             # waveforms go into documents as lists: event-model's schema check formats a
@@ -70,17 +85,27 @@ class ContractReadings:
 
 
 class _BenchMixin(ContractReadings):
-    def _init_bench(self, units: str | None, nan_ok: bool) -> None:
+    def _init_bench(self, units: str | None, nan_ok: bool, minimum: float | None = None) -> None:
         self._units = units
         self._nan_ok = nan_ok
+        self._minimum = minimum
 
 
 class BenchSignalRO(_BenchMixin, EpicsSignalRO):
     """A readback PV with its contract unit; ``nan_ok=False`` makes NaN a read error."""
 
-    def __init__(self, read_pv, *, units: str | None = None, nan_ok: bool = True, auto_monitor=False, **kwargs):
+    def __init__(
+        self,
+        read_pv,
+        *,
+        units: str | None = None,
+        nan_ok: bool = True,
+        minimum: float | None = None,
+        auto_monitor=False,
+        **kwargs,
+    ):
         super().__init__(read_pv, auto_monitor=auto_monitor, **kwargs)
-        self._init_bench(units, nan_ok)
+        self._init_bench(units, nan_ok, minimum)
 
 
 class BenchSignal(_BenchMixin, EpicsSignal):
@@ -94,12 +119,13 @@ class BenchSignal(_BenchMixin, EpicsSignal):
         units: str | None = None,
         check: Check | None = None,
         nan_ok: bool = True,
+        minimum: float | None = None,
         put_timeout: float = DEFAULT_PUT_TIMEOUT_S,
         auto_monitor=False,
         **kwargs,
     ):
         super().__init__(read_pv, write_pv=write_pv, auto_monitor=auto_monitor, **kwargs)
-        self._init_bench(units, nan_ok)
+        self._init_bench(units, nan_ok, minimum)
         self._check = check
         self.put_timeout = put_timeout
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from ophyd import Device, EpicsMotor
 from ophyd import FormattedComponent as FCpt
 from ophyd.positioner import PositionerBase
+from ophyd.status import Status
 from ophyd.utils import InvalidState
 
 from ._ca import Completion, ensure_control_layer, put_notify
@@ -59,7 +60,7 @@ from ._checks import (
     check_slit,
     require_finite,
 )
-from ._errors import BenchConnectionError, DeviceTimeoutError
+from ._errors import BenchConnectionError, DeviceTimeoutError, ReadbackError
 from ._signals import BenchSignal, BenchSignalRO
 from .config import BenchConfig, LibraryEntry, load_bench
 
@@ -109,10 +110,13 @@ class PumpLaser(BenchDevice):
         units=UNITS["fluence"],
         check=check_fluence,
         nan_ok=False,
+        minimum=0.0,
         kind="hinted",
     )
     shutter = FCpt(BenchSignal, "{_pv[shutter]}", check=check_flag, kind="normal")
-    pulse_energy = FCpt(BenchSignalRO, "{_pv[pulse_energy_readback]}", units=UNITS["pulse_energy"], nan_ok=False)
+    pulse_energy = FCpt(
+        BenchSignalRO, "{_pv[pulse_energy_readback]}", units=UNITS["pulse_energy"], nan_ok=False, minimum=0.0
+    )
     repetition_rate = FCpt(
         BenchSignalRO, "{_pv[repetition_rate_readback]}", units=UNITS["repetition_rate"], kind="config"
     )
@@ -130,13 +134,14 @@ class StripeSlit(EpicsMotor):
     ``move``/``set`` check ``[slit].min_um .. max_um`` client-side (``LimitError``,
     nothing sent), report a refused move (``PutRefusedError``) and time out with
     ``DeviceTimeoutError`` (and stop the motor) after the travel time at
-    ``[slit].speed_um_per_s`` plus ``timeout_margin_s`` unless ``timeout`` is given.
+    ``[slit].speed_um_per_s`` plus ``timeout_margin_s`` (``[slit].move_timeout_margin_s``)
+    unless ``timeout`` is given.
     """
-
-    timeout_margin_s = 10.0
 
     def __init__(self, bench_config: BenchConfig, *, name: str, **kwargs):
         self.bench_config = bench_config
+        #: wall seconds a move may take beyond its travel time at the bench file's speed
+        self.timeout_margin_s = bench_config.slit.move_timeout_margin_s
         super().__init__(bench_config.pv(bench_config.slit.motor), name=name, **kwargs)
 
     @property
@@ -171,13 +176,31 @@ class StripeSlit(EpicsMotor):
         travel = abs(float(position) - float(here)) if here is not None and math.isfinite(here) else 0.0
         return travel / self.bench_config.slit.speed_um_per_s + self.timeout_margin_s
 
+    def _settle_previous_move(self) -> None:
+        """Wait (up to ``timeout_margin_s``) until the motor's done-move monitor reports the previous
+        move over, e.g. one this device stopped on a timeout: a late DMOV = 1 of that move must
+        not be taken for the end of the next one (the motor would be reported there, but is not)."""
+        if not self._moving:
+            return
+        deadline = time.monotonic() + self.timeout_margin_s
+        while self._moving and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self._moving:
+            raise DeviceTimeoutError(
+                f"{self.name}: still moving (DMOV=0) {self.timeout_margin_s:g} s after the previous move "
+                "was to end: stuck motor or silent IOC; nothing was sent"
+            )
+
     def move(self, position, wait=True, *, timeout=None, moved_cb=None, **kwargs):
         self.check_value(position)
+        self._settle_previous_move()
         if timeout is None:
             timeout = self.default_timeout(position)
         self._started_moving = False
-        status = PositionerBase.move(self, position, moved_cb=moved_cb, timeout=None)
+        motor_done = PositionerBase.move(self, position, moved_cb=moved_cb, timeout=None)
+        status = Status(self)  # finished once the motor reports done *at the target*
         target = float(position)
+        tolerance_um = max(1.0, 1e-3 * abs(target))
 
         def fail(exc) -> None:
             self._reset_sub(self._SUB_REQ_DONE)  # the motor's done-callback no longer finishes this status
@@ -186,7 +209,7 @@ class StripeSlit(EpicsMotor):
             except InvalidState:  # finished meanwhile
                 pass
 
-        def expired() -> None:
+        def stop_and_fail(why: str) -> None:
             self._reset_sub(self._SUB_REQ_DONE)  # a stopped motor must not count as arrived
             if status.done:
                 return
@@ -198,11 +221,31 @@ class StripeSlit(EpicsMotor):
                 stopped = f"the stop request failed ({exc!r})"
             fail(
                 DeviceTimeoutError(
-                    f"{self.name}: did not reach {target:g} um within {timeout:g} s "
-                    f"(at {where:g} um, DMOV={dmov}): stuck motor or silent IOC; {stopped}"
+                    f"{self.name}: did not reach {target:g} um {why} (at {where:g} um, DMOV={dmov}): "
+                    f"stuck motor or silent IOC; {stopped}"
                 )
             )
 
+        def expired() -> None:
+            stop_and_fail(f"within {timeout:g} s")
+
+        def arrived(st) -> None:
+            if status.done:
+                return
+            if not st.success:
+                fail(st.exception() or DeviceTimeoutError(f"{self.name}: move to {target:g} um failed"))
+                return
+            where = self.user_readback.get()
+            if where is None or not abs(float(where) - target) <= tolerance_um:
+                # a done-move of an earlier, stopped move arriving late: the motor is not there
+                threading.Thread(target=stop_and_fail, args=("though reported done",), daemon=True).start()
+                return
+            try:
+                status.set_finished()
+            except InvalidState:
+                pass
+
+        motor_done.add_callback(arrived)
         timer = threading.Timer(timeout, expired)
         timer.daemon = True
         status.add_callback(lambda st: timer.cancel())
@@ -341,8 +384,10 @@ class _Triggered(BenchDevice):
         def verify() -> None:
             try:
                 check()
-            except Exception as exc:
+            except ReadbackError as exc:
                 done.fail(exc)
+            except Exception as exc:  # a readback PV gone (disconnected, no answer)
+                done.fail(ReadbackError(f"{self.name}: the acquisition could not be read back: {exc}"))
             else:
                 done.finish()
 

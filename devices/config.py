@@ -57,6 +57,9 @@ class SlitPVs(_Strict):
     min_um: float = Field(10.0, gt=0)
     max_um: float = Field(4000.0, gt=0)
     speed_um_per_s: float = Field(500.0, gt=0, description="slit travel speed")
+    move_timeout_margin_s: float = Field(
+        10.0, gt=0, le=3600, description="a move fails if not done within its travel time plus this (s)"
+    )
 
     @model_validator(mode="after")
     def _range(self) -> SlitPVs:

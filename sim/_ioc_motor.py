@@ -97,6 +97,7 @@ class SlitMotor:
         self._active = False
         self._task: asyncio.Task | None = None
         self._waiters: list[asyncio.Future] = []
+        self._queued: tuple[float, asyncio.Future] | None = None
         self._tdir = 1
 
     # ------------------------------------------------------------------ coordinates
@@ -211,10 +212,19 @@ class SlitMotor:
         await asyncio.shield(self.request(dial))
 
     def request(self, dial_target: float) -> asyncio.Future:
-        """Start (or retarget) a move; the future completes when the motor is done."""
+        """Start (or retarget) a move; the future completes when the motor is done.
+
+        A move asked for while a stop is pending (``.STOP`` put, the running move not yet
+        halted -- e.g. stuck) starts once that move has stopped: the stop is never lost.
+        """
+        fut = asyncio.get_running_loop().create_future()
+        if self._active and self._stop:
+            if self._queued is not None:
+                self._waiters.append(self._queued[1])  # superseded: done when the stopping move is
+            self._queued = (dial_target, fut)
+            return fut
         self.target = dial_target
         self._stop = False
-        fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         if not self._active:
             self._active = True
@@ -296,6 +306,12 @@ class SlitMotor:
                     w.set_result(None)
             if error is not None and not isinstance(error, asyncio.CancelledError):
                 log.exception("slit motion failed", exc_info=error)
+            queued, self._queued = self._queued, None
+            if queued is not None and not isinstance(error, asyncio.CancelledError):
+                self.target, self._stop = queued[0], False
+                self._waiters.append(queued[1])
+                self._active = True
+                self._task = asyncio.ensure_future(self._run(None))
 
     # ------------------------------------------------------------------ field puts
     async def put_val(self, value) -> None:

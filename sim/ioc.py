@@ -62,6 +62,12 @@ Faults (``IOC_FAULTS``; switched by the ``SIM:Fault-*`` PVs, int 0/1, or ``--fau
   the full well, ``SPEC:Saturated`` = 1 (the engine's fault).
 * ``nan_readback`` (``SIM:Fault-NaN``): spectra, their statistics, ``TA:dAlpha``,
   ``PUMP:Fluence-RB`` and ``PUMP:PulseEnergy-RB`` read NaN.
+* ``inf_readback`` (``SIM:Fault-Inf``): the next spectra, their integrated counts,
+  ``TA:dAlpha``, ``PUMP:Fluence-RB`` and ``PUMP:PulseEnergy-RB`` read +inf (an overflowed
+  or divided-by-zero readback of a driver).
+* ``out_of_range_readback`` (``SIM:Fault-OutOfRange``): ``PUMP:Fluence-RB`` and
+  ``PUMP:PulseEnergy-RB`` read negative (a power meter with a wrong zero): a number, but
+  not one a fluence can be.
 """
 
 from __future__ import annotations
@@ -113,8 +119,16 @@ IOC_FAULTS: dict[str, tuple[str, str | None]] = {
     "stuck_motor": ("SIM:Fault-StuckMotor", "stuck_motor"),
     "saturated_detector": ("SIM:Fault-Saturated", "saturated_detector"),
     "nan_readback": ("SIM:Fault-NaN", "nan_readback"),
+    "inf_readback": ("SIM:Fault-Inf", None),
+    "out_of_range_readback": ("SIM:Fault-OutOfRange", None),
 }
-_FAULT_ALIASES = {"stuck": "stuck_motor", "saturated": "saturated_detector", "nan": "nan_readback"}
+_FAULT_ALIASES = {
+    "stuck": "stuck_motor",
+    "saturated": "saturated_detector",
+    "nan": "nan_readback",
+    "inf": "inf_readback",
+    "out_of_range": "out_of_range_readback",
+}
 
 #: The twin-only PVs (relative to the prefix), served besides the bench file's.
 SIM_PVS = ("SIM:LabTime", "SIM:TimeScale", *(pv for pv, _ in IOC_FAULTS.values()))
@@ -222,13 +236,23 @@ class TwinIOC(PVGroup):
     def _nan(self) -> bool:
         return "nan_readback" in self.bench.state.faults
 
+    def _bad(self, value: float, *, signed: bool = False) -> float:
+        """A readback as the readback faults make it (NaN, +inf, negative for ``signed`` ones)."""
+        if self._nan():
+            return math.nan
+        if "inf_readback" in self.faults:
+            return math.inf
+        if signed and "out_of_range_readback" in self.faults:
+            return -abs(value) - 1.0
+        return value
+
     async def post_clock_and_pump(self) -> None:
         """Post the lab clock and the pump's readbacks (they drift with the clock)."""
         b, s = self.bench, self.bench.state
         await self._w(self.lab_time, b.lab_time_s)
         fluence = s.fluence_uJ_cm2 * float(b.drift.factor(b.lab_time_s))
-        await self._w(self.fluence_rb, math.nan if self._nan() else fluence)
-        await self._w(self.pulse_energy_rb, math.nan if self._nan() else b.pulse_energy_uJ())
+        await self._w(self.fluence_rb, self._bad(fluence, signed=True))
+        await self._w(self.pulse_energy_rb, self._bad(b.pulse_energy_uJ(), signed=True))
         await self._w(self.shutter, int(s.shutter_open))
         await self._w(self.power_ok, int(s.power_ok))
         await self._w(self.permit, int(s.permit))
@@ -437,8 +461,10 @@ class TwinIOC(PVGroup):
                 await self.post_clock_and_pump()
                 await self.lab_sleep(acq.exposure_s)
                 await self.gate()
-                await self._w(self.spectrum, np.asarray(acq.counts, dtype=float))
-                await self._w(self.integrated, acq.integrated)
+                inf = "inf_readback" in self.faults
+                counts = np.asarray(acq.counts, dtype=float)
+                await self._w(self.spectrum, np.full_like(counts, math.inf) if inf else counts)
+                await self._w(self.integrated, math.inf if inf else acq.integrated)
                 await self._w(self.peak_wavelength, acq.peak_wavelength_nm)
                 await self._w(self.fwhm, acq.fwhm_nm)
                 await self._w(self.saturated, int(acq.saturated))
@@ -488,7 +514,7 @@ class TwinIOC(PVGroup):
                 await self.post_clock_and_pump()
                 await self.lab_sleep(_TA_AVERAGING_S)
                 await self.gate()
-                await self._w(self.ta_signal, value)
+                await self._w(self.ta_signal, math.inf if "inf_readback" in self.faults else value)
         finally:
             await self._w(acquire, 0)
 
@@ -528,6 +554,16 @@ class TwinIOC(PVGroup):
 
     async def _put_fault_nan(self, instance, value):
         on = await self._set_fault("nan_readback", value)
+        await self.post_clock_and_pump()
+        return on
+
+    async def _put_fault_inf(self, instance, value):
+        on = await self._set_fault("inf_readback", value)
+        await self.post_clock_and_pump()
+        return on
+
+    async def _put_fault_out_of_range(self, instance, value):
+        on = await self._set_fault("out_of_range_readback", value)
         await self.post_clock_and_pump()
         return on
 
@@ -617,6 +653,8 @@ def _ioc_class(cfg: BenchConfig) -> type[TwinIOC]:
         "fault_stuck_motor": pvproperty(name="SIM:Fault-StuckMotor", value=0, put=T._put_fault_stuck),
         "fault_saturated_detector": pvproperty(name="SIM:Fault-Saturated", value=0, put=T._put_fault_saturated),
         "fault_nan_readback": pvproperty(name="SIM:Fault-NaN", value=0, put=T._put_fault_nan),
+        "fault_inf_readback": pvproperty(name="SIM:Fault-Inf", value=0, put=T._put_fault_inf),
+        "fault_out_of_range_readback": pvproperty(name="SIM:Fault-OutOfRange", value=0, put=T._put_fault_out_of_range),
     }
     names = [prop.pvspec.name for prop in props.values()]
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -82,7 +82,7 @@ def bench(epics):
     ioc, bench = epics
     yield bench
     # leave the IOC as the next test expects it
-    for fault in ("Pause", "NaN", "Saturated", "StuckMotor"):
+    for fault in ("Pause", "NaN", "Inf", "OutOfRange", "Saturated", "StuckMotor"):
         caput(ioc.pv(f"SIM:Fault-{fault}"), 0)
     caput(ioc.pv("IL:Permit"), 1)
 
@@ -320,6 +320,30 @@ def test_nan_readbacks_fail_the_trigger(RE, ioc, bench):
     assert isinstance(bench.ta.trigger().exception(5), ReadbackError)
     caput(ioc.pv("SIM:Fault-NaN"), 0)
     RE(bp.count([bench.spectrometer]))
+
+
+def test_inf_and_negative_readbacks_are_read_errors(RE, ioc, bench):
+    RE(bps.mv(bench.pump.shutter, 1, bench.pump.fluence, 500.0))
+    caput(ioc.pv("SIM:Fault-Inf"), 1)
+    with pytest.raises(FailedStatus) as err:
+        RE(bp.count([bench.spectrometer]))
+    assert isinstance(err.value.__cause__, ReadbackError) and "read back inf" in str(err.value.__cause__)
+    caput(ioc.pv("SIM:Fault-Inf"), 0)
+    caput(ioc.pv("SIM:Fault-OutOfRange"), 1)
+    with pytest.raises(ReadbackError, match=r"pump_fluence .* below 0 uJ/cm\^2"):
+        bench.pump.read()
+    caput(ioc.pv("SIM:Fault-OutOfRange"), 0)
+    assert bench.pump.read()["pump_fluence"]["value"] == pytest.approx(500.0, rel=0.05)
+
+
+@pytest.mark.parametrize("value", ["n/a", None, b"1.0", [], {"x": 1}])
+def test_a_measurement_that_is_not_numbers_is_a_read_error(value):
+    from devices import require_finite
+
+    with pytest.raises(ReadbackError, match="not a number"):
+        require_finite(value, "spectrometer_integrated (PV)")
+    require_finite(np.array([1.0, 2.0]), "spectrometer_spectrum (PV)")  # numbers pass
+    require_finite(3, "x", minimum=0.0)
 
 
 def test_saturated_spectrum_is_flagged_not_raised(RE, ioc, bench):

@@ -54,7 +54,7 @@ def contract_pvs() -> set[str]:
 
 def test_list_pvs_prints_every_pv_of_the_contract(ioc):
     expected = {ioc.pv(name) for name in contract_pvs()}
-    assert len(expected) == 39  # 32 bench PVs + 7 SIM PVs in docs/pvs.md
+    assert len(expected) == 41  # 32 bench PVs + 9 SIM PVs in docs/pvs.md
     listed = {line.strip() for line in ioc.stdout().splitlines() if line.strip() and not line.startswith("#")}
     assert listed == expected
     for name in expected:  # and each answers, with its control metadata (units fit DBR_CTRL's 8 chars)
@@ -344,6 +344,29 @@ def test_fault_nan_readbacks(pv):
     assert caget(pv("PUMP:Fluence-RB")) == pytest.approx(500.0, rel=0.05)
     caput(pv("TA:Acquire"), 1, timeout=10)
     assert math.isfinite(caget(pv("TA:dAlpha")))
+    caput(pv("PUMP:Fluence-SP"), 0.0)
+
+
+def test_fault_inf_and_out_of_range_readbacks(pv):
+    caput(pv("PUMP:Fluence-SP"), 500.0)
+    caput(pv("SIM:Fault-Inf"), 1)
+    try:
+        caput(pv("SPEC:Acquire"), 1, timeout=10)
+        assert caget(pv("SPEC:Integrated")) == math.inf
+        assert np.isposinf(caget(pv("SPEC:Spectrum"))).all()
+        assert caget(pv("PUMP:Fluence-RB")) == math.inf
+        caput(pv("TA:Acquire"), 1, timeout=10)
+        assert caget(pv("TA:dAlpha")) == math.inf
+    finally:
+        caput(pv("SIM:Fault-Inf"), 0)
+    caput(pv("SIM:Fault-OutOfRange"), 1)
+    try:
+        assert caget(pv("PUMP:Fluence-RB")) < -400.0 and caget(pv("PUMP:PulseEnergy-RB")) < 0
+        caput(pv("SPEC:Acquire"), 1, timeout=10)
+        assert math.isfinite(caget(pv("SPEC:Integrated")))  # only the pump's readbacks
+    finally:
+        caput(pv("SIM:Fault-OutOfRange"), 0)
+    assert caget(pv("PUMP:Fluence-RB")) == pytest.approx(500.0, rel=0.05)
     caput(pv("PUMP:Fluence-SP"), 0.0)
 
 
