@@ -172,19 +172,7 @@ def measured(server, tmp_path_factory):
     return json.loads(proc.stdout.strip().splitlines()[-1]), data_dir, proc
 
 
-def test_anonymous_reads_are_refused(server):
-    with httpx.Client(base_url=server.url, trust_env=False, timeout=5) as client:
-        for path in ("/api/v1/metadata/", "/api/v1/search/"):
-            assert client.get(path).status_code == 401, path
-        assert client.get("/api/v1/metadata/", headers={"Authorization": "Apikey wrong0key"}).status_code == 401
-        assert client.get("/api/v1/metadata/", headers={"Authorization": f"Apikey {server.api_key}"}).status_code == 200
-
-
-def test_anonymous_writes_are_refused(server):
-    body = {"data": {"type": "container", "attributes": {"structure_family": "container", "metadata": {}}}}
-    with httpx.Client(base_url=server.url, trust_env=False, timeout=5) as client:
-        assert client.post("/api/v1/metadata/", json=body).status_code == 401
-        assert client.delete("/api/v1/metadata/anything").status_code == 401
+# anonymous and wrong-key reads and writes (401): tests/faults/test_security.py
 
 
 def test_measure_stores_the_run_through_the_server(server, measured):

@@ -69,11 +69,11 @@ def test_campaign_run_takes_its_options_from_the_config_and_the_command_line_win
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[limits]\nfluence_max_uJ_cm2 = 5000\n", "exceeds the bench's fluence limit 3000"),
         ("[optimizer]\nbatch_size = 0\n", "optimizer.batch_size"),
     ],
 )
 def test_campaign_run_refuses_a_bad_config_before_measuring(tmp_path, text, message):
+    # (a fluence above the bench's limit: tests/faults/test_security.py)
     path = tmp_path / "gainloop.toml"
     path.write_text(text + f"[catalog]\ndata_dir = '{tmp_path / 'data'}'\n")
     proc = _cli("campaign", "run", "--config", str(path), "--max-trials", "1")

@@ -17,7 +17,7 @@ import pytest
 from caproto import CaprotoError, CaprotoTimeoutError, ChannelType
 from caproto.sync.client import read
 
-from .ioc_helpers import EXAMPLE_BENCH, REPO, PutRefused, bound_addresses, caget, caput, twin_ioc
+from .ioc_helpers import EXAMPLE_BENCH, REPO, PutRefused, caget, caput, twin_ioc
 
 LIMIT = 3000.0  # examples/twin_bench.toml
 SPEED = 500.0  # um/s
@@ -61,11 +61,7 @@ def test_list_pvs_prints_every_pv_of_the_contract(ioc):
         read(name, data_type="control", repeater=False, timeout=2)
 
 
-def test_serves_on_the_loopback_only(ioc):
-    listeners = bound_addresses(ioc.server_port, "tcp")
-    assert listeners == {"127.0.0.1"}, listeners
-    udp = bound_addresses(ioc.server_port, "udp")
-    assert udp == {"127.0.0.1"}, udp
+# (the IOC binds 127.0.0.1 only, TCP and UDP: tests/faults/test_security.py)
 
 
 # ---------------------------------------------------------------------------- pump and interlock
