@@ -49,26 +49,56 @@ class ReplayResult:
         return True
 
 
-def _stream_table(stream):
-    """(table of scalar columns, {array key: 2-D array}) of one stored event stream."""
-    base = stream.base
-    table = base["internal"].read() if "internal" in base else None
-    arrays = {key: np.asarray(base[key].read()) for key in base if key != "internal"}
-    return table, arrays
+def _children(container) -> dict:
+    """The children of a Tiled container, metadata and structure included, in one search request.
+
+    (``list(container.items())`` would first ask the server for the count: a second request.)
+    """
+    return {key: child for key, child in container.items()}
+
+
+@dataclass(frozen=True)
+class _StoredStream:
+    """One stored event stream read back in one pass: event order, values and timestamps per data key."""
+
+    seq_num: np.ndarray
+    time: np.ndarray
+    #: data key -> values in event order (scalar columns 1-D, waveforms 2-D)
+    columns: dict[str, np.ndarray]
+    #: data key -> the reading's timestamps in event order (when stored)
+    timestamps: dict[str, np.ndarray]
+
+
+def _read_stream(stream) -> _StoredStream | None:
+    """The stream's table(s) and array nodes, each read with one request (None: no event was stored).
+
+    The stream's parts come from one search request; scalar readings are the columns of
+    its ``internal`` table (``internal_0``, ``internal_1``... when TiledWriter split a wide
+    table), waveforms its array nodes, whose rows are in event (``seq_num``) order.
+    """
+    parts = _children(getattr(stream, "base", stream))
+    tables = [parts.pop(k) for k in sorted(parts) if parts[k].structure_family == "table"]
+    if not tables:
+        return None
+    frames = [t.read() for t in tables]
+    raw = {col: frame[col].to_numpy() for frame in frames for col in frame.columns}
+    order = np.argsort(raw["seq_num"], kind="stable")
+    columns: dict[str, np.ndarray] = {}
+    timestamps: dict[str, np.ndarray] = {}
+    for key, values in raw.items():
+        if key.startswith("ts_"):
+            timestamps[key[3:]] = values[order]
+        elif key not in ("seq_num", "time"):
+            columns[key] = values[order]
+    for key, client in parts.items():
+        columns[key] = np.asarray(client.read())
+    return _StoredStream(raw["seq_num"][order], raw["time"][order], columns, timestamps)
 
 
 def stream_columns(stream) -> dict[str, np.ndarray]:
     """A stored event stream as ``{data key: array in event order}`` (the live ``PrimaryData`` layout)."""
-    table, arrays = _stream_table(stream)
-    columns: dict[str, np.ndarray] = {}
-    if table is not None:
-        table = table.sort_values("seq_num")
-        for key in table.columns:
-            if key in ("seq_num", "time") or key.startswith("ts_"):
-                continue
-            columns[key] = table[key].to_numpy()
-    columns.update(arrays)
-    return columns
+    stored = _read_stream(stream)
+    return {} if stored is None else dict(stored.columns)
 
 
 def _value(v):
@@ -79,47 +109,89 @@ def _value(v):
     return v
 
 
-def _stream_documents(stream) -> Iterator[tuple[float, int, str, dict]]:
-    descriptors = sorted(stream.descriptors, key=lambda d: d["time"])
-    for d in descriptors:
-        yield d["time"], 0, "descriptor", dict(d)
-    table, arrays = _stream_table(stream)
-    if table is None:
-        return
-    table = table.sort_values("seq_num").reset_index(drop=True)
-    data_keys = [k for k in table.columns if k not in ("seq_num", "time") and not k.startswith("ts_")]
-    records = table.to_dict(orient="list")
-    for i in range(len(table)):
-        t = float(records["time"][i])
-        seq_num = int(records["seq_num"][i])
-        descriptor = descriptors[0]["uid"]
-        for d in descriptors[1:]:
-            if d["time"] <= t:
-                descriptor = d["uid"]
-        data = {k: _value(records[k][i]) for k in data_keys}
-        data.update({k: arr[i] for k, arr in arrays.items()})
-        timestamps = {k: float(records[f"ts_{k}"][i]) if f"ts_{k}" in records else t for k in data}
+def _per_event(values: np.ndarray) -> list:
+    """A column as one value per event: Python scalars, or the waveform's row (numpy) per event."""
+    if values.ndim > 1:
+        return list(values)
+    if values.dtype.kind == "O":
+        return [_value(v) for v in values]
+    return values.tolist()
+
+
+def _stream_documents(stream, stream_name: str, run_start_uid: str | None, stored: _StoredStream | None):
+    """(time, order, name, document) of the stream's descriptors and events (one dict built per event)."""
+    from bluesky_tiled_plugins.exporters import build_descriptor_docs
+
+    # the same helper as the client's ``stream.descriptors``, without its request for the parent run
+    name = stream.metadata.get("stream_name") or stream_name
+    descriptors = sorted(build_descriptor_docs(dict(stream.metadata), name, run_start_uid), key=lambda d: d["time"])
+    out: list[tuple[float, int, str, dict]] = [(d["time"], 0, "descriptor", dict(d)) for d in descriptors]
+    if stored is None:
+        return out
+    keys = list(stored.columns)
+    times = stored.time.astype(float).tolist()
+    if keys:
+        data_rows = zip(*(_per_event(stored.columns[k]) for k in keys), strict=True)
+        ts_rows = zip(
+            *(stored.timestamps[k].astype(float).tolist() if k in stored.timestamps else times for k in keys),
+            strict=True,
+        )
+    else:  # events without data keys
+        data_rows = ts_rows = [()] * len(times)
+    first = descriptors[0]["uid"]
+    later = [(d["time"], d["uid"]) for d in descriptors[1:]]
+    seq_nums = stored.seq_num.astype(np.int64).tolist()
+    for seq_num, t, row, ts in zip(seq_nums, times, data_rows, ts_rows, strict=True):
+        descriptor = first
+        for d_time, d_uid in later:
+            if d_time <= t:
+                descriptor = d_uid
         event = {
             "uid": f"event-{descriptor}-{seq_num}",
             "descriptor": descriptor,
             "seq_num": seq_num,
             "time": t,
-            "data": data,
-            "timestamps": timestamps,
+            "data": dict(zip(keys, row, strict=True)),
+            "timestamps": dict(zip(keys, ts, strict=True)),
             "filled": {},
         }
-        yield t, 1, "event", event
+        out.append((t, 1, "event", event))
+    return out
 
 
-def run_documents(run) -> Iterator[tuple[str, dict]]:
-    """The run's documents in emission order: start, descriptors and events (by time), stop."""
-    yield "start", dict(run.start)
-    docs = [doc for name in run for doc in _stream_documents(run[name])]
+def _streams(run) -> dict:
+    """The run's event streams by name (sorted), from one search request."""
+    children = _children(run.base)
+    streams = children.get("streams")
+    if streams is not None and "BlueskyEventStream" not in {s.name for s in streams.specs}:
+        children = _children(streams)  # the older layout, with a "streams" namespace
+    return dict(sorted(children.items()))
+
+
+def _stored_documents(run, streams: dict, stored: dict) -> Iterator[tuple[str, dict]]:
+    start = run.metadata["start"]
+    yield "start", dict(start)
+    docs = [
+        doc
+        for name, stream in streams.items()
+        for doc in _stream_documents(stream, name, start.get("uid"), stored[name])
+    ]
     docs.sort(key=lambda x: (x[0], x[1]))
     for _, _, name, doc in docs:
         yield name, doc
     if run.metadata.get("stop") is not None:
-        yield "stop", dict(run.stop)
+        yield "stop", dict(run.metadata["stop"])
+
+
+def run_documents(run) -> Iterator[tuple[str, dict]]:
+    """The run's documents in emission order: start, descriptors and events (by time), stop.
+
+    Each stream is read with one request per table and per waveform (plus one search
+    for its parts); the run's streams with one search.
+    """
+    streams = _streams(run)
+    stored = {name: _read_stream(stream) for name, stream in streams.items()}
+    yield from _stored_documents(run, streams, stored)
 
 
 def replay(catalog: Catalog, uid: str, callbacks: Iterable[Callable[[str, dict], object]] = ()) -> ReplayResult:
@@ -139,8 +211,10 @@ def replay(catalog: Catalog, uid: str, callbacks: Iterable[Callable[[str, dict],
             f"known plans: {', '.join(PLANS)}"
         )
     callbacks = list(callbacks)
+    streams = _streams(run)
+    stored = {name: _read_stream(stream) for name, stream in streams.items()}  # each stream read once
     n_docs = n_events = 0
-    for name, doc in run_documents(run):
+    for name, doc in _stored_documents(run, streams, stored):
         for cb in callbacks:
             cb(name, doc)
         n_docs += 1
@@ -153,12 +227,13 @@ def replay(catalog: Catalog, uid: str, callbacks: Iterable[Callable[[str, dict],
         )
     if stop.get("exit_status") != "success":
         raise ReplayError(f"run {uid} ended with {stop.get('exit_status')}: {stop.get('reason') or 'no reason given'}")
-    if "primary" not in run:
+    if "primary" not in streams:
         raise ReplayError(f"run {uid} has no primary stream to analyse")
-    results = PLANS[plan_name].analyse(stream_columns(run["primary"]), start.get("plan_args", {}))
-    stored = {}
-    if "analysis" in run:
-        cols = stream_columns(run["analysis"])
-        stored = {k: float(v[-1]) for k, v in cols.items()}
+    primary = stored["primary"]
+    columns = {} if primary is None else dict(primary.columns)
+    results = PLANS[plan_name].analyse(columns, start.get("plan_args", {}))
+    stored_results = {}
+    if stored.get("analysis") is not None:
+        stored_results = {k: float(v[-1]) for k, v in stored["analysis"].columns.items()}
     result = {"uid": start["uid"], **results}
-    return ReplayResult(result=result, stored=stored, n_documents=n_docs, n_events=n_events, start=dict(start))
+    return ReplayResult(result=result, stored=stored_results, n_documents=n_docs, n_events=n_events, start=dict(start))
