@@ -124,6 +124,19 @@ def _axis_shapes(lam: np.ndarray, spectra: SpectraParams) -> _AxisShapes:
     return shapes
 
 
+def _logsumexp_rows(x: np.ndarray) -> np.ndarray:
+    """``scipy.special.logsumexp(x, axis=-1)`` of a 2-D array: the same arithmetic (the maximum taken
+    out of the sum, ``log1p``), bit for bit, without its array-API dispatch (~0.1 ms a call)."""
+    if not np.all(np.isfinite(x)):
+        return logsumexp(x, axis=-1)
+    top = x.max(axis=-1, keepdims=True)
+    at_top = x == top
+    m = at_top.sum(axis=-1, keepdims=True, dtype=x.dtype)
+    s = np.exp(np.where(at_top, -np.inf, x) - top).sum(axis=-1, keepdims=True, dtype=x.dtype)
+    s = np.where(s == 0, s, s / m)
+    return (np.log1p(s) + np.log(m) + top)[:, 0]
+
+
 def _node_intensities(lam, fluences_uJ_cm2, stripe_length_um, doping, sample: Sample, setup: SetupParams):
     """Intensity per pixel (spectral density x pixel meV width) at each jitter node's fluence: (nodes, pixels).
 
@@ -140,7 +153,7 @@ def _node_intensities(lam, fluences_uJ_cm2, stripe_length_um, doping, sample: Sa
     spont = st.spontaneous[:, col]
     log_i = _amplified(spont * shapes.pl, phi / length, length)
     # shared gain saturation acts on the band-integrated guided output of each node
-    log_total = logsumexp(log_i + shapes.log_widths, axis=-1)
+    log_total = _logsumexp_rows(log_i + shapes.log_widths)
     total = saturate(log_total, film.saturation_intensity)
     guided = np.exp(log_i - log_total[:, col]) * total[:, col]
     unguided = setup.unguided_pl_collection * spont * length * shapes.pl
