@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import bluesky.plans as bp
 import pytest
 from bluesky import RunEngine
@@ -51,3 +53,98 @@ def test_an_unreachable_catalog_error_never_shows_the_key(tmp_path):
     message = str(info.value)
     assert "cannot reach the catalog" in message
     assert "SECRETKEY123" not in message and "OTHERKEY456" not in message
+
+
+# ------------------------------------------------------------------ the writer's guard, the backup upload
+def _composed_run(n_events: int = 4, *, stop: bool = True, uid: str | None = None) -> list[tuple[str, dict]]:
+    """A small run composed with event_model (no RunEngine needed to make documents)."""
+    import uuid
+
+    from event_model import compose_run
+
+    run = compose_run(uid=uid or str(uuid.uuid4()), time=1.7e9, metadata={"plan_name": "composed"})
+    desc = run.compose_descriptor(name="primary", data_keys={"y": {"source": "test", "dtype": "number", "shape": []}})
+    docs = [("start", run.start_doc), ("descriptor", desc.descriptor_doc)]
+    for k in range(n_events):
+        t = 1.7e9 + k + 1
+        docs.append(("event", desc.compose_event(data={"y": k / 3}, timestamps={"y": t}, seq_num=k + 1, time=t)))
+    if stop:
+        docs.append(("stop", run.compose_stop(time=1.7e9 + n_events + 2)))
+    return docs
+
+
+def _backup(backup_dir, docs, times: int = 1, filename: str | None = None):
+    from bluesky.callbacks.json_writer import JSONLinesWriter
+
+    writer = JSONLinesWriter(str(backup_dir), filename=filename)
+    for _ in range(times):
+        for name, doc in docs:
+            writer(name, doc)
+
+
+def _stored(catalog, uid):
+    from gainloop.replay import run_documents
+
+    return list(run_documents(catalog.run(uid)))
+
+
+def test_a_stored_run_is_not_written_again_by_a_second_writer_or_a_replay(catalog, caplog):
+    RE = RunEngine({})
+    docs = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    first, second = catalog.writer(), catalog.writer()
+    RE.subscribe(first)
+    RE.subscribe(second)  # two writers on one RunEngine
+    backups_before = set(catalog.backup_dir.glob("*.jsonl"))
+    with caplog.at_level("INFO"):
+        (uid,) = RE(bp.count([det], num=5))
+        replay = catalog.writer()
+        for name, doc in docs:  # the same documents again
+            replay(name, doc)
+    assert first.skipped == [] and second.skipped == [uid] and replay.skipped == [uid]
+    assert len(catalog.run(uid)["primary"].read()["det"]) == 5  # rows written once, not twice
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert sum("not written again" in r.getMessage() for r in caplog.records) == 2
+    assert set(catalog.backup_dir.glob("*.jsonl")) == backups_before
+
+
+def test_upload_backup_rewrites_partial_runs_skips_complete_ones_and_is_idempotent(catalog):
+    from bluesky_tiled_plugins import TiledWriter
+
+    from gainloop.backup import upload_backup
+    from tests.faults.scenarios.catalog import compare_run
+
+    partial, absent, complete = _composed_run(), _composed_run(), _composed_run()
+    open_run = _composed_run(stop=False)
+    plain = TiledWriter(catalog.client, batch_size=1)  # the server went away after the 2nd event
+    for name, doc in partial[:4]:
+        plain(name, doc)
+    guarded = catalog.writer()
+    for name, doc in complete:
+        guarded(name, doc)
+    _backup(catalog.backup_dir, partial, times=2)  # the same run backed up twice (repeats are dropped)
+    _backup(catalog.backup_dir, absent, filename="shared.jsonl")  # two runs in one file
+    _backup(catalog.backup_dir, complete, filename="shared.jsonl")
+    _backup(catalog.backup_dir, open_run)
+    assert catalog.stored_state(partial[0][1]["uid"])[0] == "incomplete"
+
+    reports = upload_backup(catalog)
+    actions = {r.uid: r.action for r in reports}
+    assert actions == {
+        partial[0][1]["uid"]: "replaced",
+        absent[0][1]["uid"]: "uploaded",
+        complete[0][1]["uid"]: "skipped",
+        open_run[0][1]["uid"]: "left",
+    }
+    for docs in (partial, absent, complete):
+        assert compare_run(docs, _stored(catalog, docs[0][1]["uid"])) == (0, [])
+    left = f"{open_run[0][1]['uid'].split('-')[0]}.jsonl"
+    assert sorted(p.name for p in catalog.backup_dir.glob("*.jsonl")) == [left]
+    assert len(list((catalog.backup_dir / "uploaded").glob("*.jsonl"))) == 2
+    stored = {d[0][1]["uid"]: _stored(catalog, d[0][1]["uid"]) for d in (partial, absent, complete)}
+
+    again = upload_backup(catalog)
+    assert [(r.uid, r.action) for r in again] == [(open_run[0][1]["uid"], "left")]
+    assert "--include-incomplete" in again[0].detail
+    assert {uid: _stored(catalog, uid) for uid in stored} == stored
+    assert open_run[0][1]["uid"] not in catalog.client
