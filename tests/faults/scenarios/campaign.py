@@ -299,26 +299,34 @@ def _recorded_outcomes(cat, campaign_uid: str) -> set[int]:
 
 
 def _readers(workdir: Path, server, data_dir: Path, campaign_uid: str, run_uid: str) -> dict:
-    """``campaign status``, ``replay`` of the run without a stop document, ``report``: none may crash."""
+    """``campaign status``, ``replay`` of the run without a stop document, ``report``: none may crash.
+
+    ``replay`` runs as a subprocess (its stderr must be one line, no traceback); ``campaign
+    status`` and ``report`` run the same CLI in this process (typer's runner, which reports
+    any exception), to spare two interpreter start-ups.
+    """
+    from typer.testing import CliRunner
+
+    from gainloop.cli import app
+
     env = clean_env(TILED_API_KEY=server.api_key)
-    common = ["--catalog", server.url, "--data-dir", str(data_dir)]
+    common = ["--catalog", server.url, "--data-dir", str(data_dir), "--api-key", server.api_key]
     out: dict = {"checks": {}}
-    status = subprocess.run(
-        _cli("campaign", "status", campaign_uid, *common, "--json"),
-        capture_output=True,
-        text=True,
-        timeout=PROCESS_TIMEOUT_S,
-        env=env,
-    )
-    out["status"] = {"returncode": status.returncode, "stderr": status.stderr[-2000:]}
-    ok = status.returncode == 0
+    runner = CliRunner()
+    status = runner.invoke(app, ["campaign", "status", campaign_uid, *common, "--json"])
+    out["status"] = {"returncode": status.exit_code, "exception": repr(status.exception)}
+    ok = status.exit_code == 0 and status.exception is None
     if ok:
         s = json.loads(status.stdout.strip().splitlines()[-1])
         out["status"]["json"] = s
         ok = s["failures"] >= 1 and s["campaign_uid"] == campaign_uid
     out["checks"]["campaign status counts the interrupted trial as failed"] = ok
     replay = subprocess.run(
-        _cli("replay", run_uid, *common), capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S, env=env
+        _cli("replay", run_uid, "--catalog", server.url, "--data-dir", str(data_dir)),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_S,
+        env=env,
     )
     out["replay"] = {"returncode": replay.returncode, "stderr": replay.stderr[-2000:]}
     out["checks"]["replay of the run says what is wrong in one line"] = replay.returncode not in (
@@ -326,15 +334,11 @@ def _readers(workdir: Path, server, data_dir: Path, campaign_uid: str, run_uid: 
         1,
     ) and _one_line_error(replay.stderr)
     report_dir = workdir / "report"
-    report = subprocess.run(
-        _cli("report", campaign_uid, "--out", str(report_dir), *common),
-        capture_output=True,
-        text=True,
-        timeout=PROCESS_TIMEOUT_S,
-        env=env,
+    report = runner.invoke(app, ["report", campaign_uid, "--out", str(report_dir), *common])
+    out["report"] = {"returncode": report.exit_code, "exception": repr(report.exception)}
+    out["checks"]["report is written"] = (
+        report.exit_code == 0 and report.exception is None and (report_dir / "index.html").is_file()
     )
-    out["report"] = {"returncode": report.returncode, "stderr": report.stderr[-2000:]}
-    out["checks"]["report is written"] = report.returncode == 0 and (report_dir / "index.html").is_file()
     return out
 
 
