@@ -342,19 +342,26 @@ def test_the_command_line_cannot_send_an_over_limit_fluence(server, ioc, tmp_pat
         assert len(cat.client.search(Key("start.plan_name") == "ase_point")) == 0
 
 
-def test_the_config_cannot_raise_the_fluence_above_the_limit(tmp_path):
-    from gainloop.catalog import Catalog
+def test_the_config_cannot_raise_the_fluence_above_the_limit(server, tmp_path):
     from gainloop.config import load_config
 
     path = tmp_path / "gainloop.toml"
-    path.write_text(f"[limits]\nfluence_max_uJ_cm2 = 5000\n[catalog]\ndata_dir = '{tmp_path / 'data'}'\n")
+    path.write_text(
+        "[limits]\nfluence_max_uJ_cm2 = 5000\n"
+        f"[catalog]\nuri = '{server.url}'\napi_key_env = 'GAINLOOP_SECURITY_KEY'\ndata_dir = '{tmp_path / 'data'}'\n"
+    )
     assert load_config(path).limits.fluence_max_uJ_cm2 == 5000  # a valid file on its own...
-    proc = _cli("campaign", "run", "--config", str(path), "--max-trials", "1", env=clean_env())
+    with _catalog(server, tmp_path / "reader") as cat:
+        n_runs = len(cat.client)
+    proc = _cli(
+        "campaign", "run", "--config", str(path), "--max-trials", "1",
+        env=clean_env(GAINLOOP_SECURITY_KEY=server.api_key),
+    )  # fmt: skip
     assert proc.returncode == 2  # ...refused against the bench's limit before anything runs
     assert "exceeds the bench's fluence limit 3000" in proc.stderr.replace("\n", " ")
     assert "Traceback" not in proc.stderr
-    with Catalog(data_dir_path=tmp_path / "data") as cat:
-        assert len(cat.client) == 0  # nothing stored
+    with _catalog(server, tmp_path / "reader") as cat:
+        assert len(cat.client) == n_runs  # nothing stored
 
 
 def test_a_plan_submitted_to_the_queueserver_cannot_send_an_over_limit_fluence(manager):
