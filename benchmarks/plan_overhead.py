@@ -14,6 +14,12 @@ Each figure is the wall time of a run divided by N (the run's open and close are
 included, spread over its N events), after a warm-up run; the paths are timed in
 interleaved rounds and the median round is reported. ``ratio`` = per_acq_ms / bare_count_ms.
 
+For the breakdown, also: ``bp.count([det1, det2, motor1])`` of three ``ophyd.sim``
+devices (the RunEngine's cost of three devices, without the twin), and 2-event runs of
+the twin + writer and the bare count, which split each path into a cost per run (open,
+close; for the writer its HTTP requests to the embedded server) and a cost per event
+(``(T(N) - T(2)) / (N - 2)``): ``ratio_per_event`` is the ratio of long runs.
+
 Replay (``replay_events_per_s``): a ``count`` run of M events (``ophyd.sim`` det +
 motor + a 512-pixel spectrum, the spectrometer's shape) is written into the catalog
 (documents composed with event_model and fed to the writer: M RunEngine events would
@@ -50,7 +56,7 @@ import bluesky.plans as bp
 import event_model
 import numpy as np
 from bluesky import RunEngine
-from ophyd.sim import SynSignal, det, motor
+from ophyd.sim import SynSignal, det, det1, det2, motor, motor1
 
 from gainloop.catalog import Catalog
 from gainloop.replay import run_documents, stream_columns
@@ -68,6 +74,9 @@ PROFILE_SPOTS = {
     "traceback.format_stack (bluesky Plan objects)": ("traceback.py", "format_stack"),
     "TiledWriter (all documents)": ("writing/tiled_writer.py", "__call__"),
     "  of which HTTP requests to the server": ("httpx/_client.py", "request"),
+    "  of which copy.deepcopy (TiledWriter's RunNormalizer)": ("copy.py", "deepcopy"),
+    "ophyd status objects (StatusBase.__init__)": ("ophyd/status.py", "__init__"),
+    "typing.Protocol isinstance checks (bluesky)": ("typing.py", "__instancecheck__"),
 }
 
 
@@ -79,6 +88,10 @@ def _twin_bench(seed: int, exposure_s: float, fluence: float):
     bench.pump.fluence.set(fluence).wait(10)
     bench.pump.shutter.put(1)
     return bench
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def _run_engine(*subscribers) -> RunEngine:
@@ -231,15 +244,26 @@ def main() -> None:
             "bare": (_run_engine(), [det]),
             "twin": (_run_engine(), twin_dets),
             "bare_writer": (_run_engine(cat.writer()), [det]),
+            "three_sim": (_run_engine(), [det1, det2, motor1]),
             "direct": (None, None),
         }
+        short = ("twin_writer", "bare")  # also timed on 2-event runs: cost per run and per event
         for RE, dets in paths.values():  # warm-up: imports, catalog nodes, caches
             _ = _timed_direct(bench, args.warmup) if RE is None else _timed_run(RE, dets, args.warmup)
         per_event: dict[str, list[float]] = {k: [] for k in paths}
+        short_run: dict[str, list[float]] = {k: [] for k in short}
         for _ in range(args.repeats):
             for key, (RE, dets) in paths.items():
                 per_event[key].append(_timed_direct(bench, args.n) if RE is None else _timed_run(RE, dets, args.n))
+                if key in short:
+                    short_run[key].append(2 * _timed_run(RE, dets, 2))
         ms = {k: 1e3 * statistics.median(v) for k, v in per_event.items()}
+        split = {}  # key: (ms per event, ms per run)
+        for key in short:
+            t_n, t_2 = ms[key] * args.n, 1e3 * statistics.median(short_run[key])
+            marginal = (t_n - t_2) / (args.n - 2) if args.n > 2 else math.nan
+            split[key] = (marginal, t_2 - 2 * marginal)
+        per_event_ratio = split["twin_writer"][0] / split["bare"][0]
 
         if args.profile:
             _profile_run(paths["twin_writer"][0], twin_dets, args.n, args.profile_top)
@@ -275,6 +299,13 @@ def main() -> None:
         "twin_direct_ms": ms["direct"],
         "bare_writer_ms": ms["bare_writer"],
         "overhead_ratio": (ms["twin_writer"] - ms["direct"]) / ms["bare"],
+        "three_sim_devices_ms": ms["three_sim"],
+        # (null with --n 2: no events beyond the 2-event run to split on)
+        "per_acq_per_event_ms": _finite_or_none(split["twin_writer"][0]),
+        "per_acq_per_run_ms": _finite_or_none(split["twin_writer"][1]),
+        "bare_count_per_event_ms": _finite_or_none(split["bare"][0]),
+        "bare_count_per_run_ms": _finite_or_none(split["bare"][1]),
+        "ratio_per_event": _finite_or_none(per_event_ratio),
         "replay_reads_events_per_s": read_rate,
         "writer_ingest_events_per_s": ingest_rate,
         "memory_dispatch_events_per_s": memory_rate,
@@ -293,6 +324,7 @@ def main() -> None:
         ("  RunEngine + twin devices, no writer", "twin"),
         ("  RunEngine + ophyd.sim det + TiledWriter", "bare_writer"),
         ("  twin trigger + read, no RunEngine", "direct"),
+        ("  RunEngine + 3 ophyd.sim devices, no writer", "three_sim"),
     ]
     for label, key in rows:
         print(f"{label:<52} {ms[key]:>10.3f}")
@@ -304,6 +336,11 @@ def main() -> None:
         f"(on ophyd.sim det: {ms['bare_writer'] - ms['bare']:.2f} ms)"
     )
     print(f"ratio without the twin's physics, (per_acq - direct) / bare_count: {result['overhead_ratio']:.1f}x")
+    print(
+        f"per run + per event (with 2-event runs): per_acq {split['twin_writer'][1]:.0f} ms + "
+        f"{split['twin_writer'][0]:.2f} ms, bare_count {split['bare'][1]:.1f} ms + {split['bare'][0]:.2f} ms; "
+        f"ratio per event (long runs): {per_event_ratio:.1f}x"
+    )
     print(f"\nreplay of a {args.replay_events}-event run (det + motor + 512-px spectrum), median of {args.repeats}")
     print(f"{'path':<52} {'events/s':>10}")
     print(f"{'Tiled reads + run_documents + callback  [replay]':<52} {replay_rate:>10.3e}")

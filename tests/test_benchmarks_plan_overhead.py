@@ -30,4 +30,8 @@ def test_plan_overhead_prints_finite_positive_figures_on_its_last_line():
         assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, (key, result)
     assert result["ratio"] == pytest.approx(result["per_acq_ms"] / result["bare_count_ms"])
     assert result["replay_events"] == 10 and result["n"] == 2
+    assert math.isfinite(result["three_sim_devices_ms"]) and result["three_sim_devices_ms"] > 0
+    # the per-run / per-event split needs runs longer than the 2-event ones: null, not NaN, at --n 2
+    split = ("per_acq_per_event_ms", "per_acq_per_run_ms", "bare_count_per_event_ms", "ratio_per_event")
+    assert all(key in result and result[key] is None for key in split), result
     assert "ratio per_acq / bare_count" in proc.stdout and "[replay]" in proc.stdout
