@@ -179,7 +179,8 @@ def twin_serve(
         list[str] | None,
         typer.Option(
             "--fault",
-            help="Fault on at start (repeatable): pause, disconnect, stuck_motor, saturated_detector, nan_readback.",
+            help="Fault on at start (repeatable): pause, disconnect, stuck_motor, saturated_detector, nan_readback, "
+            "inf_readback, out_of_range_readback, missing_readback, string_readback.",
         ),
     ] = None,
     disconnect_s: Annotated[

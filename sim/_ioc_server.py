@@ -8,6 +8,10 @@ see their channels disconnect and searches go unanswered) -- waits the IOC's
 ``disconnect_s`` of wall time, then starts a new server on the same port with the
 same PV database and engine, the way an IOC reboot with autosave looks to a client.
 Clients reconnect on their own (caproto and libca re-search disconnected channels).
+
+A reboot (``ioc.reboot_requested``, set by the ``missing_readback`` and
+``string_readback`` faults) is the same for ``ioc.reboot_s``; each server serves
+``ioc.served_pvdb()``, so a reboot can come back with a record missing or mis-typed.
 """
 
 from __future__ import annotations
@@ -94,7 +98,8 @@ async def supervise(
     stop: asyncio.Event,
     on_ready: Callable[[int], None] | None = None,
 ) -> None:
-    """Serve ``ioc.pvdb`` until ``stop`` is set, going dark whenever the IOC asks."""
+    """Serve ``ioc.served_pvdb()`` until ``stop`` is set, going dark whenever the IOC asks
+    (disconnection or reboot)."""
     first = True
     while not stop.is_set():
         if ioc.disconnect_requested.is_set():
@@ -105,10 +110,17 @@ async def supervise(
             await ioc.disconnect_done()
             if stop.is_set():
                 break
-        ctx = _Context(ioc.pvdb, interfaces, port)
+        if ioc.reboot_requested.is_set():
+            log.warning("reboot: PVs gone for %.3g s; back with %s", ioc.reboot_s, ioc.record_fault_note())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), ioc.reboot_s)
+            ioc.reboot_requested.clear()
+            if stop.is_set():
+                break
+        ctx = _Context(ioc.served_pvdb(), interfaces, port)
 
         async def ready(async_lib, ctx=ctx, first=first):
-            log.info("serving %d PVs on %s port %s", len(ioc.pvdb), ",".join(interfaces), ctx.port)
+            log.info("serving %d PVs on %s port %s", len(ctx.pvdb), ",".join(interfaces), ctx.port)
             if on_ready is not None and first:
                 on_ready(ctx.port)
 
@@ -116,15 +128,18 @@ async def supervise(
         run = asyncio.ensure_future(ctx.run(startup_hook=ready))
         stopping = asyncio.ensure_future(stop.wait())
         disconnecting = asyncio.ensure_future(ioc.disconnect_requested.wait())
+        rebooting = asyncio.ensure_future(ioc.reboot_requested.wait())
         try:
-            await asyncio.wait({run, stopping, disconnecting}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({run, stopping, disconnecting, rebooting}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
             disconnecting.cancel()
+            rebooting.cancel()
         if run.done():
             run.result()  # the server failed (e.g. cannot bind): raise it
             return
-        if ioc.disconnect_requested.is_set() and not stop.is_set():
+        going_dark = ioc.disconnect_requested.is_set() or ioc.reboot_requested.is_set()
+        if going_dark and not stop.is_set():
             await asyncio.sleep(_DISCONNECT_GRACE_S)
         await ctx.go_dark()
         run.cancel()

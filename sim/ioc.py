@@ -68,6 +68,20 @@ Faults (``IOC_FAULTS``; switched by the ``SIM:Fault-*`` PVs, int 0/1, or ``--fau
 * ``out_of_range_readback`` (``SIM:Fault-OutOfRange``): ``PUMP:Fluence-RB`` and
   ``PUMP:PulseEnergy-RB`` read negative (a power meter with a wrong zero): a number, but
   not one a fluence can be.
+* ``missing_readback`` (``SIM:Fault-Missing``): the IOC reboots (every circuit closed, the
+  server away for ``REBOOT_S`` of wall time, as under ``disconnect``) and comes back without
+  the record of ``SPEC:Integrated`` -- its database file failed to load: searches for it go
+  unanswered and a client's channel to it stays disconnected, every other PV reconnects.
+  Clearing the fault reboots the IOC again with the record loaded.
+* ``string_readback`` (``SIM:Fault-String``): the IOC reboots with ``SPEC:Integrated``
+  loaded as a ``stringin`` record (native DBR_STRING) instead of an ``ai``: clients
+  reconnect to a PV whose value is text, the integrated counts as the camera software
+  formats them (``'1.234e+05 counts'``). Clearing the fault reboots with the ``ai`` again.
+  (A CA server cannot change a channel's native type under a connected client: a
+  mis-typed record reaches clients only through a reboot, and so it does here.)
+  With both faults on, the record is missing.
+
+A fault PV put to the value it already has changes nothing (no reboot).
 """
 
 from __future__ import annotations
@@ -84,7 +98,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TextIO
 
 import numpy as np
-from caproto import CaprotoError, ChannelType, SkipWrite
+from caproto import CaprotoError, ChannelString, ChannelType, SkipWrite
 from caproto.server import PVGroup, PvpropertyDouble, pvproperty
 
 from devices.config import BenchConfig
@@ -96,6 +110,7 @@ from sim.engine import InterlockError, TwinBench
 __all__ = [
     "DEFAULT_DISCONNECT_S",
     "IOC_FAULTS",
+    "REBOOT_S",
     "SIM_PVS",
     "STRING_MAX",
     "IOCServeError",
@@ -111,6 +126,8 @@ log = logging.getLogger("gainloop.ioc")
 STRING_MAX = 256
 #: Default wall time (s) the PVs stay away under the ``disconnect`` fault.
 DEFAULT_DISCONNECT_S = 5.0
+#: Wall time (s) the PVs stay away while the IOC reboots (``missing_readback``, ``string_readback``).
+REBOOT_S = 0.3
 
 #: Fault name -> (its SIM PV, the engine's fault of that name or None if the IOC's own).
 IOC_FAULTS: dict[str, tuple[str, str | None]] = {
@@ -121,6 +138,8 @@ IOC_FAULTS: dict[str, tuple[str, str | None]] = {
     "nan_readback": ("SIM:Fault-NaN", "nan_readback"),
     "inf_readback": ("SIM:Fault-Inf", None),
     "out_of_range_readback": ("SIM:Fault-OutOfRange", None),
+    "missing_readback": ("SIM:Fault-Missing", None),
+    "string_readback": ("SIM:Fault-String", None),
 }
 _FAULT_ALIASES = {
     "stuck": "stuck_motor",
@@ -128,6 +147,8 @@ _FAULT_ALIASES = {
     "nan": "nan_readback",
     "inf": "inf_readback",
     "out_of_range": "out_of_range_readback",
+    "missing": "missing_readback",
+    "string": "string_readback",
 }
 
 #: The twin-only PVs (relative to the prefix), served besides the bench file's.
@@ -203,6 +224,11 @@ class TwinIOC(PVGroup):
         self.disconnect_requested = asyncio.Event()
         if "disconnect" in self.faults:
             self.disconnect_requested.set()
+        #: set to reboot the IOC (the server goes away for ``reboot_s``), e.g. with a record missing
+        self.reboot_requested = asyncio.Event()
+        self.reboot_s = REBOOT_S
+        # SPEC:Integrated as a mis-typed (stringin) record loads it under ``string_readback``
+        self.integrated_text = ChannelString(value="0 counts", max_length=40)
         self.stage_idle = asyncio.Event()
         self.stage_idle.set()
         self._locks = {k: asyncio.Lock() for k in ("spec", "ta", "stage")}
@@ -330,6 +356,30 @@ class TwinIOC(PVGroup):
 
     def _fault_pv(self, name: str):
         return getattr(self, f"fault_{name}")
+
+    def served_pvdb(self) -> dict[str, Any]:
+        """The PVs the server serves now: ``pvdb`` with ``SPEC:Integrated`` missing
+        (``missing_readback``) or a string record (``string_readback``)."""
+        pvdb = dict(self.pvdb)
+        name = self.integrated.pvname
+        if "missing_readback" in self.faults:
+            del pvdb[name]
+        elif "string_readback" in self.faults:
+            pvdb[name] = self.integrated_text
+        return pvdb
+
+    def record_fault_note(self) -> str:
+        """What the record faults do to ``SPEC:Integrated`` now (for the log of a reboot)."""
+        name = self.integrated.pvname
+        if "missing_readback" in self.faults:
+            return f"{name} not loaded (missing_readback fault)"
+        if "string_readback" in self.faults:
+            return f"{name} loaded as a stringin record (string_readback fault)"
+        return f"{name} loaded as an ai record"
+
+    async def _post_integrated(self, value: float) -> None:
+        await self._w(self.integrated, value)
+        await self._w(self.integrated_text, f"{value:.4g} counts")
 
     async def disconnect_done(self) -> None:
         """Called by the server when it is back after a disconnection."""
@@ -464,7 +514,7 @@ class TwinIOC(PVGroup):
                 inf = "inf_readback" in self.faults
                 counts = np.asarray(acq.counts, dtype=float)
                 await self._w(self.spectrum, np.full_like(counts, math.inf) if inf else counts)
-                await self._w(self.integrated, math.inf if inf else acq.integrated)
+                await self._post_integrated(math.inf if inf else acq.integrated)
                 await self._w(self.peak_wavelength, acq.peak_wavelength_nm)
                 await self._w(self.fwhm, acq.fwhm_nm)
                 await self._w(self.saturated, int(acq.saturated))
@@ -567,6 +617,19 @@ class TwinIOC(PVGroup):
         await self.post_clock_and_pump()
         return on
 
+    async def _put_record_fault(self, name: str, value) -> int:
+        before = self.served_pvdb().get(self.integrated.pvname)
+        on = await self._set_fault(name, value)
+        if self.served_pvdb().get(self.integrated.pvname) is not before:
+            self.reboot_requested.set()
+        return on
+
+    async def _put_fault_missing(self, instance, value):
+        return await self._put_record_fault("missing_readback", value)
+
+    async def _put_fault_string(self, instance, value):
+        return await self._put_record_fault("string_readback", value)
+
 
 def _ioc_class(cfg: BenchConfig) -> type[TwinIOC]:
     """A ``TwinIOC`` subclass whose pvproperties carry the bench file's PV names."""
@@ -655,6 +718,8 @@ def _ioc_class(cfg: BenchConfig) -> type[TwinIOC]:
         "fault_nan_readback": pvproperty(name="SIM:Fault-NaN", value=0, put=T._put_fault_nan),
         "fault_inf_readback": pvproperty(name="SIM:Fault-Inf", value=0, put=T._put_fault_inf),
         "fault_out_of_range_readback": pvproperty(name="SIM:Fault-OutOfRange", value=0, put=T._put_fault_out_of_range),
+        "fault_missing_readback": pvproperty(name="SIM:Fault-Missing", value=0, put=T._put_fault_missing),
+        "fault_string_readback": pvproperty(name="SIM:Fault-String", value=0, put=T._put_fault_string),
     }
     names = [prop.pvspec.name for prop in props.values()]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -749,8 +814,9 @@ def serve(
     for name in ("caproto", "caproto.circ", "caproto.ctx"):
         logging.getLogger(name).addFilter(_QuietRefusals())
     if list_pvs:
-        out.write(f"# {len(ioc.pvdb)} PVs\n")
-        for name in ioc.pvdb:
+        served = ioc.served_pvdb()
+        out.write(f"# {len(served)} PVs\n")
+        for name in served:
             out.write(name + "\n")
         out.flush()
 

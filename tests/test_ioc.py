@@ -54,7 +54,7 @@ def contract_pvs() -> set[str]:
 
 def test_list_pvs_prints_every_pv_of_the_contract(ioc):
     expected = {ioc.pv(name) for name in contract_pvs()}
-    assert len(expected) == 41  # 32 bench PVs + 9 SIM PVs in docs/pvs.md
+    assert len(expected) == 43  # 32 bench PVs + 11 SIM PVs in docs/pvs.md
     listed = {line.strip() for line in ioc.stdout().splitlines() if line.strip() and not line.startswith("#")}
     assert listed == expected
     for name in expected:  # and each answers, with its control metadata (units fit DBR_CTRL's 8 chars)
@@ -366,6 +366,68 @@ def test_fault_inf_and_out_of_range_readbacks(pv):
     caput(pv("PUMP:Fluence-SP"), 0.0)
 
 
+def _answers(name: str) -> bool:
+    try:
+        caget(name, timeout=0.3)
+    except (CaprotoError, OSError):  # no server has it (timeout), or the circuit closing under us
+        return False
+    return True
+
+
+def _native_type(name: str) -> ChannelType | None:
+    """The PV's native type, or None if it does not answer (e.g. while the IOC reboots)."""
+    try:
+        return read(name, repeater=False, timeout=0.5).data_type
+    except (CaprotoError, OSError):
+        return None
+
+
+def test_fault_missing_readback_reboots_without_the_record_and_back(ioc, pv):
+    integrated = pv("SPEC:Integrated")
+    reboots = ioc.stderr().count("reboot: PVs gone")
+    caput(pv("PUMP:Fluence-SP"), 500.0)
+    caput(pv("SPEC:Acquire"), 1, timeout=10)
+    assert _native_type(integrated) == ChannelType.DOUBLE
+    caput(pv("SIM:Fault-Missing"), 1)
+    try:
+        # after the reboot every PV answers again but SPEC:Integrated (searches unanswered)
+        assert wait_for(lambda: _answers(pv("SIM:LabTime")) and not _answers(integrated), 10.0)
+        assert caget(pv("SIM:Fault-Missing")) == 1
+        assert _answers(pv("SPEC:Spectrum")) and _answers(pv("PUMP:Fluence-RB"))
+        caput(pv("SPEC:Acquire"), 1, timeout=10)  # the IOC still measures
+        assert not _answers(integrated)
+        caput(pv("SIM:Fault-Missing"), 1)  # already on: no reboot, still missing
+        assert not _answers(integrated)
+        assert ioc.stderr().count("reboot: PVs gone") == reboots + 1
+        assert f"back with {integrated} not loaded (missing_readback fault)" in ioc.stderr()
+    finally:
+        caput(pv("SIM:Fault-Missing"), 0)
+    assert wait_for(lambda: _answers(integrated), 10.0)  # rebooted with the record loaded
+    assert _native_type(integrated) == ChannelType.DOUBLE
+    assert caget(pv("SIM:Fault-Missing")) == 0
+    assert ioc.stderr().count("reboot: PVs gone") == reboots + 2
+    assert caget(integrated) == pytest.approx(caget(pv("SPEC:Spectrum")).sum(), rel=1e-12)
+    caput(pv("PUMP:Fluence-SP"), 0.0)
+
+
+def test_fault_string_readback_reboots_with_a_string_record_and_back(pv):
+    integrated = pv("SPEC:Integrated")
+    caput(pv("PUMP:Fluence-SP"), 500.0)
+    caput(pv("SIM:Fault-String"), 1)
+    try:
+        assert wait_for(lambda: _native_type(integrated) == ChannelType.STRING, 10.0)
+        caput(pv("SPEC:Acquire"), 1, timeout=10)
+        text = caget(integrated)
+        assert isinstance(text, str) and text.endswith(" counts"), text
+        counts = caget(pv("SPEC:Spectrum")).sum()
+        assert float(text.removesuffix(" counts")) == pytest.approx(counts, rel=1e-3)  # the value, as text
+    finally:
+        caput(pv("SIM:Fault-String"), 0)
+    assert wait_for(lambda: _native_type(integrated) == ChannelType.DOUBLE, 10.0)
+    assert caget(integrated) == pytest.approx(counts, rel=1e-12)
+    caput(pv("PUMP:Fluence-SP"), 0.0)
+
+
 def test_fault_saturated_detector(pv):
     caput(pv("PUMP:Shutter"), 0)
     caput(pv("SPEC:Acquire"), 1, timeout=10)
@@ -403,9 +465,12 @@ def test_fault_pause_hangs_puts_until_unpaused(pv):
 
 def test_fault_disconnect_takes_the_pvs_away_and_back():
     """A second IOC (its own ports) with faults from the command line."""
-    with twin_ioc(EXAMPLE_BENCH, time_scale=SCALE, args=["--fault", "stuck_motor", "--disconnect-s", "1.5"]) as ioc2:
+    args = ["--fault", "stuck_motor", "--fault", "string", "--disconnect-s", "1.5"]
+    with twin_ioc(EXAMPLE_BENCH, time_scale=SCALE, args=args) as ioc2:
         pv = ioc2.pv
         assert caget(pv("SIM:Fault-StuckMotor")) == 1
+        assert caget(pv("SIM:Fault-String")) == 1
+        assert caget(pv("SPEC:Integrated")) == "0 counts"  # served as a string record from the start
         assert caget(pv("SIM:Fault-Disconnect")) == 0
         caput(pv("PUMP:Fluence-SP"), 321.0)
         lab = caget(pv("SIM:LabTime"))
