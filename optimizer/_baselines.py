@@ -7,8 +7,8 @@
 * ``grid`` -- a regular grid: ``n_lengths`` log-spaced stripe lengths x the library levels
   (discrete doping) or ``n_dopings`` evenly spaced dopings (continuous). Played film by
   film -- the mounted film first, then the others by distance from it -- with the stripe
-  lengths snaking up and down so the slit moves little; the k-th attempted trial (not
-  counting abandoned ones) takes the k-th grid point, wrapping round to repeat the grid.
+  lengths snaking up and down so the slit moves little; the k-th trial (abandoned ones
+  included: their points are not proposed again) takes the k-th grid point, wrapping round to repeat the grid.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class _Baseline(Optimizer):
     joint = False
 
     def _attempted(self) -> int:
-        return sum(1 for r in self._results.values() if r.status != "abandoned") + len(self._pending)
+        return len(self._results) + len(self._pending)  # abandoned ones too: never proposed again
 
     def _proposal(self, idx: int, physical: dict, state) -> Proposal:
         params = self._params(physical)

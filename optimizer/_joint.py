@@ -259,7 +259,7 @@ class JointOptimizer(Optimizer):
     def _propose(self, indices: list[int], seed: int) -> list[Proposal]:
         t0 = time.perf_counter()
         state = self.lab_state()
-        attempted = sum(1 for r in self._results.values() if r.status != "abandoned") + len(self._pending)
+        attempted = len(self._results) + len(self._pending)  # abandoned ones too: never proposed again
         n_completed = sum(1 for r in self._results.values() if r.status == "completed")
         design = self._design()
         out: list[Proposal] = []

@@ -215,7 +215,8 @@ class NestedOptimizer(Optimizer):
         return design
 
     def _n_attempted(self) -> int:
-        return sum(1 for r in self._results.values() if r.status != "abandoned") + len(self._pending)
+        # abandoned trials count: their conditions are spent, never proposed again from the design
+        return len(self._results) + len(self._pending)
 
     # ---- proposing --------------------------------------------------------------------
     def _propose(self, indices: list[int], seed: int) -> list[Proposal]:

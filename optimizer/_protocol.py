@@ -12,7 +12,8 @@ Statuses of a result:
 * ``infeasible`` -- measured correctly but nothing to fit: no lasing up to the safe-set
   fluence cap (nested), or the bench could not deliver the fluence (joint). It enters
   the models as constraint information, never as a made-up threshold;
-* ``abandoned`` -- not measured (stopped, skipped).
+* ``abandoned`` -- not measured (stopped, skipped, aborted by the operator); its conditions
+  are spent: the initial design moves past them rather than proposing them again.
 """
 
 from __future__ import annotations

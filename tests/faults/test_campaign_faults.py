@@ -84,6 +84,7 @@ def test_abort_leaves_the_trial_abandoned_and_its_index_spent(run_scenario):
     assert [t["trial_index"] for t in trials] == [0, 1, 2]
     assert trials[1]["status"] == "abandoned" and "operator abort" in trials[1]["reason"]
     assert fig.observed["proposed_after_resume"] == [2]
+    assert fig.observed["aborted_params_proposed_again"] == []
 
 
 def test_three_sigints_end_the_campaign_cleanly(run_scenario):

@@ -509,6 +509,11 @@ def scenario_abort(workdir: Path, env: FaultEnv, *, seed: int = 5, trials: int =
                 proposed_after += [int(i) for i in _columns(rec, "proposals").get("trial_index", [])]
         observed["proposed_after_resume"] = proposed_after
         checks["the aborted index is never proposed again"] = aborted not in proposed_after and bool(proposed_after)
+        aborted_params = t.get("params")
+        observed["aborted_params_proposed_again"] = [
+            u["trial_index"] for u in got if u["trial_index"] != aborted and u["params"] == aborted_params
+        ]
+        checks["the aborted conditions are never proposed again"] = not observed["aborted_params_proposed_again"]
         figures.trials_lost = sum(1 for i in range(trials + 1) if i not in by_index)
         figures.trials_doubled = _doubled(runs_after)
     figures.detail = f"abort during trial {aborted}, resumed to {trials + 1} trials"
