@@ -149,11 +149,11 @@ def _upload_run(catalog: Catalog, run: BackupRun, include_incomplete: bool) -> R
             "pass --include-incomplete to write it as it is"
         )
         return report
-    state, stored_stop = catalog.stored_state(run.uid, timeout_s=30.0)
+    state, stored_stop, reason = catalog.stored_state(run.uid, timeout_s=30.0)
     if state == "unreachable":
         raise CatalogError(
-            f"the catalog at {catalog.location} did not answer while uploading the backup; "
-            "nothing was lost (the files stay in the backup): run the upload again when it is up"
+            f"the catalog at {catalog.location} did not take the backup ({reason}); nothing was lost "
+            "(files not done stay in the backup): run the upload again when it answers"
         )
     if state == "complete":
         if stop is not None and stored_stop.get("uid") == stop.get("uid"):
@@ -172,7 +172,7 @@ def _upload_run(catalog: Catalog, run: BackupRun, include_incomplete: bool) -> R
         report.action = "failed"
         report.detail = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         return report
-    state, stored_stop = catalog.stored_state(run.uid, timeout_s=30.0)
+    state, stored_stop, _ = catalog.stored_state(run.uid, timeout_s=30.0)
     complete = state == "complete" and (stop is None or stored_stop.get("uid") == stop.get("uid"))
     if stop is not None and not complete:
         report.action, report.detail = "failed", f"read back {state}, not complete"

@@ -35,12 +35,13 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import platformdirs
 
 from gainloop.errors import GainloopError
 
-__all__ = ["Catalog", "CatalogError", "CatalogWriter", "RunNotFoundError", "backup_file", "data_dir"]
+__all__ = ["Catalog", "CatalogError", "CatalogWriter", "RunNotFoundError", "StoredState", "backup_file", "data_dir"]
 
 ENV_DATA_DIR = "GAINLOOP_DATA_DIR"
 CHECK_TIMEOUT_S = 2.0  # the per-run "is this uid stored?" request (no retries)
@@ -80,6 +81,14 @@ def data_dir(explicit: str | Path | None = None) -> Path:
     except OSError as exc:
         raise CatalogError(f"cannot create the data folder {p}: {exc}") from None
     return p
+
+
+class StoredState(NamedTuple):
+    """What the catalog holds of one run (``Catalog.stored_state``)."""
+
+    state: str  # "absent", "complete", "incomplete" or "unreachable"
+    stop: dict | None = None  # the stored stop document, when complete
+    reason: str = ""  # why unreachable
 
 
 class Catalog:
@@ -144,29 +153,30 @@ class Catalog:
         return CatalogWriter(self, TiledWriter(self.client, backup_directory=str(self.backup_dir), **kwargs))
 
     # -- what is stored
-    def stored_state(self, uid: str, *, timeout_s: float = CHECK_TIMEOUT_S) -> tuple[str, dict | None]:
-        """``(state, stop document)`` of the run ``uid`` in the catalog, in one request without retries.
+    def stored_state(self, uid: str, *, timeout_s: float = CHECK_TIMEOUT_S) -> StoredState:
+        """What the catalog holds of the run ``uid``, from one request without retries.
 
-        ``state``: ``"absent"``, ``"complete"`` (stored with its stop document),
-        ``"incomplete"`` (stored without one) or ``"unreachable"`` (no answer, or an error).
+        ``state``: ``"absent"``, ``"complete"`` (stored with its stop document, in ``stop``),
+        ``"incomplete"`` (stored without one) or ``"unreachable"`` (no answer or an error,
+        said in ``reason``).
         """
         import httpx
 
         url = f"{self.client.uri.rstrip('/')}/{uid}"
         try:
             response = self.client.context.http_client.get(url, timeout=timeout_s)
-        except httpx.HTTPError:
-            return "unreachable", None
+        except httpx.HTTPError as exc:
+            return StoredState("unreachable", reason=f"no answer: {type(exc).__name__}")
         if response.status_code == 404:
-            return "absent", None
+            return StoredState("absent")
         if response.status_code != 200:
-            return "unreachable", None
+            return StoredState("unreachable", reason=f"HTTP {response.status_code} {response.reason_phrase}")
         try:
             metadata = response.json()["data"]["attributes"]["metadata"] or {}
         except (ValueError, KeyError, TypeError):
-            return "unreachable", None
+            return StoredState("unreachable", reason="an answer that is not a Tiled node")
         stop = metadata.get("stop")
-        return ("complete", stop) if stop else ("incomplete", None)
+        return StoredState("complete", stop=stop) if stop else StoredState("incomplete")
 
     def upload_hint(self) -> str:
         """The command that writes this catalog's backup into it (no API key in it)."""
@@ -235,14 +245,14 @@ class CatalogWriter:
 
     def _factory(self, name: str, start: dict):
         uid = start["uid"]
-        state, _ = self.catalog.stored_state(uid)
-        if state == "absent":
+        stored = self.catalog.stored_state(uid)
+        if stored.state == "absent":
             return [_ToTiled(self, uid)], []
-        if state == "complete":
+        if stored.state == "complete":
             return [_Drop(self, uid)], []
-        if state == "incomplete":
+        if stored.state == "incomplete":
             return [_HoldUntilStop(self, uid)], []
-        return [_ToBackup(self, uid)], []
+        return [_ToBackup(self, uid, stored.reason)], []
 
     # -- notes, one line each
     def _note_backed_up(self, uid: str, why: str) -> None:
@@ -294,8 +304,8 @@ class _HoldUntilStop:
         self.docs.append((name, doc))
         if name != "stop":
             return
-        state, stop = self.owner.catalog.stored_state(self.uid)
-        if state == "complete" and stop.get("uid") == doc.get("uid"):
+        stored = self.owner.catalog.stored_state(self.uid)
+        if stored.state == "complete" and stored.stop.get("uid") == doc.get("uid"):
             self.owner._note_skipped(self.uid, "was written by another writer")
             return
         from bluesky.callbacks.json_writer import JSONLinesWriter
@@ -310,16 +320,17 @@ class _HoldUntilStop:
 class _ToBackup:
     """The server did not answer at the run's start: every document goes to the backup file."""
 
-    def __init__(self, owner: CatalogWriter, uid: str) -> None:
+    def __init__(self, owner: CatalogWriter, uid: str, reason: str) -> None:
         from bluesky.callbacks.json_writer import JSONLinesWriter
 
-        self.owner, self.uid = owner, uid
+        self.owner, self.uid, self.reason = owner, uid, reason
         self.backup = JSONLinesWriter(str(owner.catalog.backup_dir), filename=backup_file(Path("."), uid).name)
 
     def __call__(self, name: str, doc: dict) -> None:
         self.backup(name, doc)
         if name == "stop":
-            self.owner._note_backed_up(self.uid, f"the catalog at {self.owner.catalog.location} did not answer")
+            where = self.owner.catalog.location
+            self.owner._note_backed_up(self.uid, f"the catalog at {where} did not take it ({self.reason})")
 
 
 class _ConnectionFailureFilter(logging.Filter):
