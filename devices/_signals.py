@@ -8,7 +8,9 @@
   right after a completed put or acquisition never returns the previous value;
   subscribing still turns monitoring on (ophyd does that);
 * ``read()`` of a measurement (``nan_ok=False``) raises ``ReadbackError`` on NaN, inf, text,
-  no value or a value below its ``minimum``; a PV that is gone raises it too;
+  no value or a value below its ``minimum``; a PV that is gone (disconnected, or missing
+  from an IOC that rebooted without its record) raises it too, naming the PV;
+  ``fresh_measurement(signal)`` does the same for a value read right after an acquisition;
 * ``set()`` checks the value against the bench file (``check=``; ``LimitError``,
   nothing sent), then writes with completion and returns a status that fails
   with ``PutRefusedError`` (the IOC's reason) if the IOC refuses, or
@@ -26,7 +28,7 @@ from ._ca import Completion, put_notify
 from ._checks import Check, require_finite
 from ._errors import ReadbackError
 
-__all__ = ["DEFAULT_PUT_TIMEOUT_S", "BenchSignal", "BenchSignalRO", "ContractReadings"]
+__all__ = ["DEFAULT_PUT_TIMEOUT_S", "BenchSignal", "BenchSignalRO", "ContractReadings", "fresh_measurement"]
 
 #: Timeout of a put whose completion is immediate on the bench (setpoints), s.
 DEFAULT_PUT_TIMEOUT_S = 10.0
@@ -66,7 +68,7 @@ class ContractReadings:
         try:
             reading = super().read()
         except (TimeoutError, DisconnectedError) as exc:  # a PV gone (disconnected, or no answer)
-            raise ReadbackError(f"{self.name} ({self._reading_source()}) is missing from the reading: {exc}") from exc
+            raise _missing(self, exc) from exc
         if self.name not in reading:
             raise ReadbackError(f"{self.name} ({self._reading_source()}) is missing from the reading")
         if not self._nan_ok:
@@ -82,6 +84,27 @@ class ContractReadings:
             # rejected ndarray candidate as text on every event (10 ms for a 512-px spectrum)
             reading[self.name]["value"] = value.tolist()
         return reading
+
+
+def _missing(signal, exc: BaseException) -> ReadbackError:
+    source = signal._reading_source() if hasattr(signal, "_reading_source") else getattr(signal, "pvname", "?")
+    return ReadbackError(
+        f"{signal.name} ({source}) is missing: no reading, the PV is not connected or did not answer "
+        f"(gone from the IOC, or the IOC is away) ({exc})"
+    )
+
+
+def fresh_measurement(signal, what: str | None = None):
+    """``signal``'s value read from its PV now (not a monitor's), checked as a measurement: raises
+    ``ReadbackError`` naming the PV and what was read if the PV is gone (missing) or the value is
+    text, no value, NaN, inf or below the signal's minimum."""
+    what = what or f"{signal.name} ({getattr(signal, 'pvname', '?')})"
+    try:
+        value = signal.get(use_monitor=False)
+    except (TimeoutError, DisconnectedError) as exc:
+        raise _missing(signal, exc) from exc
+    require_finite(value, what, minimum=getattr(signal, "_minimum", None), unit=getattr(signal, "_units", None) or "")
+    return value
 
 
 class _BenchMixin(ContractReadings):

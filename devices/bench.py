@@ -28,8 +28,10 @@ How faults surface: a setpoint outside the bench file's limits (or NaN) raises
 status with ``PutRefusedError`` carrying the IOC's reason; an operation that does
 not complete in time (stuck motor, paused IOC) fails with ``DeviceTimeoutError``;
 an acquisition whose readbacks are NaN fails its trigger status with
-``ReadbackError`` (and reading a NaN measurement raises it); a saturated
-spectrum is data (``saturated`` = 1), not an error.
+``ReadbackError`` (and reading a NaN measurement raises it), as do readbacks that
+are inf, text (a PV served as a string record), below their minimum (a negative
+fluence) or missing (a PV gone from the IOC) -- each error names the PV and what
+was read; a saturated spectrum is data (``saturated`` = 1), not an error.
 """
 
 from __future__ import annotations
@@ -58,10 +60,9 @@ from ._checks import (
     check_pump_excitons,
     check_sample_id,
     check_slit,
-    require_finite,
 )
 from ._errors import BenchConnectionError, DeviceTimeoutError, ReadbackError
-from ._signals import BenchSignal, BenchSignalRO
+from ._signals import BenchSignal, BenchSignalRO, fresh_measurement
 from .config import BenchConfig, LibraryEntry, load_bench
 
 __all__ = [
@@ -423,11 +424,11 @@ class Spectrometer(_Triggered):
     saturated = FCpt(BenchSignalRO, "{_pv[saturated]}")
 
     def trigger(self):
-        """Acquire one spectrum; fails with ``ReadbackError`` if the counts come back NaN."""
+        """Acquire one spectrum; fails with ``ReadbackError`` if the counts come back NaN, inf, text or missing."""
 
         def check() -> None:
-            require_finite(self.integrated.get(use_monitor=False), f"{self.name}_integrated ({self.integrated.pvname})")
-            require_finite(self.spectrum.get(use_monitor=False), f"{self.name}_spectrum ({self.spectrum.pvname})")
+            fresh_measurement(self.integrated)
+            fresh_measurement(self.spectrum)
 
         return self._acquire(self.acquire, check, self.bench_config.spectrometer.acquire_timeout_s)
 
@@ -465,10 +466,10 @@ class TransientAbsorption(_Triggered):
     signal = FCpt(BenchSignalRO, "{_pv[signal]}", units=UNITS["signal"], nan_ok=False, kind="hinted")
 
     def trigger(self):
-        """Average the probe; fails with ``ReadbackError`` if d(alpha)/alpha0 comes back NaN."""
+        """Average the probe; fails with ``ReadbackError`` if d(alpha)/alpha0 comes back NaN, inf, text or missing."""
 
         def check() -> None:
-            require_finite(self.signal.get(use_monitor=False), f"{self.name}_signal ({self.signal.pvname})")
+            fresh_measurement(self.signal)
 
         return self._acquire(self.acquire, check, self.bench_config.spectrometer.acquire_timeout_s)
 

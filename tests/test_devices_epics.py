@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ from devices import (
 )
 from sim.devices import twin_bench_devices
 
+from .faults.scenarios.devices import fast_ca_searches, reboot_ioc
 from .ioc_helpers import EXAMPLE_BENCH, ca_environment, caget, caput, free_port, twin_ioc
 
 SCALE = 1e4
@@ -334,6 +336,40 @@ def test_inf_and_negative_readbacks_are_read_errors(RE, ioc, bench):
         bench.pump.read()
     caput(ioc.pv("SIM:Fault-OutOfRange"), 0)
     assert bench.pump.read()["pump_fluence"]["value"] == pytest.approx(500.0, rel=0.05)
+
+
+def test_string_and_missing_readbacks_are_read_errors_naming_the_pv(RE):
+    """The IOC reboots with SPEC:Integrated as a string record, then without it: the trigger fails and a
+    read raises, each naming the PV and what was read; cleared, the same devices measure again."""
+    with fast_ca_searches(), ioc_and_bench(time_scale=1000.0) as (ioc, bench):
+        integrated = ioc.pv("SPEC:Integrated")
+        RE(bps.mv(bench.pump.shutter, 1, bench.pump.fluence, 500.0))
+        reboot_ioc(ioc, bench, "SIM:Fault-String", 1)
+        with pytest.raises(FailedStatus) as err:
+            RE(bp.count([bench.spectrometer]))
+        exc = err.value.__cause__
+        assert isinstance(exc, ReadbackError)
+        assert re.fullmatch(
+            rf"spectrometer_integrated \({integrated}\) read back '[0-9.e+]+ counts': not a number .*", str(exc)
+        ), exc
+        with pytest.raises(ReadbackError, match=r"read back '[0-9.e+]+ counts': not a number"):
+            bench.spectrometer.read()
+        reboot_ioc(ioc, bench, "SIM:Fault-String", 0)
+        reboot_ioc(ioc, bench, "SIM:Fault-Missing", 1, missing="SPEC:Integrated")
+        with pytest.raises(FailedStatus) as err:
+            RE(bp.count([bench.spectrometer]))
+        exc = err.value.__cause__
+        assert isinstance(exc, ReadbackError)
+        assert str(exc).startswith(f"spectrometer_integrated ({integrated}) is missing: no reading"), exc
+        with pytest.raises(ReadbackError, match=rf"spectrometer_integrated \({integrated}\) is missing"):
+            bench.spectrometer.read()
+        bench.pump.read()  # the other PVs are back
+        reboot_ioc(ioc, bench, "SIM:Fault-Missing", 0)
+        (ev,) = _events(_collect(RE, bp.count([bench.spectrometer])))
+        counts = ev["data"]["spectrometer_integrated"]
+        assert math.isfinite(counts) and counts == pytest.approx(sum(ev["data"]["spectrometer_spectrum"]), rel=1e-9)
+        RE(bps.mv(bench.slit, 1500.0))  # the slit's monitors are back too
+        assert bench.slit.position == pytest.approx(1500.0)
 
 
 @pytest.mark.parametrize("value", ["n/a", None, b"1.0", [], {"x": 1}])

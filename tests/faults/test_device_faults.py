@@ -37,7 +37,10 @@ def test_stuck_slit_motor_fails_the_run_and_the_breaker_stops_the_campaign(run_s
 def test_bad_readbacks_never_reach_the_optimiser_and_proposals_stay_in_bounds(run_scenario):
     figures = run_scenario(scenario_bad_readbacks)
     assert _failed(figures) == [], figures.detail
-    assert len(figures.checks) == 2 * 3 + 4
+    assert len(figures.checks) == 2 * 5 + 4  # NaN, inf, missing, string, out-of-range; recovery
+    kinds = {name.split(":")[1] for name in figures.checks if name.startswith("SIM:")}
+    assert kinds == {"Fault-NaN", "Fault-Inf", "Fault-Missing", "Fault-String", "Fault-OutOfRange"}
+    assert "is missing: no reading" in figures.detail and " counts': not a number" in figures.detail
     assert figures.ok and figures.trials_lost == 0
 
 

@@ -9,10 +9,13 @@ campaign plan with a real optimiser. None needs PostgreSQL or Redis.
   exit_status "fail" and a reason naming the motor and the timeout; a campaign with the
   fault on is stopped by its breaker after 5 trials, saying why; no failed trial reaches
   the optimiser's training data.
-* ``bad_readbacks``: NaN, inf and negative (out-of-range) readbacks from the IOC. Every
-  trial is recorded failed with a reason naming the bad value; the optimiser's training
-  tensors hold only finite values of completed trials; the next proposals (after the
-  fault is cleared and trials complete) stay inside the search space.
+* ``bad_readbacks``: NaN, inf, missing, text (string) and negative (out-of-range) readbacks
+  from the IOC, one campaign trial under each. Every trial is recorded failed with a reason
+  naming the PV or the bad value; the optimiser's training tensors hold only finite values of
+  completed trials; the next proposals (after the faults are cleared and trials complete)
+  stay inside the search space. Missing and string readbacks come from IOC reboots (the
+  record of ``SPEC:Integrated`` not loaded, or loaded as a ``stringin``): the scenario waits
+  until the bench's devices have reconnected (``reboot_ioc``) before the next trial.
 * ``interlock_every_plan``: the interlock permit or the pump power drops during an
   exposure of each of the eight acquiring plans (in-process twin): each run completes,
   every stream's seq_num runs 1..n, the touched exposure is taken again, the
@@ -23,6 +26,7 @@ campaign plan with a real optimiser. None needs PostgreSQL or Redis.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import threading
@@ -36,6 +40,8 @@ from . import FaultEnv, FaultFigures
 
 __all__ = [
     "SCENARIOS",
+    "fast_ca_searches",
+    "reboot_ioc",
     "scenario_bad_readbacks",
     "scenario_interlock_every_plan",
     "scenario_interlock_ioc",
@@ -224,18 +230,87 @@ def scenario_stuck_motor(workdir: Path, env: FaultEnv | None = None, *, seed: in
 
 
 # --------------------------------------------------------------------------------- 6: bad readbacks
-#: IOC fault PV -> what the reason must name.
+#: IOC fault PV -> what the trial's reason must say, in order ({integrated}: the full name of SPEC:Integrated).
 BAD_READBACKS = {
-    "SIM:Fault-NaN": "read back nan",
-    "SIM:Fault-Inf": "read back inf",
-    "SIM:Fault-OutOfRange": "below 0 uJ/cm^2",
+    "SIM:Fault-NaN": ("ReadbackError: spectrometer_integrated ({integrated}) read back nan",),
+    "SIM:Fault-Inf": ("ReadbackError: spectrometer_integrated ({integrated}) read back inf",),
+    "SIM:Fault-Missing": ("ReadbackError: spectrometer_integrated ({integrated}) is missing: no reading",),
+    "SIM:Fault-String": ("ReadbackError: spectrometer_integrated ({integrated}) read back '", " counts': not a number"),
+    "SIM:Fault-OutOfRange": ("ReadbackError: pump_fluence (", "PUMP:Fluence-RB) read back -", "below 0 uJ/cm^2"),
 }
+#: The faults that reboot the IOC (on and off), and the PV each leaves disconnected while on.
+REBOOTING_FAULTS = {"SIM:Fault-Missing": "SPEC:Integrated", "SIM:Fault-String": None}
+#: Recovery trials once the faults are cleared.
+RECOVERY_TRIALS = 2
+
+
+@contextlib.contextmanager
+def fast_ca_searches(max_interval_s: float = 0.5):
+    """Cap caproto's client search back-off (``CAPROTO_CLIENT_MAX_RETRY_SEARCHES_INTERVAL_SEC``, 5 s)
+    inside the block. After an IOC reboot caproto's threading client re-sends the lost PVs' searches
+    only once its doubling interval has reached that cap (~8 s with the default); at 0.5 s the bench
+    reconnects about 1.3 s after the IOC is back. Read live by caproto's search thread."""
+    from caproto.client import common
+
+    saved = common.MAX_RETRY_SEARCHES_INTERVAL
+    common.MAX_RETRY_SEARCHES_INTERVAL = float(max_interval_s)
+    try:
+        yield
+    finally:
+        common.MAX_RETRY_SEARCHES_INTERVAL = saved
+
+
+def reboot_ioc(ioc, bench, fault_pv: str, value: int, *, missing: str | None = None, timeout_s: float = 30.0):
+    """Put ``fault_pv`` (a fault that reboots the IOC) and wait until the bench's devices saw their PVs go and
+    come back -- every signal connected again except the one of PV ``missing`` -- and the slit's monitors
+    (done-move, readback) post again: a move started before its done-move monitor is back would miss the
+    move's start. Raises ``TimeoutError`` saying what did not come back."""
+    from tests.ioc_helpers import caput
+
+    gone = ioc.pv(missing) if missing else None
+    signals = [
+        w.item
+        for dev in bench.devices().values()
+        for w in dev.walk_signals()
+        if gone is None or getattr(w.item, "pvname", None) != gone
+    ]
+    monitors = {"dmov": 0, "rbv": 0}
+    subs = [
+        (
+            bench.slit.motor_done_move,
+            bench.slit.motor_done_move.subscribe(lambda **kw: _bump(monitors, "dmov"), run=False),
+        ),
+        (bench.slit.user_readback, bench.slit.user_readback.subscribe(lambda **kw: _bump(monitors, "rbv"), run=False)),
+    ]
+    probe = bench.spectrometer.acquire
+    deadline = time.monotonic() + timeout_s
+    try:
+        caput(ioc.pv(fault_pv), value)
+        while probe.connected:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{fault_pv} = {value}: the IOC did not reboot within {timeout_s:g} s")
+            time.sleep(0.005)
+        dark = dict(monitors)
+        while not (all(s.connected for s in signals) and all(monitors[k] > dark[k] for k in monitors)):
+            if time.monotonic() > deadline:
+                away = [s.name for s in signals if not s.connected]
+                raise TimeoutError(
+                    f"{fault_pv} = {value}: not back from the reboot within {timeout_s:g} s: {away or 'slit monitors'}"
+                )
+            time.sleep(0.005)
+    finally:
+        for sig, cid in subs:
+            sig.unsubscribe(cid)
+
+
+def _bump(counts: dict, key: str) -> None:
+    counts[key] += 1
 
 
 def scenario_bad_readbacks(workdir: Path, env: FaultEnv | None = None, *, seed: int = 1) -> FaultFigures:
-    """NaN, inf and negative readbacks from the IOC: every trial measured under them is recorded failed
-    with a reason naming the bad value, none reaches the optimiser; once the fault is cleared trials
-    complete and the next proposals stay in the search space."""
+    """NaN, inf, missing, string and negative readbacks from the IOC: the trial measured under each is
+    recorded failed with a reason naming the PV or the bad value, none reaches the optimiser; once the
+    faults are cleared trials complete and the next proposals stay in the search space."""
     from bluesky import RunEngine
 
     from devices import connect_bench, load_bench
@@ -245,33 +320,47 @@ def scenario_bad_readbacks(workdir: Path, env: FaultEnv | None = None, *, seed: 
     path = bench_file(workdir, prefix=prefix)
     checks: dict[str, bool] = {}
     reasons: dict[str, str] = {}
-    with twin_ioc(path, time_scale=1000.0, prefix=prefix, args=["--seed", str(seed)]) as ioc:
+    with fast_ca_searches(), twin_ioc(path, time_scale=1000.0, prefix=prefix, args=["--seed", str(seed)]) as ioc:
         bench = connect_bench(load_bench(path))
         try:
             opt = _optimizer(bench, seed)
             done = 0
             for pv, named in BAD_READBACKS.items():
-                caput(ioc.pv(pv), 1)
+                pattern = ".*".join(re.escape(part.format(integrated=ioc.pv("SPEC:Integrated"))) for part in named)
+                rebooting = pv in REBOOTING_FAULTS
+                if rebooting:
+                    reboot_ioc(ioc, bench, pv, 1, missing=REBOOTING_FAULTS[pv])
+                else:
+                    caput(ioc.pv(pv), 1)
                 try:
                     RE = RunEngine({}, call_returns_result=True)
                     RE(_campaign_plan(bench, opt, max_trials=done + 1, breaker_min_trials=100))
                 finally:
-                    caput(ioc.pv(pv), 0)
+                    if rebooting:
+                        reboot_ioc(ioc, bench, pv, 0)
+                    else:
+                        caput(ioc.pv(pv), 0)
                 done += 1
                 last = opt.history()[-1]
                 reasons[pv] = last.reason
-                checks[f"{pv}: failed, reason names the value"] = last.status == "failed" and named in last.reason
+                checks[f"{pv}: failed, reason names the value"] = (
+                    len(opt.history()) == done
+                    and last.status == "failed"
+                    and re.search(pattern, last.reason) is not None
+                )
                 n_rows, finite = _training_finite(opt)
                 checks[f"{pv}: nothing reaches the optimiser"] = n_rows == 0 and finite
-            # the fault cleared: trials are measured again (completed, or infeasible with a reason), the
+            # the faults cleared: trials are measured again (completed, or infeasible with a reason), the
             # model sees only the finite values of the completed ones
             RE = RunEngine({}, call_returns_result=True)
-            RE(_campaign_plan(bench, opt, max_trials=done + 3, breaker_min_trials=100))
+            RE(_campaign_plan(bench, opt, max_trials=done + RECOVERY_TRIALS, breaker_min_trials=100))
             recovered = opt.history()[done:]
             completed = [r for r in opt.history() if r.status == "completed"]
             n_rows, finite = _training_finite(opt)
             checks["recovered: trials measured again"] = (
-                len(recovered) == 3 and all(r.status != "failed" for r in recovered) and len(completed) >= 1
+                len(recovered) == RECOVERY_TRIALS
+                and all(r.status != "failed" for r in recovered)
+                and len(completed) >= 1
             )
             checks["training data: only completed trials, all finite"] = n_rows == len(completed) and finite
             proposals = opt.suggest(3)
@@ -281,7 +370,7 @@ def scenario_bad_readbacks(workdir: Path, env: FaultEnv | None = None, *, seed: 
             bench.destroy()
     failed = sum(1 for r in opt.history() if r.status == "failed")
     lost = 0 if failed == len(BAD_READBACKS) else abs(failed - len(BAD_READBACKS))
-    detail = "; ".join(f"{pv.split('-')[-1]}: {why[:70]}" for pv, why in reasons.items())
+    detail = "; ".join(f"{pv.split('-')[-1]}: {why[:160]}" for pv, why in reasons.items())
     detail += "; then: " + ", ".join(f"{r.status} {r.reason[:60]}" for r in opt.history()[len(BAD_READBACKS) :])
     return FaultFigures(fault="bad_readbacks", trials_lost=lost, checks=checks, detail=detail)
 
