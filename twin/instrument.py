@@ -109,6 +109,8 @@ class _AxisShapes:
         self.absorption = absorption_shape(lam, spectra)
         self.widths = energy_bin_widths_meV(lam)
         self.log_widths = np.log(self.widths)
+        for name in self.__slots__:  # shared by every acquisition on this axis
+            getattr(self, name).setflags(write=False)
 
 
 _SHAPES: dict[tuple, _AxisShapes] = {}
@@ -141,7 +143,10 @@ def _node_intensities(lam, fluences_uJ_cm2, stripe_length_um, doping, sample: Sa
     """Intensity per pixel (spectral density x pixel meV width) at each jitter node's fluence: (nodes, pixels).
 
     The same model as ``twin.spectra.emission_spectrum`` evaluated at every node in one
-    pass (one ``stripe_gain`` over the node fluences; line shapes cached per axis).
+    pass (one ``stripe_gain`` over the node fluences; line shapes cached per axis). Equal to
+    float64 round-off (``stripe_gain``'s quadrature is one matrix-vector product here, seven dot
+    products node by node); the seeded acquisitions' counts are the same
+    (tests/test_instrument_nodes.py).
     """
     shapes = _axis_shapes(lam, sample.spectra)
     st = stripe_gain(fluences_uJ_cm2, stripe_length_um, doping, sample, setup)  # arrays of shape (nodes,)
