@@ -30,6 +30,7 @@ import json
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -158,6 +159,19 @@ def _listening(pids: set[int]) -> set[tuple[str, int]]:
     return found
 
 
+def _watch_listening(proc: subprocess.Popen, found: set[tuple[str, int]]) -> None:
+    """Add every (address, port) a process or its children listen on to ``found``, until it exits."""
+    import psutil
+
+    parent = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            found |= _listening({proc.pid} | {c.pid for c in parent.children(recursive=True)})
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def work(server, ioc, manager, tmp_path_factory):
     """What the secrets grep looks through: a measurement (CLI, on the IOC), a campaign (queueserver,
@@ -169,58 +183,62 @@ def work(server, ioc, manager, tmp_path_factory):
     client_env = clean_env(TILED_API_KEY=server.api_key)
     outputs: dict[str, str] = {}
 
-    measure = _cli(
-        "measure", "ase_fluence_scan", "--sample", SAMPLE, "--bench", str(EXAMPLE_BENCH), "--catalog", server.url,
-        "--data-dir", str(root / "measure"), "--json", env=client_env,
-    )  # fmt: skip
-    assert measure.returncode == 0, measure.stderr
-    outputs["measure"] = measure.stdout + measure.stderr
-
-    campaign = BPlan("campaign_plan", max_trials=2, seed=3)
-    campaign.meta = {"note": CANARY}  # into every run's start document
-    item = _run_item(manager, campaign)
-    assert item["result"]["exit_status"] == "completed", item["result"]["msg"] + item["result"]["traceback"]
-
-    with _catalog(server, root / "reader") as cat:
-        starts = [dict(cat.run(uid).metadata["start"]) for uid in item["result"]["run_uids"]]
-    campaign_uid = next(s["campaign_uid"] for s in starts if s["plan_name"] == "campaign")
-    report = _cli(
-        "report", campaign_uid, "--out", str(root / "report"), "--catalog", server.url,
-        "--data-dir", str(root / "report-data"), env=client_env,
-    )  # fmt: skip
-    assert report.returncode == 0, report.stderr
-    outputs["report"] = report.stdout + report.stderr
-
-    # a sweep whose catalog and key variable come from the config; its Dask servers watched as it runs
+    # started together (independent processes), the report once the campaign is stored:
+    # a sweep whose catalog and key variable come from the config, its Dask servers watched as it runs
     config = root / "gainloop.toml"
     config.write_text(f"[catalog]\nuri = '{server.url}'\napi_key_env = 'GAINLOOP_SECURITY_KEY'\n")
-    sweep_log = root / "sweep.txt"
-    with sweep_log.open("w") as log:
-        proc = subprocess.Popen(
+    sweep_out, sweep_err = root / "sweep-stdout.txt", root / "sweep-stderr.txt"
+    with sweep_out.open("w") as out, sweep_err.open("w") as err:
+        sweep_proc = subprocess.Popen(
             [sys.executable, "-m", "gainloop.cli", "sweep", "--config", str(config), "--strategies", "random",
              "--seeds", "0", "--max-trials", "1", "--workers", "1", "--data-dir", str(root / "sweep"), "--json"],
-            stdout=log, stderr=subprocess.STDOUT, env=clean_env(GAINLOOP_SECURITY_KEY=server.api_key),
+            stdout=out, stderr=err, env=clean_env(GAINLOOP_SECURITY_KEY=server.api_key),
         )  # fmt: skip
-    import psutil
-
     dask_listening: set[tuple[str, int]] = set()
-    parent = psutil.Process(proc.pid)
-    while proc.poll() is None:
-        try:
-            pids = {proc.pid} | {c.pid for c in parent.children(recursive=True)}
-            dask_listening |= _listening(pids)
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    outputs["sweep"] = sweep_log.read_text()
-    assert proc.returncode == 0, outputs["sweep"]
-    sweep = json.loads(outputs["sweep"].strip().splitlines()[-1])
+    watcher = threading.Thread(target=_watch_listening, args=(sweep_proc, dask_listening), daemon=True)
+    watcher.start()
+    # a measurement on the IOC
+    measure_out, measure_err = root / "measure-stdout.txt", root / "measure-stderr.txt"
+    with measure_out.open("w") as out, measure_err.open("w") as err:
+        measure_proc = subprocess.Popen(
+            [sys.executable, "-m", "gainloop.cli", "measure", "ase_fluence_scan", "--sample", SAMPLE,
+             "--bench", str(EXAMPLE_BENCH), "--catalog", server.url, "--data-dir", str(root / "measure"), "--json"],
+            stdout=out, stderr=err, env=client_env,
+        )  # fmt: skip
+    try:
+        # a campaign through the queueserver, the canary in its item's metadata, and its report
+        campaign = BPlan("campaign_plan", max_trials=2, seed=3)
+        campaign.meta = {"note": CANARY}  # into every run's start document
+        item = _run_item(manager, campaign)
+        assert item["result"]["exit_status"] == "completed", item["result"]["msg"] + item["result"]["traceback"]
+        with _catalog(server, root / "reader") as cat:
+            starts = [dict(cat.run(uid).metadata["start"]) for uid in item["result"]["run_uids"]]
+        campaign_uid = next(s["campaign_uid"] for s in starts if s["plan_name"] == "campaign")
+        report = _cli(
+            "report", campaign_uid, "--out", str(root / "report"), "--catalog", server.url,
+            "--data-dir", str(root / "report-data"), env=client_env,
+        )  # fmt: skip
+        assert report.returncode == 0, report.stderr
+        outputs["report"] = report.stdout + report.stderr
+        measure_proc.wait(timeout=300)
+        sweep_proc.wait(timeout=600)
+    finally:
+        for proc in (measure_proc, sweep_proc):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        watcher.join(timeout=10)
+    outputs["measure"] = measure_out.read_text() + measure_err.read_text()
+    assert measure_proc.returncode == 0, outputs["measure"]
+    outputs["sweep"] = sweep_out.read_text() + sweep_err.read_text()
+    assert sweep_proc.returncode == 0, outputs["sweep"]
+    sweep = json.loads(sweep_out.read_text().strip().splitlines()[-1])
     assert sweep["campaigns"][0]["error"] is None and sweep["campaigns"][0]["trials"] == 1
 
     return {
         "root": root,
         "outputs": outputs,
-        "measure_uid": json.loads(measure.stdout.strip().splitlines()[-1])["uid"],
+        "measure_uid": json.loads(measure_out.read_text().strip().splitlines()[-1])["uid"],
         "campaign_item": item,
         "campaign_uid": campaign_uid,
         "sweep_campaign_uid": sweep["campaigns"][0]["campaign_uid"],
@@ -414,6 +432,25 @@ def _documents(server, folder: Path) -> dict[str, str]:
     return texts
 
 
+def _redis_contents(manager) -> str:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=5, decode_responses=True)
+    try:
+        parts = []
+        for key in client.scan_iter(match=f"{manager.redis_prefix}*"):
+            kind = client.type(key)
+            if kind == "string":
+                parts.append(client.get(key))
+            elif kind == "list":
+                parts.extend(client.lrange(key, 0, -1))
+            elif kind == "hash":
+                parts.append(json.dumps(client.hgetall(key)))
+        return "\n".join(p for p in parts if p)
+    finally:
+        client.close()
+
+
 def _files(*folders: Path) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for folder in folders if folder.exists() for p in folder.rglob("*") if p.is_file()}
 
@@ -434,6 +471,7 @@ def test_secrets_are_in_no_document_report_data_folder_or_log(server, ioc, manag
         "manager": manager.log(),
         "server": server.output(),
         "ioc": ioc.stdout() + ioc.stderr(),
+        "redis": _redis_contents(manager),  # the queue, history, plan lists the manager keeps
     }
     for name, secret in (("API key", server.api_key), ("PostgreSQL password", server.password)):
         assert not _found(secret, docs, {}), f"the {name} is in run documents"
@@ -442,4 +480,4 @@ def test_secrets_are_in_no_document_report_data_folder_or_log(server, ioc, manag
     # the same grep finds what is there: the canary the campaign item carried in its metadata
     campaign_runs = set(work["campaign_item"]["result"]["run_uids"])
     assert set(_found(CANARY, docs, {})) == campaign_runs
-    assert _found(CANARY, logs, {}) == ["manager"]  # the manager prints the items it runs
+    assert _found(CANARY, logs, {}) == ["manager", "redis"]  # the manager prints and keeps the items it ran
