@@ -477,7 +477,9 @@ def test_secrets_are_in_no_document_report_data_folder_or_log(server, ioc, manag
         assert not _found(secret, docs, {}), f"the {name} is in run documents"
         assert not _found(secret, logs, {}), f"the {name} is in a log"
         assert not _found(secret, {}, {**report_files, **data}), f"the {name} is in a file"
-    # the same grep finds what is there: the canary the campaign item carried in its metadata
+    # the same grep finds what is there: the campaign's uid in its report, and the canary the campaign
+    # item carried in its metadata
+    assert any(k.endswith("index.html") for k in _found(work["campaign_uid"], {}, report_files))
     campaign_runs = set(work["campaign_item"]["result"]["run_uids"])
     assert set(_found(CANARY, docs, {})) == campaign_runs
     assert _found(CANARY, logs, {}) == ["manager", "redis"]  # the manager prints and keeps the items it ran
