@@ -26,7 +26,8 @@ start document (one request without retries):
 
 A run whose documents ended in the backup is reported by one warning line naming
 ``gainloop catalog upload-backup`` (``gainloop.backup``), which writes it into the
-catalog later.
+catalog later; until then, opening the catalog says (one line) that the backup holds
+runs not yet uploaded (so a campaign is not resumed from an incomplete record unawares).
 """
 
 from __future__ import annotations
@@ -97,7 +98,14 @@ class Catalog:
     Use as a context manager; the embedded server stops on exit.
     """
 
-    def __init__(self, uri: str | None = None, *, data_dir_path: str | Path | None = None, api_key: str | None = None):
+    def __init__(
+        self,
+        uri: str | None = None,
+        *,
+        data_dir_path: str | Path | None = None,
+        api_key: str | None = None,
+        warn_pending_backup: bool = True,
+    ):
         self.data_dir = data_dir(data_dir_path)
         self.backup_dir = self.data_dir / "backup"
         self.backup_dir.mkdir(exist_ok=True)
@@ -112,6 +120,14 @@ class Catalog:
         else:
             self.location = _masked(uri)
             self.client = self._connect(uri, api_key or os.environ.get("TILED_API_KEY"))
+        pending = self.pending_backup() if warn_pending_backup else []
+        if pending:  # e.g. before a campaign is resumed: its runs are not all in the catalog yet
+            logger.warning(
+                "%d file(s) in the backup %s hold runs not yet written into the catalog: write them with `%s`",
+                len(pending),
+                self.backup_dir,
+                self.upload_hint(),
+            )
 
     @staticmethod
     def _connect(uri: str, api_key: str | None, timeout_s: float = 5.0):
@@ -177,6 +193,10 @@ class Catalog:
             return StoredState("unreachable", reason="an answer that is not a Tiled node")
         stop = metadata.get("stop")
         return StoredState("complete", stop=stop) if stop else StoredState("incomplete")
+
+    def pending_backup(self) -> list[Path]:
+        """Backup files not yet uploaded (``gainloop catalog upload-backup`` moves them to ``backup/uploaded``)."""
+        return sorted(self.backup_dir.glob("*.jsonl"))
 
     def upload_hint(self) -> str:
         """The command that writes this catalog's backup into it (no API key in it)."""

@@ -98,7 +98,7 @@ def upload_backup(
     from gainloop.catalog import Catalog
 
     try:
-        with Catalog(catalog, data_dir_path=data_dir, api_key=api_key) as cat:
+        with Catalog(catalog, data_dir_path=data_dir, api_key=api_key, warn_pending_backup=False) as cat:
             reports = run_upload(cat, include_incomplete=include_incomplete)
             backup_dir = cat.backup_dir
     except GainloopError as exc:

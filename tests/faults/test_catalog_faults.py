@@ -22,6 +22,7 @@ def test_server_down_mid_run_loses_no_document_once_the_backup_is_uploaded(run_s
     assert figures.checks["catalog_unchanged_by_later_uploads"], figures.detail
     assert figures.checks["no_trial_counted_failed_by_the_campaign"], figures.detail
     assert figures.checks["the_user_is_told_how_to_upload"], figures.detail
+    assert figures.checks["opening_the_catalog_says_the_backup_is_pending"], figures.detail
     assert figures.documents_lost == 0 and figures.trials_lost == 0 and figures.trials_doubled == 0
     assert figures.ok, figures
 

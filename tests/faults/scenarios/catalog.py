@@ -272,7 +272,16 @@ def scenario_tiled_down_mid_run(
     campaign_uid = summary["campaign_uid"]
     checks: dict[str, bool] = {}
 
-    with Catalog(server.url, data_dir_path=data_dir, api_key=server.api_key) as cat:
+    seen = _WarningsSeen()
+    logging.getLogger("gainloop.catalog").addHandler(seen)
+    try:
+        cat = Catalog(server.url, data_dir_path=data_dir, api_key=server.api_key)
+    finally:
+        logging.getLogger("gainloop.catalog").removeHandler(seen)
+    checks["opening_the_catalog_says_the_backup_is_pending"] = any(
+        "not yet written into the catalog" in r.getMessage() for r in seen.records
+    )
+    with cat:
         before = {uid: cat.stored_state(uid)[0] for uid in runs}
         backup_files = sorted(p.name for p in cat.backup_dir.glob("*.jsonl"))
         checks["server_was_stopped_and_restarted"] = (markers / "stop-done").exists() and math.isfinite(restart_s)
@@ -553,7 +562,7 @@ def scenario_load(
     n_runs: int = 1000,
     n_writers: int = 4,
     n_events: int = 5,
-    read_every: int = 1,
+    read_every: int = 10,
     seed: int = 10,
 ) -> FaultFigures:
     """``n_runs`` runs of ``n_events`` events from ``n_writers`` processes into one server; every run's
@@ -627,7 +636,7 @@ def scenario_load(
     checks["every_run_readable"] = not unreadable
     docs_per_run = n_events + 3
     return FaultFigures(
-        fault="load",
+        fault="catalog_load",
         documents_lost=docs_per_run * (n_runs - len(set(found) & set(uids))) + len(unreadable),
         checks=checks,
         detail=(
@@ -641,7 +650,7 @@ def scenario_load(
 SCENARIOS = {
     "tiled_down_mid_run": scenario_tiled_down_mid_run,
     "duplicate_ingestion": scenario_duplicate_ingestion,
-    "load": scenario_load,
+    "catalog_load": scenario_load,
 }
 
 
