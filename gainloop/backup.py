@@ -156,7 +156,7 @@ def _upload_run(catalog: Catalog, run: BackupRun, include_incomplete: bool) -> R
             "(files not done stay in the backup): run the upload again when it answers"
         )
     if state == "complete":
-        if stop is not None and stored_stop.get("uid") == stop.get("uid"):
+        if stop is None or stored_stop.get("uid") == stop.get("uid"):
             report.action, report.detail = "skipped", "already complete in the catalog"
         else:
             report.detail = "the catalog holds this run with another stop document: left untouched"
