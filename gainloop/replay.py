@@ -168,9 +168,12 @@ def _streams(run) -> dict:
     return dict(sorted(children.items()))
 
 
-def _stored_documents(run, streams: dict, stored: dict) -> Iterator[tuple[str, dict]]:
+def _stored_documents(run, stored: dict) -> Iterator[tuple[str, dict]]:
+    """The run's documents in emission order; ``stored`` receives each stream's data (read once)."""
     start = run.metadata["start"]
     yield "start", dict(start)
+    streams = _streams(run)
+    stored.update({name: _read_stream(stream) for name, stream in streams.items()})
     docs = [
         doc
         for name, stream in streams.items()
@@ -189,9 +192,7 @@ def run_documents(run) -> Iterator[tuple[str, dict]]:
     Each stream is read with one request per table and per waveform (plus one search
     for its parts); the run's streams with one search.
     """
-    streams = _streams(run)
-    stored = {name: _read_stream(stream) for name, stream in streams.items()}
-    yield from _stored_documents(run, streams, stored)
+    yield from _stored_documents(run, {})
 
 
 def replay(catalog: Catalog, uid: str, callbacks: Iterable[Callable[[str, dict], object]] = ()) -> ReplayResult:
@@ -211,10 +212,9 @@ def replay(catalog: Catalog, uid: str, callbacks: Iterable[Callable[[str, dict],
             f"known plans: {', '.join(PLANS)}"
         )
     callbacks = list(callbacks)
-    streams = _streams(run)
-    stored = {name: _read_stream(stream) for name, stream in streams.items()}  # each stream read once
+    stored: dict[str, _StoredStream | None] = {}  # each stream read once: documents, then analysis
     n_docs = n_events = 0
-    for name, doc in _stored_documents(run, streams, stored):
+    for name, doc in _stored_documents(run, stored):
         for cb in callbacks:
             cb(name, doc)
         n_docs += 1
@@ -227,7 +227,7 @@ def replay(catalog: Catalog, uid: str, callbacks: Iterable[Callable[[str, dict],
         )
     if stop.get("exit_status") != "success":
         raise ReplayError(f"run {uid} ended with {stop.get('exit_status')}: {stop.get('reason') or 'no reason given'}")
-    if "primary" not in streams:
+    if "primary" not in stored:
         raise ReplayError(f"run {uid} has no primary stream to analyse")
     primary = stored["primary"]
     columns = {} if primary is None else dict(primary.columns)
