@@ -53,6 +53,7 @@ there, in the RunEngine, so that a pause or a signal can land mid-trial). E.g.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -237,7 +238,7 @@ def _rebuild(catalog, campaign_uid: str) -> _Rebuilt:
     for rec in records:
         if "proposals" in rec:
             cols = stream_columns(rec["proposals"])
-            for k in range(len(cols["trial_index"])):
+            for k in range(len(cols.get("trial_index", ()))):  # none: a record cut before its events
                 idx = int(cols["trial_index"][k])
                 proposals[idx] = {
                     "trial_index": idx,
@@ -249,7 +250,7 @@ def _rebuild(catalog, campaign_uid: str) -> _Rebuilt:
         if "outcomes" not in rec:
             continue
         cols = stream_columns(rec["outcomes"])
-        for k in range(len(cols["trial_index"])):
+        for k in range(len(cols.get("trial_index", ()))):
             idx = int(cols["trial_index"][k])
             results[idx] = {
                 "trial_index": idx,
@@ -394,6 +395,23 @@ class PreparedCampaign:
     replayed: list[dict]
 
 
+def _upload_pending_backup(catalog) -> None:
+    """Write runs the writer kept in the backup (the catalog was away) before a campaign is rebuilt.
+
+    Without them a resume would count a trial whose run went only to the backup as
+    lost, and one cut off mid-write as failed. Runs still open stay in the backup.
+    """
+    if not catalog.pending_backup():
+        return
+    from gainloop.backup import upload_backup
+
+    written = [r for r in upload_backup(catalog) if r.action in ("uploaded", "replaced")]
+    if written:
+        logging.getLogger(__name__).warning(
+            "wrote %d run(s) from the backup %s into the catalog before resuming", len(written), catalog.backup_dir
+        )
+
+
 def prepare_campaign(
     catalog,
     cfg: CampaignConfig | None = None,
@@ -416,6 +434,7 @@ def prepare_campaign(
     used_s = 0.0
     films_made: list[dict] = []
     if resume_uid is not None:
+        _upload_pending_backup(catalog)
         rb = _rebuild(catalog, resume_uid)
         cfg, history, used_s, films_made, pending = rb.cfg, rb.trials, rb.used_s, rb.films, rb.pending
         for key, value in (budgets or {}).items():
@@ -432,6 +451,7 @@ def prepare_campaign(
         campaign_uid = str(uuid.uuid4())
     bench = _bench(cfg)
     films = _films(cfg, bench)
+    initial_films = list(films)  # the optimiser starts from these; the history replays the films made since
     for f in films_made:  # films made before the interruption are on the stage
         entry = LibraryEntry(id=f["id"], kind="film", doping=f["doping"], preset=None)
         bench.stage.library[f["id"]] = entry
@@ -442,7 +462,7 @@ def prepare_campaign(
         bench.engine.lab_time_s = used_s
     what = f"campaign {campaign_uid}" if resume_uid is not None else "the new campaign"
     f_hi = _check_fluence_settings(cfg, bench, pending, cfg.strategy == "joint", what)
-    opt = _optimizer(cfg, bench, films)
+    opt = _optimizer(cfg, bench, initial_films)
     if history:
         opt.ingest(history)
     for p in pending:  # recorded, never measured: measured first, each checked against the search space

@@ -106,3 +106,40 @@ def test_a_bad_fault_injection_spec_is_a_clear_error(catalog, monkeypatch, spec)
 
 
 # SIGKILL, abort, pause and SIGINT of a campaign process: tests/faults/test_campaign_faults.py
+
+
+def test_resume_first_writes_what_the_backup_holds(catalog):
+    """Trial 1's run and the end of the record went only to the writer's backup (the catalog was
+    away): resume writes them into the catalog first, so trial 1 is neither lost nor measured again."""
+    from bluesky.callbacks.json_writer import JSONLinesWriter
+
+    from gainloop.replay import run_documents
+
+    cfg = CampaignConfig(strategy="random", seed=5, budget_lab_h=None, max_trials=2, twin_seed=5)
+    uid = run_campaign(catalog, cfg)["campaign_uid"]
+    runs = {r.start.get("trial_index", "record"): r for r in _runs_of(catalog, uid)}
+    plain = lambda doc: json.loads(json.dumps(doc, default=lambda a: a.tolist()))  # noqa: E731 (as emitted: lists)
+    record_docs = [(name, plain(doc)) for name, doc in run_documents(runs["record"])]
+    trial1_docs = [(name, plain(doc)) for name, doc in run_documents(runs[1])]
+    trial1_uid = runs[1].start["uid"]
+    # the outage, as it leaves things: trial 1 absent, the record cut off before its last events
+    catalog.client[trial1_uid].delete(recursive=True, external_only=False)
+    catalog.client[record_docs[0][1]["uid"]].delete(recursive=True, external_only=False)
+    from bluesky_tiled_plugins import TiledWriter
+
+    partial = TiledWriter(catalog.client)
+    for name, doc in record_docs[: len(record_docs) // 2]:
+        partial(name, doc)
+    for docs in (record_docs, trial1_docs):
+        backup = JSONLinesWriter(str(catalog.backup_dir))
+        for name, doc in docs:
+            backup(name, doc)
+    assert catalog.pending_backup()
+
+    resumed = run_campaign(catalog, resume_uid=uid, budgets={"max_trials": 2})
+    assert resumed["trials"] == 2 and resumed["trial_uids"] == []  # nothing measured again
+    assert not catalog.pending_backup()
+    _, trials, _, _ = rebuild_trials(catalog, uid)
+    assert [(t["trial_index"], t["status"]) for t in trials] == [(0, "completed"), (1, "completed")]
+    trial_runs = [r for r in _runs_of(catalog, uid) if r.start.get("trial_index") == 1]
+    assert [r.start["uid"] for r in trial_runs] == [trial1_uid]
