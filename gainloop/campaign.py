@@ -26,8 +26,8 @@ measured twice):
 * its run has no stop document (process killed mid-measurement): ``failed``, reason
   ``interrupted: the run has no stop document``; never fed to a model as a number;
 * its run ended ``abort`` (an operator's abort, Ctrl+C): ``abandoned`` with the run's
-  reason; its index stays spent (a later trial may measure the same conditions under
-  a new index: nothing was learnt there);
+  reason; its index stays spent and the optimiser's initial design moves past its
+  conditions (they are not proposed again);
 * its run ended ``success`` but its outcome was never recorded (killed after the stop
   document): ``completed`` from the run's own ``analysis`` stream, never re-measured.
 
