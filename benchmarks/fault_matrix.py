@@ -90,23 +90,24 @@ def run_matrix(selected: dict[str, object], repeat: int, cheap_s: float, workdir
 
 
 def print_table(results: dict[str, dict]) -> None:
-    head = f"{'fault':<34} {'runs':>4} {'lost':>5} {'doubled':>7} {'docs lost':>9} {'recovery s':>10}  ok"
+    w = max([len("fault"), *map(len, results)])
+    head = f"{'fault':<{w}} {'runs':>4} {'lost':>5} {'doubled':>7} {'docs lost':>9} {'recovery s':>10}  ok"
     print(head)
     print("-" * len(head))
     for key, r in results.items():
         if r["skipped"]:
-            print(f"{key:<34} {'-':>4}  not run: {r['skipped']}")
+            print(f"{key:<{w}} {'-':>4}  not run: {r['skipped']}")
             continue
         rec = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.2f}"
         ok = "yes" if r["ok"] else "NO"
         print(
-            f"{key:<34} {r['runs']:>4} {r['trials_lost']:>5} {r['trials_doubled']:>7} "
+            f"{key:<{w}} {r['runs']:>4} {r['trials_lost']:>5} {r['trials_doubled']:>7} "
             f"{r['documents_lost']:>9} {rec:>10}  {ok}"
         )
         if r["error"]:
-            print(f"{'':<34} error: {r['error']}")
+            print(f"{'':<{w}} error: {r['error']}")
         if r["failed_checks"]:
-            print(f"{'':<34} failed checks: {', '.join(r['failed_checks'])}")
+            print(f"{'':<{w}} failed checks: {', '.join(r['failed_checks'])}")
     total = [r for r in results.values() if not r["skipped"]]
     print(
         f"\n{len(total)} faults run; lost {sum(r['trials_lost'] for r in total)}, "
