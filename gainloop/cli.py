@@ -39,6 +39,14 @@ PresetsOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 SampleOption = Annotated[str, typer.Option("--sample", help="Sample id in the presets file.")]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="GAINLOOP_CONFIG",
+        help="gainloop config file (TOML; default: $GAINLOOP_CONFIG); command-line options win.",
+    ),
+]
 
 _console = Console()
 _err = Console(stderr=True)
@@ -253,10 +261,21 @@ def _live_callbacks(json_out: bool) -> list:
     return [bec]
 
 
-def _open_catalog(catalog: str | None, data_dir: Path | None, api_key: str | None):
+def _open_catalog(catalog: str | None, data_dir: Path | None, api_key: str | None, config: Path | None = None):
+    """The catalog of the options, else of the config file's ``[catalog]`` table (its key from the
+    environment variable the file names), else the embedded one."""
+    import os
+
     from gainloop.catalog import Catalog
     from gainloop.catalog import data_dir as resolve_data_dir
 
+    if config is not None:
+        from gainloop.config import load_config
+
+        conf = load_config(config)
+        catalog = catalog or conf.catalog.uri
+        data_dir = data_dir or conf.catalog.data_dir
+        api_key = api_key or os.environ.get(conf.catalog.api_key_env)
     folder_is_new = catalog is None and not (resolve_data_dir(data_dir) / "catalog").exists()
     cat = Catalog(catalog, data_dir_path=data_dir, api_key=api_key)
     if folder_is_new:
@@ -284,6 +303,7 @@ def measure(
         list[str] | None,
         typer.Option("--arg", "-a", help="Plan argument key=value, repeatable (e.g. -a exposure_s=1)."),
     ] = None,
+    config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Run one measurement plan, store every document in the catalog, print the uid and the result."""
@@ -307,6 +327,12 @@ def measure(
             given.setdefault("fluence_uJ_cm2", 2200.0)
             given.setdefault("stripe_lengths_um", [float(x) for x in range(10, 41, 2)])
         kwargs = _plan_kwargs(spec, given)
+        if config is not None:  # the bench of the config file unless --twin or --bench
+            from gainloop.config import load_config
+
+            conf = load_config(config)
+            bench = bench if (twin or bench is not None) else conf.bench.file
+            seed = seed if seed is not None else conf.bench.twin_seed
         if bench is not None:
             from devices import connect_bench, load_bench
 
@@ -319,7 +345,7 @@ def measure(
         if plan == "pump_probe" and "excitons_per_uJ_cm2" not in kwargs and devices.engine is not None:
             kwargs["excitons_per_uJ_cm2"] = devices.engine.excitons_per_uJ_cm2(sample)  # the twin's own film
         gen = spec.plan(devices, sample, **kwargs)  # argument checks run before anything is stored
-        with _open_catalog(catalog, data_dir, api_key) as cat:
+        with _open_catalog(catalog, data_dir, api_key, config) as cat:
             RE = RunEngine({}, call_returns_result=True)
             # the RunEngine logs a traceback for a plan's own refusal; the CLI prints it as one line
             logging.getLogger("bluesky").setLevel(logging.CRITICAL)
@@ -345,13 +371,14 @@ def replay_cmd(
     catalog: CatalogOption = None,
     api_key: ApiKeyOption = None,
     data_dir: DataDirOption = None,
+    config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Re-analyse a stored run from its stored data and re-stream its documents through the live callbacks."""
     from gainloop.replay import replay
 
     try:
-        with _open_catalog(catalog, data_dir, api_key) as cat:
+        with _open_catalog(catalog, data_dir, api_key, config) as cat:
             rr = replay(cat, uid, _live_callbacks(json_out))
             start = rr.start  # (the run is read once)
             out = {**rr.result, "plan": start["plan_name"], "sample": start["sample_id"], "catalog": str(cat.location)}
@@ -451,11 +478,6 @@ def _interrupted(exc: Exception) -> None:
     """A campaign stopped by Ctrl+C: one line, exit status 130 (128 + SIGINT)."""
     _err.print(f"[bold yellow]interrupted:[/] {exc}", soft_wrap=True)
     raise typer.Exit(code=130)
-
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="gainloop config file (TOML); command-line options win.")
-]
 
 
 def _run_campaign_cli(
@@ -586,13 +608,14 @@ def campaign_resume(
     catalog: CatalogOption = None,
     api_key: ApiKeyOption = None,
     data_dir: DataDirOption = None,
+    config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Rebuild a campaign's state from the catalog alone and continue it."""
     from gainloop.campaign import CampaignInterrupted, run_campaign
 
     try:
-        with _open_catalog(catalog, data_dir, api_key) as cat, _campaign_stdout(json_out):
+        with _open_catalog(catalog, data_dir, api_key, config) as cat, _campaign_stdout(json_out):
             summary = run_campaign(
                 cat, resume_uid=campaign_uid, budgets={"budget_lab_h": budget_hours, "max_trials": max_trials}
             )
@@ -609,13 +632,14 @@ def campaign_status_cmd(
     catalog: CatalogOption = None,
     api_key: ApiKeyOption = None,
     data_dir: DataDirOption = None,
+    config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Best conditions so far, lab time used, trials, failures."""
     from gainloop.campaign import campaign_status
 
     try:
-        with _open_catalog(catalog, data_dir, api_key) as cat:
+        with _open_catalog(catalog, data_dir, api_key, config) as cat:
             status = campaign_status(cat, campaign_uid)
     except GainloopError as exc:
         _fail(exc)
@@ -629,13 +653,14 @@ def report_cmd(
     catalog: CatalogOption = None,
     api_key: ApiKeyOption = None,
     data_dir: DataDirOption = None,
+    config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Write a campaign's report: an HTML page with PNG figures; print the path of its index.html."""
     from gainloop.report import build_report
 
     try:
-        with _open_catalog(catalog, data_dir, api_key) as cat:
+        with _open_catalog(catalog, data_dir, api_key, config) as cat:
             report = build_report(cat, campaign_uid, out)
     except GainloopError as exc:
         _fail(exc)

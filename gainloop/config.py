@@ -1,7 +1,9 @@
 """The service's one config file (TOML): bench or twin, catalog, optimiser, budgets, limits.
 
-Every option of ``gainloop campaign run`` and ``gainloop demo`` can come from it; an
-option given on the command line wins. Unknown keys and out-of-range values are
+Every option of ``gainloop campaign run``, ``gainloop demo`` and ``gainloop sweep`` can
+come from it, and the bench and catalog of ``measure``, ``replay``, ``campaign
+resume|status`` and ``report`` (``--config FILE`` or ``$GAINLOOP_CONFIG``); an option
+given on the command line wins. Unknown keys and out-of-range values are
 errors that name the key and what is allowed. Secrets never live in the file: the
 catalog's API key comes from the environment variable the file names
 (``catalog.api_key_env``, default ``TILED_API_KEY``).

@@ -80,3 +80,35 @@ def test_campaign_run_refuses_a_bad_config_before_measuring(tmp_path, text, mess
     assert proc.returncode == 2
     assert message in proc.stderr.replace("\n", " ")
     assert "Traceback" not in proc.stderr
+
+
+def test_every_catalog_command_takes_its_catalog_and_bench_from_the_config(tmp_path, monkeypatch):
+    """measure, replay, campaign status and report read [catalog] / [bench] from --config or $GAINLOOP_CONFIG."""
+    from typer.testing import CliRunner
+
+    from gainloop.cli import app
+
+    folder = tmp_path / "from-config"
+    path = tmp_path / "gainloop.toml"
+    path.write_text(f'[catalog]\ndata_dir = "{folder}"\n\n[bench]\ntwin_seed = 3\n')
+    monkeypatch.delenv("GAINLOOP_DATA_DIR", raising=False)
+    monkeypatch.delenv("GAINLOOP_CONFIG", raising=False)
+    runner = CliRunner()
+    measured = runner.invoke(
+        app,
+        ["measure", "ase_point", "--sample", "cas_doped-film", "--fluence", "500", "--stripe-length", "1000",
+         "--config", str(path), "--json"],
+    )  # fmt: skip
+    assert measured.exit_code == 0, measured.output
+    out = json.loads(measured.stdout.strip().splitlines()[-1])
+    assert out["catalog"] == str(folder / "catalog")
+    monkeypatch.setenv("GAINLOOP_CONFIG", str(path))  # the same file through the environment
+    replayed = runner.invoke(app, ["replay", out["uid"], "--json"])
+    assert replayed.exit_code == 0, replayed.output
+    assert json.loads(replayed.stdout.strip().splitlines()[-1])["uid"] == out["uid"]
+    status = runner.invoke(app, ["campaign", "status", "no-such-campaign"])
+    assert status.exit_code == 2 and str(folder / "catalog") in " ".join(status.output.split())
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[catalog]\nurl = 'x'\n")
+    refused = runner.invoke(app, ["replay", out["uid"], "--config", str(bad)])
+    assert refused.exit_code == 2 and "url" in refused.output
