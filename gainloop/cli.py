@@ -261,18 +261,22 @@ def _live_callbacks(json_out: bool) -> list:
     return [bec]
 
 
-def _open_catalog(catalog: str | None, data_dir: Path | None, api_key: str | None, config: Path | None = None):
-    """The catalog of the options, else of the config file's ``[catalog]`` table (its key from the
+def _load_config(config: Path | None):
+    """The config file's ``GainloopConfig`` (defaults everywhere without a file; ``ConfigError`` if bad)."""
+    from gainloop.config import load_config
+
+    return load_config(config)
+
+
+def _open_catalog(catalog: str | None, data_dir: Path | None, api_key: str | None, conf=None):
+    """The catalog of the options, else of the config's ``[catalog]`` table (``conf``: its key from the
     environment variable the file names), else the embedded one."""
     import os
 
     from gainloop.catalog import Catalog
     from gainloop.catalog import data_dir as resolve_data_dir
 
-    if config is not None:
-        from gainloop.config import load_config
-
-        conf = load_config(config)
+    if conf is not None:
         catalog = catalog or conf.catalog.uri
         data_dir = data_dir or conf.catalog.data_dir
         api_key = api_key or os.environ.get(conf.catalog.api_key_env)
@@ -327,12 +331,9 @@ def measure(
             given.setdefault("fluence_uJ_cm2", 2200.0)
             given.setdefault("stripe_lengths_um", [float(x) for x in range(10, 41, 2)])
         kwargs = _plan_kwargs(spec, given)
-        if config is not None:  # the bench of the config file unless --twin or --bench
-            from gainloop.config import load_config
-
-            conf = load_config(config)
-            bench = bench if (twin or bench is not None) else conf.bench.file
-            seed = seed if seed is not None else conf.bench.twin_seed
+        conf = _load_config(config)  # the bench of the config file unless --twin or --bench
+        bench = bench if (twin or bench is not None) else conf.bench.file
+        seed = seed if seed is not None else conf.bench.twin_seed
         if bench is not None:
             from devices import connect_bench, load_bench
 
@@ -345,7 +346,7 @@ def measure(
         if plan == "pump_probe" and "excitons_per_uJ_cm2" not in kwargs and devices.engine is not None:
             kwargs["excitons_per_uJ_cm2"] = devices.engine.excitons_per_uJ_cm2(sample)  # the twin's own film
         gen = spec.plan(devices, sample, **kwargs)  # argument checks run before anything is stored
-        with _open_catalog(catalog, data_dir, api_key, config) as cat:
+        with _open_catalog(catalog, data_dir, api_key, conf) as cat:
             RE = RunEngine({}, call_returns_result=True)
             # the RunEngine logs a traceback for a plan's own refusal; the CLI prints it as one line
             logging.getLogger("bluesky").setLevel(logging.CRITICAL)
@@ -378,7 +379,7 @@ def replay_cmd(
     from gainloop.replay import replay
 
     try:
-        with _open_catalog(catalog, data_dir, api_key, config) as cat:
+        with _open_catalog(catalog, data_dir, api_key, _load_config(config)) as cat:
             rr = replay(cat, uid, _live_callbacks(json_out))
             start = rr.start  # (the run is read once)
             out = {**rr.result, "plan": start["plan_name"], "sample": start["sample_id"], "catalog": str(cat.location)}
@@ -492,13 +493,10 @@ def _run_campaign_cli(
     report_dir: Path | None = None,
 ) -> dict:
     """Config file + command-line options -> a campaign in the catalog (with a progress bar)."""
-    import os
-
     from gainloop.campaign import CampaignInterrupted, run_campaign
-    from gainloop.config import load_config
 
     try:
-        conf = load_config(config)
+        conf = _load_config(config)
         strategy = overrides.get("strategy")
         if strategy is not None and strategy not in ("nested", "joint", "random", "grid"):
             raise GainloopError(f"unknown strategy {strategy!r}; allowed: nested, joint, random, grid")
@@ -506,11 +504,8 @@ def _run_campaign_cli(
         if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise GainloopError(f"--budget-hours must be a positive number of hours, got {budget!r}")
         cfg = conf.campaign_config(bench_file=str(bench) if bench is not None else None, **overrides)
-        catalog = catalog or conf.catalog.uri
-        data_dir = data_dir or conf.catalog.data_dir
-        api_key = api_key or os.environ.get(conf.catalog.api_key_env)
         progress, update = _campaign_progress(json_out, cfg.budget_lab_h, cfg.max_trials)
-        with _open_catalog(catalog, data_dir, api_key) as cat:
+        with _open_catalog(catalog, data_dir, api_key, conf) as cat:
             if progress is not None:
                 progress.start()
             try:
@@ -615,7 +610,7 @@ def campaign_resume(
     from gainloop.campaign import CampaignInterrupted, run_campaign
 
     try:
-        with _open_catalog(catalog, data_dir, api_key, config) as cat, _campaign_stdout(json_out):
+        with _open_catalog(catalog, data_dir, api_key, _load_config(config)) as cat, _campaign_stdout(json_out):
             summary = run_campaign(
                 cat, resume_uid=campaign_uid, budgets={"budget_lab_h": budget_hours, "max_trials": max_trials}
             )
@@ -639,7 +634,7 @@ def campaign_status_cmd(
     from gainloop.campaign import campaign_status
 
     try:
-        with _open_catalog(catalog, data_dir, api_key, config) as cat:
+        with _open_catalog(catalog, data_dir, api_key, _load_config(config)) as cat:
             status = campaign_status(cat, campaign_uid)
     except GainloopError as exc:
         _fail(exc)
@@ -660,7 +655,7 @@ def report_cmd(
     from gainloop.report import build_report
 
     try:
-        with _open_catalog(catalog, data_dir, api_key, config) as cat:
+        with _open_catalog(catalog, data_dir, api_key, _load_config(config)) as cat:
             report = build_report(cat, campaign_uid, out)
     except GainloopError as exc:
         _fail(exc)
