@@ -25,6 +25,15 @@ qserver_app = typer.Typer(
 
 _err = Console(stderr=True, soft_wrap=True)
 
+CatalogOption = Annotated[
+    str | None,
+    typer.Option("--catalog", help="Tiled server URI, its API key in $TILED_API_KEY (default: the embedded catalog)."),
+]
+RedisOption = Annotated[str, typer.Option("--redis", help="Redis address: HOST:PORT or HOST:PORT/DB.")]
+RedisPrefixOption = Annotated[
+    str, typer.Option("--redis-prefix", help="Prefix of the manager's Redis keys (one per manager).")
+]
+
 
 def _fail(exc: Exception) -> None:
     _err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
@@ -50,12 +59,7 @@ def start(
     twin: Annotated[bool, typer.Option("--twin", help="Drive the in-process twin bench (default).")] = False,
     bench: Annotated[Path | None, typer.Option("--bench", help="Bench file of a real bench (EPICS).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Twin seed (default: the bench file's).")] = None,
-    catalog: Annotated[
-        str | None,
-        typer.Option(
-            "--catalog", help="Tiled server URI, its API key in $TILED_API_KEY (default: the embedded catalog)."
-        ),
-    ] = None,
+    catalog: CatalogOption = None,
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="Data folder: embedded catalog, write backups (default: $GAINLOOP_DATA_DIR)."),
@@ -67,10 +71,8 @@ def start(
         int, typer.Option("--control-port", help="0MQ control port (clients connect here).")
     ] = 60615,
     info_port: Annotated[int, typer.Option("--info-port", help="0MQ port publishing the console output.")] = 60625,
-    redis: Annotated[str, typer.Option("--redis", help="Redis address: HOST:PORT or HOST:PORT/DB.")] = "127.0.0.1:6379",
-    redis_prefix: Annotated[
-        str, typer.Option("--redis-prefix", help="Prefix of the manager's Redis keys (one per manager).")
-    ] = "gainloop",
+    redis: RedisOption = "127.0.0.1:6379",
+    redis_prefix: RedisPrefixOption = "gainloop",
     state_dir: Annotated[
         Path | None,
         typer.Option(
@@ -160,19 +162,12 @@ def _warn_unfinished_item(redis: str, redis_prefix: str) -> None:
 
 @qserver_app.command("reconcile")
 def reconcile_command(
-    catalog: Annotated[
-        str | None,
-        typer.Option(
-            "--catalog", help="Tiled server URI, its API key in $TILED_API_KEY (default: the embedded catalog)."
-        ),
-    ] = None,
+    catalog: CatalogOption = None,
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Data folder (default: $GAINLOOP_DATA_DIR).")
     ] = None,
-    redis: Annotated[str, typer.Option("--redis", help="Redis address: HOST:PORT or HOST:PORT/DB.")] = "127.0.0.1:6379",
-    redis_prefix: Annotated[
-        str, typer.Option("--redis-prefix", help="Prefix of the manager's Redis keys.")
-    ] = "gainloop",
+    redis: RedisOption = "127.0.0.1:6379",
+    redis_prefix: RedisPrefixOption = "gainloop",
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcomes as one JSON line.")] = False,
 ) -> None:
     """The outcome of every item in the queue's history; items the queueserver lost track of
