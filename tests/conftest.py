@@ -26,3 +26,11 @@ def presets():
 @pytest.fixture(scope="session")
 def setup(presets):
     return presets.setup
+
+
+@pytest.fixture
+def RE():
+    """A fresh RunEngine for each test (plans return their results)."""
+    from bluesky import RunEngine
+
+    return RunEngine({}, call_returns_result=True)

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from bluesky import RunEngine
 
 from plans.lasing import (
     analyse_lasing_spectrum,
@@ -22,6 +21,7 @@ from sim.devices import twin_bench_devices
 from twin.dfb import bragg_wavelength_nm, dfb_linewidth_nm, dfb_polarized_output, dfb_threshold_uJ_cm2
 
 from .conftest import REPO
+from .documents import collect as _collect
 
 BENCH_FILE = REPO / "examples" / "twin_bench.toml"
 DFB = "cas_doped-dfb"
@@ -30,17 +30,6 @@ DFB = "cas_doped-dfb"
 @pytest.fixture
 def bench():
     return twin_bench_devices(BENCH_FILE, seed=5)
-
-
-@pytest.fixture
-def RE():
-    return RunEngine({}, call_returns_result=True)
-
-
-def _collect(RE):
-    docs = []
-    RE.subscribe(lambda name, doc: docs.append((name, doc)))
-    return docs
 
 
 def _sample(bench, sample_id=DFB):

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from bluesky import RunEngine
 
 from plans.analysis import kink_threshold_windowed
 from plans.measurements import ase_fluence_scan, vsl_scan
@@ -15,6 +14,7 @@ from sim.devices import twin_bench_devices
 from twin.ase import ase_output, ase_threshold_uJ_cm2, stripe_gain
 
 from .conftest import REPO
+from .documents import collect as _collect
 
 BENCH_FILE = REPO / "examples" / "twin_bench.toml"
 
@@ -22,17 +22,6 @@ BENCH_FILE = REPO / "examples" / "twin_bench.toml"
 @pytest.fixture
 def bench():
     return twin_bench_devices(BENCH_FILE, seed=3)
-
-
-@pytest.fixture
-def RE():
-    return RunEngine({}, call_returns_result=True)
-
-
-def _collect(RE):
-    docs = []
-    RE.subscribe(lambda name, doc: docs.append((name, doc)))
-    return docs
 
 
 def _observable_threshold(bench, sample_id, length_um):

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from bluesky import Msg, RunEngine
+from bluesky import Msg
 from scipy import optimize
 
 from plans.pump_probe import analyse_pump_probe, pump_probe, trigger_then_read
@@ -19,30 +19,11 @@ from twin.gain import film_kappa
 from twin.occupancy import gain_threshold
 
 from .conftest import REPO
+from .documents import collect as _collect
+from .documents import event_columns as _columns
+from .documents import stream_events as _stream
 
 BENCH_FILE = REPO / "examples" / "twin_bench.toml"
-
-
-@pytest.fixture
-def RE():
-    return RunEngine({}, call_returns_result=True)
-
-
-def _collect(RE):
-    docs = []
-    RE.subscribe(lambda name, doc: docs.append((name, doc)))
-    return docs
-
-
-def _stream(docs, name):
-    """Events of one stream, in emission order."""
-    uids = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == name}
-    return [d for n, d in docs if n == "event" and d["descriptor"] in uids]
-
-
-def _columns(events):
-    """The stream's columns rebuilt from its event documents (what a replay has)."""
-    return {key: np.asarray([ev["data"][key] for ev in events]) for key in events[0]["data"]}
 
 
 def _sample(bench, sample_id):

@@ -9,7 +9,6 @@ import threading
 
 import numpy as np
 import pytest
-from bluesky import RunEngine
 
 from plans.registry import plan_spec
 from plans.safety import FluenceLimitError
@@ -20,31 +19,14 @@ from twin.damage import accumulate_damage, damaged_sample
 from twin.presets import load_presets
 
 from .conftest import REPO
+from .documents import collect as _collect
+from .documents import event_columns as _columns
+from .documents import stream_events as _stream
 
 BENCH_FILE = REPO / "examples" / "twin_bench.toml"
 DFB = "cas_doped-dfb"
 #: Lab time before the first pumped exposure: the stage move from the first library entry.
 MOUNT_S = 20.0
-
-
-@pytest.fixture
-def RE():
-    return RunEngine({}, call_returns_result=True)
-
-
-def _collect(RE):
-    docs = []
-    RE.subscribe(lambda name, doc: docs.append((name, doc)))
-    return docs
-
-
-def _stream(docs, name):
-    uids = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == name}
-    return [d for n, d in docs if n == "event" and d["descriptor"] in uids]
-
-
-def _columns(events):
-    return {key: np.asarray([ev["data"][key] for ev in events]) for key in events[0]["data"]}
 
 
 def _same(a: dict, b: dict) -> bool:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...documents import collect as _collect
 from . import FaultEnv, FaultFigures
 
 __all__ = [
@@ -77,12 +78,6 @@ def bench_file(workdir: Path, *, prefix: str, resume_delay_s: float = 0.05, slit
 
 def _prefix() -> str:
     return f"F{uuid.uuid4().hex[:8]}:"
-
-
-def _collect(RE) -> list[tuple[str, dict]]:
-    docs: list[tuple[str, dict]] = []
-    RE.subscribe(lambda name, doc: docs.append((name, doc)))
-    return docs
 
 
 def _runs(docs) -> list[dict]:
