@@ -454,7 +454,8 @@ def test_fault_pause_hangs_puts_until_unpaused(pv):
         assert time.monotonic() - t0 >= 1.0
         with pytest.raises(CaprotoTimeoutError):
             caput(pv("SPEC:Acquire"), 1, timeout=0.5)
-        assert caget(pv("PUMP:Fluence-SP")) == 10.0  # reads still answer; nothing applied
+        # reads still answer (while two puts wait in the paused IOC); nothing applied
+        assert caget(pv("PUMP:Fluence-SP"), timeout=5.0) == 10.0
     finally:
         caput(pv("SIM:Fault-Pause"), 0)
     assert wait_for(lambda: caget(pv("PUMP:Fluence-SP")) == 123.0, 2.0)  # the waiting put went through
