@@ -501,12 +501,16 @@ def run_campaign(
     resume_uid: str | None = None,
     budgets: dict | None = None,
     progress=None,
+    exit_on_interrupt: bool = False,
 ) -> dict:
     """Start a campaign (``cfg``) or resume one (``resume_uid``); return its summary.
 
     ``budgets``: on resume, new ``budget_lab_h`` / ``max_trials`` / ``target_threshold_uJ_cm2``
     (the totals over the whole campaign) in place of the stored ones. Ctrl+C ends it with
     ``CampaignInterrupted`` once its open runs are closed (see the module doc).
+    ``exit_on_interrupt``: the caller exits after ``CampaignInterrupted`` (the CLI); from then
+    on Ctrl+C is ignored instead of going back to the previous handler, so that a key held
+    down cannot break the closing of the catalog or the interpreter's shutdown with a traceback.
     """
     from bluesky import RunEngine
     from bluesky.utils import RunEngineInterrupted
@@ -522,10 +526,12 @@ def run_campaign(
     sigints: list[int] = []
     if main:
         signal.signal(signal.SIGINT, lambda signum, frame: sigints.append(signum))
+    interrupted = False
     try:
         try:
             result = RE(prepared.plan)
         except RunEngineInterrupted:
+            interrupted = True
             if not RE.state.is_idle:
                 RE.abort(reason="interrupted (Ctrl+C)")
             raise CampaignInterrupted(
@@ -534,7 +540,7 @@ def run_campaign(
             ) from None
     finally:
         if main:
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGINT, signal.SIG_IGN if interrupted and exit_on_interrupt else previous)
     if result.exit_status != "success":
         raise CampaignError(f"campaign {campaign_uid} ended with {result.exit_status}: {result.reason}")
     opt = prepared.optimizer

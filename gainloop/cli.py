@@ -476,7 +476,11 @@ def _campaign_stdout(json_out: bool):
 
 
 def _interrupted(exc: Exception) -> None:
-    """A campaign stopped by Ctrl+C: one line, exit status 130 (128 + SIGINT)."""
+    """A campaign stopped by Ctrl+C: one line, exit status 130 (128 + SIGINT).
+
+    ``run_campaign(..., exit_on_interrupt=True)`` has left Ctrl+C ignored, so that no traceback
+    from closing the catalog or the interpreter's shutdown follows the line.
+    """
     _err.print(f"[bold yellow]interrupted:[/] {exc}", soft_wrap=True)
     raise typer.Exit(code=130)
 
@@ -510,7 +514,7 @@ def _run_campaign_cli(
                 progress.start()
             try:
                 with _campaign_stdout(json_out):
-                    summary = run_campaign(cat, cfg, progress=update)
+                    summary = run_campaign(cat, cfg, progress=update, exit_on_interrupt=True)
             finally:
                 if progress is not None:
                     progress.stop()
@@ -612,7 +616,10 @@ def campaign_resume(
     try:
         with _open_catalog(catalog, data_dir, api_key, _load_config(config)) as cat, _campaign_stdout(json_out):
             summary = run_campaign(
-                cat, resume_uid=campaign_uid, budgets={"budget_lab_h": budget_hours, "max_trials": max_trials}
+                cat,
+                resume_uid=campaign_uid,
+                budgets={"budget_lab_h": budget_hours, "max_trials": max_trials},
+                exit_on_interrupt=True,
             )
     except CampaignInterrupted as exc:
         _interrupted(exc)

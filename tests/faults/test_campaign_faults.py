@@ -87,8 +87,9 @@ def test_abort_leaves_the_trial_abandoned_and_its_index_spent(run_scenario):
     assert fig.observed["aborted_params_proposed_again"] == []
 
 
-def test_three_sigints_end_the_campaign_cleanly(run_scenario):
-    fig = run_scenario(scenario_three_sigints)
+@pytest.mark.parametrize("keep_pressing_s", [None, 0.02], ids=["three", "held-down"])
+def test_three_sigints_end_the_campaign_cleanly(run_scenario, keep_pressing_s):
+    fig = run_scenario(scenario_three_sigints, keep_pressing_s=keep_pressing_s)
     assert fig.ok, (fig.checks, fig.detail, fig.observed.get("stderr"))
     assert fig.observed["returncode"] == 130
     assert fig.observed["stops"] == {"record": "abort", 0: "abort"}

@@ -522,12 +522,20 @@ def scenario_abort(workdir: Path, env: FaultEnv, *, seed: int = 5, trials: int =
 
 # ------------------------------------------------------------------ item 8: three SIGINTs (subprocess)
 def scenario_three_sigints(
-    workdir: Path, env: FaultEnv, *, seed: int = 3, stall_s: float = 120.0, gap_s: float = 0.3
+    workdir: Path,
+    env: FaultEnv,
+    *,
+    seed: int = 3,
+    stall_s: float = 120.0,
+    gap_s: float = 0.3,
+    keep_pressing_s: float | None = None,
 ) -> CampaignFigures:
     """Three SIGINTs (``gap_s`` apart) to ``gainloop campaign run`` while trial 0 is measuring.
 
     ``$GAINLOOP_FAULT_INJECT`` stalls the measurement (``stall=...@measuring:0``, a RunEngine
-    sleep that a pause cuts short) so that the signals land mid-run.
+    sleep that a pause cuts short) so that the signals land mid-run. ``keep_pressing_s``:
+    after the three, one more SIGINT every that many seconds until the process has exited
+    (a user holding Ctrl+C down: signals land in the abort and in the interpreter's shutdown).
     """
     from gainloop.campaign import FAULT_ENV
 
@@ -564,6 +572,12 @@ def scenario_three_sigints(
             for _ in range(3):
                 proc.send_signal(signal.SIGINT)
                 time.sleep(gap_s)
+            pressed = 3
+            while keep_pressing_s is not None and proc.poll() is None and time.monotonic() - t0 < PROCESS_TIMEOUT_S:
+                proc.send_signal(signal.SIGINT)
+                pressed += 1
+                time.sleep(keep_pressing_s)
+            observed["sigints_sent"] = pressed
             out, err = proc.communicate(timeout=PROCESS_TIMEOUT_S)
             figures.recovery_s = time.monotonic() - t0
         finally:
@@ -587,7 +601,7 @@ def scenario_three_sigints(
         observed["stops"] = stops
         checks["every open run got its stop document, exit_status abort"] = stops == {"record": "abort", 0: "abort"}
         figures.documents_lost = sum(1 for v in stops.values() if v is None)
-    figures.detail = "3 SIGINTs during trial 0"
+    figures.detail = f"{observed['sigints_sent']} SIGINTs during trial 0"
     return figures
 
 
