@@ -115,14 +115,18 @@ class ServerSettings:
         data_dir: str | Path | None = None,
         api_key: str | None = None,
         environ: dict[str, str] | None = None,
+        api_key_envs: tuple[str, ...] = ENV_API_KEYS,
     ) -> ServerSettings:
-        """Settings from explicit values, else the environment, else the defaults."""
+        """Settings from explicit values, else the environment, else the defaults.
+
+        ``api_key_envs``: the environment variables tried in turn for the key when ``api_key`` is None.
+        """
         env = os.environ if environ is None else environ
         uri = _normalise_postgres_uri(postgres or env.get(ENV_POSTGRES_URI) or DEFAULT_POSTGRES_URI)
         if api_key is not None:
             source = "--api-key"
         else:
-            name = next((n for n in ENV_API_KEYS if env.get(n)), None)
+            name = next((n for n in api_key_envs if env.get(n)), None)
             api_key, source = (env[name], f"${name}") if name else (secrets.token_hex(32), "generated")
         if not api_key.isalnum():
             raise CatalogServerError(

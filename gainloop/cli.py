@@ -20,6 +20,16 @@ from rich.console import Console
 from rich.table import Table
 
 from gainloop.cli_catalog import catalog_app
+from gainloop.cli_common import (
+    ApiKeyOption,
+    CatalogOption,
+    ConfigOption,
+    DataDirOption,
+    JsonOption,
+)
+from gainloop.cli_common import fail as _fail
+from gainloop.cli_common import load_config as _load_config
+from gainloop.cli_common import open_catalog as _open_catalog
 from gainloop.cli_qserver import qserver_app
 from gainloop.cli_sweep import sweep
 from gainloop.errors import GainloopError
@@ -37,24 +47,10 @@ PresetsOption = Annotated[
     Path | None,
     typer.Option("--presets", help="TOML presets file for your own samples (default: the shipped presets)."),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 SampleOption = Annotated[str, typer.Option("--sample", help="Sample id in the presets file.")]
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        envvar="GAINLOOP_CONFIG",
-        help="gainloop config file (TOML; default: $GAINLOOP_CONFIG); command-line options win.",
-    ),
-]
 
 _console = Console()
 _err = Console(stderr=True)
-
-
-def _fail(exc: Exception) -> None:
-    _err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-    raise typer.Exit(code=2)
 
 
 def _json_default(value):
@@ -209,18 +205,6 @@ def twin_serve(
         _fail(exc)
 
 
-CatalogOption = Annotated[
-    str | None, typer.Option("--catalog", help="Tiled server URI (default: the embedded catalog in the data folder).")
-]
-ApiKeyOption = Annotated[
-    str | None,
-    typer.Option("--api-key", help="API key of the Tiled server (default: $TILED_API_KEY).", show_default=False),
-]
-DataDirOption = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data folder of the embedded catalog (default: $GAINLOOP_DATA_DIR).")
-]
-
-
 def _parse_plan_args(pairs: list[str]) -> dict:
     """``key=value`` pairs; values are JSON (numbers, lists, strings), else taken as strings."""
     out = {}
@@ -259,32 +243,6 @@ def _live_callbacks(json_out: bool) -> list:
     bec.disable_plots()
     bec.disable_baseline()
     return [bec]
-
-
-def _load_config(config: Path | None):
-    """The config file's ``GainloopConfig`` (defaults everywhere without a file; ``ConfigError`` if bad)."""
-    from gainloop.config import load_config
-
-    return load_config(config)
-
-
-def _open_catalog(catalog: str | None, data_dir: Path | None, api_key: str | None, conf=None):
-    """The catalog of the options, else of the config's ``[catalog]`` table (``conf``: its key from the
-    environment variable the file names), else the embedded one."""
-    import os
-
-    from gainloop.catalog import Catalog
-    from gainloop.catalog import data_dir as resolve_data_dir
-
-    if conf is not None:
-        catalog = catalog or conf.catalog.uri
-        data_dir = data_dir or conf.catalog.data_dir
-        api_key = api_key or os.environ.get(conf.catalog.api_key_env)
-    folder_is_new = catalog is None and not (resolve_data_dir(data_dir) / "catalog").exists()
-    cat = Catalog(catalog, data_dir_path=data_dir, api_key=api_key)
-    if folder_is_new:
-        _err.print(f"gainloop catalog: {cat.location}")
-    return cat
 
 
 @app.command("measure")

@@ -13,18 +13,21 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from gainloop.cli_common import (
+    ApiKeyOption,
+    CatalogOption,
+    ConfigOption,
+    JsonOption,
+    fail,
+    load_config,
+    open_catalog,
+    pick,
+)
 from gainloop.errors import GainloopError
 
 __all__ = ["catalog_app"]
 
 catalog_app = typer.Typer(help="Serve the catalog at scale: a Tiled server on PostgreSQL.", no_args_is_help=True)
-
-_err = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(exc: Exception) -> None:
-    _err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-    raise typer.Exit(code=2)
 
 
 @catalog_app.command("serve")
@@ -37,8 +40,12 @@ def serve(
             "else postgresql://postgres@127.0.0.1:5432/gainloop). Prefer the environment variable for a password.",
         ),
     ] = None,
-    host: Annotated[str, typer.Option("--host", help="Interface to bind (default 127.0.0.1 only).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to bind (0 picks a free one).")] = 8000,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Interface to bind (default 127.0.0.1 only).", show_default=False)
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port to bind (0 picks a free one; default 8000).", show_default=False)
+    ] = None,
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="Folder for array files (default: <gainloop data folder>/server/<database>)."),
@@ -52,39 +59,47 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    config: ConfigOption = None,
 ) -> None:
-    """Start a Tiled server for gainloop's runs on PostgreSQL; every request needs the API key."""
-    from gainloop.catalog_server import ServerSettings
+    """Start a Tiled server for gainloop's runs on PostgreSQL; every request needs the API key.
+
+    Each option can come from the config file's ``[server]`` table (the key from the environment
+    variable its ``api_key_env`` names, default $GAINLOOP_TILED_API_KEY).
+    """
+    from gainloop.catalog_server import ENV_API_KEYS, ServerSettings
     from gainloop.catalog_server import serve as run_server
 
     try:
-        settings = ServerSettings.resolve(postgres, host=host, port=port, data_dir=data_dir, api_key=api_key)
+        server = load_config(config).server
+        settings = ServerSettings.resolve(
+            pick(postgres, server.postgres_uri),
+            host=pick(host, server.host),
+            port=pick(port, server.port),
+            data_dir=pick(data_dir, server.data_dir),
+            api_key=api_key,
+            api_key_envs=tuple(dict.fromkeys((server.api_key_env, *ENV_API_KEYS))),
+        )
         run_server(settings)
     except GainloopError as exc:
-        _fail(exc)
+        fail(exc)
     except KeyboardInterrupt:  # pragma: no cover - uvicorn handles Ctrl-C itself
         raise typer.Exit(code=0) from None
 
 
 @catalog_app.command("upload-backup")
 def upload_backup(
-    catalog: Annotated[
-        str | None,
-        typer.Option("--catalog", help="Tiled server URI (default: the embedded catalog in the data folder)."),
-    ] = None,
+    catalog: CatalogOption = None,
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="Data folder whose backup/ to upload (default: $GAINLOOP_DATA_DIR)."),
     ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option("--api-key", help="API key of the Tiled server (default: $TILED_API_KEY).", show_default=False),
-    ] = None,
+    api_key: ApiKeyOption = None,
     include_incomplete: Annotated[
         bool,
         typer.Option("--include-incomplete", help="Also write runs with no stop document in the backup, as they are."),
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")] = False,
+    config: ConfigOption = None,
+    json_out: JsonOption = False,
 ) -> None:
     """Write the runs kept in the backup (catalog away during a run) into the catalog; one line per run.
 
@@ -95,14 +110,14 @@ def upload_backup(
     import json
 
     from gainloop.backup import upload_backup as run_upload
-    from gainloop.catalog import Catalog
 
     try:
-        with Catalog(catalog, data_dir_path=data_dir, api_key=api_key, warn_pending_backup=False) as cat:
+        conf = load_config(config)
+        with open_catalog(catalog, data_dir, api_key, conf, warn_pending_backup=False) as cat:
             reports = run_upload(cat, include_incomplete=include_incomplete)
             backup_dir = cat.backup_dir
     except GainloopError as exc:
-        _fail(exc)
+        fail(exc)
     counts = {a: sum(r.action == a for r in reports) for a in ("uploaded", "replaced", "skipped", "left", "failed")}
     if json_out:
         print(json.dumps({"backup_dir": str(backup_dir), "counts": counts, "runs": [r.as_dict() for r in reports]}))

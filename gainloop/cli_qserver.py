@@ -13,8 +13,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
+from gainloop.cli_common import ConfigOption, catalog_target, fail, load_config, pick
 from gainloop.errors import GainloopError
 
 __all__ = ["qserver_app"]
@@ -29,15 +29,20 @@ CatalogOption = Annotated[
     str | None,
     typer.Option("--catalog", help="Tiled server URI, its API key in $TILED_API_KEY (default: the embedded catalog)."),
 ]
-RedisOption = Annotated[str, typer.Option("--redis", help="Redis address: HOST:PORT or HOST:PORT/DB.")]
-RedisPrefixOption = Annotated[
-    str, typer.Option("--redis-prefix", help="Prefix of the manager's Redis keys (one per manager).")
+RedisOption = Annotated[
+    str | None,
+    typer.Option(
+        "--redis", help="Redis address: HOST:PORT or HOST:PORT/DB (default 127.0.0.1:6379).", show_default=False
+    ),
 ]
-
-
-def _fail(exc: Exception) -> None:
-    _err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-    raise typer.Exit(code=2)
+RedisPrefixOption = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-prefix",
+        help="Prefix of the manager's Redis keys, one per manager (default gainloop).",
+        show_default=False,
+    ),
+]
 
 
 def _redis_reachable(addr: str, timeout_s: float = 2.0) -> None:
@@ -65,14 +70,25 @@ def start(
         typer.Option("--data-dir", help="Data folder: embedded catalog, write backups (default: $GAINLOOP_DATA_DIR)."),
     ] = None,
     host: Annotated[
-        str, typer.Option("--host", help="Interface the 0MQ control and info sockets bind (default 127.0.0.1 only).")
-    ] = "127.0.0.1",
+        str | None,
+        typer.Option(
+            "--host",
+            help="Interface the 0MQ control and info sockets bind (default 127.0.0.1 only).",
+            show_default=False,
+        ),
+    ] = None,
     control_port: Annotated[
-        int, typer.Option("--control-port", help="0MQ control port (clients connect here).")
-    ] = 60615,
-    info_port: Annotated[int, typer.Option("--info-port", help="0MQ port publishing the console output.")] = 60625,
-    redis: RedisOption = "127.0.0.1:6379",
-    redis_prefix: RedisPrefixOption = "gainloop",
+        int | None,
+        typer.Option(
+            "--control-port", help="0MQ control port, clients connect here (default 60615).", show_default=False
+        ),
+    ] = None,
+    info_port: Annotated[
+        int | None,
+        typer.Option("--info-port", help="0MQ port publishing the console output (default 60625).", show_default=False),
+    ] = None,
+    redis: RedisOption = None,
+    redis_prefix: RedisPrefixOption = None,
     state_dir: Annotated[
         Path | None,
         typer.Option(
@@ -82,8 +98,13 @@ def start(
     print_command: Annotated[
         bool, typer.Option("--print-command", help="Write the files, print the manager's command and exit.")
     ] = False,
+    config: ConfigOption = None,
 ) -> None:
-    """Start the RE Manager; open its environment and submit plans with bluesky-queueserver-api or `qserver`."""
+    """Start the RE Manager; open its environment and submit plans with bluesky-queueserver-api or `qserver`.
+
+    The sockets, Redis and state folder can come from the config file's ``[qserver]`` table, the
+    devices from ``[bench]`` and the catalog from ``[catalog]`` (its key from the variable it names).
+    """
     import shlex
 
     from gainloop.catalog import Catalog, _masked
@@ -99,8 +120,24 @@ def start(
     )
 
     if twin and bench is not None:
-        _fail(GainloopError("choose one of --twin and --bench FILE"))
+        fail(GainloopError("choose one of --twin and --bench FILE"))
     try:
+        conf = load_config(config)
+        q = conf.qserver
+        host, control_port, info_port = (
+            pick(host, q.host),
+            pick(control_port, q.control_port),
+            pick(info_port, q.info_port),
+        )
+        redis, redis_prefix, state_dir = (
+            pick(redis, q.redis),
+            pick(redis_prefix, q.redis_prefix),
+            pick(state_dir, q.state_dir),
+        )
+        if not twin:
+            bench = pick(bench, conf.bench.file)
+        seed = pick(seed, conf.bench.twin_seed)
+        catalog, data_dir, api_key = catalog_target(conf, catalog, data_dir, None)
         folder = resolve_data_dir(data_dir)
         profile = ProfileSettings(
             catalog_uri=catalog,
@@ -122,7 +159,7 @@ def start(
         if not print_command:
             _redis_reachable(redis)
             if catalog is not None:  # the key and the address, checked before the worker needs them
-                Catalog(catalog, data_dir_path=folder).close()
+                Catalog(catalog, data_dir_path=folder, api_key=api_key).close()
         prepare(settings)
         argv = manager_argv(settings)
         if print_command:
@@ -130,7 +167,7 @@ def start(
             typer.echo(f"{env} {shlex.join(argv)}")
             return
     except (GainloopError, ValueError, OSError) as exc:
-        _fail(exc)
+        fail(exc)
     location = _masked(catalog) if catalog is not None else f"embedded in {folder / 'catalog'}"
     _warn_unfinished_item(redis, redis_prefix)
     _err.print(
@@ -138,8 +175,11 @@ def start(
         f"Redis {redis} prefix {redis_prefix!r}, devices {bench or 'twin'}, catalog {location}",
         highlight=False,
     )
-    # the worker reads its settings from these variables only (the key stays in $TILED_API_KEY)
+    # the worker reads its settings from these variables only (the key stays in the environment,
+    # as $TILED_API_KEY, never on a command line or in a file)
     env = {k: v for k, v in os.environ.items() if k not in (ENV_CATALOG_URI, ENV_BENCH_FILE, ENV_TWIN_SEED)}
+    if api_key is not None:
+        env["TILED_API_KEY"] = api_key
     os.execve(argv[0], argv, {**env, **profile.as_environ()})
 
 
@@ -166,9 +206,10 @@ def reconcile_command(
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Data folder (default: $GAINLOOP_DATA_DIR).")
     ] = None,
-    redis: RedisOption = "127.0.0.1:6379",
-    redis_prefix: RedisPrefixOption = "gainloop",
+    redis: RedisOption = None,
+    redis_prefix: RedisPrefixOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcomes as one JSON line.")] = False,
+    config: ConfigOption = None,
 ) -> None:
     """The outcome of every item in the queue's history; items the queueserver lost track of
     ('unknown') are checked against their runs' stop documents in the catalog.
@@ -183,11 +224,13 @@ def reconcile_command(
     from gainloop.queueserver import read_queue_state, reconcile
 
     try:
-        state = read_queue_state(redis, redis_prefix)
-        with Catalog(catalog, data_dir_path=resolve_data_dir(data_dir)) as cat:
+        conf = load_config(config)
+        catalog, data_dir, api_key = catalog_target(conf, catalog, data_dir, None)
+        state = read_queue_state(pick(redis, conf.qserver.redis), pick(redis_prefix, conf.qserver.redis_prefix))
+        with Catalog(catalog, data_dir_path=resolve_data_dir(data_dir), api_key=api_key) as cat:
             outcomes = reconcile(state.history, cat)
     except (GainloopError, ValueError, OSError) as exc:
-        _fail(exc)
+        fail(exc)
     unresolved = [o for o in outcomes if o.outcome in ("interrupted", "unknown")]
     if as_json:
         typer.echo(

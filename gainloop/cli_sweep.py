@@ -18,17 +18,23 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from gainloop.cli_common import (
+    ApiKeyOption,
+    CatalogOption,
+    ConfigOption,
+    DataDirOption,
+    JsonOption,
+    catalog_target,
+    fail,
+    load_config,
+    pick,
+)
 from gainloop.errors import GainloopError
 
 __all__ = ["sweep"]
 
 _console = Console(width=None if sys.stdout.isatty() else 160)  # a table piped to a file keeps its columns
 _err = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(exc: Exception) -> None:
-    _err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-    raise typer.Exit(code=2)
 
 
 def _n(count: int, noun: str) -> str:
@@ -87,13 +93,18 @@ def _print_table(result: dict, rows: list[dict]) -> None:
 
 def sweep(
     strategies: Annotated[
-        list[str],
-        typer.Option("--strategies", help="Strategies, comma-separated or repeated: nested, joint, random, grid."),
-    ],
+        list[str] | None,
+        typer.Option(
+            "--strategies",
+            help="Strategies, comma-separated or repeated: nested, joint, random, grid (or [sweep] strategies).",
+        ),
+    ] = None,
     seeds: Annotated[
-        list[str],
-        typer.Option("--seeds", help="Optimiser seeds (each also the twin's noise seed): e.g. 0,1,2 or 0-9."),
-    ],
+        list[str] | None,
+        typer.Option(
+            "--seeds", help="Optimiser seeds (each also the twin's noise seed): e.g. 0,1,2 or 0-9 (or [sweep] seeds)."
+        ),
+    ] = None,
     presets: Annotated[
         list[str] | None,
         typer.Option(
@@ -115,54 +126,57 @@ def sweep(
         int | None, typer.Option("--workers", help="Worker processes of the LocalCluster (default: the cores).")
     ] = None,
     host: Annotated[
-        str, typer.Option("--host", help="Interface the LocalCluster binds (default 127.0.0.1 only).")
-    ] = "127.0.0.1",
-    config: Annotated[
-        Path | None, typer.Option("--config", help="gainloop config file (TOML); command-line options win.")
-    ] = None,
-    catalog: Annotated[
         str | None,
-        typer.Option("--catalog", help="Tiled server URI (default: the embedded catalog in the data folder)."),
+        typer.Option("--host", help="Interface the LocalCluster binds (default 127.0.0.1 only).", show_default=False),
     ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option("--api-key", help="API key of the Tiled server (default: $TILED_API_KEY).", show_default=False),
-    ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option("--data-dir", help="Data folder of the embedded catalog (default: $GAINLOOP_DATA_DIR)."),
-    ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")] = False,
+    config: ConfigOption = None,
+    catalog: CatalogOption = None,
+    api_key: ApiKeyOption = None,
+    data_dir: DataDirOption = None,
+    json_out: JsonOption = False,
 ) -> None:
-    """Many offline campaigns (strategies x seeds x presets) on the twin, on a Dask cluster, into the catalog."""
+    """Many offline campaigns (strategies x seeds x presets) on the twin, on a Dask cluster, into the catalog.
+
+    Strategies, seeds, presets and the cluster can come from the config file's ``[sweep]`` table,
+    budgets and limits from its other tables; options on the command line win.
+    """
     import os
 
     from gainloop.catalog import Catalog
     from gainloop.catalog import data_dir as resolve_data_dir
-    from gainloop.config import load_config
     from gainloop.sweep import collect_sweep, dask_client, parse_seeds, parse_strategies, submit_sweep, sweep_tasks
 
     try:
-        if scheduler is not None and (workers is not None or host != "127.0.0.1"):
+        if scheduler is not None and (workers is not None or host is not None):
             raise GainloopError("--workers and --host set up a LocalCluster; leave them out with --scheduler")
         if budget_hours is not None and not (math.isfinite(budget_hours) and budget_hours > 0):
             raise GainloopError(f"--budget-hours must be a positive number of hours, got {budget_hours!r}")
         if max_trials is not None and max_trials < 1:
             raise GainloopError(f"--max-trials must be at least 1, got {max_trials}")
         conf = load_config(config)
+        sw = conf.sweep
+        if scheduler is None and workers is None and host is None:
+            scheduler = sw.scheduler  # the file's cluster, unless the command line sets one up
+        if scheduler is None:
+            workers, host = pick(workers, sw.workers), pick(host, sw.host)
+        if strategies is None and sw.strategies is None:
+            raise GainloopError("no strategy given: pass --strategies (e.g. nested,random) or set [sweep] strategies")
+        if seeds is None and sw.seeds is None:
+            raise GainloopError("no seed given: pass --seeds (e.g. 0-9) or set [sweep] seeds")
+        presets_given = [p.strip() for value in presets or [] for p in value.split(",") if p.strip()]
         tasks = sweep_tasks(
-            parse_strategies(strategies),
-            parse_seeds(seeds),
-            [p.strip() for value in presets or [] for p in value.split(",") if p.strip()] or None,
+            parse_strategies(pick(strategies, sw.strategies)),
+            parse_seeds(pick(seeds, sw.seeds if not isinstance(sw.seeds, list) else [str(x) for x in sw.seeds])),
+            presets_given or [str(p) for p in sw.presets or []] or None,
             base_config=conf,
             overrides={"max_trials": max_trials, "budget_lab_h": budget_hours, "target_threshold_uJ_cm2": target},
         )
-        uri = catalog or conf.catalog.uri
-        folder = data_dir or conf.catalog.data_dir
-        key = api_key or os.environ.get(conf.catalog.api_key_env)
+        uri, folder, key = catalog_target(conf, catalog, data_dir, api_key)
         folder_is_new = uri is None and not (resolve_data_dir(folder) / "catalog").exists()
         n_workers = workers if workers is not None else min(len(tasks), os.cpu_count() or 1)
-        with dask_client(scheduler, workers=n_workers, host=host) as client:  # fail fast: the cluster first
+        with dask_client(
+            scheduler, workers=n_workers, host=host or "127.0.0.1"
+        ) as client:  # fail fast: the cluster first
             address = client.scheduler.address
             n_workers = len(client.scheduler_info()["workers"])
             if not json_out:
@@ -191,7 +205,7 @@ def sweep(
                 result = collect_sweep(cat, submitted, on_done=done)
                 result.update(scheduler=address, workers=n_workers, catalog=str(cat.location))
     except GainloopError as exc:
-        _fail(exc)
+        fail(exc)
     rows = result.pop("rows")
     if json_out:
         from gainloop.cli import _print_json

@@ -1,9 +1,11 @@
 """The service's one config file (TOML): bench or twin, catalog, optimiser, budgets, limits.
 
-Every option of ``gainloop campaign run``, ``gainloop demo`` and ``gainloop sweep`` can
-come from it, and the bench and catalog of ``measure``, ``replay``, ``campaign
-resume|status`` and ``report`` (``--config FILE`` or ``$GAINLOOP_CONFIG``); an option
-given on the command line wins. Unknown keys and out-of-range values are
+Every command takes it (``--config FILE`` or ``$GAINLOOP_CONFIG``): ``campaign run``,
+``demo`` and ``sweep`` all of their options (``[sweep]``: strategies, seeds, presets, the
+cluster), ``measure``, ``replay``, ``campaign resume|status``, ``report`` and ``catalog
+upload-backup`` the bench and the catalog, ``catalog serve`` the ``[server]`` table and
+``qserver start|reconcile`` the ``[qserver]`` table; an option given on the command line
+wins. Unknown keys and out-of-range values are
 errors that name the key and what is allowed. Secrets never live in the file: the
 catalog's API key comes from the environment variable the file names
 (``catalog.api_key_env``, default ``TILED_API_KEY``).
@@ -35,6 +37,17 @@ Example (``examples/gainloop.toml``)::
     stripe_length_max_um = 4000.0
     doping_min = 0.0
     doping_max = 7.9
+
+    [server]                      # gainloop catalog serve
+    port = 8000
+    api_key_env = "GAINLOOP_TILED_API_KEY"
+
+    [qserver]                     # gainloop qserver start | reconcile
+    redis = "127.0.0.1:6379"
+
+    [sweep]                       # gainloop sweep
+    strategies = ["nested", "random"]
+    seeds = "0-9"
 """
 
 from __future__ import annotations
@@ -58,6 +71,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_PORT = {"ge": 0, "le": 65535}
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # the name of an environment variable
+
+
 class BenchSection(_Strict):
     file: Path | None = Field(None, description="bench file of a real bench (EPICS); absent: the twin")
     twin_seed: int | None = Field(None, ge=0, description="the twin's noise seed (default: the optimiser's seed)")
@@ -66,7 +83,9 @@ class BenchSection(_Strict):
 class CatalogSection(_Strict):
     uri: str | None = Field(None, description="Tiled server URI; absent: the embedded catalog")
     data_dir: Path | None = Field(None, description="data folder of the embedded catalog and the writer's backup")
-    api_key_env: str = Field("TILED_API_KEY", description="environment variable holding the server's API key")
+    api_key_env: str = Field(
+        "TILED_API_KEY", pattern=_ENV_NAME, description="environment variable holding the server's API key"
+    )
 
 
 class OptimizerSection(_Strict):
@@ -100,6 +119,66 @@ class LimitsSection(_Strict):
         return self
 
 
+class ServerSection(_Strict):
+    """``gainloop catalog serve``: the Tiled server on PostgreSQL."""
+
+    postgres_uri: str | None = Field(
+        None,
+        description="PostgreSQL URI of the catalog database, without a password (default: $GAINLOOP_POSTGRES_URI, "
+        "else postgresql://postgres@127.0.0.1:5432/gainloop)",
+    )
+    host: str = Field("127.0.0.1", min_length=1, description="interface the server binds")
+    port: int = Field(8000, **_PORT, description="port (0 picks a free one)")
+    data_dir: Path | None = Field(None, description="folder for array files")
+    api_key_env: str = Field(
+        "GAINLOOP_TILED_API_KEY", pattern=_ENV_NAME, description="environment variable holding the server's API key"
+    )
+
+    @model_validator(mode="after")
+    def _no_password(self):
+        from urllib.parse import urlsplit
+
+        if self.postgres_uri is not None:
+            try:
+                has_password = urlsplit(self.postgres_uri).password is not None
+            except ValueError as exc:
+                raise ValueError(f"postgres_uri is not a URI: {exc}") from None
+            if has_password:
+                raise ValueError(
+                    "postgres_uri must not carry a password (the file is not a secret): "
+                    "give the whole URI in $GAINLOOP_POSTGRES_URI instead"
+                )
+        return self
+
+
+class QserverSection(_Strict):
+    """``gainloop qserver start|reconcile``: the RE Manager and its Redis."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="interface the 0MQ control and info sockets bind")
+    control_port: int = Field(60615, **_PORT)
+    info_port: int = Field(60625, **_PORT)
+    redis: str = Field("127.0.0.1:6379", min_length=1, description="Redis address: HOST:PORT or HOST:PORT/DB")
+    redis_prefix: str = Field("gainloop", min_length=1, description="prefix of the manager's Redis keys")
+    state_dir: Path | None = Field(None, description="folder of the permissions and plan/device lists")
+
+
+class SweepSection(_Strict):
+    """``gainloop sweep``: which campaigns, and where they run."""
+
+    strategies: list[Literal["nested", "joint", "random", "grid"]] | None = Field(None, min_length=1)
+    seeds: list[int] | str | None = Field(None, description="seeds: a list, or a string like '0-9' or '0,2,4'")
+    presets: list[Path] | None = Field(None, description="presets TOML files of the twin (default: shipped)")
+    scheduler: str | None = Field(None, description="address of an existing Dask scheduler")
+    workers: int | None = Field(None, ge=1, description="worker processes of the LocalCluster")
+    host: str = Field("127.0.0.1", min_length=1, description="interface the LocalCluster binds")
+
+    @model_validator(mode="after")
+    def _cluster(self):
+        if self.scheduler is not None and (self.workers is not None or self.host != "127.0.0.1"):
+            raise ValueError("workers and host set up a LocalCluster; leave them out with a scheduler")
+        return self
+
+
 class GainloopConfig(_Strict):
     """The whole config; every table is optional."""
 
@@ -108,6 +187,9 @@ class GainloopConfig(_Strict):
     optimizer: OptimizerSection = OptimizerSection()
     budgets: BudgetsSection = BudgetsSection()
     limits: LimitsSection = LimitsSection()
+    server: ServerSection = ServerSection()
+    qserver: QserverSection = QserverSection()
+    sweep: SweepSection = SweepSection()
 
     def campaign_config(self, **overrides):
         """A ``CampaignConfig`` from this file, with command-line ``overrides`` (None: not given)."""

@@ -341,7 +341,10 @@ def dask_client(
         finally:
             cluster.close()
         return
-    hint = "start one with `dask scheduler --host 127.0.0.1` (and `dask worker ADDRESS`) or omit --scheduler"
+    hint = (
+        "start one with `dask scheduler --host 127.0.0.1` (and `dask worker ADDRESS`) or omit --scheduler "
+        "(and the config's [sweep] scheduler)"
+    )
     try:
         client = Client(scheduler, timeout=f"{timeout_s}s")
     except (OSError, TimeoutError):

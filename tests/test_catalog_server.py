@@ -89,11 +89,16 @@ class Server:
         return self._out.read_text() + self._err.read_text()
 
 
-def _start(postgres_uri: str, data_dir: Path, logs: Path, env: dict[str, str]):
-    port = _free_port()
+def _start(postgres_uri: str | None, data_dir: Path | None, logs: Path, env: dict[str, str], *, config=None):
+    """Start ``gainloop catalog serve`` (the options, or ``config``: ``(file, port)``); wait for /healthz."""
     out, err = logs / "stdout.txt", logs / "stderr.txt"
     with out.open("w") as fo, err.open("w") as fe:
-        args = ["catalog", "serve", "--postgres", postgres_uri, "--port", str(port), "--data-dir", str(data_dir)]
+        if config is None:
+            port = _free_port()
+            args = ["catalog", "serve", "--postgres", postgres_uri, "--port", str(port), "--data-dir", str(data_dir)]
+        else:
+            path, port = config
+            args = ["catalog", "serve", "--config", str(path)]
         proc = subprocess.Popen(
             [sys.executable, "-m", "gainloop.cli", *args],
             stdout=fo,
@@ -224,6 +229,46 @@ def test_secrets_never_reach_the_logs_or_the_run(server, measured):
     assert server.api_key not in stored
     if server.password:
         assert server.password not in stored
+
+
+def test_serve_takes_the_server_table_of_the_config(database, tmp_path):
+    postgres_uri, password = database
+    no_password = postgres_uri.replace(f"postgres:{password}@", "postgres@") if password else postgres_uri
+    port, key = _free_port(), secrets.token_hex(16)
+    path = tmp_path / "gainloop.toml"
+    path.write_text(
+        f"[server]\npostgres_uri = '{no_password}'\nhost = '127.0.0.1'\nport = {port}\n"
+        f"data_dir = '{tmp_path / 'arrays'}'\napi_key_env = 'LAB_CATALOG_KEY'\n"
+    )
+    proc, url, out, _err = _start(None, None, tmp_path, _clean_env(LAB_CATALOG_KEY=key), config=(path, port))
+    try:
+        assert url == f"http://127.0.0.1:{port}"  # the file's port and interface
+        first = out.read_text().splitlines()[0]
+        assert "API key from $LAB_CATALOG_KEY" in first and key not in first
+        with httpx.Client(trust_env=False, timeout=5) as client:
+            assert client.get(f"{url}/api/v1/metadata/").status_code == 401
+            ok = client.get(f"{url}/api/v1/metadata/", headers={"Authorization": f"Apikey {key}"})
+            assert ok.status_code == 200
+    finally:
+        _stop(proc)
+    assert (tmp_path / "arrays").is_dir()  # the file's data folder
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\npostgres_uri = 'postgresql://u:hunter2@h/db'\n", "must not carry a password"),
+        ("[server]\nport = 70000\n", "server.port"),
+        ("[server]\napi_key_env = 'not a name'\n", "server.api_key_env"),
+    ],
+)
+def test_a_bad_server_table_is_refused_before_anything_starts(tmp_path, text, message):
+    path = tmp_path / "gainloop.toml"
+    path.write_text(text)
+    proc = _cli("catalog", "serve", "--config", str(path), timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert "hunter2" not in proc.stderr
 
 
 def test_only_a_generated_key_is_shown_at_start_up(tmp_path):

@@ -112,3 +112,73 @@ def test_every_catalog_command_takes_its_catalog_and_bench_from_the_config(tmp_p
     bad.write_text("[catalog]\nurl = 'x'\n")
     refused = runner.invoke(app, ["replay", out["uid"], "--config", str(bad)])
     assert refused.exit_code == 2 and "url" in refused.output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_servers_and_the_sweep_take_their_tables_from_the_config(tmp_path, monkeypatch):
+    """qserver start|reconcile read [qserver] / [bench] / [catalog]; catalog upload-backup [catalog];
+    sweep [sweep] (catalog serve [server]: tests/test_catalog_server.py)."""
+    from typer.testing import CliRunner
+
+    from gainloop.cli import app
+
+    monkeypatch.delenv("GAINLOOP_DATA_DIR", raising=False)
+    monkeypatch.delenv("GAINLOOP_CONFIG", raising=False)
+    dead = _free_port()  # nothing listens there: the commands that reach it name it in their error
+    folder, state = tmp_path / "from-config", tmp_path / "qstate"
+    path = tmp_path / "gainloop.toml"
+    path.write_text(
+        f'[catalog]\ndata_dir = "{folder}"\n[bench]\ntwin_seed = 7\n'
+        f'[qserver]\nhost = "127.0.0.1"\ncontrol_port = 61234\ninfo_port = 61235\n'
+        f'redis = "127.0.0.1:{dead}"\nredis_prefix = "lab3"\nstate_dir = "{state}"\n'
+        f'[sweep]\nstrategies = ["random"]\nseeds = "0-1"\nscheduler = "tcp://127.0.0.1:{dead}"\n'
+    )
+    runner = CliRunner()
+    started = runner.invoke(app, ["qserver", "start", "--print-command", "--config", str(path)])
+    assert started.exit_code == 0, started.output
+    command = started.stdout
+    assert "tcp://127.0.0.1:61234" in command and "tcp://127.0.0.1:61235" in command
+    assert f"127.0.0.1:{dead}" in command and "lab3" in command
+    assert "GAINLOOP_TWIN_SEED=7" in command and str(folder) in command
+    assert (state / "existing_plans_and_devices.yaml").is_file()
+    # the command line wins
+    wins = runner.invoke(app, ["qserver", "start", "--print-command", "--control-port", "61240", "--config", str(path)])
+    assert wins.exit_code == 0 and "tcp://127.0.0.1:61240" in wins.stdout and "61234" not in wins.stdout
+
+    reconciled = runner.invoke(app, ["qserver", "reconcile", "--config", str(path)])
+    assert reconciled.exit_code == 2
+    assert f"Redis at 127.0.0.1:{dead}" in " ".join(reconciled.output.split())
+
+    uploaded = runner.invoke(app, ["catalog", "upload-backup", "--config", str(path), "--json"])
+    assert uploaded.exit_code == 0, uploaded.output
+    out = json.loads(uploaded.stdout.strip().splitlines()[-1])
+    assert out["backup_dir"].startswith(str(folder)) and out["counts"]["failed"] == 0
+
+    swept = runner.invoke(app, ["sweep", "--config", str(path)])  # strategies, seeds, scheduler: the file's
+    assert swept.exit_code == 2
+    assert f"127.0.0.1:{dead}" in " ".join(swept.output.split()) and "scheduler" in swept.output
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[qserver]\ncontrol_port = 99999\n", "qserver.control_port"),
+        ("[qserver]\nredis = ''\n", "qserver.redis"),
+        ("[sweep]\nstrategies = ['genetic']\n", "sweep.strategies"),
+        ("[sweep]\nscheduler = 'tcp://h:8786'\nworkers = 2\n", "leave them out with a scheduler"),
+        ("[sweep]\nworkers = 0\n", "sweep.workers"),
+        ("[server]\nhost = ''\n", "server.host"),
+    ],
+)
+def test_a_bad_server_or_sweep_table_names_the_key(tmp_path, text, message):
+    path = tmp_path / "gainloop.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
