@@ -30,6 +30,7 @@ from gainloop.cli_common import (
 from gainloop.cli_common import fail as _fail
 from gainloop.cli_common import load_config as _load_config
 from gainloop.cli_common import open_catalog as _open_catalog
+from gainloop.cli_common import pick as _pick
 from gainloop.cli_qserver import qserver_app
 from gainloop.cli_sweep import sweep
 from gainloop.errors import GainloopError
@@ -163,13 +164,17 @@ def twin_optimum(
 
 @twin_app.command("serve")
 def twin_serve(
-    bench: Annotated[Path, typer.Option("--bench", help="Bench file (TOML) whose PVs to serve.")],
+    bench: Annotated[
+        Path | None,
+        typer.Option("--bench", help="Bench file (TOML) whose PVs to serve (or the config's [bench] file)."),
+    ] = None,
     prefix: Annotated[
         str | None, typer.Option("--prefix", help="PV prefix (default: the bench file's [bench].prefix).")
     ] = None,
     time_scale: Annotated[
-        float, typer.Option("--time-scale", help="Lab seconds per wall second (1 = real time).")
-    ] = 1.0,
+        float | None,
+        typer.Option("--time-scale", help="Lab seconds per wall second (default 1 = real time).", show_default=False),
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Noise seed (default: the bench file's).")] = None,
     list_pvs: Annotated[bool, typer.Option("--list-pvs", help="Print every PV served at start-up.")] = False,
     port: Annotated[
@@ -190,17 +195,28 @@ def twin_serve(
     disconnect_s: Annotated[
         float, typer.Option("--disconnect-s", help="Wall seconds the PVs stay away under the disconnect fault.")
     ] = 5.0,
+    config: ConfigOption = None,
 ) -> None:
-    """Serve the twin bench as an EPICS IOC (Channel Access): the bench file's PVs on one simulated bench."""
+    """Serve the twin bench as an EPICS IOC (Channel Access): the bench file's PVs on one simulated bench.
+
+    The interfaces, port, prefix, time scale and seed can come from the config file's ``[ioc]``
+    table and the bench file from its ``[bench]`` table; options on the command line win.
+    """
     from devices.config import load_bench
     from sim.ioc import build_ioc, serve
 
     try:
+        conf = _load_config(config)
+        bench, ioc_conf = _pick(bench, conf.bench.file), conf.ioc
+        if bench is None:
+            raise GainloopError("no bench file: pass --bench FILE (e.g. examples/twin_bench.toml) or set [bench] file")
+        prefix, seed, port = _pick(prefix, ioc_conf.prefix), _pick(seed, ioc_conf.seed), _pick(port, ioc_conf.port)
+        time_scale, interface = _pick(time_scale, ioc_conf.time_scale), interface or ioc_conf.interfaces
         cfg = load_bench(bench)
         ioc = build_ioc(
             cfg, prefix=prefix, time_scale=time_scale, seed=seed, faults=fault or (), disconnect_s=disconnect_s
         )
-        serve(ioc, interfaces=interface or ["127.0.0.1"], port=port, list_pvs=list_pvs)
+        serve(ioc, interfaces=interface, port=port, list_pvs=list_pvs)
     except GainloopError as exc:
         _fail(exc)
 

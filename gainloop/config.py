@@ -4,8 +4,8 @@ Every command takes it (``--config FILE`` or ``$GAINLOOP_CONFIG``): ``campaign r
 ``demo`` and ``sweep`` all of their options (``[sweep]``: strategies, seeds, presets, the
 cluster), ``measure``, ``replay``, ``campaign resume|status``, ``report`` and ``catalog
 upload-backup`` the bench and the catalog, ``catalog serve`` the ``[server]`` table and
-``qserver start|reconcile`` the ``[qserver]`` table; an option given on the command line
-wins. Unknown keys and out-of-range values are
+``qserver start|reconcile`` the ``[qserver]`` table, ``twin serve`` the ``[ioc]`` table
+and the bench file of ``[bench]``; an option given on the command line wins. Unknown keys and out-of-range values are
 errors that name the key and what is allowed. Secrets never live in the file: the
 catalog's API key comes from the environment variable the file names
 (``catalog.api_key_env``, default ``TILED_API_KEY``).
@@ -44,6 +44,9 @@ Example (``examples/gainloop.toml``)::
 
     [qserver]                     # gainloop qserver start | reconcile
     redis = "127.0.0.1:6379"
+
+    [ioc]                         # gainloop twin serve
+    interfaces = ["127.0.0.1"]
 
     [sweep]                       # gainloop sweep
     strategies = ["nested", "random"]
@@ -162,6 +165,18 @@ class QserverSection(_Strict):
     state_dir: Path | None = Field(None, description="folder of the permissions and plan/device lists")
 
 
+class IocSection(_Strict):
+    """``gainloop twin serve``: the twin bench as an EPICS IOC (its bench file: ``[bench] file``)."""
+
+    interfaces: list[str] = Field(["127.0.0.1"], min_length=1, description="addresses the CA server binds")
+    port: int | None = Field(
+        None, ge=1, le=65535, description="CA server port (default: EPICS_CA_SERVER_PORT, else 5064)"
+    )
+    prefix: str | None = Field(None, min_length=1, description="PV prefix (default: the bench file's)")
+    time_scale: float = Field(1.0, gt=0, description="lab seconds per wall second")
+    seed: int | None = Field(None, ge=0, description="noise seed (default: the bench file's)")
+
+
 class SweepSection(_Strict):
     """``gainloop sweep``: which campaigns, and where they run."""
 
@@ -189,6 +204,7 @@ class GainloopConfig(_Strict):
     limits: LimitsSection = LimitsSection()
     server: ServerSection = ServerSection()
     qserver: QserverSection = QserverSection()
+    ioc: IocSection = IocSection()
     sweep: SweepSection = SweepSection()
 
     def campaign_config(self, **overrides):

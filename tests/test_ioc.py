@@ -7,6 +7,7 @@ and put it back. Clients are caproto's sync client (``tests.ioc_helpers``) and o
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -547,3 +548,48 @@ def test_the_ioc_logged_no_traceback(ioc):
     assert "Traceback" not in err, err
     assert stop == 0, err
     assert "refused fluence 5000 uJ/cm^2" in err  # refusals are logged, one line each
+
+
+def test_serve_takes_its_bench_port_prefix_and_interfaces_from_the_config(tmp_path):
+    """`twin serve --config F`: [bench] file and [ioc] port, prefix, time scale, interfaces
+    (the file's port wins over $EPICS_CA_SERVER_PORT; an option on the command line wins over both)."""
+    from .ioc_helpers import TwinIOCProcess, _environ, bound_addresses, ca_environment, free_port
+
+    port, repeater, other = free_port(), free_port(), free_port()
+    path = tmp_path / "gainloop.toml"
+    path.write_text(
+        f'[bench]\nfile = "{EXAMPLE_BENCH}"\n'
+        f'[ioc]\ninterfaces = ["127.0.0.1"]\nport = {port}\nprefix = "CFG{port}:"\ntime_scale = 1000.0\n'
+    )
+    env = ca_environment(port, repeater)
+    logs = tmp_path / "ioc"  # deleted by close()
+    logs.mkdir()
+    out, err = logs / "stdout", logs / "stderr"
+    with out.open("wb") as fo, err.open("wb") as fe:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gainloop.cli", "twin", "serve", "--config", str(path)],
+            env={**os.environ, **ca_environment(other, repeater)},  # the process's own default port: not used
+            stdout=fo,
+            stderr=fe,
+        )
+    ioc = TwinIOCProcess(proc, f"CFG{port}:", port, repeater, env, out, err)
+    try:
+        ioc.wait_ready(30.0)
+        assert bound_addresses(port, "tcp") == {"127.0.0.1"}
+        assert not bound_addresses(other, "tcp")
+        with _environ(env):
+            assert caget(ioc.pv("SIM:TimeScale")) == 1000.0
+    finally:
+        ioc.close()
+    missing = subprocess.run(
+        [sys.executable, "-m", "gainloop.cli", "twin", "serve", "--config", str(tmp_path / "none.toml")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    no_bench = tmp_path / "no_bench.toml"
+    no_bench.write_text("[ioc]\ntime_scale = 10\n")
+    refused = subprocess.run(
+        [sys.executable, "-m", "gainloop.cli", "twin", "serve", "--config", str(no_bench)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "no bench file" in refused.stderr
