@@ -36,6 +36,7 @@ was read; a saturated spectrum is data (``saturated`` = 1), not an error.
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
 import time
@@ -505,9 +506,10 @@ class Bench:
         return {n: getattr(self, n) for n in ("pump", "slit", "stage", "spectrometer", "polarizer", "ta", "interlock")}
 
     def destroy(self) -> None:
-        """Release the devices' connections."""
+        """Release the devices' connections (and free their PV objects now: see ``connect_bench``)."""
         for dev in self.devices().values():
             dev.destroy()
+        gc.collect()
 
 
 def _unready_pvs(dev: Device) -> tuple[list[str], list[str]]:
@@ -549,6 +551,12 @@ def connect_bench(cfg: BenchConfig | str | Path, *, timeout: float | None = None
         cfg = load_bench(cfg)
     ensure_control_layer()
     timeout = cfg.bench.connection_timeout_s if timeout is None else float(timeout)
+    # caproto's threading client keeps weak references to the callbacks of every PV object made
+    # for a name; the PV objects of a bench destroyed earlier in this process are left to the
+    # garbage collector, and if it frees them (same thread, re-entrant lock) while caproto lists a
+    # PV's callbacks for the new devices, the listing fails ("dictionary changed size during
+    # iteration"). Free them now, before any new PV object is made.
+    gc.collect()
     bench = Bench(
         config=cfg,
         pump=PumpLaser(cfg, name="pump"),
