@@ -121,6 +121,10 @@ class _Peer:
     def history(self) -> list[PeerResult]:
         return [self._results[k] for k in sorted(self._results)]
 
+    def pending(self) -> list[PeerProposal]:
+        """Suggested, not yet ingested proposals (by trial index): what a campaign replays on start."""
+        return [self._pending[k] for k in sorted(self._pending)]
+
     def best(self) -> dict | None:
         rows = [r for r in self.history() if r.status == "completed"]
         if not rows:

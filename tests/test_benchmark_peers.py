@@ -1,0 +1,63 @@
+"""The peers of ``benchmarks/campaign_lab_time.py`` go through the same campaign plan as ours:
+each must answer every call the plan makes on an optimiser (one stop's benchmark lost Ax and
+Xopt to a method the plan had started to call)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+
+from .conftest import REPO
+
+
+def _calls_on(path, name: str) -> set[str]:
+    """Methods called on the variable ``name`` in the module at ``path``."""
+    tree = ast.parse(path.read_text())
+    return {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == name
+    }
+
+
+def _peers_module():
+    spec = importlib.util.spec_from_file_location("gainloop_bench_peers", REPO / "benchmarks" / "_peers.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)  # Ax and Xopt are imported only when a peer is made
+    return module
+
+
+def test_every_peer_answers_every_call_the_campaign_plan_makes():
+    from optimizer import GridSearch, NestedOptimizer, RandomSearch
+
+    used = _calls_on(REPO / "plans" / "campaign.py", "optimizer")
+    assert {"suggest", "ingest", "pending", "history", "best", "state"} <= used  # the walk finds them
+    peers = _peers_module()
+    for cls in (peers.AxPeer, peers.XoptPeer, NestedOptimizer, RandomSearch, GridSearch):
+        missing = sorted(m for m in used if not callable(getattr(cls, m, None)))
+        assert not missing, f"{cls.__name__} lacks {missing}"
+
+
+def test_a_peer_holds_its_suggestions_as_pending_until_ingested():
+    peers = _peers_module()
+
+    class Fixed(peers._Peer):
+        strategy = "fixed"
+
+        def _ask(self, n):
+            return [(i, {"stripe_length_um": 500.0 + i, "doping": 7.4}) for i in range(n)]
+
+        def _tell(self, result):
+            pass
+
+    peer = Fixed(seed=0)
+    assert peer.pending() == []
+    proposals = peer.suggest(2)
+    assert [p.trial_index for p in peer.pending()] == [0, 1] == [p.trial_index for p in proposals]
+    peer.ingest([{"trial_index": 0, "params": proposals[0].params, "status": "failed", "reason": "test"}])
+    assert [p.trial_index for p in peer.pending()] == [1]
