@@ -166,7 +166,7 @@ def sweep(
         presets_given = [p.strip() for value in presets or [] for p in value.split(",") if p.strip()]
         tasks = sweep_tasks(
             parse_strategies(pick(strategies, sw.strategies)),
-            parse_seeds(pick(seeds, sw.seeds if not isinstance(sw.seeds, list) else [str(x) for x in sw.seeds])),
+            parse_seeds(pick(seeds, sw.seeds)),  # a list of ints or a string like "0-9"
             presets_given or [str(p) for p in sw.presets or []] or None,
             base_config=conf,
             overrides={"max_trials": max_trials, "budget_lab_h": budget_hours, "target_threshold_uJ_cm2": target},

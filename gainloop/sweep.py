@@ -62,7 +62,7 @@ class SchedulerUnreachableError(SweepError):
 
 
 # ------------------------------------------------------------------ what to run
-def _split(values: list[str] | str | None) -> list[str]:
+def _split(values: list[str | int] | str | None) -> list[str]:
     """``["a,b", "c"]`` -> ``["a", "b", "c"]`` (comma-separated and repeated options alike)."""
     if values is None:
         return []
@@ -82,7 +82,7 @@ def parse_strategies(values: list[str] | str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def parse_seeds(values: list[str] | str | None) -> list[int]:
+def parse_seeds(values: list[str | int] | str | None) -> list[int]:
     """Seeds: non-negative integers and inclusive ranges ``A-B``, comma-separated or repeated."""
     seeds: list[int] = []
     for item in _split(values):
