@@ -149,6 +149,9 @@ def require_finite(value: object, what: str, *, minimum: float | None = None, un
     except Exception:  # a ragged or odd object
         raise ReadbackError(f"{what} read back {value!r}: not a number") from None
     if arr.dtype.kind not in "biufc" or arr.size == 0:
+        if arr.dtype.kind in "SU" and arr.size == 1:  # a string PV, as pyepics returns it (an array of one)
+            value = arr.reshape(-1)[0].item()
+            value = value.decode("latin-1") if isinstance(value, bytes) else value
         raise ReadbackError(f"{what} read back {value!r}: not a number (the instrument sent no valid reading)")
     if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))

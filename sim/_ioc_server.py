@@ -12,13 +12,21 @@ Clients reconnect on their own (caproto and libca re-search disconnected channel
 A reboot (``ioc.reboot_requested``, set by the ``missing_readback`` and
 ``string_readback`` faults) is the same for ``ioc.reboot_s``; each server serves
 ``ioc.served_pvdb()``, so a reboot can come back with a record missing or mis-typed.
+
+Port. The server serves on its one port (``port``, else ``EPICS_CA_SERVER_PORT``) or not at
+all: where caproto would try up to 100 random ports when that one is taken (so that the IOC
+served where no client searches), a port in use on an interface -- another IOC, or any TCP
+listener -- raises ``PortInUse`` (a server coming back after going dark retries it for
+``_REBIND_S``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -29,13 +37,24 @@ from caproto.asyncio.utils import _TransportWrapper
 if TYPE_CHECKING:  # pragma: no cover
     from sim.ioc import TwinIOC
 
-__all__ = ["supervise"]
+__all__ = ["PortInUse", "supervise"]
 
 log = logging.getLogger("gainloop.ioc")
 
 #: Wall time (s) between a put to SIM:Fault-Disconnect and the listeners going away,
 #: so that the put's own completion reaches the client first.
 _DISCONNECT_GRACE_S = 0.2
+#: Wall time (s) a server coming back after going dark retries a port still held (its own old listener).
+_REBIND_S = 2.0
+
+
+class PortInUse(OSError):
+    """The CA server port is taken on an interface (another IOC, or any TCP listener)."""
+
+    def __init__(self, interface: str, port: int):
+        super().__init__(errno.EADDRINUSE, f"port {port} is in use on {interface}")
+        self.interface = interface
+        self.port = port
 
 
 def _as_put_notify_reply(command):
@@ -63,15 +82,45 @@ class _Context(Context):
 
     CircuitClass = _Circuit
 
-    def __init__(self, pvdb, interfaces: Sequence[str], port: int | None):
+    def __init__(self, pvdb, interfaces: Sequence[str], port: int | None, *, rebind_s: float = 0.0):
         super().__init__(pvdb, list(interfaces))
         if port is not None:
             self.ca_server_port = int(port)
+        self._rebind_s = rebind_s
         self._tcp_servers: list[asyncio.AbstractServer] = []
+
+    async def _bind_tcp_sockets_with_consistent_port_number(self, make_socket):
+        # caproto's tries 100 random ports after the first: this server binds its port or raises PortInUse
+        port = int(self.ca_server_port)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._rebind_s
+        while True:
+            sockets: dict = {}
+            interface = ""
+            try:
+                for interface in self.interfaces:
+                    sockets[interface] = await make_socket(interface, port)
+            except OSError as exc:
+                for sock in sockets.values():
+                    sock.close()
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                if loop.time() >= deadline:
+                    raise PortInUse(interface, port) from exc
+                await asyncio.sleep(0.05)
+            else:
+                return port, sockets
 
     async def server_accept_loop(self, sock):
         # as caproto's, but keeps the asyncio server so that go_dark() can close it
         def _new_client(reader, writer):
+            # no Nagle delay: a put's completion and the monitors it triggers go out as small
+            # segments, and a client's delayed ACK would hold each exchange back ~40 ms (EPICS's
+            # rsrv sets TCP_NODELAY on its circuits too)
+            conn = writer.get_extra_info("socket")
+            if conn is not None:
+                with contextlib.suppress(OSError):
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             transport = _TransportWrapper(reader, writer)
             self.server_tasks.create(self.tcp_handler(transport, transport.getpeername()))
 
@@ -117,7 +166,7 @@ async def supervise(
             ioc.reboot_requested.clear()
             if stop.is_set():
                 break
-        ctx = _Context(ioc.served_pvdb(), interfaces, port)
+        ctx = _Context(ioc.served_pvdb(), interfaces, port, rebind_s=0.0 if first else _REBIND_S)
 
         async def ready(async_lib, ctx=ctx, first=first):
             log.info("serving %d PVs on %s port %s", len(ctx.pvdb), ",".join(interfaces), ctx.port)

@@ -11,9 +11,19 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
 
+# ophyd's control layer is caproto in this suite unless a module asks for another: the EPICS tests
+# run under caproto and pyepics through the ``control_layer`` fixture (tests/ioc_helpers.py), and
+# pyepics's libca must not be used in a worker before that fixture points it at the process's CA
+# ports (it reads EPICS_CA_* once per process). Set before ophyd is imported (its import picks a
+# layer), and inherited by the CLI subprocesses the tests start.
+os.environ["OPHYD_CONTROL_LAYER"] = "caproto"
+
 import pytest
 
 from twin.presets import load_presets
+
+# the EPICS tests' fixtures: ophyd's control layer (caproto, then pyepics) and the process's CA ports
+from .ioc_helpers import ca_pool, control_layer  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,8 @@ API
 ``start_twin_ioc(bench=EXAMPLE_BENCH, *, time_scale=1000.0, prefix=None, args=(),
 startup_timeout=30.0, wait=True, server_port=None, repeater_port=None)``
     Start ``python -m gainloop.cli twin serve --bench BENCH --time-scale X --port P [args...]``
-    with fresh free ports and return a ``TwinIOCProcess``; with ``wait`` it returns once
+    with fresh free ports (inside a module using ``ca_pool``: a port of the process's pool, see
+    below) and return a ``TwinIOCProcess``; with ``wait`` it returns once
     ``SIM:LabTime`` answers, raising ``IOCStartError`` (with the IOC's output) if the
     process exits or does not answer in time.
 ``TwinIOCProcess``
@@ -31,20 +32,48 @@ startup_timeout=30.0, wait=True, server_port=None, repeater_port=None)``
 ``twin_ioc_module``
     A module-scoped pytest fixture (import it into a test module) yielding a running
     ``TwinIOCProcess`` of ``EXAMPLE_BENCH`` at time scale 1000, environment set.
+
+Both control layers (``control_layer``, ``ca_pool``)
+----------------------------------------------------
+``control_layer``
+    A module-scoped fixture parametrised over ``CONTROL_LAYERS`` (``caproto``, ``pyepics``;
+    test ids end in ``[caproto]``/``[pyepics]``): ophyd uses that layer inside the module
+    (``ophyd.set_cl``; ``$OPHYD_CONTROL_LAYER`` names it, so ``connect_bench`` with the bench
+    file's ``control_layer = "auto"`` picks it), and the previous one again after it. Devices made
+    under it must be destroyed within it (module-scoped fixtures depending on it are). Without
+    pyepics the ``[pyepics]`` tests skip, naming it.
+``ca_pool`` / ``process_ca_pool() -> CAPortPool``
+    pyepics's libca reads ``EPICS_CA_*`` once per process, when its first channel is made, so
+    one xdist worker (which runs several modules, each with IOCs on ports of their own) cannot
+    point it at each new IOC. Each process therefore has one pool: ``POOL_SIZE`` server ports,
+    all listed in ``EPICS_CA_ADDR_LIST`` (``127.0.0.1:PORT ...``), and one repeater port with a
+    ``LoopbackRepeater`` on it; libca is made to read that environment when the pool is made
+    (before any other pyepics use in the process: the suite's ``conftest.py`` keeps ophyd on
+    caproto elsewhere). The module-scoped fixture ``ca_pool`` (or the context manager
+    ``pool_ports()``) makes ``start_twin_ioc`` (and ``lease_server_port``) take a pool port for each
+    IOC of the module (released when it is closed); the pool's ports are held (bound) while no IOC
+    has them, so no other process takes one.
+``LoopbackRepeater(port)``
+    A CA repeater bound to 127.0.0.1 only, in a daemon thread of this process: libca registers
+    with it (an empty datagram, confirmed as caRepeater does) and gets the IOCs' beacons through
+    it, and, finding the repeater port taken, never starts a ``caRepeater`` process (none outlives
+    the session). ``.registrations``, ``.beacons`` count what it saw; ``.close()`` stops it.
 CA helpers (caproto's sync client, no repeater; the environment must be set):
 ``caget(name, timeout=2.0)`` (a scalar as a Python number, an array as ``numpy``; a
-CHAR-waveform string PV as ``str``), ``caput(name, value, timeout=5.0, wait=True)``
+string PV or a CHAR array as ``str``), ``caput(name, value, timeout=5.0, wait=True)``
 (raises ``PutRefused`` if the IOC answers the put with a failure status -- it answers a
 refused put-with-completion with ECA_PUTFAIL, as rsrv does -- and
 ``caproto.CaprotoTimeoutError`` if it does not complete in time, e.g. while paused).
 
-String PVs (``STAGE:Sample-*``, ``STAGE:Kind-RB``, ``IL:Message``) are CHAR waveforms;
-``caget`` decodes them.
+String PVs (``STAGE:Sample-*``, ``STAGE:Kind-RB``, ``IL:Message``) are DBR_STRING (at most
+39 characters); the whole text of ``IL:Message`` is its long string ``IL:Message.VAL$``
+(``caget`` decodes both).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -52,8 +81,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,18 +94,32 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_BENCH = REPO / "examples" / "twin_bench.toml"
 
 __all__ = [
+    "CONTROL_LAYERS",
     "EXAMPLE_BENCH",
+    "POOL_SIZE",
+    "CAPortPool",
     "IOCStartError",
+    "LoopbackRepeater",
     "PutRefused",
     "TwinIOCProcess",
     "ca_environment",
+    "ca_pool",
     "caget",
     "caput",
+    "control_layer",
     "free_port",
+    "lease_server_port",
+    "pool_ports",
+    "process_ca_pool",
     "start_twin_ioc",
     "twin_ioc",
     "twin_ioc_module",
 ]
+
+#: ophyd's control layers the EPICS tests run under
+CONTROL_LAYERS = ("caproto", "pyepics")
+#: server ports of a process's CA pool (the most IOCs one test module runs at once, with room)
+POOL_SIZE = 4
 
 
 class IOCStartError(RuntimeError):
@@ -144,8 +188,8 @@ def caput(name: str, value, timeout: float = 5.0, wait: bool = True):
     """Write one PV; with ``wait`` (put with completion) raise ``PutRefused`` on a failure status."""
     from caproto.sync.client import write
 
-    if isinstance(value, str):
-        value = np.frombuffer(value.encode("latin-1") + b"\0", dtype=np.uint8)
+    if isinstance(value, bytes):  # as a CHAR array (with its terminator); a str goes as DBR_STRING
+        value = np.frombuffer(value + b"\0", dtype=np.uint8)
     resp = write(name, value, notify=wait, timeout=timeout, repeater=False)
     if wait and not resp.status.success:
         raise PutRefused(f"put {name} = {value!r} refused: {resp.status.name}")
@@ -161,6 +205,7 @@ class TwinIOCProcess:
     env: dict[str, str]
     _out: Path = field(repr=False)
     _err: Path = field(repr=False)
+    _release: Callable[[], None] | None = field(default=None, repr=False)
 
     def pv(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -202,9 +247,12 @@ class TwinIOCProcess:
         return self.proc.returncode
 
     def close(self) -> None:
-        """``stop``, then delete the captured output."""
+        """``stop``, then delete the captured output (and give a pool port back)."""
         self.stop()
         shutil.rmtree(self._out.parent, ignore_errors=True)
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 def start_twin_ioc(
@@ -218,10 +266,28 @@ def start_twin_ioc(
     server_port: int | None = None,
     repeater_port: int | None = None,
 ) -> TwinIOCProcess:
-    """Start the IOC on free loopback ports (see the module docstring)."""
-    server_port = server_port or free_port()
-    repeater_port = repeater_port or free_port()
-    env = ca_environment(server_port, repeater_port)
+    """Start the IOC on free loopback ports, or on a port of the process's CA pool inside a module
+    using ``ca_pool`` (see the module docstring)."""
+    release = None
+    pool = _POOL if _POOL is not None and _POOL.active and server_port is None else None
+    if pool is not None:
+        server_port = pool.lease()
+        release = functools.partial(pool.release, server_port)
+        repeater_port = pool.repeater.port
+        env = pool.environment(server_port)
+    else:
+        server_port = server_port or free_port()
+        repeater_port = repeater_port or free_port()
+        env = ca_environment(server_port, repeater_port)
+    try:
+        return _start(bench, time_scale, prefix, args, startup_timeout, wait, server_port, repeater_port, env, release)
+    except BaseException:
+        if release is not None:
+            release()
+        raise
+
+
+def _start(bench, time_scale, prefix, args, startup_timeout, wait, server_port, repeater_port, env, release):
     if prefix is None:
         from devices.config import load_bench
 
@@ -235,6 +301,7 @@ def start_twin_ioc(
     ioc = TwinIOCProcess(proc, prefix, server_port, repeater_port, env, out, err)
     if wait:
         ioc.wait_ready(startup_timeout)
+    ioc._release = release
     return ioc
 
 
@@ -253,6 +320,238 @@ def twin_ioc(bench: str | Path = EXAMPLE_BENCH, *, set_environ: bool = True, **k
 def twin_ioc_module() -> Iterator[TwinIOCProcess]:
     with twin_ioc() as ioc:
         yield ioc
+
+
+# ------------------------------------------------------------------ both control layers: the process's CA pool
+class LoopbackRepeater:
+    """A CA repeater on 127.0.0.1:``port`` only, in a daemon thread of this process (see the module docstring)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.registrations = 0
+        self.beacons = 0
+        self._clients: set[int] = set()
+        self._closed = threading.Event()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self._sock.bind(("127.0.0.1", port))
+        except OSError:
+            self._sock.close()
+            raise
+        self._sock.settimeout(0.5)
+        self._thread = threading.Thread(target=self._run, name=f"ca-repeater-{port}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import caproto as ca
+
+        broadcaster = ca.Broadcaster(our_role=ca.SERVER)
+        while not self._closed.is_set():
+            try:
+                data, (host, port) = self._sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                commands = broadcaster.recv(data, (host, port))
+            except Exception:
+                continue
+            if not commands:  # libca registers with an empty datagram (as caRepeater, confirm it)
+                self._register(port)
+                continue
+            forward = []
+            for command in commands:
+                if isinstance(command, ca.RepeaterRegisterRequest):
+                    self._register(port)
+                elif isinstance(command, ca.Beacon):
+                    self.beacons += 1
+                    if command.header.parameter2 == 0:  # the server left its address to the repeater
+                        command.header.parameter2 = ca.ipv4_to_int32(host)
+                    forward.append(bytes(command))
+            if forward:
+                payload = b"".join(forward)
+                for client in list(self._clients - {port}):
+                    self._send(payload, client)
+
+    def _register(self, port: int) -> None:
+        import caproto as ca
+
+        self._clients.add(port)
+        self.registrations += 1
+        self._send(bytes(ca.RepeaterConfirmResponse("127.0.0.1")), port)
+
+    def _send(self, payload: bytes, port: int) -> None:
+        try:
+            self._sock.sendto(payload, ("127.0.0.1", port))
+        except OSError:
+            self._clients.discard(port)
+
+    def close(self) -> None:
+        """Stop: the thread ends, the port is closed."""
+        self._closed.set()
+        self._thread.join(5.0)
+        self._sock.close()
+
+
+def _hold(port: int) -> list[socket.socket]:
+    """Bind TCP and UDP ``port`` on 127.0.0.1 (not listening), so that no other process is given it."""
+    held = []
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        sock = socket.socket(socket.AF_INET, kind)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the TIME_WAIT of an IOC's circuits
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            continue
+        held.append(sock)
+    return held
+
+
+class CAPortPool:
+    """The CA ports of this process (see the module docstring): ``ports``, ``repeater``, ``pyepics``
+    (libca reads ``environment()``; False with ``pyepics_missing`` saying why), ``active`` (inside a
+    module using ``ca_pool``)."""
+
+    def __init__(self, size: int = POOL_SIZE):
+        self.repeater = _bind_repeater()
+        self.ports = tuple(free_port() for _ in range(size))
+        self._held = {port: _hold(port) for port in self.ports}
+        self._leased: set[int] = set()
+        self._lock = threading.Lock()
+        self.active = False
+        self.pyepics = False
+        self.pyepics_missing = ""
+
+    def environment(self, server_port: int | None = None) -> dict[str, str]:
+        """``EPICS_CA_*`` of a client that finds every IOC of the pool (and of an IOC on ``server_port``)."""
+        return {
+            "EPICS_CA_ADDR_LIST": " ".join(f"127.0.0.1:{port}" for port in self.ports),
+            "EPICS_CA_AUTO_ADDR_LIST": "NO",
+            "EPICS_CA_SERVER_PORT": str(server_port or self.ports[0]),
+            "EPICS_CA_REPEATER_PORT": str(self.repeater.port),
+        }
+
+    def lease(self) -> int:
+        """A pool port no IOC has (no longer held): start a server on it, then ``release`` it."""
+        with self._lock:
+            free = [port for port in self.ports if port not in self._leased]
+            if not free:
+                raise RuntimeError(f"all {len(self.ports)} CA ports of this process's pool are in use: close an IOC")
+            port = free[0]
+            self._leased.add(port)
+            for sock in self._held.pop(port, []):
+                sock.close()
+        return port
+
+    def release(self, port: int) -> None:
+        with self._lock:
+            self._leased.discard(port)
+            self._held[port] = _hold(port)
+
+    def _lock_libca(self) -> None:
+        """Make pyepics's libca read ``environment()`` now (it reads it once, at its first channel)."""
+        import ophyd
+
+        try:
+            from epics import ca
+        except ImportError as exc:
+            self.pyepics_missing = f"pyepics is not installed ({exc}): pip install pyepics==3.5.10 (the test extra)"
+            return
+        if getattr(ca, "_chid_cache", None):
+            raise RuntimeError(
+                "pyepics made channels in this process before its CA environment was set: libca searches "
+                "elsewhere for good (keep ophyd on caproto outside modules using ca_pool)"
+            )
+        previous = ophyd.cl.name
+        with _environ(self.environment()):
+            try:
+                ophyd.set_cl("pyepics")  # libca's context, as ophyd makes it (its dispatcher attaches to it)
+            except ImportError as exc:
+                self.pyepics_missing = f"pyepics cannot load libca: {exc}"
+                return
+            chid = ca.create_channel("gainloop:ca-environment-probe", connect=False, auto_cb=False)
+            ca.clear_channel(chid)  # its search machinery made: the environment is read
+        ophyd.set_cl(previous)
+        self.pyepics = True
+
+
+def _bind_repeater() -> LoopbackRepeater:
+    for _ in range(20):
+        try:
+            return LoopbackRepeater(free_port())
+        except OSError:  # taken between free_port and the bind
+            continue
+    raise RuntimeError("no free port on 127.0.0.1 for the CA repeater")
+
+
+_POOL: CAPortPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def process_ca_pool() -> CAPortPool:
+    """This process's ``CAPortPool``, made (and libca pointed at it) on the first call."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            pool = CAPortPool()
+            pool._lock_libca()
+            _POOL = pool
+        return _POOL
+
+
+@contextlib.contextmanager
+def lease_server_port() -> Iterator[tuple[int, dict[str, str]]]:
+    """``(port, client environment)`` for a CA server of a test's own: a pool port inside a module using
+    ``ca_pool``, else a free port (with a free repeater port)."""
+    pool = _POOL if _POOL is not None and _POOL.active else None
+    if pool is None:
+        port = free_port()
+        yield port, ca_environment(port, free_port())
+        return
+    port = pool.lease()
+    try:
+        yield port, pool.environment(port)
+    finally:
+        pool.release(port)
+
+
+@contextlib.contextmanager
+def pool_ports() -> Iterator[CAPortPool]:
+    """Inside the block, IOCs of this process take ports of its ``CAPortPool`` (made on the first use):
+    what a process that talks to several IOCs one after the other under pyepics needs."""
+    pool = process_ca_pool()
+    was_active, pool.active = pool.active, True
+    try:
+        yield pool
+    finally:
+        pool.active = was_active
+
+
+@pytest.fixture(scope="module")
+def ca_pool() -> Iterator[CAPortPool]:
+    """The process's ``CAPortPool``, active in the module: its IOCs take pool ports."""
+    with pool_ports() as pool:
+        yield pool
+
+
+@pytest.fixture(scope="module", params=CONTROL_LAYERS)
+def control_layer(request, ca_pool) -> Iterator[str]:
+    """ophyd's control layer for the module's tests, ``caproto`` then ``pyepics`` (see the module docstring)."""
+    import ophyd
+
+    name = request.param
+    if name == "pyepics" and not ca_pool.pyepics:
+        pytest.skip(ca_pool.pyepics_missing or "pyepics is not usable in this process")
+    previous = ophyd.cl.name
+    with _environ({"OPHYD_CONTROL_LAYER": name}):
+        ophyd.set_cl(name)
+        try:
+            yield name
+        finally:
+            ophyd.set_cl(previous)
 
 
 def bound_addresses(port: int, kind: str = "tcp") -> set[str]:

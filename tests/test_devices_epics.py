@@ -3,7 +3,9 @@
 Each IOC gets its own PV prefix (the bench file's names under a unique prefix), so
 channels of one IOC are never confused with another's. The module's IOC runs at a
 time scale of 1e4 lab seconds per wall second; tests that compare numbers start a
-fresh, seeded IOC.
+fresh, seeded IOC. Every test over CA runs under both of ophyd's control layers
+(``control_layer``: ids end in ``[caproto]``/``[pyepics]``); the module's IOC serves both
+(its IOCs are on the process's CA ports: ``ca_pool``), each layer with a bench of its own.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from devices import (
 from sim.devices import twin_bench_devices
 
 from .faults.scenarios.devices import fast_ca_searches, reboot_ioc
-from .ioc_helpers import EXAMPLE_BENCH, ca_environment, caget, caput, free_port, twin_ioc
+from .ioc_helpers import EXAMPLE_BENCH, caget, caput, lease_server_port, twin_ioc
 
 SCALE = 1e4
 _counter = itertools.count()
@@ -53,14 +55,25 @@ def bench_config(prefix: str, **overrides):
     return parse_bench(data, f"{EXAMPLE_BENCH} (prefix {prefix})")
 
 
+def _unique_prefix() -> str:
+    return f"T{os.getpid()}x{next(_counter)}:"
+
+
+def connect(cfg, layer: str):
+    """The bench's devices under ``layer`` (the bench file's ``control_layer`` is auto: the fixture's)."""
+    bench = connect_bench(cfg)
+    assert bench.control_layer == layer
+    return bench
+
+
 @contextlib.contextmanager
-def ioc_and_bench(*, seed: int | None = None, time_scale: float = SCALE, **overrides):
-    """A fresh IOC under a unique prefix and the bench's devices connected to it."""
-    prefix = f"T{os.getpid()}x{next(_counter)}:"
+def ioc_and_bench(layer: str, *, seed: int | None = None, time_scale: float = SCALE, **overrides):
+    """A fresh IOC under a unique prefix and the bench's devices connected to it under ``layer``."""
+    prefix = _unique_prefix()
     cfg = bench_config(prefix, **overrides)
     args = [] if seed is None else ["--seed", str(seed)]
     with twin_ioc(EXAMPLE_BENCH, time_scale=time_scale, prefix=prefix, args=args) as ioc:
-        bench = connect_bench(cfg)
+        bench = connect(cfg, layer)
         try:
             yield ioc, bench
         finally:
@@ -68,10 +81,22 @@ def ioc_and_bench(*, seed: int | None = None, time_scale: float = SCALE, **overr
 
 
 @pytest.fixture(scope="module")
-def epics():
+def epics_ioc(ca_pool):
+    """The module's IOC (both layers' benches connect to it)."""
+    prefix = _unique_prefix()
+    with twin_ioc(EXAMPLE_BENCH, time_scale=SCALE, prefix=prefix) as ioc:
+        yield ioc
+
+
+@pytest.fixture(scope="module")
+def epics(epics_ioc, control_layer):
     # short device timeouts so that fault tests fail fast
-    with ioc_and_bench(spectrometer={"acquire_timeout_s": 2.0}, stage={"move_timeout_s": 5.0}) as (ioc, bench):
-        yield ioc, bench
+    cfg = bench_config(epics_ioc.prefix, spectrometer={"acquire_timeout_s": 2.0}, stage={"move_timeout_s": 5.0})
+    bench = connect(cfg, control_layer)
+    try:
+        yield epics_ioc, bench
+    finally:
+        bench.destroy()
 
 
 @pytest.fixture
@@ -119,7 +144,7 @@ def _wait_for(predicate, timeout: float) -> bool:
 
 
 # ---------------------------------------------------------------- connection
-def test_connect_names_the_pvs_that_did_not_connect():
+def test_connect_names_the_pvs_that_did_not_connect(control_layer):
     cfg = bench_config("NOSUCHBENCH:", bench={"connection_timeout_s": 0.5})
     t0 = time.monotonic()
     with pytest.raises(BenchConnectionError) as err:
@@ -170,8 +195,8 @@ def _sequence(b) -> list[tuple]:
     return out
 
 
-def test_inprocess_and_ioc_agree_for_the_same_seed(presets):
-    with ioc_and_bench(seed=5) as (ioc, bench):
+def test_inprocess_and_ioc_agree_for_the_same_seed(presets, control_layer):
+    with ioc_and_bench(control_layer, seed=5) as (ioc, bench):
         over_ca = _sequence(bench)
         lab_time_ioc = caget(ioc.pv("SIM:LabTime"))
         twin = twin_bench_devices(bench.config, seed=5, presets=presets)
@@ -241,6 +266,7 @@ def test_slit_soft_limits_are_checked_before_sending(RE, ioc, bench):
 
 
 def test_stage_mounts_and_film_takes_hours(ioc, bench):
+    bench.stage.set("core-film").wait(10)
     st = bench.stage.set("cas-dfb")
     st.wait(10)
     assert caget(ioc.pv("STAGE:Sample-RB")) == "cas-dfb"
@@ -284,13 +310,20 @@ def test_bad_setpoints_are_clear_errors_and_never_sent(RE, ioc, bench, attr, pv,
         "delay": bench.ta.delay,
         "pump_excitons": bench.ta.pump_excitons,
     }[attr]
-    before, message = caget(ioc.pv(pv)), caget(ioc.pv("IL:Message"))
+    before, message = caget(ioc.pv(pv)), caget(ioc.pv("IL:Message.VAL$"))
     with pytest.raises(LimitError, match="nothing was sent"):
         RE(bps.mv(sig, bad))
     with pytest.raises(LimitError):
         sig.put(bad)
     assert caget(ioc.pv(pv)) == before
-    assert caget(ioc.pv("IL:Message")) == message
+    assert caget(ioc.pv("IL:Message.VAL$")) == message
+
+
+def test_text_longer_than_an_epics_string_is_refused_before_sending(ioc, bench):
+    before = caget(ioc.pv("STAGE:Sample-SP"))
+    with pytest.raises(LimitError, match=r"has 40 characters; an EPICS string \(DBR_STRING\) holds at most 39"):
+        bench.stage.sample.put("x" * 40, force=True)
+    assert caget(ioc.pv("STAGE:Sample-SP")) == before
 
 
 def test_refused_setpoints_carry_the_iocs_reason(RE, ioc, bench):
@@ -301,12 +334,42 @@ def test_refused_setpoints_carry_the_iocs_reason(RE, ioc, bench):
     exc = err.value.__cause__
     assert isinstance(exc, PutRefusedError)
     assert "interlock permit is off" in str(exc) and ioc.pv("PUMP:Fluence-SP") in str(exc)
+    assert "ECA_PUTFAIL" in str(exc)  # the IOC's status, as the layer got it
     assert caget(ioc.pv("PUMP:Fluence-SP")) == 100.0
     with pytest.raises(PutRefusedError, match="shutter"):
         bench.pump.shutter.put(1)
     st = bench.stage.request_film(39.0)  # the schema allows it, the preset's dots cannot hold it
     with pytest.raises(PutRefusedError, match="cannot be made"):
         st.wait(10)
+    caput(ioc.pv("IL:Permit"), 1)
+    with pytest.raises(PutRefusedError) as err:  # a reason longer than IL:Message (39 characters) holds
+        bench.pump.fluence.put(5000.0, force=True)
+    reason = caget(ioc.pv("IL:Message.VAL$"))
+    assert len(reason) > 39 and str(err.value).endswith(f"{ioc.pv('IL:Message')}: {reason}")
+    assert caget(ioc.pv("IL:Message")) == reason[:39]
+    with pytest.raises(PutRefusedError) as err:
+        bench.stage.sample.put("no-such-sample", force=True)
+    assert "refused sample 'no-such-sample': not in the library (core-film, cas-film" in str(err.value)
+
+
+def test_a_layer_without_put_status_compares_the_read_back(RE, ioc, bench, monkeypatch, control_layer):
+    """Where a layer hands no put status, the setpoint read back decides: text (DBR_STRING), numbers and
+    flags that the IOC took pass, a refusal is reported with the IOC's reason."""
+    from devices import _ca
+
+    assert _ca._put_path(bench.stage.sample.cl, bench.stage.sample._write_pv) == (
+        "caproto" if control_layer == "caproto" else "libca"
+    )
+    monkeypatch.setattr(_ca, "_put_path", lambda layer, pv: "read back")
+    bench.stage.set("cas-film").wait(10)
+    assert caget(ioc.pv("STAGE:Sample-RB")) == "cas-film"
+    RE(bps.mv(bench.pump.fluence, 150.0, bench.pump.shutter, 0))
+    assert caget(ioc.pv("PUMP:Fluence-SP")) == 150.0
+    caput(ioc.pv("IL:Permit"), 0)
+    with pytest.raises(PutRefusedError) as err:
+        bench.pump.fluence.put(250.0)
+    assert "the setpoint reads 150.0 after the put" in str(err.value)
+    assert str(err.value).endswith("refused fluence: interlock permit is off")
 
 
 # ---------------------------------------------------------------- faults
@@ -338,10 +401,12 @@ def test_inf_and_negative_readbacks_are_read_errors(RE, ioc, bench):
     assert bench.pump.read()["pump_fluence"]["value"] == pytest.approx(500.0, rel=0.05)
 
 
-def test_string_and_missing_readbacks_are_read_errors_naming_the_pv(RE):
+def test_string_and_missing_readbacks_are_read_errors_naming_the_pv(RE, control_layer):
     """The IOC reboots with SPEC:Integrated as a string record, then without it: the trigger fails and a
-    read raises, each naming the PV and what was read; cleared, the same devices measure again."""
-    with fast_ca_searches(), ioc_and_bench(time_scale=1000.0) as (ioc, bench):
+    read raises, each naming the PV and what was read; cleared, the same devices measure again. (Three
+    reboots: under pyepics each costs up to 10 s, libca's disconnect governor searching the channels of a
+    lost circuit again only at its next 10-s tick.)"""
+    with fast_ca_searches(), ioc_and_bench(control_layer, time_scale=1000.0) as (ioc, bench):
         integrated = ioc.pv("SPEC:Integrated")
         RE(bps.mv(bench.pump.shutter, 1, bench.pump.fluence, 500.0))
         reboot_ioc(ioc, bench, "SIM:Fault-String", 1)
@@ -354,7 +419,7 @@ def test_string_and_missing_readbacks_are_read_errors_naming_the_pv(RE):
         ), exc
         with pytest.raises(ReadbackError, match=r"read back '[0-9.e+]+ counts': not a number"):
             bench.spectrometer.read()
-        reboot_ioc(ioc, bench, "SIM:Fault-String", 0)
+        # with both faults on the record is missing: one reboot
         reboot_ioc(ioc, bench, "SIM:Fault-Missing", 1, missing="SPEC:Integrated")
         with pytest.raises(FailedStatus) as err:
             RE(bp.count([bench.spectrometer]))
@@ -364,6 +429,8 @@ def test_string_and_missing_readbacks_are_read_errors_naming_the_pv(RE):
         with pytest.raises(ReadbackError, match=rf"spectrometer_integrated \({integrated}\) is missing"):
             bench.spectrometer.read()
         bench.pump.read()  # the other PVs are back
+        caput(ioc.pv("SIM:Fault-String"), 0)  # still missing (Missing is on): no reboot
+        assert caget(ioc.pv("SIM:Fault-String")) == 0 and bench.spectrometer.acquire.connected
         reboot_ioc(ioc, bench, "SIM:Fault-Missing", 0)
         (ev,) = _events(_collect(RE, bp.count([bench.spectrometer])))
         counts = ev["data"]["spectrometer_integrated"]
@@ -445,43 +512,113 @@ run(Stub(prefix="PREFIX").pvdb, interfaces=["127.0.0.1"])
 """
 
 
-def test_refusal_sent_as_an_error_response_is_reported(tmp_path, monkeypatch):
+def test_refusal_sent_as_an_error_response_is_reported(tmp_path, monkeypatch, control_layer):
     """A plain caproto IOC answers a refused put-with-completion with an ErrorResponse, which
-    caproto's client drops; the devices still report it at once, with the IOC's text."""
+    caproto's client drops; the devices still report it at once, with the IOC's text (caproto) or
+    the status libca hands to the put callback (pyepics: libca keeps the text to itself)."""
     from ophyd import EpicsSignal
 
     from devices._ca import put_notify
 
-    prefix = f"STUB{os.getpid()}:"
-    env = ca_environment(free_port(), free_port())
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    script = tmp_path / "stub_ioc.py"
-    script.write_text(_STUB_IOC.replace("PREFIX", prefix))
-    server_env = {**os.environ, "EPICS_CAS_SERVER_PORT": env["EPICS_CA_SERVER_PORT"]}
-    proc = subprocess.Popen(
-        [sys.executable, str(script)], env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    sig = None
-    try:
-        assert _wait_for(lambda: _answers(prefix + "SP"), 20.0)
+    prefix = f"STUB{os.getpid()}x{next(_counter)}:"
+    with _stub_ioc(tmp_path, _STUB_IOC, prefix, "SP", monkeypatch):
         sig = EpicsSignal(prefix + "SP", name="stub_sp")  # after the server is up: no search back-off
-        sig.wait_for_connection(timeout=10)
-        replies: list = []
-        put_notify(sig, 5.0, replies.append, timeout=5.0, connection_timeout=5.0)
-        assert _wait_for(lambda: len(replies) == 1, 5.0) and replies == [None]
-        t0 = time.monotonic()
-        put_notify(sig, 50.0, replies.append, timeout=30.0, connection_timeout=5.0)
-        assert _wait_for(lambda: len(replies) == 2, 5.0), "the refusal was not delivered"
-        assert time.monotonic() - t0 < 5.0
-        assert isinstance(replies[1], PutRefusedError)
-        assert "stub refuses 50.0: above 10" in str(replies[1])
-        assert caget(prefix + "SP") == 5.0
-    finally:
-        if sig is not None:
+        try:
+            sig.wait_for_connection(timeout=10)
+            replies: list = []
+            put_notify(sig, 5.0, replies.append, timeout=5.0, connection_timeout=5.0)
+            assert _wait_for(lambda: len(replies) == 1, 5.0) and replies == [None]
+            t0 = time.monotonic()
+            put_notify(sig, 50.0, replies.append, timeout=30.0, connection_timeout=5.0)
+            assert _wait_for(lambda: len(replies) == 2, 5.0), "the refusal was not delivered"
+            assert time.monotonic() - t0 < 5.0
+            assert isinstance(replies[1], PutRefusedError)
+            if control_layer == "caproto":
+                assert "stub refuses 50.0: above 10" in str(replies[1])
+            else:
+                assert str(replies[1]) == f"{prefix}SP refused 50.0: ECA_PUTFAIL (Channel write request failed)"
+            assert caget(prefix + "SP") == 5.0
+        finally:
             sig.destroy()
-        proc.terminate()
-        proc.wait(10)
+
+
+_TEXT_STUB_IOC = """
+from caproto import ChannelType
+from caproto.server import PVGroup, pvproperty, run
+
+IDS = ("core-film", "cas-dfb")
+REASON = "refused sample {!r}: not in the library (" + ", ".join(IDS) + "), ask an operator"
+
+class Stub(PVGroup):
+    # a bench whose IOC serves text as CHAR waveforms, its message too
+    char = pvproperty(value="core-film", name="CHAR", dtype=ChannelType.CHAR, max_length=64)
+    text = pvproperty(value="core-film", name="STR", dtype=ChannelType.STRING)
+    msg = pvproperty(value="", name="MSG", dtype=ChannelType.CHAR, max_length=256, read_only=True)
+
+    @char.putter
+    async def char(self, instance, value):
+        if value not in IDS:
+            await self.msg.write(REASON.format(value))
+            raise ValueError("refused")
+        return value
+
+run(Stub(prefix="PREFIX").pvdb, interfaces=["127.0.0.1"])
+"""
+
+
+def test_text_pvs_read_alike_as_char_waveforms_or_strings(tmp_path, monkeypatch, control_layer):
+    """A real bench's IOC may serve its text PVs as CHAR waveforms (and its message too) or as DBR_STRING:
+    the devices' text signals read, monitor and write both as text, and a refusal carries the whole reason
+    read from a CHAR-waveform message PV."""
+    from ophyd import EpicsSignal
+
+    from devices._ca import put_notify
+    from devices._signals import BenchSignalRO
+
+    prefix = f"TXT{os.getpid()}x{next(_counter)}:"
+    with _stub_ioc(tmp_path, _TEXT_STUB_IOC, prefix, "CHAR", monkeypatch):
+        char = EpicsSignal(prefix + "CHAR", name="char", string=True)
+        text = BenchSignalRO(prefix + "STR", name="text", string=True)
+        seen: list = []
+        try:
+            char.wait_for_connection(timeout=10)
+            text.wait_for_connection(timeout=10)
+            assert char.get() == "core-film" and text.get() == "core-film"
+            assert char.read()["char"]["value"] == "core-film" and text.read()["text"]["value"] == "core-film"
+            char.subscribe(lambda value=None, **kw: seen.append(value), run=False)
+            replies: list = []
+            put_notify(char, "cas-dfb", replies.append, timeout=5.0, connection_timeout=5.0, reason_pv=prefix + "MSG")
+            assert _wait_for(lambda: len(replies) == 1, 5.0) and replies == [None]
+            assert _wait_for(lambda: "cas-dfb" in seen, 5.0), seen  # monitors give text too
+            assert char.get(use_monitor=False) == "cas-dfb"
+            put_notify(char, "nope", replies.append, timeout=5.0, connection_timeout=5.0, reason_pv=prefix + "MSG")
+            assert _wait_for(lambda: len(replies) == 2, 5.0)
+            reason = "refused sample 'nope': not in the library (core-film, cas-dfb), ask an operator"
+            assert isinstance(replies[1], PutRefusedError) and str(replies[1]).endswith(f"{prefix}MSG: {reason}")
+            assert char.get(use_monitor=False) == "cas-dfb"
+        finally:
+            char.destroy()
+            text.destroy()
+
+
+@contextlib.contextmanager
+def _stub_ioc(tmp_path, source: str, prefix: str, probe: str, monkeypatch):
+    """A caproto IOC of ``source`` (its PV prefix ``PREFIX``) on a CA port of this process, the environment set."""
+    with lease_server_port() as (port, env):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        script = tmp_path / f"stub_{prefix.strip(':')}.py"
+        script.write_text(source.replace("PREFIX", prefix))
+        server_env = {**os.environ, "EPICS_CAS_SERVER_PORT": str(port)}
+        proc = subprocess.Popen(
+            [sys.executable, str(script)], env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            assert _wait_for(lambda: _answers(prefix + probe), 20.0)
+            yield proc
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 def _answers(pvname: str) -> bool:

@@ -7,7 +7,9 @@
    the IOC), the IOC refuses the put (CA put error), keeps its setpoint, and
    ``IL:Message`` says why.
 
-(The plan-level check is tested in ``test_plan_safety.py``.)
+(The plan-level check is tested in ``test_plan_safety.py``.) Tests with ophyd devices over CA
+run under both of ophyd's control layers (``control_layer``: ids end in ``[caproto]``/``[pyepics]``);
+the module's IOC serves both.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _config(prefix: str | None = None, limit: float | None = None):
 
 
 @pytest.fixture(scope="module")
-def ioc():
+def ioc(ca_pool):
     prefix = f"S{os.getpid()}:"
     with twin_ioc(EXAMPLE_BENCH, time_scale=1e4, prefix=prefix) as running:
         yield running
@@ -53,7 +55,7 @@ def setpoint(ioc):
     """The IOC at a known fluence setpoint (100) with an 'ok' message; the permit restored after."""
     caput(ioc.pv("IL:Permit"), 1)
     caput(ioc.pv("PUMP:Fluence-SP"), 100.0)
-    assert caget(ioc.pv("IL:Message")) == "ok"
+    assert caget(ioc.pv("IL:Message.VAL$")) == "ok"
     yield ioc.pv("PUMP:Fluence-SP")
     caput(ioc.pv("IL:Permit"), 1)
 
@@ -79,7 +81,7 @@ def test_device_soft_limit_alone_inprocess(RE, presets, monkeypatch, bad):
 
 
 @pytest.mark.parametrize("bad", OVER)
-def test_device_soft_limit_alone_over_ca(RE, ioc, setpoint, bad):
+def test_device_soft_limit_alone_over_ca(RE, ioc, setpoint, control_layer, bad):
     bench = connect_bench(_config(prefix=ioc.prefix))
     try:
         with pytest.raises(LimitError, match="nothing was sent"):
@@ -90,10 +92,10 @@ def test_device_soft_limit_alone_over_ca(RE, ioc, setpoint, bad):
         bench.destroy()
     # the IOC never saw it: its setpoint and its message are untouched
     assert caget(setpoint) == 100.0
-    assert caget(ioc.pv("IL:Message")) == "ok"
+    assert caget(ioc.pv("IL:Message.VAL$")) == "ok"
 
 
-def test_device_limit_is_the_bench_files_not_the_iocs(RE, ioc, setpoint):
+def test_device_limit_is_the_bench_files_not_the_iocs(RE, ioc, setpoint, control_layer):
     """A bench file stricter than the IOC: the device refuses what the IOC would allow."""
     bench = connect_bench(_config(prefix=ioc.prefix, limit=500.0))
     try:
@@ -101,7 +103,7 @@ def test_device_limit_is_the_bench_files_not_the_iocs(RE, ioc, setpoint):
             RE(bps.mv(bench.pump.fluence, 600.0))
     finally:
         bench.destroy()
-    assert caget(setpoint) == 100.0 and caget(ioc.pv("IL:Message")) == "ok"
+    assert caget(setpoint) == 100.0 and caget(ioc.pv("IL:Message.VAL$")) == "ok"
 
 
 # ---------------------------------------------------------------- layer 2: the IOC's interlock
@@ -110,26 +112,27 @@ def test_ioc_interlock_alone_raw_ca_put(ioc, setpoint, bad):
     with pytest.raises(PutRefused):
         caput(setpoint, bad)
     assert caget(setpoint) == 100.0
-    message = caget(ioc.pv("IL:Message"))
+    message = caget(ioc.pv("IL:Message.VAL$"))
     assert message.startswith("refused fluence")
     assert ("above the limit of 3000" in message) or ("finite number >= 0" in message)
 
 
-def test_ioc_interlock_alone_raw_ophyd_signal(ioc, setpoint):
+def test_ioc_interlock_alone_raw_ophyd_signal(ioc, setpoint, control_layer):
     raw = EpicsSignal(setpoint, name="raw_fluence")
     try:
         raw.wait_for_connection(timeout=5)
         raw.put(5000.0, force=True)  # no client-side check at all; fire and forget
-        assert _eventually(lambda: caget(ioc.pv("IL:Message")) != "ok")
+        assert _eventually(lambda: caget(ioc.pv("IL:Message.VAL$")) != "ok")
     finally:
         raw.destroy()
     assert caget(setpoint) == 100.0
-    assert "above the limit of 3000" in caget(ioc.pv("IL:Message"))
+    assert "above the limit of 3000" in caget(ioc.pv("IL:Message.VAL$"))
 
 
-def test_ioc_interlock_alone_device_check_bypassed(ioc, setpoint):
+def test_ioc_interlock_alone_device_check_bypassed(ioc, setpoint, control_layer):
     bench = connect_bench(_config(prefix=ioc.prefix))
     try:
+        assert bench.control_layer == control_layer
         with pytest.raises(PutRefusedError, match="above the limit of 3000") as err:
             bench.pump.fluence.put(4000.0, force=True)
         assert setpoint in str(err.value)
@@ -138,7 +141,7 @@ def test_ioc_interlock_alone_device_check_bypassed(ioc, setpoint):
     assert caget(setpoint) == 100.0
 
 
-def test_ioc_interlock_alone_device_allows_more(RE, ioc, setpoint):
+def test_ioc_interlock_alone_device_allows_more(RE, ioc, setpoint, control_layer):
     """A bench file laxer than the IOC: the device sends it, the IOC refuses, the plan fails."""
     bench = connect_bench(_config(prefix=ioc.prefix, limit=1e5))
     try:
@@ -151,13 +154,13 @@ def test_ioc_interlock_alone_device_allows_more(RE, ioc, setpoint):
     assert caget(setpoint) == 100.0
 
 
-def test_ioc_interlock_permit_off_refuses_any_fluence(RE, ioc, setpoint):
+def test_ioc_interlock_permit_off_refuses_any_fluence(RE, ioc, setpoint, control_layer):
     caput(ioc.pv("IL:Permit"), 0)
     assert caget(ioc.pv("PUMP:Shutter")) == 0
     with pytest.raises(PutRefused):
         caput(setpoint, 50.0)
     assert caget(setpoint) == 100.0
-    assert "permit is off" in caget(ioc.pv("IL:Message"))
+    assert "permit is off" in caget(ioc.pv("IL:Message.VAL$"))
     bench = connect_bench(_config(prefix=ioc.prefix))
     try:
         with pytest.raises(FailedStatus) as err:
