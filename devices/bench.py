@@ -43,7 +43,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ophyd import Device, EpicsMotor
+import ophyd
+from ophyd import Device, EpicsMotor, EpicsSignal
 from ophyd import FormattedComponent as FCpt
 from ophyd.positioner import PositionerBase
 from ophyd.status import Status
@@ -63,6 +64,7 @@ from ._checks import (
     check_slit,
 )
 from ._errors import BenchConnectionError, DeviceTimeoutError, ReadbackError
+from ._safety import Heartbeat, SafeReport, make_safe
 from ._signals import BenchSignal, BenchSignalRO, fresh_measurement
 from .config import BenchConfig, LibraryEntry, load_bench
 
@@ -347,7 +349,7 @@ class SampleStage(BenchDevice):
             try:
                 new_id = self.sample.get(use_monitor=False)
                 if new_id not in self.library:
-                    self.library[new_id] = LibraryEntry(id=new_id, kind="film", doping=d)
+                    self.library[new_id] = self.bench_config.new_film_entry(new_id, d)
             except Exception as exc:
                 done.fail(exc)
             else:
@@ -415,7 +417,7 @@ class Spectrometer(_Triggered):
 
     _section = "spectrometer"
     # the exposure used is read with every event (the analysis divides the counts by it)
-    exposure = FCpt(BenchSignal, "{_pv[exposure]}", units=UNITS["exposure"], check=check_exposure, kind="normal")
+    exposure = FCpt(BenchSignal, "{_pv[exposure]}", units=UNITS["exposure"], check=check_exposure, kind="hinted")
     acquire = FCpt(BenchSignal, "{_pv[acquire]}", check=check_flag, kind="omitted")
     spectrum = FCpt(BenchSignalRO, "{_pv[spectrum]}", units=UNITS["spectrum"], nan_ok=False)
     wavelength = FCpt(BenchSignalRO, "{_pv[wavelength]}", units=UNITS["wavelength"], kind="config")
@@ -500,15 +502,55 @@ class Bench:
     ta: Device
     interlock: Device
     engine: object | None = None
+    #: ophyd's control layer of the devices (``pyepics`` or ``caproto``; ``connect_bench``), None in-process
+    control_layer: str | None = None
+    #: the signal of ``[bench].lab_clock_pv`` (s), if the bench file names one
+    clock: object | None = None
+    #: the thread refreshing ``[pump].watchdog``, if the bench file names one
+    heartbeat: Heartbeat | None = None
 
     def devices(self) -> dict[str, Device]:
         """The devices by name (``pump``, ``slit``, ...)."""
         return {n: getattr(self, n) for n in ("pump", "slit", "stage", "spectrometer", "polarizer", "ta", "interlock")}
 
+    def lab_time_s(self) -> float:
+        """The bench's lab clock, s: the twin's simulated clock, the bench file's lab-clock PV, else wall time."""
+        if self.engine is not None:
+            return float(self.engine.lab_time_s)
+        if self.clock is not None:
+            value = fresh_measurement(self.clock)
+            return float(value)
+        return time.time()
+
+    @property
+    def lab_clock_source(self) -> str:
+        """Which clock ``lab_time_s`` reads, in words (recorded with campaigns, shown in reports)."""
+        if self.engine is not None:
+            return "the twin's simulated lab clock"
+        if self.clock is not None:
+            return f"the bench's lab-clock PV {self.clock.pvname}"
+        return "the wall clock"
+
+    def make_safe(self) -> SafeReport:
+        """Close the pump shutter and park the fluence (``devices._safety.make_safe``); never raises."""
+        return make_safe(self)
+
     def destroy(self) -> None:
-        """Release the devices' connections (and free their PV objects now: see ``connect_bench``)."""
+        """Release the devices' connections (and free their PV objects now: see ``connect_bench``).
+
+        The heartbeat stops; it is disarmed (0 written) only if the shutter reads closed, so
+        that the IOC's watchdog still closes a shutter this client could not."""
+        if self.heartbeat is not None:
+            try:
+                closed = float(self.pump.shutter.get(use_monitor=False)) == 0
+            except Exception:
+                closed = False
+            self.heartbeat.stop(disarm=closed)
         for dev in self.devices().values():
             dev.destroy()
+        for sig in (self.clock, getattr(self.heartbeat, "signal", None)):
+            if sig is not None:
+                sig.destroy()
         gc.collect()
 
 
@@ -516,8 +558,8 @@ def _unready_pvs(dev: Device) -> tuple[list[str], list[str]]:
     """PVs of ``dev`` whose signals are not ready: (not found, found but without control metadata)."""
     missing: list[str] = []
     no_metadata: list[str] = []
-    for walk in dev.walk_signals(include_lazy=True):
-        sig = walk.item
+    signals = [w.item for w in dev.walk_signals(include_lazy=True)] if isinstance(dev, Device) else [dev]
+    for sig in signals:
         if getattr(sig, "connected", True):
             continue
         got_metadata = getattr(sig, "_received_first_metadata", {})
@@ -545,11 +587,13 @@ def connect_bench(cfg: BenchConfig | str | Path, *, timeout: float | None = None
 
     ``cfg`` is a ``BenchConfig`` or the path of a bench file; ``timeout``
     defaults to ``[bench].connection_timeout_s``. Raises ``BenchConnectionError``
-    naming the PVs that did not connect.
+    naming the PVs that did not connect, or the package to install if the bench file's
+    ``[bench].control_layer`` is not installed. The devices use that layer (ophyd's
+    ``set_cl``; ``Bench.control_layer`` names it); destroy the benches of another layer first.
     """
     if not isinstance(cfg, BenchConfig):
         cfg = load_bench(cfg)
-    ensure_control_layer()
+    layer = ensure_control_layer(cfg.bench.control_layer)
     timeout = cfg.bench.connection_timeout_s if timeout is None else float(timeout)
     # caproto's threading client keeps weak references to the callbacks of every PV object made
     # for a name; the PV objects of a bench destroyed earlier in this process are left to the
@@ -566,21 +610,33 @@ def connect_bench(cfg: BenchConfig | str | Path, *, timeout: float | None = None
         polarizer=Polarizer(cfg, name="polarizer"),
         ta=TransientAbsorption(cfg, name="ta"),
         interlock=Interlock(cfg, name="interlock"),
+        control_layer=layer,
     )
+    if cfg.bench.lab_clock_pv is not None:
+        bench.clock = BenchSignalRO(cfg.pv(cfg.bench.lab_clock_pv), name="lab_clock", units="s", nan_ok=False)
+    watchdog = None
+    if cfg.pump.watchdog is not None:
+        watchdog = EpicsSignal(cfg.pv(cfg.pump.watchdog), name="pump_watchdog")
+    to_connect = [*bench.devices().values(), *(sig for sig in (bench.clock, watchdog) if sig is not None)]
     deadline = time.monotonic() + timeout
-    for dev in bench.devices().values():
+    for dev in to_connect:
         try:
-            dev.wait_for_connection(all_signals=True, timeout=max(deadline - time.monotonic(), 0.01))
+            dev.wait_for_connection(
+                **({"all_signals": True} if isinstance(dev, Device) else {}),
+                timeout=max(deadline - time.monotonic(), 0.01),
+            )
         except TimeoutError:
             pass
     missing: list[str] = []
     no_metadata: list[str] = []
-    for dev in bench.devices().values():
+    for dev in to_connect:
         a, b = _unready_pvs(dev)
         missing += a
         no_metadata += b
     if missing or no_metadata:
         bench.destroy()
+        if watchdog is not None:
+            watchdog.destroy()
         parts = []
         if missing:
             parts.append(
@@ -593,4 +649,6 @@ def connect_bench(cfg: BenchConfig | str | Path, *, timeout: float | None = None
                 f"(an error of the IOC serving them): {_shown(no_metadata)}"
             )
         raise BenchConnectionError(f"bench {cfg.bench.name!r}: " + "; ".join(parts))
+    if watchdog is not None:
+        bench.heartbeat = Heartbeat(watchdog, cfg.pump.watchdog_timeout_s, thread_class=ophyd.cl.thread_class).start()
     return bench

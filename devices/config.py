@@ -5,6 +5,16 @@ the key). Every PV name is relative to ``[bench].prefix``. Units are in the key
 names. The same file describes the real bench (EPICS IOCs of the lab) and the
 twin's IOC (``gainloop twin serve --bench FILE`` serves exactly these PVs), whose
 extra settings live in an optional ``[twin]`` table that the bench ignores.
+
+``[bench].control_layer`` chooses ophyd's Channel Access client: ``"auto"`` (the
+default: the layer ``$OPHYD_CONTROL_LAYER`` names if set, else pyepics if it is
+installed, else caproto -- what ophyd itself does), ``"pyepics"`` (libca; needs
+``pip install pyepics``) or ``"caproto"`` (pure Python, always installed). A layer
+asked for but not installed is a ``BenchConnectionError`` naming the package when
+the bench connects (``devices.connect_bench``).
+
+Sample ids are at most ``SAMPLE_ID_MAX`` (39) characters: the stage's sample PVs are
+EPICS strings (DBR_STRING, 40 bytes with the terminator).
 """
 
 from __future__ import annotations
@@ -19,12 +29,20 @@ from gainloop.errors import GainloopError
 from gainloop.tomlfile import format_validation_error, read_toml
 
 __all__ = [
+    "CONTROL_LAYERS",
+    "SAMPLE_ID_MAX",
     "BenchConfig",
     "BenchConfigError",
     "LibraryEntry",
     "load_bench",
     "parse_bench",
 ]
+
+
+#: Values of ``[bench].control_layer``.
+CONTROL_LAYERS = ("auto", "pyepics", "caproto")
+#: Longest sample id, characters: an EPICS DBR_STRING holds 40 bytes with its terminator.
+SAMPLE_ID_MAX = 39
 
 
 class BenchConfigError(GainloopError, ValueError):
@@ -40,6 +58,16 @@ class BenchInfo(_Strict):
     prefix: str = Field("", description="prefix of every PV of this bench, e.g. 'LAB1:'")
     fluence_limit_uJ_cm2: float = Field(gt=0, le=1e5, description="largest peak fluence any path may send")
     connection_timeout_s: float = Field(5.0, gt=0, le=120, description="time to wait for PVs to connect")
+    control_layer: Literal["auto", "pyepics", "caproto"] = Field(
+        "auto",
+        description="ophyd's Channel Access client: auto ($OPHYD_CONTROL_LAYER, else pyepics if installed, "
+        "else caproto), pyepics or caproto",
+    )
+    lab_clock_pv: str | None = Field(
+        None,
+        min_length=1,
+        description="PV holding the bench's lab clock in s (the twin's IOC: SIM:LabTime); absent: the wall clock",
+    )
 
 
 class PumpPVs(_Strict):
@@ -49,7 +77,15 @@ class PumpPVs(_Strict):
     shutter: str = "PUMP:Shutter"
     repetition_rate_readback: str = "PUMP:RepRate-RB"
     power_ok: str = "PUMP:PowerOK"
-    fluence_min_uJ_cm2: float = Field(0.0, ge=0)
+    fluence_min_uJ_cm2: float = Field(0.0, ge=0, description="lowest fluence setpoint; also where the pump is parked")
+    watchdog: str | None = Field(
+        None,
+        min_length=1,
+        description="heartbeat PV the client refreshes while connected; the IOC closes the shutter when it goes stale",
+    )
+    watchdog_timeout_s: float = Field(
+        5.0, ge=0.5, le=600, description="wall seconds without a heartbeat after which the IOC closes the shutter"
+    )
 
 
 class SlitPVs(_Strict):
@@ -74,8 +110,21 @@ class LibraryEntry(_Strict):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     kind: Literal["film", "dfb"]
     doping: float = Field(ge=0, le=40, description="<n_e>, 1S electrons/dot (from the bleach)")
+    material: str | None = Field(
+        None, min_length=1, description="the dots and film process it is made of (a campaign optimises one material)"
+    )
     grating_period_nm: float | None = Field(None, gt=200, lt=2000)
     preset: str | None = Field(None, description="twin only: the preset sample this film is made of")
+
+    @field_validator("id")
+    @classmethod
+    def _fits_a_string_pv(cls, v: str) -> str:
+        if len(v) > SAMPLE_ID_MAX:
+            raise ValueError(
+                f"sample id {v!r} has {len(v)} characters; at most {SAMPLE_ID_MAX} fit the stage's sample PVs "
+                "(EPICS strings, DBR_STRING: 40 bytes with the terminator)"
+            )
+        return v
 
     @model_validator(mode="after")
     def _dfb_has_period(self) -> LibraryEntry:
@@ -95,6 +144,9 @@ class StagePVs(_Strict):
     new_film_request: str = "STAGE:NewFilm-Request"
     move_timeout_s: float = Field(120.0, gt=0)
     new_film_timeout_h: float = Field(48.0, gt=0, description="longest wait for an operator to make a film")
+    new_film_material: str | None = Field(
+        None, min_length=1, description="material of the films an operator makes on request (NewFilm-Request)"
+    )
     library: list[LibraryEntry] = Field(min_length=1)
 
     @field_validator("library")
@@ -181,6 +233,12 @@ class BenchConfig(_Strict):
     def pv(self, name: str) -> str:
         """Full PV name (with the bench prefix)."""
         return f"{self.bench.prefix}{name}"
+
+    def new_film_entry(self, sample_id: str, doping: float, *, preset: str | None = None) -> LibraryEntry:
+        """The library entry of a film an operator made on request: ``[stage].new_film_material``, this doping."""
+        return LibraryEntry(
+            id=sample_id, kind="film", doping=float(doping), material=self.stage.new_film_material, preset=preset
+        )
 
     def library_entry(self, sample_id: str) -> LibraryEntry:
         for e in self.stage.library:

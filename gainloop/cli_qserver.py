@@ -180,7 +180,15 @@ def start(
     env = {k: v for k, v in os.environ.items() if k not in (ENV_CATALOG_URI, ENV_BENCH_FILE, ENV_TWIN_SEED)}
     if api_key is not None:
         env["TILED_API_KEY"] = api_key
-    os.execve(argv[0], argv, {**env, **profile.as_environ()})
+    from gainloop.queueserver import supervise_manager
+
+    code = supervise_manager(
+        argv,
+        {**env, **profile.as_environ()},
+        settings.control_addr,
+        say=lambda line: _err.print(f"gainloop qserver: {line}", highlight=False),
+    )
+    raise typer.Exit(code=code)
 
 
 def _warn_unfinished_item(redis: str, redis_prefix: str) -> None:

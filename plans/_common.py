@@ -14,7 +14,9 @@ from collections.abc import Callable
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
+from bluesky.utils import FailedStatus
 
+from devices import PutRefusedError
 from plans._suspenders import INTERRUPTION_STREAM, interruptible, trigger_then_read
 from plans.safety import fluence_guard
 
@@ -25,10 +27,12 @@ __all__ = [
     "acquire",
     "analysis_event",
     "bench_metadata",
+    "checked_first",
     "closing_shutter",
     "counts_per_s",
     "measurement",
     "mount",
+    "park_pump",
 ]
 
 #: Units of the quantities in gainloop's plans (recorded in every start document).
@@ -68,6 +72,46 @@ class PrimaryData:
         return {k: np.asarray(v) for k, v in self._columns.items()}
 
 
+def checked_first(plan):
+    """``plan`` (a generator) with the code before its first message run now: its argument checks.
+
+    Every gainloop plan checks all its arguments before it yields anything, so a bad argument
+    raises here, before a RunEngine (or a catalog, or a bench) is involved. The returned
+    generator yields that first message, then the rest of ``plan`` (values and exceptions sent
+    in are passed through).
+    """
+    try:
+        first = next(plan)
+    except StopIteration as stop:
+        return _done(stop.value)
+    return _continued(plan, first)
+
+
+def _done(value):
+    return value
+    yield  # a generator that yields nothing
+
+
+def _continued(plan, first):
+    msg = first
+    while True:
+        try:
+            resp = yield msg
+        except GeneratorExit:
+            plan.close()
+            raise
+        except BaseException as exc:
+            try:
+                msg = plan.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                msg = plan.send(resp)
+            except StopIteration as stop:
+                return stop.value
+
+
 def bench_metadata(bench, sample_id: str) -> dict:
     """Metadata about the devices and the sample: bench or twin (with the twin's parameters)."""
     library = getattr(bench.stage, "library", None) or {}
@@ -101,11 +145,12 @@ def measurement(
     md: dict | None,
     body: Callable,
     *,
-    shutter: bool = True,
     resume_delay_s: float | None = None,
 ):
     """Run ``body(results)`` as one run with the standard metadata (the user's ``md`` last),
-    the shutter closed at the end and every fluence checked; return ``{"uid", **results}``.
+    every fluence checked and the pump made safe at the end, however the run ends (shutter
+    closed and fluence parked before its stop document: ``closing_shutter``); return
+    ``{"uid", **results}``.
 
     ``dimension``: the device (or signal) whose readback is the scan's x axis (for the
     hints BestEffortCallback and LiveTable use). The run waits out interlock and
@@ -126,9 +171,9 @@ def measurement(
     }
     results: dict[str, float] = {}
     delay = bench.config.interlock.resume_delay_s if resume_delay_s is None else resume_delay_s
-    plan = bpp.run_wrapper(interruptible(bench, body(results), resume_delay_s=delay), md=start_md)
-    if shutter:
-        plan = closing_shutter(bench, plan)
+    plan = bpp.run_wrapper(
+        closing_shutter(bench, interruptible(bench, body(results), resume_delay_s=delay)), md=start_md
+    )
     uid = yield from fluence_guard(plan, [bench.pump.fluence, bench.pump], bench.config.bench.fluence_limit_uJ_cm2)
     return {"uid": uid, **results}
 
@@ -182,11 +227,24 @@ def mount(bench, sample_id: str, stripe_length_um: float | None = None):
         yield from bps.mv(bench.slit, stripe_length_um)
 
 
-def closing_shutter(bench, plan):
-    def close():
-        yield from bps.mv(bench.pump.shutter, 0)
+def park_pump(bench):
+    """Close the pump shutter, then park the fluence setpoint at ``[pump].fluence_min_uJ_cm2`` (uJ/cm^2).
 
-    return bpp.finalize_wrapper(plan, close())
+    A closed shutter is what keeps the sample and the people safe: if closing fails, the
+    error stands. A refused park (e.g. a non-zero minimum while the interlock is open) is
+    not an error: the shutter is closed and the IOC refuses the fluence for the same reason.
+    """
+    yield from bps.mv(bench.pump.shutter, 0)
+    try:
+        yield from bps.mv(bench.pump.fluence, float(bench.config.pump.fluence_min_uJ_cm2))
+    except FailedStatus as exc:
+        if not isinstance(exc.__cause__, PutRefusedError):
+            raise
+
+
+def closing_shutter(bench, plan):
+    """``plan`` followed, however it ends (success, error, abort), by ``park_pump``."""
+    return bpp.finalize_wrapper(plan, park_pump(bench))
 
 
 def analysis_event(results: dict):

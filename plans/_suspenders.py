@@ -14,6 +14,10 @@ Every measurement plan runs under ``interruptible`` (installed by
   saved and taken again (``trigger_then_read``), so each stream's ``seq_num`` runs 1..n
   with no gap or repeat and holds only whole exposures. No extra read is made per
   event: the pump's shutter and power-OK are part of the event's own reading.
+* **A shutter closed behind the plan's back.** Readings that show the shutter closed while the
+  plan wants it open, with no interruption to explain it for ``CLOSED_GRACE_S`` (the bench's
+  watchdog closed it after a lost heartbeat, an operator did), fail the measurement with
+  ``ShutterClosedError`` and what ``IL:Message`` says: the plan does not open it again.
 * **Pump.** The plan's last requested fluence and shutter are noted as its messages pass;
   when the run resumes (the suspender's post-plan), and again before the next acquisition
   if it is still not as the plan left it, the pump is set again: the fluence checked
@@ -53,6 +57,7 @@ from plans.safety import check_fluence
 __all__ = [
     "INTERRUPTION_STREAM",
     "Interruptions",
+    "ShutterClosedError",
     "interruptible",
     "read_after_trigger",
     "trigger_then_read",
@@ -62,6 +67,13 @@ __all__ = [
 INTERRUPTION_STREAM = "interruptions"
 #: Data keys of the interruption stream.
 RECORD_KEYS = ("interruption_signal", "interruption_start", "interruption_duration_s")
+#: Wall seconds a closed shutter that no interruption explains is waited for (a suspender's monitor
+#: may arrive after the reading that shows the shutter closed) before the measurement fails.
+CLOSED_GRACE_S = 3.0
+
+
+class ShutterClosedError(GainloopError):
+    """The shutter was closed behind the plan's back (not by the interlock): the measurement stops."""
 
 
 class Computed(Signal):
@@ -125,6 +137,9 @@ class Interruptions:
         self.want_fluence: float | None = None
         self.want_shutter = 0
         self.pump_at = 0  # ``events`` when the plan last opened the shutter
+        #: wall time (monotonic s) since which readings show the shutter closed though the plan opened
+        #: it and no interruption explains it (None: not so)
+        self.closed_since: float | None = None
         self.mark = _ExposureMark(self)
         self._record = {"signal": "", "start": 0.0, "duration": 0.0}
         self._record_signals = [
@@ -218,9 +233,39 @@ class Interruptions:
         if self.want_shutter == 1:
             shutter = reading.get(getattr(self._shutter, "name", ""), None)
             if shutter is not None and shutter["value"] != 1:
+                self._closed_behind_the_plans_back()
                 return False
+        self.closed_since = None
         power = reading.get(getattr(getattr(self.pump, "power_ok", None), "name", ""), None)
         return not (power is not None and power["value"] == 0)
+
+    def _closed_behind_the_plans_back(self) -> None:
+        """A reading shows the shutter closed though the plan opened it. The interlock does that (its
+        suspender then waits it out and sets the pump again); anything else -- the bench's watchdog
+        after a lost heartbeat, an operator -- is not the plan's to undo: once no interruption has
+        explained it for ``CLOSED_GRACE_S``, the measurement fails with what the bench says."""
+        now = time.monotonic()
+        if self.tripped() or self.pump_at != self.events:
+            self.closed_since = None  # an interruption explains it: the suspender's business
+            return
+        if self.closed_since is None:
+            self.closed_since = now
+            return
+        if now - self.closed_since <= CLOSED_GRACE_S:
+            return
+        why = ""
+        message = getattr(getattr(self.bench, "interlock", None), "message", None)
+        if message is not None:
+            try:
+                why = str(message.get()).strip()
+            except Exception:  # the reason is a courtesy; the error stands without it
+                why = ""
+        raise ShutterClosedError(
+            f"the pump shutter was closed while the plan was pumping, not by the interlock (its permit stayed "
+            f"on) for {now - self.closed_since:.1f} s (the bench's watchdog, an operator?)"
+            + (f"; the bench says: {why}" if why and why != "ok" else "")
+            + "; the measurement stops rather than open it again"
+        )
 
     # ---------------------------------------------------------------- records
     def flush(self):
@@ -319,7 +364,11 @@ def read_after_trigger(objs, name: str = "primary", *, guard: Interruptions | No
     except BaseException:
         yield Msg("drop")
         raise
-    whole = guard is None or guard.accepts(reading)
+    try:
+        whole = guard is None or guard.accepts(reading)
+    except BaseException:  # the shutter closed behind the plan's back: the reading is not kept
+        yield Msg("drop")
+        raise
     yield Msg("save" if whole else "drop")
     if guard is not None:
         yield from guard.flush()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import bluesky.plan_stubs as bps
 import numpy as np
 
-from devices import check_slit
+from devices import check_exposure, check_slit
 from plans._common import PrimaryData, acquire, analysis_event, counts_per_s, measurement, mount
 from plans.analysis import AnalysisError, kink_threshold, kink_threshold_windowed, vsl_gain
 from plans.safety import check_fluence
@@ -32,6 +32,10 @@ __all__ = [
     "ase_point",
     "vsl_scan",
 ]
+
+
+def _whole(n) -> bool:
+    return isinstance(n, int | np.integer) and not isinstance(n, bool)
 
 
 def _input_output(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -85,8 +89,11 @@ def ase_fluence_scan(
         raise ValueError(
             f"fluence range must satisfy 0 < min < max <= {limit:g} uJ/cm^2, got {fluence_min_uJ_cm2!r}..{f_hi!r}"
         )
-    if n_coarse < 6 or n_fine < 0:
-        raise ValueError("ase_fluence_scan needs n_coarse >= 6 and n_fine >= 0")
+    if not (_whole(n_coarse) and _whole(n_fine) and n_coarse >= 6 and n_fine >= 0):
+        raise ValueError(
+            f"ase_fluence_scan needs whole numbers n_coarse >= 6 and n_fine >= 0, got {n_coarse!r} and {n_fine!r}"
+        )
+    check_exposure(exposure_s, bench.config)
     plan_args = {
         "sample_id": sample_id,
         "stripe_length_um": stripe_length_um,
@@ -145,6 +152,7 @@ def vsl_scan(
         raise ValueError(f"vsl_scan needs at least 5 stripe lengths, got {len(lengths)}")
     for length in lengths:
         check_slit(length, bench.config)
+    check_exposure(exposure_s, bench.config)
     plan_args = {
         "sample_id": sample_id,
         "fluence_uJ_cm2": fluence_uJ_cm2,
@@ -199,6 +207,7 @@ def ase_point(
     if not fluence_uJ_cm2 > 0:
         raise ValueError(f"fluence must be > 0 uJ/cm^2, got {fluence_uJ_cm2!r}")
     check_slit(stripe_length_um, bench.config)
+    check_exposure(exposure_s, bench.config)
     plan_args = {
         "sample_id": sample_id,
         "fluence_uJ_cm2": fluence_uJ_cm2,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from plans import measurements
+from plans._common import checked_first
 
 __all__ = ["PLANS", "PlanSpec", "plan_spec"]
 
@@ -27,6 +28,11 @@ class PlanSpec:
     plan: Callable
     analyse: Callable[[dict[str, np.ndarray], dict], dict[str, float]]
     description: str
+
+    def start(self, bench, sample_id: str, **kwargs):
+        """The plan on ``bench`` with its arguments already checked: a bad one raises here (``ValueError``,
+        ``devices.LimitError``), before any run is opened or anything sent (``plans._common.checked_first``)."""
+        return checked_first(self.plan(bench, sample_id, **kwargs))
 
 
 PLANS: dict[str, PlanSpec] = {}

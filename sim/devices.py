@@ -426,7 +426,7 @@ class TwinSpectrometer(_TwinDevice):
         setter="_set_exposure",
         check=check_exposure,
         units=UNITS["exposure"],
-        kind="normal",
+        kind="hinted",  # read with every event (the analysis divides the counts by it) and shown live
     )
     acquire = Cpt(TwinSignal, getter="_zero", setter="_acquire", check=check_flag, kind="omitted")
     spectrum = Cpt(TwinSignal, getter="_spectrum", units=UNITS["spectrum"], nan_ok=False)

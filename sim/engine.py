@@ -229,7 +229,7 @@ class TwinBench:
             raise ParameterError(f"doping {d!r} electrons/dot cannot be made; allowed: {lo:g} to {hi:g}")
         self._new_films += 1
         new_id = f"film-{self._new_films:03d}-ne{d:.2f}"
-        self.library[new_id] = LibraryEntry(id=new_id, kind="film", doping=d, preset=self.config.twin.new_film_preset)
+        self.library[new_id] = self.config.new_film_entry(new_id, d, preset=self.config.twin.new_film_preset)
         dt = self.new_film_seconds()
         self.advance(dt)
         self.state.sample_id = new_id

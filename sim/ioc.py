@@ -30,8 +30,9 @@ or non-zero while ``IL:Permit`` = 0; opening ``PUMP:Shutter`` without permit; a 
 beyond ``.HLM``/``.LLM``; an unknown sample id; an exposure, TA delay or new-film doping
 outside its range. A put with completion (``WRITE_NOTIFY``) is answered as EPICS's rsrv
 answers a failed one: a ``WRITE_NOTIFY`` reply with status ``ECA_PUTFAIL`` (caproto's
-clients return that reply -- check ``response.status.success``; libca/pyepics hand the
-status to the put callback); a plain put gets caproto's ``CA_PROTO_ERROR``.
+clients return that reply -- check ``response.status.success``; libca hands the status to
+its put callback, which pyepics's own ``put`` drops: ``devices._ca`` reads it from libca);
+a plain put gets caproto's ``CA_PROTO_ERROR``. The reason, whole, is in ``IL:Message.VAL$``.
 ``IL:Permit`` = 0 closes the shutter. ``PUMP:PowerOK`` is writable so that a test can
 drop it for suspenders.
 
@@ -40,12 +41,14 @@ loopback, beacons stay on the loopback too (``EPICS_CAS_BEACON_ADDR_LIST``, unle
 sent to ``EPICS_CA_REPEATER_PORT`` as EPICS base does.
 
 Strings. ``STAGE:Sample-SP``, ``STAGE:Sample-RB``, ``STAGE:Kind-RB`` and ``IL:Message``
-are CHAR waveforms of up to ``STRING_MAX`` characters (native DBR_CHAR, not
-DBR_STRING): a message or sample id longer than 40 characters is served whole. In
-ophyd use ``EpicsSignal(..., string=True)``; with caproto's clients decode
-``data.tobytes().rstrip(b"\\0").decode()``; a ``str`` written to them is accepted.
-(caproto's ``report_as_string=True`` would present them as DBR_STRING truncated to 40
-characters, so it is not used.)
+are EPICS strings (native DBR_STRING, as ``stringin``/``stringout`` records), so any CA
+client shows them as text (``caproto-get GL:STAGE:Sample-RB``, ``caget``); a string holds
+at most 39 characters (40 bytes with the terminator), which every sample id does (the
+bench file's ids are checked, the twin's new films are ``film-NNN-neD.DD``).
+``IL:Message`` behaves as EPICS's ``lsi`` (long string input) record: read as DBR_STRING
+it gives the first 39 characters of the message; its long-string form
+``IL:Message.VAL$`` (a CHAR array of up to ``STRING_MAX`` characters: ``caget -S``,
+``caproto-get -S``) gives the whole message. The devices read a refusal's reason from it.
 
 Faults (``IOC_FAULTS``; switched by the ``SIM:Fault-*`` PVs, int 0/1, or ``--fault``):
 
@@ -94,17 +97,18 @@ import math
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TextIO
 
 import numpy as np
-from caproto import CaprotoError, ChannelString, ChannelType, SkipWrite
-from caproto.server import PVGroup, PvpropertyDouble, pvproperty
+from caproto import CaprotoError, ChannelString, ChannelType, SkipWrite, native_type
+from caproto.server import PVGroup, PvpropertyDouble, PvpropertyStringRO, pvproperty
 
 from devices.config import BenchConfig
 from gainloop.errors import GainloopError, ParameterError
 from sim._ioc_motor import SlitMotor, install_field_putters
-from sim._ioc_server import supervise
+from sim._ioc_server import PortInUse, supervise
 from sim.engine import InterlockError, TwinBench
 
 __all__ = [
@@ -122,8 +126,10 @@ __all__ = [
 
 log = logging.getLogger("gainloop.ioc")
 
-#: Longest string (characters) of the CHAR-waveform string PVs.
+#: Longest message (characters) of ``IL:Message`` (its long string ``IL:Message.VAL$``).
 STRING_MAX = 256
+#: Longest text of a DBR_STRING (40 bytes with the terminator).
+_DBR_STRING_MAX = 39
 #: Default wall time (s) the PVs stay away under the ``disconnect`` fault.
 DEFAULT_DISCONNECT_S = 5.0
 #: Wall time (s) the PVs stay away while the IOC reboots (``missing_readback``, ``string_readback``).
@@ -189,6 +195,17 @@ def _check_time_scale(x: float) -> float:
     return x
 
 
+class _LongStringRO(PvpropertyStringRO):
+    """A read-only string PV as EPICS's ``lsi`` record: read as DBR_STRING it gives the first 39
+    characters (and its terminator), read as a long string (``NAME.VAL$``, a CHAR array) the whole text."""
+
+    async def _read(self, data_type):
+        metadata, values = await super()._read(data_type)
+        if isinstance(data_type, ChannelType) and native_type(data_type) == ChannelType.STRING:
+            values = type(values)(v[:_DBR_STRING_MAX] for v in values)
+        return metadata, values
+
+
 class _CheckedDouble(PvpropertyDouble):
     """A double whose putter does every check itself (caproto's DRVL/DRVH check is skipped,
     so that a refusal can be explained in IL:Message before the put fails)."""
@@ -233,6 +250,9 @@ class TwinIOC(PVGroup):
         self.stage_idle.set()
         self._locks = {k: asyncio.Lock() for k in ("spec", "ta", "stage")}
         self._tasks: set[asyncio.Task] = set()
+        #: the watchdog ([pump].watchdog): armed by a heartbeat other than 0, time of the last one (monotonic s)
+        self.watchdog_armed = False
+        self.heartbeat_at = time.monotonic()
         self.slit_motor = SlitMotor(self, self.slit)
 
     # ------------------------------------------------------------------ helpers
@@ -353,6 +373,8 @@ class TwinIOC(PVGroup):
             on = name in self.faults or (engine_fault is not None and engine_fault in s.faults)
             await self._w(self._fault_pv(name), int(on))
         await self.post_clock_and_pump()
+        if self.bench.config.pump.watchdog is not None:
+            self._spawn(self.watchdog_loop())
 
     def _fault_pv(self, name: str):
         return getattr(self, f"fault_{name}")
@@ -405,6 +427,8 @@ class TwinIOC(PVGroup):
             self.bench.set_shutter(bool(_scalar(value)))
         except InterlockError as exc:
             await self._refuse(str(exc), InterlockError)
+        if self.bench.state.shutter_open:
+            self.heartbeat_at = time.monotonic()  # a client opening the shutter is alive: a heartbeat
         await self.post_clock_and_pump()
         return int(self.bench.state.shutter_open)
 
@@ -430,6 +454,30 @@ class TwinIOC(PVGroup):
         if _scalar(value) == _scalar(instance.value):
             return value  # caproto writes a linked field's value back on every read (HOPR/LOPR)
         await self._refuse("the fluence limit comes from the bench file and cannot be changed over CA")
+
+    # ------------------------------------------------------------------ watchdog
+    async def _put_watchdog(self, instance, value):
+        """A heartbeat: any value but 0 refreshes (and arms) the watchdog, 0 disarms it. Never gated."""
+        beat = int(_scalar(value))
+        self.heartbeat_at = time.monotonic()
+        self.watchdog_armed = beat != 0
+        return beat
+
+    async def watchdog_loop(self) -> None:
+        """Close the shutter and park the pump when an armed heartbeat is older than the bench's
+        ``[pump].watchdog_timeout_s`` (wall seconds) while the shutter is open."""
+        timeout_s = self.bench.config.pump.watchdog_timeout_s
+        while True:
+            await asyncio.sleep(min(0.1, timeout_s / 10.0))
+            stale_s = time.monotonic() - self.heartbeat_at
+            if not (self.watchdog_armed and self.bench.state.shutter_open and stale_s > timeout_s):
+                continue
+            self.bench.set_shutter(False)
+            self.bench.set_fluence(0.0)
+            await self._w(self.fluence_sp, 0.0)
+            await self.say(f"watchdog: no heartbeat for {stale_s:.1f} s: shutter closed")
+            log.warning("watchdog: no heartbeat for %.1f s (limit %g s): shutter closed, fluence 0", stale_s, timeout_s)
+            await self.post_clock_and_pump()
 
     # ------------------------------------------------------------------ slit
     async def _put_slit(self, instance, value):
@@ -640,10 +688,8 @@ def _ioc_class(cfg: BenchConfig) -> type[TwinIOC]:
     def ro(name, value=0.0, **kw):
         return pvproperty(name=name, value=value, read_only=True, **kw)
 
-    def text(name, put=None, read_only=None):
-        return pvproperty(
-            name=name, value="", dtype=ChannelType.CHAR, max_length=STRING_MAX, put=put, read_only=read_only
-        )
+    def text(name, put=None, read_only=None):  # DBR_STRING, as a stringin/stringout record
+        return pvproperty(name=name, value="", dtype=ChannelType.STRING, put=put, read_only=read_only)
 
     fluence = pvproperty(
         name=p.fluence_setpoint,
@@ -708,7 +754,9 @@ def _ioc_class(cfg: BenchConfig) -> type[TwinIOC]:
         "ta_acquire": pvproperty(name=ta.acquire, value=0, put=T._put_ta_acquire),
         "ta_signal": ro(ta.signal, precision=5),
         "permit": pvproperty(name=il.permit, value=1, put=T._put_permit),
-        "il_message": text(il.message, read_only=True),
+        "il_message": pvproperty(
+            name=il.message, value="", dtype=_LongStringRO, long_string_max_length=STRING_MAX, doc="lsi record"
+        ),
         "lab_time": ro("SIM:LabTime", units="s", precision=3),
         "time_scale_pv": pvproperty(name="SIM:TimeScale", value=1.0, put=T._put_time_scale, units="s/s"),
         "fault_pause": pvproperty(name="SIM:Fault-Pause", value=0, put=T._put_fault_pause),
@@ -721,6 +769,8 @@ def _ioc_class(cfg: BenchConfig) -> type[TwinIOC]:
         "fault_missing_readback": pvproperty(name="SIM:Fault-Missing", value=0, put=T._put_fault_missing),
         "fault_string_readback": pvproperty(name="SIM:Fault-String", value=0, put=T._put_fault_string),
     }
+    if p.watchdog is not None:
+        props["watchdog"] = pvproperty(name=p.watchdog, value=0, put=T._put_watchdog, doc="client heartbeat")
     names = [prop.pvspec.name for prop in props.values()]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -799,7 +849,8 @@ def serve(
     out: TextIO | None = None,
 ) -> None:
     """Serve ``ioc`` until SIGINT/SIGTERM (blocks). Binds only ``interfaces`` (default the
-    loopback); ``port`` is the CA server port (default EPICS_CA_SERVER_PORT, else 5064).
+    loopback); ``port`` is the CA server port (default EPICS_CA_SERVER_PORT, else 5064): if it is
+    in use on an interface (another IOC, any TCP listener) ``IOCServeError`` says so, nothing is served.
     With ``list_pvs`` every served PV name is printed (one a line) before serving."""
     out = out if out is not None else sys.stdout
     if not log.handlers:
@@ -838,6 +889,11 @@ def serve(
 
     try:
         asyncio.run(main())
+    except PortInUse as exc:
+        raise IOCServeError(
+            f"cannot serve bench {ioc.bench.config.bench.name!r} (PV prefix {ioc.prefix}) on {exc.interface} "
+            f"port {exc.port}: the port is in use (another IOC?); choose another with --port"
+        ) from None
     except (OSError, CaprotoError) as exc:
         why = f"{exc} ({exc.__cause__})" if exc.__cause__ is not None else str(exc)
         raise IOCServeError(f"cannot serve on {', '.join(interfaces)} (port {port or 'default'}): {why}") from None

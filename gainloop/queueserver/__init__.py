@@ -35,6 +35,7 @@ from gainloop.queueserver._profile import (
     running_item_uid,
 )
 from gainloop.queueserver._reconcile import OUTCOMES, ItemOutcome, QueueState, read_queue_state, reconcile, runs_of_item
+from gainloop.queueserver._supervisor import stop_manager, supervise_manager
 
 __all__ = [
     "ENV_BENCH_FILE",
@@ -59,6 +60,8 @@ __all__ = [
     "reconcile",
     "running_item_uid",
     "runs_of_item",
+    "stop_manager",
+    "supervise_manager",
     "write_existing_plans_devices",
     "write_permissions",
 ]

@@ -157,7 +157,7 @@ def _measurement_plan(spec, bench):
 
 
 def _campaign_plan(bench, settings: ProfileSettings):
-    from gainloop.campaign import CampaignConfig, _films, _lab_clock, _optimizer
+    from gainloop.campaign import CampaignConfig, campaign_films, campaign_material, campaign_optimizer
     from plans.campaign import campaign
 
     def campaign_plan(
@@ -199,21 +199,23 @@ def _campaign_plan(bench, settings: ProfileSettings):
             bench_file=settings.bench_file,
             twin_seed=settings.twin_seed,
         )
-        films = _films(cfg, bench)
-        optimizer = _optimizer(cfg, bench, films)
+        cfg.material = campaign_material(cfg, bench)
+        films = campaign_films(cfg, bench)
+        optimizer = campaign_optimizer(cfg, bench, films)
         return (
             yield from campaign(
                 bench,
                 optimizer,
                 campaign_uid=str(uuid.uuid4()),
-                lab_clock=_lab_clock(bench),
+                lab_clock=bench.lab_time_s,
                 budget_lab_h=cfg.budget_lab_h,
                 max_trials=cfg.max_trials,
                 target_threshold_uJ_cm2=cfg.target_threshold_uJ_cm2,
                 films=films,
                 can_make_films=cfg.can_make_films,
                 scan_args=dict(cfg.scan_args),
-                md={"config": cfg.as_dict()},
+                max_threshold_rel_err=cfg.max_threshold_rel_err,
+                md={"config": cfg.as_dict(), "lab_clock": bench.lab_clock_source},
             )
         )
 
@@ -297,6 +299,7 @@ def _run_engine(bench, catalog):
     from plans.safety import fluence_guard
 
     RE = RunEngine({})
+    RE.state_hook = _safe_when_stopped(bench)
     limit = bench.config.bench.fluence_limit_uJ_cm2
     fluence_objects = (bench.pump.fluence, bench.pump)
     RE.preprocessors.append(lambda plan: fluence_guard(plan, fluence_objects, limit))
@@ -304,6 +307,27 @@ def _run_engine(bench, catalog):
     if catalog is not None:
         RE.subscribe(_writer(catalog))
     return RE
+
+
+def _safe_when_stopped(bench):
+    """``RE.state_hook``: when a plan was halted, aborted or stopped, make the bench safe.
+
+    Each plan closes its shutter itself when it ends; this is the backstop for the ends that skip
+    a plan's cleanup (``RE.halt()`` from the queue). A plan that ends normally is left as it
+    ends, and a paused one as it is (an operator decides: resume, or stop, abort, halt -- each
+    of which ends here). It runs in a thread of its own so that the RunEngine's loop never waits
+    on the bench.
+    """
+    import threading
+
+    from gainloop.running import make_bench_safe
+
+    def hook(new_state, old_state) -> None:
+        new, old = str(new_state), str(old_state)
+        if new == "idle" and old in ("halting", "aborting", "stopping", "paused", "panicked"):
+            threading.Thread(target=make_bench_safe, args=(bench,), name="make bench safe", daemon=True).start()
+
+    return hook
 
 
 def _writer(catalog):

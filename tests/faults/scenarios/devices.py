@@ -22,6 +22,11 @@ campaign plan with a real optimiser. None needs PostgreSQL or Redis.
   interruption is recorded; a campaign trial interrupted so completes (it waits).
 * ``interlock_ioc``: the same over the IOC: the permit is tripped through its PV during
   an ASE scan and restored a moment later.
+
+The scenarios over the IOC take ``control_layer`` (the bench file's ``[bench].control_layer``:
+``auto``, ``pyepics`` or ``caproto``) and name the layer used at the end of their detail. Their IOCs
+are on the process's CA ports (``tests.ioc_helpers.pool_ports``): pyepics's libca reads its
+environment once per process, and ``benchmarks/fault_matrix.py`` runs them one after the other.
 """
 
 from __future__ import annotations
@@ -61,11 +66,19 @@ FLUENCE_UJ_CM2 = (10.0, 3000.0)
 SCAN_ARGS = {"n_coarse": 12, "n_fine": 8, "fluence_min_uJ_cm2": 10.0, "fluence_max_uJ_cm2": 3000.0}
 
 
-def bench_file(workdir: Path, *, prefix: str, resume_delay_s: float = 0.05, slit_speed_um_per_s: float = 50000.0):
+def bench_file(
+    workdir: Path,
+    *,
+    prefix: str,
+    resume_delay_s: float = 0.05,
+    slit_speed_um_per_s: float = 50000.0,
+    control_layer: str = "auto",
+):
     """The example bench file under ``prefix``, with a fast slit (50 mm/s: moves of a few ms at the twin's
-    time scale of 1000), a 0.5 s slit timeout margin, short device timeouts and a short resume delay."""
+    time scale of 1000), a 0.5 s slit timeout margin, short device timeouts, a short resume delay and
+    ophyd's ``control_layer``."""
     text = EXAMPLE_BENCH.read_text()
-    text = text.replace('prefix = "GL:"', f'prefix = "{prefix}"')
+    text = text.replace('prefix = "GL:"', f'prefix = "{prefix}"\ncontrol_layer = "{control_layer}"')
     speed = f"speed_um_per_s = {slit_speed_um_per_s!r}\nmove_timeout_margin_s = 0.5"
     text = re.sub(r"speed_um_per_s = [0-9.]+", speed, text)
     text = text.replace("move_timeout_s = 120.0", "move_timeout_s = 10.0")
@@ -151,7 +164,9 @@ def _training_finite(opt) -> tuple[int, bool]:
 
 
 # --------------------------------------------------------------------------------- 5: stuck motor
-def scenario_stuck_motor(workdir: Path, env: FaultEnv | None = None, *, seed: int = 0) -> FaultFigures:
+def scenario_stuck_motor(
+    workdir: Path, env: FaultEnv | None = None, *, seed: int = 0, control_layer: str = "auto"
+) -> FaultFigures:
     """The slit never completes a move (IOC fault ``stuck_motor``): the run fails saying so; the breaker
     stops a campaign after 5 failed trials; no failed trial reaches the optimiser."""
     from bluesky import RunEngine
@@ -159,13 +174,13 @@ def scenario_stuck_motor(workdir: Path, env: FaultEnv | None = None, *, seed: in
     from devices import connect_bench, load_bench
     from plans.campaign import CampaignStop
     from plans.measurements import vsl_scan
-    from tests.ioc_helpers import caput, twin_ioc
+    from tests.ioc_helpers import caput, pool_ports, twin_ioc
 
     prefix = _prefix()
-    path = bench_file(workdir, prefix=prefix)
+    path = bench_file(workdir, prefix=prefix, control_layer=control_layer)
     checks: dict[str, bool] = {}
     detail = ""
-    with twin_ioc(path, time_scale=1000.0, prefix=prefix, args=["--seed", str(seed)]) as ioc:
+    with pool_ports(), twin_ioc(path, time_scale=1000.0, prefix=prefix, args=["--seed", str(seed)]) as ioc:
         bench = connect_bench(load_bench(path))
         try:
             caput(ioc.pv("SIM:Fault-StuckMotor"), 1)
@@ -216,7 +231,8 @@ def scenario_stuck_motor(workdir: Path, env: FaultEnv | None = None, *, seed: in
                 (records[0]["stop"] or {}).get("reason", "")
             )
             statuses = ", ".join(f"{r.status}: {r.reason[:60]}" for r in history)
-            detail = f"run: {reason[:90]}; campaign: {message[:120]}; trials: {statuses}"
+            detail = f"run: {reason[:90]}; campaign: {message[:120]}; trials: {statuses}; "
+            detail += f"control layer {bench.control_layer}"
         finally:
             caput(ioc.pv("SIM:Fault-StuckMotor"), 0)
             bench.destroy()
@@ -269,6 +285,9 @@ def reboot_ioc(ioc, bench, fault_pv: str, value: int, *, missing: str | None = N
         for w in dev.walk_signals()
         if gone is None or getattr(w.item, "pvname", None) != gone
     ]
+    # the lab clock and the heartbeat too: a plan started before the heartbeat's channel is back
+    # would have its shutter closed by the IOC's watchdog (pyepics reconnects up to 10 s late)
+    signals += [s for s in (bench.clock, getattr(bench.heartbeat, "signal", None)) if s is not None]
     monitors = {"dmov": 0, "rbv": 0}
     subs = [
         (
@@ -302,20 +321,26 @@ def _bump(counts: dict, key: str) -> None:
     counts[key] += 1
 
 
-def scenario_bad_readbacks(workdir: Path, env: FaultEnv | None = None, *, seed: int = 1) -> FaultFigures:
+def scenario_bad_readbacks(
+    workdir: Path, env: FaultEnv | None = None, *, seed: int = 1, control_layer: str = "auto"
+) -> FaultFigures:
     """NaN, inf, missing, string and negative readbacks from the IOC: the trial measured under each is
     recorded failed with a reason naming the PV or the bad value, none reaches the optimiser; once the
     faults are cleared trials complete and the next proposals stay in the search space."""
     from bluesky import RunEngine
 
     from devices import connect_bench, load_bench
-    from tests.ioc_helpers import caput, twin_ioc
+    from tests.ioc_helpers import caput, pool_ports, twin_ioc
 
     prefix = _prefix()
-    path = bench_file(workdir, prefix=prefix)
+    path = bench_file(workdir, prefix=prefix, control_layer=control_layer)
     checks: dict[str, bool] = {}
     reasons: dict[str, str] = {}
-    with fast_ca_searches(), twin_ioc(path, time_scale=1000.0, prefix=prefix, args=["--seed", str(seed)]) as ioc:
+    with (
+        fast_ca_searches(),
+        pool_ports(),
+        twin_ioc(path, time_scale=1000.0, prefix=prefix, args=["--seed", str(seed)]) as ioc,
+    ):
         bench = connect_bench(load_bench(path))
         try:
             opt = _optimizer(bench, seed)
@@ -367,6 +392,7 @@ def scenario_bad_readbacks(workdir: Path, env: FaultEnv | None = None, *, seed: 
     lost = 0 if failed == len(BAD_READBACKS) else abs(failed - len(BAD_READBACKS))
     detail = "; ".join(f"{pv.split('-')[-1]}: {why[:160]}" for pv, why in reasons.items())
     detail += "; then: " + ", ".join(f"{r.status} {r.reason[:60]}" for r in opt.history()[len(BAD_READBACKS) :])
+    detail += f"; control layer {bench.control_layer}"
     return FaultFigures(fault="bad_readbacks", trials_lost=lost, checks=checks, detail=detail)
 
 
@@ -515,7 +541,9 @@ def scenario_interlock_every_plan(workdir: Path, env: FaultEnv | None = None, *,
     )
 
 
-def scenario_interlock_ioc(workdir: Path, env: FaultEnv | None = None, *, seed: int = 3) -> FaultFigures:
+def scenario_interlock_ioc(
+    workdir: Path, env: FaultEnv | None = None, *, seed: int = 3, control_layer: str = "auto"
+) -> FaultFigures:
     """Over the IOC: ``IL:Permit`` is put to 0 through CA during the 4th exposure of an ASE scan and back to 1
     0.3 s later; the run completes with gap-free seq_num, the exposure taken again, the interruption
     recorded."""
@@ -524,12 +552,12 @@ def scenario_interlock_ioc(workdir: Path, env: FaultEnv | None = None, *, seed: 
     from devices import connect_bench, load_bench
     from plans._suspenders import INTERRUPTION_STREAM
     from plans.measurements import ase_fluence_scan
-    from tests.ioc_helpers import caget, caput, twin_ioc
+    from tests.ioc_helpers import caget, caput, pool_ports, twin_ioc
 
     prefix = _prefix()
-    path = bench_file(workdir, prefix=prefix, resume_delay_s=0.1)
+    path = bench_file(workdir, prefix=prefix, resume_delay_s=0.1, control_layer=control_layer)
     checks: dict[str, bool] = {}
-    with twin_ioc(path, time_scale=1000.0, prefix=prefix, args=["--seed", str(seed)]) as ioc:
+    with pool_ports(), twin_ioc(path, time_scale=1000.0, prefix=prefix, args=["--seed", str(seed)]) as ioc:
         bench = connect_bench(load_bench(path))
         try:
             RE = RunEngine({}, call_returns_result=True)
@@ -570,7 +598,7 @@ def scenario_interlock_ioc(workdir: Path, env: FaultEnv | None = None, *, seed: 
         fault="interlock_ioc",
         recovery_s=recovery,
         checks=checks,
-        detail=f"{len(primary)} events, {state['n']} exposures",
+        detail=f"{len(primary)} events, {state['n']} exposures; control layer {bench.control_layer}",
     )
 
 

@@ -179,8 +179,10 @@ class Manager:
         control_port: int | None = None,
         info_port: int | None = None,
         extra_env: dict[str, str] | None = None,
+        bench: Path | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.bench = bench  # a bench file (EPICS); None: the twin
         self.data_dir = self.workdir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.catalog_url, self.api_key, self.redis_addr = catalog_url, api_key, redis_addr
@@ -205,7 +207,8 @@ class Manager:
 
     def argv(self) -> list[str]:
         args = [
-            sys.executable, "-m", "gainloop.cli", "qserver", "start", "--twin", "--data-dir", str(self.data_dir),
+            sys.executable, "-m", "gainloop.cli", "qserver", "start",
+            *(["--twin"] if self.bench is None else ["--bench", str(self.bench)]), "--data-dir", str(self.data_dir),
             "--control-port", str(self.control_port), "--info-port", str(self.info_port),
             "--redis", self.redis_addr, "--redis-prefix", self.redis_prefix,
         ]  # fmt: skip
@@ -258,14 +261,15 @@ class Manager:
             self._check,
         )
 
-    def _close_api(self) -> None:
+    def close_api(self) -> None:
+        """Close this client's connection to the manager (the manager goes on)."""
         if self.api is not None:
             close_api(self.api)
             self.api = None
 
     def kill(self) -> None:
         """SIGKILL the whole process group (watchdog, manager, worker): nothing gets to clean up."""
-        self._close_api()
+        self.close_api()
         if self.proc is not None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -283,7 +287,7 @@ class Manager:
                 self.api.wait_for_idle(timeout=60)
             except Exception:
                 pass
-        self._close_api()
+        self.close_api()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # the manager stops its worker and exits
             try:
