@@ -29,7 +29,7 @@ from typing import Any
 __all__ = ["PEERS", "PEER_SPACE", "AxPeer", "PeerProposal", "PeerResult", "XoptPeer", "blop_campaign"]
 
 LENGTH, DOPING = "stripe_length_um", "doping"
-#: The search space every peer gets (ours gets the same through ``gainloop.campaign._optimizer``).
+#: The search space every peer gets (ours gets the same through ``gainloop.campaign.campaign_optimizer``).
 PEER_SPACE = {LENGTH: (100.0, 4000.0), DOPING: (0.0, 7.9)}
 PEERS = ("ax", "xopt", "blop")
 

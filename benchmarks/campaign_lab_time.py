@@ -6,7 +6,7 @@ Every strategy runs whole campaigns in-process on the twin
 seed equal to the campaign's (seed ``s`` of every strategy sees the same twin):
 
 * ours -- ``nested`` (adaptive fluence scans) and ``joint`` (single ``ase_point``
-  acquisitions), built as the service builds them (``gainloop.campaign._optimizer``);
+  acquisitions), built as the service builds them (``gainloop.campaign.campaign_optimizer``);
 * baselines -- ``random`` search and ``grid`` (a grid of fluence scans, film by film);
 * peers (``benchmarks/_peers.py``, the ``bench`` extra) -- ``ax`` (Ax's ``Client``) and
   ``xopt`` (Xopt's expected-improvement generator) behind the optimiser protocol,
@@ -135,15 +135,17 @@ def run_one(
     _setup_worker(quiet)
     from bluesky import RunEngine
 
-    from gainloop.campaign import CampaignConfig, _bench, _films, _lab_clock, _optimizer
+    from gainloop.campaign import CampaignConfig, campaign_films, campaign_material, campaign_optimizer
     from plans.campaign import campaign
+    from sim.devices import default_twin_bench_path, twin_bench_devices
 
     cfg = CampaignConfig(strategy=strategy if strategy in OURS + BASELINES else "nested", seed=seed, twin_seed=seed)
     cfg.budget_lab_h = budget_h
-    bench = _bench(cfg)
-    films = _films(cfg, bench)
+    bench = twin_bench_devices(default_twin_bench_path(), seed=cfg.twin_seed)
+    cfg.material = campaign_material(cfg, bench)
+    films = campaign_films(cfg, bench)
     n_lib = len(bench.stage.library)
-    clock = _lab_clock(bench)
+    clock = bench.lab_time_s
     out: dict = {
         "strategy": strategy,
         "seed": seed,
@@ -205,7 +207,7 @@ def run_one(
 
             opt = {"ax": AxPeer, "xopt": XoptPeer}[strategy](seed=seed)
         else:
-            opt = _optimizer(cfg, bench, films)
+            opt = campaign_optimizer(cfg, bench, films)
         suggest = opt.suggest
 
         def timed_suggest(*args, **kwargs):

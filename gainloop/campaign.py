@@ -57,11 +57,11 @@ import logging
 import math
 import os
 import signal
-import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 
 from gainloop.errors import GainloopError
+from gainloop.running import PlanInterrupted
 
 __all__ = [
     "FAULT_ENV",
@@ -69,6 +69,9 @@ __all__ = [
     "CampaignError",
     "CampaignInterrupted",
     "PreparedCampaign",
+    "campaign_films",
+    "campaign_material",
+    "campaign_optimizer",
     "campaign_status",
     "prepare_campaign",
     "rebuild_trials",
@@ -83,8 +86,8 @@ class CampaignError(GainloopError):
     """A campaign cannot be started or resumed (unknown uid, bad config...)."""
 
 
-class CampaignInterrupted(CampaignError):
-    """The campaign was interrupted (Ctrl+C); its open runs were closed with exit_status "abort"."""
+class CampaignInterrupted(CampaignError, PlanInterrupted):
+    """The campaign was interrupted (Ctrl+C, SIGTERM); its open runs were closed with exit_status "abort"."""
 
 
 @dataclass
@@ -102,8 +105,10 @@ class CampaignConfig:
     stripe_length_max_um: float = 4000.0
     doping_min: float = 0.0
     doping_max: float = 7.9
-    films: list[str] | None = None  # library films the campaign may use (default: twin's same-material films)
+    material: str | None = None  # the material optimised (default: the bench's [stage].new_film_material)
+    films: list[str] | None = None  # library films the campaign may use (default: every film of the material)
     can_make_films: bool = True
+    max_threshold_rel_err: float = 0.5  # a fitted threshold with a larger relative error is a failed trial
     batch_size: int = 1
     scan_args: dict = field(default_factory=dict)
     bench_file: str | None = None  # None: the twin
@@ -121,30 +126,41 @@ class CampaignConfig:
         return cls(**d)
 
 
-def _bench(cfg: CampaignConfig):
-    if cfg.bench_file is not None:
-        from devices import connect_bench, load_bench
+def campaign_material(cfg: CampaignConfig, bench) -> str:
+    """The material the campaign optimises: the config's, else the bench's ``[stage].new_film_material``."""
+    material = cfg.material or bench.config.stage.new_film_material
+    if material is None:
+        known = sorted({e.material for e in bench.config.stage.library if e.material})
+        raise CampaignError(
+            "choose the material to optimise: --material NAME or [campaign] material in the config "
+            f"(the bench file's library has: {', '.join(known) or 'no materials: give each film a material'}; "
+            "or set [stage] new_film_material in the bench file)"
+        )
+    return material
 
-        return connect_bench(load_bench(cfg.bench_file))
-    from sim.devices import default_twin_bench_path, twin_bench_devices
 
-    return twin_bench_devices(default_twin_bench_path(), seed=cfg.twin_seed)
-
-
-def _films(cfg: CampaignConfig, bench) -> list[str]:
+def campaign_films(cfg: CampaignConfig, bench) -> list[str]:
+    """The library films the campaign may measure: every film of its material (or the config's ``films``,
+    each of which must be a film of that material)."""
+    material = campaign_material(cfg, bench)
+    library = bench.config.stage.library
     if cfg.films is not None:
         for f in cfg.films:
-            bench.config.library_entry(f)
+            entry = bench.config.library_entry(f)
+            if entry.kind != "film" or entry.material != material:
+                raise CampaignError(
+                    f"film {f!r} cannot be in a campaign on {material!r}: it is a {entry.kind} of "
+                    f"{entry.material or 'no stated material'}; allowed: films of {material!r}"
+                )
         return list(cfg.films)
-    entries = [e for e in bench.config.stage.library if e.kind == "film"]
-    if bench.engine is not None:  # films of the material new films are made of
-        entries = [
-            e for e in entries if (e.preset or bench.config.twin.new_film_preset) == bench.config.twin.new_film_preset
-        ]
-    return [e.id for e in entries]
+    films = [e.id for e in library if e.kind == "film" and e.material == material]
+    if not films and not cfg.can_make_films:
+        raise CampaignError(f"no film of {material!r} in the bench's library, and the campaign may not make films")
+    return films
 
 
-def _optimizer(cfg: CampaignConfig, bench, films: list[str]):
+def campaign_optimizer(cfg: CampaignConfig, bench, films: list[str]):
+    """The campaign's optimiser over its search space, starting at ``films`` (library ids)."""
     from optimizer import LabState, SearchSpace, make_optimizer
 
     f_hi = _fluence_max(cfg, bench)
@@ -178,14 +194,6 @@ def _fluence_max(cfg: CampaignConfig, bench) -> float:
     return cfg.fluence_max_uJ_cm2
 
 
-def _lab_clock(bench):
-    import time
-
-    if bench.engine is not None:
-        return lambda: bench.engine.lab_time_s
-    return time.time
-
-
 # ------------------------------------------------------------------ reading a campaign back
 def _search(catalog, **equals):
     from tiled.queries import Key
@@ -216,6 +224,7 @@ class _Rebuilt:
     used_s: float
     films: list[dict]
     pending: list[dict]  # stored proposals (as_dict form) with no run and no outcome, by trial index
+    lab_clock: str = ""  # which clock the lab time was read from (the record's start document)
 
 
 def _record_reason(records, t: float) -> str:
@@ -293,11 +302,17 @@ def _rebuild(catalog, campaign_uid: str) -> _Rebuilt:
                 "reason": f"run ended {stop.get('exit_status')}: {stop.get('reason')}",
             }
         else:
-            res = {"status": "completed", "outcome": _analysis(run), "reason": ""}
+            from plans.campaign import fit_rejection
+
+            outcome = _analysis(run)
+            rejected = fit_rejection(outcome, cfg.max_threshold_rel_err)
+            res = {"status": "failed" if rejected else "completed", "outcome": outcome, "reason": rejected}
         results[idx] = {"trial_index": idx, "params": params, "lab_time_s": lab_s, "run_uid": start["uid"], **res}
         used_s = max(used_s, float(start.get("lab_time_used_s", 0.0) or 0.0))
     pending = [proposals[k] for k in sorted(proposals) if k not in results and k not in measured]
-    return _Rebuilt(cfg, [results[k] for k in sorted(results)], used_s, films, pending)
+    return _Rebuilt(
+        cfg, [results[k] for k in sorted(results)], used_s, films, pending, str(records[0].start.get("lab_clock", ""))
+    )
 
 
 def rebuild_trials(catalog, campaign_uid: str) -> tuple[CampaignConfig, list[dict], float, list[dict]]:
@@ -416,16 +431,17 @@ def prepare_campaign(
     catalog,
     cfg: CampaignConfig | None = None,
     *,
+    bench,
     resume_uid: str | None = None,
     budgets: dict | None = None,
     progress=None,
     fault_hook=None,
 ) -> PreparedCampaign:
-    """Everything ``run_campaign`` runs, without running it: the campaign plan on a fresh bench and optimiser.
+    """Everything ``run_campaign`` runs, without running it: the campaign plan on ``bench`` (an open
+    ``devices.Bench``, e.g. from ``gainloop.running.open_bench``) with a fresh optimiser.
 
     ``fault_hook``: see ``plans.campaign`` (default: from ``$GAINLOOP_FAULT_INJECT``, None when unset).
     """
-    from devices import LibraryEntry
     from gainloop.errors import ParameterError
     from plans.campaign import campaign
 
@@ -448,21 +464,22 @@ def prepare_campaign(
     else:
         if cfg is None:
             raise CampaignError("a new campaign needs a config")
+        cfg = CampaignConfig.from_dict(cfg.as_dict())  # the caller's config stays as it was
         campaign_uid = str(uuid.uuid4())
-    bench = _bench(cfg)
-    films = _films(cfg, bench)
+    cfg.material = campaign_material(cfg, bench)  # stored resolved: a resume optimises the same material
+    films = campaign_films(cfg, bench)
     initial_films = list(films)  # the optimiser starts from these; the history replays the films made since
     for f in films_made:  # films made before the interruption are on the stage
-        entry = LibraryEntry(id=f["id"], kind="film", doping=f["doping"], preset=None)
+        entry = bench.config.new_film_entry(f["id"], f["doping"])
         bench.stage.library[f["id"]] = entry
         if bench.engine is not None:
-            bench.engine.library[f["id"]] = entry
+            bench.engine.library[f["id"]] = entry.model_copy(update={"preset": bench.config.twin.new_film_preset})
         films.append(f["id"])
     if bench.engine is not None:
         bench.engine.lab_time_s = used_s
     what = f"campaign {campaign_uid}" if resume_uid is not None else "the new campaign"
     f_hi = _check_fluence_settings(cfg, bench, pending, cfg.strategy == "joint", what)
-    opt = _optimizer(cfg, bench, initial_films)
+    opt = campaign_optimizer(cfg, bench, initial_films)
     if history:
         opt.ingest(history)
     for p in pending:  # recorded, never measured: measured first, each checked against the search space
@@ -478,7 +495,7 @@ def prepare_campaign(
         bench,
         opt,
         campaign_uid=campaign_uid,
-        lab_clock=_lab_clock(bench),
+        lab_clock=bench.lab_time_s,
         budget_lab_h=cfg.budget_lab_h,
         max_trials=cfg.max_trials,
         target_threshold_uJ_cm2=cfg.target_threshold_uJ_cm2,
@@ -487,8 +504,9 @@ def prepare_campaign(
         films=films,
         can_make_films=cfg.can_make_films,
         scan_args={"fluence_min_uJ_cm2": cfg.fluence_min_uJ_cm2, "fluence_max_uJ_cm2": f_hi, **cfg.scan_args},
+        max_threshold_rel_err=cfg.max_threshold_rel_err,
         progress=progress,
-        md={"config": cfg.as_dict()},
+        md={"config": cfg.as_dict(), "lab_clock": bench.lab_clock_source},
         fault_hook=fault_hook if fault_hook is not None else _fault_hook(),
     )
     return PreparedCampaign(campaign_uid, cfg, plan, opt, bench, history, pending)
@@ -502,45 +520,55 @@ def run_campaign(
     budgets: dict | None = None,
     progress=None,
     exit_on_interrupt: bool = False,
+    bench=None,
+    presets=None,
+    RE=None,
 ) -> dict:
     """Start a campaign (``cfg``) or resume one (``resume_uid``); return its summary.
 
     ``budgets``: on resume, new ``budget_lab_h`` / ``max_trials`` / ``target_threshold_uJ_cm2``
-    (the totals over the whole campaign) in place of the stored ones. Ctrl+C ends it with
-    ``CampaignInterrupted`` once its open runs are closed (see the module doc).
-    ``exit_on_interrupt``: the caller exits after ``CampaignInterrupted`` (the CLI); from then
-    on Ctrl+C is ignored instead of going back to the previous handler, so that a key held
+    (the totals over the whole campaign) in place of the stored ones. Ctrl+C or SIGTERM end it
+    with ``CampaignInterrupted`` once its open runs are closed and the bench is made safe
+    (``gainloop.running.run_plan``). ``exit_on_interrupt``: the caller exits after
+    ``CampaignInterrupted`` (the CLI): from then on the signals are ignored, so that a key held
     down cannot break the closing of the catalog or the interpreter's shutdown with a traceback.
+
+    Collaborators: ``bench`` (an open ``devices.Bench``; default: the config's bench file over
+    EPICS, else the twin with the config's ``twin_seed`` on ``presets``, a ``twin.presets.PresetFile``
+    or None for the shipped presets, opened and closed here); ``RE`` (default: a new
+    ``RunEngine`` with bluesky's Ctrl+C handling; the catalog's campaign writer is subscribed to it).
     """
     from bluesky import RunEngine
-    from bluesky.utils import RunEngineInterrupted
 
-    prepared = prepare_campaign(catalog, cfg, resume_uid=resume_uid, budgets=budgets, progress=progress)
+    from gainloop.running import PlanInterrupted, open_bench, run_plan
+
+    if bench is None:
+        stored = cfg if resume_uid is None else _rebuild(catalog, resume_uid).cfg
+        if stored is None:
+            raise CampaignError("a new campaign needs a config")
+        with open_bench(stored.bench_file, seed=stored.twin_seed, presets=presets) as opened:
+            return run_campaign(
+                catalog,
+                cfg,
+                resume_uid=resume_uid,
+                budgets=budgets,
+                progress=progress,
+                exit_on_interrupt=exit_on_interrupt,
+                bench=opened,
+                RE=RE,
+            )
+    prepared = prepare_campaign(catalog, cfg, bench=bench, resume_uid=resume_uid, budgets=budgets, progress=progress)
     campaign_uid = prepared.campaign_uid
-    RE = RunEngine({}, call_returns_result=True)
+    RE = RE if RE is not None else RunEngine({}, call_returns_result=True)
     RE.subscribe(catalog.campaign_writer())
-    # bluesky's SIGINT handler turns Ctrl+C into pauses while the plan runs and calls the handler
-    # it found after more than ten; this one (also in force while aborting) only counts them
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGINT) if main else None
-    sigints: list[int] = []
-    if main:
-        signal.signal(signal.SIGINT, lambda signum, frame: sigints.append(signum))
-    interrupted = False
     try:
-        try:
-            result = RE(prepared.plan)
-        except RunEngineInterrupted:
-            interrupted = True
-            if not RE.state.is_idle:
-                RE.abort(reason="interrupted (Ctrl+C)")
-            raise CampaignInterrupted(
-                f"campaign {campaign_uid} interrupted (Ctrl+C): its open runs were closed with exit_status "
-                f"'abort'; continue it with `gainloop campaign resume {campaign_uid}`"
-            ) from None
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, signal.SIG_IGN if interrupted and exit_on_interrupt else previous)
+        result = run_plan(
+            RE, prepared.plan, bench, what=f"campaign {campaign_uid}", exit_on_interrupt=exit_on_interrupt
+        )
+    except PlanInterrupted as exc:
+        raise CampaignInterrupted(
+            f"{exc}; continue it with `gainloop campaign resume {campaign_uid}`", signal_name=exc.signal_name
+        ) from None
     if result.exit_status != "success":
         raise CampaignError(f"campaign {campaign_uid} ended with {result.exit_status}: {result.reason}")
     opt = prepared.optimizer
@@ -548,12 +576,20 @@ def run_campaign(
     summary["best"] = opt.best()
     summary["trials"] = len(opt.history())
     summary["failures"] = sum(r.status == "failed" for r in opt.history())
+    summary["lab_clock"] = bench.lab_clock_source
+    summary["material"] = prepared.cfg.material
+    summary["failed_trials"] = [
+        {"trial_index": r.trial_index, "status": r.status, "reason": r.reason}
+        for r in opt.history()
+        if r.status in ("failed", "abandoned")
+    ]
     return summary
 
 
 def campaign_status(catalog, campaign_uid: str) -> dict:
     """Best conditions so far, lab time used, trials and failures, from the catalog alone."""
-    cfg, history, used_s, films = rebuild_trials(catalog, campaign_uid)
+    rb = _rebuild(catalog, campaign_uid)
+    cfg, history, used_s, films = rb.cfg, rb.trials, rb.used_s, rb.films
     done = [
         h
         for h in history
@@ -573,7 +609,14 @@ def campaign_status(catalog, campaign_uid: str) -> dict:
             "trial_index": best["trial_index"],
         },
         "lab_hours": used_s / 3600.0,
+        "lab_clock": rb.lab_clock,
         "trials": len(history),
         "failures": sum(h["status"] == "failed" for h in history),
+        "failed_trials": [
+            {"trial_index": h["trial_index"], "status": h["status"], "reason": h["reason"], "run_uid": h["run_uid"]}
+            for h in history
+            if h["status"] in ("failed", "abandoned")
+        ],
         "films_made": len(films),
+        "material": cfg.material,
     }

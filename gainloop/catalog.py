@@ -42,7 +42,16 @@ import platformdirs
 
 from gainloop.errors import GainloopError
 
-__all__ = ["Catalog", "CatalogError", "CatalogWriter", "RunNotFoundError", "StoredState", "backup_file", "data_dir"]
+__all__ = [
+    "AmbiguousUidError",
+    "Catalog",
+    "CatalogError",
+    "CatalogWriter",
+    "RunNotFoundError",
+    "StoredState",
+    "backup_file",
+    "data_dir",
+]
 
 ENV_DATA_DIR = "GAINLOOP_DATA_DIR"
 CHECK_TIMEOUT_S = 2.0  # the per-run "is this uid stored?" request (no retries)
@@ -67,6 +76,10 @@ class RunNotFoundError(CatalogError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "run not found"
+
+
+class AmbiguousUidError(CatalogError):
+    """A uid prefix that starts several uids (the message lists them)."""
 
 
 def data_dir(explicit: str | Path | None = None) -> Path:
@@ -144,6 +157,7 @@ class Catalog:
                     api_key,
                 )
             ) from None
+        _check_api_key(uri, api_key, timeout_s)
         try:
             return from_uri(uri, api_key=api_key) if api_key else from_uri(uri)
         except Exception as exc:  # httpx connection errors, auth errors, bad URIs
@@ -216,6 +230,38 @@ class Catalog:
 
         return RunRouter([factory])
 
+    def resolve_uid(self, uid: str, *, key: str = "uid", what: str = "run", where: dict | None = None) -> str:
+        """The whole uid of the run (``key`` "uid") or campaign (``key`` "campaign_uid") that ``uid`` names:
+        itself, or an unambiguous prefix of it (e.g. the 8 characters the live table prints).
+
+        ``RunNotFoundError`` if nothing matches, ``AmbiguousUidError`` (listing the matches) if several do.
+        ``where``: more start-document keys the runs must have (e.g. ``{"plan_name": "campaign"}``).
+        """
+        from tiled.queries import Key, Like
+
+        text = str(uid).strip().lower()
+        if not re.fullmatch(r"[0-9a-f-]{1,36}", text) or len(text) < 4:
+            raise RunNotFoundError(
+                f"no {what} with uid {uid!r} in the catalog at {self.location}: give its uid or the start of it "
+                "(at least 4 hexadecimal digits, e.g. the 8 characters the live table prints)"
+            )
+        results = self.client
+        for k, v in (where or {}).items():
+            results = results.search(Key(f"start.{k}") == v)
+        if len(text) == 36:
+            exact = results.search(Key(f"start.{key}") == text)
+            if len(exact):
+                return text
+            raise RunNotFoundError(f"no {what} with uid {text!r} in the catalog at {self.location}")
+        found = results.search(Like(f"start.{key}", f"{text}%"))
+        matches = sorted({str(run.start[key]) for run in found.values()}, key=str)
+        if not matches:
+            raise RunNotFoundError(f"no {what} whose uid starts with {text!r} in the catalog at {self.location}")
+        if len(matches) > 1:
+            shown = ", ".join(matches[:10]) + (f" and {len(matches) - 10} more" if len(matches) > 10 else "")
+            raise AmbiguousUidError(f"{text!r} is the start of {len(matches)} {what} uids: {shown}; give more of it")
+        return matches[0]
+
     def run(self, uid: str):
         """The stored run (BlueskyRun) with this uid, or ``RunNotFoundError``."""
         try:
@@ -236,6 +282,27 @@ class Catalog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_api_key(uri: str, api_key: str | None, timeout_s: float) -> None:
+    """Say exactly what is wrong when the server answers 401: no key given, or the key given refused."""
+    import httpx
+
+    headers = {"Authorization": f"Apikey {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(f"{uri.rstrip('/')}/api/v1/metadata/", headers=headers, timeout=timeout_s)
+    except httpx.HTTPError:
+        return  # (the client's own connection reports it)
+    if response.status_code != 401:
+        return
+    how = (
+        "pass it with --api-key, or in $TILED_API_KEY (or the variable the config's [catalog] api_key_env "
+        "names); it is the key the server was started with (`gainloop catalog serve` prints it once, or takes "
+        "it from $GAINLOOP_TILED_API_KEY)"
+    )
+    if not api_key:
+        raise CatalogError(f"the catalog at {_masked(uri)} needs an API key and none was given: {how}")
+    raise CatalogError(f"the catalog at {_masked(uri)} refused the API key given (HTTP 401): check it; {how}")
 
 
 def backup_file(backup_dir: Path, uid: str) -> Path:

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -71,6 +72,54 @@ def _print_json(obj) -> None:
         return v
 
     sys.stdout.write(json.dumps(clean(obj), default=_json_default) + "\n")
+
+
+class _Stopped(BaseException):
+    """Ctrl+C or SIGTERM while a bench command starts up (imports, connects, opens the catalog):
+    a BaseException of its own, so that click does not turn it into "Aborted!", status 1."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def _on_stop_signal(signum, frame) -> None:
+    import signal
+
+    raise _Stopped(signal.Signals(signum).name)
+
+
+def _bench_command(fn):
+    """A command that drives the bench (measure, campaign run|resume, demo): Ctrl+C or SIGTERM before
+    its plan runs (the plan has its own handling, ``gainloop.running.run_plan``) close the blocks it
+    is in (a connected bench is made safe), say so in one line and exit 130 (SIGINT) or 143
+    (SIGTERM) at once -- without waiting for threads a half-opened catalog may have started."""
+    import functools
+
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        import os
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return fn(*args, **kwargs)
+        saved = {sig: signal.signal(sig, _on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return fn(*args, **kwargs)
+        except _Stopped as stop:
+            for sig in saved:
+                signal.signal(sig, signal.SIG_IGN)
+            what = "terminated (SIGTERM)" if stop.signal_name == "SIGTERM" else "interrupted (Ctrl+C)"
+            _err.print(f"[bold yellow]{what}[/] before the plan started: nothing was measured", highlight=False)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(143 if stop.signal_name == "SIGTERM" else 130)
+        finally:
+            for sig, handler in saved.items():
+                if signal.getsignal(sig) is _on_stop_signal:
+                    signal.signal(sig, handler)
+
+    return command
 
 
 @twin_app.command("reproduce")
@@ -262,6 +311,7 @@ def _live_callbacks(json_out: bool) -> list:
 
 
 @app.command("measure")
+@_bench_command
 def measure(
     plan: Annotated[str, typer.Argument(help="Plan name (see `gainloop plans`).")],
     sample: SampleOption,
@@ -284,9 +334,14 @@ def measure(
     config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Run one measurement plan, store every document in the catalog, print the uid and the result."""
+    """Run one measurement plan, store every document in the catalog, print the uid and the result.
+
+    Ctrl+C or SIGTERM stop it cleanly: the run is closed (exit_status "abort") with the pump
+    shutter closed and the fluence parked, and the command exits 130 (143 for SIGTERM).
+    """
     from bluesky import RunEngine
 
+    from gainloop.running import PlanInterrupted, open_bench, run_plan
     from plans.registry import plan_spec
 
     try:
@@ -308,41 +363,76 @@ def measure(
         conf = _load_config(config)  # the bench of the config file unless --twin or --bench
         bench = bench if (twin or bench is not None) else conf.bench.file
         seed = seed if seed is not None else conf.bench.twin_seed
-        if bench is not None:
-            from devices import connect_bench, load_bench
-
-            devices = connect_bench(load_bench(bench))
-        else:
-            from sim.devices import default_twin_bench_path, twin_bench_devices
-
-            devices = twin_bench_devices(default_twin_bench_path(), seed=seed)
-        devices.config.library_entry(sample)
-        if plan == "pump_probe" and "excitons_per_uJ_cm2" not in kwargs and devices.engine is not None:
-            kwargs["excitons_per_uJ_cm2"] = devices.engine.excitons_per_uJ_cm2(sample)  # the twin's own film
-        gen = spec.plan(devices, sample, **kwargs)  # argument checks run before anything is stored
-        with _open_catalog(catalog, data_dir, api_key, conf) as cat:
-            RE = RunEngine({}, call_returns_result=True)
-            # the RunEngine logs a traceback for a plan's own refusal; the CLI prints it as one line
-            logging.getLogger("bluesky").setLevel(logging.CRITICAL)
-            RE.subscribe(cat.writer())
-            for cb in _live_callbacks(json_out):
-                RE.subscribe(cb)
-            result = RE(gen)
-            if result.exit_status != "success":
-                _fail(GainloopError(f"run {result.run_start_uids} ended with {result.exit_status}: {result.reason}"))
-            out = {**result.plan_result, "plan": plan, "sample": sample, "catalog": str(cat.location)}
+        with open_bench(bench, seed=seed) as devices:
+            devices.config.library_entry(sample)
+            if plan == "pump_probe" and "excitons_per_uJ_cm2" not in kwargs and devices.engine is not None:
+                kwargs["excitons_per_uJ_cm2"] = devices.engine.excitons_per_uJ_cm2(sample)  # the twin's own film
+            gen = spec.start(devices, sample, **kwargs)  # a bad argument is refused here: nothing stored or sent
+            with _open_catalog(catalog, data_dir, api_key, conf) as cat, _bluesky_prints_to_stderr(json_out):
+                RE = RunEngine({}, call_returns_result=True)
+                RE.subscribe(cat.writer())
+                for cb in _live_callbacks(json_out):
+                    RE.subscribe(cb)
+                result = run_plan(RE, gen, devices, what=f"{plan} on {sample}", exit_on_interrupt=True)
+                if result.exit_status != "success":
+                    _fail(
+                        GainloopError(
+                            f"run {_short(result.run_start_uids)} ended {result.exit_status}: {result.reason}"
+                        )
+                    )
+                out = {**result.plan_result, "plan": plan, "sample": sample, "catalog": str(cat.location)}
+    except PlanInterrupted as exc:
+        _interrupted(exc)
     except (GainloopError, ValueError, TypeError) as exc:
         _fail(exc)
     if json_out:
         _print_json(out)
     else:
-        for k, v in out.items():
-            _console.print(f"{k}: {v}")
+        _print_result(out)
+
+
+def _short(uids) -> str:
+    """Run uids as the live table shows them (their first 8 characters)."""
+    return ", ".join(str(u)[:8] for u in uids) or "(none)"
+
+
+def _print_result(out: dict) -> None:
+    """A plan's result, one ``key: value`` a line, numbers with sensible precision (a value with its
+    ``_err`` twin as ``value +- err`` to the error's second significant digit)."""
+    errors = {k for k in out if "_err" in k and k.replace("_err", "", 1) in out}
+    for key, value in out.items():
+        if key in errors:
+            continue
+        twin_key = next((e for e in errors if e.replace("_err", "", 1) == key), None)
+        if twin_key is not None:
+            _console.print(f"{key}: {_with_error(value, out[twin_key])}")
+        else:
+            _console.print(f"{key}: {_number(value)}")
+
+
+def _number(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
+def _with_error(value, err) -> str:
+    """``93.9 +- 4.9``: the value rounded where its error's second significant digit is."""
+    try:
+        v, e = float(value), float(err)
+    except (TypeError, ValueError):
+        return f"{value} +- {err}"
+    if not (math.isfinite(v) and math.isfinite(e) and e > 0):
+        return f"{_number(v)} +- {_number(e)}"
+    decimals = max(0, 1 - math.floor(math.log10(e)))
+    if decimals > 6:
+        return f"{v:.3g} +- {e:.2g}"
+    return f"{v:.{decimals}f} +- {e:.{decimals}f}"
 
 
 @app.command("replay")
 def replay_cmd(
-    uid: Annotated[str, typer.Argument(help="uid of the stored run.")],
+    uid: Annotated[str, typer.Argument(help="uid of the stored run (or its first characters, e.g. the 8 shown live).")],
     catalog: CatalogOption = None,
     api_key: ApiKeyOption = None,
     data_dir: DataDirOption = None,
@@ -354,7 +444,7 @@ def replay_cmd(
 
     try:
         with _open_catalog(catalog, data_dir, api_key, _load_config(config)) as cat:
-            rr = replay(cat, uid, _live_callbacks(json_out))
+            rr = replay(cat, cat.resolve_uid(uid), _live_callbacks(json_out))
             start = rr.start  # (the run is read once)
             out = {**rr.result, "plan": start["plan_name"], "sample": start["sample_id"], "catalog": str(cat.location)}
     except GainloopError as exc:
@@ -364,8 +454,7 @@ def replay_cmd(
     if json_out:
         _print_json(out)
     else:
-        for k, v in out.items():
-            _console.print(f"{k}: {v}")
+        _print_result(out)
         _console.print(f"replayed {rr.n_documents} documents ({rr.n_events} events)")
     if not rr.matches:
         raise typer.Exit(code=1)
@@ -385,41 +474,55 @@ app.add_typer(campaign_app, name="campaign")
 
 
 def _campaign_progress(json_out: bool, budget_h: float | None, max_trials: int | None):
-    """A rich progress bar (lab time, trials, best so far) on stderr; nothing in --json mode."""
+    """A rich progress line on stderr (nothing in --json mode): trials (of the trial budget), lab hours of
+    the lab-time budget, failures, the best threshold so far and an estimate of the wall time left."""
     if json_out:
         return None, None
-    from rich.progress import BarColumn, Progress, TextColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(
         TextColumn("[bold]campaign[/]"),
         BarColumn(),
-        TextColumn("{task.fields[lab]:.1f} lab h"),
-        TextColumn("trials {task.fields[trials]}"),
-        TextColumn("failures {task.fields[failures]}"),
+        TextColumn("trial {task.fields[trials]}"),
+        TextColumn("{task.fields[lab]} lab h"),
+        TextColumn("failed {task.fields[failures]}"),
         TextColumn("best {task.fields[best]}"),
+        TextColumn("left"),
+        TimeRemainingColumn(),
         console=_err,
     )
-    total = budget_h if budget_h is not None else float(max_trials or 1)
-    task = progress.add_task("campaign", total=total, lab=0.0, trials=0, failures=0, best="-")
+    # the bar follows whichever budget is nearer to being spent
+    budgets = [b for b in (budget_h, max_trials) if b is not None]
+
+    def fields(summary: dict | None) -> dict:
+        trials = summary["trials"] if summary else 0
+        lab = summary["lab_hours"] if summary else 0.0
+        best = (summary or {}).get("best")
+        return {
+            "trials": f"{trials}/{max_trials}" if max_trials is not None else f"{trials}",
+            "lab": f"{lab:.1f}/{budget_h:g}" if budget_h is not None else f"{lab:.1f}",
+            "failures": summary["failures"] if summary else 0,
+            "best": (
+                f"{_with_error(best['threshold_uJ_cm2'], best.get('threshold_err_uJ_cm2'))} uJ/cm^2" if best else "-"
+            ),
+        }
+
+    task = progress.add_task("campaign", total=1.0 if budgets else None, **fields(None))
 
     def update(summary: dict) -> None:
-        best = summary.get("best")
-        text = f"{best['threshold_uJ_cm2']:.1f} uJ/cm^2" if best else "-"
-        done = summary["lab_hours"] if budget_h is not None else summary["trials"]
-        progress.update(
-            task,
-            completed=done,
-            lab=summary["lab_hours"],
-            trials=summary["trials"],
-            failures=summary["failures"],
-            best=text,
-        )
+        shares = []
+        if budget_h is not None:
+            shares.append(summary["lab_hours"] / budget_h)
+        if max_trials is not None:
+            shares.append(summary["trials"] / max_trials)
+        progress.update(task, completed=min(max(shares, default=0.0), 1.0), **fields(summary))
 
     return progress, update
 
 
 def _print_campaign(summary: dict, json_out: bool) -> None:
-    keys = ("campaign_uid", "best", "lab_hours", "trials", "failures", "stopped_by")
+    keys = ("campaign_uid", "best", "lab_hours", "trials", "failures", "stopped_by", "material", "lab_clock")
+    keys += ("failed_trials",)
     out = {k: summary.get(k) for k in keys if k in summary}
     if json_out:
         _print_json(out)
@@ -431,14 +534,18 @@ def _print_campaign(summary: dict, json_out: bool) -> None:
     )
     if best:
         _console.print(
-            f"best: threshold {best['threshold_uJ_cm2']:.1f} +- {best['threshold_err_uJ_cm2']:.1f} uJ/cm^2 at stripe "
+            f"best: threshold {_with_error(best['threshold_uJ_cm2'], best['threshold_err_uJ_cm2'])} uJ/cm^2 at stripe "
             f"{best['stripe_length_um']:.0f} um, doping {best['doping']:.2f} electrons/dot "
             f"(trial {best['trial_index']})"
         )
+    if out.get("lab_clock"):
+        _console.print(f"lab time read from {out['lab_clock']}")
+    for failed in out.get("failed_trials") or ():
+        _console.print(f"trial {failed['trial_index']} {failed['status']}: {failed['reason']}")
 
 
-def _campaign_stdout(json_out: bool):
-    """In --json mode, what bluesky prints while a campaign runs (pause and abort notices) goes to stderr.
+def _bluesky_prints_to_stderr(json_out: bool):
+    """In --json mode, what bluesky prints while a plan runs (pause and abort notices) goes to stderr.
 
     The RunEngine's own log (a traceback for an abort or a failed plan) is silenced: the CLI
     says what happened in one line.
@@ -449,14 +556,14 @@ def _campaign_stdout(json_out: bool):
     return contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext()
 
 
-def _interrupted(exc: Exception) -> None:
-    """A campaign stopped by Ctrl+C: one line, exit status 130 (128 + SIGINT).
+def _interrupted(exc) -> None:
+    """A plan or campaign stopped by Ctrl+C or SIGTERM: one line, exit status 130 (SIGINT) or 143 (SIGTERM).
 
-    ``run_campaign(..., exit_on_interrupt=True)`` has left Ctrl+C ignored, so that no traceback
+    ``run_plan(..., exit_on_interrupt=True)`` has left both signals ignored, so that no traceback
     from closing the catalog or the interpreter's shutdown follows the line.
     """
     _err.print(f"[bold yellow]interrupted:[/] {exc}", soft_wrap=True)
-    raise typer.Exit(code=130)
+    raise typer.Exit(code=getattr(exc, "exit_code", 130))
 
 
 def _run_campaign_cli(
@@ -487,7 +594,7 @@ def _run_campaign_cli(
             if progress is not None:
                 progress.start()
             try:
-                with _campaign_stdout(json_out):
+                with _bluesky_prints_to_stderr(json_out):
                     summary = run_campaign(cat, cfg, progress=update, exit_on_interrupt=True)
             finally:
                 if progress is not None:
@@ -505,6 +612,7 @@ def _run_campaign_cli(
 
 
 @campaign_app.command("run")
+@_bench_command
 def campaign_run(
     config: ConfigOption = None,
     twin: Annotated[bool, typer.Option("--twin", help="Use the in-process twin bench (default).")] = False,
@@ -521,12 +629,24 @@ def campaign_run(
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Optimiser seed (and the twin's noise seed).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Proposals per round (q).")] = None,
+    material: Annotated[
+        str | None,
+        typer.Option(
+            "--material",
+            help="The material to optimise: only films of it are measured (default: the bench file's "
+            "[stage] new_film_material, the material new films are made of).",
+        ),
+    ] = None,
     catalog: CatalogOption = None,
     api_key: ApiKeyOption = None,
     data_dir: DataDirOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Run a closed-loop campaign: suggest, measure, analyse, ingest, until a budget or the target."""
+    """Run a closed-loop campaign: suggest, measure, analyse, ingest, until a budget or the target.
+
+    Ctrl+C or SIGTERM end it cleanly (its runs closed, the shutter closed); it prints the
+    `gainloop campaign resume` command that continues it.
+    """
     if twin and bench is not None:
         _fail(GainloopError("choose one of --twin and --bench FILE"))
     overrides = {
@@ -536,15 +656,19 @@ def campaign_run(
         "target_threshold_uJ_cm2": target,
         "seed": seed,
         "batch_size": batch_size,
+        "material": material,
     }
     summary = _run_campaign_cli(config, overrides, bench, catalog, api_key, data_dir, json_out)
     _print_campaign(summary, json_out)
 
 
 @app.command("demo")
+@_bench_command
 def demo(
     config: ConfigOption = None,
-    max_trials: Annotated[int, typer.Option("--max-trials", help="Trials of the demo campaign.")] = 6,
+    max_trials: Annotated[
+        int, typer.Option("--max-trials", help="Most trials the demo campaign may take to reach its goal.")
+    ] = 40,
     seed: Annotated[int | None, typer.Option("--seed", help="Optimiser and twin seed.")] = None,
     data_dir: DataDirOption = None,
     out: Annotated[
@@ -552,26 +676,59 @@ def demo(
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """The main job: a short campaign on the twin into the embedded catalog, its best conditions and report."""
+    """The main job: a campaign on the twin, into the embedded catalog, until it has measured a threshold
+    within 5 % of the twin's true optimum; its best conditions beside that optimum, and its report."""
     from gainloop.catalog import data_dir as resolve_data_dir
+    from gainloop.demo import GOAL_FRACTION, judge, twin_goal
 
     try:
         folder = resolve_data_dir(data_dir)
+        if _load_config(config).bench.file is not None:
+            raise GainloopError(
+                "the demo runs on the twin (its optimum is the yardstick); the config names a bench file: "
+                "run `gainloop campaign run --config FILE` on a bench"
+            )
+        goal = twin_goal()
     except GainloopError as exc:
         _fail(exc)
-    overrides = {"max_trials": max_trials, "seed": seed, "budget_lab_h": 48.0}
+    overrides = {
+        "max_trials": max_trials,
+        "seed": seed,
+        "budget_lab_h": 48.0,
+        "target_threshold_uJ_cm2": goal.target_uJ_cm2,
+    }
     reports = out if out is not None else folder / "reports"
     summary = _run_campaign_cli(config, overrides, None, None, None, folder, json_out, report_dir=reports)
+    verdict = judge(summary.get("best"), goal)
     if json_out:
-        _print_json({k: summary.get(k) for k in ("campaign_uid", "best", "lab_hours", "trials", "failures", "report")})
+        keys = ("campaign_uid", "best", "lab_hours", "trials", "failures", "report")
+        _print_json({**{k: summary.get(k) for k in keys}, **verdict})
         return
     _print_campaign(summary, json_out)
+    opt = verdict["optimum"]
+    _console.print(
+        f"the twin's true optimum: {opt['threshold_uJ_cm2']:.1f} uJ/cm^2 at stripe {opt['stripe_length_um']:.0f} um, "
+        f"doping {opt['doping']:.2f} electrons/dot"
+    )
+    if verdict["within_fraction"] is None:
+        _console.print("[bold red]no threshold was measured[/]: the goal was not reached")
+    else:
+        true = verdict["true_threshold_uJ_cm2"]
+        where = f" (the twin's own threshold there: {true:.1f} uJ/cm^2)" if true is not None else ""
+        how = "[bold green]goal reached[/]" if verdict["reached"] else "[bold red]goal not reached[/]"
+        _console.print(
+            f"{how}: the best measured threshold is {verdict['within_fraction']:+.1%} from the optimum{where}, "
+            f"goal within {GOAL_FRACTION:.0%}; {summary['lab_hours']:.1f} lab hours, {summary['trials']} trials"
+        )
     _console.print(f"report: {summary['report']}")
 
 
 @campaign_app.command("resume")
+@_bench_command
 def campaign_resume(
-    campaign_uid: Annotated[str, typer.Argument(help="uid of the campaign to continue.")],
+    campaign_uid: Annotated[
+        str, typer.Argument(help="uid of the campaign to continue (or an unambiguous start of it).")
+    ],
     budget_hours: Annotated[
         float | None, typer.Option("--budget-hours", help="New total lab-time budget, hours (default: as stored).")
     ] = None,
@@ -588,10 +745,13 @@ def campaign_resume(
     from gainloop.campaign import CampaignInterrupted, run_campaign
 
     try:
-        with _open_catalog(catalog, data_dir, api_key, _load_config(config)) as cat, _campaign_stdout(json_out):
+        with (
+            _open_catalog(catalog, data_dir, api_key, _load_config(config)) as cat,
+            _bluesky_prints_to_stderr(json_out),
+        ):
             summary = run_campaign(
                 cat,
-                resume_uid=campaign_uid,
+                resume_uid=_campaign_uid(cat, campaign_uid),
                 budgets={"budget_lab_h": budget_hours, "max_trials": max_trials},
                 exit_on_interrupt=True,
             )
@@ -602,9 +762,14 @@ def campaign_resume(
     _print_campaign(summary, json_out)
 
 
+def _campaign_uid(cat, given: str) -> str:
+    """The campaign uid ``given`` names (whole, or an unambiguous prefix of it)."""
+    return cat.resolve_uid(given, key="campaign_uid", what="campaign", where={"plan_name": "campaign"})
+
+
 @campaign_app.command("status")
 def campaign_status_cmd(
-    campaign_uid: Annotated[str, typer.Argument(help="uid of the campaign.")],
+    campaign_uid: Annotated[str, typer.Argument(help="uid of the campaign (or an unambiguous start of it).")],
     catalog: CatalogOption = None,
     api_key: ApiKeyOption = None,
     data_dir: DataDirOption = None,
@@ -616,7 +781,7 @@ def campaign_status_cmd(
 
     try:
         with _open_catalog(catalog, data_dir, api_key, _load_config(config)) as cat:
-            status = campaign_status(cat, campaign_uid)
+            status = campaign_status(cat, _campaign_uid(cat, campaign_uid))
     except GainloopError as exc:
         _fail(exc)
     _print_campaign(status, json_out)
@@ -624,7 +789,7 @@ def campaign_status_cmd(
 
 @app.command("report")
 def report_cmd(
-    campaign_uid: Annotated[str, typer.Argument(help="uid of the campaign.")],
+    campaign_uid: Annotated[str, typer.Argument(help="uid of the campaign (or an unambiguous start of it).")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write index.html and its PNG figures into.")],
     catalog: CatalogOption = None,
     api_key: ApiKeyOption = None,
@@ -637,7 +802,7 @@ def report_cmd(
 
     try:
         with _open_catalog(catalog, data_dir, api_key, _load_config(config)) as cat:
-            report = build_report(cat, campaign_uid, out)
+            report = build_report(cat, _campaign_uid(cat, campaign_uid), out)
     except GainloopError as exc:
         _fail(exc)
     if json_out:

@@ -86,11 +86,13 @@ def open_catalog(catalog: str | None, data_dir: Path | None, api_key: str | None
     """
     from gainloop.catalog import Catalog
     from gainloop.catalog import data_dir as resolve_data_dir
+    from gainloop.running import signals_deferred
 
     if conf is not None:
         catalog, data_dir, api_key = catalog_target(conf, catalog, data_dir, api_key)
     folder_is_new = catalog is None and not (resolve_data_dir(data_dir) / "catalog").exists()
-    cat = Catalog(catalog, data_dir_path=data_dir, api_key=api_key, **options)
+    with signals_deferred():  # a catalog is opened whole (or not at all) when Ctrl+C comes meanwhile
+        cat = Catalog(catalog, data_dir_path=data_dir, api_key=api_key, **options)
     if folder_is_new:
         err_console.print(f"gainloop catalog: {cat.location}", highlight=False)
     return cat

@@ -38,6 +38,10 @@ Example (``examples/gainloop.toml``)::
     doping_min = 0.0
     doping_max = 7.9
 
+    [campaign]
+    # material = "PbS/PbSSe-CAS/I-ALD"  # default: the bench file's [stage] new_film_material
+    max_threshold_rel_err = 0.5      # a fitted threshold with a larger relative error: a failed trial
+
     [server]                      # gainloop catalog serve
     port = 8000
     api_key_env = "GAINLOOP_TILED_API_KEY"
@@ -122,6 +126,18 @@ class LimitsSection(_Strict):
         return self
 
 
+class CampaignSection(_Strict):
+    """What a campaign optimises and what it takes as a result."""
+
+    material: str | None = Field(
+        None, min_length=1, description="material to optimise (default: the bench file's [stage] new_film_material)"
+    )
+    films: list[str] | None = Field(None, min_length=1, description="library films it may use (default: all of it)")
+    max_threshold_rel_err: float = Field(
+        0.5, gt=0, le=10, description="a fitted threshold with a larger relative error is a failed trial"
+    )
+
+
 class ServerSection(_Strict):
     """``gainloop catalog serve``: the Tiled server on PostgreSQL."""
 
@@ -202,6 +218,7 @@ class GainloopConfig(_Strict):
     optimizer: OptimizerSection = OptimizerSection()
     budgets: BudgetsSection = BudgetsSection()
     limits: LimitsSection = LimitsSection()
+    campaign: CampaignSection = CampaignSection()
     server: ServerSection = ServerSection()
     qserver: QserverSection = QserverSection()
     ioc: IocSection = IocSection()
@@ -224,6 +241,9 @@ class GainloopConfig(_Strict):
             "stripe_length_max_um": self.limits.stripe_length_max_um,
             "doping_min": self.limits.doping_min,
             "doping_max": self.limits.doping_max,
+            "material": self.campaign.material,
+            "films": self.campaign.films,
+            "max_threshold_rel_err": self.campaign.max_threshold_rel_err,
             "bench_file": str(self.bench.file) if self.bench.file is not None else None,
             "twin_seed": self.bench.twin_seed,
         }

@@ -813,6 +813,11 @@ def _header(catalog, campaign_uid, cfg, trials, best, used_s, films, records) ->
         ("started", html.escape(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))) if started else ""),
         ("trials", f"{len(trials)} ({sum(t.status != 'completed' for t in trials)} failed or infeasible)"),
         ("lab time used", f"{used_s / 3600.0:.2f} h"),
+        (
+            "lab clock",
+            html.escape(str(records[0].start.get("lab_clock") or "not recorded")) if records else "",
+        ),
+        ("material", html.escape(str(cfg.material or "not recorded"))),
         ("films made", str(len(films))),
         ("last record run", html.escape(stop.get("exit_status", "running or interrupted") if records else "")),
         ("catalog", html.escape(_masked(str(catalog.location)))),

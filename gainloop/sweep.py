@@ -185,73 +185,6 @@ class _DocumentList:
         return self._append
 
 
-_presets_here = threading.local()
-_hooks_lock = threading.Lock()
-
-
-class _SigintOnMainThreadOnly:
-    """bluesky's ``SigintHandler`` on the main thread; nothing on another thread.
-
-    A Dask worker runs tasks on threads of its own, where ``signal.signal`` is refused
-    (``ValueError: signal only works in main thread``); there is no Ctrl+C to catch there.
-    """
-
-    original = None  # bluesky.run_engine.SigintHandler, set when the hook is installed
-
-    def __init__(self, RE):
-        main = threading.current_thread() is threading.main_thread()
-        self._inner = type(self).original(RE) if main else None
-
-    def __enter__(self):
-        return self._inner.__enter__() if self._inner is not None else self
-
-    def __exit__(self, *exc):
-        return self._inner.__exit__(*exc) if self._inner is not None else False
-
-
-def _install_worker_hooks() -> None:
-    """Let ``run_campaign`` run on a worker thread, on this thread's presets (``_presets_here``).
-
-    ``gainloop.campaign.run_campaign`` makes a ``RunEngine`` with bluesky's default
-    context managers (a SIGINT handler, main thread only) and builds its twin on the
-    shipped presets; it takes neither as an argument. So, once per process: the RunEngine's
-    default SIGINT handler is skipped off the main thread, and the campaign's bench factory
-    uses the presets a sweep task set on its thread. Threads that set nothing (and the main
-    thread) see no change.
-    """
-    import bluesky.run_engine
-
-    from gainloop import campaign
-
-    with _hooks_lock:
-        if bluesky.run_engine.SigintHandler is not _SigintOnMainThreadOnly:
-            _SigintOnMainThreadOnly.original = bluesky.run_engine.SigintHandler
-            bluesky.run_engine.SigintHandler = _SigintOnMainThreadOnly
-        if getattr(campaign._bench, "_sweep_hook", False):
-            return
-        original = campaign._bench
-
-        def bench(cfg):
-            presets = getattr(_presets_here, "presets", None)
-            if presets is None or cfg.bench_file is not None:
-                return original(cfg)
-            from sim.devices import default_twin_bench_path, twin_bench_devices
-
-            return twin_bench_devices(default_twin_bench_path(), seed=cfg.twin_seed, presets=presets)
-
-        bench._sweep_hook = True
-        campaign._bench = bench
-
-
-@contextmanager
-def _twin_presets(presets) -> Iterator[None]:
-    _presets_here.presets = presets
-    try:
-        yield
-    finally:
-        _presets_here.presets = None
-
-
 def _campaign_uid(documents: list[tuple[str, dict]]) -> str | None:
     for name, doc in documents:
         if name == "start" and doc.get("plan_name") == "campaign":
@@ -268,15 +201,19 @@ def run_task(task: SweepTask) -> dict:
     """
     import socket
 
+    from bluesky import RunEngine
+
     from gainloop.campaign import CampaignConfig, run_campaign
 
-    _install_worker_hooks()
     started, cpu0 = time.time(), time.process_time()
     sink = _DocumentList()
     summary, error = None, None
+    # a Dask worker runs tasks on threads of its own, where there is no Ctrl+C to catch (and
+    # signal handlers cannot be installed): a RunEngine without bluesky's SIGINT handler there
+    on_main = threading.current_thread() is threading.main_thread()
+    RE = RunEngine({}, call_returns_result=True, **({} if on_main else {"context_managers": []}))
     try:
-        with _twin_presets(task.presets):
-            summary = run_campaign(sink, CampaignConfig.from_dict(task.config))
+        summary = run_campaign(sink, CampaignConfig.from_dict(task.config), presets=task.presets, RE=RE)
     except Exception as exc:  # recorded as the campaign's outcome, with its reason
         error = f"{type(exc).__name__}: {exc}"
     return {

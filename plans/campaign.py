@@ -45,11 +45,10 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import RequestAbort, RequestStop
 
-from devices import LibraryEntry
 from plans.analysis import AnalysisError
 from plans.measurements import ase_fluence_scan, ase_point
 
-__all__ = ["CampaignStop", "campaign"]
+__all__ = ["CampaignStop", "campaign", "fit_rejection"]
 
 
 class CampaignStop(RuntimeError):
@@ -117,6 +116,25 @@ def _after_first_event(plan, then):
     return bpp.plan_mutator(plan, mutate)
 
 
+def fit_rejection(outcome: dict, max_rel_err: float) -> str:
+    """Why a scan's fitted threshold is not a result ('' if it is one): not a finite positive number,
+    or an uncertainty that is not finite or larger than ``max_rel_err`` of the threshold."""
+    if "threshold_uJ_cm2" not in outcome:
+        return ""  # a joint trial's single acquisition: no fit to judge
+    thr = float(outcome["threshold_uJ_cm2"])
+    err = float(outcome.get("threshold_err_uJ_cm2", math.nan))
+    if not (math.isfinite(thr) and thr > 0):
+        return f"fit rejected: the threshold {thr!r} uJ/cm^2 is not a positive number"
+    if not (math.isfinite(err) and err >= 0):
+        return f"fit rejected: threshold {thr:.4g} uJ/cm^2 has no finite uncertainty ({err!r})"
+    if err > max_rel_err * thr:
+        return (
+            f"fit rejected: threshold {thr:.4g} +- {err:.3g} uJ/cm^2, a relative error of {err / thr:.3g} "
+            f"(allowed up to {max_rel_err:g}: max_threshold_rel_err)"
+        )
+    return ""
+
+
 def _film_id(bench, doping: float, tol: float, eligible) -> str | None:
     """An existing film of this doping (electrons/dot) the campaign may use."""
     best, best_diff = None, math.inf
@@ -139,7 +157,7 @@ def _mount_film(bench, doping: float, tol: float, eligible, can_make_films: bool
     yield from bps.mv(bench.stage.new_film_request, 1)
     new_id = yield from bps.rd(bench.stage.sample)
     if new_id not in bench.stage.library:
-        bench.stage.library[new_id] = LibraryEntry(id=new_id, kind="film", doping=float(doping))
+        bench.stage.library[new_id] = bench.config.new_film_entry(new_id, float(doping))
     if eligible is not None:
         eligible.add(new_id)
     return new_id, True
@@ -161,6 +179,7 @@ def campaign(
     film_doping_tol: float = 0.02,
     scan_args: dict | None = None,
     point_args: dict | None = None,
+    max_threshold_rel_err: float = 0.5,
     max_failure_fraction: float = 0.5,
     breaker_min_trials: int = 5,
     progress: Callable[[dict], None] | None = None,
@@ -172,6 +191,9 @@ def campaign(
     ``lab_time_used_s`` and ``trials_done`` carry over what a resumed campaign already
     spent. ``films``: library ids the campaign may measure (default: every film).
     ``scan_args`` / ``point_args``: extra arguments of ``ase_fluence_scan`` / ``ase_point``.
+    ``max_threshold_rel_err``: a scan whose fitted threshold has a larger relative error (or
+    none that is a finite positive number) is a ``failed`` trial ("fit rejected"), its numbers
+    kept in the record but never given to the optimiser as a result; it is not re-measured.
     ``fault_hook``: fault injection at the points of ``FAULT_POINTS`` (tests only; see the module doc).
     """
     if budget_lab_h is None and max_trials is None and target_threshold_uJ_cm2 is None:
@@ -259,6 +281,9 @@ def campaign(
             result = yield from measure
             uid = result.pop("uid")
             outcome = result
+            rejected = fit_rejection(outcome, max_threshold_rel_err)
+            if rejected:
+                status, reason = "failed", rejected
         except (RequestAbort, RequestStop):
             raise
         except AnalysisError as exc:

@@ -84,7 +84,7 @@ def test_unknown_campaign_is_a_clear_error(catalog):
 def test_a_batch_left_unmeasured_is_abandoned_and_its_indices_spent(catalog):
     cfg = CampaignConfig(
         strategy="nested", seed=3, budget_lab_h=None, max_trials=1, twin_seed=3, batch_size=2,
-        scan_args={"n_coarse": 6, "n_fine": 4},
+        scan_args={"n_coarse": 8, "n_fine": 6},  # (a shorter scan fits thresholds too poorly to count)
     )  # fmt: skip
     first = run_campaign(catalog, cfg)
     _, trials, _, _ = rebuild_trials(catalog, first["campaign_uid"])
@@ -143,3 +143,54 @@ def test_resume_first_writes_what_the_backup_holds(catalog):
     assert [(t["trial_index"], t["status"]) for t in trials] == [(0, "completed"), (1, "completed")]
     trial_runs = [r for r in _runs_of(catalog, uid) if r.start.get("trial_index") == 1]
     assert [r.start["uid"] for r in trial_runs] == [trial1_uid]
+
+
+def test_a_fit_that_is_not_a_result_is_a_failed_trial_never_given_to_the_optimiser(catalog, tmp_path):
+    """The case a user met over CA: a core film's scan at ~2630 um fits 539 +- 1.2e8 uJ/cm^2. It is a
+    failed trial with the reason; the optimiser never sees it; status and the report say so."""
+    from gainloop.report import build_report
+
+    cfg = CampaignConfig(
+        strategy="nested", seed=0, budget_lab_h=None, max_trials=2, twin_seed=0, material="PbS-core/EMII",
+        can_make_films=False, stripe_length_min_um=2600.0, stripe_length_max_um=2700.0,
+    )  # fmt: skip
+    summary = run_campaign(catalog, cfg)
+    uid = summary["campaign_uid"]
+    rejected = [t for t in summary["failed_trials"] if t["reason"].startswith("fit rejected")]
+    assert [t["trial_index"] for t in rejected] == [0]
+    assert "relative error" in rejected[0]["reason"] and "max_threshold_rel_err" in rejected[0]["reason"]
+    assert summary["best"]["trial_index"] == 1  # the other trial's threshold, 551 +- 52
+    assert summary["best"]["threshold_err_uJ_cm2"] < 0.5 * summary["best"]["threshold_uJ_cm2"]
+    _, trials, _, _ = rebuild_trials(catalog, uid)
+    assert trials[0]["status"] == "failed" and trials[0]["outcome"]["threshold_err_uJ_cm2"] > 1e6  # kept, as data
+    status = campaign_status(catalog, uid)
+    assert [t["trial_index"] for t in status["failed_trials"]] == [0]
+    assert status["failed_trials"][0]["reason"] == rejected[0]["reason"]
+    assert status["material"] == "PbS-core/EMII"
+    page = build_report(catalog, uid, tmp_path / "report").index.read_text()
+    assert "fit rejected" in page and "e+08" not in page.split("<table")[0]  # the header's best is trial 1's
+
+
+def test_fit_rejection_judges_the_threshold_and_its_error():
+    from plans.campaign import fit_rejection
+
+    assert fit_rejection({"threshold_uJ_cm2": 94.0, "threshold_err_uJ_cm2": 4.9}, 0.5) == ""
+    assert fit_rejection({"counts_per_s": 1e6}, 0.5) == ""  # a single acquisition: nothing to judge
+    assert "relative error of 0.6" in fit_rejection({"threshold_uJ_cm2": 100.0, "threshold_err_uJ_cm2": 60.0}, 0.5)
+    assert "not a positive number" in fit_rejection({"threshold_uJ_cm2": float("nan")}, 0.5)
+    assert "no finite uncertainty" in fit_rejection(
+        {"threshold_uJ_cm2": 90.0, "threshold_err_uJ_cm2": float("inf")}, 0.5
+    )
+
+
+def test_a_campaign_optimises_one_material_and_refuses_films_of_another(catalog):
+    cfg = CampaignConfig(strategy="random", seed=0, budget_lab_h=None, max_trials=1, twin_seed=0)
+    summary = run_campaign(catalog, cfg)
+    assert summary["material"] == "PbS/PbSSe-CAS/I-ALD"  # the twin's bench file: what new films are made of
+    runs = [r for r in _runs_of(catalog, summary["campaign_uid"]) if r.start["plan_name"] != "campaign"]
+    assert {r.start["sample_id"] for r in runs} <= {"cas_doped-film"} | {
+        r.start["sample_id"] for r in runs if r.start.get("new_film")
+    }
+    bad = CampaignConfig(strategy="random", seed=0, max_trials=1, twin_seed=0, films=["core-film"])
+    with pytest.raises(CampaignError, match=r"film 'core-film' cannot be in a campaign on 'PbS/PbSSe-CAS/I-ALD'"):
+        run_campaign(catalog, bad)

@@ -138,7 +138,7 @@ def test_count_events_and_units(RE, bench, cfg):
     assert keys["spectrometer_exposure"]["units"] == "s"
     assert conf["spectrometer_wavelength"]["units"] == "nm"
     assert desc["configuration"]["pump"]["data_keys"]["pump_repetition_rate"]["units"] == "kHz"
-    assert desc["hints"]["spectrometer"]["fields"] == ["spectrometer_integrated"]
+    assert desc["hints"]["spectrometer"]["fields"] == ["spectrometer_exposure", "spectrometer_integrated"]
     events = _events(docs)
     assert len(events) == 2
     for ev in events:

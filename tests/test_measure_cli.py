@@ -43,6 +43,45 @@ def test_measure_stores_the_run_and_prints_the_result(tmp_path):
     proc = run("replay", out["uid"], "--data-dir", str(tmp_path), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == out
+    # ... and takes the 8 characters the live table shows
+    proc = run("replay", out["uid"][:8], "--data-dir", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == out
+    # the human-readable result: a value with its error to the error's precision
+    proc = run("replay", out["uid"][:8], "--data-dir", str(tmp_path))
+    shown = next(line for line in proc.stdout.splitlines() if line.startswith("threshold_uJ_cm2:"))
+    assert shown.startswith("threshold_uJ_cm2: ") and " +- " in shown and len(shown.split()[1]) <= 6, shown
+
+
+def test_a_bad_plan_argument_is_refused_before_any_run_is_opened(tmp_path):
+    proc = run("measure", "ase_fluence_scan", "--sample", "cas_doped-film", "--twin", "-a", "exposure_s=-1",
+               "--data-dir", str(tmp_path))  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "exposure -1 s is outside the soft limits 0.001 to 60 s" in proc.stderr.replace("\n", " ")
+    with Catalog(data_dir_path=tmp_path) as cat:
+        assert len(cat.client) == 0  # nothing stored, not even a failed run
+
+
+def test_uid_prefixes_resolve_when_unambiguous_and_list_the_matches_when_not(tmp_path):
+    from event_model import compose_run
+
+    from gainloop.catalog import AmbiguousUidError, RunNotFoundError
+
+    with Catalog(data_dir_path=tmp_path) as cat:
+        writer = cat.writer()
+        uids = ["abcd1111-0000-4000-8000-000000000001", "abcd2222-0000-4000-8000-000000000002"]
+        for uid in uids:
+            bundle = compose_run(uid=uid, metadata={"plan_name": "test"})
+            writer("start", bundle.start_doc)
+            writer("stop", bundle.compose_stop())
+        assert cat.resolve_uid("abcd1") == uids[0]
+        assert cat.resolve_uid(uids[1].upper()) == uids[1]
+        with pytest.raises(AmbiguousUidError, match=r"'abcd' is the start of 2 run uids: abcd1111-.*, abcd2222-"):
+            cat.resolve_uid("abcd")
+        with pytest.raises(RunNotFoundError, match=r"no run whose uid starts with 'abce'"):
+            cat.resolve_uid("abce")
+        with pytest.raises(RunNotFoundError, match=r"at least 4 hexadecimal digits"):
+            cat.resolve_uid("abc")
 
 
 @pytest.mark.parametrize(

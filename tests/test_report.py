@@ -237,4 +237,4 @@ def test_cli_prints_the_page_and_figures_and_errors_without_a_traceback(made, ca
     assert key not in page and "api_key=***" in page
     bad = _cli("nope", "--out", str(tmp_path / "x"), *common)
     assert bad.exit_code == 2 and "Traceback" not in bad.stderr and key not in bad.stderr
-    assert "no campaign 'nope'" in " ".join(bad.stderr.split()), bad.stderr
+    assert "no campaign with uid 'nope'" in " ".join(bad.stderr.split()), bad.stderr

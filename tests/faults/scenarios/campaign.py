@@ -49,6 +49,15 @@ __all__ = [
 
 KILL_POINTS = ("proposed", "measuring", "measured", "recording")
 SMALL_SCAN = {"n_coarse": 6, "n_fine": 4}  # in-process campaigns: short scans
+
+
+def _twin_for(cfg):
+    """The in-process twin a campaign of ``cfg`` runs on (its noise seed)."""
+    from sim.devices import default_twin_bench_path, twin_bench_devices
+
+    return twin_bench_devices(default_twin_bench_path(), seed=cfg.twin_seed)
+
+
 PROCESS_TIMEOUT_S = 600.0
 
 
@@ -269,7 +278,8 @@ def scenario_sigkill(
             else:
                 checks[f"{point}:{index} completed from its run, not re-measured"] = t.get("status") == "completed"
         # item 2: the interrupted trial never reaches the GP
-        prepared = prepare_campaign(cat, resume_uid=uid, fault_hook=lambda *a: None)
+        stored_cfg = rebuild_trials(cat, uid)[0]
+        prepared = prepare_campaign(cat, resume_uid=uid, fault_hook=lambda *a: None, bench=_twin_for(stored_cfg))
         prepared.plan.close()
         opt = prepared.optimizer
         data = opt.training_data() if hasattr(opt, "training_data") else None
@@ -416,12 +426,19 @@ def scenario_pause_resume(workdir: Path, env: FaultEnv, *, seed: int = 4, trials
     figures = CampaignFigures(fault="pause / resume")
     checks, observed = figures.checks, figures.observed
     with _catalog(server, workdir / "data") as cat:
-        ref = prepare_campaign(cat, _config(seed, trials), fault_hook=lambda *a: None)
+        ref = prepare_campaign(
+            cat, _config(seed, trials), fault_hook=lambda *a: None, bench=_twin_for(_config(seed, trials))
+        )
         result = _run_engine(cat)(ref.plan)
         checks["uninterrupted campaign succeeded"] = result.exit_status == "success"
 
         RE = _run_engine(cat)
-        paused = prepare_campaign(cat, _config(seed, trials), fault_hook=_pause_at("measuring", 0, defer=True))
+        paused = prepare_campaign(
+            cat,
+            _config(seed, trials),
+            fault_hook=_pause_at("measuring", 0, defer=True),
+            bench=_twin_for(_config(seed, trials)),
+        )
         try:
             RE(paused.plan)
             checks["the RunEngine paused"] = False
@@ -468,7 +485,12 @@ def scenario_abort(workdir: Path, env: FaultEnv, *, seed: int = 5, trials: int =
     aborted = trials - 1
     with _catalog(server, workdir / "data") as cat:
         RE = _run_engine(cat)
-        prepared = prepare_campaign(cat, _config(seed, trials), fault_hook=_pause_at("measuring", aborted, defer=False))
+        prepared = prepare_campaign(
+            cat,
+            _config(seed, trials),
+            fault_hook=_pause_at("measuring", aborted, defer=False),
+            bench=_twin_for(_config(seed, trials)),
+        )
         uid = prepared.campaign_uid
         observed["campaign_uid"] = uid
         try:
@@ -647,7 +669,7 @@ def scenario_resume_fluence(workdir: Path, env: FaultEnv, *, seed: int = 6) -> C
     checks, observed = figures.checks, figures.observed
     with _catalog(server, workdir / "data") as cat:
         joint = _config(seed, 1, strategy="joint")
-        probe = prepare_campaign(cat, joint, fault_hook=lambda *a: None)
+        probe = prepare_campaign(cat, joint, fault_hook=lambda *a: None, bench=_twin_for(joint))
         probe.plan.close()
         limit = probe.bench.config.bench.fluence_limit_uJ_cm2
         good = probe.optimizer.suggest()[0].as_dict()

@@ -412,7 +412,7 @@ def scenario_duplicate_ingestion(workdir: Path, env: FaultEnv, *, trials: int = 
     """A campaign written by two writers on one RunEngine, then every document replayed into a third."""
     import warnings
 
-    from gainloop.campaign import CampaignConfig, _bench, _films, _optimizer, rebuild_trials, run_campaign
+    from gainloop.campaign import CampaignConfig, campaign_films, campaign_optimizer, rebuild_trials, run_campaign
     from gainloop.catalog import Catalog
     from gainloop.replay import stream_columns
 
@@ -460,8 +460,10 @@ def scenario_duplicate_ingestion(workdir: Path, env: FaultEnv, *, trials: int = 
                 checks["no_duplicate_outcome_rows"] = outcome_rows == list(range(trials))
                 # the optimiser rebuilt from the catalog (as a resume does), the history fed twice
                 rcfg, history, _, _ = rebuild_trials(cat, campaign_uid)
-                bench = _bench(rcfg)
-                opt = _optimizer(rcfg, bench, _films(rcfg, bench))
+                from sim.devices import default_twin_bench_path, twin_bench_devices
+
+                bench = twin_bench_devices(default_twin_bench_path(), seed=rcfg.twin_seed)
+                opt = campaign_optimizer(rcfg, bench, campaign_films(rcfg, bench))
                 opt.ingest(history)
                 opt.ingest(history)
                 X = opt.training_data()["X"]
