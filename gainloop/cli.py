@@ -86,7 +86,11 @@ class _Stopped(BaseException):
 def _on_stop_signal(signum, frame) -> None:
     import signal
 
-    raise _Stopped(signal.Signals(signum).name)
+    from gainloop.running import note_stop_signal
+
+    name = signal.Signals(signum).name
+    note_stop_signal(name)  # in case this exception is lost (raised inside a finaliser): no plan starts
+    raise _Stopped(name)
 
 
 def _bench_command(fn):

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from gainloop.errors import GainloopError
 
-__all__ = ["PlanInterrupted", "make_bench_safe", "open_bench", "run_plan", "signals_deferred"]
+__all__ = ["PlanInterrupted", "make_bench_safe", "note_stop_signal", "open_bench", "run_plan", "signals_deferred"]
 
 log = logging.getLogger("gainloop.bench")
 
@@ -110,6 +110,19 @@ def signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
+#: Signals a command noted before its plan ran (``note_stop_signal``): ``run_plan`` does not start then.
+_stop_signals: list[str] = []
+
+
+def note_stop_signal(name: str) -> None:
+    """Note that Ctrl+C or SIGTERM (``name``) reached a command before its plan ran.
+
+    A signal handler's exception can be lost (Python ignores one raised while a finaliser
+    runs), so the command's handler notes the signal here too: ``run_plan`` then refuses to
+    start the plan (``PlanInterrupted``) rather than run it to its end."""
+    _stop_signals.append(name)
+
+
 class _Signals:
     """SIGINT and SIGTERM while a plan runs (main thread only): SIGTERM pauses the RunEngine at once;
     SIGINT beyond bluesky's own handling (more than ten presses) is only counted."""
@@ -121,6 +134,7 @@ class _Signals:
         self.saved: dict[int, object] = {}
 
     def __enter__(self) -> _Signals:
+        self.seen.extend(_stop_signals)  # noted by the command before the plan (``note_stop_signal``)
         if self.main:
             for signum, handler in ((signal.SIGINT, self._on_sigint), (signal.SIGTERM, self._on_sigterm)):
                 self.saved[signum] = signal.getsignal(signum)

@@ -135,5 +135,6 @@ def supervise_manager(argv: list[str], env: dict[str, str], control_addr: str, *
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        if not received:  # (after a stop the command exits: Ctrl+C held down stays ignored until then)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
