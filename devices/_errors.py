@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ophyd.utils.errors import LimitError as _OphydLimitError
 
-from gainloop.errors import GainloopError
+from core.errors import GainloopError
 
 __all__ = [
     "BenchConnectionError",

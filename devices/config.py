@@ -25,8 +25,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gainloop.errors import GainloopError
-from gainloop.tomlfile import format_validation_error, read_toml
+from core.errors import GainloopError
+from core.tomlfile import format_validation_error, read_toml
 
 __all__ = [
     "CONTROL_LAYERS",

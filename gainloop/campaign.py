@@ -60,7 +60,7 @@ import signal
 import uuid
 from dataclasses import asdict, dataclass, field
 
-from gainloop.errors import GainloopError
+from core.errors import GainloopError
 from gainloop.running import PlanInterrupted
 
 __all__ = [
@@ -442,7 +442,7 @@ def prepare_campaign(
 
     ``fault_hook``: see ``plans.campaign`` (default: from ``$GAINLOOP_FAULT_INJECT``, None when unset).
     """
-    from gainloop.errors import ParameterError
+    from core.errors import ParameterError
     from plans.campaign import campaign
 
     history: list[dict] = []

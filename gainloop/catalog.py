@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 import platformdirs
 
-from gainloop.errors import GainloopError
+from core.errors import GainloopError
 
 __all__ = [
     "AmbiguousUidError",

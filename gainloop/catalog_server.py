@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from core.errors import GainloopError
 from gainloop.catalog import data_dir as gainloop_data_dir
-from gainloop.errors import GainloopError
 
 __all__ = [
     "DEFAULT_POSTGRES_URI",

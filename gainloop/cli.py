@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from core.errors import GainloopError
 from gainloop.cli_catalog import catalog_app
 from gainloop.cli_common import (
     ApiKeyOption,
@@ -34,7 +35,6 @@ from gainloop.cli_common import open_catalog as _open_catalog
 from gainloop.cli_common import pick as _pick
 from gainloop.cli_qserver import qserver_app
 from gainloop.cli_sweep import sweep
-from gainloop.errors import GainloopError
 
 app = typer.Typer(
     help="gainloop: closed-loop optimisation and digital twin for CQD infrared lasers.", no_args_is_help=True

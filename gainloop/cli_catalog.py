@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from core.errors import GainloopError
 from gainloop.cli_common import (
     ApiKeyOption,
     CatalogOption,
@@ -23,7 +24,6 @@ from gainloop.cli_common import (
     open_catalog,
     pick,
 )
-from gainloop.errors import GainloopError
 
 __all__ = ["catalog_app"]
 

@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from core.errors import GainloopError
 from gainloop.cli_common import ConfigOption, catalog_target, fail, load_config, pick
-from gainloop.errors import GainloopError
 
 __all__ = ["qserver_app"]
 

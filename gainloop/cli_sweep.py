@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from core.errors import GainloopError
 from gainloop.cli_common import (
     ApiKeyOption,
     CatalogOption,
@@ -29,7 +30,6 @@ from gainloop.cli_common import (
     load_config,
     pick,
 )
-from gainloop.errors import GainloopError
 
 __all__ = ["sweep"]
 

@@ -64,8 +64,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gainloop.errors import GainloopError
-from gainloop.tomlfile import load_toml_model
+from core.errors import GainloopError
+from core.tomlfile import load_toml_model
 
 __all__ = ["ConfigError", "GainloopConfig", "load_config"]
 

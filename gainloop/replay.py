@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.errors import GainloopError
 from gainloop.catalog import Catalog
-from gainloop.errors import GainloopError
 
 __all__ = ["ReplayError", "ReplayResult", "replay", "run_documents", "stream_columns"]
 

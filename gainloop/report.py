@@ -44,8 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import GainloopError
 from gainloop.campaign import CampaignConfig, rebuild_trials
-from gainloop.errors import GainloopError
 from gainloop.replay import stream_columns
 
 __all__ = ["Report", "ReportError", "build_report", "write_report"]

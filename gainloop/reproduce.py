@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gainloop.errors import GainloopError, PresetError
+from core.errors import GainloopError, PresetError
 from plans.analysis import (
     AnalysisError,
     KinkFit,

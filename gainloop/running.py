@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from gainloop.errors import GainloopError
+from core.errors import GainloopError
 
 __all__ = ["PlanInterrupted", "make_bench_safe", "note_stop_signal", "open_bench", "run_plan", "signals_deferred"]
 

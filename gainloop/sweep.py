@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gainloop.errors import GainloopError
+from core.errors import GainloopError
 
 __all__ = [
     "STRATEGIES",

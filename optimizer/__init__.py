@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
+from core.trial import STATUSES, Proposal, TrialResult
 
 from . import _imports  # noqa: F401  (first: BoTorch's stack, see its docstring)
 from ._base import Optimizer
@@ -25,7 +26,6 @@ from ._baselines import GridSearch, RandomSearch
 from ._cost import CostModel, LabState
 from ._joint import JointOptimizer
 from ._nested import NestedOptimizer
-from ._protocol import STATUSES, Proposal, TrialResult
 from ._space import SearchSpace
 
 __all__ = [

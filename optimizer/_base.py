@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
+from core.trial import Proposal, TrialResult
 
 from ._cost import CostModel, LabState
-from ._protocol import Proposal, TrialResult
 from ._space import DOPING, FLUENCE, LENGTH, SearchSpace
 
 __all__ = ["Optimizer"]

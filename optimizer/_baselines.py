@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.trial import Proposal
+
 from ._base import Optimizer
-from ._protocol import Proposal
 from ._space import DOPING, LENGTH, NESTED_DIMS
 
 __all__ = ["GridSearch", "RandomSearch"]

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
 
 __all__ = ["CostModel", "LabState"]
 

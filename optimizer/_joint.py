@@ -49,10 +49,11 @@ import torch
 from botorch.utils.sampling import manual_seed
 from torch.quasirandom import SobolEngine
 
+from core.trial import Proposal
+
 from ._base import Optimizer, _finite
 from ._cost import LabState
 from ._models import DTYPE, fit_gp, gp_hyperparameters, numerics
-from ._protocol import Proposal
 from ._space import DOPING, FLUENCE, JOINT_DIMS, LENGTH
 
 __all__ = ["JointOptimizer"]
@@ -91,7 +92,7 @@ class JointOptimizer(Optimizer):
     ) -> None:
         super().__init__(space, seed=seed, cost=cost, objectives=objectives, batch_size=batch_size, lab_state=lab_state)
         if tuple(objectives) != ("threshold",):
-            from gainloop.errors import ParameterError
+            from core.errors import ParameterError
 
             raise ParameterError("the joint formulation optimises the threshold only; objectives=('threshold',)")
         self.n_init = int(n_init)

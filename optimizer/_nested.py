@@ -80,10 +80,11 @@ from botorch.utils.sampling import manual_seed
 from linear_operator.utils.errors import NanError, NotPSDError
 from torch.quasirandom import SobolEngine
 
+from core.trial import Proposal
+
 from ._base import Optimizer, _finite
 from ._cost import LabState
 from ._models import DTYPE, fit_gp, gp_hyperparameters, numerics
-from ._protocol import Proposal
 from ._space import DOPING, LENGTH, NESTED_DIMS
 
 __all__ = ["NestedOptimizer"]

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
 
 __all__ = ["DOPING", "FLUENCE", "JOINT_DIMS", "LENGTH", "NESTED_DIMS", "SearchSpace"]
 

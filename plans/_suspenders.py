@@ -50,8 +50,8 @@ from bluesky.utils import FailedStatus, short_uid
 from ophyd import Signal
 from ophyd.status import Status
 
+from core.errors import GainloopError
 from devices import PutRefusedError
-from gainloop.errors import GainloopError
 from plans.safety import check_fluence
 
 __all__ = [

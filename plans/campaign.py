@@ -1,7 +1,7 @@
 """The closed loop as one Bluesky plan: suggest, measure, analyse, ingest, repeat.
 
 ``campaign`` drives any optimiser with the ``suggest(n)`` / ``ingest(results)`` /
-``best()`` / ``state()`` protocol (``optimizer``; this module never imports it) on a
+``best()`` / ``state()`` protocol (``core.protocols.Optimizer``; it never imports ``optimizer``) on a
 ``devices.Bench``:
 
 * a proposal's doping selects a film: an existing film of the stage's library within
@@ -45,6 +45,7 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import RequestAbort, RequestStop
 
+from core.protocols import OPTIMIZER_METHODS, Optimizer
 from plans.analysis import AnalysisError
 from plans.measurements import ase_fluence_scan, ase_point
 
@@ -196,6 +197,12 @@ def campaign(
     kept in the record but never given to the optimiser as a result; it is not re-measured.
     ``fault_hook``: fault injection at the points of ``FAULT_POINTS`` (tests only; see the module doc).
     """
+    if not isinstance(optimizer, Optimizer):
+        lacking = [m for m in OPTIMIZER_METHODS if not callable(getattr(optimizer, m, None))]
+        raise TypeError(
+            f"the campaign's optimiser {type(optimizer).__name__} is not a core.protocols.Optimizer "
+            f"(lacks {lacking or ['strategy', 'seed']})"
+        )
     if budget_lab_h is None and max_trials is None and target_threshold_uJ_cm2 is None:
         raise ValueError("a campaign needs a stop: budget_lab_h, max_trials or target_threshold_uJ_cm2")
     if budget_lab_h is not None and not (math.isfinite(budget_lab_h) and budget_lab_h > 0):

@@ -17,7 +17,7 @@ from collections.abc import Generator, Iterable
 from bluesky import Msg
 from bluesky.preprocessors import plan_mutator
 
-from gainloop.errors import GainloopError
+from core.errors import GainloopError
 
 __all__ = ["FluenceLimitError", "check_fluence", "fluence_guard"]
 

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 from caproto import SkipWrite
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
     from sim.ioc import TwinIOC

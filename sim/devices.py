@@ -31,6 +31,7 @@ from ophyd.signal import Signal
 from ophyd.status import DeviceStatus
 from ophyd.utils import ReadOnlyError
 
+from core.errors import ParameterError
 from devices import (
     UNITS,
     Bench,
@@ -51,7 +52,6 @@ from devices import (
     load_bench,
     require_finite,
 )
-from gainloop.errors import ParameterError
 from twin.presets import PresetFile, load_presets
 
 from .engine import Acquisition, InterlockError, TwinBench

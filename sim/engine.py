@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.errors import GainloopError, ParameterError
 from devices.config import BenchConfig, LibraryEntry
-from gainloop.errors import GainloopError, ParameterError
 from twin import dfb as dfb_model
 from twin import dynamics
 from twin.damage import accumulate_damage, damaged_sample

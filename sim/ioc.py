@@ -105,8 +105,8 @@ import numpy as np
 from caproto import CaprotoError, ChannelString, ChannelType, SkipWrite, native_type
 from caproto.server import PVGroup, PvpropertyDouble, PvpropertyStringRO, pvproperty
 
+from core.errors import GainloopError, ParameterError
 from devices.config import BenchConfig
-from gainloop.errors import GainloopError, ParameterError
 from sim._ioc_motor import SlitMotor, install_field_putters
 from sim._ioc_server import PortInUse, supervise
 from sim.engine import InterlockError, TwinBench

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
 from twin.ase import (
     ase_output,
     ase_threshold_uJ_cm2,

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from gainloop.errors import ParameterError, PresetError
+from core.errors import ParameterError, PresetError
 from plans.analysis._polarization import polarization_ratio
 from plans.analysis._thresholds import AnalysisError, kink_threshold
 from twin import dfb

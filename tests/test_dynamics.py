@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
 from plans.analysis._lifetimes import biexciton_lifetime, gain_lifetime
 from twin import dynamics
 from twin.occupancy import exciton_distribution, gain_threshold, normalized_absorption

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
 from twin.damage import accumulate_damage, damage_per_pulse, damaged_sample
 from twin.instrument import acquire_stripe_spectrum
 from twin.noise import NoiseParams, PumpDrift, detector_counts, jitter_average, jitter_nodes

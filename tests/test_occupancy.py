@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
 from twin.occupancy import (
     GainTable,
     doping_distribution,

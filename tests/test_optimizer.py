@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
 from optimizer import (
     CostModel,
     LabState,

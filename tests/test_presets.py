@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gainloop.errors import PresetError
+from core.errors import PresetError
 from twin.presets import default_presets_path, excitons_per_fluence, load_presets
 
 

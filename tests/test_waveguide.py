@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import linalg, optimize
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
 from twin.waveguide import slab_te0, te0_cutoff_thickness_nm
 
 

@@ -30,7 +30,7 @@ import math
 import numpy as np
 from scipy.special import erf
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
 
 from .constants import HC_EV_NM, SPEED_OF_LIGHT_UM_PER_PS
 from .gain import (

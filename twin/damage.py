@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
 
 from .presets import DamageParams, Sample
 

@@ -88,7 +88,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
-from gainloop.errors import ParameterError, PresetError
+from core.errors import ParameterError, PresetError
 
 from .constants import HC_EV_NM
 from .gain import absorption_shape, check_doping, check_fluence, emission_shape, intraband_loss_per_cm

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
 
 from .occupancy import (
     MAX_MEAN_EXCITONS,

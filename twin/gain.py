@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
 
 from .constants import HC_EV_NM
 from .occupancy import doping_range, gain_table, poisson_mean_for_filling

@@ -39,7 +39,7 @@ from typing import Literal
 import numpy as np
 from scipy import optimize, special
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
 
 __all__ = [
     "DOPING_KINDS",

@@ -22,8 +22,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gainloop.errors import PresetError
-from gainloop.tomlfile import load_toml_model
+from core.errors import PresetError
+from core.tomlfile import load_toml_model
 
 from .constants import PUMP_WAVELENGTH_NM, photon_energy_eV
 from .noise import NoiseParams

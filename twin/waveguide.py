@@ -37,7 +37,7 @@ import math
 
 from scipy import optimize
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
 
 __all__ = ["slab_te0", "te0_cutoff_thickness_nm"]
 

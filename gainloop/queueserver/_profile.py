@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from gainloop.errors import GainloopError
+from core.errors import GainloopError
 
 __all__ = [
     "ENV_BENCH_FILE",

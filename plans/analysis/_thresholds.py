@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
-from gainloop.errors import GainloopError
+from core.errors import GainloopError
 
 __all__ = ["AnalysisError", "Crossing", "KinkFit", "kink_threshold", "kink_threshold_windowed", "level_crossing"]
 

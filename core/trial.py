@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gainloop.errors import ParameterError
+from core.errors import ParameterError
 
 __all__ = ["STATUSES", "Proposal", "TrialResult"]
 

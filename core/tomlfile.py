@@ -1,6 +1,6 @@
 """Reading a user's TOML file into a validated pydantic model, with errors that name the key.
 
-A leaf module (imports nothing of the project but ``gainloop.errors``), shared by
+A leaf module (imports nothing of the project but ``core.errors``), shared by
 the presets (``twin``), the bench files (``devices``) and the service's config.
 """
 
@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from gainloop.errors import GainloopError
+from core.errors import GainloopError
 
 __all__ = ["format_validation_error", "load_toml_model", "read_toml"]
 
