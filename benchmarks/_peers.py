@@ -113,7 +113,7 @@ class _Peer:
         if isinstance(results, Mapping):
             results = [results]
         for r in results:
-            res = r if isinstance(r, PeerResult) else PeerResult.from_dict(r)
+            res = r if isinstance(r, PeerResult) else PeerResult.from_dict(r if isinstance(r, Mapping) else r.as_dict())
             self._pending.pop(res.trial_index, None)
             self._results[res.trial_index] = res
             self._tell(res)

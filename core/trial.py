@@ -1,8 +1,17 @@
-"""The suggest/ingest protocol's records: ``Proposal`` (what to measure) and ``TrialResult`` (what came back).
+"""The records of a trial: ``Proposal`` (what to measure), ``TrialResult`` (what came back) and
+``TrialRecord`` (the whole trial: its proposal, result, film, run and lab time).
 
-Both are plain frozen dataclasses with ``as_dict()`` (JSON-able: non-finite numbers become
-``None``) so that a campaign can record them as event data and rebuild them from the
-catalog with ``from_dict``.
+``Proposal`` and ``TrialResult`` are what the optimiser's ``suggest`` / ``ingest`` speak;
+``TrialRecord`` is the one record of a trial that every layer shares: the campaign plan
+builds it, the catalog stores it as one event of the campaign run's ``outcomes`` stream
+(``TrialRecord.to_row`` / ``TrialRecord.from_row``: typed columns, one per parameter and
+outcome, that a Tiled user reads as a table), and resume, status and the report read it
+back (``gainloop.records``). A proposal is stored likewise in the ``proposals`` stream
+(``proposal_row`` / ``proposal_from_row``). These four functions are the only place a
+trial is converted to or from event data.
+
+All are plain frozen dataclasses; ``as_dict()`` is JSON-able (non-finite numbers become
+``None``) and ``from_dict`` its inverse.
 
 Statuses of a result:
 
@@ -18,6 +27,7 @@ Statuses of a result:
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Mapping
@@ -26,7 +36,17 @@ from typing import Any
 
 from core.errors import ParameterError
 
-__all__ = ["STATUSES", "Proposal", "TrialResult"]
+__all__ = [
+    "OUTCOME_COLUMNS",
+    "PARAM_COLUMNS",
+    "PREDICTED_COLUMNS",
+    "STATUSES",
+    "Proposal",
+    "TrialRecord",
+    "TrialResult",
+    "proposal_from_row",
+    "proposal_row",
+]
 
 STATUSES = ("completed", "failed", "infeasible", "abandoned")
 
@@ -159,3 +179,233 @@ class TrialResult:
             reason=d.get("reason", ""),
             lab_time_s=d.get("lab_time_s", 0.0),
         )
+
+
+#: A trial's parameters, one column each in the ``proposals`` and ``outcomes`` streams
+#: (um, electrons/dot, uJ/cm^2; NaN where a trial has none, e.g. a nested trial's fluence).
+PARAM_COLUMNS = ("stripe_length_um", "doping", "fluence_uJ_cm2")
+#: What a measurement gives, one column each in the ``outcomes`` stream (NaN where absent):
+#: nested trials' fitted threshold (uJ/cm^2) and net gain (1/cm), joint trials' integrated
+#: count rate (counts/s), linewidth (nm), measured fluence (uJ/cm^2) and exposure (s).
+OUTCOME_COLUMNS = (
+    "threshold_uJ_cm2",
+    "threshold_err_uJ_cm2",
+    "gnet_per_cm",
+    "gnet_err_per_cm",
+    "counts_per_s",
+    "fwhm_nm",
+    "measured_fluence_uJ_cm2",
+    "exposure_s",
+)
+#: The model's predictions at a proposal, columns ``predicted_<name>`` of the ``proposals`` stream.
+PREDICTED_COLUMNS = ("threshold_uJ_cm2", "threshold_err_uJ_cm2", "p_lasing")
+
+
+def _number(value: Any) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+def _split(values: Mapping[str, Any], columns: tuple[str, ...], prefix: str = "") -> tuple[dict, dict]:
+    """(one float per column, NaN where absent; the keys that have no column)."""
+    typed = {f"{prefix}{c}": _number(values[c]) if c in values else math.nan for c in columns}
+    extra = {k: v for k, v in values.items() if k not in columns}
+    return typed, extra
+
+
+def _join(row: Mapping[str, Any], columns: tuple[str, ...], extra: Any, prefix: str = "") -> dict:
+    """Inverse of ``_split``: the columns that hold a number (NaN means absent), then the extras."""
+    out = {}
+    for c in columns:
+        v = row.get(f"{prefix}{c}")
+        if v is not None and math.isfinite(_number(v)):
+            out[c] = float(v)
+    out.update(_loads(extra))
+    return out
+
+
+def _dumps(values: Mapping[str, Any]) -> str:
+    return json.dumps(_jsonable(values), sort_keys=True)
+
+
+def _loads(text: Any) -> dict:
+    if text is None or (isinstance(text, float) and math.isnan(text)) or text == "":
+        return {}
+    if isinstance(text, Mapping):
+        return dict(text)
+    return dict(json.loads(str(text)))
+
+
+def proposal_row(proposal: Proposal, *, replayed: bool = False) -> dict:
+    """One event of the ``proposals`` stream: typed columns (``PARAM_COLUMNS``, ``predicted_*``,
+    ``expected_cost_s``, ``acquisition_value``), anything else as JSON in ``params_extra`` /
+    ``predicted_extra``; ``replayed``: a resumed campaign's stored proposal measured again (0/1)."""
+    params, params_extra = _split(proposal.params, PARAM_COLUMNS)
+    predicted, predicted_extra = _split(proposal.predicted, PREDICTED_COLUMNS, "predicted_")
+    return {
+        "trial_index": proposal.trial_index,
+        **params,
+        **predicted,
+        "expected_cost_s": _number(proposal.expected_cost_s),
+        "acquisition_value": _number(proposal.acquisition_value),
+        "strategy": proposal.strategy,
+        "replayed": int(bool(replayed)),
+        "params_extra": _dumps(params_extra),
+        "predicted_extra": _dumps(predicted_extra),
+    }
+
+
+def proposal_from_row(row: Mapping[str, Any]) -> Proposal:
+    """Inverse of ``proposal_row`` (also reads the JSON ``params`` / ``predicted`` of older records)."""
+    if "params" in row:  # a record written before typed columns
+        params, predicted = _loads(row["params"]), _loads(row.get("predicted"))
+    else:
+        params = _join(row, PARAM_COLUMNS, row.get("params_extra"))
+        predicted = _join(row, PREDICTED_COLUMNS, row.get("predicted_extra"), "predicted_")
+    return Proposal(
+        trial_index=int(row["trial_index"]),
+        params=params,
+        predicted=predicted,
+        expected_cost_s=_number(row.get("expected_cost_s", 0.0)),
+        acquisition_value=_number(row.get("acquisition_value", math.nan)),
+        strategy=str(row.get("strategy", "") or ""),
+    )
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial, whole: what was proposed, what came back, on which film, in which run, at what lab time.
+
+    ``proposal`` -- the optimiser's ``Proposal`` (its ``params`` are what was measured);
+    ``status``, ``outcome``, ``reason`` -- as in ``TrialResult``; ``lab_time_s`` -- lab seconds
+    the trial took (mounting or making its film included); ``sample_id`` -- the film it was
+    measured on ("" if none was mounted); ``new_film`` -- the film was made for it;
+    ``run_uid`` -- its measurement run ("" if none opened); ``campaign_lab_time_s`` -- the
+    campaign's lab seconds used when the trial ended; ``best_threshold_uJ_cm2`` -- the
+    campaign's best measured threshold then (NaN if none yet).
+    """
+
+    proposal: Proposal
+    status: str = "completed"
+    outcome: dict = field(default_factory=dict)
+    reason: str = ""
+    lab_time_s: float = 0.0
+    sample_id: str = ""
+    new_film: bool = False
+    run_uid: str = ""
+    campaign_lab_time_s: float = math.nan
+    best_threshold_uJ_cm2: float = math.nan
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.proposal, Proposal):
+            raise ParameterError(f"a trial record's proposal must be a Proposal, got {type(self.proposal).__name__}")
+        result = self.result  # validates status, outcome and lab time like a TrialResult
+        object.__setattr__(self, "outcome", result.outcome)
+        object.__setattr__(self, "reason", result.reason)
+        object.__setattr__(self, "lab_time_s", result.lab_time_s)
+        object.__setattr__(self, "sample_id", str(self.sample_id or ""))
+        object.__setattr__(self, "new_film", bool(self.new_film))
+        object.__setattr__(self, "run_uid", str(self.run_uid or ""))
+        object.__setattr__(self, "campaign_lab_time_s", _number(self.campaign_lab_time_s))
+        object.__setattr__(self, "best_threshold_uJ_cm2", _number(self.best_threshold_uJ_cm2))
+
+    @property
+    def trial_index(self) -> int:
+        return self.proposal.trial_index
+
+    @property
+    def params(self) -> dict:
+        return dict(self.proposal.params)
+
+    @property
+    def result(self) -> TrialResult:
+        """What the optimiser ingests."""
+        return TrialResult(
+            trial_index=self.proposal.trial_index,
+            params=self.proposal.params,
+            status=self.status,
+            outcome=self.outcome,
+            reason=self.reason,
+            lab_time_s=self.lab_time_s,
+        )
+
+    def as_dict(self) -> dict:
+        """JSON-able: the result's fields (``trial_index``, ``params``, ``status``, ``outcome``,
+        ``reason``, ``lab_time_s``) and the record's own."""
+        return {
+            **self.result.as_dict(),
+            "proposal": self.proposal.as_dict(),
+            "sample_id": self.sample_id,
+            "new_film": self.new_film,
+            "run_uid": self.run_uid,
+            "campaign_lab_time_s": _jsonable(self.campaign_lab_time_s),
+            "best_threshold_uJ_cm2": _jsonable(self.best_threshold_uJ_cm2),
+        }
+
+    def to_row(self) -> dict:
+        """One event of the ``outcomes`` stream: typed columns (``PARAM_COLUMNS``, ``OUTCOME_COLUMNS``,
+        status, reason, film, run, lab times), anything else as JSON in ``params_extra`` / ``outcome_extra``.
+        Every record gives the same keys, so the stream has one descriptor."""
+        params, params_extra = _split(self.proposal.params, PARAM_COLUMNS)
+        outcome, outcome_extra = _split(self.outcome, OUTCOME_COLUMNS)
+        return {
+            "trial_index": self.trial_index,
+            "status": self.status,
+            "reason": self.reason,
+            **params,
+            **outcome,
+            "sample_id": self.sample_id,
+            "new_film": int(self.new_film),
+            "run_uid": self.run_uid,
+            "lab_time_s": self.lab_time_s,
+            "campaign_lab_time_s": self.campaign_lab_time_s,
+            "best_threshold_uJ_cm2": self.best_threshold_uJ_cm2,
+            "params_extra": _dumps(params_extra),
+            "outcome_extra": _dumps(outcome_extra),
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], proposal: Proposal | None = None) -> TrialRecord:
+        """Inverse of ``to_row``; ``proposal``: the stored proposal of this trial, if the
+        ``proposals`` stream has it (its predictions and cost), else one rebuilt from the row.
+        Also reads the records of older versions (JSON ``params`` / ``outcome``, ``trial_lab_time_s``
+        and ``lab_time_used_s``)."""
+        if "params" in row:  # a record written before typed columns
+            params, outcome = _loads(row["params"]), _loads(row.get("outcome"))
+            outcome = {k: (math.nan if v is None else v) for k, v in outcome.items()}
+            lab_s, used_s = row.get("trial_lab_time_s", 0.0), row.get("lab_time_used_s", math.nan)
+        else:
+            params = _join(row, PARAM_COLUMNS, row.get("params_extra"))
+            outcome = _join(row, OUTCOME_COLUMNS, row.get("outcome_extra"))
+            lab_s, used_s = row.get("lab_time_s", 0.0), row.get("campaign_lab_time_s", math.nan)
+        index = int(row["trial_index"])
+        if proposal is None or proposal.trial_index != index:
+            proposal = Proposal(trial_index=index, params=params)
+        elif proposal.params != params:
+            proposal = Proposal(**{**_fields(proposal), "params": params})
+        return cls(
+            proposal=proposal,
+            status=str(row.get("status", "completed")),
+            outcome=outcome,
+            reason=str(row.get("reason", "") or ""),
+            lab_time_s=_number(lab_s),
+            sample_id=str(row.get("sample_id", "") or ""),
+            new_film=bool(int(_number(row.get("new_film", 0)) or 0)),
+            run_uid=str(row.get("run_uid", "") or ""),
+            campaign_lab_time_s=_number(used_s),
+            best_threshold_uJ_cm2=_number(row.get("best_threshold_uJ_cm2", math.nan)),
+        )
+
+
+def _fields(proposal: Proposal) -> dict:
+    return {
+        "trial_index": proposal.trial_index,
+        "params": proposal.params,
+        "predicted": proposal.predicted,
+        "expected_cost_s": proposal.expected_cost_s,
+        "acquisition_value": proposal.acquisition_value,
+        "strategy": proposal.strategy,
+    }

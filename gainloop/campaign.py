@@ -52,15 +52,18 @@ there, in the RunEngine, so that a pause or a signal can land mid-trial). E.g.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import signal
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
 
 from core.errors import GainloopError
+from core.trial import Proposal, TrialRecord
+from gainloop.records import StoredCampaign, read_campaign
 from gainloop.running import PlanInterrupted
 
 __all__ = [
@@ -90,9 +93,10 @@ class CampaignInterrupted(CampaignError, PlanInterrupted):
     """The campaign was interrupted (Ctrl+C, SIGTERM); its open runs were closed with exit_status "abort"."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class CampaignConfig:
-    """What defines a campaign (units in the names)."""
+    """What defines a campaign (units in the names). Frozen and checked when made: a resume with new
+    budgets is a new config (``with_budgets``), and a bad value is refused with what is allowed."""
 
     strategy: str = "nested"
     seed: int = 0
@@ -106,24 +110,72 @@ class CampaignConfig:
     doping_min: float = 0.0
     doping_max: float = 7.9
     material: str | None = None  # the material optimised (default: the bench's [stage].new_film_material)
-    films: list[str] | None = None  # library films the campaign may use (default: every film of the material)
+    films: tuple[str, ...] | None = None  # library films the campaign may use (default: every film of the material)
     can_make_films: bool = True
     max_threshold_rel_err: float = 0.5  # a fitted threshold with a larger relative error is a failed trial
     batch_size: int = 1
-    scan_args: dict = field(default_factory=dict)
+    scan_args: Mapping = field(default_factory=dict)
     bench_file: str | None = None  # None: the twin
     twin_seed: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.films is not None:
+            object.__setattr__(self, "films", tuple(self.films))
+        object.__setattr__(self, "scan_args", MappingProxyType(dict(self.scan_args)))
+
+        def positive(name: str, value, *, optional: bool = True, integer: bool = False) -> None:
+            if value is None and optional:
+                return
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+            if ok and integer:
+                ok = float(value).is_integer()
+            if not ok:
+                kind = "a positive integer" if integer else "a positive number"
+                raise CampaignError(f"campaign setting {name} = {value!r} is refused; allowed: {kind}")
+
+        positive("budget_lab_h", self.budget_lab_h)
+        positive("max_trials", self.max_trials, integer=True)
+        positive("target_threshold_uJ_cm2", self.target_threshold_uJ_cm2)
+        positive("fluence_min_uJ_cm2", self.fluence_min_uJ_cm2, optional=False)
+        positive("fluence_max_uJ_cm2", self.fluence_max_uJ_cm2)
+        positive("stripe_length_min_um", self.stripe_length_min_um, optional=False)
+        positive("stripe_length_max_um", self.stripe_length_max_um, optional=False)
+        positive("max_threshold_rel_err", self.max_threshold_rel_err, optional=False)
+        positive("batch_size", self.batch_size, optional=False, integer=True)
+        for lo, hi in (
+            ("fluence_min_uJ_cm2", "fluence_max_uJ_cm2"),
+            ("stripe_length_min_um", "stripe_length_max_um"),
+            ("doping_min", "doping_max"),
+        ):
+            a, b = getattr(self, lo), getattr(self, hi)
+            if a is not None and b is not None and not a < b:
+                raise CampaignError(f"campaign setting {lo} = {a!r} must be below {hi} = {b!r}")
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        """Plain data (lists and dicts), as stored in the record run's start document."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["films"] = None if self.films is None else list(self.films)
+        d["scan_args"] = dict(self.scan_args)
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> CampaignConfig:
+    def from_dict(cls, d: Mapping) -> CampaignConfig:
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
             raise CampaignError(f"unknown campaign settings {sorted(unknown)}; allowed: {sorted(known)}")
         return cls(**d)
+
+    def with_budgets(self, **budgets) -> CampaignConfig:
+        """This config with new totals (``budget_lab_h``, ``max_trials``, ``target_threshold_uJ_cm2``;
+        a None keeps the stored one): what ``campaign resume --budget-hours ...`` changes."""
+        allowed = ("budget_lab_h", "max_trials", "target_threshold_uJ_cm2")
+        for key in budgets:
+            if key not in allowed:
+                raise CampaignError(
+                    f"cannot change {key!r} on resume; budgets allowed: budget_lab_h, max_trials, target"
+                )
+        return replace(self, **{k: v for k, v in budgets.items() if v is not None})
 
 
 def campaign_material(cfg: CampaignConfig, bench) -> str:
@@ -195,134 +247,19 @@ def _fluence_max(cfg: CampaignConfig, bench) -> float:
 
 
 # ------------------------------------------------------------------ reading a campaign back
-def _search(catalog, **equals):
-    from tiled.queries import Key
-
-    results = catalog.client
-    for key, value in equals.items():
-        results = results.search(Key(f"start.{key}") == value)
-    return results
-
-
-def _records(catalog, campaign_uid: str):
-    runs = _search(catalog, campaign_uid=campaign_uid, plan_name="campaign")
-    return sorted((run for run in runs.values()), key=lambda r: r.start["time"])
-
-
-def _analysis(run) -> dict:
-    from gainloop.replay import stream_columns
-
-    if "analysis" not in run:
-        return {}
-    return {k: float(v[-1]) for k, v in stream_columns(run["analysis"]).items()}
-
-
-@dataclass
-class _Rebuilt:
-    cfg: CampaignConfig
-    trials: list[dict]  # by trial index
-    used_s: float
-    films: list[dict]
-    pending: list[dict]  # stored proposals (as_dict form) with no run and no outcome, by trial index
-    lab_clock: str = ""  # which clock the lab time was read from (the record's start document)
-
-
-def _record_reason(records, t: float) -> str:
-    """The stop reason of the campaign record that was open at time ``t`` (e.g. the RunEngine's abort reason)."""
-    open_then = [r for r in records if r.start["time"] <= t]
-    stop = open_then[-1].metadata.get("stop") if open_then else None
-    return str((stop or {}).get("reason") or "")
-
-
-def _rebuild(catalog, campaign_uid: str) -> _Rebuilt:
-    from gainloop.replay import stream_columns
-
-    records = _records(catalog, campaign_uid)
-    if not records:
+def stored_campaign(catalog, campaign_uid: str) -> StoredCampaign:
+    """The campaign as the catalog holds it (``gainloop.records``); ``CampaignError`` if it has none."""
+    stored = read_campaign(catalog, campaign_uid)
+    if stored is None:
         raise CampaignError(f"no campaign {campaign_uid!r} in the catalog at {catalog.location}")
-    cfg = CampaignConfig.from_dict(records[0].start["config"])
-    results: dict[int, dict] = {}
-    proposals: dict[int, dict] = {}
-    used_s = 0.0
-    for rec in records:
-        if "proposals" in rec:
-            cols = stream_columns(rec["proposals"])
-            for k in range(len(cols.get("trial_index", ()))):  # none: a record cut before its events
-                idx = int(cols["trial_index"][k])
-                proposals[idx] = {
-                    "trial_index": idx,
-                    "params": json.loads(cols["params"][k]),
-                    "predicted": json.loads(cols["predicted"][k]),
-                    "expected_cost_s": float(cols["expected_cost_s"][k]),
-                    "acquisition_value": float(cols["acquisition_value"][k]),
-                }
-        if "outcomes" not in rec:
-            continue
-        cols = stream_columns(rec["outcomes"])
-        for k in range(len(cols.get("trial_index", ()))):
-            idx = int(cols["trial_index"][k])
-            results[idx] = {
-                "trial_index": idx,
-                "params": json.loads(cols["params"][k]),
-                "status": str(cols["status"][k]),
-                "outcome": json.loads(cols["outcome"][k]),
-                "reason": str(cols["reason"][k]),
-                "lab_time_s": float(cols["trial_lab_time_s"][k]),
-                "run_uid": str(cols["run_uid"][k]),
-            }
-            used_s = max(used_s, float(cols["lab_time_used_s"][k]))
-    films: list[dict] = []
-    runs = sorted(
-        (r for r in _search(catalog, campaign_uid=campaign_uid).values() if r.start.get("plan_name") != "campaign"),
-        key=lambda r: r.start["time"],
-    )
-    measured: set[int] = set()
-    for run in runs:
-        start = run.start
-        if "trial_index" not in start:
-            continue  # a run tagged with the campaign that is not one of its trials
-        idx = int(start["trial_index"])
-        measured.add(idx)
-        if start.get("new_film"):
-            films.append({"id": start["sample_id"], "doping": float(start["doping"])})
-        if idx in results:
-            continue  # the campaign recorded this trial's outcome (completed, infeasible, failed): it stands
-        stop = run.metadata.get("stop")
-        params = start["proposal"]["params"]
-        lab_s = float(start.get("trial_lab_time_s", 0.0) or 0.0)
-        if stop is None:
-            res = {"status": "failed", "outcome": {}, "reason": "interrupted: the run has no stop document"}
-        elif stop.get("exit_status") == "abort":
-            why = stop.get("reason") or _record_reason(records, start["time"]) or "no reason given"
-            res = {"status": "abandoned", "outcome": {}, "reason": f"run ended abort: {why}"}
-        elif stop.get("exit_status") != "success":
-            res = {
-                "status": "failed",
-                "outcome": {},
-                "reason": f"run ended {stop.get('exit_status')}: {stop.get('reason')}",
-            }
-        else:
-            from plans.campaign import fit_rejection
-
-            outcome = _analysis(run)
-            rejected = fit_rejection(outcome, cfg.max_threshold_rel_err)
-            res = {"status": "failed" if rejected else "completed", "outcome": outcome, "reason": rejected}
-        results[idx] = {"trial_index": idx, "params": params, "lab_time_s": lab_s, "run_uid": start["uid"], **res}
-        used_s = max(used_s, float(start.get("lab_time_used_s", 0.0) or 0.0))
-    pending = [proposals[k] for k in sorted(proposals) if k not in results and k not in measured]
-    return _Rebuilt(
-        cfg, [results[k] for k in sorted(results)], used_s, films, pending, str(records[0].start.get("lab_clock", ""))
-    )
+    return stored
 
 
-def rebuild_trials(catalog, campaign_uid: str) -> tuple[CampaignConfig, list[dict], float, list[dict]]:
-    """(config, trial results as dicts by trial index, lab seconds used, films made) from the catalog alone.
-
-    Each result has ``trial_index``, ``params``, ``status``, ``outcome``, ``reason``,
-    ``lab_time_s`` and ``run_uid`` (its measurement run's uid, "" if none).
-    """
-    rb = _rebuild(catalog, campaign_uid)
-    return rb.cfg, rb.trials, rb.used_s, rb.films
+def rebuild_trials(catalog, campaign_uid: str) -> tuple[CampaignConfig, list[TrialRecord], float, list[dict]]:
+    """(config, one ``TrialRecord`` per trial index, lab seconds used, films made) from the catalog alone."""
+    stored = stored_campaign(catalog, campaign_uid)
+    cfg = CampaignConfig.from_dict(stored.config)
+    return cfg, list(stored.records), stored.lab_time_used_s, list(stored.films_made)
 
 
 def _fault_hook():
@@ -364,7 +301,7 @@ def _fault_hook():
     return hook
 
 
-def _check_fluence_settings(cfg: CampaignConfig, bench, pending: list[dict], joint: bool, what: str) -> float:
+def _check_fluence_settings(cfg: CampaignConfig, bench, pending: list[Proposal], joint: bool, what: str) -> float:
     """The campaign's highest fluence, after checking what it would send (config, scan_args, stored proposals).
 
     ``what`` names the campaign in the errors (e.g. "campaign UID" on resume)."""
@@ -387,10 +324,10 @@ def _check_fluence_settings(cfg: CampaignConfig, bench, pending: list[dict], joi
                 f"fluence range; allowed: above 0, up to {f_hi:g} uJ/cm^2 (bench limit {limit:g}); nothing was sent"
             )
     for p in pending:
-        params = p.get("params") or {}
+        params = p.params
         if "fluence_uJ_cm2" in params and not joint:
             raise CampaignError(
-                f"{what}: stored proposal of trial {p['trial_index']} carries a fluence "
+                f"{what}: stored proposal of trial {p.trial_index} carries a fluence "
                 f"({params['fluence_uJ_cm2']!r} uJ/cm^2) but its strategy {cfg.strategy!r} scans the fluence itself; "
                 "refused, nothing was sent to the bench"
             )
@@ -406,8 +343,8 @@ class PreparedCampaign:
     plan: object
     optimizer: object
     bench: object
-    history: list[dict]
-    replayed: list[dict]
+    history: list[TrialRecord]  # the trials of a resumed campaign so far (empty for a new one)
+    replayed: list[Proposal]  # its stored proposals never measured: measured first
 
 
 def _upload_pending_backup(catalog) -> None:
@@ -445,52 +382,42 @@ def prepare_campaign(
     from core.errors import ParameterError
     from plans.campaign import campaign
 
-    history: list[dict] = []
-    pending: list[dict] = []
+    history: list[TrialRecord] = []
+    pending: list[Proposal] = []
     used_s = 0.0
     films_made: list[dict] = []
     if resume_uid is not None:
         _upload_pending_backup(catalog)
-        rb = _rebuild(catalog, resume_uid)
-        cfg, history, used_s, films_made, pending = rb.cfg, rb.trials, rb.used_s, rb.films, rb.pending
-        for key, value in (budgets or {}).items():
-            if key not in ("budget_lab_h", "max_trials", "target_threshold_uJ_cm2"):
-                raise CampaignError(
-                    f"cannot change {key!r} on resume; budgets allowed: budget_lab_h, max_trials, target"
-                )
-            if value is not None:
-                setattr(cfg, key, value)
+        stored = stored_campaign(catalog, resume_uid)
+        cfg = CampaignConfig.from_dict(stored.config).with_budgets(**(budgets or {}))
+        history, used_s, pending = list(stored.records), stored.lab_time_used_s, list(stored.pending)
+        films_made = list(stored.films_made)
         campaign_uid = resume_uid
     else:
         if cfg is None:
             raise CampaignError("a new campaign needs a config")
-        cfg = CampaignConfig.from_dict(cfg.as_dict())  # the caller's config stays as it was
         campaign_uid = str(uuid.uuid4())
-    cfg.material = campaign_material(cfg, bench)  # stored resolved: a resume optimises the same material
+    cfg = replace(cfg, material=campaign_material(cfg, bench))  # stored resolved: a resume optimises the same material
     films = campaign_films(cfg, bench)
     initial_films = list(films)  # the optimiser starts from these; the history replays the films made since
     for f in films_made:  # films made before the interruption are on the stage
-        entry = bench.config.new_film_entry(f["id"], f["doping"])
-        bench.stage.library[f["id"]] = entry
-        if bench.engine is not None:
-            bench.engine.library[f["id"]] = entry.model_copy(update={"preset": bench.config.twin.new_film_preset})
+        bench.stage.add_film(bench.config.new_film_entry(f["id"], f["doping"]))
         films.append(f["id"])
-    if bench.engine is not None:
-        bench.engine.lab_time_s = used_s
+    bench.restore_lab_time(used_s)
     what = f"campaign {campaign_uid}" if resume_uid is not None else "the new campaign"
     f_hi = _check_fluence_settings(cfg, bench, pending, cfg.strategy == "joint", what)
     opt = campaign_optimizer(cfg, bench, initial_films)
     if history:
-        opt.ingest(history)
+        opt.ingest([r.result for r in history])
     for p in pending:  # recorded, never measured: measured first, each checked against the search space
         try:
-            opt.mark_pending([{**p, "strategy": opt.strategy}])
+            opt.mark_pending([replace(p, strategy=opt.strategy)])
         except ParameterError as exc:
             raise CampaignError(
-                f"campaign {campaign_uid}: stored proposal of trial {p['trial_index']} refused: {exc}; "
+                f"campaign {campaign_uid}: stored proposal of trial {p.trial_index} refused: {exc}; "
                 "nothing was sent to the bench"
             ) from None
-    attempted = sum(1 for h in history if h["status"] != "abandoned" or h.get("run_uid"))
+    attempted = sum(1 for r in history if r.status != "abandoned" or r.run_uid)  # as StoredCampaign.trials
     plan = campaign(
         bench,
         opt,
@@ -501,6 +428,7 @@ def prepare_campaign(
         target_threshold_uJ_cm2=cfg.target_threshold_uJ_cm2,
         lab_time_used_s=used_s,
         trials_done=attempted,
+        abandoned_done=len(history) - attempted,
         films=films,
         can_make_films=cfg.can_make_films,
         scan_args={"fluence_min_uJ_cm2": cfg.fluence_min_uJ_cm2, "fluence_max_uJ_cm2": f_hi, **cfg.scan_args},
@@ -543,7 +471,7 @@ def run_campaign(
     from gainloop.running import PlanInterrupted, open_bench, run_plan
 
     if bench is None:
-        stored = cfg if resume_uid is None else _rebuild(catalog, resume_uid).cfg
+        stored = cfg if resume_uid is None else CampaignConfig.from_dict(stored_campaign(catalog, resume_uid).config)
         if stored is None:
             raise CampaignError("a new campaign needs a config")
         with open_bench(stored.bench_file, seed=stored.twin_seed, presets=presets) as opened:
@@ -574,7 +502,6 @@ def run_campaign(
     opt = prepared.optimizer
     summary = dict(result.plan_result)
     summary["best"] = opt.best()
-    summary["trials"] = len(opt.history())
     summary["failures"] = sum(r.status == "failed" for r in opt.history())
     summary["lab_clock"] = bench.lab_clock_source
     summary["material"] = prepared.cfg.material
@@ -587,36 +514,40 @@ def run_campaign(
 
 
 def campaign_status(catalog, campaign_uid: str) -> dict:
-    """Best conditions so far, lab time used, trials and failures, from the catalog alone."""
-    rb = _rebuild(catalog, campaign_uid)
-    cfg, history, used_s, films = rb.cfg, rb.trials, rb.used_s, rb.films
+    """Best conditions so far, lab time used, trials and failures, from the catalog alone.
+
+    ``trials`` counts what the campaign plan's summary counts: trials measured or attempted on the
+    bench (``StoredCampaign.trials``); proposals abandoned before a run opened are ``abandoned``."""
+    stored = stored_campaign(catalog, campaign_uid)
+    cfg = CampaignConfig.from_dict(stored.config)
     done = [
-        h
-        for h in history
-        if h["status"] == "completed" and math.isfinite(h["outcome"].get("threshold_uJ_cm2", math.nan))
+        r
+        for r in stored.records
+        if r.status == "completed" and math.isfinite(r.outcome.get("threshold_uJ_cm2", math.nan))
     ]
-    best = min(done, key=lambda h: h["outcome"]["threshold_uJ_cm2"], default=None)
+    best = min(done, key=lambda r: r.outcome["threshold_uJ_cm2"], default=None)
     return {
         "campaign_uid": campaign_uid,
         "strategy": cfg.strategy,
         "best": None
         if best is None
         else {
-            "threshold_uJ_cm2": best["outcome"]["threshold_uJ_cm2"],
-            "threshold_err_uJ_cm2": best["outcome"].get("threshold_err_uJ_cm2"),
-            "stripe_length_um": best["params"]["stripe_length_um"],
-            "doping": best["params"]["doping"],
-            "trial_index": best["trial_index"],
+            "threshold_uJ_cm2": best.outcome["threshold_uJ_cm2"],
+            "threshold_err_uJ_cm2": best.outcome.get("threshold_err_uJ_cm2"),
+            "stripe_length_um": best.params["stripe_length_um"],
+            "doping": best.params["doping"],
+            "trial_index": best.trial_index,
         },
-        "lab_hours": used_s / 3600.0,
-        "lab_clock": rb.lab_clock,
-        "trials": len(history),
-        "failures": sum(h["status"] == "failed" for h in history),
+        "lab_hours": stored.lab_time_used_s / 3600.0,
+        "lab_clock": stored.lab_clock,
+        "trials": len(stored.trials),
+        "abandoned": len(stored.records) - len(stored.trials),
+        "failures": sum(r.status == "failed" for r in stored.records),
         "failed_trials": [
-            {"trial_index": h["trial_index"], "status": h["status"], "reason": h["reason"], "run_uid": h["run_uid"]}
-            for h in history
-            if h["status"] in ("failed", "abandoned")
+            {"trial_index": r.trial_index, "status": r.status, "reason": r.reason, "run_uid": r.run_uid}
+            for r in stored.records
+            if r.status in ("failed", "abandoned")
         ],
-        "films_made": len(films),
+        "films_made": len(stored.films_made),
         "material": cfg.material,
     }

@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 _SECRET_IN_URI = re.compile(r"(api_key=)[^&\s\"']+|(//[^/:@\s]+:)[^@/\s]+(@)", re.IGNORECASE)
 
 
-def _masked(text: str, api_key: str | None = None) -> str:
+def masked(text: str, api_key: str | None = None) -> str:
     """``text`` with API keys (``api_key=...``, the key itself) and URI passwords replaced by ``***``."""
     out = _SECRET_IN_URI.sub(lambda m: f"{m.group(1)}***" if m.group(1) else f"{m.group(2)}***{m.group(3)}", text)
     return out.replace(api_key, "***") if api_key else out
@@ -131,7 +131,7 @@ class Catalog:
             self._server = SimpleTiledServer(directory=self.location)
             self.client = self._connect(self._server.uri, None)
         else:
-            self.location = _masked(uri)
+            self.location = masked(uri)
             self.client = self._connect(uri, api_key or os.environ.get("TILED_API_KEY"))
         pending = self.pending_backup() if warn_pending_backup else []
         if pending:  # e.g. before a campaign is resumed: its runs are not all in the catalog yet
@@ -151,7 +151,7 @@ class Catalog:
             httpx.get(uri, timeout=timeout_s)
         except httpx.HTTPError as exc:
             raise CatalogError(
-                _masked(
+                masked(
                     f"cannot reach the catalog at {uri}: {exc}. "
                     "Start the Tiled server at that address, or check the URI.",
                     api_key,
@@ -162,7 +162,7 @@ class Catalog:
             return from_uri(uri, api_key=api_key) if api_key else from_uri(uri)
         except Exception as exc:  # httpx connection errors, auth errors, bad URIs
             raise CatalogError(
-                _masked(
+                masked(
                     f"cannot reach the catalog at {uri}: {exc}. Start the Tiled server "
                     "at that address, or check the URI and API key.",
                     api_key,
@@ -301,8 +301,8 @@ def _check_api_key(uri: str, api_key: str | None, timeout_s: float) -> None:
         "it from $GAINLOOP_TILED_API_KEY)"
     )
     if not api_key:
-        raise CatalogError(f"the catalog at {_masked(uri)} needs an API key and none was given: {how}")
-    raise CatalogError(f"the catalog at {_masked(uri)} refused the API key given (HTTP 401): check it; {how}")
+        raise CatalogError(f"the catalog at {masked(uri)} needs an API key and none was given: {how}")
+    raise CatalogError(f"the catalog at {masked(uri)} refused the API key given (HTTP 401): check it; {how}")
 
 
 def backup_file(backup_dir: Path, uid: str) -> Path:

@@ -107,7 +107,7 @@ def start(
     """
     import shlex
 
-    from gainloop.catalog import Catalog, _masked
+    from gainloop.catalog import Catalog, masked
     from gainloop.catalog import data_dir as resolve_data_dir
     from gainloop.queueserver import (
         ENV_BENCH_FILE,
@@ -168,7 +168,7 @@ def start(
             return
     except (GainloopError, ValueError, OSError) as exc:
         fail(exc)
-    location = _masked(catalog) if catalog is not None else f"embedded in {folder / 'catalog'}"
+    location = masked(catalog) if catalog is not None else f"embedded in {folder / 'catalog'}"
     _warn_unfinished_item(redis, redis_prefix)
     _err.print(
         f"gainloop qserver: RE Manager at {settings.control_addr} (console {settings.info_addr}), "

@@ -40,12 +40,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import RequestAbort, RequestStop
 
 from core.protocols import OPTIMIZER_METHODS, Optimizer
+from core.trial import Proposal, TrialRecord, proposal_row
 from plans.analysis import AnalysisError
 from plans.measurements import ase_fluence_scan, ase_point
 
@@ -175,6 +177,7 @@ def campaign(
     target_threshold_uJ_cm2: float | None = None,
     lab_time_used_s: float = 0.0,
     trials_done: int = 0,
+    abandoned_done: int = 0,
     films: list[str] | None = None,
     can_make_films: bool = True,
     film_doping_tol: float = 0.02,
@@ -189,8 +192,11 @@ def campaign(
 ):
     """Run the closed loop until a budget or the target is reached; return the campaign's summary.
 
-    ``lab_time_used_s`` and ``trials_done`` carry over what a resumed campaign already
-    spent. ``films``: library ids the campaign may measure (default: every film).
+    ``lab_time_used_s``, ``trials_done`` and ``abandoned_done`` carry over what a resumed campaign
+    already spent. The summary's ``trials`` counts trials measured or attempted on the bench (a
+    run opened for them), ``abandoned`` the proposals left unmeasured (their indices spent): the
+    same counts ``gainloop campaign status`` reads back from the catalog.
+    ``films``: library ids the campaign may measure (default: every film).
     ``scan_args`` / ``point_args``: extra arguments of ``ase_fluence_scan`` / ``ase_point``.
     ``max_threshold_rel_err``: a scan whose fitted threshold has a larger relative error (or
     none that is a finite positive number) is a ``failed`` trial ("fit rejected"), its numbers
@@ -216,6 +222,7 @@ def campaign(
         "campaign_uid": campaign_uid,
         "trials": trials_done,
         "failures": 0,
+        "abandoned": abandoned_done,
         "lab_hours": lab_time_used_s / 3600.0,
         "stopped_by": "",
         "trial_uids": [],
@@ -254,7 +261,8 @@ def campaign(
             return "breaker"
         return ""
 
-    def trial(proposal):
+    def trial(proposal: Proposal):
+        """Mount or make the film, measure, judge the fit: the trial's ``TrialRecord``."""
         params = proposal.params
         index = proposal.trial_index
         trial_md = {
@@ -264,7 +272,7 @@ def campaign(
             "lab_time_used_s": used_s(),
         }
         t_start = lab_clock()
-        status, outcome, reason, uid = "completed", {}, "", None
+        status, outcome, reason, uid, sample_id, new_film = "completed", {}, "", "", "", False
         try:
             sample_id, new_film = yield from _mount_film(
                 bench, float(params["doping"]), film_doping_tol, eligible, can_make_films
@@ -298,63 +306,39 @@ def campaign(
         except Exception as exc:  # device faults, refused setpoints, NaN readbacks: recorded, never fed as numbers
             status, reason = "failed", f"{type(exc).__name__}: {exc}"
         yield from _at(fault_hook, "measured", index)
-        return {
-            "trial_index": index,
-            "params": dict(params),
-            "status": status,
-            "outcome": outcome,
-            "reason": reason,
-            "lab_time_s": lab_clock() - t_start,
-        }, uid
-
-    def record_proposal(p, replayed: bool):
-        yield from _in_campaign_run(
-            _record(
-                "proposals",
-                {
-                    "trial_index": p.trial_index,
-                    "params": p.params,
-                    "predicted": p.predicted,
-                    "expected_cost_s": p.expected_cost_s,
-                    "acquisition_value": p.acquisition_value,
-                    "replayed": replayed,
-                },
-            )
+        return TrialRecord(
+            proposal,
+            status=status,
+            outcome=outcome,
+            reason=reason,
+            lab_time_s=lab_clock() - t_start,
+            sample_id=sample_id or "",
+            new_film=new_film,
+            run_uid=uid or "",
         )
 
-    def record_outcome(result, uid):
+    def record_proposal(p: Proposal, replayed: bool):
+        yield from _in_campaign_run(_record("proposals", proposal_row(p, replayed=replayed)))
+
+    def record_outcome(record: TrialRecord):
+        """Give the trial to the optimiser, then store it (with the campaign's lab time and best after it)."""
+        optimizer.ingest([record.result])
         best = optimizer.best()
-        yield from _in_campaign_run(
-            _record(
-                "outcomes",
-                {
-                    "trial_index": result["trial_index"],
-                    "run_uid": uid or "",
-                    "status": result["status"],
-                    "params": result["params"],
-                    "outcome": result["outcome"],
-                    "reason": result["reason"],
-                    "trial_lab_time_s": result["lab_time_s"],
-                    "lab_time_used_s": used_s(),
-                    "best_threshold_uJ_cm2": best["threshold_uJ_cm2"] if best else math.nan,
-                },
-                before_save=_at(fault_hook, "recording", result["trial_index"]),
-            )
+        record = replace(
+            record,
+            campaign_lab_time_s=used_s(),
+            best_threshold_uJ_cm2=best["threshold_uJ_cm2"] if best else math.nan,
         )
+        yield from _in_campaign_run(
+            _record("outcomes", record.to_row(), before_save=_at(fault_hook, "recording", record.trial_index))
+        )
+        return record
 
     def abandon(proposals, why: str):
         """Record proposals that will not be measured as ``abandoned`` (their indices are spent)."""
         for p in proposals:
-            result = {
-                "trial_index": p.trial_index,
-                "params": dict(p.params),
-                "status": "abandoned",
-                "outcome": {},
-                "reason": why,
-                "lab_time_s": 0.0,
-            }
-            optimizer.ingest([result])
-            yield from record_outcome(result, None)
+            yield from record_outcome(TrialRecord(p, status="abandoned", reason=why))
+            summary["abandoned"] += 1
 
     def loop():
         replay = list(optimizer.pending())  # a resumed campaign's recorded, never measured proposals
@@ -368,14 +352,13 @@ def campaign(
             for k, p in enumerate(proposals):
                 yield from _at(fault_hook, "proposed", p.trial_index)
                 yield from bps.checkpoint()  # a deferred pause stops here, between trials
-                result, uid = yield from trial(p)
-                optimizer.ingest([result])
+                record = yield from trial(p)
+                yield from record_outcome(record)
                 summary["trials"] += 1
                 summary["failures"] = failures()
                 summary["lab_hours"] = used_s() / 3600.0
-                if uid:
-                    summary["trial_uids"].append(uid)
-                yield from record_outcome(result, uid)
+                if record.run_uid:
+                    summary["trial_uids"].append(record.run_uid)
                 yield from _in_campaign_run(
                     _record("model", {"trial_index": p.trial_index, "state": optimizer.state()})
                 )

@@ -31,7 +31,7 @@ def _campaign(data_dir, *args, env=None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _trials(data_dir, uid: str) -> list[dict]:
+def _trials(data_dir, uid: str) -> list:
     with Catalog(data_dir_path=data_dir) as cat:
         _, trials, _, _ = rebuild_trials(cat, uid)
     return trials
@@ -50,10 +50,10 @@ def test_the_same_seed_gives_the_same_trials_and_best_over_ca(both):
     (twin, twin_trials), (ca, ca_trials) = both
     assert len(twin_trials) == len(ca_trials) == TRIALS
     for a, b in zip(twin_trials, ca_trials, strict=True):
-        assert a["trial_index"] == b["trial_index"] and a["status"] == b["status"] == "completed"
-        assert a["params"] == pytest.approx(b["params"], rel=1e-9)
-        assert a["outcome"]["threshold_uJ_cm2"] == pytest.approx(b["outcome"]["threshold_uJ_cm2"], rel=1e-9)
-        assert a["lab_time_s"] == pytest.approx(b["lab_time_s"], rel=1e-9)
+        assert a.trial_index == b.trial_index and a.status == b.status == "completed"
+        assert a.params == pytest.approx(b.params, rel=1e-9)
+        assert a.outcome["threshold_uJ_cm2"] == pytest.approx(b.outcome["threshold_uJ_cm2"], rel=1e-9)
+        assert a.lab_time_s == pytest.approx(b.lab_time_s, rel=1e-9)
     assert ca["best"] == pytest.approx(twin["best"], rel=1e-9)
     assert ca["material"] == twin["material"] == "PbS/PbSSe-CAS/I-ALD"
 

@@ -7,6 +7,7 @@ Ctrl+C) are in ``tests/faults/test_campaign_faults.py``.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -50,9 +51,15 @@ def test_a_campaign_records_its_decisions_and_measurements(catalog, three_trials
         cols = stream_columns(record[0][stream])
         assert list(cols["trial_index"]) == [0, 1, 2], stream
     outcomes = stream_columns(record[0]["outcomes"])
-    thresholds = [json.loads(o).get("threshold_uJ_cm2") for o in outcomes["outcome"]]
+    # typed columns a Tiled user reads directly: numbers as floats, status and reason as text
+    for column in ("stripe_length_um", "doping", "threshold_uJ_cm2", "lab_time_s", "campaign_lab_time_s"):
+        assert outcomes[column].dtype.kind == "f", column
+    assert [str(s) for s in outcomes["status"]] == ["completed"] * 3
+    proposals = stream_columns(record[0]["proposals"])
+    assert proposals["stripe_length_um"].dtype.kind == "f" and "params" not in proposals
+    thresholds = [float(t) for t in outcomes["threshold_uJ_cm2"]]  # a typed column, NaN where none
     best = summary["best"]
-    assert best["threshold_uJ_cm2"] == pytest.approx(min(t for t in thresholds if t is not None))
+    assert best["threshold_uJ_cm2"] == pytest.approx(min(t for t in thresholds if math.isfinite(t)))
     model = json.loads(stream_columns(record[0]["model"])["state"][-1])
     assert model["n_observations"] == 3
 
@@ -71,9 +78,9 @@ def test_resume_proposes_what_the_uninterrupted_campaign_would(catalog, three_tr
     assert resumed["campaign_uid"] == first["campaign_uid"] and resumed["trials"] == 3
     _, ref, _, _ = rebuild_trials(catalog, three_trials["campaign_uid"])
     _, got, _, _ = rebuild_trials(catalog, first["campaign_uid"])
-    assert [t["trial_index"] for t in got] == [0, 1, 2]
+    assert [t.trial_index for t in got] == [0, 1, 2]
     for a, b in zip(ref, got, strict=True):
-        assert a["params"] == pytest.approx(b["params"])
+        assert a.params == pytest.approx(b.params)
 
 
 def test_unknown_campaign_is_a_clear_error(catalog):
@@ -88,11 +95,16 @@ def test_a_batch_left_unmeasured_is_abandoned_and_its_indices_spent(catalog):
     )  # fmt: skip
     first = run_campaign(catalog, cfg)
     _, trials, _, _ = rebuild_trials(catalog, first["campaign_uid"])
-    assert [(t["trial_index"], t["status"]) for t in trials] == [(0, "completed"), (1, "abandoned")]
-    assert trials[1]["reason"] == "campaign stopped (trial budget) before measuring it"
-    run_campaign(catalog, resume_uid=first["campaign_uid"], budgets={"max_trials": 2})
+    assert [(t.trial_index, t.status) for t in trials] == [(0, "completed"), (1, "abandoned")]
+    assert trials[1].reason == "campaign stopped (trial budget) before measuring it"
+    # "trials" means one thing everywhere: measured or attempted; the abandoned proposal is counted apart
+    status = campaign_status(catalog, first["campaign_uid"])
+    assert (first["trials"], first["abandoned"]) == (status["trials"], status["abandoned"]) == (1, 1)
+    again = run_campaign(catalog, resume_uid=first["campaign_uid"], budgets={"max_trials": 2})
     _, trials, _, _ = rebuild_trials(catalog, first["campaign_uid"])
-    assert [t["trial_index"] for t in trials if t["status"] != "abandoned"] == [0, 2]  # index 1 never used again
+    assert [t.trial_index for t in trials if t.status != "abandoned"] == [0, 2]  # index 1 never used again
+    status = campaign_status(catalog, first["campaign_uid"])
+    assert (again["trials"], again["abandoned"]) == (status["trials"], status["abandoned"]) == (2, 2)
     measured = [r.start["trial_index"] for r in _runs_of(catalog, first["campaign_uid"]) if "trial_index" in r.start]
     assert sorted(measured) == [0, 2]
 
@@ -140,7 +152,7 @@ def test_resume_first_writes_what_the_backup_holds(catalog):
     assert resumed["trials"] == 2 and resumed["trial_uids"] == []  # nothing measured again
     assert not catalog.pending_backup()
     _, trials, _, _ = rebuild_trials(catalog, uid)
-    assert [(t["trial_index"], t["status"]) for t in trials] == [(0, "completed"), (1, "completed")]
+    assert [(t.trial_index, t.status) for t in trials] == [(0, "completed"), (1, "completed")]
     trial_runs = [r for r in _runs_of(catalog, uid) if r.start.get("trial_index") == 1]
     assert [r.start["uid"] for r in trial_runs] == [trial1_uid]
 
@@ -162,7 +174,7 @@ def test_a_fit_that_is_not_a_result_is_a_failed_trial_never_given_to_the_optimis
     assert summary["best"]["trial_index"] == 1  # the other trial's threshold, 551 +- 52
     assert summary["best"]["threshold_err_uJ_cm2"] < 0.5 * summary["best"]["threshold_uJ_cm2"]
     _, trials, _, _ = rebuild_trials(catalog, uid)
-    assert trials[0]["status"] == "failed" and trials[0]["outcome"]["threshold_err_uJ_cm2"] > 1e6  # kept, as data
+    assert trials[0].status == "failed" and trials[0].outcome["threshold_err_uJ_cm2"] > 1e6  # kept, as data
     status = campaign_status(catalog, uid)
     assert [t["trial_index"] for t in status["failed_trials"]] == [0]
     assert status["failed_trials"][0]["reason"] == rejected[0]["reason"]

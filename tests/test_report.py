@@ -146,8 +146,8 @@ def test_vsl_panel_draws_a_stored_vsl_scan_with_the_plans_fit(catalog, tmp_path)
     from bluesky import RunEngine
 
     from gainloop.replay import stream_columns
-    from gainloop.report import _draw_vsl, _save, _vsl_fit_curve
-    from plans._common import counts_per_s
+    from gainloop.report.figures import draw_vsl, save_figure, vsl_fit_curve
+    from gainloop.report.trials import count_rates
     from plans.measurements import vsl_scan
     from sim.devices import default_twin_bench_path, twin_bench_devices
 
@@ -158,19 +158,27 @@ def test_vsl_panel_draws_a_stored_vsl_scan_with_the_plans_fit(catalog, tmp_path)
     result = RE(vsl_scan(bench, "cas_doped-film", fluence_uJ_cm2=2200.0, stripe_lengths_um=np.linspace(10, 40, 16)))
     run = cat.run(result.plan_result["uid"])
     data = stream_columns(run["primary"])
-    curve, why = _vsl_fit_curve(np.asarray(data["slit"], dtype=float), counts_per_s(data, at_peak=True))
+    curve, why = vsl_fit_curve(np.asarray(data["slit"], dtype=float), count_rates(data, at_peak=True))
     assert curve is not None, why
     assert curve[0].gain_per_cm == pytest.approx(result.plan_result["gnet_per_cm"], rel=1e-9)
-    _save(lambda fig: _draw_vsl(fig, [run]), tmp_path / "vsl.png")
+    save_figure(lambda fig: draw_vsl(fig, [run]), tmp_path / "vsl.png")
     assert _png_size(tmp_path / "vsl.png")[0] > 100
 
 
 def test_failed_and_infeasible_trials_are_drawn_with_their_reason(tmp_path):
-    from gainloop.report import _draw_best, _draw_io, _save, _Trial
+    from core.trial import Proposal, TrialRecord
+    from gainloop.report.figures import draw_best, draw_io, save_figure
+    from gainloop.report.trials import ReportTrial
+
+    def trial(index, params, status, outcome, reason, lab_h):
+        record = TrialRecord(
+            Proposal(index, params), status=status, outcome=outcome, reason=reason, campaign_lab_time_s=lab_h * 3600
+        )
+        return ReportTrial(record)
 
     cfg = CampaignConfig(target_threshold_uJ_cm2=80.0)
     trials = [
-        _Trial(
+        trial(
             0,
             {"stripe_length_um": 500.0, "doping": 7.4},
             "completed",
@@ -178,15 +186,8 @@ def test_failed_and_infeasible_trials_are_drawn_with_their_reason(tmp_path):
             "",
             lab_h=0.1,
         ),
-        _Trial(
-            1,
-            {"stripe_length_um": 150.0, "doping": 2.0},
-            "infeasible",
-            {},
-            "no ASE threshold found: no kink",
-            lab_h=6.2,
-        ),
-        _Trial(
+        trial(1, {"stripe_length_um": 150.0, "doping": 2.0}, "infeasible", {}, "no ASE threshold found: no kink", 6.2),
+        trial(
             2,
             {"stripe_length_um": 900.0, "doping": 7.4},
             "failed",
@@ -195,15 +196,15 @@ def test_failed_and_infeasible_trials_are_drawn_with_their_reason(tmp_path):
             lab_h=6.3,
         ),
     ]
-    _save(lambda fig: _draw_best(fig, trials, cfg), tmp_path / "best.png")
+    save_figure(lambda fig: draw_best(fig, trials, cfg), tmp_path / "best.png")
     for t in trials[1:]:
         drawn = {}
 
         def draw(fig, t=t, drawn=drawn):
-            _draw_io(fig, t)
+            draw_io(fig, t)
             drawn["text"] = " ".join(" ".join(x.get_text() for x in fig.axes[0].texts).split())
 
-        _save(draw, tmp_path / f"io_{t.index}.png")
+        save_figure(draw, tmp_path / f"io_{t.index}.png")
         assert t.status in drawn["text"] and t.reason.split(":")[0] in drawn["text"]
     for name in ("best.png", "io_1.png", "io_2.png"):
         assert _png_size(tmp_path / name)[0] > 100

@@ -23,6 +23,7 @@ This module deliberately has no ``from __future__ import annotations``: the
 queueserver reads the plans' annotations as types.
 """
 
+import dataclasses
 import inspect
 import math
 import os
@@ -199,7 +200,7 @@ def _campaign_plan(bench, settings: ProfileSettings):
             bench_file=settings.bench_file,
             twin_seed=settings.twin_seed,
         )
-        cfg.material = campaign_material(cfg, bench)
+        cfg = dataclasses.replace(cfg, material=campaign_material(cfg, bench))
         films = campaign_films(cfg, bench)
         optimizer = campaign_optimizer(cfg, bench, films)
         return (

@@ -200,13 +200,13 @@ def scenario_sigkill(
             state = {"runs": len(mine), "stopped": [(_stop(r) or {}).get("exit_status") for r in mine]}
             if point == "proposed":
                 _, trials, _, _ = rebuild_trials(cat, uid)
-                from gainloop.campaign import _rebuild
+                from gainloop.campaign import stored_campaign
 
-                pending = _rebuild(cat, uid).pending
-                state["pending"] = [p["trial_index"] for p in pending]
-                state["pending_params"] = {p["trial_index"]: p["params"] for p in pending}
+                pending = stored_campaign(cat, uid).pending
+                state["pending"] = [p.trial_index for p in pending]
+                state["pending_params"] = {p.trial_index: p.params for p in pending}
                 checks[f"proposed:{index} left a recorded proposal and no run"] = (
-                    not mine and index in state["pending"] and index not in [t["trial_index"] for t in trials]
+                    not mine and index in state["pending"] and index not in [t.trial_index for t in trials]
                 )
             elif point == "measuring":
                 checks[f"measuring:{index} left a run without a stop document"] = state["stopped"] == [None]
@@ -242,8 +242,8 @@ def scenario_sigkill(
     with _catalog(server, data_dir) as cat:
         _, trials, _, _ = rebuild_trials(cat, uid)
         runs = _trial_runs(cat, uid)
-        by_index = {t["trial_index"]: t for t in trials}
-        observed["trials"] = trials
+        by_index = {t.trial_index: t for t in trials}
+        observed["trials"] = [t.as_dict() for t in trials]  # as JSON, like the figures
         observed["runs"] = [
             {"uid": r.start["uid"], "trial_index": r.start["trial_index"], "stop": (_stop(r) or {}).get("exit_status")}
             for r in runs
@@ -256,15 +256,16 @@ def scenario_sigkill(
         for run_uid, index in ended_runs.items():
             run = present.get(run_uid)
             t = by_index.get(index)
-            if run is None or t is None or t["status"] != "completed":
+            if run is None or t is None or t.status != "completed":
                 lost += 1
                 continue
             analysis = _analysis(run)
-            if not math.isclose(t["outcome"].get("threshold_uJ_cm2", math.nan), analysis["threshold_uJ_cm2"]):
+            if not math.isclose(t.outcome.get("threshold_uJ_cm2", math.nan), analysis["threshold_uJ_cm2"]):
                 lost += 1
         figures.documents_lost = lost
         for point, index in kills:
-            t = by_index.get(index, {})
+            t = by_index.get(index)
+            status, reason = (t.status, t.reason) if t is not None else ("", "")
             if point == "proposed":
                 pending = observed["states"][f"proposed:{index}"]["pending_params"].get(index)
                 replayed = [r for r in runs if r.start["trial_index"] == index]
@@ -272,24 +273,24 @@ def scenario_sigkill(
                     len(replayed) == 1 and replayed[0].start["proposal"]["params"] == pending
                 )
             elif point == "measuring":
-                checks[f"measuring:{index} recorded failed with its reason"] = t.get(
-                    "status"
-                ) == "failed" and "interrupted" in t.get("reason", "")
+                checks[f"measuring:{index} recorded failed with its reason"] = (
+                    status == "failed" and "interrupted" in reason
+                )
             else:
-                checks[f"{point}:{index} completed from its run, not re-measured"] = t.get("status") == "completed"
+                checks[f"{point}:{index} completed from its run, not re-measured"] = status == "completed"
         # item 2: the interrupted trial never reaches the GP
         stored_cfg = rebuild_trials(cat, uid)[0]
         prepared = prepare_campaign(cat, resume_uid=uid, fault_hook=lambda *a: None, bench=_twin_for(stored_cfg))
         prepared.plan.close()
         opt = prepared.optimizer
         data = opt.training_data() if hasattr(opt, "training_data") else None
-        completed = [t for t in trials if t["status"] == "completed"]
-        failed = [t for t in trials if t["status"] == "failed"]
+        completed = [t for t in trials if t.status == "completed"]
+        failed = [t for t in trials if t.status == "failed"]
         if data is not None:
             X = data["X"].tolist()
             observed["gp_rows"] = len(X)
             checks["the GP trains on the completed trials only"] = len(X) == len(completed) and all(
-                opt._unit(t["params"]) not in X for t in failed
+                opt._unit(t.params) not in X for t in failed
             )
     figures.detail = (
         f"{n_trials} trials, kills at {', '.join(f'{p}:{i}' for p, i in kills)}; "
@@ -514,12 +515,12 @@ def scenario_abort(workdir: Path, env: FaultEnv, *, seed: int = 5, trials: int =
         summary = run_campaign(cat, resume_uid=uid, budgets={"max_trials": trials + 1})
         figures.recovery_s = time.monotonic() - t0
         _, got, _, _ = rebuild_trials(cat, uid)
-        observed["trials"] = got
+        observed["trials"] = [t.as_dict() for t in got]  # as JSON, like the figures
         observed["summary"] = summary
-        by_index = {t["trial_index"]: t for t in got}
-        t = by_index.get(aborted, {})
-        checks["the aborted trial is abandoned with its reason"] = t.get("status") == "abandoned" and "abort" in t.get(
-            "reason", ""
+        by_index = {t.trial_index: t for t in got}
+        t = by_index.get(aborted)
+        checks["the aborted trial is abandoned with its reason"] = (
+            t is not None and t.status == "abandoned" and "abort" in t.reason
         )
         runs_after = _trial_runs(cat, uid)
         checks["the aborted index is measured once only"] = [r.start["trial_index"] for r in runs_after].count(
@@ -533,7 +534,7 @@ def scenario_abort(workdir: Path, env: FaultEnv, *, seed: int = 5, trials: int =
         checks["the aborted index is never proposed again"] = aborted not in proposed_after and bool(proposed_after)
         aborted_params = t.get("params")
         observed["aborted_params_proposed_again"] = [
-            u["trial_index"] for u in got if u["trial_index"] != aborted and u["params"] == aborted_params
+            u.trial_index for u in got if u.trial_index != aborted and u.params == aborted_params
         ]
         checks["the aborted conditions are never proposed again"] = not observed["aborted_params_proposed_again"]
         figures.trials_lost = sum(1 for i in range(trials + 1) if i not in by_index)
@@ -701,9 +702,12 @@ def scenario_resume_fluence(workdir: Path, env: FaultEnv, *, seed: int = 6) -> C
         run_campaign(cat, resume_uid=uid)
         runs = _trial_runs(cat, uid)
         _, trials, _, _ = rebuild_trials(cat, uid)
-        observed["replayed"] = {"runs": [r.start["proposal"]["params"] for r in runs], "trials": trials}
+        observed["replayed"] = {
+            "runs": [r.start["proposal"]["params"] for r in runs],
+            "trials": [t.as_dict() for t in trials],
+        }
         checks["a stored proposal within the limit is measured as stored"] = (
-            len(runs) == 1 and runs[0].start["proposal"]["params"] == good["params"] and trials[0]["trial_index"] == 0
+            len(runs) == 1 and runs[0].start["proposal"]["params"] == good["params"] and trials[0].trial_index == 0
         )
     figures.detail = f"{len(cases)} tampered records refused; bench limit {limit:g} uJ/cm^2"
     return figures

@@ -321,7 +321,7 @@ def scenario_tiled_down_mid_run(
         checks["one_stored_run_per_emitted_run"] = stored_runs == set(runs)
 
         _, history, _, _ = rebuild_trials(cat, campaign_uid)
-        completed = [h for h in history if h["status"] == "completed"]
+        completed = [h for h in history if h.status == "completed"]
         indices = Counter(
             r.start["trial_index"]
             for r in cat.client.search(_key("start.campaign_uid", campaign_uid)).values()
@@ -464,8 +464,8 @@ def scenario_duplicate_ingestion(workdir: Path, env: FaultEnv, *, trials: int = 
 
                 bench = twin_bench_devices(default_twin_bench_path(), seed=rcfg.twin_seed)
                 opt = campaign_optimizer(rcfg, bench, campaign_films(rcfg, bench))
-                opt.ingest(history)
-                opt.ingest(history)
+                opt.ingest([h.result for h in history])
+                opt.ingest([h.result for h in history])
                 X = opt.training_data()["X"]
                 rows = [tuple(round(float(v), 12) for v in row) for row in X]
                 completed = sum(h["status"] == "completed" for h in history)
