@@ -26,7 +26,6 @@ __all__ = [
     "PrimaryData",
     "acquire",
     "analysis_event",
-    "bench_metadata",
     "checked_first",
     "closing_shutter",
     "counts_per_s",
@@ -112,31 +111,6 @@ def _continued(plan, first):
                 return stop.value
 
 
-def bench_metadata(bench, sample_id: str) -> dict:
-    """Metadata about the devices and the sample: bench or twin (with the twin's parameters)."""
-    library = getattr(bench.stage, "library", None) or {}
-    entry = library[sample_id] if sample_id in library else bench.config.library_entry(sample_id)
-    md = {
-        "sample_id": sample_id,
-        "sample_kind": entry.kind,
-        "doping": entry.doping,
-        "bench_name": bench.config.bench.name,
-        "fluence_limit_uJ_cm2": bench.config.bench.fluence_limit_uJ_cm2,
-    }
-    engine = bench.engine
-    if engine is None:
-        md["devices"] = "bench"
-    else:
-        md["devices"] = "twin"
-        md["twin"] = {
-            "seed": engine.seed,
-            "preset": entry.preset or bench.config.twin.new_film_preset,
-            "sample": engine._sample_for(entry).model_dump(mode="json"),
-            "setup": engine.presets.setup.model_dump(mode="json"),
-        }
-    return md
-
-
 def measurement(
     bench,
     plan_name: str,
@@ -166,7 +140,7 @@ def measurement(
         "plan_args": plan_args,
         "units": UNITS,
         "hints": {"dimensions": [(fields, "primary")]},
-        **bench_metadata(bench, plan_args["sample_id"]),
+        **bench.describe_sample(plan_args["sample_id"]),
         **(md or {}),
     }
     results: dict[str, float] = {}

@@ -50,7 +50,7 @@ from bluesky.utils import short_uid
 from ophyd import Signal
 
 from devices import check_delay, check_pump_excitons
-from plans._common import PrimaryData, analysis_event, bench_metadata, measurement, mount
+from plans._common import PrimaryData, analysis_event, measurement, mount
 from plans._suspenders import read_after_trigger, trigger_then_read
 from plans.analysis import AnalysisError, biexciton_lifetime, gain_lifetime
 from plans.safety import check_fluence
@@ -440,12 +440,9 @@ def pump_probe(
     start_md: dict = {
         "hints": {"dimensions": [([bench.ta.delay.name], "primary"), ([bench.pump.fluence.name], "primary")]}
     }
-    engine = bench.engine
-    if engine is not None and hasattr(engine, "excitons_per_uJ_cm2"):
-        # the twin's own kappa, recorded with its other parameters (plans._common.bench_metadata)
-        twin_md = dict(bench_metadata(bench, sample_id)["twin"])
-        twin_md["excitons_per_uJ_cm2"] = float(engine.excitons_per_uJ_cm2(sample_id))
-        start_md["twin"] = twin_md
+    twin_md = bench.describe_sample(sample_id).get("twin")
+    if twin_md is not None:  # the twin's own kappa, next to its other parameters of the sample
+        start_md["twin"] = {**twin_md, "excitons_per_uJ_cm2": bench.excitons_per_uJ_cm2(sample_id)}
 
     def inner(results):
         yield from mount(bench, sample_id)
