@@ -28,7 +28,7 @@ BENCH_FILE = REPO / "examples" / "twin_bench.toml"
 
 
 def _sample(bench, sample_id):
-    return bench.engine._sample_for(bench.config.library_entry(sample_id))
+    return bench.engine.sample_for(bench.config.library_entry(sample_id))
 
 
 def _transparency_N(sample, delay_ps):
