@@ -14,7 +14,7 @@ Component names (and units) - the interface plans rely on:
 * ``stage`` (``SampleStage``): ``set(sample_id)``, ``sample`` (id), ``doping``
   (electrons/dot), ``grating_period`` (nm, 0 for a film), ``sample_kind``
   (``film``/``dfb``; ``kind`` is taken by ophyd), ``busy``, ``request_film(doping)``,
-  ``library``
+  ``library``, ``add_film(entry)`` (a film of an earlier session back in the library)
 * ``spectrometer`` (``Spectrometer``): ``exposure`` (s), ``trigger()``, ``spectrum``
   (counts), ``wavelength`` (nm), ``integrated`` (counts, hinted),
   ``peak_wavelength`` (nm), ``fwhm`` (nm), ``saturated`` (0/1)

@@ -605,7 +605,11 @@ class TwinBenchDevices(Bench):
         return md
 
     def excitons_per_uJ_cm2(self, sample_id: str) -> float:
-        """The twin's own kappa of the sample (excitons/dot per uJ/cm^2): what its films absorb."""
+        """The twin's own kappa of the sample (excitons/dot per uJ/cm^2): what its films absorb.
+
+        A sample not in the library is a ``BenchConfigError`` naming the library, as on the bench.
+        """
+        self.library_entry(sample_id)
         return float(self.engine.excitons_per_uJ_cm2(sample_id))
 
     def restore_lab_time(self, seconds: float) -> None:

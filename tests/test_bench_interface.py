@@ -94,6 +94,9 @@ def test_excitons_per_uJ_cm2_from_the_twin_or_the_bench_file(presets):
     bench = _as_bench(twin)
     assert bench.excitons_per_uJ_cm2(FILM) == 0.02
     assert bench.excitons_per_uJ_cm2(DFB) is None  # not given: pump_probe then needs it as an argument
+    for either in (twin, bench):
+        with pytest.raises(ValueError, match="not in the bench's library"):
+            either.excitons_per_uJ_cm2("no-such-film")
     with pytest.raises(ValueError, match="greater than 0"):
         _cfg(**{FILM: {"excitons_per_uJ_cm2": 0.0}})
 
