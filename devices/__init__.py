@@ -20,7 +20,7 @@ from ._checks import (
     require_finite,
 )
 from ._errors import BenchConnectionError, DeviceTimeoutError, LimitError, PutRefusedError, ReadbackError
-from ._signals import ContractReadings
+from ._signals import ContractReadings, LabClock
 from .bench import (
     Bench,
     Interlock,
@@ -43,6 +43,7 @@ __all__ = [
     "ContractReadings",
     "DeviceTimeoutError",
     "Interlock",
+    "LabClock",
     "LibraryEntry",
     "LimitError",
     "Polarizer",

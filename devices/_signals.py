@@ -20,15 +20,25 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import numpy as np
-from ophyd.signal import EpicsSignal, EpicsSignalRO
+from ophyd.signal import EpicsSignal, EpicsSignalRO, SignalRO
 from ophyd.utils import DisconnectedError
 
 from ._ca import Completion, put_notify
 from ._checks import Check, require_finite
 from ._errors import ReadbackError
 
-__all__ = ["DEFAULT_PUT_TIMEOUT_S", "BenchSignal", "BenchSignalRO", "ContractReadings", "fresh_measurement"]
+__all__ = [
+    "DEFAULT_PUT_TIMEOUT_S",
+    "BenchSignal",
+    "BenchSignalRO",
+    "ContractReadings",
+    "LabClock",
+    "fresh_measurement",
+]
 
 #: Timeout of a put whose completion is immediate on the bench (setpoints), s.
 DEFAULT_PUT_TIMEOUT_S = 10.0
@@ -186,3 +196,36 @@ class BenchSignal(_BenchMixin, EpicsSignal):
             reason_pv=cfg.pv(cfg.interlock.message),
         )
         return done.status
+
+
+class LabClock(ContractReadings, SignalRO):
+    """A bench's lab clock as a read-only signal, in seconds: every read asks ``now()``.
+
+    A bench without a lab-clock PV reads the wall clock (``LabClock.wall()``, s since the
+    epoch); the twin reads its simulated clock (s since its session began). ``source``
+    says which, in words (it is recorded with campaigns and shown in reports). A plan
+    reads it as any other signal: ``t_s = yield from bps.rd(bench.clock)``.
+    """
+
+    def __init__(self, now: Callable[[], float], *, source: str, name: str = "lab_clock", **kwargs):
+        self._now = now
+        #: which clock this is, in words
+        self.source = source
+        super().__init__(name=name, value=float(now()), **kwargs)
+        self._units = "s"
+        self._nan_ok = False
+
+    @classmethod
+    def wall(cls, *, name: str = "lab_clock") -> LabClock:
+        """The wall clock (``time.time()``, s since the epoch)."""
+        return cls(time.time, source="the wall clock", name=name)
+
+    def _reading_source(self) -> str:
+        return self.source
+
+    def get(self, **kwargs) -> float:
+        """The clock now, s (``use_monitor`` and other ``Signal.get`` arguments are accepted and moot)."""
+        value = float(self._now())
+        self._readback = value
+        self._metadata["timestamp"] = time.time()
+        return value

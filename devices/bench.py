@@ -14,7 +14,7 @@ Component names (and units) - the interface plans rely on:
 * ``stage`` (``SampleStage``): ``set(sample_id)``, ``sample`` (id), ``doping``
   (electrons/dot), ``grating_period`` (nm, 0 for a film), ``sample_kind``
   (``film``/``dfb``; ``kind`` is taken by ophyd), ``busy``, ``request_film(doping)``,
-  ``library``
+  ``library``, ``add_film(entry)`` (a film of an earlier session back in the library)
 * ``spectrometer`` (``Spectrometer``): ``exposure`` (s), ``trigger()``, ``spectrum``
   (counts), ``wavelength`` (nm), ``integrated`` (counts, hinted),
   ``peak_wavelength`` (nm), ``fwhm`` (nm), ``saturated`` (0/1)
@@ -42,11 +42,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import ophyd
-from ophyd import Device, EpicsMotor, EpicsSignal
+from ophyd import Device, EpicsMotor, EpicsSignal, Signal
 from ophyd import FormattedComponent as FCpt
 from ophyd.positioner import PositionerBase
+from ophyd.signal import EpicsSignalBase
 from ophyd.status import Status
 from ophyd.utils import InvalidState
 
@@ -65,7 +67,7 @@ from ._checks import (
 )
 from ._errors import BenchConnectionError, DeviceTimeoutError, ReadbackError
 from ._safety import Heartbeat, SafeReport, make_safe
-from ._signals import BenchSignal, BenchSignalRO, fresh_measurement
+from ._signals import BenchSignal, BenchSignalRO, LabClock, fresh_measurement
 from .config import BenchConfig, LibraryEntry, load_bench
 
 __all__ = [
@@ -294,6 +296,17 @@ class SampleStage(BenchDevice):
     def new_film_timeout_s(self) -> float:
         return self.bench_config.stage.new_film_timeout_h * 3600.0
 
+    def add_film(self, entry: LibraryEntry) -> None:
+        """Put a film made in an earlier session back in ``library`` (nothing is sent to the bench).
+
+        A resumed campaign does this for the films it made before it was interrupted
+        (``BenchConfig.new_film_entry`` rebuilds their entries), so that they can be
+        mounted again by id.
+        """
+        if not isinstance(entry, LibraryEntry):
+            raise TypeError(f"{self.name}.add_film takes a devices.LibraryEntry, got {type(entry).__name__}")
+        self.library[entry.id] = entry
+
     def set(self, sample_id, *, timeout=None, **kwargs):
         """Mount ``sample_id``; the status finishes when ``Sample-RB`` reads it (timeout: move_timeout_s)."""
         check_sample_id(sample_id, self.library)
@@ -487,11 +500,18 @@ class Interlock(BenchDevice):
 
 @dataclass
 class Bench:
-    """Every device of one bench, and its bench file.
+    """Every device of one bench, its bench file and its lab clock.
 
-    Built by ``connect_bench`` (EPICS) or ``sim.devices.twin_bench_devices``
-    (in-process twin; then ``engine`` is its ``TwinBench``, else None).
+    Built by ``connect_bench`` (EPICS) or ``sim.devices.twin_bench_devices`` (the
+    in-process twin, a subclass with the same interface). Plans and the service use
+    only this interface, never the twin's engine: ``describe_sample`` (what a run
+    records about its sample), ``excitons_per_uJ_cm2`` (a film's kappa, if known),
+    ``clock`` / ``lab_time_s`` / ``lab_clock_source`` (the lab clock),
+    ``restore_lab_time`` (a resumed campaign's clock), ``status`` and ``make_safe``.
     """
+
+    #: what the devices are, as runs record it (``devices`` of the start document)
+    DEVICES: ClassVar[str] = "bench"
 
     config: BenchConfig
     pump: Device
@@ -501,35 +521,93 @@ class Bench:
     polarizer: Device
     ta: Device
     interlock: Device
+    #: the twin's ``sim.engine.TwinBench`` on an in-process twin, None on EPICS; for ``sim`` and
+    #: its tests only: everything else uses the methods of this class, which work on both
     engine: object | None = None
     #: ophyd's control layer of the devices (``pyepics`` or ``caproto``; ``connect_bench``), None in-process
     control_layer: str | None = None
-    #: the signal of ``[bench].lab_clock_pv`` (s), if the bench file names one
-    clock: object | None = None
+    #: the lab clock, a read-only signal in s: ``[bench].lab_clock_pv`` if the bench file names
+    #: one, else the wall clock (``LabClock.wall()``); the twin's simulated clock on the twin
+    clock: Signal | None = None
     #: the thread refreshing ``[pump].watchdog``, if the bench file names one
     heartbeat: Heartbeat | None = None
+
+    def __post_init__(self) -> None:
+        if self.clock is None:
+            self.clock = LabClock.wall()
 
     def devices(self) -> dict[str, Device]:
         """The devices by name (``pump``, ``slit``, ...)."""
         return {n: getattr(self, n) for n in ("pump", "slit", "stage", "spectrometer", "polarizer", "ta", "interlock")}
 
+    # ---------------------------------------------------------------------------- samples
+    def library_entry(self, sample_id: str) -> LibraryEntry:
+        """The library entry of ``sample_id``: the stage's library (which holds the films made
+        since the bench file was read), else the bench file's (``BenchConfigError`` naming it)."""
+        library = getattr(self.stage, "library", None) or {}
+        return library[sample_id] if sample_id in library else self.config.library_entry(sample_id)
+
+    def describe_sample(self, sample_id: str) -> dict:
+        """What a run records about its sample and the devices (start-document metadata).
+
+        ``sample_id``, ``sample_kind`` (``film``/``dfb``), ``doping`` (electrons/dot), the
+        bench's name and fluence limit (uJ/cm^2), and ``devices``: ``"bench"`` here,
+        ``"twin"`` on the twin (which adds its own parameters of the sample under ``twin``).
+        """
+        entry = self.library_entry(sample_id)
+        return {
+            "sample_id": sample_id,
+            "sample_kind": entry.kind,
+            "doping": entry.doping,
+            "bench_name": self.config.bench.name,
+            "fluence_limit_uJ_cm2": self.config.bench.fluence_limit_uJ_cm2,
+            "devices": self.DEVICES,
+        }
+
+    def excitons_per_uJ_cm2(self, sample_id: str) -> float | None:
+        """The film's kappa = <N>/F at the pump wavelength (excitons/dot per uJ/cm^2), if known.
+
+        On the bench: the library entry's ``excitons_per_uJ_cm2`` (None if the bench file
+        does not give it); on the twin: the twin's own value for the sample. ``pump_probe``
+        takes it as its default.
+        """
+        value = self.library_entry(sample_id).excitons_per_uJ_cm2
+        return None if value is None else float(value)
+
+    # ---------------------------------------------------------------------------- lab clock
     def lab_time_s(self) -> float:
-        """The bench's lab clock, s: the twin's simulated clock, the bench file's lab-clock PV, else wall time."""
-        if self.engine is not None:
-            return float(self.engine.lab_time_s)
-        if self.clock is not None:
-            value = fresh_measurement(self.clock)
-            return float(value)
-        return time.time()
+        """The lab clock now, s (``clock`` read fresh; ``ReadbackError`` if its PV is gone or not a number)."""
+        return float(fresh_measurement(self.clock))
 
     @property
     def lab_clock_source(self) -> str:
-        """Which clock ``lab_time_s`` reads, in words (recorded with campaigns, shown in reports)."""
-        if self.engine is not None:
-            return "the twin's simulated lab clock"
-        if self.clock is not None:
-            return f"the bench's lab-clock PV {self.clock.pvname}"
-        return "the wall clock"
+        """Which clock ``clock`` reads, in words (recorded with campaigns, shown in reports)."""
+        source = getattr(self.clock, "source", None)
+        return source if source is not None else f"the bench's lab-clock PV {self.clock.pvname}"
+
+    def restore_lab_time(self, seconds: float) -> None:
+        """Set the lab clock to a resumed campaign's stored lab time (s), where the clock is the bench's own.
+
+        The lab's clock is the lab's: here nothing changes (the twin sets its simulated clock).
+        """
+
+    # ---------------------------------------------------------------------------- state
+    def status(self) -> dict:
+        """The bench at a glance (the queue server's ``bench_status``).
+
+        ``bench`` (name), ``devices`` (``"bench"`` or ``"twin"``), ``fluence_limit_uJ_cm2``,
+        ``fluence_setpoint_uJ_cm2``, ``sample_id``; on the twin also ``lab_time_s`` (s) and
+        ``message`` (the twin's last word on a setpoint).
+        """
+        fluence = self.pump.fluence
+        setpoint = fluence.setpoint if hasattr(fluence, "setpoint") else fluence.get()
+        return {
+            "bench": self.config.bench.name,
+            "devices": self.DEVICES,
+            "fluence_limit_uJ_cm2": float(self.config.bench.fluence_limit_uJ_cm2),
+            "fluence_setpoint_uJ_cm2": float(setpoint),
+            "sample_id": str(self.stage.sample.get()),
+        }
 
     def make_safe(self) -> SafeReport:
         """Close the pump shutter and park the fluence (``devices._safety.make_safe``); never raises."""
@@ -611,13 +689,17 @@ def connect_bench(cfg: BenchConfig | str | Path, *, timeout: float | None = None
         ta=TransientAbsorption(cfg, name="ta"),
         interlock=Interlock(cfg, name="interlock"),
         control_layer=layer,
+        clock=(
+            LabClock.wall()
+            if cfg.bench.lab_clock_pv is None
+            else BenchSignalRO(cfg.pv(cfg.bench.lab_clock_pv), name="lab_clock", units="s", nan_ok=False)
+        ),
     )
-    if cfg.bench.lab_clock_pv is not None:
-        bench.clock = BenchSignalRO(cfg.pv(cfg.bench.lab_clock_pv), name="lab_clock", units="s", nan_ok=False)
     watchdog = None
     if cfg.pump.watchdog is not None:
         watchdog = EpicsSignal(cfg.pv(cfg.pump.watchdog), name="pump_watchdog")
-    to_connect = [*bench.devices().values(), *(sig for sig in (bench.clock, watchdog) if sig is not None)]
+    epics_signals = [sig for sig in (bench.clock, watchdog) if isinstance(sig, EpicsSignalBase)]  # not the wall clock
+    to_connect = [*bench.devices().values(), *epics_signals]
     deadline = time.monotonic() + timeout
     for dev in to_connect:
         try:

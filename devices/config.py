@@ -114,6 +114,11 @@ class LibraryEntry(_Strict):
         None, min_length=1, description="the dots and film process it is made of (a campaign optimises one material)"
     )
     grating_period_nm: float | None = Field(None, gt=200, lt=2000)
+    excitons_per_uJ_cm2: float | None = Field(
+        None,
+        gt=0,
+        description="kappa = <N>/F at the pump wavelength, excitons/dot per uJ/cm^2 (pump_probe's default)",
+    )
     preset: str | None = Field(None, description="twin only: the preset sample this film is made of")
 
     @field_validator("id")

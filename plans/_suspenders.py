@@ -11,7 +11,7 @@ Every measurement plan runs under ``interruptible`` (installed by
 * **Re-takes.** An acquisition an interruption may have touched -- a low signal seen or a
   suspension begun after its exposure started, or its own reading shows the shutter
   closed (the interlock closes it) or the pump power not OK -- is discarded before it is
-  saved and taken again (``trigger_then_read``), so each stream's ``seq_num`` runs 1..n
+  saved and taken again (``plans.stubs.trigger_then_read``), so each stream's ``seq_num`` runs 1..n
   with no gap or repeat and holds only whole exposures. No extra read is made per
   event: the pump's shutter and power-OK are part of the event's own reading.
 * **A shutter closed behind the plan's back.** Readings that show the shutter closed while the
@@ -59,8 +59,6 @@ __all__ = [
     "Interruptions",
     "ShutterClosedError",
     "interruptible",
-    "read_after_trigger",
-    "trigger_then_read",
 ]
 
 #: Stream of one event per interruption (signal, wall-clock start, duration).
@@ -334,74 +332,3 @@ def interruptible(bench, plan, *, resume_delay_s: float):
     from bluesky.preprocessors import suspend_wrapper
 
     return (yield from suspend_wrapper(body(), guard.suspenders))
-
-
-def read_after_trigger(objs, name: str = "primary", *, guard: Interruptions | None = None):
-    """Bundle the readings of ``objs`` into one event of ``name`` that is never re-emitted.
-
-    Call it once the acquisition is complete. It turns rewinding off and sets a
-    checkpoint *before* ``create``, so that a suspension or pause from here on resumes
-    where it stopped instead of rewinding to the previous checkpoint (which would save
-    the same point again under the same ``seq_num``); the rewindable state is restored
-    after ``save``. A read that fails drops the event. With ``guard``, a reading an
-    interruption touched is dropped too and None returned (the caller takes it again);
-    records of interruptions that ended are saved after the event. Returns
-    ``{data key: reading}``.
-
-    (Messages are yielded directly: the plan stubs' ``@plan`` bookkeeping costs more
-    than the twin's acquisitions.)
-    """
-    rewindable = yield Msg("rewindable", None, None)
-    yield Msg("rewindable", None, False)
-    yield Msg("checkpoint")
-    yield Msg("create", None, name=name)
-    reading: dict = {}
-    try:
-        for obj in objs:
-            r = yield Msg("read", obj)
-            if r is not None:
-                reading.update(r)
-    except BaseException:
-        yield Msg("drop")
-        raise
-    try:
-        whole = guard is None or guard.accepts(reading)
-    except BaseException:  # the shutter closed behind the plan's back: the reading is not kept
-        yield Msg("drop")
-        raise
-    yield Msg("save" if whole else "drop")
-    if guard is not None:
-        yield from guard.flush()
-    if rewindable is not None:
-        yield Msg("rewindable", None, rewindable)
-    return reading if whole else None
-
-
-def trigger_then_read(objs, name: str = "primary", *, triggers=None):
-    """``trigger_and_read`` that saves every point exactly once and whole, even across interruptions.
-
-    A checkpoint precedes the trigger, so a suspension (or pause) during the acquisition
-    rewinds to it and takes the point again; once the acquisition is complete the
-    readings are saved by ``read_after_trigger``. Inside ``interruptible`` an acquisition
-    an interruption touched is dropped and taken again once the pump is back as the plan
-    left it. ``triggers``: the objects to trigger (default: every one of ``objs`` that
-    has a ``trigger`` method). Unlike ``bps.trigger_and_read`` the objects are not
-    deduplicated, so a component of a device that is not in the device's ``read()`` (a
-    configuration signal) can be read with it.
-    """
-    to_trigger = [o for o in objs if hasattr(o, "trigger")] if triggers is None else list(triggers)
-    while True:
-        guard = yield Msg("checkpoint")
-        if guard is not None and guard.pump_stale():
-            yield from guard.restore_pump()
-            guard = yield Msg("checkpoint")
-        group = short_uid("trigger")
-        if guard is not None:
-            yield Msg("trigger", guard.mark, group=group)
-        for obj in to_trigger:
-            yield Msg("trigger", obj, group=group)
-        if to_trigger or guard is not None:
-            yield Msg("wait", None, group=group)
-        reading = yield from read_after_trigger(objs, name, guard=guard)
-        if reading is not None:
-            return reading

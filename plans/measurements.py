@@ -16,13 +16,24 @@ of the same run. Every plan (``plans._common.measurement``):
 
 from __future__ import annotations
 
+from typing import Any
+
 import bluesky.plan_stubs as bps
 import numpy as np
+from bluesky.utils import MsgGenerator
 
 from devices import check_exposure, check_slit
-from plans._common import PrimaryData, acquire, analysis_event, counts_per_s, measurement, mount
-from plans.analysis import AnalysisError, kink_threshold, kink_threshold_windowed, vsl_gain
+from plans._common import PrimaryData, measurement
+from plans.analysis import (
+    AnalysisError,
+    counts_per_s,
+    input_output,
+    kink_threshold,
+    kink_threshold_windowed,
+    vsl_gain,
+)
 from plans.safety import check_fluence
+from plans.stubs import acquire, analysis_event, mount
 
 __all__ = [
     "analyse_ase_fluence_scan",
@@ -38,18 +49,10 @@ def _whole(n) -> bool:
     return isinstance(n, int | np.integer) and not isinstance(n, bool)
 
 
-def _input_output(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Measured fluence (uJ/cm^2, power-meter readback) and output (counts/s) of the usable events."""
-    rate = counts_per_s(data)
-    fluence = np.asarray(data["pump_fluence"], dtype=float)
-    ok = np.isfinite(rate) & (rate > 0) & np.isfinite(fluence) & (fluence > 0)
-    return fluence[ok], rate[ok]
-
-
 def analyse_ase_fluence_scan(data: dict[str, np.ndarray], plan_args: dict) -> dict[str, float]:
     """ASE threshold (uJ/cm^2) from the kink of the input-output curve; its uncertainty includes the
     fit-window systematic of a smooth onset (``kink_threshold_windowed``)."""
-    fit = kink_threshold_windowed(*_input_output(data))
+    fit = kink_threshold_windowed(*input_output(data))
     return {"threshold_uJ_cm2": fit.threshold, "threshold_err_uJ_cm2": fit.threshold_err}
 
 
@@ -73,7 +76,7 @@ def ase_fluence_scan(
     n_fine: int = 16,
     exposure_s: float = 3.0,
     md: dict | None = None,
-):
+) -> MsgGenerator[dict[str, Any]]:
     """ASE input-output at a fixed stripe: a coarse log sweep, then points around the kink.
 
     Returns ``{"uid", "threshold_uJ_cm2", "threshold_err_uJ_cm2"}`` (and records the
@@ -104,20 +107,20 @@ def ase_fluence_scan(
         "exposure_s": exposure_s,
     }
 
-    def inner(results):
+    def inner(results: dict[str, float]) -> MsgGenerator[None]:
         yield from mount(bench, sample_id, stripe_length_um)
         yield from bps.mv(bench.pump.fluence, fluence_min_uJ_cm2)
         yield from bps.mv(bench.pump.shutter, 1)
         primary = PrimaryData()
 
-        def measure(f):
+        def measure(f: float) -> MsgGenerator[None]:
             yield from bps.mv(bench.pump.fluence, float(f))
             yield from acquire(bench, exposure_s, primary)
 
         for f in np.geomspace(fluence_min_uJ_cm2, f_hi, n_coarse):
             yield from measure(f)
         try:
-            coarse = kink_threshold(*_input_output(primary.arrays()))
+            coarse = kink_threshold(*input_output(primary.arrays()))
         except AnalysisError:
             coarse = None
         if coarse is not None and n_fine > 0:
@@ -139,7 +142,7 @@ def vsl_scan(
     stripe_lengths_um,
     exposure_s: float = 3.0,
     md: dict | None = None,
-):
+) -> MsgGenerator[dict[str, Any]]:
     """Stripe-length series at fixed fluence; g_net (1/cm) from the unsaturated VSL fit, with uncertainty.
 
     The intensity is read at the ASE peak (a few pixels around the maximum), where
@@ -160,7 +163,7 @@ def vsl_scan(
         "exposure_s": exposure_s,
     }
 
-    def inner(results):
+    def inner(results: dict[str, float]) -> MsgGenerator[None]:
         yield from mount(bench, sample_id, lengths[0])
         yield from bps.mv(bench.pump.fluence, fluence_uJ_cm2)
         yield from bps.mv(bench.pump.shutter, 1)
@@ -200,7 +203,7 @@ def ase_point(
     stripe_length_um: float,
     exposure_s: float = 3.0,
     md: dict | None = None,
-):
+) -> MsgGenerator[dict[str, Any]]:
     """One ASE acquisition at a fluence and stripe length (a joint-optimisation trial)."""
     limit = bench.config.bench.fluence_limit_uJ_cm2
     check_fluence(fluence_uJ_cm2, limit)
@@ -215,7 +218,7 @@ def ase_point(
         "exposure_s": exposure_s,
     }
 
-    def inner(results):
+    def inner(results: dict[str, float]) -> MsgGenerator[None]:
         yield from mount(bench, sample_id, stripe_length_um)
         yield from bps.mv(bench.pump.fluence, float(fluence_uJ_cm2))
         yield from bps.mv(bench.pump.shutter, 1)

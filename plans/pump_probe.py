@@ -33,7 +33,7 @@ rms disagreement between it and kappa x the readback (pump drift) as a systemati
 of the <N> scale. The error of kappa itself is not included (``gain_threshold_uJ_cm2``
 states the threshold without it).
 
-Every event is taken with ``trigger_then_read`` (``plans._suspenders``): a suspension or
+Every event is taken with ``trigger_then_read`` (``plans.stubs``): a suspension or
 pause before the acquisition is complete re-takes it, an acquisition an interlock or
 pump-power interruption touched is taken again, and a complete one is saved exactly once
 (no repeated or missing ``seq_num``, which bluesky's plain rewind to the previous
@@ -43,17 +43,17 @@ checkpoint could give).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
-from bluesky import Msg
-from bluesky.utils import short_uid
+from bluesky.utils import MsgGenerator
 from ophyd import Signal
 
 from devices import check_delay, check_pump_excitons
-from plans._common import PrimaryData, analysis_event, bench_metadata, measurement, mount
-from plans._suspenders import read_after_trigger, trigger_then_read
+from plans._common import PrimaryData, measurement
 from plans.analysis import AnalysisError, biexciton_lifetime, gain_lifetime
 from plans.safety import check_fluence
+from plans.stubs import analysis_event, mount, set_together, trigger_then_read
 
 __all__ = [
     "PARTS",
@@ -61,8 +61,6 @@ __all__ = [
     "SERIES_KEY",
     "analyse_pump_probe",
     "pump_probe",
-    "read_after_trigger",
-    "trigger_then_read",
 ]
 
 #: What ``pump_probe`` can measure (its ``parts`` argument).
@@ -280,14 +278,6 @@ def analyse_pump_probe(data: dict[str, np.ndarray], plan_args: dict) -> dict[str
 # ----------------------------------------------------------------------------- plan
 
 
-def _move(*pairs):
-    """``bps.mv`` as plain messages: set every (object, value) pair, then wait for all."""
-    group = short_uid("set")
-    for obj, value in zip(pairs[::2], pairs[1::2], strict=True):
-        yield Msg("set", obj, value, group=group)
-    yield Msg("wait", None, group=group)
-
-
 def _count(value, what: str, minimum: int) -> int:
     """``value`` as an int if it is a whole number >= ``minimum``, else a ``ValueError`` saying so."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
@@ -340,7 +330,7 @@ def pump_probe(
     n_fine_gain: int = 16,
     band_edge_degeneracy: int = 8,
     md: dict | None = None,
-):
+) -> MsgGenerator[dict[str, Any]]:
     """Transient absorption of a film: |d(alpha)/alpha0| versus <N> and versus delay.
 
     ``excitons_per_uJ_cm2``: the film's kappa = <N>/F at the pump wavelength (required).
@@ -440,21 +430,18 @@ def pump_probe(
     start_md: dict = {
         "hints": {"dimensions": [([bench.ta.delay.name], "primary"), ([bench.pump.fluence.name], "primary")]}
     }
-    engine = bench.engine
-    if engine is not None and hasattr(engine, "excitons_per_uJ_cm2"):
-        # the twin's own kappa, recorded with its other parameters (plans._common.bench_metadata)
-        twin_md = dict(bench_metadata(bench, sample_id)["twin"])
-        twin_md["excitons_per_uJ_cm2"] = float(engine.excitons_per_uJ_cm2(sample_id))
-        start_md["twin"] = twin_md
+    twin_md = bench.describe_sample(sample_id).get("twin")
+    if twin_md is not None:  # the twin's own kappa, next to its other parameters of the sample
+        start_md["twin"] = {**twin_md, "excitons_per_uJ_cm2": bench.excitons_per_uJ_cm2(sample_id)}
 
-    def inner(results):
+    def inner(results: dict[str, float]) -> MsgGenerator[None]:
         yield from mount(bench, sample_id)
         primary = PrimaryData()
         series = Signal(name=SERIES_KEY, value=-1, kind="normal")
         now = {"fluence": None, "delay": None, "series": None}
         objs = [bench.ta, bench.ta.pump_excitons, bench.pump, series]
 
-        def point(code: str, fluence: float, delay: float):
+        def point(code: str, fluence: float, delay: float) -> MsgGenerator[None]:
             moves = []
             if now["fluence"] != fluence:
                 moves += [bench.pump.fluence, fluence, bench.ta.pump_excitons, kappa * fluence]
@@ -463,9 +450,9 @@ def pump_probe(
             if now["series"] != SERIES[code]:
                 moves += [series, SERIES[code]]
             if moves:
-                yield from _move(*moves)
+                yield from set_together(*moves)
             if now["fluence"] is None:
-                yield from _move(bench.pump.shutter, 1)  # once the first fluence is set
+                yield from set_together(bench.pump.shutter, 1)  # once the first fluence is set
             now.update(fluence=fluence, delay=delay, series=SERIES[code])
             primary.add((yield from trigger_then_read(objs, triggers=[bench.ta])))
 

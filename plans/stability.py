@@ -32,16 +32,18 @@ acquisition length).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from bluesky import Msg
+from bluesky.utils import MsgGenerator
 
 from devices import check_exposure
-from plans._common import PrimaryData, analysis_event, measurement, mount
-from plans._suspenders import INTERRUPTION_STREAM, Computed, trigger_then_read
+from plans._common import PrimaryData, measurement
+from plans._suspenders import INTERRUPTION_STREAM, Computed
 from plans.analysis import AnalysisError
-from plans.pump_probe import _move
 from plans.safety import check_fluence
+from plans.stubs import analysis_event, mount, set_together, trigger_then_read
 
 __all__ = [
     "DARK_KEY",
@@ -187,7 +189,7 @@ def stability_run(
     n_dark: int = 2,
     resume_delay_s: float = 5.0,
     md: dict | None = None,
-):
+) -> MsgGenerator[dict[str, Any]]:
     """Output of ``sample_id`` over ``duration_h`` pumped hours at the pump's repetition rate (10 kHz).
 
     The pump fluence is ``fluence_uJ_cm2``, or ``threshold_uJ_cm2`` x ``above_threshold_factor``
@@ -252,7 +254,7 @@ def stability_run(
     }
     exposure_min = cfg.spectrometer.exposure_min_s
 
-    def inner(results):
+    def inner(results: dict[str, float]) -> MsgGenerator[None]:
         guard = yield Msg("checkpoint")  # the run's Interruptions (plans._suspenders)
         phase = {"pumping": False}
         primary = PrimaryData()
@@ -262,13 +264,13 @@ def stability_run(
         spec, pump = bench.spectrometer, bench.pump
         objs = [spec, pump, pump.repetition_rate, dark_sig, count_sig, total_sig]
         yield from mount(bench, sample_id)
-        yield from _move(pump.shutter, 0)
-        yield from _move(spec.exposure, interval)
+        yield from set_together(pump.shutter, 0)
+        yield from set_together(spec.exposure, interval)
         for _ in range(plan_args["n_dark"]):
             primary.add((yield from trigger_then_read(objs, triggers=[spec])))
         phase["pumping"] = True
-        yield from _move(pump.fluence, fluence)
-        yield from _move(pump.shutter, 1)
+        yield from set_together(pump.fluence, fluence)
+        yield from set_together(pump.shutter, 1)
         exposure, pumped_s = interval, 0.0
         while pumped_s < hours * 3600.0:
             reading = yield from trigger_then_read(objs, triggers=[spec])
@@ -276,7 +278,7 @@ def stability_run(
             pumped_s += float(reading[spec.exposure.name]["value"])
             if bool(reading[spec.saturated.name]["value"]) and exposure / 10.0 >= exposure_min:
                 exposure /= 10.0
-                yield from _move(spec.exposure, exposure)
+                yield from set_together(spec.exposure, exposure)
         results.update(analyse_stability_run(primary.arrays(), plan_args))
         yield from analysis_event(results)
 

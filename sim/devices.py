@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from devices import (
     BenchConfig,
     ContractReadings,
     DeviceTimeoutError,
+    LabClock,
     LibraryEntry,
     PutRefusedError,
     check_angle,
@@ -57,6 +59,7 @@ from twin.presets import PresetFile, load_presets
 from .engine import Acquisition, InterlockError, TwinBench
 
 __all__ = [
+    "TwinBenchDevices",
     "TwinInterlock",
     "TwinPolarizer",
     "TwinPumpLaser",
@@ -360,6 +363,14 @@ class TwinSampleStage(_TwinDevice):
     def new_film_timeout_s(self) -> float:
         return self.bench_config.stage.new_film_timeout_h * 3600.0
 
+    def add_film(self, entry: LibraryEntry) -> None:
+        """Put a film made in an earlier session back in ``library`` and in the twin's, where it is
+        made of the bench file's ``[twin].new_film_preset`` (``TwinBench.add_film``)."""
+        if not isinstance(entry, LibraryEntry):
+            raise TypeError(f"{self.name}.add_film takes a devices.LibraryEntry, got {type(entry).__name__}")
+        self.twin.add_film(entry)
+        self.library[entry.id] = entry
+
     def _sample(self) -> str:
         return self.twin.state.sample_id
 
@@ -568,6 +579,51 @@ class TwinInterlock(_TwinDevice):
         return self.twin.state.message
 
 
+@dataclass
+class TwinBenchDevices(Bench):
+    """The in-process twin's ``devices.Bench``: the same interface, answered by its engine (``engine``).
+
+    The sample's description carries the twin's parameters of it, the lab clock is the
+    engine's simulated one (s since the session began) and can be set back to a resumed
+    campaign's, and the status adds that clock and the engine's last message.
+    """
+
+    DEVICES = "twin"
+
+    def describe_sample(self, sample_id: str) -> dict:
+        """``devices.Bench.describe_sample`` and, under ``twin``: the seed, the preset, the sample's
+        parameters as made (``TwinBench.sample_for``) and the optical setup."""
+        md = super().describe_sample(sample_id)
+        entry = self.library_entry(sample_id)
+        engine: TwinBench = self.engine
+        md["twin"] = {
+            "seed": engine.seed,
+            "preset": entry.preset or self.config.twin.new_film_preset,
+            "sample": engine.sample_for(entry).model_dump(mode="json"),
+            "setup": engine.presets.setup.model_dump(mode="json"),
+        }
+        return md
+
+    def excitons_per_uJ_cm2(self, sample_id: str) -> float:
+        """The twin's own kappa of the sample (excitons/dot per uJ/cm^2): what its films absorb.
+
+        A sample not in the library is a ``BenchConfigError`` naming the library, as on the bench.
+        """
+        self.library_entry(sample_id)
+        return float(self.engine.excitons_per_uJ_cm2(sample_id))
+
+    def restore_lab_time(self, seconds: float) -> None:
+        """Set the twin's simulated lab clock to ``seconds`` (a resumed campaign's lab time used)."""
+        self.engine.set_lab_time(seconds)
+
+    def status(self) -> dict:
+        """``devices.Bench.status`` and the twin's ``lab_time_s`` (s) and last ``message``."""
+        status = super().status()
+        status["lab_time_s"] = float(self.engine.lab_time_s)
+        status["message"] = str(self.engine.state.message)
+        return status
+
+
 def default_twin_bench_path() -> Path:
     """The twin's bench file shipped with the package (the same as ``examples/twin_bench.toml``)."""
     from importlib import resources
@@ -580,7 +636,7 @@ def twin_bench_devices(
     seed: int | None = None,
     presets: PresetFile | str | Path | None = None,
 ) -> Bench:
-    """The twin bench as in-process devices: a ``devices.Bench`` whose ``engine`` is the ``TwinBench``.
+    """The twin bench as in-process devices: a ``devices.Bench`` (``TwinBenchDevices``) driving one ``TwinBench``.
 
     ``cfg``: a ``BenchConfig`` or a bench file; ``seed``: overrides ``[twin].seed``;
     ``presets``: a ``PresetFile`` or a presets TOML (default: the bench file's, else the shipped one).
@@ -590,7 +646,7 @@ def twin_bench_devices(
     if presets is not None and not isinstance(presets, PresetFile):
         presets = load_presets(presets)
     twin = TwinBench(cfg, presets=presets, seed=seed)
-    return Bench(
+    return TwinBenchDevices(
         config=cfg,
         pump=TwinPumpLaser(twin, name="pump"),
         slit=TwinStripeSlit(twin, name="slit"),
@@ -600,4 +656,5 @@ def twin_bench_devices(
         ta=TwinTransientAbsorption(twin, name="ta"),
         interlock=TwinInterlock(twin, name="interlock"),
         engine=twin,
+        clock=LabClock(lambda: twin.lab_time_s, source="the twin's simulated lab clock"),
     )

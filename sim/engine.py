@@ -112,7 +112,7 @@ class TwinBench:
         self.lab_time_s = 0.0
         self.library: dict[str, LibraryEntry] = {e.id: e for e in bench.stage.library}
         for e in self.library.values():
-            self._sample_for(e)  # every mounted film must map onto a preset
+            self.sample_for(e)  # every mounted film must map onto a preset
         spec = bench.spectrometer
         self.wavelength_nm = spectrometer_axis_nm(spec.start_nm, spec.stop_nm, spec.pixels)
         self._bin_meV = energy_bin_widths_meV(self.wavelength_nm)
@@ -124,7 +124,12 @@ class TwinBench:
     def fluence_limit_uJ_cm2(self) -> float:
         return self.config.bench.fluence_limit_uJ_cm2
 
-    def _sample_for(self, entry: LibraryEntry) -> Sample:
+    def sample_for(self, entry: LibraryEntry) -> Sample:
+        """The twin's parameters of a library entry: its preset (default ``[twin].new_film_preset``)
+        with the entry's doping and, for a DFB, its grating period; as made, before any photo-damage.
+
+        Raises ``ParameterError`` if a DFB's preset has no ``dfb`` table.
+        """
         name = entry.preset or self.config.twin.new_film_preset
         sample = self.presets.get(name)
         if entry.kind == "dfb" and sample.dfb is None:
@@ -135,10 +140,13 @@ class TwinBench:
             )
         return sample.model_copy(update={"doping_ne": entry.doping})
 
+    # tests/faults/scenarios/devices.py still calls it by its old name
+    _sample_for = sample_for
+
     def excitons_per_uJ_cm2(self, sample_id: str | None = None) -> float:
         """The twin's kappa = <N>/F (excitons/dot per uJ/cm^2) of a library entry (default: the mounted one)."""
         entry = self.current() if sample_id is None else self.library[sample_id]
-        sample = self._sample_for(entry)
+        sample = self.sample_for(entry)
         if entry.kind == "dfb":
             d = sample.dfb
             args = (d.absorbed_fraction_1030, d.film_thickness_nm, d.packing_fraction, d.dot_diameter_nm)
@@ -151,7 +159,7 @@ class TwinBench:
     def current_sample(self) -> Sample:
         """The mounted sample's parameters, with the photo-damage it has taken so far."""
         entry = self.current()
-        return damaged_sample(self._sample_for(entry), self.state.doses.get(entry.id, 0.0))
+        return damaged_sample(self.sample_for(entry), self.state.doses.get(entry.id, 0.0))
 
     def advance(self, seconds: float) -> None:
         """Advance the lab clock (s)."""
@@ -216,6 +224,23 @@ class TwinBench:
         self.state.sample_id = sample_id
         return dt
 
+    def add_film(self, entry: LibraryEntry) -> LibraryEntry:
+        """Put a film made in an earlier session back in the library, as made of ``[twin].new_film_preset``.
+
+        Returns the entry the twin keeps (the given one with that preset). No lab time passes.
+        """
+        film = entry.model_copy(update={"preset": self.config.twin.new_film_preset})
+        self.sample_for(film)  # the preset must fit the entry (ParameterError), as for the bench file's films
+        self.library[film.id] = film
+        return film
+
+    def set_lab_time(self, seconds: float) -> None:
+        """Set the lab clock (s), e.g. to the lab time a resumed campaign had used."""
+        t = float(seconds)
+        if not (math.isfinite(t) and t >= 0):
+            raise ParameterError(f"lab time must be finite and >= 0 s, got {seconds!r}")
+        self.lab_time_s = t
+
     def new_film_seconds(self) -> float:
         return self.config.twin.new_film_hours * 3600.0
 
@@ -223,7 +248,7 @@ class TwinBench:
         """An operator makes a film of a new doping (hours); returns its id and the time taken (s)."""
         d = float(doping)
         entry0 = LibraryEntry(id="probe", kind="film", doping=0.0, preset=self.config.twin.new_film_preset)
-        sample = self._sample_for(entry0)
+        sample = self.sample_for(entry0)
         lo, hi = 0.0, (0.99 if sample.doping_distribution == "poisson" else 1.0) * sample.degeneracy
         if not math.isfinite(d) or not (lo <= d <= hi):
             raise ParameterError(f"doping {d!r} electrons/dot cannot be made; allowed: {lo:g} to {hi:g}")

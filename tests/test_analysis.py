@@ -100,3 +100,48 @@ def test_level_crossing_interpolates_between_points():
     assert c.x == pytest.approx(2.5)
     with pytest.raises(AnalysisError, match="do not cross"):
         level_crossing([1, 2, 3], [0.1, 0.2, 0.3], 1.0)
+
+
+# ---------------------------------------------------------------- counts per second and the input-output curve
+def _spectrometer_columns():
+    spectra = np.zeros((3, 11))
+    spectra[:, 5] = [100.0, 400.0, 900.0]
+    spectra[:, 4] = spectra[:, 6] = 10.0
+    spectra[:, 0] = 1000.0  # outside the peak's pixels
+    return {
+        "spectrometer_exposure": np.array([2.0, 2.0, 0.5]),
+        "spectrometer_saturated": np.array([0, 1, 0]),
+        "spectrometer_integrated": spectra.sum(axis=1),
+        "spectrometer_spectrum": spectra,
+        "pump_fluence": np.array([50.0, 100.0, 0.0]),
+    }
+
+
+def test_counts_per_s_integrated_or_at_the_peak_and_nan_where_saturated():
+    from plans._common import counts_per_s as kept_for_report
+    from plans.analysis import PEAK_HALF_WIDTH_PX, counts_per_s
+
+    assert kept_for_report is counts_per_s
+    data = _spectrometer_columns()
+    rate = counts_per_s(data)
+    assert rate[0] == pytest.approx((1000.0 + 100.0 + 20.0) / 2.0) and math.isnan(rate[1])
+    assert rate[2] == pytest.approx((1000.0 + 900.0 + 20.0) / 0.5)
+    # the brightest pixel is pixel 0 in the first event: the peak sum is its PEAK_HALF_WIDTH_PX neighbours
+    peak = counts_per_s(data, at_peak=True)
+    assert PEAK_HALF_WIDTH_PX == 2
+    assert peak[0] == pytest.approx(1000.0 / 2.0) and math.isnan(peak[1])
+    assert peak[2] == pytest.approx(1000.0 / 0.5)  # pixel 0 (1000) still beats pixel 5 (900)
+    no_exposure = {**data, "spectrometer_exposure": np.array([0.0, 2.0, 0.5])}
+    assert math.isnan(counts_per_s(no_exposure)[0])
+
+
+def test_input_output_keeps_events_with_a_measured_fluence_and_output():
+    from plans import lasing, measurements
+    from plans.analysis import input_output
+
+    fluence, output = input_output(_spectrometer_columns())
+    # the saturated event and the one at zero fluence are left out
+    np.testing.assert_array_equal(fluence, [50.0])
+    np.testing.assert_allclose(output, [560.0])
+    # one function for the ASE and the lasing plans
+    assert measurements.input_output is input_output is lasing.input_output

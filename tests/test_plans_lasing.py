@@ -33,7 +33,7 @@ def bench():
 
 
 def _sample(bench, sample_id=DFB):
-    return bench.engine._sample_for(bench.config.library_entry(sample_id))
+    return bench.engine.sample_for(bench.config.library_entry(sample_id))
 
 
 def _stream(docs, name):

@@ -27,7 +27,7 @@ def bench():
 def _observable_threshold(bench, sample_id, length_um):
     """The twin's own threshold as a lab defines it: the kink of its noiseless input-output curve."""
     engine = bench.engine
-    sample = engine._sample_for(bench.config.library_entry(sample_id))
+    sample = engine.sample_for(bench.config.library_entry(sample_id))
     fluence = np.geomspace(10.0, 3000.0, 80)
     output = ase_output(fluence, length_um, sample.doping_ne, sample, engine.presets.setup)
     return kink_threshold_windowed(fluence, output).threshold
@@ -45,7 +45,7 @@ def test_ase_scan_recovers_the_twin_threshold_within_its_uncertainty(bench, RE):
     docs = _collect(RE)
     result = RE(ase_fluence_scan(bench, "cas_doped-film", stripe_length_um=1000.0)).plan_result
     engine = bench.engine
-    sample = engine._sample_for(bench.config.library_entry("cas_doped-film"))
+    sample = engine.sample_for(bench.config.library_entry("cas_doped-film"))
     # the model's onset (gain-length product 2) near the optimum stripe, and the noiseless kink
     truth = float(ase_threshold_uJ_cm2(1000.0, sample.doping_ne, sample, engine.presets.setup))
     assert abs(result["threshold_uJ_cm2"] - truth) <= 2 * result["threshold_err_uJ_cm2"]
@@ -68,7 +68,7 @@ def test_vsl_scan_recovers_the_twin_gain(bench, RE):
     result = RE(
         vsl_scan(bench, "cas_doped-film", fluence_uJ_cm2=2200.0, stripe_lengths_um=np.linspace(10, 40, 16))
     ).plan_result
-    sample = bench.engine._sample_for(bench.config.library_entry("cas_doped-film"))
+    sample = bench.engine.sample_for(bench.config.library_entry("cas_doped-film"))
     truth = float(stripe_gain(2200.0, 20.0, 7.4, sample, bench.engine.presets.setup).net_gain_per_cm())
     assert abs(result["gnet_per_cm"] - truth) <= 3 * result["gnet_err_per_cm"] + 0.03 * truth
 
@@ -93,3 +93,21 @@ def test_plan_refuses_an_over_limit_range_before_anything_moves(bench, RE):
 def test_bad_stripe_lengths_are_clear_errors(bench, RE, kwargs):
     with pytest.raises(ValueError, match=r"stripe length|at least 5"):
         RE(vsl_scan(bench, "cas_doped-film", fluence_uJ_cm2=500.0, **kwargs))
+
+
+def test_acquire_reads_the_exposure_and_sets_it_only_when_it_changes(bench, RE):
+    from plans.measurements import ase_point
+
+    sets, reads = [], []
+
+    def hook(msg):
+        if msg.obj is bench.spectrometer.exposure:
+            (sets if msg.command == "set" else reads).append(msg)
+
+    RE.msg_hook = hook
+    for fluence in (100.0, 200.0):
+        RE(ase_point(bench, "cas_doped-film", fluence_uJ_cm2=fluence, stripe_length_um=1000.0, exposure_s=1.0))
+    assert len(sets) == 1 and sets[0].args == (1.0,)  # the first acquisition's; the second keeps it
+    assert [m.command for m in reads] == ["read", "read"]  # through bps.rd, as a plan reads a device
+    RE(ase_point(bench, "cas_doped-film", fluence_uJ_cm2=100.0, stripe_length_um=1000.0, exposure_s=2.0))
+    assert len(sets) == 2 and sets[1].args == (2.0,)

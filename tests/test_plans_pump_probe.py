@@ -10,9 +10,10 @@ import pytest
 from bluesky import Msg
 from scipy import optimize
 
-from plans.pump_probe import analyse_pump_probe, pump_probe, trigger_then_read
+from plans.pump_probe import analyse_pump_probe, pump_probe
 from plans.registry import plan_spec
 from plans.safety import FluenceLimitError
+from plans.stubs import trigger_then_read
 from sim.devices import twin_bench_devices
 from twin import dynamics
 from twin.gain import film_kappa
@@ -27,7 +28,7 @@ BENCH_FILE = REPO / "examples" / "twin_bench.toml"
 
 
 def _sample(bench, sample_id):
-    return bench.engine._sample_for(bench.config.library_entry(sample_id))
+    return bench.engine.sample_for(bench.config.library_entry(sample_id))
 
 
 def _transparency_N(sample, delay_ps):

@@ -49,7 +49,7 @@ def _truth(bench, fluence, *, n_dark, n, exposure_s, smoothing_s):
     read the way the plan defines its observables (running mean over ``smoothing_s`` centred on each point;
     initial level from a line through the first ``smoothing_s`` at t = 0)."""
     engine = bench.engine
-    sample = engine._sample_for(bench.config.library_entry(DFB))
+    sample = engine.sample_for(bench.config.library_entry(DFB))
     rep_per_s = engine.presets.setup.pump_repetition_rate_kHz * 1e3
     wl = engine.wavelength_nm
     lab_t, dose, signal = MOUNT_S + n_dark * exposure_s, 0.0, []
@@ -78,7 +78,7 @@ def _truth(bench, fluence, *, n_dark, n, exposure_s, smoothing_s):
 def test_laser_just_above_threshold_holds_its_output_as_the_twin_does(RE):
     bench = twin_bench_devices(BENCH_FILE, seed=3)
     docs = _collect(RE)
-    sample = bench.engine._sample_for(bench.config.library_entry(DFB))
+    sample = bench.engine.sample_for(bench.config.library_entry(DFB))
     threshold = float(dfb_model.dfb_threshold_uJ_cm2(sample))
     plan = stability_run(bench, DFB, threshold_uJ_cm2=threshold, duration_h=1.0, interval_s=60.0)
     result = RE(plan).plan_result
@@ -114,7 +114,7 @@ def test_laser_just_above_threshold_holds_its_output_as_the_twin_does(RE):
 
 def test_a_fading_laser_drops_10_percent_when_the_twin_says(RE):
     bench = twin_bench_devices(BENCH_FILE, seed=4, presets=_fragile_presets())
-    sample = bench.engine._sample_for(bench.config.library_entry(DFB))
+    sample = bench.engine.sample_for(bench.config.library_entry(DFB))
     fluence = 1.1 * float(dfb_model.dfb_threshold_uJ_cm2(sample))
     plan = stability_run(bench, DFB, fluence_uJ_cm2=fluence, duration_h=1.5, interval_s=60.0, smoothing_s=600.0)
     result = RE(plan).plan_result
@@ -156,7 +156,7 @@ def test_interlock_and_pump_power_drops_suspend_retake_resume_and_are_recorded(R
                 drop(bench.interlock.permit)  # closes the shutter: this exposure would be dark
 
     RE.msg_hook = during_exposure
-    sample = bench.engine._sample_for(bench.config.library_entry(DFB))
+    sample = bench.engine.sample_for(bench.config.library_entry(DFB))
     threshold = float(dfb_model.dfb_threshold_uJ_cm2(sample))
     plan = stability_run(bench, DFB, threshold_uJ_cm2=threshold, duration_h=1.0, interval_s=60.0, resume_delay_s=0.0)
     result = RE(plan).plan_result

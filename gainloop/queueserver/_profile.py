@@ -226,20 +226,9 @@ def _campaign_plan(bench, settings: ProfileSettings):
 
 def _bench_status(bench):
     def bench_status() -> dict:
-        """The pump's fluence setpoint and limit (uJ/cm^2); on the twin, its lab clock (s) and last message."""
-        fluence = bench.pump.fluence
-        setpoint = fluence.setpoint if hasattr(fluence, "setpoint") else fluence.get()
-        status = {
-            "bench": bench.config.bench.name,
-            "devices": "bench" if bench.engine is None else "twin",
-            "fluence_limit_uJ_cm2": float(bench.config.bench.fluence_limit_uJ_cm2),
-            "fluence_setpoint_uJ_cm2": float(setpoint),
-            "sample_id": str(bench.stage.sample.get()),
-        }
-        if bench.engine is not None:
-            status["lab_time_s"] = float(bench.engine.lab_time_s)
-            status["message"] = str(bench.engine.state.message)
-        return status
+        """The pump's fluence setpoint and limit (uJ/cm^2); on the twin, its lab clock (s) and last message
+        (``devices.Bench.status``)."""
+        return bench.status()
 
     return bench_status
 
