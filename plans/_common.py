@@ -7,8 +7,6 @@ readings of its ``primary`` stream in a ``PrimaryData`` as it goes (``plans.stub
 and, at the end, calls its analysis function on them: the *same* function a replay
 calls on the stored ``primary`` stream (``plans.registry``), so live and replayed
 results are equal by construction.
-
-``counts_per_s`` is ``plans.analysis.counts_per_s``, kept here while callers move to it.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import numpy as np
 from bluesky.utils import MsgGenerator
 
 from plans._suspenders import interruptible
-from plans.analysis import counts_per_s
 from plans.safety import fluence_guard
 from plans.stubs import park_pump
 
@@ -30,7 +27,6 @@ __all__ = [
     "PrimaryData",
     "checked_first",
     "closing_shutter",
-    "counts_per_s",
     "measurement",
 ]
 

@@ -140,9 +140,6 @@ class TwinBench:
             )
         return sample.model_copy(update={"doping_ne": entry.doping})
 
-    # tests/faults/scenarios/devices.py still calls it by its old name
-    _sample_for = sample_for
-
     def excitons_per_uJ_cm2(self, sample_id: str | None = None) -> float:
         """The twin's kappa = <N>/F (excitons/dot per uJ/cm^2) of a library entry (default: the mounted one)."""
         entry = self.current() if sample_id is None else self.library[sample_id]

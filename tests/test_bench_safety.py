@@ -49,7 +49,7 @@ def _bench(seed: int = 0):
 def _plan(bench, name: str):
     sample, kwargs = QUICK[name]
     if name == "pump_probe":
-        kwargs = {**kwargs, "excitons_per_uJ_cm2": bench.engine.excitons_per_uJ_cm2(sample)}
+        kwargs = {**kwargs, "excitons_per_uJ_cm2": bench.excitons_per_uJ_cm2(sample)}
     return PLANS[name].start(bench, sample, **kwargs)
 
 

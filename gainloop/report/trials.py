@@ -10,7 +10,7 @@ import numpy as np
 from core.trial import Proposal, TrialRecord
 from gainloop.records import StoredCampaign
 from gainloop.replay import stream_columns
-from plans._common import counts_per_s  # LEAD: plans.analysis.counts_per_s once public
+from plans.analysis import counts_per_s
 
 __all__ = ["ReportTrial", "count_rates", "primary_stream", "report_trials"]
 

@@ -416,7 +416,7 @@ def _every_plan(bench):
     from twin.dfb import dfb_threshold_uJ_cm2
 
     engine = bench.engine
-    dfb = engine._sample_for(bench.config.library_entry(DFB))
+    dfb = engine.sample_for(bench.config.library_entry(DFB))
     thr = float(dfb_threshold_uJ_cm2(dfb))
     kappa = float(engine.excitons_per_uJ_cm2("core-film"))
     spec, ta = bench.spectrometer, bench.ta
@@ -521,7 +521,7 @@ def scenario_interlock_every_plan(workdir: Path, env: FaultEnv | None = None, *,
     docs = _collect(RE)
     dropper = _Dropper(bench.interlock.permit, bench.spectrometer, at=5)
     RE.msg_hook = dropper
-    RE(_campaign_plan(bench, opt, max_trials=1, clock=lambda: bench.engine.lab_time_s))
+    RE(_campaign_plan(bench, opt, max_trials=1, clock=bench.lab_time_s))
     if dropper.timer is not None:
         dropper.timer.join()
     history = opt.history()
