@@ -8,7 +8,7 @@ seed equal to the campaign's (seed ``s`` of every strategy sees the same twin):
 * ours -- ``nested`` (adaptive fluence scans) and ``joint`` (single ``ase_point``
   acquisitions), built as the service builds them (``gainloop.campaign.campaign_optimizer``);
 * baselines -- ``random`` search and ``grid`` (a grid of fluence scans, film by film);
-* peers (``benchmarks/_peers.py``, the ``bench`` extra) -- ``ax`` (Ax's ``Client``) and
+* peers (``benchmarks/peers.py``, the ``bench`` extra) -- ``ax`` (Ax's ``Client``) and
   ``xopt`` (Xopt's expected-improvement generator) behind the optimiser protocol,
   through the same campaign plan; ``blop`` -- blop's own ``optimize`` plan (its Ax
   backend) with the campaign's film + ``ase_fluence_scan`` as its acquisition plan.
@@ -65,7 +65,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/_peers.py, also in worker processes
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/peers.py, also in worker processes
 
 OURS = ("nested", "joint")
 BASELINES = ("random", "grid")
@@ -191,7 +191,7 @@ def run_one(
     RE.context_managers = []  # no SIGINT handler in worker processes
     opt = None
     if strategy == "blop":
-        from _peers import blop_campaign
+        from peers import blop_campaign
 
         plan = blop_campaign(
             bench,
@@ -203,7 +203,7 @@ def run_one(
         )
     else:
         if strategy in PEERS:
-            from _peers import AxPeer, XoptPeer
+            from peers import AxPeer, XoptPeer
 
             opt = {"ax": AxPeer, "xopt": XoptPeer}[strategy](seed=seed)
         else:

@@ -44,14 +44,14 @@ from dataclasses import replace
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
-from bluesky.utils import RequestAbort, RequestStop
+from bluesky.utils import MsgGenerator, RequestAbort, RequestStop
 
 from core.protocols import OPTIMIZER_METHODS, Optimizer
 from core.trial import Proposal, TrialRecord, proposal_row
 from plans.analysis import AnalysisError
 from plans.measurements import ase_fluence_scan, ase_point
 
-__all__ = ["CampaignStop", "campaign", "fit_rejection"]
+__all__ = ["CampaignStop", "campaign", "fit_rejection", "mount_film"]
 
 
 class CampaignStop(RuntimeError):
@@ -150,7 +150,9 @@ def _film_id(bench, doping: float, tol: float, eligible) -> str | None:
     return best
 
 
-def _mount_film(bench, doping: float, tol: float, eligible, can_make_films: bool):
+def mount_film(bench, doping: float, tol: float, eligible, can_make_films: bool) -> MsgGenerator[tuple[str, bool]]:
+    """Mount a library film of this doping (electrons/dot) within ``tol``, among ``eligible`` ids (None: any),
+    else have one made (``can_make_films``); return ``(sample_id, made_now)``."""
     sample_id = _film_id(bench, doping, tol, eligible)
     if sample_id is not None:
         return sample_id, False
@@ -274,7 +276,7 @@ def campaign(
         t_start = lab_clock()
         status, outcome, reason, uid, sample_id, new_film = "completed", {}, "", "", "", False
         try:
-            sample_id, new_film = yield from _mount_film(
+            sample_id, new_film = yield from mount_film(
                 bench, float(params["doping"]), film_doping_tol, eligible, can_make_films
             )
             trial_md["new_film"] = new_film

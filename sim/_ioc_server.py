@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import caproto as ca
 from caproto.asyncio.server import Context, VirtualCircuit
-from caproto.asyncio.utils import _TransportWrapper
+from caproto.asyncio.utils import _TransportWrapper  # noqa: PLC2701 (caproto has no public way to wrap an accepted socket)
 
 if TYPE_CHECKING:  # pragma: no cover
     from sim.ioc import TwinIOC

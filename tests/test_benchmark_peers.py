@@ -11,7 +11,7 @@ from .conftest import REPO
 
 
 def _peers_module():
-    spec = importlib.util.spec_from_file_location("gainloop_bench_peers", REPO / "benchmarks" / "_peers.py")
+    spec = importlib.util.spec_from_file_location("gainloop_bench_peers", REPO / "benchmarks" / "peers.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)  # Ax and Xopt are imported only when a peer is made

@@ -311,7 +311,7 @@ def blop_campaign(
     from bluesky.utils import RequestAbort, RequestStop
 
     from plans.analysis import AnalysisError
-    from plans.campaign import _mount_film
+    from plans.campaign import mount_film
     from plans.measurements import ase_fluence_scan
 
     eligible = set(films) if films is not None else None
@@ -346,7 +346,7 @@ def blop_campaign(
             params = {LENGTH: float(s[LENGTH]), DOPING: float(s[DOPING])}
             status, outcome, reason = "completed", {}, ""
             try:
-                sample_id, _ = yield from _mount_film(bench, params[DOPING], film_doping_tol, eligible, True)
+                sample_id, _ = yield from mount_film(bench, params[DOPING], film_doping_tol, eligible, True)
                 result = yield from bpp.set_run_key_wrapper(  # its own run beside blop's "optimize" run
                     ase_fluence_scan(
                         bench,
