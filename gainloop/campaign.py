@@ -52,6 +52,7 @@ there, in the RunEngine, so that a pause or a signal can land mid-trial). E.g.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -470,40 +471,36 @@ def run_campaign(
 
     from gainloop.running import PlanInterrupted, open_bench, run_plan
 
-    if bench is None:
-        stored = cfg if resume_uid is None else CampaignConfig.from_dict(stored_campaign(catalog, resume_uid).config)
-        if stored is None:
-            raise CampaignError("a new campaign needs a config")
-        with open_bench(stored.bench_file, seed=stored.twin_seed, presets=presets) as opened:
-            return run_campaign(
-                catalog,
-                cfg,
-                resume_uid=resume_uid,
-                budgets=budgets,
-                progress=progress,
-                exit_on_interrupt=exit_on_interrupt,
-                bench=opened,
-                RE=RE,
+    with contextlib.ExitStack() as opened:
+        if bench is None:
+            stored = (
+                cfg if resume_uid is None else CampaignConfig.from_dict(stored_campaign(catalog, resume_uid).config)
             )
-    prepared = prepare_campaign(catalog, cfg, bench=bench, resume_uid=resume_uid, budgets=budgets, progress=progress)
-    campaign_uid = prepared.campaign_uid
-    RE = RE if RE is not None else RunEngine({}, call_returns_result=True)
-    RE.subscribe(catalog.campaign_writer())
-    try:
-        result = run_plan(
-            RE, prepared.plan, bench, what=f"campaign {campaign_uid}", exit_on_interrupt=exit_on_interrupt
+            if stored is None:
+                raise CampaignError("a new campaign needs a config")
+            bench = opened.enter_context(open_bench(stored.bench_file, seed=stored.twin_seed, presets=presets))
+        prepared = prepare_campaign(
+            catalog, cfg, bench=bench, resume_uid=resume_uid, budgets=budgets, progress=progress
         )
-    except PlanInterrupted as exc:
-        raise CampaignInterrupted(
-            f"{exc}; continue it with `gainloop campaign resume {campaign_uid}`", signal_name=exc.signal_name
-        ) from None
+        campaign_uid = prepared.campaign_uid
+        RE = RE if RE is not None else RunEngine({}, call_returns_result=True)
+        RE.subscribe(catalog.campaign_writer())
+        try:
+            result = run_plan(
+                RE, prepared.plan, bench, what=f"campaign {campaign_uid}", exit_on_interrupt=exit_on_interrupt
+            )
+        except PlanInterrupted as exc:
+            raise CampaignInterrupted(
+                f"{exc}; continue it with `gainloop campaign resume {campaign_uid}`", signal_name=exc.signal_name
+            ) from None
+        lab_clock = bench.lab_clock_source
     if result.exit_status != "success":
         raise CampaignError(f"campaign {campaign_uid} ended with {result.exit_status}: {result.reason}")
     opt = prepared.optimizer
     summary = dict(result.plan_result)
     summary["best"] = opt.best()
     summary["failures"] = sum(r.status == "failed" for r in opt.history())
-    summary["lab_clock"] = bench.lab_clock_source
+    summary["lab_clock"] = lab_clock
     summary["material"] = prepared.cfg.material
     summary["failed_trials"] = [
         {"trial_index": r.trial_index, "status": r.status, "reason": r.reason}
