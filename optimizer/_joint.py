@@ -322,35 +322,13 @@ class JointOptimizer(Optimizer):
             C = C[~bad] if bool((~bad).any()) else C[:0]
         return C
 
-    def _cost_s(self, C: torch.Tensor, state: LabState) -> torch.Tensor:
-        sp, cm = self.space, self.cost
-        l_lo, l_hi = (math.log(v) for v in sp.stripe_length_um)
-        d_lo, d_hi = sp.doping_bounds
-        length = torch.exp(l_lo + C[:, 1] * (l_hi - l_lo))
-        d = d_lo + C[:, 2] * (d_hi - d_lo)
-        films = torch.tensor(state.films, dtype=DTYPE) if state.films else torch.empty(0, dtype=DTYPE)
-        exists = (
-            ((d[:, None] - films[None, :]).abs() <= cm.film_doping_tol).any(-1)
-            if films.numel()
-            else torch.zeros_like(d, dtype=torch.bool)
-        )
-        film = torch.where(exists, cm.sample_change_s, cm.new_film_s + cm.sample_change_s).to(DTYPE)
-        if state.current_doping is not None:
-            film = torch.where((d - state.current_doping).abs() <= cm.film_doping_tol, torch.zeros_like(d), film)
-        slit = (
-            (length - state.stripe_length_um).abs() / cm.slit_speed_um_per_s
-            if state.stripe_length_um is not None
-            else torch.zeros_like(d)
-        )
-        return film + slit + cm.acquisition_s
-
     def _bo(self, model, indices: list[int], seed: int, state: LabState, design_out: list[Proposal]):
         sp = self.space
         ln_pairs, _ = self._measured_pairs()
         pend_units = [self._unit(p.params) for p in self.pending()] + [self._unit(p.params) for p in design_out]
         out: list[Proposal] = []
         last = []
-        f_lo, f_hi = sp.bounds(FLUENCE)
+        f_hi = sp.bounds(FLUENCE)[1]
         for k, idx in enumerate(indices):
             m = self._believe(model, pend_units)
             b = self.boundary(m, ln_pairs, n_samples=32) if ln_pairs.shape[0] else None
@@ -360,10 +338,10 @@ class JointOptimizer(Optimizer):
             if C.shape[0] == 0:  # everything ruled out: fall back to the safest design point
                 C = torch.tensor([[0.0, 0.5, sp.unit_doping(state.current_doping or sp.doping_bounds[0])]], dtype=DTYPE)
             mh, sh = self._h_stats(m, C)
-            F = torch.exp(math.log(f_lo) + C[:, 0] * (math.log(f_hi) - math.log(f_lo)))
+            F = sp.from_unit_tensor(C, JOINT_DIMS)[FLUENCE]
             gain = (math.log(f_best) - torch.log(F)).clamp_min(1e-9)
             log_a = _log_ndtr(mh / sh) + torch.log(gain)
-            cost = self._cost_s(C, state)
+            cost = self.expected_cost_s(C, state)  # the one cost model, as each proposal records it
             score = log_a - (torch.log(cost / self.cost.acquisition_s) if self.cost_aware else 0.0)
             j = int(torch.argmax(score))
             params = sp.from_unit(C[j].tolist(), JOINT_DIMS)
@@ -380,19 +358,15 @@ class JointOptimizer(Optimizer):
                     strategy=self.strategy,
                 )
             )
-            last.append({"trial_index": idx, "log_acquisition": float(log_a[j]), "value": float(score[j])})
+            last.append(
+                {
+                    "trial_index": idx,
+                    "log_acquisition": float(log_a[j]),
+                    "cost_s": float(cost[j]),
+                    "value": float(score[j]),
+                }
+            )
             pend_units.append(self._unit(full))
             state = state.after(full)
         self._last["last_acquisition"] = last
         return out
-
-    def _snap(self, params: dict[str, float], state: LabState) -> dict[str, float]:
-        if self.space.discrete:
-            return params
-        near = [f for f in state.films if abs(f - params[DOPING]) <= self.cost.film_doping_tol]
-        lo, hi = self.space.doping_bounds
-        if near:
-            f = min(near, key=lambda f: abs(f - params[DOPING]))
-            if lo <= f <= hi:
-                params = {**params, DOPING: f}
-        return params

@@ -57,10 +57,11 @@ If no measured point is likely feasible, the acquisition is qLogProbabilityOfFea
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -94,16 +95,28 @@ _DESIGN_TAG = 0x7FFFFFFF
 
 
 class _PerCost(AcquisitionFunction):
-    """``base(X) - ln(cost(X) / reference_s)``: log acquisition per unit lab time. ``X``: ``b x q x d``."""
+    """Log acquisition per unit lab time: ``base(X) - ln(batch_cost_s(X) / reference_s)``.
 
-    def __init__(self, base: AcquisitionFunction, cost_s, reference_s: float) -> None:
+    Args:
+        base: a log acquisition function of ``b x q x d`` unit-cube points.
+        cost_s: seconds of a trial at each point, ``b x q x d -> b x q``
+            (``Optimizer.expected_cost_s`` bound to a lab state).
+        reference_s: seconds that count as one unit of lab time (one fluence scan), so a
+            trial that costs only its measurement is not penalised.
+    """
+
+    def __init__(self, base: AcquisitionFunction, cost_s: Callable[[torch.Tensor], torch.Tensor], reference_s: float):
         super().__init__(model=base.model)
         self.base = base
         self._cost_s = cost_s
         self._ref = reference_s
 
+    def batch_cost_s(self, X: torch.Tensor) -> torch.Tensor:
+        """Seconds of each q-batch of ``X`` (``b x q x d -> b``): what ``forward`` divides by."""
+        return self._cost_s(X).sum(-1)
+
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        return self.base(X) - torch.log(self._cost_s(X) / self._ref)
+        return self.base(X) - torch.log(self.batch_cost_s(X) / self._ref)
 
 
 class NestedOptimizer(Optimizer):
@@ -230,18 +243,8 @@ class NestedOptimizer(Optimizer):
         bo_indices = []
         for idx in indices:
             if attempted < self.n_init or n_completed < 2:
-                p = design[min(attempted, len(design) - 1)]
-                params = self._params(p)
-                out.append(
-                    Proposal(
-                        trial_index=idx,
-                        params=params,
-                        expected_cost_s=self.cost.trial_cost_s(params, state),
-                        strategy=self.strategy,
-                        predicted={"design": True},
-                    )
-                )
-                state = state.after(params)
+                out.append(self._design_proposal(idx, design[min(attempted, len(design) - 1)], state))
+                state = state.after(out[-1].params)
                 attempted += 1
             else:
                 bo_indices.append(idx)
@@ -255,21 +258,24 @@ class NestedOptimizer(Optimizer):
                 # degenerate data (e.g. identical repeats): propose the next design points instead
                 self._last["fallback"] = f"{type(err).__name__}: {err}"
                 for idx in bo_indices:
-                    params = self._params(design[min(attempted, len(design) - 1)])
-                    out.append(
-                        Proposal(
-                            trial_index=idx,
-                            params=params,
-                            expected_cost_s=self.cost.trial_cost_s(params, state),
-                            strategy=self.strategy,
-                            predicted={"design": True, "fallback": True},
-                        )
-                    )
-                    state = state.after(params)
+                    point = design[min(attempted, len(design) - 1)]
+                    out.append(self._design_proposal(idx, point, state, fallback=True))
+                    state = state.after(out[-1].params)
                     attempted += 1
             self._last["numerics"] = {"n_messages": len(messages), "last": messages[-5:]}
         self._last["suggest_s"] = time.perf_counter() - t0
         return out
+
+    def _design_proposal(self, idx: int, point: Mapping[str, float], state: LabState, *, fallback: bool = False):
+        """A proposal of the initial design at ``point``, priced from ``state``."""
+        params = self._params(point)
+        return Proposal(
+            trial_index=idx,
+            params=params,
+            expected_cost_s=self.cost.trial_cost_s(params, state),
+            strategy=self.strategy,
+            predicted={"design": True, "fallback": True} if fallback else {"design": True},
+        )
 
     def _fit(self, data):
         """Threshold GP (+ gnet GP, + feasibility GP). Returns (model, index map, fit messages)."""
@@ -355,39 +361,6 @@ class NestedOptimizer(Optimizer):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return acq
 
-    def _cost_fn(self, state: LabState):
-        """Lab seconds of a trial at unit-cube ``X`` (``b x q x 2``) from ``state``, as a tensor ``b``."""
-        sp, cm = self.space, self.cost
-        l_lo, l_hi = (math.log(v) for v in sp.stripe_length_um)
-        d_lo, d_hi = sp.doping_bounds
-        films = torch.tensor(state.films, dtype=DTYPE) if state.films else torch.empty(0, dtype=DTYPE)
-        meas = cm.measurement_s(joint=False)
-
-        def cost(X: torch.Tensor) -> torch.Tensor:
-            length = torch.exp(l_lo + X[..., 0] * (l_hi - l_lo))
-            d = d_lo + X[..., 1] * (d_hi - d_lo)
-            exists = (
-                ((d.unsqueeze(-1) - films).abs() <= cm.film_doping_tol).any(-1)
-                if films.numel()
-                else torch.zeros_like(d, dtype=torch.bool)
-            )
-            film = torch.where(
-                exists,
-                torch.full_like(d, cm.sample_change_s),
-                torch.full_like(d, cm.new_film_s + cm.sample_change_s),
-            )
-            if state.current_doping is not None:
-                film = torch.where((d - state.current_doping).abs() <= cm.film_doping_tol, torch.zeros_like(d), film)
-            slit = (
-                torch.sqrt((length - state.stripe_length_um) ** 2 + 1.0) / cm.slit_speed_um_per_s
-                if state.stripe_length_um is not None
-                else torch.zeros_like(d)
-            )
-            total = film + slit + meas
-            return total.sum(-1)
-
-        return cost, meas
-
     def _options(self, state: LabState) -> list[float]:
         """Unit dopings optimised as fixed 1-D problems: the library levels, or the existing films."""
         sp = self.space
@@ -458,17 +431,19 @@ class NestedOptimizer(Optimizer):
         pend = [self._unit(p.params) for p in self.pending()] + list(batch_units)
         out: list[Proposal] = []
         last = []
+        meas = self.cost.measurement_s(joint=False)
         for k, idx in enumerate(indices):
             X_pending = torch.tensor(pend, dtype=DTYPE) if pend else None
             base = self._acquisition(model, index, data, X_pending, seed + k)
-            cost, meas = self._cost_fn(state)
-            acq = _PerCost(base, cost, meas) if self.cost_aware else base
+            weighted = _PerCost(base, functools.partial(self.expected_cost_s, state=state), meas)
+            acq = weighted if self.cost_aware else base
             x, _ = self._maximise(acq, state, seed + 7919 * (k + 1))
             params = self._snap(self.space.from_unit(x.tolist()), state)
             xu = torch.tensor([self._unit(params)], dtype=DTYPE)
             with torch.no_grad():
                 log_acq = float(base(xu.unsqueeze(0)))
-                expected = self.cost.trial_cost_s(params, state)
+                weighed_s = float(weighted.batch_cost_s(xu.unsqueeze(0)))  # the acquisition's cost here
+                expected = self.cost.trial_cost_s(params, state)  # the proposal's record: the same model
                 post = (model.models[index["threshold"]] if isinstance(model, ModelListGP) else model).posterior(xu)
                 mean, var = float(post.mean), float(post.variance)
             thr = math.exp(-mean)
@@ -490,7 +465,7 @@ class NestedOptimizer(Optimizer):
                     strategy=self.strategy,
                 )
             )
-            last.append({"trial_index": idx, "log_acquisition": log_acq, "cost_s": expected, "value": value})
+            last.append({"trial_index": idx, "log_acquisition": log_acq, "cost_s": weighed_s, "value": value})
             pend.append(self._unit(params))
             state = state.after(full)
         self._last.update(
@@ -504,19 +479,6 @@ class NestedOptimizer(Optimizer):
             }
         )
         return out
-
-    def _snap(self, params: dict[str, float], state: LabState) -> dict[str, float]:
-        """A free doping within the film tolerance of an existing film is that film's doping."""
-        if self.space.discrete:
-            return params
-        d = params[DOPING]
-        near = [f for f in state.films if abs(f - d) <= self.cost.film_doping_tol]
-        lo, hi = self.space.doping_bounds
-        if near:
-            f = min(near, key=lambda f: abs(f - d))
-            if lo <= f <= hi:
-                params = {**params, DOPING: f}
-        return params
 
     def pareto(self) -> list[dict]:
         """Measured non-dominated trials in (lowest threshold, highest gnet_per_cm)."""
