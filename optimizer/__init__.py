@@ -11,6 +11,10 @@ Strategies (``make_optimizer``):
 * ``"joint"`` -- a trial is one acquisition at (fluence, stripe length, doping); the model
   learns where lasing begins and proposals pin down the lowest-fluence boundary (``_joint``);
 * ``"random"``, ``"grid"`` -- baselines with the same protocol (``_baselines``).
+
+Every strategy prices trials with one ``CostModel``: the cost-aware acquisitions divide by
+``Optimizer.expected_cost_s`` and each ``Proposal`` records the same figure. The nested
+strategy's threshold model is open to readers through ``NestedOptimizer.posterior``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from core.errors import ParameterError
 from core.trial import STATUSES, Proposal, TrialResult
 
 from . import _imports  # noqa: F401  (first: BoTorch's stack, see its docstring)
-from ._base import Optimizer
+from ._base import NotEnoughDataError, Optimizer
 from ._baselines import GridSearch, RandomSearch
 from ._cost import CostModel, LabState
 from ._joint import JointOptimizer
@@ -35,6 +39,7 @@ __all__ = [
     "JointOptimizer",
     "LabState",
     "NestedOptimizer",
+    "NotEnoughDataError",
     "Optimizer",
     "Proposal",
     "RandomSearch",

@@ -31,13 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.errors import ParameterError
+from core.errors import GainloopError, ParameterError
 from core.trial import Proposal, TrialResult
 
 from ._cost import CostModel, LabState
 from ._space import DOPING, FLUENCE, LENGTH, SearchSpace
 
-__all__ = ["Optimizer"]
+__all__ = ["NotEnoughDataError", "Optimizer"]
+
+
+class NotEnoughDataError(GainloopError, ValueError):
+    """A model was asked for while the history holds fewer usable observations than it needs."""
 
 
 def _finite(value: Any) -> float | None:

@@ -64,6 +64,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from botorch.acquisition import AcquisitionFunction
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement, qLogProbabilityOfFeasibility
@@ -79,11 +80,12 @@ from botorch.utils.multi_objective.hypervolume import infer_reference_point
 from botorch.utils.multi_objective.pareto import is_non_dominated
 from botorch.utils.sampling import manual_seed
 from linear_operator.utils.errors import NanError, NotPSDError
+from numpy.typing import ArrayLike
 from torch.quasirandom import SobolEngine
 
 from core.trial import Proposal
 
-from ._base import Optimizer, _finite
+from ._base import NotEnoughDataError, Optimizer, _finite
 from ._cost import LabState
 from ._models import DTYPE, fit_gp, gp_hyperparameters, numerics
 from ._space import DOPING, LENGTH, NESTED_DIMS
@@ -479,6 +481,56 @@ class NestedOptimizer(Optimizer):
             }
         )
         return out
+
+    def posterior(self, stripe_length_um: ArrayLike, doping: ArrayLike) -> dict[str, Any]:
+        """The threshold model's posterior at (stripe length, doping) points.
+
+        The model is the one the next ``suggest`` fits: the threshold GP refitted on the
+        history under the same seed, so at a proposal's parameters it gives that
+        proposal's ``predicted`` threshold. It models ``y = -ln(threshold_uJ_cm2)``; the
+        posterior is reported on the threshold scale.
+
+        Args:
+            stripe_length_um: stripe lengths (um), an array-like broadcastable with ``doping``.
+            doping: dopings (electrons/dot). Points outside the search space are
+                extrapolated, not refused.
+
+        Returns:
+            A dict with ``threshold_uJ_cm2``, the posterior median threshold ``exp(-E[y])``
+            (uJ/cm^2), and ``sd_ln_threshold``, the posterior standard deviation of
+            ``ln threshold`` (dimensionless, about the relative uncertainty), each a float64
+            array of the inputs' broadcast shape; ``n_thresholds``, the number of measured
+            thresholds the model was fitted on; ``messages``, the fit's and the prediction's
+            numerical warnings (recorded as in ``state()``, not raised).
+
+        Raises:
+            NotEnoughDataError: the history holds fewer than two usable thresholds.
+        """
+        lengths, dopings = np.broadcast_arrays(
+            np.asarray(stripe_length_um, dtype=np.float64), np.asarray(doping, dtype=np.float64)
+        )
+        data = self.training_data()
+        n = int(data["X"].shape[0])
+        if n < 2:
+            raise NotEnoughDataError(f"{n} usable threshold(s) in the history; the threshold model needs at least 2")
+        pairs = zip(lengths.ravel().tolist(), dopings.ravel().tolist(), strict=True)
+        units = [self._unit({LENGTH: length, DOPING: d}) for length, d in pairs]  # as the training inputs
+        X = torch.tensor(units, dtype=DTYPE).reshape(-1, len(NESTED_DIMS))
+        messages: list[str] = []
+        with manual_seed(self.trial_seed(self.next_trial_index())), numerics(self.torch_threads, messages):
+            model, index, _hyper, fit_messages = self._fit(data)
+            messages += fit_messages
+            gp = model.models[index["threshold"]] if isinstance(model, ModelListGP) else model
+            with torch.no_grad():
+                post = gp.posterior(X)
+                mean = post.mean.reshape(lengths.shape).numpy()
+                sd = post.variance.clamp_min(0.0).sqrt().reshape(lengths.shape).numpy()
+        return {
+            "threshold_uJ_cm2": np.exp(-mean),
+            "sd_ln_threshold": sd,
+            "n_thresholds": n,
+            "messages": messages,
+        }
 
     def pareto(self) -> list[dict]:
         """Measured non-dominated trials in (lowest threshold, highest gnet_per_cm)."""

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import ParameterError
+from core.errors import GainloopError, ParameterError
 from optimizer import (
     CostModel,
     LabState,
+    NotEnoughDataError,
     Proposal,
     SearchSpace,
     TrialResult,
@@ -440,6 +441,40 @@ def test_a_new_film_is_reused_rather_than_made_again(sample, setup):
     dopings = [r.params["doping"] for r in opt.history()]
     changes = sum(a != b for a, b in itertools.pairwise(dopings))
     assert 1 <= len(set(dopings)) - 1 <= 4 and changes == len(set(dopings)) - 1  # each film made once, then used
+
+
+# ---- the posterior -----------------------------------------------------------------------
+def test_posterior_is_the_model_the_next_proposal_comes_from(sample, setup):
+    few = make_optimizer("nested", continuous_space(), seed=0)
+    few.ingest([TrialResult(0, _params(), "completed", {"threshold_uJ_cm2": 95.0, "threshold_err_uJ_cm2": 2.0})])
+    few.ingest([TrialResult(1, _params(500.0), "infeasible", {}, "no lasing up to the cap")])
+    with pytest.raises(NotEnoughDataError, match=r"1 usable threshold.*at least 2") as err:
+        few.posterior(1000.0, 7.4)
+    assert isinstance(err.value, GainloopError)
+
+    opt = run(make_optimizer("nested", continuous_space(), seed=0), 6, sample, setup)
+    L, D = np.meshgrid(np.geomspace(10.0, 4000.0, 5), [0.0, 3.0, 7.4])
+    post = opt.posterior(L, D)
+    thr, sd = post["threshold_uJ_cm2"], post["sd_ln_threshold"]
+    assert thr.shape == sd.shape == (3, 5)
+    assert np.all(np.isfinite(thr) & (thr > 0)) and np.all(np.isfinite(sd) & (sd >= 0))
+    assert post["n_thresholds"] == opt.training_data()["X"].shape[0] == 6
+    json.dumps(post["messages"])
+    # near a measured threshold (2 % noise) the median is close to it and the model is sure of it
+    best = opt.best()
+    at_best = opt.posterior(best["stripe_length_um"], best["doping"])
+    assert at_best["threshold_uJ_cm2"].shape == ()
+    assert float(at_best["threshold_uJ_cm2"]) == pytest.approx(best["threshold_uJ_cm2"], rel=0.1)
+    assert float(at_best["sd_ln_threshold"]) < float(sd.max())
+    # the proposal's prediction is the posterior's at its parameters (same fit, same seed)
+    (p,) = opt.suggest(1)
+    assert "design" not in p.predicted
+    opt.clear_pending([p.trial_index])
+    here = opt.posterior(p.params["stripe_length_um"], p.params["doping"])
+    median = float(here["threshold_uJ_cm2"])
+    assert median == pytest.approx(p.predicted["threshold_uJ_cm2"], rel=1e-9)
+    assert median * float(here["sd_ln_threshold"]) == pytest.approx(p.predicted["threshold_err_uJ_cm2"], rel=1e-9)
+    assert opt.suggest(1)[0] == p  # reading the posterior changes nothing the optimiser does
 
 
 # ---- infeasible results, gnet, baselines, joint ------------------------------------------
