@@ -4,7 +4,7 @@ Knows nothing of bluesky, devices or the twin (import-linter enforces it): a cam
 turns a ``Proposal`` into a measurement plan and the plan's analysis into a
 ``TrialResult``.
 
-Strategies (``make_optimizer``):
+Strategies (``STRATEGIES``, in this order; ``make_optimizer`` builds one by name):
 
 * ``"nested"`` -- a trial is (stripe length, doping) measured by an adaptive fluence scan;
   GP on ln threshold with heteroscedastic noise, cost-aware qLogNEI (``_nested``);
@@ -34,6 +34,7 @@ from ._space import SearchSpace
 
 __all__ = [
     "STATUSES",
+    "STRATEGIES",
     "CostModel",
     "GridSearch",
     "JointOptimizer",
@@ -48,7 +49,12 @@ __all__ = [
     "make_optimizer",
 ]
 
-_STRATEGIES = {"nested": NestedOptimizer, "joint": JointOptimizer, "random": RandomSearch, "grid": GridSearch}
+_CLASSES: dict[str, type[Optimizer]] = {
+    cls.strategy: cls for cls in (NestedOptimizer, JointOptimizer, RandomSearch, GridSearch)
+}
+
+STRATEGIES: tuple[str, ...] = tuple(_CLASSES)
+"""The strategy names ``make_optimizer`` accepts: ``("nested", "joint", "random", "grid")``, ours first."""
 
 
 def make_optimizer(
@@ -62,9 +68,18 @@ def make_optimizer(
     lab_state: LabState | None = None,
     **options,
 ) -> Optimizer:
-    """An optimiser of the named strategy; ``options`` are the strategy's tuning knobs."""
-    if strategy not in _STRATEGIES:
-        raise ParameterError(f"unknown strategy {strategy!r}; allowed: {sorted(_STRATEGIES)}")
-    return _STRATEGIES[strategy](
+    """An optimiser of the named strategy (one of ``STRATEGIES``).
+
+    The keywords are every strategy's (``Optimizer``): ``seed`` (an integer >= 0; the same
+    seed and history give the same proposals), ``cost`` (default ``CostModel()``),
+    ``objectives``, ``batch_size`` and ``lab_state`` (the bench when the campaign starts).
+    ``options`` are the strategy's tuning knobs (e.g. ``n_init``, ``cost_aware``).
+
+    Raises:
+        ParameterError: an unknown strategy (the message lists ``STRATEGIES``) or a bad argument.
+    """
+    if strategy not in _CLASSES:
+        raise ParameterError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
+    return _CLASSES[strategy](
         space, seed=seed, cost=cost, objectives=objectives, batch_size=batch_size, lab_state=lab_state, **options
     )

@@ -12,6 +12,7 @@ import torch
 
 from core.errors import GainloopError, ParameterError
 from optimizer import (
+    STRATEGIES,
     CostModel,
     LabState,
     NotEnoughDataError,
@@ -181,7 +182,7 @@ def test_the_vectorised_cost_is_the_recorded_cost():
     assert length.grad.tolist() == pytest.approx([0.0, 1.0 / speed, 0.0, -1.0 / speed])
 
 
-@pytest.mark.parametrize("strategy", ["nested", "joint", "random", "grid"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_with_nothing_mounted_a_new_film_is_not_free_and_decision_and_record_agree(strategy):
     cm = CostModel()
     joint = strategy == "joint"
@@ -263,6 +264,15 @@ def test_make_optimizer_refuses_bad_arguments():
         make_optimizer("random", space, seed=-1)
     with pytest.raises(ParameterError, match="threshold only"):
         make_optimizer("joint", space, seed=0, objectives=("threshold", "gnet"))
+
+
+def test_strategies_are_named_once_and_built_by_name():
+    assert STRATEGIES == ("nested", "joint", "random", "grid")
+    for name in STRATEGIES:
+        opt = make_optimizer(name, continuous_space(), seed=0)
+        assert opt.strategy == name and opt.joint == (name == "joint")
+    with pytest.raises(ParameterError, match="allowed: nested, joint, random, grid"):
+        make_optimizer("bayes", continuous_space(), seed=0)
 
 
 # ---- failed results, idempotence ---------------------------------------------------------
