@@ -19,7 +19,7 @@ strategy's threshold model is open to readers through ``NestedOptimizer.posterio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 from core.errors import ParameterError
 from core.trial import STATUSES, Proposal, TrialResult
@@ -57,29 +57,18 @@ STRATEGIES: tuple[str, ...] = tuple(_CLASSES)
 """The strategy names ``make_optimizer`` accepts: ``("nested", "joint", "random", "grid")``, ours first."""
 
 
-def make_optimizer(
-    strategy: str,
-    space: SearchSpace,
-    *,
-    seed: int,
-    cost: CostModel | None = None,
-    objectives: Sequence[str] = ("threshold",),
-    batch_size: int = 1,
-    lab_state: LabState | None = None,
-    **options,
-) -> Optimizer:
-    """An optimiser of the named strategy (one of ``STRATEGIES``).
+def make_optimizer(strategy: str, space: SearchSpace, **kwargs: Any) -> Optimizer:
+    """An optimiser of the named strategy (one of ``STRATEGIES``) over ``space``.
 
-    The keywords are every strategy's (``Optimizer``): ``seed`` (an integer >= 0; the same
-    seed and history give the same proposals), ``cost`` (default ``CostModel()``),
-    ``objectives``, ``batch_size`` and ``lab_state`` (the bench when the campaign starts).
-    ``options`` are the strategy's tuning knobs (e.g. ``n_init``, ``cost_aware``).
+    Keywords every strategy takes (``Optimizer``): ``seed`` (required, an integer >= 0;
+    the same seed and history give the same proposals), ``cost`` (default
+    ``CostModel()``), ``objectives`` (``("threshold",)`` or ``("threshold", "gnet")``),
+    ``batch_size`` and ``lab_state`` (the bench when the campaign starts). Any other
+    keyword is the strategy's tuning knob (e.g. ``n_init``, ``cost_aware``).
 
     Raises:
         ParameterError: an unknown strategy (the message lists ``STRATEGIES``) or a bad argument.
     """
     if strategy not in _CLASSES:
         raise ParameterError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
-    return _CLASSES[strategy](
-        space, seed=seed, cost=cost, objectives=objectives, batch_size=batch_size, lab_state=lab_state, **options
-    )
+    return _CLASSES[strategy](space, **kwargs)

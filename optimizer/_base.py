@@ -289,6 +289,20 @@ class Optimizer:
         """Proposal params: the optimised values plus the space's fixed parameters."""
         return {**{k: float(v) for k, v in physical.items()}, **self.space.fixed}
 
+    def _proposal(self, trial_index: int, physical: Mapping[str, float], state: LabState, **fields: Any) -> Proposal:
+        """A proposal at ``physical`` (fixed parameters added) recording its cost from ``state``.
+
+        ``fields`` are the proposal's other fields (``predicted``, ``acquisition_value``).
+        """
+        params = self._params(physical)
+        return Proposal(
+            trial_index=trial_index,
+            params=params,
+            expected_cost_s=self.cost.trial_cost_s(params, state),
+            strategy=self.strategy,
+            **fields,
+        )
+
 
 def _clean(value: Any) -> Any:
     """JSON-able copy: non-finite floats -> None, tuples -> lists, numpy scalars -> Python."""

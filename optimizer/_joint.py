@@ -49,12 +49,13 @@ import torch
 from botorch.utils.sampling import manual_seed
 from torch.quasirandom import SobolEngine
 
+from core.errors import ParameterError
 from core.trial import Proposal
 
 from ._base import Optimizer, _finite
 from ._cost import LabState
 from ._models import DTYPE, fit_gp, gp_hyperparameters, numerics
-from ._space import DOPING, FLUENCE, JOINT_DIMS, LENGTH
+from ._space import DOPING, FLUENCE, JOINT_DIMS, LENGTH, SearchSpace
 
 __all__ = ["JointOptimizer"]
 
@@ -74,13 +75,8 @@ class JointOptimizer(Optimizer):
 
     def __init__(
         self,
-        space,
+        space: SearchSpace,
         *,
-        seed: int,
-        cost=None,
-        objectives=("threshold",),
-        batch_size: int = 1,
-        lab_state: LabState | None = None,
         n_init: int = 8,
         n_candidates: int = 1024,
         fluence_grid: int = 48,
@@ -89,11 +85,12 @@ class JointOptimizer(Optimizer):
         maxiter: int = 60,
         cost_aware: bool = True,
         torch_threads: int | None = 1,
+        **common: Any,
     ) -> None:
-        super().__init__(space, seed=seed, cost=cost, objectives=objectives, batch_size=batch_size, lab_state=lab_state)
-        if tuple(objectives) != ("threshold",):
-            from core.errors import ParameterError
-
+        """``common``: every strategy's keywords (``Optimizer``): ``seed``, ``cost``, ``objectives``
+        (the threshold only), ``batch_size``, ``lab_state``. The others tune the search (module docstring)."""
+        super().__init__(space, **common)
+        if self.objectives != ("threshold",):
             raise ParameterError("the joint formulation optimises the threshold only; objectives=('threshold',)")
         self.n_init = int(n_init)
         self.n_candidates = int(n_candidates)
@@ -268,18 +265,10 @@ class JointOptimizer(Optimizer):
         model = None if (attempted < self.n_init or n_completed < 3) else self.model(messages)
         for idx in indices:
             if model is None:
-                params = self._params(design[min(attempted, len(design) - 1)])
-                out.append(
-                    Proposal(
-                        trial_index=idx,
-                        params=params,
-                        predicted={"design": True},
-                        expected_cost_s=self.cost.trial_cost_s(params, state),
-                        strategy=self.strategy,
-                    )
-                )
+                point = design[min(attempted, len(design) - 1)]
+                out.append(self._proposal(idx, point, state, predicted={"design": True}))
                 attempted += 1
-                state = state.after(params)
+                state = state.after(out[-1].params)
                 continue
             break
         rest = indices[len(out) :]
@@ -344,20 +333,11 @@ class JointOptimizer(Optimizer):
             cost = self.expected_cost_s(C, state)  # the one cost model, as each proposal records it
             score = log_a - (torch.log(cost / self.cost.acquisition_s) if self.cost_aware else 0.0)
             j = int(torch.argmax(score))
-            params = sp.from_unit(C[j].tolist(), JOINT_DIMS)
-            params = self._snap(params, state)
-            full = self._params(params)
+            params = self._snap(sp.from_unit(C[j].tolist(), JOINT_DIMS), state)
             p_las = 0.5 * math.erfc(-float(mh[j] / sh[j]) / _SQRT2)
-            out.append(
-                Proposal(
-                    trial_index=idx,
-                    params=full,
-                    predicted={"p_lasing": p_las, "best_boundary_uJ_cm2": f_best},
-                    expected_cost_s=self.cost.trial_cost_s(full, state),
-                    acquisition_value=float(score[j]),
-                    strategy=self.strategy,
-                )
-            )
+            predicted = {"p_lasing": p_las, "best_boundary_uJ_cm2": f_best}
+            out.append(self._proposal(idx, params, state, predicted=predicted, acquisition_value=float(score[j])))
+            full = out[-1].params
             last.append(
                 {
                     "trial_index": idx,

@@ -33,9 +33,10 @@ Constraints (outcome constraints of the acquisition, smoothed feasibility indica
 Acquisition. ``qLogNoisyExpectedImprovement`` (``qLogNoisyExpectedHypervolumeImprovement``
 on ``(-ln threshold, gnet_per_cm)`` when ``objectives=("threshold", "gnet")``), with
 pending proposals as ``X_pending``, minus ``ln(cost / measurement cost)``: log expected
-improvement per unit lab time. The cost (``CostModel``) is a step in doping -- nothing on
-the mounted film, a sample change on another existing film, ``new_film_s`` (hours) for a
-doping with no film -- plus the slit move. So a campaign uses a film until its expected
+improvement per unit lab time. The cost (``CostModel.cost_s``, the model each proposal's
+``expected_cost_s`` records) is a step in doping -- nothing on the mounted film, a sample
+change on another existing film, ``new_film_s`` (hours) for a doping with no film -- plus
+the slit move. So a campaign uses a film until its expected
 improvement has dropped by ~``ln(new_film_s / scan_s)`` (about 5 e-folds with the
 defaults) before asking for a new one. Because a continuous optimiser never lands exactly
 on an existing film's doping, the acquisition is maximised per *option*: each existing
@@ -88,7 +89,7 @@ from core.trial import Proposal
 from ._base import NotEnoughDataError, Optimizer, _finite
 from ._cost import LabState
 from ._models import DTYPE, fit_gp, gp_hyperparameters, numerics
-from ._space import DOPING, LENGTH, NESTED_DIMS
+from ._space import DOPING, LENGTH, NESTED_DIMS, SearchSpace
 
 __all__ = ["NestedOptimizer"]
 
@@ -129,13 +130,8 @@ class NestedOptimizer(Optimizer):
 
     def __init__(
         self,
-        space,
+        space: SearchSpace,
         *,
-        seed: int,
-        cost=None,
-        objectives=("threshold",),
-        batch_size: int = 1,
-        lab_state: LabState | None = None,
         n_init: int = 4,
         raw_samples: int = 256,
         num_restarts: int = 2,
@@ -149,8 +145,11 @@ class NestedOptimizer(Optimizer):
         polish_margin: float = 0.5,
         film_rel_sd: float = 0.03,
         torch_threads: int | None = 1,
+        **common: Any,
     ) -> None:
-        super().__init__(space, seed=seed, cost=cost, objectives=objectives, batch_size=batch_size, lab_state=lab_state)
+        """``common``: every strategy's keywords (``Optimizer``): ``seed``, ``cost``, ``objectives``,
+        ``batch_size``, ``lab_state``. The others tune the search (module docstring)."""
+        super().__init__(space, **common)
         self.n_init = int(n_init)
         self.raw_samples = int(raw_samples)
         self.num_restarts = int(num_restarts)
@@ -245,7 +244,8 @@ class NestedOptimizer(Optimizer):
         bo_indices = []
         for idx in indices:
             if attempted < self.n_init or n_completed < 2:
-                out.append(self._design_proposal(idx, design[min(attempted, len(design) - 1)], state))
+                point = design[min(attempted, len(design) - 1)]
+                out.append(self._proposal(idx, point, state, predicted={"design": True}))
                 state = state.after(out[-1].params)
                 attempted += 1
             else:
@@ -261,23 +261,12 @@ class NestedOptimizer(Optimizer):
                 self._last["fallback"] = f"{type(err).__name__}: {err}"
                 for idx in bo_indices:
                     point = design[min(attempted, len(design) - 1)]
-                    out.append(self._design_proposal(idx, point, state, fallback=True))
+                    out.append(self._proposal(idx, point, state, predicted={"design": True, "fallback": True}))
                     state = state.after(out[-1].params)
                     attempted += 1
             self._last["numerics"] = {"n_messages": len(messages), "last": messages[-5:]}
         self._last["suggest_s"] = time.perf_counter() - t0
         return out
-
-    def _design_proposal(self, idx: int, point: Mapping[str, float], state: LabState, *, fallback: bool = False):
-        """A proposal of the initial design at ``point``, priced from ``state``."""
-        params = self._params(point)
-        return Proposal(
-            trial_index=idx,
-            params=params,
-            expected_cost_s=self.cost.trial_cost_s(params, state),
-            strategy=self.strategy,
-            predicted={"design": True, "fallback": True} if fallback else {"design": True},
-        )
 
     def _fit(self, data):
         """Threshold GP (+ gnet GP, + feasibility GP). Returns (model, index map, fit messages)."""
