@@ -4,24 +4,28 @@ Knows nothing of bluesky, devices or the twin (import-linter enforces it): a cam
 turns a ``Proposal`` into a measurement plan and the plan's analysis into a
 ``TrialResult``.
 
-Strategies (``make_optimizer``):
+Strategies (``STRATEGIES``, in this order; ``make_optimizer`` builds one by name):
 
 * ``"nested"`` -- a trial is (stripe length, doping) measured by an adaptive fluence scan;
   GP on ln threshold with heteroscedastic noise, cost-aware qLogNEI (``_nested``);
 * ``"joint"`` -- a trial is one acquisition at (fluence, stripe length, doping); the model
   learns where lasing begins and proposals pin down the lowest-fluence boundary (``_joint``);
 * ``"random"``, ``"grid"`` -- baselines with the same protocol (``_baselines``).
+
+Every strategy prices trials with one ``CostModel``: the cost-aware acquisitions divide by
+``Optimizer.expected_cost_s`` and each ``Proposal`` records the same figure. The nested
+strategy's threshold model is open to readers through ``NestedOptimizer.posterior``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 from core.errors import ParameterError
 from core.trial import STATUSES, Proposal, TrialResult
 
 from . import _imports  # noqa: F401  (first: BoTorch's stack, see its docstring)
-from ._base import Optimizer
+from ._base import NotEnoughDataError, Optimizer
 from ._baselines import GridSearch, RandomSearch
 from ._cost import CostModel, LabState
 from ._joint import JointOptimizer
@@ -30,11 +34,13 @@ from ._space import SearchSpace
 
 __all__ = [
     "STATUSES",
+    "STRATEGIES",
     "CostModel",
     "GridSearch",
     "JointOptimizer",
     "LabState",
     "NestedOptimizer",
+    "NotEnoughDataError",
     "Optimizer",
     "Proposal",
     "RandomSearch",
@@ -43,23 +49,26 @@ __all__ = [
     "make_optimizer",
 ]
 
-_STRATEGIES = {"nested": NestedOptimizer, "joint": JointOptimizer, "random": RandomSearch, "grid": GridSearch}
+_CLASSES: dict[str, type[Optimizer]] = {
+    cls.strategy: cls for cls in (NestedOptimizer, JointOptimizer, RandomSearch, GridSearch)
+}
+
+STRATEGIES: tuple[str, ...] = tuple(_CLASSES)
+"""The strategy names ``make_optimizer`` accepts: ``("nested", "joint", "random", "grid")``, ours first."""
 
 
-def make_optimizer(
-    strategy: str,
-    space: SearchSpace,
-    *,
-    seed: int,
-    cost: CostModel | None = None,
-    objectives: Sequence[str] = ("threshold",),
-    batch_size: int = 1,
-    lab_state: LabState | None = None,
-    **options,
-) -> Optimizer:
-    """An optimiser of the named strategy; ``options`` are the strategy's tuning knobs."""
-    if strategy not in _STRATEGIES:
-        raise ParameterError(f"unknown strategy {strategy!r}; allowed: {sorted(_STRATEGIES)}")
-    return _STRATEGIES[strategy](
-        space, seed=seed, cost=cost, objectives=objectives, batch_size=batch_size, lab_state=lab_state, **options
-    )
+def make_optimizer(strategy: str, space: SearchSpace, **kwargs: Any) -> Optimizer:
+    """An optimiser of the named strategy (one of ``STRATEGIES``) over ``space``.
+
+    Keywords every strategy takes (``Optimizer``): ``seed`` (required, an integer >= 0;
+    the same seed and history give the same proposals), ``cost`` (default
+    ``CostModel()``), ``objectives`` (``("threshold",)`` or ``("threshold", "gnet")``),
+    ``batch_size`` and ``lab_state`` (the bench when the campaign starts). Any other
+    keyword is the strategy's tuning knob (e.g. ``n_init``, ``cost_aware``).
+
+    Raises:
+        ParameterError: an unknown strategy (the message lists ``STRATEGIES``) or a bad argument.
+    """
+    if strategy not in _CLASSES:
+        raise ParameterError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
+    return _CLASSES[strategy](space, **kwargs)

@@ -15,9 +15,10 @@ Bookkeeping done here, the same for every strategy:
   index)`` alone, and models are refitted from scratch on the history sorted by trial
   index, so an optimiser rebuilt by re-ingesting a campaign's history proposes exactly
   what the uninterrupted one would.
-* **Lab state.** Films that exist and what is mounted follow from the history (and the
-  pending proposals) on top of the state the optimiser was started with; the cost model
-  prices each proposal from it.
+* **Lab state and cost.** Films that exist and what is mounted follow from the history
+  (and the pending proposals) on top of the state the optimiser was started with. One
+  cost model prices from it both what a strategy weighs (``expected_cost_s`` on
+  unit-cube candidates) and what a proposal records (its ``expected_cost_s``).
 """
 
 from __future__ import annotations
@@ -28,14 +29,19 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import torch
 
-from core.errors import ParameterError
+from core.errors import GainloopError, ParameterError
 from core.trial import Proposal, TrialResult
 
 from ._cost import CostModel, LabState
 from ._space import DOPING, FLUENCE, LENGTH, SearchSpace
 
-__all__ = ["Optimizer"]
+__all__ = ["NotEnoughDataError", "Optimizer"]
+
+
+class NotEnoughDataError(GainloopError, ValueError):
+    """A model was asked for while the history holds fewer usable observations than it needs."""
 
 
 def _finite(value: Any) -> float | None:
@@ -199,6 +205,38 @@ class Optimizer:
             state = state.after({DOPING: d, LENGTH: length})
         return state
 
+    def expected_cost_s(self, X: torch.Tensor, state: LabState | None = None) -> torch.Tensor:
+        """Lab seconds of a trial at each unit-cube point of ``X``, from ``state``.
+
+        Args:
+            X: ``... x d`` unit-cube points in this strategy's columns,
+                ``space.dims(self.joint)`` (``b x q x d`` for a q-batch acquisition).
+            state: the lab state the trials start from; default ``lab_state()``, the state
+                after the history and the pending proposals.
+
+        Returns:
+            A float64 tensor of shape ``...`` in seconds: ``CostModel.cost_s`` at the
+            points' stripe lengths and dopings, each priced from ``state`` (a q-batch's
+            points are not chained). The cost-aware strategies divide their acquisition by
+            this, and it is the figure a proposal at that point records as ``expected_cost_s``.
+        """
+        state = self.lab_state() if state is None else state
+        physical = self.space.from_unit_tensor(X, self.space.dims(self.joint))
+        return self.cost.cost_s(physical[LENGTH], physical[DOPING], state, joint=self.joint)
+
+    def _snap(self, params: dict[str, float], state: LabState) -> dict[str, float]:
+        """A free doping within the film tolerance of an existing film is that film's doping."""
+        if self.space.discrete:
+            return params
+        d = params[DOPING]
+        near = [f for f in state.films if abs(f - d) <= self.cost.film_doping_tol]
+        lo, hi = self.space.doping_bounds
+        if near:
+            f = min(near, key=lambda f: abs(f - d))
+            if lo <= f <= hi:
+                params = {**params, DOPING: f}
+        return params
+
     def _params_reason(self, params: Mapping[str, Any]) -> str | None:
         """Why these params cannot be used by this space (None when they can)."""
         names = (FLUENCE, LENGTH, DOPING) if self.joint else (LENGTH, DOPING)
@@ -250,6 +288,20 @@ class Optimizer:
     def _params(self, physical: Mapping[str, float]) -> dict:
         """Proposal params: the optimised values plus the space's fixed parameters."""
         return {**{k: float(v) for k, v in physical.items()}, **self.space.fixed}
+
+    def _proposal(self, trial_index: int, physical: Mapping[str, float], state: LabState, **fields: Any) -> Proposal:
+        """A proposal at ``physical`` (fixed parameters added) recording its cost from ``state``.
+
+        ``fields`` are the proposal's other fields (``predicted``, ``acquisition_value``).
+        """
+        params = self._params(physical)
+        return Proposal(
+            trial_index=trial_index,
+            params=params,
+            expected_cost_s=self.cost.trial_cost_s(params, state),
+            strategy=self.strategy,
+            **fields,
+        )
 
 
 def _clean(value: Any) -> Any:

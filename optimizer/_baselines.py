@@ -29,15 +29,6 @@ class _Baseline(Optimizer):
     def _attempted(self) -> int:
         return len(self._results) + len(self._pending)  # abandoned ones too: never proposed again
 
-    def _proposal(self, idx: int, physical: dict, state) -> Proposal:
-        params = self._params(physical)
-        return Proposal(
-            trial_index=idx,
-            params=params,
-            expected_cost_s=self.cost.trial_cost_s(params, state),
-            strategy=self.strategy,
-        )
-
 
 class RandomSearch(_Baseline):
     """Uniform random (stripe length in log, doping) per trial index."""

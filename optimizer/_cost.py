@@ -1,10 +1,10 @@
-"""Lab-time cost of a trial: what the optimiser divides its acquisition value by.
+"""Lab-time cost of a trial: what the optimiser divides its acquisition value by, and what it records.
 
 A trial's cost (seconds of lab time) is the sum of
 
-* a film: ``new_film_s`` (default 6 h: ligand exchange + ALD) when no film of the
-  proposed doping exists yet, else ``sample_change_s`` (20 s) when a different film is
-  mounted, else nothing;
+* a film: ``new_film_s`` (default 6 h: ligand exchange + ALD) plus ``sample_change_s``
+  when no film of the proposed doping exists yet, ``sample_change_s`` (20 s) when a
+  different film exists but is not mounted, nothing when it is mounted;
 * the slit move: ``|L - L_current| / slit_speed_um_per_s`` (nothing when unknown);
 * the measurement: ``scan_points x acquisition_s`` for a nested trial (an adaptive
   fluence scan), ``acquisition_s`` for a joint trial (one acquisition).
@@ -13,6 +13,12 @@ A trial's cost (seconds of lab time) is the sum of
 films that exist, the current stripe length. The optimiser derives it from its history
 (every ingested trial's doping is a film that exists; the last trial's film and stripe
 are mounted) on top of the state it was started with.
+
+One model serves the decision and the record. ``CostModel.cost_s`` prices a batch of
+trials as a float64 tensor: the strategies' cost-aware acquisitions divide by it (through
+``Optimizer.expected_cost_s``, on unit-cube candidates), and ``trial_cost_s`` -- the
+``expected_cost_s`` a ``Proposal`` records -- is the same computation on one trial's
+parameters. No strategy keeps a copy of the formula.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+
+import torch
 
 from core.errors import ParameterError
 
@@ -93,36 +101,71 @@ class CostModel:
             "film_doping_tol": self.film_doping_tol,
         }
 
-    # ---- pieces -----------------------------------------------------------------------
-    def film_exists(self, doping: float, films: Iterable[float]) -> bool:
-        return any(abs(float(doping) - f) <= self.film_doping_tol for f in films)
+    # ---- the cost, vectorised -------------------------------------------------------
+    def film_cost_s(self, doping: torch.Tensor | float, state: LabState) -> torch.Tensor:
+        """Seconds to have the film of each ``doping`` (electrons/dot) mounted, from ``state``.
 
-    def film_cost_s(self, doping: float, state: LabState) -> float:
-        """Cost of having the film of this doping mounted: 0, a sample change, or a new film."""
-        if state.current_doping is not None and abs(float(doping) - state.current_doping) <= self.film_doping_tol:
-            return 0.0
-        if self.film_exists(doping, state.films):
-            return self.sample_change_s
-        return self.new_film_s + self.sample_change_s
+        Zero for the mounted film, ``sample_change_s`` for another existing film,
+        ``new_film_s + sample_change_s`` for a doping with no film (a new film is made,
+        then mounted) -- whether or not anything is mounted now. Two dopings within
+        ``film_doping_tol`` are one film. Returns a float64 tensor of ``doping``'s shape;
+        it is piecewise constant (no gradient in doping).
+        """
+        d = torch.as_tensor(doping, dtype=torch.float64)
+        films = torch.tensor(state.films, dtype=torch.float64)  # (k,), possibly empty
+        exists = ((d.unsqueeze(-1) - films).abs() <= self.film_doping_tol).any(-1)
+        change = torch.full_like(d, self.sample_change_s)
+        new = torch.full_like(d, self.new_film_s + self.sample_change_s)
+        film = torch.where(exists, change, new)
+        if state.current_doping is not None:
+            mounted = (d - state.current_doping).abs() <= self.film_doping_tol
+            film = torch.where(mounted, torch.zeros_like(d), film)
+        return film
 
-    def slit_cost_s(self, stripe_length_um: float, state: LabState) -> float:
+    def slit_cost_s(self, stripe_length_um: torch.Tensor | float, state: LabState) -> torch.Tensor:
+        """Seconds to move the slit to each ``stripe_length_um`` (um); zero when its position is unknown.
+
+        A float64 tensor of ``stripe_length_um``'s shape, differentiable in the stripe
+        length (except where it equals the current one).
+        """
+        length = torch.as_tensor(stripe_length_um, dtype=torch.float64)
         if state.stripe_length_um is None:
-            return 0.0
-        return abs(float(stripe_length_um) - state.stripe_length_um) / self.slit_speed_um_per_s
+            return torch.zeros_like(length)
+        return (length - state.stripe_length_um).abs() / self.slit_speed_um_per_s
 
     def measurement_s(self, joint: bool) -> float:
-        """One acquisition (joint) or one adaptive fluence scan (nested)."""
+        """Seconds of one acquisition (``joint``) or of one adaptive fluence scan (nested)."""
         return self.acquisition_s if joint else self.scan_points * self.acquisition_s
 
-    def trial_cost_s(self, params: Mapping[str, Any], state: LabState | None = None) -> float:
-        """Lab seconds for a trial at ``params`` (joint when it carries a fluence) from ``state``."""
+    def cost_s(
+        self,
+        stripe_length_um: torch.Tensor | float,
+        doping: torch.Tensor | float,
+        state: LabState | None = None,
+        *,
+        joint: bool,
+    ) -> torch.Tensor:
+        """Lab seconds of a trial at each (``stripe_length_um`` in um, ``doping`` in electrons/dot).
+
+        The one cost formula: film + slit move + measurement (module docstring), each trial
+        priced from ``state`` (default: nothing mounted, no film, slit position unknown).
+        ``joint`` selects the measurement: one acquisition (True) or an adaptive fluence
+        scan (False). The two inputs broadcast against each other; the result is a
+        float64 tensor of their broadcast shape, differentiable in the stripe length,
+        so it can weight an acquisition function that is optimised by gradient.
+        """
         state = state or LabState()
+        return self.film_cost_s(doping, state) + self.slit_cost_s(stripe_length_um, state) + self.measurement_s(joint)
+
+    # ---- one trial, a sequence of trials ------------------------------------------------
+    def trial_cost_s(self, params: Mapping[str, Any], state: LabState | None = None) -> float:
+        """Lab seconds for a trial at ``params`` (joint when it carries a fluence) from ``state``.
+
+        ``cost_s`` on one trial: the figure a proposal records as ``expected_cost_s``.
+        """
         joint = "fluence_uJ_cm2" in params
-        return (
-            self.film_cost_s(float(params["doping"]), state)
-            + self.slit_cost_s(float(params["stripe_length_um"]), state)
-            + self.measurement_s(joint)
-        )
+        cost = self.cost_s(float(params["stripe_length_um"]), float(params["doping"]), state, joint=joint)
+        return float(cost)
 
     def batch_cost_s(self, params_list: Iterable[Mapping[str, Any]], state: LabState | None = None) -> float:
         """Lab seconds for trials run in this order (each changes the state for the next)."""

@@ -49,12 +49,13 @@ import torch
 from botorch.utils.sampling import manual_seed
 from torch.quasirandom import SobolEngine
 
+from core.errors import ParameterError
 from core.trial import Proposal
 
 from ._base import Optimizer, _finite
 from ._cost import LabState
 from ._models import DTYPE, fit_gp, gp_hyperparameters, numerics
-from ._space import DOPING, FLUENCE, JOINT_DIMS, LENGTH
+from ._space import DOPING, FLUENCE, JOINT_DIMS, LENGTH, SearchSpace
 
 __all__ = ["JointOptimizer"]
 
@@ -74,13 +75,8 @@ class JointOptimizer(Optimizer):
 
     def __init__(
         self,
-        space,
+        space: SearchSpace,
         *,
-        seed: int,
-        cost=None,
-        objectives=("threshold",),
-        batch_size: int = 1,
-        lab_state: LabState | None = None,
         n_init: int = 8,
         n_candidates: int = 1024,
         fluence_grid: int = 48,
@@ -89,11 +85,12 @@ class JointOptimizer(Optimizer):
         maxiter: int = 60,
         cost_aware: bool = True,
         torch_threads: int | None = 1,
+        **common: Any,
     ) -> None:
-        super().__init__(space, seed=seed, cost=cost, objectives=objectives, batch_size=batch_size, lab_state=lab_state)
-        if tuple(objectives) != ("threshold",):
-            from core.errors import ParameterError
-
+        """``common``: every strategy's keywords (``Optimizer``): ``seed``, ``cost``, ``objectives``
+        (the threshold only), ``batch_size``, ``lab_state``. The others tune the search (module docstring)."""
+        super().__init__(space, **common)
+        if self.objectives != ("threshold",):
             raise ParameterError("the joint formulation optimises the threshold only; objectives=('threshold',)")
         self.n_init = int(n_init)
         self.n_candidates = int(n_candidates)
@@ -268,18 +265,10 @@ class JointOptimizer(Optimizer):
         model = None if (attempted < self.n_init or n_completed < 3) else self.model(messages)
         for idx in indices:
             if model is None:
-                params = self._params(design[min(attempted, len(design) - 1)])
-                out.append(
-                    Proposal(
-                        trial_index=idx,
-                        params=params,
-                        predicted={"design": True},
-                        expected_cost_s=self.cost.trial_cost_s(params, state),
-                        strategy=self.strategy,
-                    )
-                )
+                point = design[min(attempted, len(design) - 1)]
+                out.append(self._proposal(idx, point, state, predicted={"design": True}))
                 attempted += 1
-                state = state.after(params)
+                state = state.after(out[-1].params)
                 continue
             break
         rest = indices[len(out) :]
@@ -322,35 +311,13 @@ class JointOptimizer(Optimizer):
             C = C[~bad] if bool((~bad).any()) else C[:0]
         return C
 
-    def _cost_s(self, C: torch.Tensor, state: LabState) -> torch.Tensor:
-        sp, cm = self.space, self.cost
-        l_lo, l_hi = (math.log(v) for v in sp.stripe_length_um)
-        d_lo, d_hi = sp.doping_bounds
-        length = torch.exp(l_lo + C[:, 1] * (l_hi - l_lo))
-        d = d_lo + C[:, 2] * (d_hi - d_lo)
-        films = torch.tensor(state.films, dtype=DTYPE) if state.films else torch.empty(0, dtype=DTYPE)
-        exists = (
-            ((d[:, None] - films[None, :]).abs() <= cm.film_doping_tol).any(-1)
-            if films.numel()
-            else torch.zeros_like(d, dtype=torch.bool)
-        )
-        film = torch.where(exists, cm.sample_change_s, cm.new_film_s + cm.sample_change_s).to(DTYPE)
-        if state.current_doping is not None:
-            film = torch.where((d - state.current_doping).abs() <= cm.film_doping_tol, torch.zeros_like(d), film)
-        slit = (
-            (length - state.stripe_length_um).abs() / cm.slit_speed_um_per_s
-            if state.stripe_length_um is not None
-            else torch.zeros_like(d)
-        )
-        return film + slit + cm.acquisition_s
-
     def _bo(self, model, indices: list[int], seed: int, state: LabState, design_out: list[Proposal]):
         sp = self.space
         ln_pairs, _ = self._measured_pairs()
         pend_units = [self._unit(p.params) for p in self.pending()] + [self._unit(p.params) for p in design_out]
         out: list[Proposal] = []
         last = []
-        f_lo, f_hi = sp.bounds(FLUENCE)
+        f_hi = sp.bounds(FLUENCE)[1]
         for k, idx in enumerate(indices):
             m = self._believe(model, pend_units)
             b = self.boundary(m, ln_pairs, n_samples=32) if ln_pairs.shape[0] else None
@@ -360,39 +327,26 @@ class JointOptimizer(Optimizer):
             if C.shape[0] == 0:  # everything ruled out: fall back to the safest design point
                 C = torch.tensor([[0.0, 0.5, sp.unit_doping(state.current_doping or sp.doping_bounds[0])]], dtype=DTYPE)
             mh, sh = self._h_stats(m, C)
-            F = torch.exp(math.log(f_lo) + C[:, 0] * (math.log(f_hi) - math.log(f_lo)))
+            F = sp.from_unit_tensor(C, JOINT_DIMS)[FLUENCE]
             gain = (math.log(f_best) - torch.log(F)).clamp_min(1e-9)
             log_a = _log_ndtr(mh / sh) + torch.log(gain)
-            cost = self._cost_s(C, state)
+            cost = self.expected_cost_s(C, state)  # the one cost model, as each proposal records it
             score = log_a - (torch.log(cost / self.cost.acquisition_s) if self.cost_aware else 0.0)
             j = int(torch.argmax(score))
-            params = sp.from_unit(C[j].tolist(), JOINT_DIMS)
-            params = self._snap(params, state)
-            full = self._params(params)
+            params = self._snap(sp.from_unit(C[j].tolist(), JOINT_DIMS), state)
             p_las = 0.5 * math.erfc(-float(mh[j] / sh[j]) / _SQRT2)
-            out.append(
-                Proposal(
-                    trial_index=idx,
-                    params=full,
-                    predicted={"p_lasing": p_las, "best_boundary_uJ_cm2": f_best},
-                    expected_cost_s=self.cost.trial_cost_s(full, state),
-                    acquisition_value=float(score[j]),
-                    strategy=self.strategy,
-                )
+            predicted = {"p_lasing": p_las, "best_boundary_uJ_cm2": f_best}
+            out.append(self._proposal(idx, params, state, predicted=predicted, acquisition_value=float(score[j])))
+            full = out[-1].params
+            last.append(
+                {
+                    "trial_index": idx,
+                    "log_acquisition": float(log_a[j]),
+                    "cost_s": float(cost[j]),
+                    "value": float(score[j]),
+                }
             )
-            last.append({"trial_index": idx, "log_acquisition": float(log_a[j]), "value": float(score[j])})
             pend_units.append(self._unit(full))
             state = state.after(full)
         self._last["last_acquisition"] = last
         return out
-
-    def _snap(self, params: dict[str, float], state: LabState) -> dict[str, float]:
-        if self.space.discrete:
-            return params
-        near = [f for f in state.films if abs(f - params[DOPING]) <= self.cost.film_doping_tol]
-        lo, hi = self.space.doping_bounds
-        if near:
-            f = min(near, key=lambda f: abs(f - params[DOPING]))
-            if lo <= f <= hi:
-                params = {**params, DOPING: f}
-        return params

@@ -33,9 +33,10 @@ Constraints (outcome constraints of the acquisition, smoothed feasibility indica
 Acquisition. ``qLogNoisyExpectedImprovement`` (``qLogNoisyExpectedHypervolumeImprovement``
 on ``(-ln threshold, gnet_per_cm)`` when ``objectives=("threshold", "gnet")``), with
 pending proposals as ``X_pending``, minus ``ln(cost / measurement cost)``: log expected
-improvement per unit lab time. The cost (``CostModel``) is a step in doping -- nothing on
-the mounted film, a sample change on another existing film, ``new_film_s`` (hours) for a
-doping with no film -- plus the slit move. So a campaign uses a film until its expected
+improvement per unit lab time. The cost (``CostModel.cost_s``, the model each proposal's
+``expected_cost_s`` records) is a step in doping -- nothing on the mounted film, a sample
+change on another existing film, ``new_film_s`` (hours) for a doping with no film -- plus
+the slit move. So a campaign uses a film until its expected
 improvement has dropped by ~``ln(new_film_s / scan_s)`` (about 5 e-folds with the
 defaults) before asking for a new one. Because a continuous optimiser never lands exactly
 on an existing film's doping, the acquisition is maximised per *option*: each existing
@@ -57,12 +58,14 @@ If no measured point is likely feasible, the acquisition is qLogProbabilityOfFea
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from botorch.acquisition import AcquisitionFunction
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement, qLogProbabilityOfFeasibility
@@ -78,14 +81,15 @@ from botorch.utils.multi_objective.hypervolume import infer_reference_point
 from botorch.utils.multi_objective.pareto import is_non_dominated
 from botorch.utils.sampling import manual_seed
 from linear_operator.utils.errors import NanError, NotPSDError
+from numpy.typing import ArrayLike
 from torch.quasirandom import SobolEngine
 
 from core.trial import Proposal
 
-from ._base import Optimizer, _finite
+from ._base import NotEnoughDataError, Optimizer, _finite
 from ._cost import LabState
 from ._models import DTYPE, fit_gp, gp_hyperparameters, numerics
-from ._space import DOPING, LENGTH, NESTED_DIMS
+from ._space import DOPING, LENGTH, NESTED_DIMS, SearchSpace
 
 __all__ = ["NestedOptimizer"]
 
@@ -94,16 +98,28 @@ _DESIGN_TAG = 0x7FFFFFFF
 
 
 class _PerCost(AcquisitionFunction):
-    """``base(X) - ln(cost(X) / reference_s)``: log acquisition per unit lab time. ``X``: ``b x q x d``."""
+    """Log acquisition per unit lab time: ``base(X) - ln(batch_cost_s(X) / reference_s)``.
 
-    def __init__(self, base: AcquisitionFunction, cost_s, reference_s: float) -> None:
+    Args:
+        base: a log acquisition function of ``b x q x d`` unit-cube points.
+        cost_s: seconds of a trial at each point, ``b x q x d -> b x q``
+            (``Optimizer.expected_cost_s`` bound to a lab state).
+        reference_s: seconds that count as one unit of lab time (one fluence scan), so a
+            trial that costs only its measurement is not penalised.
+    """
+
+    def __init__(self, base: AcquisitionFunction, cost_s: Callable[[torch.Tensor], torch.Tensor], reference_s: float):
         super().__init__(model=base.model)
         self.base = base
         self._cost_s = cost_s
         self._ref = reference_s
 
+    def batch_cost_s(self, X: torch.Tensor) -> torch.Tensor:
+        """Seconds of each q-batch of ``X`` (``b x q x d -> b``): what ``forward`` divides by."""
+        return self._cost_s(X).sum(-1)
+
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        return self.base(X) - torch.log(self._cost_s(X) / self._ref)
+        return self.base(X) - torch.log(self.batch_cost_s(X) / self._ref)
 
 
 class NestedOptimizer(Optimizer):
@@ -114,13 +130,8 @@ class NestedOptimizer(Optimizer):
 
     def __init__(
         self,
-        space,
+        space: SearchSpace,
         *,
-        seed: int,
-        cost=None,
-        objectives=("threshold",),
-        batch_size: int = 1,
-        lab_state: LabState | None = None,
         n_init: int = 4,
         raw_samples: int = 256,
         num_restarts: int = 2,
@@ -134,8 +145,11 @@ class NestedOptimizer(Optimizer):
         polish_margin: float = 0.5,
         film_rel_sd: float = 0.03,
         torch_threads: int | None = 1,
+        **common: Any,
     ) -> None:
-        super().__init__(space, seed=seed, cost=cost, objectives=objectives, batch_size=batch_size, lab_state=lab_state)
+        """``common``: every strategy's keywords (``Optimizer``): ``seed``, ``cost``, ``objectives``,
+        ``batch_size``, ``lab_state``. The others tune the search (module docstring)."""
+        super().__init__(space, **common)
         self.n_init = int(n_init)
         self.raw_samples = int(raw_samples)
         self.num_restarts = int(num_restarts)
@@ -230,18 +244,9 @@ class NestedOptimizer(Optimizer):
         bo_indices = []
         for idx in indices:
             if attempted < self.n_init or n_completed < 2:
-                p = design[min(attempted, len(design) - 1)]
-                params = self._params(p)
-                out.append(
-                    Proposal(
-                        trial_index=idx,
-                        params=params,
-                        expected_cost_s=self.cost.trial_cost_s(params, state),
-                        strategy=self.strategy,
-                        predicted={"design": True},
-                    )
-                )
-                state = state.after(params)
+                point = design[min(attempted, len(design) - 1)]
+                out.append(self._proposal(idx, point, state, predicted={"design": True}))
+                state = state.after(out[-1].params)
                 attempted += 1
             else:
                 bo_indices.append(idx)
@@ -255,17 +260,9 @@ class NestedOptimizer(Optimizer):
                 # degenerate data (e.g. identical repeats): propose the next design points instead
                 self._last["fallback"] = f"{type(err).__name__}: {err}"
                 for idx in bo_indices:
-                    params = self._params(design[min(attempted, len(design) - 1)])
-                    out.append(
-                        Proposal(
-                            trial_index=idx,
-                            params=params,
-                            expected_cost_s=self.cost.trial_cost_s(params, state),
-                            strategy=self.strategy,
-                            predicted={"design": True, "fallback": True},
-                        )
-                    )
-                    state = state.after(params)
+                    point = design[min(attempted, len(design) - 1)]
+                    out.append(self._proposal(idx, point, state, predicted={"design": True, "fallback": True}))
+                    state = state.after(out[-1].params)
                     attempted += 1
             self._last["numerics"] = {"n_messages": len(messages), "last": messages[-5:]}
         self._last["suggest_s"] = time.perf_counter() - t0
@@ -355,39 +352,6 @@ class NestedOptimizer(Optimizer):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return acq
 
-    def _cost_fn(self, state: LabState):
-        """Lab seconds of a trial at unit-cube ``X`` (``b x q x 2``) from ``state``, as a tensor ``b``."""
-        sp, cm = self.space, self.cost
-        l_lo, l_hi = (math.log(v) for v in sp.stripe_length_um)
-        d_lo, d_hi = sp.doping_bounds
-        films = torch.tensor(state.films, dtype=DTYPE) if state.films else torch.empty(0, dtype=DTYPE)
-        meas = cm.measurement_s(joint=False)
-
-        def cost(X: torch.Tensor) -> torch.Tensor:
-            length = torch.exp(l_lo + X[..., 0] * (l_hi - l_lo))
-            d = d_lo + X[..., 1] * (d_hi - d_lo)
-            exists = (
-                ((d.unsqueeze(-1) - films).abs() <= cm.film_doping_tol).any(-1)
-                if films.numel()
-                else torch.zeros_like(d, dtype=torch.bool)
-            )
-            film = torch.where(
-                exists,
-                torch.full_like(d, cm.sample_change_s),
-                torch.full_like(d, cm.new_film_s + cm.sample_change_s),
-            )
-            if state.current_doping is not None:
-                film = torch.where((d - state.current_doping).abs() <= cm.film_doping_tol, torch.zeros_like(d), film)
-            slit = (
-                torch.sqrt((length - state.stripe_length_um) ** 2 + 1.0) / cm.slit_speed_um_per_s
-                if state.stripe_length_um is not None
-                else torch.zeros_like(d)
-            )
-            total = film + slit + meas
-            return total.sum(-1)
-
-        return cost, meas
-
     def _options(self, state: LabState) -> list[float]:
         """Unit dopings optimised as fixed 1-D problems: the library levels, or the existing films."""
         sp = self.space
@@ -458,17 +422,19 @@ class NestedOptimizer(Optimizer):
         pend = [self._unit(p.params) for p in self.pending()] + list(batch_units)
         out: list[Proposal] = []
         last = []
+        meas = self.cost.measurement_s(joint=False)
         for k, idx in enumerate(indices):
             X_pending = torch.tensor(pend, dtype=DTYPE) if pend else None
             base = self._acquisition(model, index, data, X_pending, seed + k)
-            cost, meas = self._cost_fn(state)
-            acq = _PerCost(base, cost, meas) if self.cost_aware else base
+            weighted = _PerCost(base, functools.partial(self.expected_cost_s, state=state), meas)
+            acq = weighted if self.cost_aware else base
             x, _ = self._maximise(acq, state, seed + 7919 * (k + 1))
             params = self._snap(self.space.from_unit(x.tolist()), state)
             xu = torch.tensor([self._unit(params)], dtype=DTYPE)
             with torch.no_grad():
                 log_acq = float(base(xu.unsqueeze(0)))
-                expected = self.cost.trial_cost_s(params, state)
+                weighed_s = float(weighted.batch_cost_s(xu.unsqueeze(0)))  # the acquisition's cost here
+                expected = self.cost.trial_cost_s(params, state)  # the proposal's record: the same model
                 post = (model.models[index["threshold"]] if isinstance(model, ModelListGP) else model).posterior(xu)
                 mean, var = float(post.mean), float(post.variance)
             thr = math.exp(-mean)
@@ -490,7 +456,7 @@ class NestedOptimizer(Optimizer):
                     strategy=self.strategy,
                 )
             )
-            last.append({"trial_index": idx, "log_acquisition": log_acq, "cost_s": expected, "value": value})
+            last.append({"trial_index": idx, "log_acquisition": log_acq, "cost_s": weighed_s, "value": value})
             pend.append(self._unit(params))
             state = state.after(full)
         self._last.update(
@@ -505,18 +471,55 @@ class NestedOptimizer(Optimizer):
         )
         return out
 
-    def _snap(self, params: dict[str, float], state: LabState) -> dict[str, float]:
-        """A free doping within the film tolerance of an existing film is that film's doping."""
-        if self.space.discrete:
-            return params
-        d = params[DOPING]
-        near = [f for f in state.films if abs(f - d) <= self.cost.film_doping_tol]
-        lo, hi = self.space.doping_bounds
-        if near:
-            f = min(near, key=lambda f: abs(f - d))
-            if lo <= f <= hi:
-                params = {**params, DOPING: f}
-        return params
+    def posterior(self, stripe_length_um: ArrayLike, doping: ArrayLike) -> dict[str, Any]:
+        """The threshold model's posterior at (stripe length, doping) points.
+
+        The model is the one the next ``suggest`` fits: the threshold GP refitted on the
+        history under the same seed, so at a proposal's parameters it gives that
+        proposal's ``predicted`` threshold. It models ``y = -ln(threshold_uJ_cm2)``; the
+        posterior is reported on the threshold scale.
+
+        Args:
+            stripe_length_um: stripe lengths (um), an array-like broadcastable with ``doping``.
+            doping: dopings (electrons/dot). Points outside the search space are
+                extrapolated, not refused.
+
+        Returns:
+            A dict with ``threshold_uJ_cm2``, the posterior median threshold ``exp(-E[y])``
+            (uJ/cm^2), and ``sd_ln_threshold``, the posterior standard deviation of
+            ``ln threshold`` (dimensionless, about the relative uncertainty), each a float64
+            array of the inputs' broadcast shape; ``n_thresholds``, the number of measured
+            thresholds the model was fitted on; ``messages``, the fit's and the prediction's
+            numerical warnings (recorded as in ``state()``, not raised).
+
+        Raises:
+            NotEnoughDataError: the history holds fewer than two usable thresholds.
+        """
+        lengths, dopings = np.broadcast_arrays(
+            np.asarray(stripe_length_um, dtype=np.float64), np.asarray(doping, dtype=np.float64)
+        )
+        data = self.training_data()
+        n = int(data["X"].shape[0])
+        if n < 2:
+            raise NotEnoughDataError(f"{n} usable threshold(s) in the history; the threshold model needs at least 2")
+        pairs = zip(lengths.ravel().tolist(), dopings.ravel().tolist(), strict=True)
+        units = [self._unit({LENGTH: length, DOPING: d}) for length, d in pairs]  # as the training inputs
+        X = torch.tensor(units, dtype=DTYPE).reshape(-1, len(NESTED_DIMS))
+        messages: list[str] = []
+        with manual_seed(self.trial_seed(self.next_trial_index())), numerics(self.torch_threads, messages):
+            model, index, _hyper, fit_messages = self._fit(data)
+            messages += fit_messages
+            gp = model.models[index["threshold"]] if isinstance(model, ModelListGP) else model
+            with torch.no_grad():
+                post = gp.posterior(X)
+                mean = post.mean.reshape(lengths.shape).numpy()
+                sd = post.variance.clamp_min(0.0).sqrt().reshape(lengths.shape).numpy()
+        return {
+            "threshold_uJ_cm2": np.exp(-mean),
+            "sd_ln_threshold": sd,
+            "n_thresholds": n,
+            "messages": messages,
+        }
 
     def pareto(self) -> list[dict]:
         """Measured non-dominated trials in (lowest threshold, highest gnet_per_cm)."""

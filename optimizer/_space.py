@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from core.errors import ParameterError
 
@@ -259,6 +260,24 @@ class SearchSpace:
             else:
                 v = math.exp(math.log(lo) + float(u[k]) * (math.log(hi) - math.log(lo)))
             out[name] = float(min(max(v, lo), hi))
+        return out
+
+    def from_unit_tensor(self, X: torch.Tensor, names: Sequence[str] = NESTED_DIMS) -> dict[str, torch.Tensor]:
+        """Unit-cube tensor ``X`` (``... x len(names)``) -> physical values, one tensor (``...``) per name.
+
+        The inverse of ``to_unit`` for acquisition functions: fluence and stripe length
+        exp-linear, doping linear, in the units the names carry. Unlike ``from_unit`` it
+        neither clips, snaps a discrete doping nor caps the fluence, so the values stay
+        differentiable in ``X``.
+        """
+        out: dict[str, torch.Tensor] = {}
+        for k, name in enumerate(names):
+            lo, hi = self.bounds(name)
+            if name == DOPING:
+                out[name] = lo + X[..., k] * (hi - lo)
+            else:
+                log_lo, log_hi = math.log(lo), math.log(hi)
+                out[name] = torch.exp(log_lo + X[..., k] * (log_hi - log_lo))
         return out
 
     def unit_doping(self, doping: float) -> float:

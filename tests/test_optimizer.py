@@ -8,11 +8,14 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from core.errors import ParameterError
+from core.errors import GainloopError, ParameterError
 from optimizer import (
+    STRATEGIES,
     CostModel,
     LabState,
+    NotEnoughDataError,
     Proposal,
     SearchSpace,
     TrialResult,
@@ -159,6 +162,81 @@ def test_cost_prices_films_slit_and_measurement():
         CostModel(slit_speed_um_per_s=0.0)
 
 
+def test_the_vectorised_cost_is_the_recorded_cost():
+    cm = CostModel()
+    state = LabState(current_doping=7.4, films=(0.47,), stripe_length_um=1000.0)
+    length = torch.tensor([1000.0, 1500.0, 1000.0, 250.0], dtype=torch.float64, requires_grad=True)
+    doping = torch.tensor([7.4, 7.4, 0.47, 3.0], dtype=torch.float64)
+    for joint in (False, True):
+        fluence = {"fluence_uJ_cm2": 100.0} if joint else {}
+        cost = cm.cost_s(length, doping, state, joint=joint)
+        assert cost.dtype == torch.float64 and cost.shape == (4,)
+        record = [
+            cm.trial_cost_s({"stripe_length_um": v, "doping": d, **fluence}, state)
+            for v, d in zip(length.tolist(), doping.tolist(), strict=True)
+        ]
+        assert cost.tolist() == record  # one formula: the same numbers to the last bit
+    # differentiable in stripe length (the slit move), as an acquisition polished by gradient needs
+    cost.sum().backward()
+    speed = cm.slit_speed_um_per_s
+    assert length.grad.tolist() == pytest.approx([0.0, 1.0 / speed, 0.0, -1.0 / speed])
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_with_nothing_mounted_a_new_film_is_not_free_and_decision_and_record_agree(strategy):
+    cm = CostModel()
+    joint = strategy == "joint"
+    meas = cm.measurement_s(joint)
+    opt = make_optimizer(strategy, continuous_space(), seed=0, cost=cm, lab_state=LabState(films=(5.0,)))
+    state = opt.lab_state()
+    assert state.current_doping is None and state.stripe_length_um is None  # nothing mounted, slit unknown
+    fluence = {"fluence_uJ_cm2": 100.0} if joint else {}
+    new = {"stripe_length_um": 300.0, "doping": 3.0, **fluence}
+    made = {"stripe_length_um": 300.0, "doping": 5.0, **fluence}
+    record = [cm.trial_cost_s(p, state) for p in (new, made)]
+    assert record == pytest.approx([cm.new_film_s + cm.sample_change_s + meas, cm.sample_change_s + meas], rel=1e-12)
+    # the decision: what the strategy's acquisition divides by, at the same points (unit cube)
+    X = torch.tensor(np.array([opt.space.to_unit(p, opt.space.dims(joint)) for p in (new, made)]))
+    assert opt.expected_cost_s(X).tolist() == pytest.approx(record, rel=1e-12)
+    # the first proposal on an empty bench makes a film: its record is not free, and is the decision's price
+    empty = make_optimizer(strategy, continuous_space(), seed=0, cost=cm, lab_state=LabState())
+    (p,) = empty.suggest(1)
+    assert p.expected_cost_s == pytest.approx(cm.new_film_s + cm.sample_change_s + meas, rel=1e-12)
+    u = torch.tensor(empty.space.to_unit(p.params, empty.space.dims(joint)))
+    assert float(empty.expected_cost_s(u, LabState())) == pytest.approx(p.expected_cost_s, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "cost", "n"),
+    [
+        # films cheap enough (never free) that the search makes new ones: every price is checked
+        ("nested", CostModel(new_film_s=300.0), 9),
+        ("joint", CostModel(new_film_s=2.0, sample_change_s=1.0), 13),
+    ],
+)
+def test_the_cost_the_acquisition_divides_by_is_the_cost_the_proposal_records(strategy, cost, n, sample, setup):
+    result = joint_result if strategy == "joint" else nested_result
+    opt = make_optimizer(strategy, continuous_space(), seed=4, cost=cost, lab_state=LabState(current_doping=7.4))
+    meas = cost.measurement_s(strategy == "joint")
+    rng = np.random.default_rng(0)
+    n_bo, n_new = 0, 0
+    for _ in range(n):
+        before = opt.lab_state()
+        (p,) = opt.suggest(1)
+        assert p.expected_cost_s == cost.trial_cost_s(p.params, before)  # priced from the state it starts from
+        if not p.predicted.get("design"):
+            (last,) = opt.state()["last_acquisition"]
+            assert last["trial_index"] == p.trial_index
+            assert last["cost_s"] == pytest.approx(p.expected_cost_s, rel=1e-9)
+            assert p.acquisition_value == pytest.approx(last["log_acquisition"] - math.log(last["cost_s"] / meas))
+            n_bo += 1
+            if not cost.film_cost_s(p.params["doping"], before) < cost.new_film_s:
+                n_new += 1
+                assert p.expected_cost_s >= cost.new_film_s + cost.sample_change_s + meas
+        opt.ingest([result(p, sample, setup, rng)])
+    assert n_bo >= 4 and n_new >= 1
+
+
 # ---- records -----------------------------------------------------------------------------
 def test_records_are_json_and_round_trip():
     r = TrialResult(3, {"stripe_length_um": 100.0, "doping": 7.4}, "failed", {"threshold_uJ_cm2": math.nan}, "x")
@@ -186,6 +264,15 @@ def test_make_optimizer_refuses_bad_arguments():
         make_optimizer("random", space, seed=-1)
     with pytest.raises(ParameterError, match="threshold only"):
         make_optimizer("joint", space, seed=0, objectives=("threshold", "gnet"))
+
+
+def test_strategies_are_named_once_and_built_by_name():
+    assert STRATEGIES == ("nested", "joint", "random", "grid")
+    for name in STRATEGIES:
+        opt = make_optimizer(name, continuous_space(), seed=0)
+        assert opt.strategy == name and opt.joint == (name == "joint")
+    with pytest.raises(ParameterError, match="allowed: nested, joint, random, grid"):
+        make_optimizer("bayes", continuous_space(), seed=0)
 
 
 # ---- failed results, idempotence ---------------------------------------------------------
@@ -364,6 +451,40 @@ def test_a_new_film_is_reused_rather_than_made_again(sample, setup):
     dopings = [r.params["doping"] for r in opt.history()]
     changes = sum(a != b for a, b in itertools.pairwise(dopings))
     assert 1 <= len(set(dopings)) - 1 <= 4 and changes == len(set(dopings)) - 1  # each film made once, then used
+
+
+# ---- the posterior -----------------------------------------------------------------------
+def test_posterior_is_the_model_the_next_proposal_comes_from(sample, setup):
+    few = make_optimizer("nested", continuous_space(), seed=0)
+    few.ingest([TrialResult(0, _params(), "completed", {"threshold_uJ_cm2": 95.0, "threshold_err_uJ_cm2": 2.0})])
+    few.ingest([TrialResult(1, _params(500.0), "infeasible", {}, "no lasing up to the cap")])
+    with pytest.raises(NotEnoughDataError, match=r"1 usable threshold.*at least 2") as err:
+        few.posterior(1000.0, 7.4)
+    assert isinstance(err.value, GainloopError)
+
+    opt = run(make_optimizer("nested", continuous_space(), seed=0), 6, sample, setup)
+    L, D = np.meshgrid(np.geomspace(10.0, 4000.0, 5), [0.0, 3.0, 7.4])
+    post = opt.posterior(L, D)
+    thr, sd = post["threshold_uJ_cm2"], post["sd_ln_threshold"]
+    assert thr.shape == sd.shape == (3, 5)
+    assert np.all(np.isfinite(thr) & (thr > 0)) and np.all(np.isfinite(sd) & (sd >= 0))
+    assert post["n_thresholds"] == opt.training_data()["X"].shape[0] == 6
+    json.dumps(post["messages"])
+    # near a measured threshold (2 % noise) the median is close to it and the model is sure of it
+    best = opt.best()
+    at_best = opt.posterior(best["stripe_length_um"], best["doping"])
+    assert at_best["threshold_uJ_cm2"].shape == ()
+    assert float(at_best["threshold_uJ_cm2"]) == pytest.approx(best["threshold_uJ_cm2"], rel=0.1)
+    assert float(at_best["sd_ln_threshold"]) < float(sd.max())
+    # the proposal's prediction is the posterior's at its parameters (same fit, same seed)
+    (p,) = opt.suggest(1)
+    assert "design" not in p.predicted
+    opt.clear_pending([p.trial_index])
+    here = opt.posterior(p.params["stripe_length_um"], p.params["doping"])
+    median = float(here["threshold_uJ_cm2"])
+    assert median == pytest.approx(p.predicted["threshold_uJ_cm2"], rel=1e-9)
+    assert median * float(here["sd_ln_threshold"]) == pytest.approx(p.predicted["threshold_err_uJ_cm2"], rel=1e-9)
+    assert opt.suggest(1)[0] == p  # reading the posterior changes nothing the optimiser does
 
 
 # ---- infeasible results, gnet, baselines, joint ------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import textwrap
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -216,46 +215,29 @@ def gp_posterior(cfg: CampaignConfig, history: list[dict], trials: list[ReportTr
     n_done = sum(math.isfinite(t.threshold) for t in trials)
     if n_done < 2:
         return None, f"{n_done} trial(s) with a threshold: the GP needs at least 2 to be drawn."
-    import torch
-
-    from optimizer import make_optimizer
+    from optimizer import NotEnoughDataError, make_optimizer
 
     space = _space(cfg, trials)
     opt = make_optimizer("nested", space, seed=cfg.seed, batch_size=cfg.batch_size)
     opt.ingest(history)
-    messages: list[str] = []
-    data = opt.training_data()
-    if data["X"].shape[0] < 2:
-        return None, "fewer than 2 usable thresholds after the optimiser's checks: no GP to draw."
-    # NestedOptimizer has no public posterior: its own fit (the model its proposals came from) is used.
-    model, index, _hyper, fit_messages = opt._fit(data)
-    messages += fit_messages
-    gp = model.models[index["threshold"]] if hasattr(model, "models") else model
-    u = torch.linspace(0.0, 1.0, _GRID, dtype=torch.float64)
-    UL, UD = torch.meshgrid(u, u, indexing="xy")  # rows: doping, columns: stripe length
-    X = torch.stack([UL.reshape(-1), UD.reshape(-1)], dim=-1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with torch.no_grad():
-            p = gp.posterior(X)
-            mean = p.mean.reshape(_GRID, _GRID).numpy()
-            sd = p.variance.clamp_min(0.0).sqrt().reshape(_GRID, _GRID).numpy()
-    for w in caught:
-        if "Numerical" in w.category.__name__ or "Optimization" in w.category.__name__:
-            messages.append(f"{w.category.__name__}: {w.message}")
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    u = np.linspace(0.0, 1.0, _GRID)
     l_lo, l_hi = space.stripe_length_um
     d_lo, d_hi = space.doping_bounds
-    lengths = np.exp(np.log(l_lo) + u.numpy() * (np.log(l_hi) - np.log(l_lo)))
-    dopings = d_lo + u.numpy() * (d_hi - d_lo) if d_hi > d_lo else np.full(_GRID, d_lo)
+    lengths = np.exp(np.log(l_lo) + u * (np.log(l_hi) - np.log(l_lo)))
+    dopings = d_lo + u * (d_hi - d_lo) if d_hi > d_lo else np.full(_GRID, d_lo)
+    L, D = np.meshgrid(lengths, dopings, indexing="xy")  # rows: doping, columns: stripe length
+    try:
+        # the optimiser's own fit (the model its proposals came from), read through its public posterior
+        post = opt.posterior(L, D)
+    except NotEnoughDataError:
+        return None, "fewer than 2 usable thresholds after the optimiser's checks: no GP to draw."
     who = (
         "the campaign's own nested optimiser"
         if cfg.strategy == "nested"
         else (f"the nested optimiser (this campaign's strategy is {cfg.strategy!r})")
     )
     caption = (
-        f"GP posterior of {who}, refitted on the {int(data['X'].shape[0])} measured thresholds: median threshold "
+        f"GP posterior of {who}, refitted on the {post['n_thresholds']} measured thresholds: median threshold "
         "exp(-mean of -ln threshold) (left) and the posterior standard deviation of ln threshold, about the "
         "relative uncertainty (right). Numbers are trial indices at the proposed points; dashed: the safe-set "
         f"fluence limit ({space.fluence_limit_uJ_cm2:g} uJ/cm^2)."
@@ -263,11 +245,11 @@ def gp_posterior(cfg: CampaignConfig, history: list[dict], trials: list[ReportTr
     return {
         "lengths": lengths,
         "dopings": dopings,
-        "threshold": np.exp(-mean),
-        "sd_ln": sd,
+        "threshold": post["threshold_uJ_cm2"],
+        "sd_ln": post["sd_ln_threshold"],
         "limit": space.fluence_limit_uJ_cm2,
         "caption": caption,
-        "messages": messages[-5:],
+        "messages": post["messages"][-5:],
     }, None
 
 
