@@ -14,7 +14,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from core.trial import Proposal, TrialResult
 
-__all__ = ["OPTIMIZER_METHODS", "Optimizer"]
+__all__ = ["OPTIMIZER_METHODS", "STRATEGIES", "Optimizer"]
+
+STRATEGIES = ("nested", "joint", "random", "grid")
+"""The strategy names a campaign may name, ours first (``optimizer.make_optimizer`` builds each;
+here, in the leaf, so that a config is checked without importing BoTorch)."""
 
 OPTIMIZER_METHODS = ("suggest", "ingest", "history", "best", "state", "pending")
 """The methods the campaign plan calls on its optimiser (the members of ``Optimizer`` besides its names)."""

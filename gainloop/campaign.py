@@ -63,6 +63,7 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 
 from core.errors import GainloopError
+from core.protocols import STRATEGIES
 from core.trial import Proposal, TrialRecord
 from gainloop.records import StoredCampaign, read_campaign
 from gainloop.running import PlanInterrupted
@@ -120,6 +121,8 @@ class CampaignConfig:
     twin_seed: int | None = None
 
     def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise CampaignError(f"unknown strategy {self.strategy!r}; allowed: {', '.join(STRATEGIES)}")
         if self.films is not None:
             object.__setattr__(self, "films", tuple(self.films))
         object.__setattr__(self, "scan_args", MappingProxyType(dict(self.scan_args)))

@@ -65,6 +65,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import GainloopError
+from core.protocols import STRATEGIES
 from core.tomlfile import load_toml_model
 
 __all__ = ["ConfigError", "GainloopConfig", "load_config"]
@@ -96,7 +97,7 @@ class CatalogSection(_Strict):
 
 
 class OptimizerSection(_Strict):
-    strategy: Literal["nested", "joint", "random", "grid"] = "nested"
+    strategy: Literal[STRATEGIES] = "nested"
     seed: int = Field(0, ge=0)
     batch_size: int = Field(1, ge=1, le=16)
 
@@ -196,7 +197,7 @@ class IocSection(_Strict):
 class SweepSection(_Strict):
     """``gainloop sweep``: which campaigns, and where they run."""
 
-    strategies: list[Literal["nested", "joint", "random", "grid"]] | None = Field(None, min_length=1)
+    strategies: list[Literal[STRATEGIES]] | None = Field(None, min_length=1)
     seeds: list[int] | str | None = Field(None, description="seeds: a list, or a string like '0-9' or '0,2,4'")
     presets: list[Path] | None = Field(None, description="presets TOML files of the twin (default: shipped)")
     scheduler: str | None = Field(None, description="address of an existing Dask scheduler")

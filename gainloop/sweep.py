@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import GainloopError
+from core.protocols import STRATEGIES
 
 __all__ = [
     "STRATEGIES",
@@ -49,7 +50,6 @@ __all__ = [
     "sweep_tasks",
 ]
 
-STRATEGIES = ("nested", "joint", "random", "grid")
 SHIPPED = "shipped"  # the presets label of the shipped presets file
 
 

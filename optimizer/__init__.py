@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.errors import ParameterError
+from core.protocols import STRATEGIES
 from core.trial import STATUSES, Proposal, TrialResult
 
 from . import _imports  # noqa: F401  (first: BoTorch's stack, see its docstring)
@@ -53,8 +54,8 @@ _CLASSES: dict[str, type[Optimizer]] = {
     cls.strategy: cls for cls in (NestedOptimizer, JointOptimizer, RandomSearch, GridSearch)
 }
 
-STRATEGIES: tuple[str, ...] = tuple(_CLASSES)
-"""The strategy names ``make_optimizer`` accepts: ``("nested", "joint", "random", "grid")``, ours first."""
+if tuple(_CLASSES) != STRATEGIES:  # the names are declared in the leaf; each must be a class here
+    raise ImportError(f"optimizer strategies {tuple(_CLASSES)} differ from core.protocols.STRATEGIES {STRATEGIES}")
 
 
 def make_optimizer(strategy: str, space: SearchSpace, **kwargs: Any) -> Optimizer:
