@@ -13,21 +13,21 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from core.errors import GainloopError
 from gainloop.cli_common import (
     ApiKeyOption,
     CatalogOption,
     ConfigOption,
     JsonOption,
-    fail,
+    command_errors,
+    command_group,
     load_config,
-    open_catalog,
+    opened_catalog,
     pick,
 )
 
 __all__ = ["catalog_app"]
 
-catalog_app = typer.Typer(help="Serve the catalog at scale: a Tiled server on PostgreSQL.", no_args_is_help=True)
+catalog_app = command_group("Serve the catalog at scale: a Tiled server on PostgreSQL.")
 
 
 @catalog_app.command("serve")
@@ -63,25 +63,24 @@ def serve(
 ) -> None:
     """Start a Tiled server for gainloop's runs on PostgreSQL; every request needs the API key.
 
-    Each option can come from the config file's ``[server]`` table (the key from the environment
-    variable its ``api_key_env`` names, default $GAINLOOP_TILED_API_KEY).
+    Each option can come from the config file's [server] table (the key from the environment
+    variable its api_key_env names, default $GAINLOOP_TILED_API_KEY).
     """
     from gainloop.catalog_server import ENV_API_KEYS, ServerSettings
     from gainloop.catalog_server import serve as run_server
 
     try:
-        server = load_config(config).server
-        settings = ServerSettings.resolve(
-            pick(postgres, server.postgres_uri),
-            host=pick(host, server.host),
-            port=pick(port, server.port),
-            data_dir=pick(data_dir, server.data_dir),
-            api_key=api_key,
-            api_key_envs=tuple(dict.fromkeys((server.api_key_env, *ENV_API_KEYS))),
-        )
-        run_server(settings)
-    except GainloopError as exc:
-        fail(exc)
+        with command_errors():
+            server = load_config(config).server
+            settings = ServerSettings.resolve(
+                pick(postgres, server.postgres_uri),
+                host=pick(host, server.host),
+                port=pick(port, server.port),
+                data_dir=pick(data_dir, server.data_dir),
+                api_key=api_key,
+                api_key_envs=tuple(dict.fromkeys((server.api_key_env, *ENV_API_KEYS))),
+            )
+            run_server(settings)
     except KeyboardInterrupt:  # pragma: no cover - uvicorn handles Ctrl-C itself
         raise typer.Exit(code=0) from None
 
@@ -111,13 +110,9 @@ def upload_backup(
 
     from gainloop.backup import upload_backup as run_upload
 
-    try:
-        conf = load_config(config)
-        with open_catalog(catalog, data_dir, api_key, conf, warn_pending_backup=False) as cat:
-            reports = run_upload(cat, include_incomplete=include_incomplete)
-            backup_dir = cat.backup_dir
-    except GainloopError as exc:
-        fail(exc)
+    with opened_catalog(catalog, data_dir, api_key, config, warn_pending_backup=False) as cat:
+        reports = run_upload(cat, include_incomplete=include_incomplete)
+        backup_dir = cat.backup_dir
     counts = {a: sum(r.action == a for r in reports) for a in ("uploaded", "replaced", "skipped", "left", "failed")}
     if json_out:
         print(json.dumps({"backup_dir": str(backup_dir), "counts": counts, "runs": [r.as_dict() for r in reports]}))

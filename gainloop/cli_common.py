@@ -1,14 +1,30 @@
-"""What every ``gainloop`` command shares: the config file, the catalog options, one-line errors.
+"""What every ``gainloop`` command shares: the config file, the catalog, the bench options, one-line errors.
 
 Every command takes ``--config FILE`` (else ``$GAINLOOP_CONFIG``); an option given on the
 command line wins over the file, the file over the built-in default. The catalog of a
-command is ``--catalog`` / ``--data-dir`` / ``--api-key``, else the file's ``[catalog]``
+command is ``--catalog`` / ``--data-dir`` / ``--api-key``, else the file's [catalog]
 table (its key from the environment variable the table names), else the embedded one.
+
+Errors: inside ``command_errors()`` (or ``opened_catalog(...)``, which opens the catalog
+inside it) a ``GainloopError`` is one line ``error: ...`` on stderr and exit status 2, never a
+traceback; a plan or campaign stopped by Ctrl+C or SIGTERM (``gainloop.running.PlanInterrupted``)
+is one line ``interrupted: ...`` and exit status 130 (143 for SIGTERM).
+
+Help texts are plain text (``rich_markup_mode=None`` on every Typer app: ``command_group``),
+so that a config table such as [sweep] shows as written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
+import logging
+import math
 import os
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -16,17 +32,33 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from core.errors import GainloopError
+from gainloop.running import PlanInterrupted
+
 __all__ = [
     "ApiKeyOption",
+    "BenchFileOption",
     "CatalogOption",
     "ConfigOption",
     "DataDirOption",
     "JsonOption",
+    "SampleOption",
+    "TwinOption",
+    "bench_command",
+    "bench_file_choice",
+    "bluesky_prints_to_stderr",
     "catalog_target",
+    "command_errors",
+    "command_group",
     "fail",
+    "interrupted",
     "load_config",
+    "number",
     "open_catalog",
+    "opened_catalog",
     "pick",
+    "print_json",
+    "with_error",
 ]
 
 err_console = Console(stderr=True, soft_wrap=True)
@@ -50,12 +82,44 @@ DataDirOption = Annotated[
     Path | None, typer.Option("--data-dir", help="Data folder of the embedded catalog (default: $GAINLOOP_DATA_DIR).")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+SampleOption = Annotated[str, typer.Option("--sample", help="Sample id in the presets file.")]
+TwinOption = Annotated[bool, typer.Option("--twin", help="Use the in-process twin bench (default).")]
+BenchFileOption = Annotated[Path | None, typer.Option("--bench", help="Bench file of a real bench (EPICS).")]
+
+
+def command_group(help: str) -> typer.Typer:
+    """A Typer app for a group of commands: no arguments show its help; help texts are plain text."""
+    return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=None)
 
 
 def fail(exc: Exception) -> None:
     """One line ``error: ...`` on stderr, exit status 2 (never a traceback)."""
     err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
     raise typer.Exit(code=2)
+
+
+def interrupted(exc: PlanInterrupted) -> None:
+    """A plan or campaign stopped by Ctrl+C or SIGTERM: one line, exit status 130 (SIGINT) or 143 (SIGTERM).
+
+    ``run_plan(..., exit_on_interrupt=True)`` has left both signals ignored, so that no traceback
+    from closing the catalog or the interpreter's shutdown follows the line.
+    """
+    Console(stderr=True).print(f"[bold yellow]interrupted:[/] {escape(str(exc))}", soft_wrap=True)
+    raise typer.Exit(code=exc.exit_code)
+
+
+@contextlib.contextmanager
+def command_errors(*also: type[Exception]) -> Iterator[None]:
+    """The block's errors as a command ends on them: ``PlanInterrupted`` -> ``interrupted`` (exit 130/143);
+    ``GainloopError`` and the exception types ``also`` -> ``fail`` (one line, exit 2)."""
+    try:
+        yield
+    except typer.Exit:
+        raise  # the block has ended the command itself
+    except PlanInterrupted as exc:
+        interrupted(exc)
+    except (GainloopError, *also) as exc:
+        fail(exc)
 
 
 def load_config(config: Path | None):
@@ -70,8 +134,19 @@ def pick(given, from_config):
     return given if given is not None else from_config
 
 
+def bench_file_choice(twin: bool, bench: Path | None, configured: Path | None) -> Path | None:
+    """The bench file of ``--twin`` / ``--bench FILE``, else the config's ``configured`` (None: the twin).
+
+    ``GainloopError`` if both options are given."""
+    if twin and bench is not None:
+        raise GainloopError("choose one of --twin and --bench FILE")
+    if twin:
+        return None
+    return pick(bench, configured)
+
+
 def catalog_target(conf, catalog: str | None, data_dir: Path | None, api_key: str | None):
-    """``(uri, data_dir, api_key)`` of the options, else of ``conf``'s ``[catalog]`` table."""
+    """``(uri, data_dir, api_key)`` of the options, else of ``conf``'s [catalog] table."""
     return (
         pick(catalog, conf.catalog.uri),
         pick(data_dir, conf.catalog.data_dir),
@@ -79,10 +154,12 @@ def catalog_target(conf, catalog: str | None, data_dir: Path | None, api_key: st
     )
 
 
-def open_catalog(catalog: str | None, data_dir: Path | None, api_key: str | None, conf=None, **options):
+def open_catalog(
+    catalog: str | None, data_dir: Path | None, api_key: str | None, conf=None, *, announce: bool = True, **options
+):
     """The ``Catalog`` of the options / the config (see the module doc); ``options`` go to ``Catalog``.
 
-    On first use of an embedded catalog, says on stderr where its folder is.
+    On first use of an embedded catalog, says on stderr where its folder is (unless not ``announce``).
     """
     from gainloop.catalog import Catalog
     from gainloop.catalog import data_dir as resolve_data_dir
@@ -93,6 +170,128 @@ def open_catalog(catalog: str | None, data_dir: Path | None, api_key: str | None
     folder_is_new = catalog is None and not (resolve_data_dir(data_dir) / "catalog").exists()
     with signals_deferred():  # a catalog is opened whole (or not at all) when Ctrl+C comes meanwhile
         cat = Catalog(catalog, data_dir_path=data_dir, api_key=api_key, **options)
-    if folder_is_new:
+    if folder_is_new and announce:
         err_console.print(f"gainloop catalog: {cat.location}", highlight=False)
     return cat
+
+
+@contextlib.contextmanager
+def opened_catalog(
+    catalog: str | None,
+    data_dir: Path | None,
+    api_key: str | None,
+    config: Path | None = None,
+    *,
+    conf=None,
+    also: tuple[type[Exception], ...] = (),
+    **options,
+):
+    """The command's catalog (``open_catalog`` of the options, ``conf`` or else the ``config`` file),
+    open for the block and closed after it; errors of loading the config, of opening the catalog and
+    of the block end the command as ``command_errors(*also)`` says."""
+    with command_errors(*also):
+        if conf is None:
+            conf = load_config(config)
+        with open_catalog(catalog, data_dir, api_key, conf, **options) as cat:
+            yield cat
+
+
+def print_json(obj) -> None:
+    """``obj`` as one line of JSON on stdout; a float that is not finite is written as null."""
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    def refuse(value):
+        raise TypeError(f"not JSON serialisable: {value!r}")
+
+    sys.stdout.write(json.dumps(clean(obj), default=refuse) + "\n")
+
+
+def number(value) -> str:
+    """A float to 4 significant digits (``nan``, ``inf`` as such); anything else as ``str``."""
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
+def with_error(value, err) -> str:
+    """``93.9 +- 4.9``: the value rounded where its error's second significant digit is."""
+    try:
+        v, e = float(value), float(err)
+    except (TypeError, ValueError):
+        return f"{value} +- {err}"
+    if not (math.isfinite(v) and math.isfinite(e) and e > 0):
+        return f"{number(v)} +- {number(e)}"
+    decimals = max(0, 1 - math.floor(math.log10(e)))
+    if decimals > 6:
+        return f"{v:.3g} +- {e:.2g}"
+    return f"{v:.{decimals}f} +- {e:.{decimals}f}"
+
+
+def bluesky_prints_to_stderr(json_out: bool):
+    """In --json mode, what bluesky prints while a plan runs (pause and abort notices) goes to stderr.
+
+    The RunEngine's own log (a traceback for an abort or a failed plan) is silenced: the CLI
+    says what happened in one line.
+    """
+    logging.getLogger("bluesky").setLevel(logging.CRITICAL)
+    return contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext()
+
+
+class _Stopped(BaseException):
+    """Ctrl+C or SIGTERM while a bench command starts up (imports, connects, opens the catalog):
+    a BaseException of its own, so that click does not turn it into "Aborted!", status 1."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def _on_stop_signal(signum, frame) -> None:
+    import signal
+
+    from gainloop.running import note_stop_signal
+
+    name = signal.Signals(signum).name
+    note_stop_signal(name)  # in case this exception is lost (raised inside a finaliser): no plan starts
+    raise _Stopped(name)
+
+
+def bench_command(fn):
+    """A command that drives the bench (measure, campaign run|resume, demo): Ctrl+C or SIGTERM before
+    its plan runs (the plan has its own handling, ``gainloop.running.run_plan``) close the blocks it
+    is in (a connected bench is made safe), say so in one line and exit 130 (SIGINT) or 143
+    (SIGTERM) at once -- without waiting for threads a half-opened catalog may have started."""
+
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return fn(*args, **kwargs)
+        saved = {sig: signal.signal(sig, _on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return fn(*args, **kwargs)
+        except _Stopped as stop:
+            for sig in saved:
+                signal.signal(sig, signal.SIG_IGN)
+            what = "terminated (SIGTERM)" if stop.signal_name == "SIGTERM" else "interrupted (Ctrl+C)"
+            Console(stderr=True).print(
+                f"[bold yellow]{what}[/] before the plan started: nothing was measured", highlight=False
+            )
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(143 if stop.signal_name == "SIGTERM" else 130)
+        finally:
+            for sig, handler in saved.items():
+                if signal.getsignal(sig) is _on_stop_signal:
+                    signal.signal(sig, handler)
+
+    return command

@@ -15,13 +15,20 @@ import typer
 from rich.console import Console
 
 from core.errors import GainloopError
-from gainloop.cli_common import ConfigOption, catalog_target, fail, load_config, pick
+from gainloop.cli_common import (
+    ConfigOption,
+    bench_file_choice,
+    catalog_target,
+    command_errors,
+    command_group,
+    load_config,
+    open_catalog,
+    pick,
+)
 
 __all__ = ["qserver_app"]
 
-qserver_app = typer.Typer(
-    help="Run gainloop's plans from bluesky-queueserver (a queue in Redis, driven over 0MQ).", no_args_is_help=True
-)
+qserver_app = command_group("Run gainloop's plans from bluesky-queueserver (a queue in Redis, driven over 0MQ).")
 
 _err = Console(stderr=True, soft_wrap=True)
 
@@ -102,12 +109,11 @@ def start(
 ) -> None:
     """Start the RE Manager; open its environment and submit plans with bluesky-queueserver-api or `qserver`.
 
-    The sockets, Redis and state folder can come from the config file's ``[qserver]`` table, the
-    devices from ``[bench]`` and the catalog from ``[catalog]`` (its key from the variable it names).
+    The sockets, Redis and state folder can come from the config file's [qserver] table, the
+    devices from [bench] and the catalog from [catalog] (its key from the variable it names).
     """
     import shlex
 
-    from gainloop.catalog import Catalog, masked
     from gainloop.catalog import data_dir as resolve_data_dir
     from gainloop.queueserver import (
         ENV_BENCH_FILE,
@@ -119,10 +125,9 @@ def start(
         prepare,
     )
 
-    if twin and bench is not None:
-        fail(GainloopError("choose one of --twin and --bench FILE"))
-    try:
+    with command_errors(ValueError, OSError):
         conf = load_config(config)
+        bench = bench_file_choice(twin, bench, conf.bench.file)
         q = conf.qserver
         host, control_port, info_port = (
             pick(host, q.host),
@@ -134,8 +139,6 @@ def start(
             pick(redis_prefix, q.redis_prefix),
             pick(state_dir, q.state_dir),
         )
-        if not twin:
-            bench = pick(bench, conf.bench.file)
         seed = pick(seed, conf.bench.twin_seed)
         catalog, data_dir, api_key = catalog_target(conf, catalog, data_dir, None)
         folder = resolve_data_dir(data_dir)
@@ -156,19 +159,18 @@ def start(
             redis_prefix=redis_prefix,
             profile=profile,
         )
+        location = f"embedded in {folder / 'catalog'}"
         if not print_command:
             _redis_reachable(redis)
             if catalog is not None:  # the key and the address, checked before the worker needs them
-                Catalog(catalog, data_dir_path=folder, api_key=api_key).close()
+                with open_catalog(catalog, folder, api_key) as checked:
+                    location = checked.location  # (the URI without its API key)
         prepare(settings)
         argv = manager_argv(settings)
         if print_command:
             env = " ".join(f"{k}={shlex.quote(v)}" for k, v in profile.as_environ().items())
             typer.echo(f"{env} {shlex.join(argv)}")
             return
-    except (GainloopError, ValueError, OSError) as exc:
-        fail(exc)
-    location = masked(catalog) if catalog is not None else f"embedded in {folder / 'catalog'}"
     _warn_unfinished_item(redis, redis_prefix)
     _err.print(
         f"gainloop qserver: RE Manager at {settings.control_addr} (console {settings.info_addr}), "
@@ -227,18 +229,13 @@ def reconcile_command(
     """
     import json
 
-    from gainloop.catalog import Catalog
-    from gainloop.catalog import data_dir as resolve_data_dir
     from gainloop.queueserver import read_queue_state, reconcile
 
-    try:
+    with command_errors(ValueError, OSError):
         conf = load_config(config)
-        catalog, data_dir, api_key = catalog_target(conf, catalog, data_dir, None)
         state = read_queue_state(pick(redis, conf.qserver.redis), pick(redis_prefix, conf.qserver.redis_prefix))
-        with Catalog(catalog, data_dir_path=resolve_data_dir(data_dir), api_key=api_key) as cat:
+        with open_catalog(catalog, data_dir, None, conf, announce=False) as cat:
             outcomes = reconcile(state.history, cat)
-    except (GainloopError, ValueError, OSError) as exc:
-        fail(exc)
     unresolved = [o for o in outcomes if o.outcome in ("interrupted", "unknown")]
     if as_json:
         typer.echo(

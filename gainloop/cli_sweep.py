@@ -25,10 +25,11 @@ from gainloop.cli_common import (
     ConfigOption,
     DataDirOption,
     JsonOption,
-    catalog_target,
-    fail,
+    command_errors,
     load_config,
+    open_catalog,
     pick,
+    print_json,
 )
 
 __all__ = ["sweep"]
@@ -137,16 +138,14 @@ def sweep(
 ) -> None:
     """Many offline campaigns (strategies x seeds x presets) on the twin, on a Dask cluster, into the catalog.
 
-    Strategies, seeds, presets and the cluster can come from the config file's ``[sweep]`` table,
+    Strategies, seeds, presets and the cluster can come from the config file's [sweep] table,
     budgets and limits from its other tables; options on the command line win.
     """
     import os
 
-    from gainloop.catalog import Catalog
-    from gainloop.catalog import data_dir as resolve_data_dir
     from gainloop.sweep import collect_sweep, dask_client, parse_seeds, parse_strategies, submit_sweep, sweep_tasks
 
-    try:
+    with command_errors():
         if scheduler is not None and (workers is not None or host is not None):
             raise GainloopError("--workers and --host set up a LocalCluster; leave them out with --scheduler")
         if budget_hours is not None and not (math.isfinite(budget_hours) and budget_hours > 0):
@@ -171,8 +170,6 @@ def sweep(
             base_config=conf,
             overrides={"max_trials": max_trials, "budget_lab_h": budget_hours, "target_threshold_uJ_cm2": target},
         )
-        uri, folder, key = catalog_target(conf, catalog, data_dir, api_key)
-        folder_is_new = uri is None and not (resolve_data_dir(folder) / "catalog").exists()
         n_workers = workers if workers is not None else min(len(tasks), os.cpu_count() or 1)
         with dask_client(
             scheduler, workers=n_workers, host=host or "127.0.0.1"
@@ -185,9 +182,7 @@ def sweep(
                     f"sweep: {_n(len(tasks), 'campaign')} on {_n(n_workers, 'Dask worker')} of {where} at {address}"
                 )
             submitted = submit_sweep(client, tasks)  # the campaigns run while the catalog opens
-            with Catalog(uri, data_dir_path=folder, api_key=key) as cat:
-                if folder_is_new and not json_out:
-                    _err.print(f"gainloop catalog: {cat.location}")
+            with open_catalog(catalog, data_dir, api_key, conf, announce=not json_out) as cat:
 
                 def done(row: dict, k: int, total: int) -> None:
                     if json_out:
@@ -204,13 +199,9 @@ def sweep(
 
                 result = collect_sweep(cat, submitted, on_done=done)
                 result.update(scheduler=address, workers=n_workers, catalog=str(cat.location))
-    except GainloopError as exc:
-        fail(exc)
     rows = result.pop("rows")
     if json_out:
-        from gainloop.cli import _print_json
-
-        _print_json({**result, "campaigns": rows})
+        print_json({**result, "campaigns": rows})
     else:
         _print_table(result, rows)
     if any(r["error"] for r in rows):

@@ -1,8 +1,9 @@
 """Running plans on a bench from a command: the bench opened and closed, every exit a safe one.
 
 ``open_bench(bench_file, seed=...)`` connects the bench of a bench file over EPICS (or
-builds the in-process twin when there is none) and, however the block ends, makes it
-safe (shutter closed, fluence parked: ``devices.Bench.make_safe``) and releases it.
+builds the in-process twin when there is none: ``gainloop.benches.bench_devices`` chooses)
+and, however the block ends, makes it safe (shutter closed, fluence parked:
+``devices.Bench.make_safe``) and releases it.
 
 ``run_plan(RE, plan, bench)`` runs one plan (a measurement, a campaign) and turns the
 exits a command can see into a clean end:
@@ -75,17 +76,15 @@ def make_bench_safe(bench) -> bool:
 
 
 @contextlib.contextmanager
-def open_bench(bench_file: str | Path | None = None, *, seed: int | None = None, presets=None) -> Iterator[object]:
-    """The bench of ``bench_file`` over EPICS, or (None) the in-process twin of the shipped twin bench file
-    (``seed``: its noise seed, ``presets``: its presets); made safe and released when the block ends."""
-    if bench_file is not None:
-        from devices import connect_bench, load_bench
+def open_bench(
+    bench_file: str | Path | None = None, *, twin: bool = False, seed: int | None = None, presets=None
+) -> Iterator[object]:
+    """The ``devices.Bench`` that ``gainloop.benches.bench_devices`` opens for these arguments (``bench_file``
+    over EPICS; with ``twin`` or without a bench file, the in-process twin with noise seed ``seed`` on
+    ``presets``), made safe and released when the block ends."""
+    from gainloop.benches import bench_devices
 
-        bench = connect_bench(load_bench(bench_file))
-    else:
-        from sim.devices import default_twin_bench_path, twin_bench_devices
-
-        bench = twin_bench_devices(default_twin_bench_path(), seed=seed, presets=presets)
+    bench = bench_devices(bench_file, twin=twin, seed=seed, presets=presets)
     try:
         yield bench
     finally:

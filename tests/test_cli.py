@@ -94,3 +94,81 @@ def test_malformed_presets_name_the_key(tmp_path):
     proc = run("twin", "predict", "--sample", "cas", "--presets", str(p), check=False)
     assert proc.returncode == 2
     assert "film.confinement" in proc.stderr
+
+
+def _every_command():
+    """``(path, click command)`` of the app and of every group and command under it."""
+    import click
+    import typer
+
+    from gainloop.cli import app
+
+    def walk(cmd, path):
+        yield path, cmd
+        if hasattr(cmd, "list_commands"):
+            ctx = click.Context(cmd)
+            for name in cmd.list_commands(ctx):
+                yield from walk(cmd.get_command(ctx, name), [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def test_every_help_shows_the_config_tables_its_source_names():
+    """Help texts are plain text: a config table such as [sweep] in a docstring or an option's help
+    shows in ``--help`` as written (Rich markup took it for a style tag and dropped it)."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from gainloop.cli import app
+
+    runner = CliRunner()
+    shown_somewhere = set()
+    for path, cmd in _every_command():
+        source = " ".join([cmd.help or "", *(getattr(p, "help", None) or "" for p in cmd.params)])
+        names = set(re.findall(r"\[[a-z_]+\]", source))
+        shown = runner.invoke(app, [*path, "--help"], terminal_width=80)
+        assert shown.exit_code == 0, (path, shown.output)
+        for name in names:
+            assert name in shown.output, (" ".join(path), name, shown.output)
+        assert "````" not in shown.output, (path, shown.output)
+        shown_somewhere |= names
+    # the tables the help texts name today: none may go missing from the walk above
+    assert {"[bench]", "[catalog]", "[ioc]", "[qserver]", "[server]", "[stage]", "[sweep]"} <= shown_somewhere
+
+
+def test_help_lists_every_command_and_group():
+    from typer.testing import CliRunner
+
+    from gainloop.cli import app
+
+    paths = {" ".join(path) for path, _ in _every_command()}
+    assert paths == {
+        "",
+        "sweep",
+        "measure",
+        "replay",
+        "plans",
+        "demo",
+        "report",
+        "twin",
+        "twin reproduce",
+        "twin predict",
+        "twin optimum",
+        "twin serve",
+        "catalog",
+        "catalog serve",
+        "catalog upload-backup",
+        "qserver",
+        "qserver start",
+        "qserver reconcile",
+        "campaign",
+        "campaign run",
+        "campaign resume",
+        "campaign status",
+    }
+    listed = CliRunner().invoke(app, ["--help"], terminal_width=80).output
+    section = listed.split("Commands:", 1)[1]
+    names = [line.split()[0] for line in section.splitlines() if line.startswith("  ") and line[2] != " "]
+    # the commands first, then the groups, each in the order the app registers them
+    assert names == ["sweep", "measure", "replay", "plans", "demo", "report", "twin", "catalog", "qserver", "campaign"]

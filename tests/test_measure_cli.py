@@ -101,3 +101,27 @@ def test_bad_input_is_a_clear_error(tmp_path, args, message):
     assert proc.returncode == 2
     assert message in proc.stderr.replace("\n", " ")
     assert "Traceback" not in proc.stderr
+
+
+def test_the_bench_a_command_opens(tmp_path):
+    """``gainloop.benches.bench_devices``: the shipped twin bench without a bench file, the twin of a
+    given bench file with ``twin=True`` (its own [twin] seed unless one is given), and twin presets
+    refused for a real bench before anything connects."""
+    from gainloop.benches import BenchChoiceError, bench_devices
+    from twin.presets import default_presets_path, load_presets
+
+    shipped = bench_devices(seed=5)
+    try:
+        assert shipped.engine is not None and shipped.engine.seed == 5
+        assert shipped.config.twin.seed == 0 and shipped.control_layer is None
+    finally:
+        shipped.destroy()
+    mine = tmp_path / "my_twin_bench.toml"
+    mine.write_text(default_twin_bench_path().read_text().replace("\nseed = 0\n", "\nseed = 11\n", 1))
+    twin = bench_devices(mine, twin=True, presets=load_presets(default_presets_path()))
+    try:
+        assert twin.engine is not None and twin.config.twin.seed == 11 and twin.engine.seed == 11
+    finally:
+        twin.destroy()
+    with pytest.raises(BenchChoiceError, match="presets are the twin's"):
+        bench_devices(mine, presets=default_presets_path())
