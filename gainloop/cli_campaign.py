@@ -8,6 +8,7 @@ campaign from the catalog alone.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import typer
 from rich.console import Console
 
 from core.errors import GainloopError
+from core.protocols import STRATEGIES
 from gainloop.cli_common import (
     ApiKeyOption,
     BenchFileOption,
@@ -135,14 +137,14 @@ def _run_campaign_cli(
         conf = load_config(config)
         bench_file = bench_file_choice(twin, bench, conf.bench.file)
         strategy = overrides.get("strategy")
-        if strategy is not None and strategy not in ("nested", "joint", "random", "grid"):
-            raise GainloopError(f"unknown strategy {strategy!r}; allowed: nested, joint, random, grid")
+        if strategy is not None and strategy not in STRATEGIES:
+            raise GainloopError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
         budget = overrides.get("budget_lab_h")
         if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise GainloopError(f"--budget-hours must be a positive number of hours, got {budget!r}")
-        # LEAD: campaign_config takes None as "not given", so with --twin the config's [bench] file still
-        # wins here (measure and qserver start drive the twin then); CampaignConfig has no "twin" to say so
         cfg = conf.campaign_config(bench_file=str(bench_file) if bench_file is not None else None, **overrides)
+        if twin:  # --twin wins over the config's [bench] file, as in measure and qserver start
+            cfg = dataclasses.replace(cfg, bench_file=None)
         progress, update = _campaign_progress(json_out, cfg.budget_lab_h, cfg.max_trials)
         with open_catalog(catalog, data_dir, api_key, conf) as cat:
             if progress is not None:

@@ -153,9 +153,10 @@ def measure(
         seed = seed if seed is not None else conf.bench.twin_seed
         with open_bench(bench_file, seed=seed) as devices:
             devices.config.library_entry(sample)
-            # LEAD: switch to the bench's public method for the film's excitons per uJ/cm^2 (pump-probe default)
-            if plan == "pump_probe" and "excitons_per_uJ_cm2" not in kwargs and devices.engine is not None:
-                kwargs["excitons_per_uJ_cm2"] = devices.engine.excitons_per_uJ_cm2(sample)  # the twin's own film
+            if plan == "pump_probe" and "excitons_per_uJ_cm2" not in kwargs:
+                kappa = devices.excitons_per_uJ_cm2(sample)  # the twin's own film, or the bench file's entry
+                if kappa is not None:
+                    kwargs["excitons_per_uJ_cm2"] = kappa
             gen = spec.start(devices, sample, **kwargs)  # a bad argument is refused here: nothing stored or sent
             with open_catalog(catalog, data_dir, api_key, conf) as cat, bluesky_prints_to_stderr(json_out):
                 RE = RunEngine({}, call_returns_result=True)

@@ -172,3 +172,23 @@ def test_the_servers_and_the_sweep_take_their_tables_from_the_config(tmp_path, m
     swept = runner.invoke(app, ["sweep", "--config", str(path)])  # strategies, seeds, scheduler: the file's
     assert swept.exit_code == 2
     assert f"127.0.0.1:{dead}" in " ".join(swept.output.split()) and "scheduler" in swept.output
+
+
+def test_campaign_run_twin_wins_over_the_configs_bench_file(tmp_path):
+    """--twin on the command line drives the twin even when the config names a real bench file (no IOC runs)."""
+    path = tmp_path / "gainloop.toml"
+    path.write_text(
+        f"[bench]\nfile = '{REPO / 'examples' / 'twin_bench.toml'}'\n"
+        "[optimizer]\nstrategy = 'random'\nseed = 2\n"
+        f"[catalog]\ndata_dir = '{tmp_path / 'data'}'\n"
+    )
+    proc = _cli("campaign", "run", "--config", str(path), "--twin", "--max-trials", "1", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["trials"] == 1 and "SIM:LabTime" not in str(out.get("lab_clock"))  # the twin's own clock, not CA
+    from gainloop.campaign import rebuild_trials
+    from gainloop.catalog import Catalog
+
+    with Catalog(data_dir_path=tmp_path / "data") as cat:
+        cfg, _, _, _ = rebuild_trials(cat, out["campaign_uid"])
+    assert cfg.bench_file is None  # stored as a twin campaign: a resume opens the twin too

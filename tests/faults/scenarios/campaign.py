@@ -532,7 +532,7 @@ def scenario_abort(workdir: Path, env: FaultEnv, *, seed: int = 5, trials: int =
                 proposed_after += [int(i) for i in _columns(rec, "proposals").get("trial_index", [])]
         observed["proposed_after_resume"] = proposed_after
         checks["the aborted index is never proposed again"] = aborted not in proposed_after and bool(proposed_after)
-        aborted_params = t.get("params")
+        aborted_params = t.params if t is not None else None
         observed["aborted_params_proposed_again"] = [
             u.trial_index for u in got if u.trial_index != aborted and u.params == aborted_params
         ]

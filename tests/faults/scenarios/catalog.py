@@ -468,7 +468,7 @@ def scenario_duplicate_ingestion(workdir: Path, env: FaultEnv, *, trials: int = 
                 opt.ingest([h.result for h in history])
                 X = opt.training_data()["X"]
                 rows = [tuple(round(float(v), 12) for v in row) for row in X]
-                completed = sum(h["status"] == "completed" for h in history)
+                completed = sum(h.status == "completed" for h in history)
                 checks["training_rows_one_per_trial"] = len(rows) == completed == trials and len(set(rows)) == len(rows)
     finally:
         root.removeHandler(seen)
