@@ -127,13 +127,9 @@ def _bench(settings: ProfileSettings, *, connect: bool = True):
     ``connect=False`` (lists of plans and devices written before the environment opens):
     the twin of the same bench file stands in, with the same device names.
     """
-    if settings.bench_file is not None and connect:
-        from devices import connect_bench, load_bench
+    from gainloop.benches import bench_devices
 
-        return connect_bench(load_bench(settings.bench_file))
-    from sim.devices import default_twin_bench_path, twin_bench_devices
-
-    return twin_bench_devices(settings.bench_file or default_twin_bench_path(), seed=settings.twin_seed)
+    return bench_devices(settings.bench_file, twin=not connect, seed=settings.twin_seed)
 
 
 def _measurement_plan(spec, bench):
