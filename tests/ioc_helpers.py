@@ -19,6 +19,8 @@ startup_timeout_s=30.0, wait=True, server_port=None, repeater_port=None)``
     so caproto clients -- and ophyd's caproto control layer -- find it (caproto's
     clients read ``EPICS_CA_ADDR_LIST``/``EPICS_CA_SERVER_PORT`` at every search, so
     one process can talk to several IOCs of a session one after the other).
+``bench_config(prefix, **overrides)``
+    ``EXAMPLE_BENCH`` parsed under another PV prefix, with tables' values overridden.
 ``twin_ioc_module``
     A module-scoped pytest fixture (import it into a test module) yielding a running
     ``TwinIOCProcess`` of ``EXAMPLE_BENCH`` at time scale 1000, environment set.
@@ -66,6 +68,7 @@ import contextlib
 import functools
 import socket
 import threading
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,6 +90,7 @@ __all__ = [
     "LoopbackRepeater",
     "PutRefused",
     "TwinIOCProcess",
+    "bench_config",
     "ca_environment",
     "ca_pool",
     "caget",
@@ -173,6 +177,17 @@ def twin_ioc(bench: str | Path = EXAMPLE_BENCH, *, set_environ: bool = True, **k
             yield ioc
     finally:
         ioc.close()
+
+
+def bench_config(prefix: str, **overrides):
+    """``EXAMPLE_BENCH`` under the PV prefix ``prefix``, with ``overrides`` (table -> {key: value}) applied."""
+    from devices import parse_bench
+
+    data = tomllib.loads(EXAMPLE_BENCH.read_text())
+    data["bench"]["prefix"] = prefix
+    for table, values in overrides.items():
+        data.setdefault(table, {}).update(values)
+    return parse_bench(data, f"{EXAMPLE_BENCH} (prefix {prefix})")
 
 
 @pytest.fixture(scope="module")
