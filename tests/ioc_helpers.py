@@ -34,6 +34,9 @@ Both control layers (``control_layer``, ``ca_pool``)
     file's ``control_layer = "auto"`` picks it), and the previous one again after it. Devices made
     under it must be destroyed within it (module-scoped fixtures depending on it are). Without
     pyepics the ``[pyepics]`` tests skip, naming it.
+``use_control_layer(name, pool)``
+    The same as a context manager, for a fixture of another scope or parametrisation (the device
+    contract's sides: ``tests/test_device_contract.py``).
 ``ca_pool`` / ``process_ca_pool() -> CAPortPool``
     pyepics's libca reads ``EPICS_CA_*`` once per process, when its first channel is made, so
     one xdist worker (which runs several modules, each with IOCs on ports of their own) cannot

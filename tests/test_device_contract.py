@@ -138,7 +138,7 @@ def contract_ioc(ca_pool):
 
 @pytest.fixture(scope="module", params=SIDES)
 def reach(request) -> Iterator[tuple | None]:
-    """How the module's tests reach a bench: ``None`` in process, else ``(side, ioc, bench)`` over CA under
+    """How the module's tests reach a bench: ``None`` in process, else ``(name, ioc, bench)`` over CA under
     the side's control layer (the bench made, and destroyed, under that layer)."""
     if request.param == "twin":
         yield None
