@@ -23,11 +23,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # for tests.ioc_helpers (the IOC fixture)
+    sys.path.insert(0, str(REPO))  # the packages of this checkout, installed or not
 
 from devices import connect_bench, parse_bench  # noqa: E402
-from sim.devices import twin_bench_devices  # noqa: E402
-from tests.ioc_helpers import EXAMPLE_BENCH, twin_ioc  # noqa: E402
+from sim.devices import default_twin_bench_path, twin_bench_devices  # noqa: E402
+from sim.ioc_process import twin_ioc  # noqa: E402
 
 
 def _acquire(bench, fluence: float) -> dict:
@@ -52,13 +52,15 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = parser.parse_args()
 
+    bench_file = default_twin_bench_path()
     prefix = f"BENCH{os.getpid()}:"
-    data = tomllib.loads(EXAMPLE_BENCH.read_text())
+    data = tomllib.loads(bench_file.read_text())
     data["bench"]["prefix"] = prefix
-    cfg = parse_bench(data, str(EXAMPLE_BENCH))
+    cfg = parse_bench(data, str(bench_file))
     fluences = [300.0 + 10.0 * (i % 50) for i in range(args.n + args.warmup)]
 
-    with twin_ioc(EXAMPLE_BENCH, time_scale=args.time_scale, prefix=prefix, args=["--seed", str(args.seed)]):
+    ioc_args = ["--seed", str(args.seed)]
+    with twin_ioc(bench_file, time_scale=args.time_scale, prefix=prefix, args=ioc_args, cwd=REPO):
         epics = connect_bench(cfg)
         local = twin_bench_devices(cfg, seed=args.seed)
         try:

@@ -41,8 +41,8 @@ FROM_SHUTTER_S = {"measure": (0.0, 1.0), "campaign": (0.0, 5.0), "queue": (0.0, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sim.ioc_process import twin_ioc
     from tests.bench_signals import COMMANDS, SIGNALS, run_queue_trial, run_trial, summarise
-    from tests.ioc_helpers import twin_ioc
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moments", type=int, default=20, help="moments per command and signal (default 20)")
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     trials = []
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="gainloop-signals-") as tmp, twin_ioc(time_scale=1000.0) as ioc:
+    with tempfile.TemporaryDirectory(prefix="gainloop-signals-") as tmp, twin_ioc(time_scale=1000.0, cwd=REPO) as ioc:
         for command in commands:
             for sig in signals:
                 for k in range(args.moments):

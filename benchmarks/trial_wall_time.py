@@ -69,7 +69,7 @@ def _campaign(bench, trials: int, seed: int) -> tuple[list[float], list[float], 
 def main(argv: list[str] | None = None) -> int:
     from devices import connect_bench, parse_bench
     from sim.devices import default_twin_bench_path, twin_bench_devices
-    from tests.ioc_helpers import EXAMPLE_BENCH, twin_ioc
+    from sim.ioc_process import twin_ioc
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=6)
@@ -81,10 +81,11 @@ def main(argv: list[str] | None = None) -> int:
 
     local = twin_bench_devices(default_twin_bench_path(), seed=args.seed)
     wall_local, _, sum_local = _campaign(local, args.trials, args.seed)
-    with twin_ioc(time_scale=args.time_scale, args=("--seed", str(args.seed))):
-        data = tomllib.loads(EXAMPLE_BENCH.read_text())
+    bench_file = default_twin_bench_path()
+    with twin_ioc(bench_file, time_scale=args.time_scale, args=("--seed", str(args.seed)), cwd=REPO):
+        data = tomllib.loads(bench_file.read_text())
         data["bench"]["control_layer"] = args.layer
-        bench = connect_bench(parse_bench(data, str(EXAMPLE_BENCH)))
+        bench = connect_bench(parse_bench(data, str(bench_file)))
         try:
             wall_ca, lab_ca, sum_ca = _campaign(bench, args.trials, args.seed)
         finally:

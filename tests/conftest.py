@@ -1,8 +1,14 @@
-"""Shared fixtures: the shipped presets, and a path to the shared reference (if present)."""
+"""Shared fixtures and helpers: the shipped presets, a fresh RunEngine per test, ``wait_for``.
+
+Bluesky documents (collecting a run's, picking events) are in ``tests/documents.py``; the twin's
+IOC, the CA ports and both control layers are in ``tests/ioc_helpers.py``.
+"""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 # With several xdist workers sharing the cores, one math thread each (torch, BLAS) -- and in
@@ -44,3 +50,17 @@ def RE():
     from bluesky import RunEngine
 
     return RunEngine({}, call_returns_result=True)
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float = 5.0, poll_s: float = 0.02) -> bool:
+    """Whether ``predicate()`` became true within ``timeout_s`` wall seconds (polled every ``poll_s``).
+
+    Use it as ``assert wait_for(lambda: ...)``: it returns the last answer, checked once more at the
+    deadline, so a condition met just then still passes; it never raises on a false one.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return bool(predicate())

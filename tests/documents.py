@@ -1,4 +1,8 @@
-"""Bluesky documents in tests: a RunEngine's documents as emitted, one stream's events and columns."""
+"""Bluesky documents in tests: a RunEngine's documents as emitted, one stream's events and columns.
+
+``collect(RE)`` subscribes for the rest of the test; ``run_and_collect(RE, plan)`` runs one plan and
+returns its documents only. ``events(docs)`` and ``one(docs, name)`` pick documents out of either.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,25 @@ def collect(RE) -> list[tuple[str, dict]]:
     docs: list[tuple[str, dict]] = []
     RE.subscribe(lambda name, doc: docs.append((name, doc)))
     return docs
+
+
+def run_and_collect(RE, plan) -> list[tuple[str, dict]]:
+    """Run ``plan`` on ``RE`` and return every (name, document) of that run, in emission order."""
+    docs: list[tuple[str, dict]] = []
+    RE(plan, lambda name, doc: docs.append((name, doc)))
+    return docs
+
+
+def events(docs) -> list[dict]:
+    """Every event document, of all streams, in emission order."""
+    return [d for n, d in docs if n == "event"]
+
+
+def one(docs, name: str) -> dict:
+    """The only document named ``name`` (e.g. ``"descriptor"`` of a one-stream run); fails if not exactly one."""
+    found = [d for n, d in docs if n == name]
+    assert len(found) == 1, f"expected one {name}, got {len(found)}"
+    return found[0]
 
 
 def stream_events(docs, name: str) -> list[dict]:

@@ -1,34 +1,26 @@
-"""Run the twin's IOC (``gainloop twin serve``) as a real subprocess on the loopback, for tests.
+"""The twin's IOC for tests: ``sim.ioc_process`` on the process's CA ports, both control layers, CA helpers.
+
+Starting, probing and stopping the IOC subprocess is ``sim.ioc_process`` (the project's public part,
+which the benchmarks use too); this module adds what only the tests need.
 
 API
 ---
 ``EXAMPLE_BENCH``
-    Path of ``examples/twin_bench.toml`` (prefix ``GL:``).
-``free_port() -> int``
-    A TCP+UDP port free on 127.0.0.1 right now.
-``ca_environment(server_port, repeater_port) -> dict[str, str]``
-    The ``EPICS_CA_*`` variables that keep a CA client (and the IOC) on 127.0.0.1 with
-    those ports: ``EPICS_CA_ADDR_LIST=127.0.0.1``, ``EPICS_CA_AUTO_ADDR_LIST=NO``,
-    ``EPICS_CA_SERVER_PORT``, ``EPICS_CA_REPEATER_PORT``.
+    Path of ``examples/twin_bench.toml`` (prefix ``GL:``), the tests' default bench file.
+``free_port``, ``ca_environment``, ``environ``, ``IOCStartError``, ``TwinIOCProcess``
+    Re-exported from ``sim.ioc_process`` (see there).
 ``start_twin_ioc(bench=EXAMPLE_BENCH, *, time_scale=1000.0, prefix=None, args=(),
-startup_timeout=30.0, wait=True, server_port=None, repeater_port=None)``
-    Start ``python -m gainloop.cli twin serve --bench BENCH --time-scale X --port P [args...]``
-    with fresh free ports (inside a module using ``ca_pool``: a port of the process's pool, see
-    below) and return a ``TwinIOCProcess``; with ``wait`` it returns once
-    ``SIM:LabTime`` answers, raising ``IOCStartError`` (with the IOC's output) if the
-    process exits or does not answer in time.
-``TwinIOCProcess``
-    ``.proc`` (``subprocess.Popen``), ``.prefix``, ``.server_port``, ``.repeater_port``,
-    ``.env`` (its ``ca_environment``), ``.pv(name)`` (prefix + name), ``.stdout()`` /
-    ``.stderr()`` (output so far), ``.wait_ready(timeout)``, ``.stop(timeout=5.0)``
-    (SIGTERM, then SIGKILL; returns the exit status; idempotent), ``.close()`` (``stop``
-    and delete the captured output; call it if you used ``start_twin_ioc`` directly).
+startup_timeout_s=30.0, wait=True, server_port=None, repeater_port=None)``
+    ``sim.ioc_process.start_twin_ioc`` run from the repository, on fresh free ports or, inside a
+    module using ``ca_pool``, on a port of the process's pool (given back when the IOC is closed).
 ``twin_ioc(..., set_environ=True)``
     Context manager: ``start_twin_ioc(bench, **kwargs)`` on entry, ``close`` on exit; with ``set_environ``
-    ``os.environ`` holds the IOC's ``ca_environment`` inside the block (restored after),
+    ``os.environ`` holds the IOC's ``env`` inside the block (restored after),
     so caproto clients -- and ophyd's caproto control layer -- find it (caproto's
     clients read ``EPICS_CA_ADDR_LIST``/``EPICS_CA_SERVER_PORT`` at every search, so
     one process can talk to several IOCs of a session one after the other).
+``bench_config(prefix, **overrides)``
+    ``EXAMPLE_BENCH`` parsed under another PV prefix, with tables' values overridden.
 ``twin_ioc_module``
     A module-scoped pytest fixture (import it into a test module) yielding a running
     ``TwinIOCProcess`` of ``EXAMPLE_BENCH`` at time scale 1000, environment set.
@@ -42,6 +34,9 @@ Both control layers (``control_layer``, ``ca_pool``)
     file's ``control_layer = "auto"`` picks it), and the previous one again after it. Devices made
     under it must be destroyed within it (module-scoped fixtures depending on it are). Without
     pyepics the ``[pyepics]`` tests skip, naming it.
+``use_control_layer(name, pool)``
+    The same as a context manager, for a fixture of another scope or parametrisation (the device
+    contract's sides: ``tests/test_device_contract.py``).
 ``ca_pool`` / ``process_ca_pool() -> CAPortPool``
     pyepics's libca reads ``EPICS_CA_*`` once per process, when its first channel is made, so
     one xdist worker (which runs several modules, each with IOCs on ports of their own) cannot
@@ -74,21 +69,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import shutil
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from sim.ioc_process import IOCStartError, TwinIOCProcess, ca_environment, environ, free_port
+from sim.ioc_process import start_twin_ioc as _start_ioc_process
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_BENCH = REPO / "examples" / "twin_bench.toml"
@@ -102,11 +93,13 @@ __all__ = [
     "LoopbackRepeater",
     "PutRefused",
     "TwinIOCProcess",
+    "bench_config",
     "ca_environment",
     "ca_pool",
     "caget",
     "caput",
     "control_layer",
+    "environ",
     "free_port",
     "lease_server_port",
     "pool_ports",
@@ -114,6 +107,7 @@ __all__ = [
     "start_twin_ioc",
     "twin_ioc",
     "twin_ioc_module",
+    "use_control_layer",
 ]
 
 #: ophyd's control layers the EPICS tests run under
@@ -122,50 +116,8 @@ CONTROL_LAYERS = ("caproto", "pyepics")
 POOL_SIZE = 4
 
 
-class IOCStartError(RuntimeError):
-    """The IOC exited or did not answer in time."""
-
-
 class PutRefused(RuntimeError):
     """The IOC answered a put with a failure status (ECA_PUTFAIL)."""
-
-
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-    raise RuntimeError("no free port on 127.0.0.1")
-
-
-def ca_environment(server_port: int, repeater_port: int) -> dict[str, str]:
-    return {
-        "EPICS_CA_ADDR_LIST": "127.0.0.1",
-        "EPICS_CA_AUTO_ADDR_LIST": "NO",
-        "EPICS_CA_SERVER_PORT": str(server_port),
-        "EPICS_CA_REPEATER_PORT": str(repeater_port),
-    }
-
-
-@contextlib.contextmanager
-def _environ(env: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def caget(name: str, timeout: float = 2.0):
@@ -196,112 +148,26 @@ def caput(name: str, value, timeout: float = 5.0, wait: bool = True):
     return resp
 
 
-@dataclass
-class TwinIOCProcess:
-    proc: subprocess.Popen
-    prefix: str
-    server_port: int
-    repeater_port: int
-    env: dict[str, str]
-    _out: Path = field(repr=False)
-    _err: Path = field(repr=False)
-    _release: Callable[[], None] | None = field(default=None, repr=False)
-
-    def pv(self, name: str) -> str:
-        return f"{self.prefix}{name}"
-
-    def stdout(self) -> str:
-        return self._out.read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return self._err.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 30.0, probe: str = "SIM:LabTime") -> None:
-        """Return once ``probe`` answers a CA read (the environment is set for the read)."""
-        deadline = time.monotonic() + timeout
-        with _environ(self.env):
-            while True:
-                if self.proc.poll() is not None:
-                    raise IOCStartError(
-                        f"IOC exited with status {self.proc.returncode}:\n{self.stderr()}\n{self.stdout()}"
-                    )
-                try:
-                    caget(self.pv(probe), timeout=0.5)
-                    return
-                except Exception:
-                    if time.monotonic() > deadline:
-                        self.stop()
-                        raise IOCStartError(
-                            f"IOC did not answer {self.pv(probe)} within {timeout} s:\n{self.stderr()}"
-                        ) from None
-                    time.sleep(0.1)
-
-    def stop(self, timeout: float = 5.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-        return self.proc.returncode
-
-    def close(self) -> None:
-        """``stop``, then delete the captured output (and give a pool port back)."""
-        self.stop()
-        shutil.rmtree(self._out.parent, ignore_errors=True)
-        release, self._release = self._release, None
-        if release is not None:
-            release()
-
-
-def start_twin_ioc(
-    bench: str | Path = EXAMPLE_BENCH,
-    *,
-    time_scale: float = 1000.0,
-    prefix: str | None = None,
-    args: Sequence[str] = (),
-    startup_timeout: float = 30.0,
-    wait: bool = True,
-    server_port: int | None = None,
-    repeater_port: int | None = None,
-) -> TwinIOCProcess:
-    """Start the IOC on free loopback ports, or on a port of the process's CA pool inside a module
-    using ``ca_pool`` (see the module docstring)."""
-    release = None
+def start_twin_ioc(bench: str | Path = EXAMPLE_BENCH, *, server_port: int | None = None, **kwargs) -> TwinIOCProcess:
+    """``sim.ioc_process.start_twin_ioc(bench, **kwargs)`` from the repository, on free loopback ports, or
+    on a port of the process's CA pool inside a module using ``ca_pool`` (see the module docstring)."""
     pool = _POOL if _POOL is not None and _POOL.active and server_port is None else None
-    if pool is not None:
-        server_port = pool.lease()
-        release = functools.partial(pool.release, server_port)
-        repeater_port = pool.repeater.port
-        env = pool.environment(server_port)
-    else:
-        server_port = server_port or free_port()
-        repeater_port = repeater_port or free_port()
-        env = ca_environment(server_port, repeater_port)
+    if pool is None:
+        return _start_ioc_process(bench, server_port=server_port, cwd=REPO, **kwargs)
+    port = pool.lease()
     try:
-        return _start(bench, time_scale, prefix, args, startup_timeout, wait, server_port, repeater_port, env, release)
+        ioc = _start_ioc_process(
+            bench,
+            server_port=port,
+            repeater_port=pool.repeater.port,
+            client_env=pool.environment(port),
+            cwd=REPO,
+            **kwargs,
+        )
     except BaseException:
-        if release is not None:
-            release()
+        pool.release(port)
         raise
-
-
-def _start(bench, time_scale, prefix, args, startup_timeout, wait, server_port, repeater_port, env, release):
-    if prefix is None:
-        from devices.config import load_bench
-
-        prefix = load_bench(bench).bench.prefix
-    cmd = [sys.executable, "-m", "gainloop.cli", "twin", "serve", "--bench", str(bench)]
-    cmd += ["--time-scale", repr(float(time_scale)), "--port", str(server_port), "--prefix", prefix, *args]
-    tmp = Path(tempfile.mkdtemp(prefix="gainloop-ioc-"))
-    out, err = tmp / "stdout", tmp / "stderr"
-    with out.open("wb") as fo, err.open("wb") as fe:
-        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=fo, stderr=fe)
-    ioc = TwinIOCProcess(proc, prefix, server_port, repeater_port, env, out, err)
-    if wait:
-        ioc.wait_ready(startup_timeout)
-    ioc._release = release
+    ioc.on_close = functools.partial(pool.release, port)
     return ioc
 
 
@@ -310,10 +176,21 @@ def twin_ioc(bench: str | Path = EXAMPLE_BENCH, *, set_environ: bool = True, **k
     """``start_twin_ioc(bench, **kwargs)``; stopped at exit; ``os.environ`` set inside."""
     ioc = start_twin_ioc(bench, **kwargs)
     try:
-        with _environ(ioc.env) if set_environ else contextlib.nullcontext():
+        with environ(ioc.env) if set_environ else contextlib.nullcontext():
             yield ioc
     finally:
         ioc.close()
+
+
+def bench_config(prefix: str, **overrides):
+    """``EXAMPLE_BENCH`` under the PV prefix ``prefix``, with ``overrides`` (table -> {key: value}) applied."""
+    from devices import parse_bench
+
+    data = tomllib.loads(EXAMPLE_BENCH.read_text())
+    data["bench"]["prefix"] = prefix
+    for table, values in overrides.items():
+        data.setdefault(table, {}).update(values)
+    return parse_bench(data, f"{EXAMPLE_BENCH} (prefix {prefix})")
 
 
 @pytest.fixture(scope="module")
@@ -466,7 +343,7 @@ class CAPortPool:
                 "elsewhere for good (keep ophyd on caproto outside modules using ca_pool)"
             )
         previous = ophyd.cl.name
-        with _environ(self.environment()):
+        with environ(self.environment()):
             try:
                 ophyd.set_cl("pyepics")  # libca's context, as ophyd makes it (its dispatcher attaches to it)
             except ImportError as exc:
@@ -537,21 +414,28 @@ def ca_pool() -> Iterator[CAPortPool]:
         yield pool
 
 
-@pytest.fixture(scope="module", params=CONTROL_LAYERS)
-def control_layer(request, ca_pool) -> Iterator[str]:
-    """ophyd's control layer for the module's tests, ``caproto`` then ``pyepics`` (see the module docstring)."""
+@contextlib.contextmanager
+def use_control_layer(name: str, pool: CAPortPool) -> Iterator[str]:
+    """ophyd uses the control layer ``name`` inside the block (``$OPHYD_CONTROL_LAYER`` names it too), the
+    previous one after it; under ``pyepics`` the tests skip, saying why, where ``pool`` could not load it."""
     import ophyd
 
-    name = request.param
-    if name == "pyepics" and not ca_pool.pyepics:
-        pytest.skip(ca_pool.pyepics_missing or "pyepics is not usable in this process")
+    if name == "pyepics" and not pool.pyepics:
+        pytest.skip(pool.pyepics_missing or "pyepics is not usable in this process")
     previous = ophyd.cl.name
-    with _environ({"OPHYD_CONTROL_LAYER": name}):
+    with environ({"OPHYD_CONTROL_LAYER": name}):
         ophyd.set_cl(name)
         try:
             yield name
         finally:
             ophyd.set_cl(previous)
+
+
+@pytest.fixture(scope="module", params=CONTROL_LAYERS)
+def control_layer(request, ca_pool) -> Iterator[str]:
+    """ophyd's control layer for the module's tests, ``caproto`` then ``pyepics`` (see the module docstring)."""
+    with use_control_layer(request.param, ca_pool) as name:
+        yield name
 
 
 def bound_addresses(port: int, kind: str = "tcp") -> set[str]:

@@ -571,7 +571,7 @@ def test_a_port_in_use_is_refused_and_the_first_ioc_keeps_serving(tmp_path):
     """`twin serve --port P` with P taken -- by another IOC, or by any TCP listener -- exits with status 2 and
     one line naming the bench, its PV prefix and the port; it serves nothing (caproto would silently serve
     on another port); the first IOC still serves."""
-    from .ioc_helpers import _environ
+    from .ioc_helpers import environ
 
     with twin_ioc(EXAMPLE_BENCH, time_scale=SCALE, prefix="PORT1:", set_environ=False) as first:
         port = first.server_port
@@ -584,7 +584,7 @@ def test_a_port_in_use_is_refused_and_the_first_ioc_keeps_serving(tmp_path):
         )
         assert lines == [expected], second.stderr
         assert "# serving" not in second.stdout
-        with _environ(first.env):
+        with environ(first.env):
             assert caget(first.pv("SIM:TimeScale")) == SCALE  # the first IOC still serves
             caput(first.pv("PUMP:Fluence-SP"), 12.0)
             assert caget(first.pv("PUMP:Fluence-SP")) == 12.0
@@ -615,7 +615,7 @@ def test_the_ioc_logged_no_traceback(ioc):
 def test_serve_takes_its_bench_port_prefix_and_interfaces_from_the_config(tmp_path):
     """`twin serve --config F`: [bench] file and [ioc] port, prefix, time scale, interfaces
     (the file's port wins over $EPICS_CA_SERVER_PORT; an option on the command line wins over both)."""
-    from .ioc_helpers import TwinIOCProcess, _environ, bound_addresses, ca_environment, free_port
+    from .ioc_helpers import TwinIOCProcess, bound_addresses, ca_environment, environ, free_port
 
     port, repeater, other = free_port(), free_port(), free_port()
     path = tmp_path / "gainloop.toml"
@@ -639,7 +639,7 @@ def test_serve_takes_its_bench_port_prefix_and_interfaces_from_the_config(tmp_pa
         ioc.wait_ready(30.0)
         assert bound_addresses(port, "tcp") == {"127.0.0.1"}
         assert not bound_addresses(other, "tcp")
-        with _environ(env):
+        with environ(env):
             assert caget(ioc.pv("SIM:TimeScale")) == 1000.0
     finally:
         ioc.close()

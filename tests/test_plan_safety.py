@@ -7,15 +7,9 @@ import math
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import pytest
-from bluesky import RunEngine
 from ophyd.sim import SynAxis, det
 
 from plans.safety import FluenceLimitError, fluence_guard
-
-
-@pytest.fixture
-def RE():
-    return RunEngine({})
 
 
 @pytest.fixture

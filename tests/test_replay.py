@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import uuid
+
 import numpy as np
 import pytest
 from bluesky import RunEngine
@@ -58,6 +61,64 @@ def test_replay_streams_the_documents_the_live_callbacks_saw(catalog, ase_run):
         for key, value in a["data"].items():
             np.testing.assert_array_equal(np.asarray(b["data"][key]), np.asarray(value))
     assert seen[0][1]["uid"] == live["uid"] and seen[-1][1]["exit_status"] == "success"
+
+
+def _as_another_run(docs, tamper):
+    """``docs`` as the documents of another run: every uid new (and every reference to one), each
+    event's data passed through ``tamper(stream_name, data) -> data``."""
+    new_uids: dict[str, str] = {}
+
+    def new(uid: str) -> str:
+        return new_uids.setdefault(uid, str(uuid.uuid4()))
+
+    stream_of: dict[str, str] = {}
+    out = []
+    for name, doc in docs:
+        doc = copy.deepcopy(doc)
+        doc["uid"] = new(doc["uid"])
+        if name in ("descriptor", "stop"):
+            doc["run_start"] = new(doc["run_start"])
+        if name == "descriptor":
+            stream_of[doc["uid"]] = doc["name"]
+        elif name == "event":
+            doc["descriptor"] = new(doc["descriptor"])
+            doc["data"] = tamper(stream_of[doc["descriptor"]], doc["data"])
+        elif name not in ("start", "stop"):
+            raise AssertionError(f"a {name} document: this copy knows start, descriptor, event and stop only")
+        out.append((name, doc))
+    return out
+
+
+def test_replay_re_derives_from_raw_data_and_flags_a_tampered_analysis(catalog, ase_run):
+    """A run whose primary events are the live run's but whose stored analysis says otherwise: the replay
+    gives the values derived from the raw data (the live ones), not the stored ones, and does not match."""
+    live, live_docs = ase_run
+
+    def tamper(stream: str, data: dict) -> dict:
+        if stream != "analysis":
+            return data
+        return {**data, "threshold_uJ_cm2": 1.5 * data["threshold_uJ_cm2"]}
+
+    docs = _as_another_run(live_docs, tamper)
+    writer = catalog.writer()
+    for name, doc in docs:
+        writer(name, doc)
+    uid = docs[0][1]["uid"]
+    assert uid != live["uid"]
+    raw, stored_raw = stream_columns(catalog.run(live["uid"])["primary"]), stream_columns(catalog.run(uid)["primary"])
+    assert set(stored_raw) == set(raw)
+    for key, values in raw.items():
+        np.testing.assert_array_equal(stored_raw[key], values)
+
+    rr = replay(catalog, uid)
+    assert rr.result == {**live, "uid": uid}  # re-derived from the raw events: the live run's numbers
+    assert rr.stored == {
+        "threshold_uJ_cm2": 1.5 * live["threshold_uJ_cm2"],
+        "threshold_err_uJ_cm2": live["threshold_err_uJ_cm2"],
+    }
+    assert rr.result["threshold_uJ_cm2"] != rr.stored["threshold_uJ_cm2"]
+    assert not rr.matches
+    assert replay(catalog, live["uid"]).matches  # the untouched run still does
 
 
 def test_replay_of_a_vsl_run(catalog):

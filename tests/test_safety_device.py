@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import math
 import os
-import time
 import tomllib
 
 import bluesky.plan_stubs as bps
 import pytest
-from bluesky import RunEngine
 from bluesky.utils import FailedStatus
 from ophyd import EpicsSignal
 
 from devices import LimitError, PutRefusedError, connect_bench, parse_bench
 from sim.devices import twin_bench_devices
 
+from .conftest import wait_for
 from .ioc_helpers import EXAMPLE_BENCH, PutRefused, caget, caput, twin_ioc
 
 LIMIT = 3000.0  # examples/twin_bench.toml
@@ -58,11 +57,6 @@ def setpoint(ioc):
     assert caget(ioc.pv("IL:Message.VAL$")) == "ok"
     yield ioc.pv("PUMP:Fluence-SP")
     caput(ioc.pv("IL:Permit"), 1)
-
-
-@pytest.fixture
-def RE():
-    return RunEngine({})
 
 
 # ---------------------------------------------------------------- layer 1: the device's soft limit
@@ -122,7 +116,7 @@ def test_ioc_interlock_alone_raw_ophyd_signal(ioc, setpoint, control_layer):
     try:
         raw.wait_for_connection(timeout=5)
         raw.put(5000.0, force=True)  # no client-side check at all; fire and forget
-        assert _eventually(lambda: caget(ioc.pv("IL:Message.VAL$")) != "ok")
+        assert wait_for(lambda: caget(ioc.pv("IL:Message.VAL$")) != "ok")
     finally:
         raw.destroy()
     assert caget(setpoint) == 100.0
@@ -171,12 +165,3 @@ def test_ioc_interlock_permit_off_refuses_any_fluence(RE, ioc, setpoint, control
     finally:
         bench.destroy()
     assert caget(setpoint) == 100.0 and caget(ioc.pv("PUMP:Shutter")) == 0
-
-
-def _eventually(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
