@@ -484,7 +484,7 @@ def scenario_duplicate_ingestion(workdir: Path, env: FaultEnv, *, trials: int = 
         detail=(
             f"{len(emitted)} documents in {len(runs)} runs, written by 2 writers then replayed: "
             f"{len(stored)} stored runs, {len(replayer.skipped)} skipped on replay, training rows {len(rows)}, "
-            f"trial statuses {[h['status'] for h in history]}; "
+            f"trial statuses {[h.status for h in history]}; "
             + "; ".join(
                 [f"{r.name}: {r.getMessage()[:120]}" for r in noisy[:2]] + [str(w.message)[:120] for w in caught[:2]]
             )
