@@ -14,6 +14,13 @@ works the same on the embedded catalog (SQLite) and on a Tiled server (PostgreSQ
 
 A run without a stop document (still being written, or cut off) is listed with the
 exit status ``"incomplete"``.
+
+For scientists used to databroker: ``bluesky_runs(catalog)`` is the catalog as
+bluesky-tiled-plugins' ``CatalogOfBlueskyRuns`` (``runs[-1]``, ``runs["054128ee"]``,
+``runs.search(TimeRange(since="2026-12-01"))`` with databroker's query types), and
+``broker(catalog)`` its databroker-1 view (``db = broker(cat); db[-1].table()``,
+``db(plan_name="vsl_scan", since="2026-12-01")``; what of it works: README, "databroker and
+this catalog").
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from core.errors import GainloopError
 
-__all__ = ["EXIT_STATUSES", "RunQueryError", "RunSummary", "list_runs"]
+__all__ = ["EXIT_STATUSES", "RunQueryError", "RunSummary", "bluesky_runs", "broker", "list_runs"]
 
 #: The exit statuses bluesky writes into a stop document.
 EXIT_STATUSES = ("success", "abort", "fail")
@@ -154,3 +161,37 @@ def list_runs(
             )
         )
     return out
+
+
+def bluesky_runs(catalog):
+    """``catalog`` (a ``gainloop.catalog.Catalog``) as bluesky-tiled-plugins' ``CatalogOfBlueskyRuns``.
+
+    ``Catalog.client`` is a plain Tiled container (the root node of the embedded catalog and of
+    ``gainloop catalog serve`` declares no ``CatalogOfBlueskyRuns`` spec), on which databroker's
+    query types (``TimeRange``, ``PartialUID``, ``ScanID``, ``ScanIDRange``) are either refused
+    (HTTP 400) or silently not applied. This view turns them into standard Tiled queries, and
+    is told that the catalog is SQL-backed (both of gainloop's are: SQLite embedded,
+    PostgreSQL served; runs written by ``TiledWriter``), so that a uid prefix is a ``LIKE`` query.
+    """
+    from bluesky_tiled_plugins.clients.catalog_of_bluesky_runs import CatalogOfBlueskyRuns
+
+    class SqlCatalogOfBlueskyRuns(CatalogOfBlueskyRuns):
+        is_sql = True  # (upstream: read from the root node's spec, which these catalogs do not declare)
+
+    client = catalog.client
+    return SqlCatalogOfBlueskyRuns(client.context, item=client.item, structure_clients=client.structure_clients)
+
+
+def broker(catalog):
+    """The databroker-1 view (``databroker.v1.Broker``) of ``catalog`` (a ``gainloop.catalog.Catalog``).
+
+    ``db[-1]``, ``db["054128ee"]`` (a uid prefix, 5+ characters), ``db(since=..., until=...,
+    plan_name=..., sample_id=...)`` give ``Header`` objects with ``.start``, ``.stop``,
+    ``.table(stream_name)`` (a pandas DataFrame) and ``.stream_names``. Not available on these
+    catalogs: ``Header.documents()`` / ``db.get_documents`` (the server does not offer the
+    ``application/json-seq`` format they ask for: HTTP 406) and ``Broker.from_config`` (removed in
+    databroker 2); re-streaming a run's documents is ``gainloop replay``.
+    """
+    from databroker.v1 import Broker
+
+    return Broker(bluesky_runs(catalog))

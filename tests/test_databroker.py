@@ -22,12 +22,9 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from gainloop.catalog import Catalog
-from gainloop.cli_runs import runs as runs_command
-from gainloop.runs import RunQueryError, list_runs
+from gainloop.runs import RunQueryError, bluesky_runs, broker, list_runs
 from plans.measurements import ase_fluence_scan, vsl_scan
 from sim.devices import default_twin_bench_path, twin_bench_devices
 
@@ -233,45 +230,110 @@ def test_a_bad_filter_is_a_clear_error(made, kwargs, message):
         list_runs(made.catalog, **kwargs)
 
 
-def _cli_app() -> typer.Typer:
-    """The command as the gainloop CLI registers it (``app.command("runs")(runs)``)."""
-    app = typer.Typer()
-    app.command("runs")(runs_command)
+# The command as the gainloop CLI registers it (``app.command("runs")(runs)``), in its own process: a
+# second embedded catalog opened in this process would take over tiled's process-wide API-key setting.
+_CLI = """
+import typer
+from gainloop.cli_runs import runs
 
-    @app.callback()
-    def main() -> None:
-        pass
-
-    return app
+app = typer.Typer()
+app.command("runs")(runs)
 
 
-def _invoke(made, *args: str):
-    return CliRunner().invoke(_cli_app(), ["runs", *args, *made.cli_args], env={"COLUMNS": "160"})
+@app.callback()
+def main() -> None:
+    pass
+
+
+app()
+"""
+
+
+def _invoke(made, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    env["COLUMNS"] = "160"
+    return subprocess.run(
+        [sys.executable, "-c", _CLI, "runs", *args, *made.cli_args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_the_command_lists_runs_as_json_and_as_a_table(made):
     u = made.uids
     result = _invoke(made, "--plan", "ase_fluence_scan", "--json")
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
     assert [r["uid"] for r in listed["runs"]] == [u["ase_other"], u["ase"]]
     assert listed["runs"][0]["sample"] == "cas-film"
     assert listed["runs"][0]["exit_status"] == "success"
 
     result = _invoke(made, "--uid", u["broken"][:8], "--timezone", "UTC")
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stderr
     row = next(line for line in result.stdout.splitlines() if u["broken"][:8] in line)
     assert "broken_scan" in row and "cas_doped-film" in row and "fail" in row
     assert datetime.fromtimestamp(made.times["broken"], UTC).strftime("%Y-%m-%d %H:%M:%S") in row
 
     result = _invoke(made, "--until", "2020-01-01")
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("no runs match in the catalog at ")
 
 
 def test_the_command_refuses_a_bad_filter_in_one_line(made):
     result = _invoke(made, "--since", "last tuesday")
-    assert result.exit_code == 2
+    assert result.returncode == 2
     assert result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: bad time range (since='last tuesday'")
+
+
+# ------------------------------------------------ databroker's query types and its v1 Broker on this catalog
+def test_databrokers_query_types_need_the_bluesky_runs_view(made):
+    """On the plain Tiled container they are refused (HTTP 400) or silently not applied (every run)."""
+    from databroker.queries import PartialUID, ScanID, ScanIDRange, TimeRange
+    from tiled.client.utils import ClientError
+
+    plain = made.catalog.client
+    try:
+        count = len(plain.search(TimeRange(until="2020", timezone="UTC")))
+    except ClientError as exc:
+        assert "The query type 'TimeRange' is not supported on this node" in str(exc)
+    else:
+        assert count == 5  # not applied: no run started before 2020
+
+    u = made.uids
+    runs = bluesky_runs(made.catalog)
+    assert len(runs.search(TimeRange(until="2020", timezone="UTC"))) == 0
+    assert len(runs.search(TimeRange(since=made.times["ase_other"]))) == 3
+    assert list(runs.search(PartialUID(u["vsl"][:8]))) == [u["vsl"]]
+    assert list(runs.search(PartialUID("ffffffff"))) == []
+    assert [run.metadata["start"]["uid"] for run in runs.search(ScanID(2)).values()] == [u["vsl"]]
+    assert len(runs.search(ScanIDRange(1, 3))) == 2
+    assert runs[u["ase_other"][:8]].metadata["start"]["sample_id"] == "cas-film"
+
+
+def test_the_databroker_v1_view_finds_runs_and_reads_their_tables(made):
+    from tiled.client.utils import ClientError
+
+    u = made.uids
+    db = broker(made.catalog)
+    vsl = db[u["vsl"][:8]]
+    assert vsl.start["plan_name"] == "vsl_scan" and vsl.stop["exit_status"] == "success"
+    assert set(vsl.stream_names) == {"primary", "analysis"}
+    table = vsl.table()
+    primary = made.catalog.run(u["vsl"])["primary"].read()
+    assert len(table) == len(primary["time"]) >= 5
+    assert list(table["slit"]) == pytest.approx(list(primary["slit"].values))
+    assert set(vsl.table("analysis").columns) >= {"gnet_per_cm", "gnet_err_per_cm"}
+    assert db[-1].start["uid"] == u["cut"] and "exit_status" not in db[-1].stop
+    assert {h.start["uid"] for h in db(plan_name="ase_fluence_scan")} == {u["ase"], u["ase_other"]}
+    assert {h.start["uid"] for h in db(sample_id="cas-film")} == {u["ase_other"]}
+    today = datetime.fromtimestamp(made.times["ase"], UTC).strftime("%Y-%m-%d")
+    assert len(list(db(since=today))) == 5 and list(db(until="2020")) == []
+    # what the README says does not work on these catalogs
+    with pytest.raises(ClientError, match="406: None of the media types requested"):
+        list(vsl.documents())
+    with pytest.raises(NotImplementedError, match="Old-style databroker configuration is not supported"):
+        type(db).from_config({})
