@@ -168,8 +168,9 @@ def bluesky_runs(catalog):
 
     ``Catalog.client`` is a plain Tiled container (the root node of the embedded catalog and of
     ``gainloop catalog serve`` declares no ``CatalogOfBlueskyRuns`` spec), on which databroker's
-    query types (``TimeRange``, ``PartialUID``, ``ScanID``, ``ScanIDRange``) are either refused
-    (HTTP 400) or silently not applied. This view turns them into standard Tiled queries, and
+    query types (``TimeRange``, ``PartialUID``, ``ScanID``, ``ScanIDRange``) are silently not
+    applied (a Tiled server; the embedded one when they are imported after it started) or refused
+    (HTTP 400). This view turns them into standard Tiled queries, and
     is told that the catalog is SQL-backed (both of gainloop's are: SQLite embedded,
     PostgreSQL served; runs written by ``TiledWriter``), so that a uid prefix is a ``LIKE`` query.
     """
