@@ -18,6 +18,7 @@ from gainloop.cli_campaign import campaign_app, demo, report_cmd
 from gainloop.cli_catalog import catalog_app
 from gainloop.cli_measure import list_plans, measure, replay_cmd
 from gainloop.cli_qserver import qserver_app
+from gainloop.cli_runs import runs
 from gainloop.cli_sweep import sweep
 from gainloop.cli_twin import twin_app
 
@@ -32,6 +33,7 @@ app = typer.Typer(
 app.command("sweep")(sweep)
 app.command("measure")(measure)
 app.command("replay")(replay_cmd)
+app.command("runs")(runs)
 app.command("plans")(list_plans)
 app.command("demo")(demo)
 app.command("report")(report_cmd)

@@ -148,6 +148,7 @@ def test_help_lists_every_command_and_group():
         "sweep",
         "measure",
         "replay",
+        "runs",
         "plans",
         "demo",
         "report",
@@ -171,4 +172,16 @@ def test_help_lists_every_command_and_group():
     section = listed.split("Commands:", 1)[1]
     names = [line.split()[0] for line in section.splitlines() if line.startswith("  ") and line[2] != " "]
     # the commands first, then the groups, each in the order the app registers them
-    assert names == ["sweep", "measure", "replay", "plans", "demo", "report", "twin", "catalog", "qserver", "campaign"]
+    assert names == [
+        "sweep",
+        "measure",
+        "replay",
+        "runs",
+        "plans",
+        "demo",
+        "report",
+        "twin",
+        "catalog",
+        "qserver",
+        "campaign",
+    ]
