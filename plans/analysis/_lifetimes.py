@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
-from ._thresholds import AnalysisError
+from ._thresholds import AnalysisError, finite_pair
 
 __all__ = [
     "BiexcitonFit",
@@ -38,12 +38,12 @@ __all__ = [
 
 
 def _xy(t_ps, y, what: str, min_points: int) -> tuple[np.ndarray, np.ndarray]:
-    t = np.asarray(t_ps, dtype=float).ravel()
-    v = np.asarray(y, dtype=float).ravel()
-    if t.shape != v.shape:
-        raise AnalysisError(f"{what}: delays ({t.size} points) and signal ({v.size} points) differ in length")
-    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(v))):
-        raise AnalysisError(f"{what}: data contain NaN or inf; remove failed points first")
+    t, v = finite_pair(
+        t_ps,
+        y,
+        what + ": delays ({0} points) and signal ({1} points) differ in length",
+        f"{what}: data contain NaN or inf; remove failed points first",
+    )
     if t.size < min_points:
         raise AnalysisError(f"{what} needs at least {min_points} points, got {t.size}")
     order = np.argsort(t, kind="stable")
