@@ -26,7 +26,7 @@ from typing import ClassVar
 import numpy as np
 from scipy import optimize
 
-from ._thresholds import AnalysisError, finite_pair
+from ._thresholds import AnalysisError, finite_pair, first_where
 
 __all__ = [
     "BiexcitonFit",
@@ -402,17 +402,14 @@ def gain_lifetime(t_ps, alpha_over_alpha0, *, noise: float | None = None, time_z
     if noise is not None and (not math.isfinite(noise) or noise < 0):
         raise AnalysisError(f"noise must be a finite 1-sigma scatter >= 0, got {noise!r}")
     sd = _noise_from_second_differences(t, a) if noise is None else float(noise)
-    gain = np.nonzero(a < 0.0)[0]
-    if gain.size == 0:
-        raise AnalysisError(
-            f"the trace never shows net gain: alpha/alpha0 >= 0 at every delay (minimum {float(np.min(a)):.3g}); "
-            "raise the pump above the gain threshold"
-        )
-    onset = int(gain[0])
-    back = np.nonzero(a[onset:] >= 0.0)[0]
-    if back.size == 0:
-        raise AnalysisError(f"net gain persists to the last delay ({t[-1]:g} ps); extend the delay range to see it end")
-    j = onset + int(back[0])
+    onset = first_where(
+        a < 0.0,
+        f"the trace never shows net gain: alpha/alpha0 >= 0 at every delay (minimum {float(np.min(a)):.3g}); "
+        "raise the pump above the gain threshold",
+    )
+    j = onset + first_where(
+        a[onset:] >= 0.0, f"net gain persists to the last delay ({t[-1]:g} ps); extend the delay range to see it end"
+    )
     t0, t1, y0, y1 = t[j - 1], t[j], a[j - 1], a[j]
     root = float(t0 - y0 * (t1 - t0) / (y1 - y0))
     step = float(t1 - t0)

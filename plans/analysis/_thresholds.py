@@ -45,6 +45,14 @@ def finite_pair(x, y, mismatch: str, not_finite: str, *, min_points: int = 0) ->
     return xs, ys
 
 
+def first_where(mask, message: str) -> int:
+    """Index of the first true element of ``mask``; ``AnalysisError(message)`` if none is true."""
+    hits = np.nonzero(mask)[0]
+    if hits.size == 0:
+        raise AnalysisError(message)
+    return int(hits[0])
+
+
 @dataclass(frozen=True)
 class KinkFit:
     """Result of a kink fit. Fluences in the units of the input (uJ/cm^2 for gainloop)."""
