@@ -56,6 +56,7 @@ from devices import (
     load_bench,
     require_finite,
 )
+from devices.bench import SampleLibrary
 from twin.presets import PresetFile, load_presets
 
 from .engine import Acquisition, InterlockError, TwinBench
@@ -343,7 +344,7 @@ class TwinStripeSlit(Device, PositionerBase):
         pass
 
 
-class TwinSampleStage(_TwinDevice):
+class TwinSampleStage(SampleLibrary, _TwinDevice):
     """In-process ``SampleStage``: a move or a new film advances the lab clock (s or hours)."""
 
     sample = Cpt(TwinSignal, getter="_sample", setter="_mount")
@@ -363,24 +364,13 @@ class TwinSampleStage(_TwinDevice):
 
     def __init__(self, twin: TwinBench, *, name: str, **kwargs):
         super().__init__(twin, name=name, **kwargs)
-        self.library: dict[str, LibraryEntry] = {e.id: e for e in twin.config.stage.library}
+        self._open_library()
         self._pending_doping = 0.0
 
-    @property
-    def move_timeout_s(self) -> float:
-        return self.bench_config.stage.move_timeout_s
-
-    @property
-    def new_film_timeout_s(self) -> float:
-        return self.bench_config.stage.new_film_timeout_h * 3600.0
-
-    def add_film(self, entry: LibraryEntry) -> None:
-        """Put a film made in an earlier session back in ``library`` and in the twin's, where it is
-        made of the bench file's ``[twin].new_film_preset`` (``TwinBench.add_film``)."""
-        if not isinstance(entry, LibraryEntry):
-            raise TypeError(f"{self.name}.add_film takes a devices.LibraryEntry, got {type(entry).__name__}")
+    def _film_added(self, entry: LibraryEntry) -> None:
+        """A film put back goes into the twin's library too, made of the bench file's
+        ``[twin].new_film_preset`` (``TwinBench.add_film``)."""
         self.twin.add_film(entry)
-        self.library[entry.id] = entry
 
     def _sample(self) -> str:
         return self.twin.state.sample_id
@@ -590,6 +580,18 @@ class TwinBenchDevices(Bench):
         return status
 
 
+#: The in-process devices, by ``devices.Bench.NAMES``.
+_DEVICE_CLASSES = (
+    TwinPumpLaser,
+    TwinStripeSlit,
+    TwinSampleStage,
+    TwinSpectrometer,
+    TwinPolarizer,
+    TwinTransientAbsorption,
+    TwinInterlock,
+)
+
+
 def default_twin_bench_path() -> Path:
     """The twin's bench file shipped with the package (the same as ``examples/twin_bench.toml``)."""
     from importlib import resources
@@ -612,15 +614,10 @@ def twin_bench_devices(
     if presets is not None and not isinstance(presets, PresetFile):
         presets = load_presets(presets)
     twin = TwinBench(cfg, presets=presets, seed=seed)
-    return TwinBenchDevices(
-        config=cfg,
-        pump=TwinPumpLaser(twin, name="pump"),
-        slit=TwinStripeSlit(twin, name="slit"),
-        stage=TwinSampleStage(twin, name="stage"),
-        spectrometer=TwinSpectrometer(twin, name="spectrometer"),
-        polarizer=TwinPolarizer(twin, name="polarizer"),
-        ta=TwinTransientAbsorption(twin, name="ta"),
-        interlock=TwinInterlock(twin, name="interlock"),
+    return TwinBenchDevices.build(
+        cfg,
+        _DEVICE_CLASSES,
+        twin,
         engine=twin,
         clock=LabClock(lambda: twin.lab_time_s, source="the twin's simulated lab clock"),
     )
