@@ -6,19 +6,8 @@ with the same interface. The ``check_*`` functions are the client-side soft
 limits every implementation applies before anything is sent.
 """
 
-from ._checks import (
-    UNITS,
-    check_angle,
-    check_delay,
-    check_doping,
-    check_exposure,
-    check_flag,
-    check_fluence,
-    check_pump_excitons,
-    check_sample_id,
-    check_slit,
-    require_finite,
-)
+from . import _checks
+from ._checks import *  # noqa: F403 -- UNITS and the checks: the names _checks.__all__ lists
 from ._errors import BenchConnectionError, DeviceTimeoutError, LimitError, PutRefusedError, ReadbackError
 from ._signals import ContractReadings, LabClock
 from .bench import (
@@ -35,7 +24,7 @@ from .bench import (
 from .config import BenchConfig, BenchConfigError, LibraryEntry, load_bench, parse_bench
 
 __all__ = [
-    "UNITS",
+    *_checks.__all__,
     "Bench",
     "BenchConfig",
     "BenchConfigError",
@@ -54,17 +43,7 @@ __all__ = [
     "Spectrometer",
     "StripeSlit",
     "TransientAbsorption",
-    "check_angle",
-    "check_delay",
-    "check_doping",
-    "check_exposure",
-    "check_flag",
-    "check_fluence",
-    "check_pump_excitons",
-    "check_sample_id",
-    "check_slit",
     "connect_bench",
     "load_bench",
     "parse_bench",
-    "require_finite",
 ]

@@ -40,6 +40,7 @@ import gc
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -76,6 +77,7 @@ __all__ = [
     "Interlock",
     "Polarizer",
     "PumpLaser",
+    "SampleLibrary",
     "SampleStage",
     "Spectrometer",
     "StripeSlit",
@@ -269,24 +271,16 @@ class StripeSlit(EpicsMotor):
         return status
 
 
-class SampleStage(BenchDevice):
-    """The sample stage: mount a library sample, or have an operator make a new film (hours)."""
+class SampleLibrary:
+    """What every sample stage (``SampleStage``, the twin's ``TwinSampleStage``) keeps: ``library``, the
+    samples on the stage (the bench file's, plus films made this session), and the stage's timeouts."""
 
-    _section = "stage"
-    sample = FCpt(BenchSignal, "{_pv[sample_readback]}", write_pv="{_pv[sample_setpoint]}", string=True)
-    doping = FCpt(BenchSignalRO, "{_pv[doping_readback]}", units=UNITS["doping"], nan_ok=False)
-    grating_period = FCpt(BenchSignalRO, "{_pv[grating_period_readback]}", units=UNITS["grating_period"])
-    sample_kind = FCpt(BenchSignalRO, "{_pv[kind_readback]}", string=True)
-    busy = FCpt(BenchSignalRO, "{_pv[busy]}", kind="omitted")
-    new_film_doping = FCpt(
-        BenchSignal, "{_pv[new_film_doping]}", units=UNITS["new_film_doping"], check=check_doping, kind="omitted"
-    )
-    new_film_request = FCpt(BenchSignal, "{_pv[new_film_request]}", check=check_flag, kind="omitted")
+    bench_config: BenchConfig
+    name: str
 
-    def __init__(self, bench_config: BenchConfig, *, name: str, **kwargs):
-        super().__init__(bench_config, name=name, **kwargs)
+    def _open_library(self) -> None:
         #: the samples on the stage: the bench file's library, plus films made this session
-        self.library: dict[str, LibraryEntry] = {e.id: e for e in bench_config.stage.library}
+        self.library: dict[str, LibraryEntry] = {e.id: e for e in self.bench_config.stage.library}
 
     @property
     def move_timeout_s(self) -> float:
@@ -305,7 +299,30 @@ class SampleStage(BenchDevice):
         """
         if not isinstance(entry, LibraryEntry):
             raise TypeError(f"{self.name}.add_film takes a devices.LibraryEntry, got {type(entry).__name__}")
+        self._film_added(entry)
         self.library[entry.id] = entry
+
+    def _film_added(self, entry: LibraryEntry) -> None:
+        """Whatever else must know a film put back before it is mounted (on the bench: nothing)."""
+
+
+class SampleStage(SampleLibrary, BenchDevice):
+    """The sample stage: mount a library sample, or have an operator make a new film (hours)."""
+
+    _section = "stage"
+    sample = FCpt(BenchSignal, "{_pv[sample_readback]}", write_pv="{_pv[sample_setpoint]}", string=True)
+    doping = FCpt(BenchSignalRO, "{_pv[doping_readback]}", units=UNITS["doping"], nan_ok=False)
+    grating_period = FCpt(BenchSignalRO, "{_pv[grating_period_readback]}", units=UNITS["grating_period"])
+    sample_kind = FCpt(BenchSignalRO, "{_pv[kind_readback]}", string=True)
+    busy = FCpt(BenchSignalRO, "{_pv[busy]}", kind="omitted")
+    new_film_doping = FCpt(
+        BenchSignal, "{_pv[new_film_doping]}", units=UNITS["new_film_doping"], check=check_doping, kind="omitted"
+    )
+    new_film_request = FCpt(BenchSignal, "{_pv[new_film_request]}", check=check_flag, kind="omitted")
+
+    def __init__(self, bench_config: BenchConfig, *, name: str, **kwargs):
+        super().__init__(bench_config, name=name, **kwargs)
+        self._open_library()
 
     def set(self, sample_id, *, timeout=None, **kwargs):
         """Mount ``sample_id``; the status finishes when ``Sample-RB`` reads it (timeout: move_timeout_s)."""
@@ -512,6 +529,8 @@ class Bench:
 
     #: what the devices are, as runs record it (``devices`` of the start document)
     DEVICES: ClassVar[str] = "bench"
+    #: the devices' names, in the order they are made and listed
+    NAMES: ClassVar[tuple[str, ...]] = ("pump", "slit", "stage", "spectrometer", "polarizer", "ta", "interlock")
 
     config: BenchConfig
     pump: Device
@@ -536,9 +555,16 @@ class Bench:
         if self.clock is None:
             self.clock = LabClock.wall()
 
+    @classmethod
+    def build(cls, config: BenchConfig, classes: Sequence[type], source, **fields) -> Bench:
+        """A bench of one device of each of ``classes`` (in the order of ``NAMES``), each made from
+        ``source`` (the bench file, or the twin's engine) under its name; ``fields``: the others."""
+        made = {name: c(source, name=name) for name, c in zip(cls.NAMES, classes, strict=True)}
+        return cls(config=config, **made, **fields)
+
     def devices(self) -> dict[str, Device]:
         """The devices by name (``pump``, ``slit``, ...)."""
-        return {n: getattr(self, n) for n in ("pump", "slit", "stage", "spectrometer", "polarizer", "ta", "interlock")}
+        return {n: getattr(self, n) for n in self.NAMES}
 
     # ---------------------------------------------------------------------------- samples
     def library_entry(self, sample_id: str) -> LibraryEntry:
@@ -660,6 +686,10 @@ def _shown(pvs: list[str]) -> str:
     return ", ".join(pvs)
 
 
+#: The EPICS devices, by ``Bench.NAMES``.
+_DEVICE_CLASSES = (PumpLaser, StripeSlit, SampleStage, Spectrometer, Polarizer, TransientAbsorption, Interlock)
+
+
 def connect_bench(cfg: BenchConfig | str | Path, *, timeout: float | None = None) -> Bench:
     """Create the bench's EPICS devices and wait until every PV is connected.
 
@@ -679,15 +709,10 @@ def connect_bench(cfg: BenchConfig | str | Path, *, timeout: float | None = None
     # PV's callbacks for the new devices, the listing fails ("dictionary changed size during
     # iteration"). Free them now, before any new PV object is made.
     gc.collect()
-    bench = Bench(
-        config=cfg,
-        pump=PumpLaser(cfg, name="pump"),
-        slit=StripeSlit(cfg, name="slit"),
-        stage=SampleStage(cfg, name="stage"),
-        spectrometer=Spectrometer(cfg, name="spectrometer"),
-        polarizer=Polarizer(cfg, name="polarizer"),
-        ta=TransientAbsorption(cfg, name="ta"),
-        interlock=Interlock(cfg, name="interlock"),
+    bench = Bench.build(
+        cfg,
+        _DEVICE_CLASSES,
+        cfg,
         control_layer=layer,
         clock=(
             LabClock.wall()

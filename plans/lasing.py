@@ -76,7 +76,7 @@ from plans.analysis import (
     kink_threshold,
 )
 from plans.safety import check_fluence
-from plans.stubs import acquire, analysis_event, mount
+from plans.stubs import acquire, analysis_event, mount, pump_on
 
 __all__ = [
     "DEFAULT_ANALYSER_ANGLES_DEG",
@@ -195,8 +195,7 @@ def lasing_threshold(
     def inner(results: dict[str, float]) -> MsgGenerator[None]:
         yield from mount(bench, sample_id)
         yield from bps.mv(bench.polarizer.angle, angle)
-        yield from bps.mv(bench.pump.fluence, f_lo)
-        yield from bps.mv(bench.pump.shutter, 1)
+        yield from pump_on(bench, f_lo)
         primary = PrimaryData()
 
         def measure(f: float) -> MsgGenerator[None]:
@@ -262,8 +261,7 @@ def lasing_spectrum(
     def inner(results: dict[str, float]) -> MsgGenerator[None]:
         yield from mount(bench, sample_id)
         yield from bps.mv(bench.polarizer.angle, angle)
-        yield from bps.mv(bench.pump.fluence, fluence)
-        yield from bps.mv(bench.pump.shutter, 1)
+        yield from pump_on(bench, fluence)
         primary = PrimaryData()
         for _ in range(n_spectra):
             yield from acquire(bench, exposure_s, primary, extra=[bench.polarizer, axis])
@@ -315,8 +313,7 @@ def polarization_scan(
     def inner(results: dict[str, float]) -> MsgGenerator[None]:
         yield from mount(bench, sample_id)
         yield from bps.mv(bench.polarizer.angle, angles[0])
-        yield from bps.mv(bench.pump.fluence, fluence)
-        yield from bps.mv(bench.pump.shutter, 1)
+        yield from pump_on(bench, fluence)
         primary = PrimaryData()
         for a in [*angles, *reversed(angles)]:
             yield from bps.mv(bench.polarizer.angle, a)

@@ -33,7 +33,7 @@ from plans.analysis import (
     vsl_gain,
 )
 from plans.safety import check_fluence
-from plans.stubs import acquire, analysis_event, mount
+from plans.stubs import acquire, analysis_event, mount, pump_on
 
 __all__ = [
     "analyse_ase_fluence_scan",
@@ -109,8 +109,7 @@ def ase_fluence_scan(
 
     def inner(results: dict[str, float]) -> MsgGenerator[None]:
         yield from mount(bench, sample_id, stripe_length_um)
-        yield from bps.mv(bench.pump.fluence, fluence_min_uJ_cm2)
-        yield from bps.mv(bench.pump.shutter, 1)
+        yield from pump_on(bench, fluence_min_uJ_cm2)
         primary = PrimaryData()
 
         def measure(f: float) -> MsgGenerator[None]:
@@ -165,8 +164,7 @@ def vsl_scan(
 
     def inner(results: dict[str, float]) -> MsgGenerator[None]:
         yield from mount(bench, sample_id, lengths[0])
-        yield from bps.mv(bench.pump.fluence, fluence_uJ_cm2)
-        yield from bps.mv(bench.pump.shutter, 1)
+        yield from pump_on(bench, fluence_uJ_cm2)
         primary = PrimaryData()
         for length in lengths:
             yield from bps.mv(bench.slit, length)
@@ -220,8 +218,7 @@ def ase_point(
 
     def inner(results: dict[str, float]) -> MsgGenerator[None]:
         yield from mount(bench, sample_id, stripe_length_um)
-        yield from bps.mv(bench.pump.fluence, float(fluence_uJ_cm2))
-        yield from bps.mv(bench.pump.shutter, 1)
+        yield from pump_on(bench, float(fluence_uJ_cm2))
         primary = PrimaryData()
         yield from acquire(bench, exposure_s, primary)
         results.update(analyse_ase_point(primary.arrays(), plan_args))

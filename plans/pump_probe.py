@@ -51,7 +51,7 @@ from ophyd import Signal
 
 from devices import check_delay, check_pump_excitons
 from plans._common import PrimaryData, measurement
-from plans.analysis import AnalysisError, biexciton_lifetime, gain_lifetime
+from plans.analysis import AnalysisError, biexciton_lifetime, first_where, gain_lifetime
 from plans.safety import check_fluence
 from plans.stubs import analysis_event, mount, set_together, trigger_then_read
 
@@ -171,13 +171,11 @@ def _transparency_crossing(n: np.ndarray, alpha: np.ndarray) -> tuple[float, flo
         raise AnalysisError(
             f"the sample is already transparent at the lowest pump (<N> = {n[0]:.3g}); lower the minimum fluence"
         )
-    below = np.nonzero(alpha < 0.0)[0]
-    if below.size == 0:
-        raise AnalysisError(
-            f"|d(alpha)| never reaches the unpumped absorption (no transparency up to <N> = {n[-1]:.3g}); "
-            "raise the maximum fluence"
-        )
-    j = int(below[0])
+    j = first_where(
+        alpha < 0.0,
+        f"|d(alpha)| never reaches the unpumped absorption (no transparency up to <N> = {n[-1]:.3g}); "
+        "raise the maximum fluence",
+    )
     guess = float(n[j - 1] - alpha[j - 1] * (n[j] - n[j - 1]) / (alpha[j] - alpha[j - 1]))
     root, err = guess, math.inf
     for _ in range(3):

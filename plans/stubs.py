@@ -1,4 +1,4 @@
-"""Partial plans of gainloop's measurements: mount a sample, acquire, record results, make the pump safe.
+"""Partial plans of gainloop's measurements: mount a sample, pump it, acquire, record results, make the pump safe.
 
 These are to gainloop's plans what ``bluesky.plan_stubs`` are to ``bluesky.plans``:
 message generators that do one step of a measurement and return what it gives
@@ -39,6 +39,7 @@ __all__ = [
     "analysis_event",
     "mount",
     "park_pump",
+    "pump_on",
     "read_after_trigger",
     "set_together",
     "trigger_then_read",
@@ -94,6 +95,12 @@ def acquire(
             break
         exp = max(exp / 10.0, bench.config.spectrometer.exposure_min_s)
     return reading
+
+
+def pump_on(bench, fluence_uJ_cm2: float) -> MsgGenerator[None]:
+    """Set the pump fluence (uJ/cm^2), then open the shutter: the sample sees no other fluence."""
+    yield from bps.mv(bench.pump.fluence, fluence_uJ_cm2)
+    yield from bps.mv(bench.pump.shutter, 1)
 
 
 def park_pump(bench) -> MsgGenerator[None]:

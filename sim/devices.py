@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,7 @@ from devices import (
     load_bench,
     require_finite,
 )
+from devices.bench import SampleLibrary
 from twin.presets import PresetFile, load_presets
 
 from .engine import Acquisition, InterlockError, TwinBench
@@ -87,12 +90,18 @@ def _failed(obj, exc: BaseException) -> DeviceStatus:
     return st
 
 
-def _refused(what: str, value, exc: Exception) -> PutRefusedError:
-    return PutRefusedError(f"{what} refused {value!r}: {exc}")
+@contextmanager
+def _refusing(what: str, value, error: type[Exception]) -> Iterator[None]:
+    """The engine refusing ``value`` (its ``error`` inside) as a put refused by ``what``: ``PutRefusedError``."""
+    try:
+        yield
+    except error as exc:
+        raise PutRefusedError(f"{what} refused {value!r}: {exc}") from None
 
 
 class TwinSignal(ContractReadings, Signal):
-    """A signal whose value lives in the engine: ``getter``/``setter`` name methods of its device.
+    """A signal whose value lives in the engine: ``getter``/``setter`` name methods of its device,
+    or ``state`` names a float field of the engine's state (``twin.state``) it reads and writes.
 
     Same behaviour as ``devices``' ``BenchSignal``: contract units in ``describe()``,
     ``check`` against the bench file before anything reaches the engine
@@ -104,8 +113,9 @@ class TwinSignal(ContractReadings, Signal):
     def __init__(
         self,
         *,
-        getter: str,
+        getter: str | None = None,
         setter: str | None = None,
+        state: str | None = None,
         setpoint: str | None = None,
         check=None,
         units: str | None = None,
@@ -113,12 +123,12 @@ class TwinSignal(ContractReadings, Signal):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._getter, self._setter, self._setpoint_getter = getter, setter, setpoint
+        self._getter, self._setter, self._setpoint_getter, self._state = getter, setter, setpoint, state
         self._check, self._units, self._nan_ok = check, units, nan_ok
 
     @property
     def write_access(self) -> bool:
-        return self._setter is not None
+        return self._setter is not None or self._state is not None
 
     @property
     def setpoint(self):
@@ -126,7 +136,10 @@ class TwinSignal(ContractReadings, Signal):
         return getattr(self.parent, self._setpoint_getter)() if self._setpoint_getter else self.get()
 
     def get(self, **kwargs):
-        value = getattr(self.parent, self._getter)()
+        if self._state is not None:
+            value = float(getattr(self.parent.twin.state, self._state))
+        else:
+            value = getattr(self.parent, self._getter)()
         self._readback = value
         self._metadata["timestamp"] = time.time()
         return value
@@ -137,11 +150,14 @@ class TwinSignal(ContractReadings, Signal):
         super().check_value(value)
 
     def put(self, value, *, force=False, timestamp=None, metadata=None, **kwargs):
-        if self._setter is None:
+        if not self.write_access:
             raise ReadOnlyError(f"{self.name} is a readback")
         if not force:
             self.check_value(value)
-        getattr(self.parent, self._setter)(value)
+        if self._state is not None:
+            setattr(self.parent.twin.state, self._state, float(value))
+        else:
+            getattr(self.parent, self._setter)(value)
         super().put(self.get(), force=True, timestamp=timestamp, metadata=metadata)
 
     def set(self, value, *, timeout=None, settle_time=None, **kwargs):
@@ -202,19 +218,15 @@ class TwinPumpLaser(_TwinDevice):
         return self.twin.state.fluence_uJ_cm2 * float(self.twin.drift.factor(self.twin.lab_time_s))
 
     def _set_fluence(self, value) -> None:
-        try:
+        with _refusing("pump fluence", value, InterlockError):
             self.twin.set_fluence(float(value))
-        except InterlockError as exc:
-            raise _refused("pump fluence", value, exc) from None
 
     def _shutter(self) -> int:
         return int(self.twin.state.shutter_open)
 
     def _set_shutter(self, value) -> None:
-        try:
+        with _refusing("pump shutter", value, InterlockError):
             self.twin.set_shutter(bool(value))
-        except InterlockError as exc:
-            raise _refused("pump shutter", value, exc) from None
 
     def _pulse_energy(self) -> float:
         return math.nan if self._nan() else self.twin.pulse_energy_uJ()
@@ -332,7 +344,7 @@ class TwinStripeSlit(Device, PositionerBase):
         pass
 
 
-class TwinSampleStage(_TwinDevice):
+class TwinSampleStage(SampleLibrary, _TwinDevice):
     """In-process ``SampleStage``: a move or a new film advances the lab clock (s or hours)."""
 
     sample = Cpt(TwinSignal, getter="_sample", setter="_mount")
@@ -352,24 +364,13 @@ class TwinSampleStage(_TwinDevice):
 
     def __init__(self, twin: TwinBench, *, name: str, **kwargs):
         super().__init__(twin, name=name, **kwargs)
-        self.library: dict[str, LibraryEntry] = {e.id: e for e in twin.config.stage.library}
+        self._open_library()
         self._pending_doping = 0.0
 
-    @property
-    def move_timeout_s(self) -> float:
-        return self.bench_config.stage.move_timeout_s
-
-    @property
-    def new_film_timeout_s(self) -> float:
-        return self.bench_config.stage.new_film_timeout_h * 3600.0
-
-    def add_film(self, entry: LibraryEntry) -> None:
-        """Put a film made in an earlier session back in ``library`` and in the twin's, where it is
-        made of the bench file's ``[twin].new_film_preset`` (``TwinBench.add_film``)."""
-        if not isinstance(entry, LibraryEntry):
-            raise TypeError(f"{self.name}.add_film takes a devices.LibraryEntry, got {type(entry).__name__}")
+    def _film_added(self, entry: LibraryEntry) -> None:
+        """A film put back goes into the twin's library too, made of the bench file's
+        ``[twin].new_film_preset`` (``TwinBench.add_film``)."""
         self.twin.add_film(entry)
-        self.library[entry.id] = entry
 
     def _sample(self) -> str:
         return self.twin.state.sample_id
@@ -394,18 +395,14 @@ class TwinSampleStage(_TwinDevice):
         self._pending_doping = float(value)
 
     def _mount(self, sample_id) -> None:
-        try:
+        with _refusing("sample stage", sample_id, ParameterError):
             self.twin.select_sample(sample_id)
-        except ParameterError as exc:
-            raise _refused("sample stage", sample_id, exc) from None
 
     def _request(self, value) -> None:
         if int(value) != 1:
             return
-        try:
+        with _refusing("new film", self._pending_doping, ParameterError):
             new_id, _ = self.twin.make_film(self._pending_doping)
-        except ParameterError as exc:
-            raise _refused("new film", self._pending_doping, exc) from None
         self.library[new_id] = self.twin.library[new_id]
 
     def set(self, sample_id, *, timeout=None, **kwargs):
@@ -431,14 +428,8 @@ class TwinSampleStage(_TwinDevice):
 class TwinSpectrometer(_TwinDevice):
     """In-process ``Spectrometer``: a trigger exposes the camera (lab clock += exposure)."""
 
-    exposure = Cpt(
-        TwinSignal,
-        getter="_exposure",
-        setter="_set_exposure",
-        check=check_exposure,
-        units=UNITS["exposure"],
-        kind="hinted",  # read with every event (the analysis divides the counts by it) and shown live
-    )
+    # hinted: read with every event (the analysis divides the counts by it) and shown live
+    exposure = Cpt(TwinSignal, state="exposure_s", check=check_exposure, units=UNITS["exposure"], kind="hinted")
     acquire = Cpt(TwinSignal, getter="_zero", setter="_acquire", check=check_flag, kind="omitted")
     spectrum = Cpt(TwinSignal, getter="_spectrum", units=UNITS["spectrum"], nan_ok=False)
     wavelength = Cpt(TwinSignal, getter="_wavelength", units=UNITS["wavelength"], kind="config")
@@ -451,21 +442,13 @@ class TwinSpectrometer(_TwinDevice):
         super().__init__(twin, name=name, **kwargs)
         self.last: Acquisition | None = None
 
-    def _exposure(self) -> float:
-        return float(self.twin.state.exposure_s)
-
-    def _set_exposure(self, value) -> None:
-        self.twin.state.exposure_s = float(value)
-
     def _zero(self) -> int:
         return 0
 
     def _acquire(self, value) -> None:
         if int(value) == 1:
-            try:
+            with _refusing("spectrometer", value, ParameterError):
                 self.last = self.twin.acquire()
-            except ParameterError as exc:
-                raise _refused("spectrometer", value, exc) from None
 
     def _spectrum(self) -> np.ndarray:
         return np.zeros(self.twin.wavelength_nm.size) if self.last is None else self.last.counts
@@ -499,30 +482,15 @@ class TwinSpectrometer(_TwinDevice):
 class TwinPolarizer(_TwinDevice):
     """In-process ``Polarizer``."""
 
-    angle = Cpt(
-        TwinSignal, getter="_angle", setter="_set_angle", check=check_angle, units=UNITS["angle"], kind="hinted"
-    )
-
-    def _angle(self) -> float:
-        return float(self.twin.state.polarizer_deg)
-
-    def _set_angle(self, value) -> None:
-        self.twin.state.polarizer_deg = float(value)
+    angle = Cpt(TwinSignal, state="polarizer_deg", check=check_angle, units=UNITS["angle"], kind="hinted")
 
 
 class TwinTransientAbsorption(_TwinDevice):
     """In-process ``TransientAbsorption``: a trigger averages the probe (lab clock += 1 s)."""
 
-    delay = Cpt(
-        TwinSignal, getter="_delay", setter="_set_delay", check=check_delay, units=UNITS["delay"], kind="hinted"
-    )
+    delay = Cpt(TwinSignal, state="ta_delay_ps", check=check_delay, units=UNITS["delay"], kind="hinted")
     pump_excitons = Cpt(
-        TwinSignal,
-        getter="_pump",
-        setter="_set_pump",
-        check=check_pump_excitons,
-        units=UNITS["pump_excitons"],
-        kind="config",
+        TwinSignal, state="ta_pump_excitons", check=check_pump_excitons, units=UNITS["pump_excitons"], kind="config"
     )
     acquire = Cpt(TwinSignal, getter="_zero", setter="_acquire", check=check_flag, kind="omitted")
     signal = Cpt(TwinSignal, getter="_signal", units=UNITS["signal"], nan_ok=False, kind="hinted")
@@ -530,18 +498,6 @@ class TwinTransientAbsorption(_TwinDevice):
     def __init__(self, twin: TwinBench, *, name: str, **kwargs):
         super().__init__(twin, name=name, **kwargs)
         self._last = 0.0
-
-    def _delay(self) -> float:
-        return float(self.twin.state.ta_delay_ps)
-
-    def _set_delay(self, value) -> None:
-        self.twin.state.ta_delay_ps = float(value)
-
-    def _pump(self) -> float:
-        return float(self.twin.state.ta_pump_excitons)
-
-    def _set_pump(self, value) -> None:
-        self.twin.state.ta_pump_excitons = float(value)
 
     def _zero(self) -> int:
         return 0
@@ -624,6 +580,18 @@ class TwinBenchDevices(Bench):
         return status
 
 
+#: The in-process devices, by ``devices.Bench.NAMES``.
+_DEVICE_CLASSES = (
+    TwinPumpLaser,
+    TwinStripeSlit,
+    TwinSampleStage,
+    TwinSpectrometer,
+    TwinPolarizer,
+    TwinTransientAbsorption,
+    TwinInterlock,
+)
+
+
 def default_twin_bench_path() -> Path:
     """The twin's bench file shipped with the package (the same as ``examples/twin_bench.toml``)."""
     from importlib import resources
@@ -646,15 +614,10 @@ def twin_bench_devices(
     if presets is not None and not isinstance(presets, PresetFile):
         presets = load_presets(presets)
     twin = TwinBench(cfg, presets=presets, seed=seed)
-    return TwinBenchDevices(
-        config=cfg,
-        pump=TwinPumpLaser(twin, name="pump"),
-        slit=TwinStripeSlit(twin, name="slit"),
-        stage=TwinSampleStage(twin, name="stage"),
-        spectrometer=TwinSpectrometer(twin, name="spectrometer"),
-        polarizer=TwinPolarizer(twin, name="polarizer"),
-        ta=TwinTransientAbsorption(twin, name="ta"),
-        interlock=TwinInterlock(twin, name="interlock"),
+    return TwinBenchDevices.build(
+        cfg,
+        _DEVICE_CLASSES,
+        twin,
         engine=twin,
         clock=LabClock(lambda: twin.lab_time_s, source="the twin's simulated lab clock"),
     )

@@ -327,9 +327,7 @@ class TwinIOC(PVGroup):
         """Post every PV's value and limits from the engine (before serving)."""
         b, s, cfg = self.bench, self.bench.state, self.bench.config
         limit = b.fluence_limit_uJ_cm2
-        await self.fluence_sp.write_metadata(
-            upper_ctrl_limit=limit, lower_ctrl_limit=0.0, upper_disp_limit=limit, lower_disp_limit=0.0
-        )
+        await self._post_limits(self.fluence_sp, 0.0, limit)
         fields = self.fluence_sp.field_inst
         for ch, v in (
             (fields.drive_high_limit, limit),
@@ -346,22 +344,12 @@ class TwinIOC(PVGroup):
         await self.post_stage()
         await self._w(self.busy, 0)
         sp = cfg.spectrometer
-        await self.exposure.write_metadata(
-            lower_ctrl_limit=sp.exposure_min_s,
-            upper_ctrl_limit=sp.exposure_max_s,
-            lower_disp_limit=sp.exposure_min_s,
-            upper_disp_limit=sp.exposure_max_s,
-        )
+        await self._post_limits(self.exposure, sp.exposure_min_s, sp.exposure_max_s)
         await self._w(self.exposure, s.exposure_s)
         await self._w(self.wavelength, np.asarray(b.wavelength_nm, dtype=float))
         await self._w(self.spectrum, np.zeros(sp.pixels))
         ta = cfg.transient_absorption
-        await self.delay_sp.write_metadata(
-            lower_ctrl_limit=ta.delay_min_ps,
-            upper_ctrl_limit=ta.delay_max_ps,
-            lower_disp_limit=ta.delay_min_ps,
-            upper_disp_limit=ta.delay_max_ps,
-        )
+        await self._post_limits(self.delay_sp, ta.delay_min_ps, ta.delay_max_ps)
         await self._w(self.delay_sp, s.ta_delay_ps)
         await self._w(self.delay_rb, s.ta_delay_ps)
         await self._w(self.pump_excitons, s.ta_pump_excitons)
@@ -375,6 +363,11 @@ class TwinIOC(PVGroup):
         await self.post_clock_and_pump()
         if self.bench.config.pump.watchdog is not None:
             self._spawn(self.watchdog_loop())
+
+    @staticmethod
+    async def _post_limits(pv, lo: float, hi: float) -> None:
+        """Post ``lo``..``hi`` as the control and display limits of ``pv``."""
+        await pv.write_metadata(lower_ctrl_limit=lo, upper_ctrl_limit=hi, lower_disp_limit=lo, upper_disp_limit=hi)
 
     def _fault_pv(self, name: str):
         return getattr(self, f"fault_{name}")
@@ -407,6 +400,37 @@ class TwinIOC(PVGroup):
         """Called by the server when it is back after a disconnection."""
         self.faults.discard("disconnect")
         await self._w(self.fault_disconnect, 0)
+
+    async def _within(self, value, lo: float, hi: float, refusal: Callable[[float], str]) -> float:
+        """A setpoint put: its number (once not paused) if finite and within ``lo``..``hi``, else refused
+        with ``refusal(number)``."""
+        v = _scalar(value)
+        await self.gate()
+        if not (math.isfinite(v) and lo <= v <= hi):
+            await self._refuse(refusal(v))
+        return v
+
+    async def _on_request(self, instance, value, operation: Callable[[Any], Coroutine[Any, Any, None]]):
+        """A put to an acquire PV: 1 runs ``operation(instance)`` to its end (``_operate``), 0 does nothing."""
+        if not _scalar(value):
+            return 0
+        await self.gate()
+        await self._operate(instance, 1, operation(instance))
+
+    async def _acquisition(self, acquire, lock: str, take: Callable[[], tuple[Any, float]], post) -> None:
+        """Once no stage move is under way and not paused: ``take()`` an acquisition (its result and the lab
+        time it takes), wait that lab time, then ``post(result)``; ``acquire`` reads 0 after, however it ends."""
+        try:
+            async with self._locks[lock]:
+                await self.stage_idle.wait()
+                await self.gate()
+                result, lab_s = take()
+                await self.post_clock_and_pump()
+                await self.lab_sleep(lab_s)
+                await self.gate()
+                await post(result)
+        finally:
+            await self._w(acquire, 0)
 
     # ------------------------------------------------------------------ pump and interlock
     async def _put_fluence(self, instance, value):
@@ -494,11 +518,9 @@ class TwinIOC(PVGroup):
         await self._operate(instance, sample_id, self._stage_op(lambda: self.bench.select_sample(sample_id)))
 
     async def _put_new_film_doping(self, instance, value):
-        d = _scalar(value)
-        await self.gate()
-        if not (math.isfinite(d) and d >= 0):
-            await self._refuse(f"refused new-film doping {d!r}: must be a finite number >= 0 electrons/dot")
-        return d
+        return await self._within(
+            value, 0.0, math.inf, lambda d: f"refused new-film doping {d!r}: must be a finite number >= 0 electrons/dot"
+        )
 
     async def _put_new_film(self, instance, value):
         if not _scalar(value):
@@ -536,38 +558,30 @@ class TwinIOC(PVGroup):
 
     # ------------------------------------------------------------------ spectrometer
     async def _put_exposure(self, instance, value):
-        e = _scalar(value)
         sp = self.bench.config.spectrometer
-        await self.gate()
-        if not (math.isfinite(e) and sp.exposure_min_s <= e <= sp.exposure_max_s):
-            await self._refuse(f"refused exposure {e!r} s: allowed {sp.exposure_min_s:g} to {sp.exposure_max_s:g} s")
+        lo, hi = sp.exposure_min_s, sp.exposure_max_s
+        e = await self._within(value, lo, hi, lambda e: f"refused exposure {e!r} s: allowed {lo:g} to {hi:g} s")
         self.bench.state.exposure_s = e
         return e
 
     async def _put_spec_acquire(self, instance, value):
-        if not _scalar(value):
-            return 0
-        await self.gate()
-        await self._operate(instance, 1, self._acquire_spectrum(instance))
+        return await self._on_request(instance, value, self._acquire_spectrum)
 
     async def _acquire_spectrum(self, acquire) -> None:
-        try:
-            async with self._locks["spec"]:
-                await self.stage_idle.wait()
-                await self.gate()
-                acq = self.bench.acquire()
-                await self.post_clock_and_pump()
-                await self.lab_sleep(acq.exposure_s)
-                await self.gate()
-                inf = "inf_readback" in self.faults
-                counts = np.asarray(acq.counts, dtype=float)
-                await self._w(self.spectrum, np.full_like(counts, math.inf) if inf else counts)
-                await self._post_integrated(math.inf if inf else acq.integrated)
-                await self._w(self.peak_wavelength, acq.peak_wavelength_nm)
-                await self._w(self.fwhm, acq.fwhm_nm)
-                await self._w(self.saturated, int(acq.saturated))
-        finally:
-            await self._w(acquire, 0)
+        def take():
+            acq = self.bench.acquire()
+            return acq, acq.exposure_s
+
+        await self._acquisition(acquire, "spec", take, self._post_spectrum)
+
+    async def _post_spectrum(self, acq) -> None:
+        inf = "inf_readback" in self.faults
+        counts = np.asarray(acq.counts, dtype=float)
+        await self._w(self.spectrum, np.full_like(counts, math.inf) if inf else counts)
+        await self._post_integrated(math.inf if inf else acq.integrated)
+        await self._w(self.peak_wavelength, acq.peak_wavelength_nm)
+        await self._w(self.fwhm, acq.fwhm_nm)
+        await self._w(self.saturated, int(acq.saturated))
 
     # ------------------------------------------------------------------ polariser, TA
     async def _put_angle(self, instance, value):
@@ -580,41 +594,26 @@ class TwinIOC(PVGroup):
         return a
 
     async def _put_delay(self, instance, value):
-        d = _scalar(value)
         ta = self.bench.config.transient_absorption
-        await self.gate()
-        if not (math.isfinite(d) and ta.delay_min_ps <= d <= ta.delay_max_ps):
-            await self._refuse(f"refused TA delay {d!r} ps: allowed {ta.delay_min_ps:g} to {ta.delay_max_ps:g} ps")
+        lo, hi = ta.delay_min_ps, ta.delay_max_ps
+        d = await self._within(value, lo, hi, lambda d: f"refused TA delay {d!r} ps: allowed {lo:g} to {hi:g} ps")
         self.bench.state.ta_delay_ps = d
         await self._w(self.delay_rb, d)
         return d
 
     async def _put_pump_excitons(self, instance, value):
-        n = _scalar(value)
-        await self.gate()
-        if not (math.isfinite(n) and 0 <= n <= 100):
-            await self._refuse(f"refused TA pump level {n!r}: allowed 0 to 100 excitons/dot")
+        n = await self._within(value, 0, 100, lambda n: f"refused TA pump level {n!r}: allowed 0 to 100 excitons/dot")
         self.bench.state.ta_pump_excitons = n
         return n
 
     async def _put_ta_acquire(self, instance, value):
-        if not _scalar(value):
-            return 0
-        await self.gate()
-        await self._operate(instance, 1, self._acquire_ta(instance))
+        return await self._on_request(instance, value, self._acquire_ta)
 
     async def _acquire_ta(self, acquire) -> None:
-        try:
-            async with self._locks["ta"]:
-                await self.stage_idle.wait()
-                await self.gate()
-                value = self.bench.acquire_ta(_TA_AVERAGING_S)
-                await self.post_clock_and_pump()
-                await self.lab_sleep(_TA_AVERAGING_S)
-                await self.gate()
-                await self._w(self.ta_signal, math.inf if "inf_readback" in self.faults else value)
-        finally:
-            await self._w(acquire, 0)
+        async def post(value: float) -> None:
+            await self._w(self.ta_signal, math.inf if "inf_readback" in self.faults else value)
+
+        await self._acquisition(acquire, "ta", lambda: (self.bench.acquire_ta(_TA_AVERAGING_S), _TA_AVERAGING_S), post)
 
     # ------------------------------------------------------------------ SIM
     async def _put_time_scale(self, instance, value):
@@ -633,50 +632,20 @@ class TwinIOC(PVGroup):
         log.warning("fault %s %s", name, "on" if on else "off")
         return int(on)
 
-    async def _put_fault_pause(self, instance, value):
-        on = await self._set_fault("pause", value)
-        (self.unpaused.clear if on else self.unpaused.set)()
-        return on
-
-    async def _put_fault_disconnect(self, instance, value):
-        on = await self._set_fault("disconnect", value)
-        if on:
-            self.disconnect_requested.set()
-        return on
-
-    async def _put_fault_stuck(self, instance, value):
-        return await self._set_fault("stuck_motor", value)
-
-    async def _put_fault_saturated(self, instance, value):
-        return await self._set_fault("saturated_detector", value)
-
-    async def _put_fault_nan(self, instance, value):
-        on = await self._set_fault("nan_readback", value)
-        await self.post_clock_and_pump()
-        return on
-
-    async def _put_fault_inf(self, instance, value):
-        on = await self._set_fault("inf_readback", value)
-        await self.post_clock_and_pump()
-        return on
-
-    async def _put_fault_out_of_range(self, instance, value):
-        on = await self._set_fault("out_of_range_readback", value)
-        await self.post_clock_and_pump()
-        return on
-
-    async def _put_record_fault(self, name: str, value) -> int:
+    async def _put_fault(self, name: str, value) -> int:
+        """A put to the SIM PV of fault ``name``: switch the fault, then do what switching it does."""
         before = self.served_pvdb().get(self.integrated.pvname)
         on = await self._set_fault(name, value)
-        if self.served_pvdb().get(self.integrated.pvname) is not before:
-            self.reboot_requested.set()
+        if name == "pause":
+            (self.unpaused.clear if on else self.unpaused.set)()
+        elif name == "disconnect" and on:
+            self.disconnect_requested.set()
+        elif name in ("nan_readback", "inf_readback", "out_of_range_readback"):
+            await self.post_clock_and_pump()
+        elif name in ("missing_readback", "string_readback"):
+            if self.served_pvdb().get(self.integrated.pvname) is not before:
+                self.reboot_requested.set()
         return on
-
-    async def _put_fault_missing(self, instance, value):
-        return await self._put_record_fault("missing_readback", value)
-
-    async def _put_fault_string(self, instance, value):
-        return await self._put_record_fault("string_readback", value)
 
 
 def _ioc_class(cfg: BenchConfig) -> type[TwinIOC]:
@@ -691,28 +660,21 @@ def _ioc_class(cfg: BenchConfig) -> type[TwinIOC]:
     def text(name, put=None, read_only=None):  # DBR_STRING, as a stringin/stringout record
         return pvproperty(name=name, value="", dtype=ChannelType.STRING, put=put, read_only=read_only)
 
-    fluence = pvproperty(
-        name=p.fluence_setpoint,
-        value=0.0,
-        dtype=_CheckedDouble,
-        record="ao",
-        put=T._put_fluence,
-        units="uJ/cm^2",
-        precision=3,
-        doc="peak fluence setpoint (interlocked)",
+    def checked(name, value, put, units, precision, **kw):  # a double whose putter does every check
+        return pvproperty(name=name, value=value, dtype=_CheckedDouble, put=put, units=units, precision=precision, **kw)
+
+    def fault(name):  # the SIM PV of fault ``name``
+        async def put(group, instance, value):
+            return await group._put_fault(name, value)
+
+        return pvproperty(name=IOC_FAULTS[name][0], value=0, put=put)
+
+    fluence = checked(
+        p.fluence_setpoint, 0.0, T._put_fluence, "uJ/cm^2", 3, record="ao", doc="peak fluence setpoint (interlocked)"
     )
     for field in ("drive_high_limit", "drive_low_limit", "high_operating_range", "low_operating_range"):
         getattr(fluence.fields, field).putter(_refuse_limit_field)
-    slit = pvproperty(
-        name=sl.motor,
-        value=1000.0,
-        dtype=_CheckedDouble,
-        record="motor",
-        put=T._put_slit,
-        units="um",
-        precision=1,
-        doc="stripe length (motor record)",
-    )
+    slit = checked(sl.motor, 1000.0, T._put_slit, "um", 1, record="motor", doc="stripe length (motor record)")
     install_field_putters(slit)
     props: dict[str, Any] = {
         "fluence_sp": fluence,
@@ -732,9 +694,7 @@ def _ioc_class(cfg: BenchConfig) -> type[TwinIOC]:
             name=st.new_film_doping, value=0.0, put=T._put_new_film_doping, units="e/dot", precision=3
         ),
         "new_film_request": pvproperty(name=st.new_film_request, value=0, put=T._put_new_film),
-        "exposure": pvproperty(
-            name=sp.exposure, value=1.0, dtype=_CheckedDouble, put=T._put_exposure, units="s", precision=4
-        ),
+        "exposure": checked(sp.exposure, 1.0, T._put_exposure, "s", 4),
         "spec_acquire": pvproperty(name=sp.acquire, value=0, put=T._put_spec_acquire),
         "spectrum": ro(sp.spectrum, value=[0.0] * sp.pixels, dtype=float, max_length=sp.pixels, units="counts"),
         "wavelength": ro(sp.wavelength, value=[0.0] * sp.pixels, dtype=float, max_length=sp.pixels, units="nm"),
@@ -744,9 +704,7 @@ def _ioc_class(cfg: BenchConfig) -> type[TwinIOC]:
         "saturated": ro(sp.saturated, value=0),
         "angle_sp": pvproperty(name=po.angle_setpoint, value=0.0, put=T._put_angle, units="deg", precision=2),
         "angle_rb": ro(po.angle_readback, units="deg", precision=2),
-        "delay_sp": pvproperty(
-            name=ta.delay_setpoint, value=0.0, dtype=_CheckedDouble, put=T._put_delay, units="ps", precision=3
-        ),
+        "delay_sp": checked(ta.delay_setpoint, 0.0, T._put_delay, "ps", 3),
         "delay_rb": ro(ta.delay_readback, units="ps", precision=3),
         "pump_excitons": pvproperty(
             name=ta.pump_excitons, value=1.0, put=T._put_pump_excitons, units="exc/dot", precision=3
@@ -759,15 +717,7 @@ def _ioc_class(cfg: BenchConfig) -> type[TwinIOC]:
         ),
         "lab_time": ro("SIM:LabTime", units="s", precision=3),
         "time_scale_pv": pvproperty(name="SIM:TimeScale", value=1.0, put=T._put_time_scale, units="s/s"),
-        "fault_pause": pvproperty(name="SIM:Fault-Pause", value=0, put=T._put_fault_pause),
-        "fault_disconnect": pvproperty(name="SIM:Fault-Disconnect", value=0, put=T._put_fault_disconnect),
-        "fault_stuck_motor": pvproperty(name="SIM:Fault-StuckMotor", value=0, put=T._put_fault_stuck),
-        "fault_saturated_detector": pvproperty(name="SIM:Fault-Saturated", value=0, put=T._put_fault_saturated),
-        "fault_nan_readback": pvproperty(name="SIM:Fault-NaN", value=0, put=T._put_fault_nan),
-        "fault_inf_readback": pvproperty(name="SIM:Fault-Inf", value=0, put=T._put_fault_inf),
-        "fault_out_of_range_readback": pvproperty(name="SIM:Fault-OutOfRange", value=0, put=T._put_fault_out_of_range),
-        "fault_missing_readback": pvproperty(name="SIM:Fault-Missing", value=0, put=T._put_fault_missing),
-        "fault_string_readback": pvproperty(name="SIM:Fault-String", value=0, put=T._put_fault_string),
+        **{f"fault_{name}": fault(name) for name in IOC_FAULTS},
     }
     if p.watchdog is not None:
         props["watchdog"] = pvproperty(name=p.watchdog, value=0, put=T._put_watchdog, doc="client heartbeat")

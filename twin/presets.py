@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -105,12 +105,17 @@ class AugerParams(_Frozen):
     tau_x_radiative_ns: float = Field(gt=0, description="single-exciton (radiative) lifetime, ns")
 
 
+# The film of dots, the same whether it is the ASE/VSL/TA film or the film on a DFB grating.
+_PackingFraction = Annotated[float, Field(gt=0, le=0.75, description="volume fraction of dots in the film")]
+_AbsorbedFraction1030 = Annotated[float, Field(gt=0, lt=1, description="fraction of the 1030 nm pump absorbed")]
+
+
 class FilmParams(_Frozen):
     """The film used for TA, ASE and VSL: pump absorption and the slab waveguide."""
 
     thickness_nm: float = Field(gt=0, le=5000, description="film thickness, nm")
-    packing_fraction: float = Field(gt=0, le=0.75, description="volume fraction of dots in the film")
-    absorbed_fraction_1030: float = Field(gt=0, lt=1, description="fraction of the 1030 nm pump absorbed")
+    packing_fraction: _PackingFraction
+    absorbed_fraction_1030: _AbsorbedFraction1030
     dot_diameter_nm: float = Field(gt=0, le=30, description="diameter of the absorbing volume per dot used for <N>, nm")
     confinement: float = Field(gt=0, le=1, description="optical confinement factor of the guided mode")
     alpha0_per_cm: float = Field(gt=0, description="1S absorption coefficient at the gain peak, 1/cm")
@@ -132,8 +137,8 @@ class DfbParams(_Frozen):
 
     grating_period_nm: float = Field(gt=200, lt=2000, description="grating period, nm")
     film_thickness_nm: float = Field(gt=0, le=5000, description="CQD film thickness on the grating, nm")
-    packing_fraction: float = Field(gt=0, le=0.75, description="volume fraction of dots in the film")
-    absorbed_fraction_1030: float = Field(gt=0, lt=1, description="fraction of the 1030 nm pump absorbed")
+    packing_fraction: _PackingFraction
+    absorbed_fraction_1030: _AbsorbedFraction1030
     dot_diameter_nm: float = Field(gt=0, le=30, description="diameter of the absorbing volume per dot, nm")
     film_index: float = Field(gt=1, lt=5, description="refractive index of the CQD film at lasing")
     substrate_index: float = Field(gt=1, lt=5, description="refractive index of the substrate")

@@ -29,7 +29,15 @@ from ._lifetimes import (
 )
 from ._polarization import PolarizationFit, polarization_ratio
 from ._spectra import SpectralPeak, peak_shift_meV, spectral_peak
-from ._thresholds import AnalysisError, Crossing, KinkFit, kink_threshold, kink_threshold_windowed, level_crossing
+from ._thresholds import (
+    AnalysisError,
+    Crossing,
+    KinkFit,
+    first_where,
+    kink_threshold,
+    kink_threshold_windowed,
+    level_crossing,
+)
 from ._vsl import Plateau, VslFit, plateau_level, vsl_gain
 
 __all__ = [
@@ -53,6 +61,7 @@ __all__ = [
     "analyse_polarization_scan",
     "biexciton_lifetime",
     "counts_per_s",
+    "first_where",
     "fit_exponential",
     "fit_lorentzian_line",
     "gain_lifetime",

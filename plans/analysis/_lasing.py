@@ -19,7 +19,7 @@ from scipy import optimize
 
 from ._counts import counts_per_s, input_output
 from ._polarization import polarization_ratio
-from ._thresholds import AnalysisError, kink_threshold
+from ._thresholds import AnalysisError, finite_pair, kink_threshold
 
 __all__ = [
     "LINE_HALF_WIDTHS_PX",
@@ -129,12 +129,13 @@ def fit_lorentzian_line(wavelength_nm, spectrum, half_width_px: int, *, integrat
     ``integrate``: the model integrates the line over each pixel (else it samples the line at
     the pixel centres, times the pixel width).
     """
-    lam = np.asarray(wavelength_nm, dtype=float).ravel()
-    y = np.asarray(spectrum, dtype=float).ravel()
-    if lam.shape != y.shape or lam.size < 2 * half_width_px + 1:
-        raise AnalysisError(f"spectrum and wavelength axis must match, with more than {2 * half_width_px} pixels")
-    if not (np.all(np.isfinite(lam)) and np.all(np.isfinite(y))):
-        raise AnalysisError("spectrum or wavelength axis contains NaN or inf")
+    lam, y = finite_pair(
+        wavelength_nm,
+        spectrum,
+        f"spectrum and wavelength axis must match, with more than {2 * half_width_px} pixels",
+        "spectrum or wavelength axis contains NaN or inf",
+        min_points=2 * half_width_px + 1,
+    )
     i = int(np.argmax(y))
     if i < half_width_px or i > lam.size - 1 - half_width_px:
         raise AnalysisError(

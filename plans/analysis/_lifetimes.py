@@ -21,11 +21,12 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from scipy import optimize
 
-from ._thresholds import AnalysisError
+from ._thresholds import AnalysisError, finite_pair, first_where
 
 __all__ = [
     "BiexcitonFit",
@@ -38,12 +39,12 @@ __all__ = [
 
 
 def _xy(t_ps, y, what: str, min_points: int) -> tuple[np.ndarray, np.ndarray]:
-    t = np.asarray(t_ps, dtype=float).ravel()
-    v = np.asarray(y, dtype=float).ravel()
-    if t.shape != v.shape:
-        raise AnalysisError(f"{what}: delays ({t.size} points) and signal ({v.size} points) differ in length")
-    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(v))):
-        raise AnalysisError(f"{what}: data contain NaN or inf; remove failed points first")
+    t, v = finite_pair(
+        t_ps,
+        y,
+        what + ": delays ({0} points) and signal ({1} points) differ in length",
+        f"{what}: data contain NaN or inf; remove failed points first",
+    )
     if t.size < min_points:
         raise AnalysisError(f"{what} needs at least {min_points} points, got {t.size}")
     order = np.argsort(t, kind="stable")
@@ -57,15 +58,28 @@ def _xy(t_ps, y, what: str, min_points: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class ExponentialFit:
+class _Lifetime:
+    """A lifetime ``tau_ps`` with its 1-sigma uncertainty ``tau_err_ps`` (ps), reported as ``{NAME}_ps``
+    and ``{NAME}_err_ps`` (``NAME``: the class's, or the ``prefix`` given)."""
+
+    NAME: ClassVar[str] = "tau"
+
+    tau_ps: float
+    tau_err_ps: float
+
+    def as_dict(self, prefix: str | None = None) -> dict[str, float]:
+        name = self.NAME if prefix is None else prefix
+        return {f"{name}_ps": self.tau_ps, f"{name}_err_ps": self.tau_err_ps}
+
+
+@dataclass(frozen=True)
+class ExponentialFit(_Lifetime):
     """y = amplitude exp(-(t - t_start_ps)/tau_ps) + offset, fitted over t_start_ps..t_stop_ps.
 
     ``amplitude`` is the fitted signal above ``offset`` at the first fitted delay
     ``t_start_ps``; errors are 1-sigma; ``residual_rms`` is in the units of y.
     """
 
-    tau_ps: float
-    tau_err_ps: float
     amplitude: float
     amplitude_err: float
     offset: float
@@ -79,9 +93,6 @@ class ExponentialFit:
         """The fitted curve at delays ``t_ps``."""
         t = np.asarray(t_ps, dtype=float)
         return self.amplitude * np.exp(-(t - self.t_start_ps) / self.tau_ps) + self.offset
-
-    def as_dict(self, prefix: str = "tau") -> dict[str, float]:
-        return {f"{prefix}_ps": self.tau_ps, f"{prefix}_err_ps": self.tau_err_ps}
 
 
 def _initial_guess(t: np.ndarray, y: np.ndarray, offset: bool) -> tuple[float, float, float]:
@@ -177,7 +188,7 @@ def fit_exponential(t_ps, y, *, offset: bool = True, sigma=None) -> ExponentialF
 
 
 @dataclass(frozen=True)
-class BiexcitonFit:
+class BiexcitonFit(_Lifetime):
     """Biexciton Auger lifetime from high- minus scaled low-pump TA traces (1-sigma errors).
 
     ``scale``: factor applied to the low-pump trace (fitted over delays >=
@@ -185,15 +196,12 @@ class BiexcitonFit:
     ``fit_from_ps``.
     """
 
-    tau_ps: float
-    tau_err_ps: float
+    NAME: ClassVar[str] = "tau_xx"
+
     scale: float
     normalize_from_ps: float
     fit_from_ps: float
     fit: ExponentialFit
-
-    def as_dict(self) -> dict[str, float]:
-        return {"tau_xx_ps": self.tau_ps, "tau_xx_err_ps": self.tau_err_ps}
 
 
 def biexciton_lifetime(
@@ -283,20 +291,17 @@ def biexciton_lifetime(
 
 
 @dataclass(frozen=True)
-class GainLifetime:
+class GainLifetime(_Lifetime):
     """Net-gain lifetime (ps after time zero) with its 1-sigma uncertainty.
 
     ``noise``: the 1-sigma scatter of alpha/alpha0 used (given or estimated);
     ``n_points``: delays used to place the zero crossing.
     """
 
-    tau_ps: float
-    tau_err_ps: float
+    NAME: ClassVar[str] = "tau_gain"
+
     noise: float
     n_points: int
-
-    def as_dict(self) -> dict[str, float]:
-        return {"tau_gain_ps": self.tau_ps, "tau_gain_err_ps": self.tau_err_ps}
 
 
 def _noise_from_second_differences(t: np.ndarray, y: np.ndarray) -> float:
@@ -397,17 +402,14 @@ def gain_lifetime(t_ps, alpha_over_alpha0, *, noise: float | None = None, time_z
     if noise is not None and (not math.isfinite(noise) or noise < 0):
         raise AnalysisError(f"noise must be a finite 1-sigma scatter >= 0, got {noise!r}")
     sd = _noise_from_second_differences(t, a) if noise is None else float(noise)
-    gain = np.nonzero(a < 0.0)[0]
-    if gain.size == 0:
-        raise AnalysisError(
-            f"the trace never shows net gain: alpha/alpha0 >= 0 at every delay (minimum {float(np.min(a)):.3g}); "
-            "raise the pump above the gain threshold"
-        )
-    onset = int(gain[0])
-    back = np.nonzero(a[onset:] >= 0.0)[0]
-    if back.size == 0:
-        raise AnalysisError(f"net gain persists to the last delay ({t[-1]:g} ps); extend the delay range to see it end")
-    j = onset + int(back[0])
+    onset = first_where(
+        a < 0.0,
+        f"the trace never shows net gain: alpha/alpha0 >= 0 at every delay (minimum {float(np.min(a)):.3g}); "
+        "raise the pump above the gain threshold",
+    )
+    j = onset + first_where(
+        a[onset:] >= 0.0, f"net gain persists to the last delay ({t[-1]:g} ps); extend the delay range to see it end"
+    )
     t0, t1, y0, y1 = t[j - 1], t[j], a[j - 1], a[j]
     root = float(t0 - y0 * (t1 - t0) / (y1 - y0))
     step = float(t1 - t0)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._thresholds import AnalysisError
+from ._thresholds import AnalysisError, finite_pair
 
 __all__ = ["PolarizationFit", "polarization_ratio"]
 
@@ -61,12 +61,12 @@ def polarization_ratio(angles_deg, intensities, *, sigma=None) -> PolarizationFi
     readings (same unit; scalar or per point). Without ``sigma`` the residual scatter
     sets the uncertainties. ``theta0_deg`` is in [-90, 90).
     """
-    th = np.asarray(angles_deg, dtype=float).ravel()
-    y = np.asarray(intensities, dtype=float).ravel()
-    if th.shape != y.shape:
-        raise AnalysisError(f"angles ({th.size} values) and intensities ({y.size} values) differ in length")
-    if not (np.all(np.isfinite(th)) and np.all(np.isfinite(y))):
-        raise AnalysisError("polarisation scan contains NaN or inf; remove failed points before fitting")
+    th, y = finite_pair(
+        angles_deg,
+        intensities,
+        "angles ({0} values) and intensities ({1} values) differ in length",
+        "polarisation scan contains NaN or inf; remove failed points before fitting",
+    )
     two = np.deg2rad(2.0 * th)
     x = np.stack([np.ones_like(two), np.cos(two), np.sin(two)], axis=1)
     n = th.size

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._thresholds import AnalysisError
+from ._thresholds import AnalysisError, finite_pair
 
 __all__ = ["HC_EV_NM", "SpectralPeak", "peak_shift_meV", "spectral_peak"]
 
@@ -42,12 +42,13 @@ def spectral_peak(wavelength_nm, spectrum, *, baseline: float | None = None) -> 
     ``baseline`` (same units as the spectrum) is subtracted before the half
     maximum is taken; by default the median of the outer 10 % of pixels.
     """
-    x = np.asarray(wavelength_nm, dtype=float).ravel()
-    y = np.asarray(spectrum, dtype=float).ravel()
-    if x.shape != y.shape or x.size < 5:
-        raise AnalysisError("spectrum and axis must have the same length (>= 5 pixels)")
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise AnalysisError("spectrum contains NaN or inf")
+    x, y = finite_pair(
+        wavelength_nm,
+        spectrum,
+        "spectrum and axis must have the same length (>= 5 pixels)",
+        "spectrum contains NaN or inf",
+        min_points=5,
+    )
     if baseline is None:
         k = max(x.size // 20, 1)
         baseline = float(np.median(np.concatenate([y[:k], y[-k:]])))

@@ -30,6 +30,29 @@ class AnalysisError(GainloopError, ValueError):
     """Data that cannot be analysed (too few points, no kink, non-finite values)."""
 
 
+def finite_pair(x, y, mismatch: str, not_finite: str, *, min_points: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` and ``y`` as flat float arrays of one length, at least ``min_points`` long and all finite.
+
+    Otherwise ``AnalysisError``: ``mismatch`` (formatted with the two sizes, ``{0}`` and ``{1}``)
+    if the lengths differ or are too few, ``not_finite`` if a value is NaN or inf.
+    """
+    xs = np.asarray(x, dtype=float).ravel()
+    ys = np.asarray(y, dtype=float).ravel()
+    if xs.shape != ys.shape or xs.size < min_points:
+        raise AnalysisError(mismatch.format(xs.size, ys.size))
+    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
+        raise AnalysisError(not_finite)
+    return xs, ys
+
+
+def first_where(mask, message: str) -> int:
+    """Index of the first true element of ``mask``; ``AnalysisError(message)`` if none is true."""
+    hits = np.nonzero(mask)[0]
+    if hits.size == 0:
+        raise AnalysisError(message)
+    return int(hits[0])
+
+
 @dataclass(frozen=True)
 class KinkFit:
     """Result of a kink fit. Fluences in the units of the input (uJ/cm^2 for gainloop)."""
@@ -91,12 +114,12 @@ def kink_threshold(fluence, intensity, *, min_points_per_segment: int = 3) -> Ki
     ``fluence``: pump fluences (> 0, e.g. uJ/cm^2); ``intensity``: integrated output
     (> 0, any unit). Non-positive or non-finite points are an error, not dropped.
     """
-    f = np.asarray(fluence, dtype=float).ravel()
-    i = np.asarray(intensity, dtype=float).ravel()
-    if f.shape != i.shape:
-        raise AnalysisError(f"fluence ({f.size} points) and intensity ({i.size} points) differ in length")
-    if not (np.all(np.isfinite(f)) and np.all(np.isfinite(i))):
-        raise AnalysisError("input-output data contain NaN or inf; remove failed points before the kink fit")
+    f, i = finite_pair(
+        fluence,
+        intensity,
+        "fluence ({0} points) and intensity ({1} points) differ in length",
+        "input-output data contain NaN or inf; remove failed points before the kink fit",
+    )
     if np.any(f <= 0) or np.any(i <= 0):
         raise AnalysisError("kink fit needs positive fluences and positive (background-corrected) intensities")
     m = min_points_per_segment
@@ -180,12 +203,9 @@ def level_crossing(x, y, level: float, *, y_err: float | None = None) -> Crossin
     propagates the scatter of y (``y_err``, default: the rms of point-to-point
     second differences) through the local slope.
     """
-    xs = np.asarray(x, dtype=float).ravel()
-    ys = np.asarray(y, dtype=float).ravel()
-    if xs.shape != ys.shape or xs.size < 3:
-        raise AnalysisError("level crossing needs matching x and y with at least 3 points")
-    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
-        raise AnalysisError("data contain NaN or inf")
+    xs, ys = finite_pair(
+        x, y, "level crossing needs matching x and y with at least 3 points", "data contain NaN or inf", min_points=3
+    )
     order = np.argsort(xs)
     xs, ys = xs[order], ys[order]
     above = np.nonzero(ys >= level)[0]

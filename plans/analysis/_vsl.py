@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
-from ._thresholds import AnalysisError
+from ._thresholds import AnalysisError, finite_pair
 
 __all__ = ["Plateau", "VslFit", "plateau_level", "vsl_gain"]
 
@@ -61,12 +61,12 @@ def vsl_gain(
     stripe_length_um, intensity, *, max_gain_length: float = 6.0, min_points: int = 5, background: bool = True
 ) -> VslFit:
     """Net modal gain g_net (1/cm) from integrated intensities at several stripe lengths (um)."""
-    length = np.asarray(stripe_length_um, dtype=float).ravel()
-    y = np.asarray(intensity, dtype=float).ravel()
-    if length.shape != y.shape:
-        raise AnalysisError("stripe lengths and intensities differ in length")
-    if not (np.all(np.isfinite(length)) and np.all(np.isfinite(y))):
-        raise AnalysisError("VSL data contain NaN or inf; remove failed points first")
+    length, y = finite_pair(
+        stripe_length_um,
+        intensity,
+        "stripe lengths and intensities differ in length",
+        "VSL data contain NaN or inf; remove failed points first",
+    )
     if np.any(length <= 0):
         raise AnalysisError("stripe lengths must be positive (um)")
     if length.size < min_points:
