@@ -36,6 +36,7 @@ from gainloop.cli_common import (
     open_catalog,
     opened_catalog,
     print_json,
+    reads_catalog,
     with_error,
 )
 
@@ -277,6 +278,7 @@ def demo(
 
 @campaign_app.command("resume")
 @bench_command
+@reads_catalog
 def campaign_resume(
     campaign_uid: Annotated[
         str, typer.Argument(help="uid of the campaign to continue (or an unambiguous start of it).")
@@ -287,17 +289,14 @@ def campaign_resume(
     max_trials: Annotated[
         int | None, typer.Option("--max-trials", help="New total trial budget (default: as stored).")
     ] = None,
-    catalog: CatalogOption = None,
-    api_key: ApiKeyOption = None,
-    data_dir: DataDirOption = None,
-    config: ConfigOption = None,
     json_out: JsonOption = False,
+    **catalog_args,
 ) -> None:
     """Rebuild a campaign's state from the catalog alone and continue it."""
     from gainloop.campaign import run_campaign
 
     with (
-        opened_catalog(catalog, data_dir, api_key, config, also=(ValueError,)) as cat,
+        opened_catalog(**catalog_args, also=(ValueError,)) as cat,
         bluesky_prints_to_stderr(json_out),
     ):
         summary = run_campaign(
@@ -310,35 +309,31 @@ def campaign_resume(
 
 
 @campaign_app.command("status")
+@reads_catalog
 def campaign_status_cmd(
     campaign_uid: Annotated[str, typer.Argument(help="uid of the campaign (or an unambiguous start of it).")],
-    catalog: CatalogOption = None,
-    api_key: ApiKeyOption = None,
-    data_dir: DataDirOption = None,
-    config: ConfigOption = None,
     json_out: JsonOption = False,
+    **catalog_args,
 ) -> None:
     """Best conditions so far, lab time used, trials, failures."""
     from gainloop.campaign import campaign_status
 
-    with opened_catalog(catalog, data_dir, api_key, config) as cat:
+    with opened_catalog(**catalog_args) as cat:
         status = campaign_status(cat, _campaign_uid(cat, campaign_uid))
     _print_campaign(status, json_out)
 
 
+@reads_catalog
 def report_cmd(
     campaign_uid: Annotated[str, typer.Argument(help="uid of the campaign (or an unambiguous start of it).")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write index.html and its PNG figures into.")],
-    catalog: CatalogOption = None,
-    api_key: ApiKeyOption = None,
-    data_dir: DataDirOption = None,
-    config: ConfigOption = None,
     json_out: JsonOption = False,
+    **catalog_args,
 ) -> None:
     """Write a campaign's report: an HTML page with PNG figures; print the path of its index.html."""
     from gainloop.report import build_report
 
-    with opened_catalog(catalog, data_dir, api_key, config) as cat:
+    with opened_catalog(**catalog_args) as cat:
         report = build_report(cat, _campaign_uid(cat, campaign_uid), out)
     if json_out:
         print_json({"report": str(report.index), "figures": [str(p) for p in report.figures]})
