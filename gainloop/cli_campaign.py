@@ -169,6 +169,15 @@ def _campaign_uid(cat, given: str) -> str:
     return cat.resolve_uid(given, key="campaign_uid", what="campaign", where={"plan_name": "campaign"})
 
 
+def _read_campaign(catalog_args: dict, given: str, read):
+    """``read(cat, uid)`` of the campaign ``given`` names, in the command's catalog (closed after it)."""
+    with opened_catalog(**catalog_args) as cat:
+        return read(cat, _campaign_uid(cat, given))
+
+
+CampaignUidArgument = Annotated[str, typer.Argument(help="uid of the campaign (or an unambiguous start of it).")]
+
+
 @campaign_app.command("run")
 @bench_command
 def campaign_run(
@@ -310,22 +319,16 @@ def campaign_resume(
 
 @campaign_app.command("status")
 @reads_catalog
-def campaign_status_cmd(
-    campaign_uid: Annotated[str, typer.Argument(help="uid of the campaign (or an unambiguous start of it).")],
-    json_out: JsonOption = False,
-    **catalog_args,
-) -> None:
+def campaign_status_cmd(campaign_uid: CampaignUidArgument, json_out: JsonOption = False, **catalog_args) -> None:
     """Best conditions so far, lab time used, trials, failures."""
     from gainloop.campaign import campaign_status
 
-    with opened_catalog(**catalog_args) as cat:
-        status = campaign_status(cat, _campaign_uid(cat, campaign_uid))
-    _print_campaign(status, json_out)
+    _print_campaign(_read_campaign(catalog_args, campaign_uid, campaign_status), json_out)
 
 
 @reads_catalog
 def report_cmd(
-    campaign_uid: Annotated[str, typer.Argument(help="uid of the campaign (or an unambiguous start of it).")],
+    campaign_uid: CampaignUidArgument,
     out: Annotated[Path, typer.Option("--out", help="Folder to write index.html and its PNG figures into.")],
     json_out: JsonOption = False,
     **catalog_args,
@@ -333,8 +336,7 @@ def report_cmd(
     """Write a campaign's report: an HTML page with PNG figures; print the path of its index.html."""
     from gainloop.report import build_report
 
-    with opened_catalog(**catalog_args) as cat:
-        report = build_report(cat, _campaign_uid(cat, campaign_uid), out)
+    report = _read_campaign(catalog_args, campaign_uid, lambda cat, uid: build_report(cat, uid, out))
     if json_out:
         print_json({"report": str(report.index), "figures": [str(p) for p in report.figures]})
     else:
