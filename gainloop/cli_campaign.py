@@ -9,7 +9,6 @@ campaign from the catalog alone.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -30,6 +29,7 @@ from gainloop.cli_common import (
     bench_command,
     bench_file_choice,
     bluesky_prints_to_stderr,
+    check_budget_hours,
     command_errors,
     command_group,
     load_config,
@@ -140,9 +140,7 @@ def _run_campaign_cli(
         strategy = overrides.get("strategy")
         if strategy is not None and strategy not in STRATEGIES:
             raise GainloopError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
-        budget = overrides.get("budget_lab_h")
-        if budget is not None and not (math.isfinite(budget) and budget > 0):
-            raise GainloopError(f"--budget-hours must be a positive number of hours, got {budget!r}")
+        check_budget_hours(overrides.get("budget_lab_h"))
         cfg = conf.campaign_config(bench_file=str(bench_file) if bench_file is not None else None, **overrides)
         if twin:  # --twin wins over the config's [bench] file, as in measure and qserver start
             cfg = dataclasses.replace(cfg, bench_file=None)

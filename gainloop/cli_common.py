@@ -50,6 +50,7 @@ __all__ = [
     "bench_file_choice",
     "bluesky_prints_to_stderr",
     "catalog_target",
+    "check_budget_hours",
     "command_errors",
     "command_group",
     "fail",
@@ -177,6 +178,12 @@ def bench_file_choice(twin: bool, bench: Path | None, configured: Path | None) -
     if twin:
         return None
     return pick(bench, configured)
+
+
+def check_budget_hours(hours: float | None) -> None:
+    """``GainloopError`` unless ``--budget-hours`` is left out or a finite positive number of hours."""
+    if hours is not None and not (math.isfinite(hours) and hours > 0):
+        raise GainloopError(f"--budget-hours must be a positive number of hours, got {hours!r}")
 
 
 def catalog_target(conf, catalog: str | None, data_dir: Path | None, api_key: str | None):
