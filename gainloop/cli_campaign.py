@@ -9,7 +9,6 @@ campaign from the catalog alone.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -30,12 +29,14 @@ from gainloop.cli_common import (
     bench_command,
     bench_file_choice,
     bluesky_prints_to_stderr,
+    check_budget_hours,
     command_errors,
     command_group,
     load_config,
     open_catalog,
     opened_catalog,
     print_json,
+    reads_catalog,
     with_error,
 )
 
@@ -139,9 +140,7 @@ def _run_campaign_cli(
         strategy = overrides.get("strategy")
         if strategy is not None and strategy not in STRATEGIES:
             raise GainloopError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
-        budget = overrides.get("budget_lab_h")
-        if budget is not None and not (math.isfinite(budget) and budget > 0):
-            raise GainloopError(f"--budget-hours must be a positive number of hours, got {budget!r}")
+        check_budget_hours(overrides.get("budget_lab_h"))
         cfg = conf.campaign_config(bench_file=str(bench_file) if bench_file is not None else None, **overrides)
         if twin:  # --twin wins over the config's [bench] file, as in measure and qserver start
             cfg = dataclasses.replace(cfg, bench_file=None)
@@ -166,6 +165,15 @@ def _run_campaign_cli(
 def _campaign_uid(cat, given: str) -> str:
     """The campaign uid ``given`` names (whole, or an unambiguous prefix of it)."""
     return cat.resolve_uid(given, key="campaign_uid", what="campaign", where={"plan_name": "campaign"})
+
+
+def _read_campaign(catalog_args: dict, given: str, read):
+    """``read(cat, uid)`` of the campaign ``given`` names, in the command's catalog (closed after it)."""
+    with opened_catalog(**catalog_args) as cat:
+        return read(cat, _campaign_uid(cat, given))
+
+
+CampaignUidArgument = Annotated[str, typer.Argument(help="uid of the campaign (or an unambiguous start of it).")]
 
 
 @campaign_app.command("run")
@@ -277,6 +285,7 @@ def demo(
 
 @campaign_app.command("resume")
 @bench_command
+@reads_catalog
 def campaign_resume(
     campaign_uid: Annotated[
         str, typer.Argument(help="uid of the campaign to continue (or an unambiguous start of it).")
@@ -287,17 +296,14 @@ def campaign_resume(
     max_trials: Annotated[
         int | None, typer.Option("--max-trials", help="New total trial budget (default: as stored).")
     ] = None,
-    catalog: CatalogOption = None,
-    api_key: ApiKeyOption = None,
-    data_dir: DataDirOption = None,
-    config: ConfigOption = None,
     json_out: JsonOption = False,
+    **catalog_args,
 ) -> None:
     """Rebuild a campaign's state from the catalog alone and continue it."""
     from gainloop.campaign import run_campaign
 
     with (
-        opened_catalog(catalog, data_dir, api_key, config, also=(ValueError,)) as cat,
+        opened_catalog(**catalog_args, also=(ValueError,)) as cat,
         bluesky_prints_to_stderr(json_out),
     ):
         summary = run_campaign(
@@ -310,36 +316,25 @@ def campaign_resume(
 
 
 @campaign_app.command("status")
-def campaign_status_cmd(
-    campaign_uid: Annotated[str, typer.Argument(help="uid of the campaign (or an unambiguous start of it).")],
-    catalog: CatalogOption = None,
-    api_key: ApiKeyOption = None,
-    data_dir: DataDirOption = None,
-    config: ConfigOption = None,
-    json_out: JsonOption = False,
-) -> None:
+@reads_catalog
+def campaign_status_cmd(campaign_uid: CampaignUidArgument, json_out: JsonOption = False, **catalog_args) -> None:
     """Best conditions so far, lab time used, trials, failures."""
     from gainloop.campaign import campaign_status
 
-    with opened_catalog(catalog, data_dir, api_key, config) as cat:
-        status = campaign_status(cat, _campaign_uid(cat, campaign_uid))
-    _print_campaign(status, json_out)
+    _print_campaign(_read_campaign(catalog_args, campaign_uid, campaign_status), json_out)
 
 
+@reads_catalog
 def report_cmd(
-    campaign_uid: Annotated[str, typer.Argument(help="uid of the campaign (or an unambiguous start of it).")],
+    campaign_uid: CampaignUidArgument,
     out: Annotated[Path, typer.Option("--out", help="Folder to write index.html and its PNG figures into.")],
-    catalog: CatalogOption = None,
-    api_key: ApiKeyOption = None,
-    data_dir: DataDirOption = None,
-    config: ConfigOption = None,
     json_out: JsonOption = False,
+    **catalog_args,
 ) -> None:
     """Write a campaign's report: an HTML page with PNG figures; print the path of its index.html."""
     from gainloop.report import build_report
 
-    with opened_catalog(catalog, data_dir, api_key, config) as cat:
-        report = build_report(cat, _campaign_uid(cat, campaign_uid), out)
+    report = _read_campaign(catalog_args, campaign_uid, lambda cat, uid: build_report(cat, uid, out))
     if json_out:
         print_json({"report": str(report.index), "figures": [str(p) for p in report.figures]})
     else:

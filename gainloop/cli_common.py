@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import logging
 import math
@@ -44,10 +45,12 @@ __all__ = [
     "JsonOption",
     "SampleOption",
     "TwinOption",
+    "TwinSeedOption",
     "bench_command",
     "bench_file_choice",
     "bluesky_prints_to_stderr",
     "catalog_target",
+    "check_budget_hours",
     "command_errors",
     "command_group",
     "fail",
@@ -58,6 +61,7 @@ __all__ = [
     "opened_catalog",
     "pick",
     "print_json",
+    "reads_catalog",
     "with_error",
 ]
 
@@ -85,6 +89,37 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 SampleOption = Annotated[str, typer.Option("--sample", help="Sample id in the presets file.")]
 TwinOption = Annotated[bool, typer.Option("--twin", help="Use the in-process twin bench (default).")]
 BenchFileOption = Annotated[Path | None, typer.Option("--bench", help="Bench file of a real bench (EPICS).")]
+TwinSeedOption = Annotated[int | None, typer.Option("--seed", help="Twin seed (default: the bench file's).")]
+
+#: The options that say which catalog a command reads, by parameter name (as ``opened_catalog`` takes them).
+_CATALOG_OPTIONS = {
+    "catalog": CatalogOption,
+    "api_key": ApiKeyOption,
+    "data_dir": DataDirOption,
+    "config": ConfigOption,
+}
+
+
+def reads_catalog(fn):
+    """A command that reads the catalog: ``fn``'s own arguments and options, then ``--catalog``,
+    ``--api-key``, ``--data-dir`` and ``--config``, then ``fn``'s ``--json`` if it has one.
+
+    ``fn`` takes the four as ``**catalog_args`` and opens the catalog with ``opened_catalog(**catalog_args)``.
+    """
+    own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    at = next((i for i, p in enumerate(own) if p.name == "json_out"), len(own))
+    added = [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=option)
+        for name, option in _CATALOG_OPTIONS.items()
+    ]
+
+    @functools.wraps(fn)
+    def command(**kwargs):
+        return fn(**kwargs)
+
+    command.__signature__ = inspect.Signature([*own[:at], *added, *own[at:]], return_annotation=None)
+    command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}
+    return command
 
 
 def command_group(help: str) -> typer.Typer:
@@ -143,6 +178,12 @@ def bench_file_choice(twin: bool, bench: Path | None, configured: Path | None) -
     if twin:
         return None
     return pick(bench, configured)
+
+
+def check_budget_hours(hours: float | None) -> None:
+    """``GainloopError`` unless ``--budget-hours`` is left out or a finite positive number of hours."""
+    if hours is not None and not (math.isfinite(hours) and hours > 0):
+        raise GainloopError(f"--budget-hours must be a positive number of hours, got {hours!r}")
 
 
 def catalog_target(conf, catalog: str | None, data_dir: Path | None, api_key: str | None):

@@ -24,6 +24,7 @@ from gainloop.cli_common import (
     JsonOption,
     SampleOption,
     TwinOption,
+    TwinSeedOption,
     bench_command,
     bench_file_choice,
     bluesky_prints_to_stderr,
@@ -34,6 +35,7 @@ from gainloop.cli_common import (
     open_catalog,
     opened_catalog,
     print_json,
+    reads_catalog,
     with_error,
 )
 
@@ -110,7 +112,7 @@ def measure(
     catalog: CatalogOption = None,
     api_key: ApiKeyOption = None,
     data_dir: DataDirOption = None,
-    seed: Annotated[int | None, typer.Option(help="Twin seed (default: the bench file's).")] = None,
+    seed: TwinSeedOption = None,
     stripe_length_um: Annotated[
         float | None, typer.Option("--stripe-length", help="Stripe length, um (plans that take one).")
     ] = None,
@@ -177,18 +179,16 @@ def measure(
         _print_result(out)
 
 
+@reads_catalog
 def replay_cmd(
     uid: Annotated[str, typer.Argument(help="uid of the stored run (or its first characters, e.g. the 8 shown live).")],
-    catalog: CatalogOption = None,
-    api_key: ApiKeyOption = None,
-    data_dir: DataDirOption = None,
-    config: ConfigOption = None,
     json_out: JsonOption = False,
+    **catalog_args,
 ) -> None:
     """Re-analyse a stored run from its stored data and re-stream its documents through the live callbacks."""
     from gainloop.replay import replay
 
-    with opened_catalog(catalog, data_dir, api_key, config) as cat:
+    with opened_catalog(**catalog_args) as cat:
         rr = replay(cat, cat.resolve_uid(uid), _live_callbacks(json_out))
         start = rr.start  # (the run is read once)
         out = {**rr.result, "plan": start["plan_name"], "sample": start["sample_id"], "catalog": str(cat.location)}

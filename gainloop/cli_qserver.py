@@ -16,7 +16,9 @@ from rich.console import Console
 
 from core.errors import GainloopError
 from gainloop.cli_common import (
+    BenchFileOption,
     ConfigOption,
+    TwinSeedOption,
     bench_file_choice,
     catalog_target,
     command_errors,
@@ -69,8 +71,8 @@ def _redis_reachable(addr: str, timeout_s: float = 2.0) -> None:
 @qserver_app.command("start")
 def start(
     twin: Annotated[bool, typer.Option("--twin", help="Drive the in-process twin bench (default).")] = False,
-    bench: Annotated[Path | None, typer.Option("--bench", help="Bench file of a real bench (EPICS).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Twin seed (default: the bench file's).")] = None,
+    bench: BenchFileOption = None,
+    seed: TwinSeedOption = None,
     catalog: CatalogOption = None,
     data_dir: Annotated[
         Path | None,

@@ -25,6 +25,7 @@ from gainloop.cli_common import (
     ConfigOption,
     DataDirOption,
     JsonOption,
+    check_budget_hours,
     command_errors,
     load_config,
     open_catalog,
@@ -148,8 +149,7 @@ def sweep(
     with command_errors():
         if scheduler is not None and (workers is not None or host is not None):
             raise GainloopError("--workers and --host set up a LocalCluster; leave them out with --scheduler")
-        if budget_hours is not None and not (math.isfinite(budget_hours) and budget_hours > 0):
-            raise GainloopError(f"--budget-hours must be a positive number of hours, got {budget_hours!r}")
+        check_budget_hours(budget_hours)
         if max_trials is not None and max_trials < 1:
             raise GainloopError(f"--max-trials must be at least 1, got {max_trials}")
         conf = load_config(config)

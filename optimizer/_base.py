@@ -55,6 +55,16 @@ def _finite(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _positive_reason(outcome: Mapping[str, Any], key: str) -> str | None:
+    """Why ``outcome[key]`` is unusable: missing, or not a finite positive number (None when it is one)."""
+    value = outcome.get(key)
+    if value is None:
+        return f"completed result without {key}"
+    if _finite(value) is None or float(value) <= 0:
+        return f"{key} is {value!r} (not a finite positive number)"
+    return None
+
+
 class Optimizer:
     """Base class: history, pending proposals, seeds and lab state; strategies implement ``_propose``."""
 
@@ -267,11 +277,9 @@ class Optimizer:
     # ---- strategy hooks ---------------------------------------------------------------
     def _outcome_reason(self, outcome: Mapping[str, Any]) -> str | None:
         """Why a completed outcome is unusable (None when usable). Nested default: threshold and its error."""
-        thr = outcome.get("threshold_uJ_cm2")
-        if thr is None:
-            return "completed result without threshold_uJ_cm2"
-        if _finite(thr) is None or float(thr) <= 0:
-            return f"threshold_uJ_cm2 is {thr!r} (not a finite positive number)"
+        reason = _positive_reason(outcome, "threshold_uJ_cm2")
+        if reason is not None:
+            return reason
         err = outcome.get("threshold_err_uJ_cm2")
         if err is not None and (_finite(err) is None or float(err) < 0):
             return f"threshold_err_uJ_cm2 is {err!r} (not a finite number >= 0)"

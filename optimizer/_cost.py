@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -92,14 +92,8 @@ class CostModel:
             raise ParameterError(f"CostModel.acquisition_s must be > 0 s, got {self.acquisition_s!r}")
 
     def as_dict(self) -> dict:
-        return {
-            "new_film_s": self.new_film_s,
-            "sample_change_s": self.sample_change_s,
-            "slit_speed_um_per_s": self.slit_speed_um_per_s,
-            "acquisition_s": self.acquisition_s,
-            "scan_points": self.scan_points,
-            "film_doping_tol": self.film_doping_tol,
-        }
+        """Every field, by name."""
+        return asdict(self)
 
     # ---- the cost, vectorised -------------------------------------------------------
     def film_cost_s(self, doping: torch.Tensor | float, state: LabState) -> torch.Tensor:

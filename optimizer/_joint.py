@@ -52,7 +52,7 @@ from torch.quasirandom import SobolEngine
 from core.errors import ParameterError
 from core.trial import Proposal
 
-from ._base import Optimizer, _finite
+from ._base import Optimizer, _finite, _positive_reason
 from ._cost import LabState
 from ._models import DTYPE, fit_gp, gp_hyperparameters, numerics
 from ._space import DOPING, FLUENCE, JOINT_DIMS, LENGTH, SearchSpace
@@ -104,12 +104,7 @@ class JointOptimizer(Optimizer):
 
     # ---- data -------------------------------------------------------------------------
     def _outcome_reason(self, outcome: Mapping[str, Any]) -> str | None:
-        c = outcome.get("counts_per_s")
-        if c is None:
-            return "completed result without counts_per_s"
-        if _finite(c) is None or float(c) <= 0:
-            return f"counts_per_s is {c!r} (not a finite positive number)"
-        return None
+        return _positive_reason(outcome, "counts_per_s")
 
     def _unit(self, params: Mapping[str, Any]) -> list[float]:
         return self.space.to_unit(params, JOINT_DIMS).tolist()

@@ -204,8 +204,8 @@ def test_failed_and_infeasible_trials_are_drawn_with_their_reason(tmp_path):
             draw_io(fig, t)
             drawn["text"] = " ".join(" ".join(x.get_text() for x in fig.axes[0].texts).split())
 
-        save_figure(draw, tmp_path / f"io_{t.index}.png")
-        assert t.status in drawn["text"] and t.reason.split(":")[0] in drawn["text"]
+        save_figure(draw, tmp_path / f"io_{t.record.trial_index}.png")
+        assert t.record.status in drawn["text"] and t.record.reason.split(":")[0] in drawn["text"]
     for name in ("best.png", "io_1.png", "io_2.png"):
         assert _png_size(tmp_path / name)[0] > 100
 

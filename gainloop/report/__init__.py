@@ -161,10 +161,10 @@ def _build(catalog, campaign_uid: str, out_dir: str | Path) -> Report:
     for t in trials:
         sections.append(
             figure(
-                f"io_trial_{t.index:03d}.png",
+                f"io_trial_{t.record.trial_index:03d}.png",
                 lambda fig, t=t: plots.draw_io(fig, t),
-                f"input-output curve of trial {t.index}",
-                f"Trial {t.index} ({html.escape(t.status)})",
+                f"input-output curve of trial {t.record.trial_index}",
+                f"Trial {t.record.trial_index} ({html.escape(t.record.status)})",
             )
         )
     sections.append("</div>")
@@ -199,13 +199,15 @@ def _build(catalog, campaign_uid: str, out_dir: str | Path) -> Report:
                     lambda fig: plots.draw_spectra(fig, spectra, best),
                     "emission spectra of the best trial below, at and above threshold",
                     html.escape(
-                        f"Trial {best.index}: spectra read below, at and above its threshold "
+                        f"Trial {best.record.trial_index}: spectra read below, at and above its threshold "
                         f"({best.threshold:.1f} uJ/cm^2). " + " ".join(spectra["notes"])
                     ),
                 )
             )
         else:
-            sections.append(webpage.note_html(f"Trial {best.index} has no unsaturated spectrum to show.", notes))
+            sections.append(
+                webpage.note_html(f"Trial {best.record.trial_index} has no unsaturated spectrum to show.", notes)
+            )
     else:
         sections.append(webpage.note_html("No completed trial with a threshold: no spectra to show.", notes))
 

@@ -52,7 +52,7 @@ def _plain_log_labels(axis) -> None:
 def draw_best(fig, trials: list[ReportTrial], cfg: CampaignConfig) -> None:
     fig.set_size_inches(7.5, 4.2)
     ax = fig.add_subplot()
-    timed = sorted((t for t in trials if math.isfinite(t.lab_h)), key=lambda t: (t.lab_h, t.index))
+    timed = sorted((t for t in trials if math.isfinite(t.lab_h)), key=lambda t: (t.lab_h, t.record.trial_index))
     done = [t for t in timed if math.isfinite(t.threshold)]
     ax.errorbar(
         [t.lab_h for t in done],
@@ -75,7 +75,7 @@ def draw_best(fig, trials: list[ReportTrial], cfg: CampaignConfig) -> None:
             es.append(best.threshold_err if math.isfinite(best.threshold_err) else 0.0)
     ax.step(xs, ys, where="post", color="C0", lw=2, label="best so far")
     ax.errorbar(xs, ys, yerr=es, fmt="none", ecolor="C0", capsize=3)
-    bad = [t for t in timed if t.status != "completed"]
+    bad = [t for t in timed if t.record.status != "completed"]
     if bad:
         ax.plot(
             [t.lab_h for t in bad],
@@ -102,11 +102,11 @@ def draw_io(fig, t: ReportTrial) -> None:
 
     fig.set_size_inches(4.6, 3.6)
     ax = fig.add_subplot()
-    L, d = t.params.get("stripe_length_um"), t.params.get("doping")
+    L, d = t.record.params.get("stripe_length_um"), t.record.params.get("doping")
     title = (
-        f"trial {t.index}: L = {float(L):.0f} um, n = {float(d):.2f} electrons/dot"
+        f"trial {t.record.trial_index}: L = {float(L):.0f} um, n = {float(d):.2f} electrons/dot"
         if L is not None
-        else f"trial {t.index}"
+        else f"trial {t.record.trial_index}"
     )
     ax.set_title(title, fontsize="medium")
     ax.set_xlabel("measured pump fluence (uJ/cm^2)")
@@ -144,8 +144,8 @@ def draw_io(fig, t: ReportTrial) -> None:
             ax.set_xticks([])
     if logs:
         ax.legend(fontsize="x-small", loc="upper left")
-    if t.status != "completed":
-        text = textwrap.fill(f"{t.status}: {t.reason or 'no reason recorded'}", 48)
+    if t.record.status != "completed":
+        text = textwrap.fill(f"{t.record.status}: {t.record.reason or 'no reason recorded'}", 48)
         ax.text(
             0.5,
             0.5 if not n_points else 0.08,
@@ -172,7 +172,7 @@ def _space(cfg: CampaignConfig, trials: list[ReportTrial]):
     if cfg.can_make_films:
         doping: tuple[float, float] | list[float] = (cfg.doping_min, cfg.doping_max)
     else:
-        doping = _film_levels(cfg) or sorted({float(t.params["doping"]) for t in trials})
+        doping = _film_levels(cfg) or sorted({float(t.record.params["doping"]) for t in trials})
     return SearchSpace(
         fluence_uJ_cm2=(cfg.fluence_min_uJ_cm2, f_hi),
         stripe_length_um=(cfg.stripe_length_min_um, cfg.stripe_length_max_um),
@@ -272,14 +272,14 @@ def draw_posterior(fig, post: dict, trials: list[ReportTrial], best: ReportTrial
         ax.set_xlabel("stripe length (um)")
         ax.set_title(title, fontsize="medium")
         for t in trials:
-            params = t.proposal.params or t.params
+            params = t.record.proposal.params or t.record.params
             if "stripe_length_um" not in params or "doping" not in params:
                 continue
             x, y = float(params["stripe_length_um"]), float(params["doping"])
-            marker, color = _STATUS_MARK.get(t.status, ("o", "k"))
+            marker, color = _STATUS_MARK.get(t.record.status, ("o", "k"))
             ax.plot(x, y, marker, ms=7, mfc=color, mec="white", mew=1.0)
             ax.annotate(
-                str(t.index),
+                str(t.record.trial_index),
                 (x, y),
                 xytext=(5, 4),
                 textcoords="offset points",
@@ -288,7 +288,15 @@ def draw_posterior(fig, post: dict, trials: list[ReportTrial], best: ReportTrial
                 fontweight="bold",
             )
         if best is not None:
-            ax.plot(best.params["stripe_length_um"], best.params["doping"], "*", ms=16, mfc="none", mec="red", mew=1.5)
+            ax.plot(
+                best.record.params["stripe_length_um"],
+                best.record.params["doping"],
+                "*",
+                ms=16,
+                mfc="none",
+                mec="red",
+                mew=1.5,
+            )
     axes[0].set_ylabel("doping (electrons/dot)")
 
 
@@ -422,6 +430,6 @@ def draw_spectra(fig, spectra: dict, t: ReportTrial) -> None:
         ax.set_ylim(bottom=1e-3 * min(peaks), top=2.0 * max(peaks))
     ax.set_xlabel("wavelength (nm)" if wl is not None else "spectrometer pixel (index; wavelength not recorded)")
     ax.set_ylabel("spectral intensity (counts/s per pixel)")
-    ax.set_title(f"Emission spectra, trial {t.index}")
+    ax.set_title(f"Emission spectra, trial {t.record.trial_index}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="x-small")

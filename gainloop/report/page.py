@@ -41,10 +41,10 @@ def trials_table(trials: list[ReportTrial]) -> str:
     for t in trials:
         thr = f"{t.threshold:.1f} ± {t.threshold_err:.1f}" if math.isfinite(t.threshold) else ""
         rows.append(
-            f"<tr class='{html.escape(t.status)}'><td>{t.index}</td>"
-            f"<td>{_fmt(t.params.get('stripe_length_um'), '.0f')}</td>"
-            f"<td>{_fmt(t.params.get('doping'), '.2f')}</td><td>{html.escape(t.status)}</td>"
-            f"<td>{thr}</td><td>{_fmt(t.lab_h, '.2f')}</td><td>{html.escape(t.reason)}</td>"
+            f"<tr class='{html.escape(t.record.status)}'><td>{t.record.trial_index}</td>"
+            f"<td>{_fmt(t.record.params.get('stripe_length_um'), '.0f')}</td>"
+            f"<td>{_fmt(t.record.params.get('doping'), '.2f')}</td><td>{html.escape(t.record.status)}</td>"
+            f"<td>{thr}</td><td>{_fmt(t.lab_h, '.2f')}</td><td>{html.escape(t.record.reason)}</td>"
             f"<td><code>{html.escape(t.run_uid)}</code></td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"
@@ -64,7 +64,7 @@ def header_html(catalog, campaign_uid, cfg, trials, best, used_s, films, records
             + (f" (twin seed {cfg.twin_seed})" if cfg.bench_file is None and cfg.twin_seed is not None else ""),
         ),
         ("started", html.escape(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))) if started else ""),
-        ("trials", f"{len(trials)} ({sum(t.status != 'completed' for t in trials)} failed or infeasible)"),
+        ("trials", f"{len(trials)} ({sum(t.record.status != 'completed' for t in trials)} failed or infeasible)"),
         ("lab time used", f"{used_s / 3600.0:.2f} h"),
         (
             "lab clock",
@@ -82,8 +82,9 @@ def header_html(catalog, campaign_uid, cfg, trials, best, used_s, films, records
                 "best threshold",
                 html.escape(
                     f"{best.threshold:.1f} ± {best.threshold_err:.1f} uJ/cm^2 at stripe length "
-                    f"{best.params['stripe_length_um']:.0f} um, doping {best.params['doping']:.2f} electrons/dot "
-                    f"(trial {best.index})"
+                    f"{best.record.params['stripe_length_um']:.0f} um, "
+                    f"doping {best.record.params['doping']:.2f} electrons/dot "
+                    f"(trial {best.record.trial_index})"
                 ),
             ),
         )

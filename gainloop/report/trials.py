@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.trial import Proposal, TrialRecord
+from core.trial import TrialRecord
 from gainloop.records import StoredCampaign
 from gainloop.replay import stream_columns
 from plans.analysis import counts_per_s
@@ -17,35 +17,12 @@ __all__ = ["ReportTrial", "count_rates", "primary_stream", "report_trials"]
 
 @dataclass(frozen=True)
 class ReportTrial:
-    """One trial of the report: its stored record and its measurement run (None if none opened)."""
+    """One trial of the report: its stored record (read as ``t.record.status``, ...), its measurement run
+    (None if none opened) and what the figures derive from the two."""
 
     record: TrialRecord
     run: object | None = None  # BlueskyRun of the measurement
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def index(self) -> int:
-        return self.record.trial_index
-
-    @property
-    def params(self) -> dict:
-        return self.record.params
-
-    @property
-    def status(self) -> str:
-        return self.record.status
-
-    @property
-    def outcome(self) -> dict:
-        return self.record.outcome
-
-    @property
-    def reason(self) -> str:
-        return self.record.reason
-
-    @property
-    def proposal(self) -> Proposal:
-        return self.record.proposal
 
     @property
     def lab_h(self) -> float:
@@ -55,12 +32,12 @@ class ReportTrial:
     @property
     def threshold(self) -> float:
         """The measured threshold (uJ/cm^2) of a completed trial, else NaN."""
-        v = self.outcome.get("threshold_uJ_cm2")
-        return float(v) if v is not None and self.status == "completed" else math.nan
+        v = self.record.outcome.get("threshold_uJ_cm2")
+        return float(v) if v is not None and self.record.status == "completed" else math.nan
 
     @property
     def threshold_err(self) -> float:
-        v = self.outcome.get("threshold_err_uJ_cm2")
+        v = self.record.outcome.get("threshold_err_uJ_cm2")
         return float(v) if v is not None else math.nan
 
     @property
