@@ -1,6 +1,6 @@
 """Fault matrix: every fault of the fault suite, repeated, with what it lost and how long recovery took.
 
-Runs the scenario functions of ``tests/faults/scenarios`` (the same ones the fault tests
+Runs the scenario functions of ``harness/faults`` (the same ones the fault tests
 assert on) against real processes and services: the campaign CLI, the twin's IOC, a
 Tiled server on the machine's PostgreSQL, the queueserver manager on Redis. Each
 scenario runs once; a scenario that took less than ``--cheap-s`` seconds is repeated up
@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO))  # the harness (harness/) and the packages of this checkout
 
 #: Scenario modules in the order of the issue's faults (1-2 and 8: campaign; 3, 4, 10: catalog;
 #: 5-7: devices; 9: queueserver).
@@ -41,16 +41,16 @@ MODULES = ("campaign", "catalog", "devices", "queueserver")
 def scenarios() -> dict[str, object]:
     found: dict[str, object] = {}
     for name in MODULES:
-        module = importlib.import_module(f"tests.faults.scenarios.{name}")
+        module = importlib.import_module(f"harness.faults.{name}")
         for key, fn in module.SCENARIOS.items():
             if key in found:
-                raise SystemExit(f"fault key {key!r} defined twice (tests/faults/scenarios/{name}.py)")
+                raise SystemExit(f"fault key {key!r} defined twice (harness/faults/{name}.py)")
             found[key] = fn
     return found
 
 
 def run_matrix(selected: dict[str, object], repeat: int, cheap_s: float, workdir: Path) -> dict[str, dict]:
-    from tests.faults.scenarios import FaultEnv, ServiceMissing
+    from harness.faults import FaultEnv, ServiceMissing
 
     results: dict[str, dict] = {}
     with FaultEnv(workdir / "env") as env:

@@ -6,7 +6,7 @@ against the twin's IOC (``gainloop twin serve``, a subprocess on 127.0.0.1) and 
 moments drawn uniformly over the command's life (seeded), then checks the shutter (closed at once;
 after SIGKILL within the IOC's watchdog time) and the catalog (every run has its stop document but a
 SIGKILLed one, which ``campaign status`` reports interrupted) -- the checks of
-``tests/bench_signals.py``, which tests/test_bench_signals.py runs at a few moments.
+``harness/signals.py``, which tests/test_bench_signals.py runs at a few moments.
 
 Prints one row per command and signal: moments tried, how many the command outlived (it ended
 first), how many it let finish (the signal came as its plan ended: every run whole), shutter
@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO))  # the harness (harness/) and the packages of this checkout
 
 #: Wall seconds over which the moments are drawn, at the IOC's time scale of 1000: a quarter of the
 #: moments from the command's start (start-up, connection, catalog), the rest from the moment the
@@ -41,8 +41,8 @@ FROM_SHUTTER_S = {"measure": (0.0, 1.0), "campaign": (0.0, 5.0), "queue": (0.0, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.signals import COMMANDS, SIGNALS, run_queue_trial, run_trial, summarise
     from sim.ioc_process import twin_ioc
-    from tests.bench_signals import COMMANDS, SIGNALS, run_queue_trial, run_trial, summarise
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moments", type=int, default=20, help="moments per command and signal (default 20)")

@@ -1,7 +1,7 @@
 """Shared fixtures and helpers: the shipped presets, a fresh RunEngine per test, ``wait_for``.
 
-Bluesky documents (collecting a run's, picking events) are in ``tests/documents.py``; the twin's
-IOC, the CA ports and both control layers are in ``tests/ioc_helpers.py``.
+Bluesky documents (collecting a run's, picking events) are in ``harness/documents.py``; the twin's
+IOC, the CA ports and both control layers are in ``harness/ioc.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
         os.environ.setdefault(_var, "1")
 
 # ophyd's control layer is caproto in this suite unless a module asks for another: the EPICS tests
-# run under caproto and pyepics through the ``control_layer`` fixture (tests/ioc_helpers.py), and
+# run under caproto and pyepics through the ``control_layer`` fixture (harness/ioc.py), and
 # pyepics's libca must not be used in a worker before that fixture points it at the process's CA
 # ports (it reads EPICS_CA_* once per process). Set before ophyd is imported (its import picks a
 # layer), and inherited by the CLI subprocesses the tests start.
@@ -26,10 +26,9 @@ os.environ["OPHYD_CONTROL_LAYER"] = "caproto"
 
 import pytest
 
-from twin.presets import load_presets
-
 # the EPICS tests' fixtures: ophyd's control layer (caproto, then pyepics) and the process's CA ports
-from .ioc_helpers import ca_pool, control_layer  # noqa: F401
+from harness.ioc import ca_pool, control_layer  # noqa: F401
+from twin.presets import load_presets
 
 REPO = Path(__file__).resolve().parents[1]
 

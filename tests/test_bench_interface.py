@@ -19,10 +19,10 @@ from ophyd.utils import ReadOnlyError
 
 from core.errors import ParameterError
 from devices import Bench, LabClock, parse_bench
+from harness.ioc import EXAMPLE_BENCH, caget, twin_ioc
 from sim.devices import TwinBenchDevices, twin_bench_devices
 
 from .conftest import REPO
-from .ioc_helpers import EXAMPLE_BENCH, caget, twin_ioc
 from .test_devices_epics import bench_config, connect
 
 BENCH_FILE = REPO / "examples" / "twin_bench.toml"

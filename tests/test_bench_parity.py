@@ -15,8 +15,8 @@ import pytest
 
 from gainloop.campaign import rebuild_trials
 from gainloop.catalog import Catalog
-from tests.faults.scenarios._env import clean_env
-from tests.ioc_helpers import EXAMPLE_BENCH, twin_ioc
+from harness.faults._env import clean_env
+from harness.ioc import EXAMPLE_BENCH, twin_ioc
 
 TRIALS = 4
 

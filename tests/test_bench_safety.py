@@ -18,9 +18,9 @@ from bluesky.utils import RunEngineInterrupted
 from ophyd.status import DeviceStatus
 
 from devices import DeviceTimeoutError
+from harness.documents import collect
 from plans.registry import PLANS
 from sim.devices import default_twin_bench_path, twin_bench_devices
-from tests.documents import collect
 
 #: Quick arguments of every plan (a DFB for the lasing plans, a film for the others).
 QUICK = {

@@ -12,9 +12,9 @@ import zlib
 
 import pytest
 
-from tests.bench_signals import run_queue_trial, run_trial
-from tests.faults.scenarios._env import listening
-from tests.ioc_helpers import caget, caput, twin_ioc
+from harness.faults._env import listening
+from harness.ioc import caget, caput, twin_ioc
+from harness.signals import run_queue_trial, run_trial
 
 #: Wall seconds over which the moments are drawn after the shutter first opened (a plan pumping the
 #: sample; at time scale 1000 a scan lasts ~1 s, a three-trial campaign ~5 s).

@@ -112,7 +112,7 @@ def test_upload_backup_rewrites_partial_runs_skips_complete_ones_and_is_idempote
     from bluesky_tiled_plugins import TiledWriter
 
     from gainloop.backup import upload_backup
-    from tests.faults.scenarios.catalog import compare_run
+    from harness.faults.catalog import compare_run
 
     partial, absent, complete = _composed_run(), _composed_run(), _composed_run()
     open_run = _composed_run(stop=False)

@@ -22,8 +22,7 @@ import pytest
 
 from devices import BenchConfigError, BenchConnectionError, LimitError, _ca, connect_bench, parse_bench
 from devices._ca import _as_text, _same, ensure_control_layer, resolve_control_layer
-
-from .ioc_helpers import EXAMPLE_BENCH, REPO, twin_ioc
+from harness.ioc import EXAMPLE_BENCH, REPO, twin_ioc
 
 PYEPICS = importlib.util.find_spec("epics") is not None
 NO_PYEPICS = "pyepics is not installed: pip install pyepics==3.5.10 (the test extra)"

@@ -26,10 +26,9 @@ import pytest
 from bluesky.utils import FailedStatus
 
 from devices import Bench, LimitError, PutRefusedError, ReadbackError, connect_bench, load_bench
+from harness.documents import events, one, run_and_collect
+from harness.ioc import EXAMPLE_BENCH, bench_config, caget, caput, twin_ioc, use_control_layer
 from sim.devices import twin_bench_devices
-
-from .documents import events, one, run_and_collect
-from .ioc_helpers import EXAMPLE_BENCH, bench_config, caget, caput, twin_ioc, use_control_layer
 
 #: The sides, in the order they run: in process, then over CA under each control layer.
 SIDES = ("twin", "ca-caproto", "ca-pyepics")

@@ -39,12 +39,12 @@ from devices import (
     StripeSlit,
     connect_bench,
 )
+from harness.documents import events, one, run_and_collect
+from harness.faults.devices import fast_ca_searches, reboot_ioc
+from harness.ioc import EXAMPLE_BENCH, bench_config, caget, caput, lease_server_port, twin_ioc
 from sim.devices import twin_bench_devices
 
 from .conftest import wait_for
-from .documents import events, one, run_and_collect
-from .faults.scenarios.devices import fast_ca_searches, reboot_ioc
-from .ioc_helpers import EXAMPLE_BENCH, bench_config, caget, caput, lease_server_port, twin_ioc
 
 SCALE = 1e4
 _counter = itertools.count()

@@ -27,10 +27,10 @@ from devices import (
     load_bench,
     parse_bench,
 )
+from harness.documents import events, one, run_and_collect
 from sim.devices import twin_bench_devices
 
 from .conftest import REPO
-from .documents import events, one, run_and_collect
 
 BENCH_FILE = REPO / "examples" / "twin_bench.toml"
 

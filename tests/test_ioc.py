@@ -1,7 +1,7 @@
 """The twin's IOC as a Channel Access client sees it: ``gainloop twin serve`` in a subprocess on 127.0.0.1.
 
 One IOC (time scale 1000) serves the module; tests that need real time set ``SIM:TimeScale``
-and put it back. Clients are caproto's sync client (``tests.ioc_helpers``) and ophyd.
+and put it back. Clients are caproto's sync client (``harness.ioc``) and ophyd.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from caproto import CaprotoError, CaprotoTimeoutError, ChannelType
 from caproto.sync.client import read
 
-from .ioc_helpers import EXAMPLE_BENCH, REPO, PutRefused, caget, caput, twin_ioc
+from harness.ioc import EXAMPLE_BENCH, REPO, PutRefused, caget, caput, twin_ioc
 
 LIMIT = 3000.0  # examples/twin_bench.toml
 SPEED = 500.0  # um/s
@@ -571,7 +571,7 @@ def test_a_port_in_use_is_refused_and_the_first_ioc_keeps_serving(tmp_path):
     """`twin serve --port P` with P taken -- by another IOC, or by any TCP listener -- exits with status 2 and
     one line naming the bench, its PV prefix and the port; it serves nothing (caproto would silently serve
     on another port); the first IOC still serves."""
-    from .ioc_helpers import environ
+    from harness.ioc import environ
 
     with twin_ioc(EXAMPLE_BENCH, time_scale=SCALE, prefix="PORT1:", set_environ=False) as first:
         port = first.server_port
@@ -615,7 +615,7 @@ def test_the_ioc_logged_no_traceback(ioc):
 def test_serve_takes_its_bench_port_prefix_and_interfaces_from_the_config(tmp_path):
     """`twin serve --config F`: [bench] file and [ioc] port, prefix, time scale, interfaces
     (the file's port wins over $EPICS_CA_SERVER_PORT; an option on the command line wins over both)."""
-    from .ioc_helpers import TwinIOCProcess, bound_addresses, ca_environment, environ, free_port
+    from harness.ioc import TwinIOCProcess, bound_addresses, ca_environment, environ, free_port
 
     port, repeater, other = free_port(), free_port(), free_port()
     path = tmp_path / "gainloop.toml"

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from harness.documents import collect as _collect
 from plans.lasing import (
     analyse_lasing_spectrum,
     analyse_lasing_threshold,
@@ -21,7 +22,6 @@ from sim.devices import twin_bench_devices
 from twin.dfb import bragg_wavelength_nm, dfb_linewidth_nm, dfb_polarized_output, dfb_threshold_uJ_cm2
 
 from .conftest import REPO
-from .documents import collect as _collect
 
 BENCH_FILE = REPO / "examples" / "twin_bench.toml"
 DFB = "cas_doped-dfb"

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from harness.documents import collect as _collect
 from plans.analysis import kink_threshold_windowed
 from plans.measurements import ase_fluence_scan, vsl_scan
 from plans.safety import FluenceLimitError
@@ -14,7 +15,6 @@ from sim.devices import twin_bench_devices
 from twin.ase import ase_output, ase_threshold_uJ_cm2, stripe_gain
 
 from .conftest import REPO
-from .documents import collect as _collect
 
 BENCH_FILE = REPO / "examples" / "twin_bench.toml"
 

@@ -10,6 +10,9 @@ import pytest
 from bluesky import Msg
 from scipy import optimize
 
+from harness.documents import collect as _collect
+from harness.documents import event_columns as _columns
+from harness.documents import stream_events as _stream
 from plans.pump_probe import analyse_pump_probe, pump_probe
 from plans.registry import plan_spec
 from plans.safety import FluenceLimitError
@@ -20,9 +23,6 @@ from twin.gain import film_kappa
 from twin.occupancy import gain_threshold
 
 from .conftest import REPO
-from .documents import collect as _collect
-from .documents import event_columns as _columns
-from .documents import stream_events as _stream
 
 BENCH_FILE = REPO / "examples" / "twin_bench.toml"
 

@@ -10,6 +10,9 @@ import threading
 import numpy as np
 import pytest
 
+from harness.documents import collect as _collect
+from harness.documents import event_columns as _columns
+from harness.documents import stream_events as _stream
 from plans.registry import plan_spec
 from plans.safety import FluenceLimitError
 from plans.stability import INTERRUPTION_STREAM, stability_run
@@ -19,9 +22,6 @@ from twin.damage import accumulate_damage, damaged_sample
 from twin.presets import load_presets
 
 from .conftest import REPO
-from .documents import collect as _collect
-from .documents import event_columns as _columns
-from .documents import stream_events as _stream
 
 BENCH_FILE = REPO / "examples" / "twin_bench.toml"
 DFB = "cas_doped-dfb"

@@ -24,10 +24,10 @@ from bluesky.utils import FailedStatus
 from ophyd import EpicsSignal
 
 from devices import LimitError, PutRefusedError, connect_bench, parse_bench
+from harness.ioc import EXAMPLE_BENCH, PutRefused, caget, caput, twin_ioc
 from sim.devices import twin_bench_devices
 
 from .conftest import wait_for
-from .ioc_helpers import EXAMPLE_BENCH, PutRefused, caget, caput, twin_ioc
 
 LIMIT = 3000.0  # examples/twin_bench.toml
 OVER = [3000.001, 3500.0, 1e6, math.inf, math.nan, -1.0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .scenarios import FaultEnv, ServiceMissing
+from harness.faults import FaultEnv, ServiceMissing
 
 
 @pytest.fixture(scope="module")

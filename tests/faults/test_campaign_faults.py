@@ -1,6 +1,6 @@
 """Campaign process faults (issue 7, items 1, 2, 8) and the resume-time fluence checks.
 
-The scenarios live in ``tests/faults/scenarios/campaign.py``; these tests run each once
+The scenarios live in ``harness/faults/campaign.py``; these tests run each once
 and assert on its figures and on the behaviour it observed.
 """
 
@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from .scenarios import ServiceMissing
-from .scenarios.campaign import (
+from harness.faults import ServiceMissing
+from harness.faults.campaign import (
     KILL_POINTS,
     scenario_abort,
     scenario_pause_resume,

@@ -1,12 +1,12 @@
 """Faults 3, 4 and 10: the Tiled server down mid-run, duplicate ingestion, load from four writers.
 
-Each test runs its scenario (``tests/faults/scenarios/catalog.py``) against a real Tiled
+Each test runs its scenario (``harness/faults/catalog.py``) against a real Tiled
 server on the machine's PostgreSQL (skipped, naming it, when PostgreSQL is absent).
 """
 
 from __future__ import annotations
 
-from .scenarios.catalog import scenario_duplicate_ingestion, scenario_load, scenario_tiled_down_mid_run
+from harness.faults.catalog import scenario_duplicate_ingestion, scenario_load, scenario_tiled_down_mid_run
 
 
 def test_server_down_mid_run_loses_no_document_once_the_backup_is_uploaded(run_scenario):

@@ -1,7 +1,7 @@
 """Device faults over EPICS and in-process (issue 7, items 5-7): stuck slit motor and the campaign breaker,
 bad readbacks from the IOC, interlock and pump-power drops in every acquiring plan.
 
-Each test runs a scenario of ``tests/faults/scenarios/devices.py`` (real IOC subprocess or in-process twin,
+Each test runs a scenario of ``harness/faults/devices.py`` (real IOC subprocess or in-process twin,
 real RunEngine, plans and optimiser) and asserts on its figures and on every specific check it made. The
 scenarios over Channel Access run under both of ophyd's control layers (``control_layer``: ids end in
 ``[caproto]``/``[pyepics]``)."""
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from .scenarios.devices import (
+from harness.faults.devices import (
     scenario_bad_readbacks,
     scenario_interlock_every_plan,
     scenario_interlock_ioc,

@@ -13,8 +13,8 @@ import json
 
 import pytest
 
-from .scenarios import ServiceMissing
-from .scenarios.queueserver import scenario_manager_killed_redis_restarted
+from harness.faults import ServiceMissing
+from harness.faults.queueserver import scenario_manager_killed_redis_restarted
 
 
 def test_a_killed_manager_and_a_restarted_redis_lose_nothing_and_the_lost_item_is_reconciled(run_scenario):

@@ -37,11 +37,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.ioc_helpers import EXAMPLE_BENCH, bound_addresses, caget, twin_ioc
-
-from .scenarios import ServiceMissing
-from .scenarios._env import PG_HOST, PG_PORT, TiledServer, _wait_healthy, clean_env, free_port
-from .scenarios.queueserver import Manager
+from harness.faults import ServiceMissing
+from harness.faults._env import PG_HOST, PG_PORT, TiledServer, _wait_healthy, clean_env, free_port
+from harness.faults.queueserver import Manager
+from harness.ioc import EXAMPLE_BENCH, bound_addresses, caget, twin_ioc
 
 SAMPLE = "cas_doped-film"
 ITEM_S = 180.0

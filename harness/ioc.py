@@ -1,7 +1,7 @@
-"""The twin's IOC for tests: ``sim.ioc_process`` on the process's CA ports, both control layers, CA helpers.
+"""The twin's IOC for tests and benchmarks: ``sim.ioc_process`` on the process's CA ports, control layers, CA helpers.
 
 Starting, probing and stopping the IOC subprocess is ``sim.ioc_process`` (the project's public part,
-which the benchmarks use too); this module adds what only the tests need.
+which the benchmarks use too); this module adds what only the tests (and the harness's scenarios) need.
 
 API
 ---

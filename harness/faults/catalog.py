@@ -15,7 +15,7 @@
 
 Each scenario runs real processes (the server, the campaign, the writers, the CLI).
 The module is also the worker those processes run: ``python -m
-tests.faults.scenarios.catalog campaign|load-writer ...``.
+harness.faults.catalog campaign|load-writer ...``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from ._env import clean_env
 
 __all__ = ["SCENARIOS", "scenario_duplicate_ingestion", "scenario_load", "scenario_tiled_down_mid_run"]
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 HANDSHAKE_TIMEOUT_S = 180.0
 
 
@@ -230,7 +230,7 @@ def scenario_tiled_down_mid_run(
     emitted_file, summary_file = workdir / "emitted.jsonl", workdir / "summary.json"
     args = [
         "-m",
-        "tests.faults.scenarios.catalog",
+        "harness.faults.catalog",
         "campaign",
         f"--catalog={server.url}",
         f"--data-dir={data_dir}",
@@ -582,7 +582,7 @@ def scenario_load(
     for w in range(n_writers):
         args = [
             "-m",
-            "tests.faults.scenarios.catalog",
+            "harness.faults.catalog",
             "load-writer",
             f"--catalog={server.url}",
             f"--data-dir={workdir / f'writer{w}'}",
@@ -657,7 +657,7 @@ SCENARIOS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.faults.scenarios.catalog")
+    parser = argparse.ArgumentParser(prog="python -m harness.faults.catalog")
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("campaign")
     for name in ("catalog", "data-dir", "markers", "emitted", "summary", "stop-at"):

@@ -25,7 +25,7 @@ campaign plan with a real optimiser. None needs PostgreSQL or Redis.
 
 The scenarios over the IOC take ``control_layer`` (the bench file's ``[bench].control_layer``:
 ``auto``, ``pyepics`` or ``caproto``) and name the layer used at the end of their detail. Their IOCs
-are on the process's CA ports (``tests.ioc_helpers.pool_ports``): pyepics's libca reads its
+are on the process's CA ports (``harness.ioc.pool_ports``): pyepics's libca reads its
 environment once per process, and ``benchmarks/fault_matrix.py`` runs them one after the other.
 """
 
@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...documents import collect as _collect
+from harness.documents import collect as _collect
+
 from . import FaultEnv, FaultFigures
 
 __all__ = [
@@ -54,7 +55,7 @@ __all__ = [
     "scenario_stuck_motor",
 ]
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_BENCH = REPO / "examples" / "twin_bench.toml"
 FILM = "cas_doped-film"
 FILM_DOPING = 7.4
@@ -172,9 +173,9 @@ def scenario_stuck_motor(
     from bluesky import RunEngine
 
     from devices import connect_bench, load_bench
+    from harness.ioc import caput, pool_ports, twin_ioc
     from plans.campaign import CampaignStop
     from plans.measurements import vsl_scan
-    from tests.ioc_helpers import caput, pool_ports, twin_ioc
 
     prefix = _prefix()
     path = bench_file(workdir, prefix=prefix, control_layer=control_layer)
@@ -276,7 +277,7 @@ def reboot_ioc(ioc, bench, fault_pv: str, value: int, *, missing: str | None = N
     come back -- every signal connected again except the one of PV ``missing`` -- and the slit's monitors
     (done-move, readback) post again: a move started before its done-move monitor is back would miss the
     move's start. Raises ``TimeoutError`` saying what did not come back."""
-    from tests.ioc_helpers import caput
+    from harness.ioc import caput
 
     gone = ioc.pv(missing) if missing else None
     signals = [
@@ -330,7 +331,7 @@ def scenario_bad_readbacks(
     from bluesky import RunEngine
 
     from devices import connect_bench, load_bench
-    from tests.ioc_helpers import caput, pool_ports, twin_ioc
+    from harness.ioc import caput, pool_ports, twin_ioc
 
     prefix = _prefix()
     path = bench_file(workdir, prefix=prefix, control_layer=control_layer)
@@ -550,9 +551,9 @@ def scenario_interlock_ioc(
     from bluesky import RunEngine
 
     from devices import connect_bench, load_bench
+    from harness.ioc import caget, caput, pool_ports, twin_ioc
     from plans._suspenders import INTERRUPTION_STREAM
     from plans.measurements import ase_fluence_scan
-    from tests.ioc_helpers import caget, caput, pool_ports, twin_ioc
 
     prefix = _prefix()
     path = bench_file(workdir, prefix=prefix, resume_delay_s=0.1, control_layer=control_layer)

@@ -28,7 +28,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tests.ioc_helpers import EXAMPLE_BENCH, caget
+from harness.ioc import EXAMPLE_BENCH, caget
 
 SIGNALS = ("SIGINT", "SIGINT_HELD", "SIGTERM", "SIGKILL")
 COMMANDS = ("measure", "campaign", "queue")
@@ -75,7 +75,7 @@ class SignalTrial:
 
 
 def _cli_env(ioc, data_dir: Path) -> dict[str, str]:
-    from tests.faults.scenarios._env import clean_env
+    from harness.faults._env import clean_env
 
     return clean_env(**ioc.env, GAINLOOP_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
 
@@ -250,7 +250,7 @@ def run_queue_trial(
 ) -> SignalTrial:
     """``gainloop qserver start --bench`` on ``ioc``; an ``ase_fluence_scan`` item runs; ``sig`` reaches
     the ``gainloop qserver start`` process ``moment_s`` wall seconds after the item started."""
-    from tests.faults.scenarios.queueserver import Manager
+    from harness.faults.queueserver import Manager
 
     trial = SignalTrial("queue", sig, round(moment_s, 3), anchor="item start")
     workdir = Path(workdir) / f"queue-{sig}-{uuid.uuid4().hex[:8]}"
