@@ -222,7 +222,10 @@ def _install_error_delivery() -> None:
                     callback = info.get("callback") if info else None
                     if isinstance(callback, _Reply):
                         self.ioids.pop(request.parameter2, None)
-                        self.user_callback_executor.submit(callback, command)
+                        try:
+                            self.user_callback_executor.submit(callback, command)
+                        except RuntimeError:  # the executor is shut down: the process is exiting, no one waits
+                            return None
             return original(self, command)
 
         VirtualCircuitManager._process_command = _process_command
