@@ -179,8 +179,16 @@ def bluesky_runs(catalog):
     class SqlCatalogOfBlueskyRuns(CatalogOfBlueskyRuns):
         is_sql = True  # (upstream: read from the root node's spec, which these catalogs do not declare)
 
+    from tiled.utils import OneShotCachedMap
+
     client = catalog.client
-    return SqlCatalogOfBlueskyRuns(client.context, item=client.item, structure_clients=client.structure_clients)
+    # A map of its own: the view's ``v1``/``v2`` switch does ``copy.copy(structure_clients).set(...)``,
+    # and a shallow copy of Tiled's OneShotCachedMap shares its dict: on the catalog's own map that
+    # would turn every later run of the process into a databroker-1 client (and break replay).
+    own = OneShotCachedMap()
+    for name in client.structure_clients:
+        own.set(name, lambda name=name: client.structure_clients[name])
+    return SqlCatalogOfBlueskyRuns(client.context, item=client.item, structure_clients=own)
 
 
 def broker(catalog):

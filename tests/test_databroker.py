@@ -337,3 +337,8 @@ def test_the_databroker_v1_view_finds_runs_and_reads_their_tables(made):
         list(vsl.documents())
     with pytest.raises(NotImplementedError, match="Old-style databroker configuration is not supported"):
         type(db).from_config({})
+    # the view leaves the catalog's own clients as they were: its runs still read (as replay does)
+    from gainloop.replay import stream_columns
+
+    slit = stream_columns(made.catalog.run(u["vsl"])["primary"])["slit"]
+    assert list(slit) == pytest.approx(list(primary["slit"].values))
