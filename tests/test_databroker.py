@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -25,25 +23,9 @@ import pytest
 
 from gainloop.catalog import Catalog
 from gainloop.runs import RunQueryError, bluesky_runs, broker, list_runs
+from harness.faults._env import PG_HOST, PG_PORT, clean_env, free_port, listening
 from plans.measurements import ase_fluence_scan, vsl_scan
 from sim.devices import default_twin_bench_path, twin_bench_devices
-
-PG_HOST, PG_PORT = "127.0.0.1", 5432
-SECRET_ENV = ("GAINLOOP_TILED_API_KEY", "TILED_SINGLE_USER_API_KEY", "TILED_API_KEY", "GAINLOOP_POSTGRES_URI")
-
-
-def _pg_listening() -> bool:
-    try:
-        with socket.create_connection((PG_HOST, PG_PORT), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _pg(sql: str) -> None:
@@ -63,8 +45,8 @@ class _Server:
         self.database = f"gainloop_runs_{uuid.uuid4().hex[:12]}"
         asyncio.run(_pg(f'CREATE DATABASE "{self.database}"'))
         self.api_key = secrets.token_hex(16)
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+        self.url = f"http://127.0.0.1:{free_port()}"
+        env = clean_env()
         env["GAINLOOP_TILED_API_KEY"] = self.api_key
         self.log = tmp_path / "server.log"
         with self.log.open("w") as log:
@@ -128,7 +110,7 @@ def made(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param)
     server = None
     if request.param == "postgresql":
-        if not _pg_listening():
+        if not listening(PG_HOST, PG_PORT):
             pytest.skip(f"no PostgreSQL listening on {PG_HOST}:{PG_PORT} (the catalog server needs one)")
         server = _Server(tmp)
         catalog = Catalog(server.url, data_dir_path=tmp / "client", api_key=server.api_key)
@@ -250,7 +232,7 @@ app()
 
 
 def _invoke(made, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    env = clean_env()
     env["COLUMNS"] = "160"
     return subprocess.run(
         [sys.executable, "-c", _CLI, "runs", *args, *made.cli_args],
