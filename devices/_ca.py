@@ -226,7 +226,15 @@ def _install_error_delivery() -> None:
                             self.user_callback_executor.submit(callback, command)
                         except RuntimeError:  # the executor is shut down: the process is exiting, no one waits
                             return None
-            return original(self, command)
+            try:
+                return original(self, command)
+            except RuntimeError as exc:
+                # A monitor update that lands while the interpreter shuts down (e.g. after Ctrl+C): caproto
+                # cannot hand it to its callback threads any more and no one would read it. Dropped quietly,
+                # instead of caproto logging a traceback and closing the circuit; anything else is raised.
+                if "cannot schedule new futures" not in str(exc):
+                    raise
+                return None
 
         VirtualCircuitManager._process_command = _process_command
         _hook_installed = True
