@@ -1,9 +1,9 @@
 """The catalog: where every document goes (databroker / Tiled, never a home-made store).
 
 * Embedded default: a local Tiled catalog (SQLite + files) in the data folder,
-  served in-process by tiled's ``SimpleTiledServer`` on 127.0.0.1 (no server to
-  start by hand). The data folder is ``--data-dir``, else ``$GAINLOOP_DATA_DIR``,
-  else the platform's user data directory for gainloop.
+  served in-process on 127.0.0.1 (``gainloop.embedded``: tiled's own server, its
+  database created in-process; no server to start by hand). The data folder is
+  ``--data-dir``, else ``$GAINLOOP_DATA_DIR``, else the platform's user data directory for gainloop.
 * At scale: ``--catalog URI`` of a Tiled server (e.g. on PostgreSQL) with an API key
   (``--api-key`` or ``$TILED_API_KEY``).
 
@@ -125,10 +125,10 @@ class Catalog:
         self.uri = uri
         self._server = None
         if uri is None:
-            from tiled.server import SimpleTiledServer
+            from gainloop.embedded import EmbeddedTiledServer
 
             self.location = str(self.data_dir / "catalog")
-            self._server = SimpleTiledServer(directory=self.location)
+            self._server = EmbeddedTiledServer(self.location)
             self.client = self._connect(self._server.uri, None)
         else:
             self.location = masked(uri)

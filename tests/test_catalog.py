@@ -36,6 +36,22 @@ def test_a_run_round_trips_through_the_embedded_catalog(catalog):
     assert list(data["motor"].values) == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
 
 
+def test_a_second_embedded_catalog_in_the_process_leaves_the_first_readable_and_both_reopen(catalog, tmp_path):
+    RE = RunEngine({})
+    RE.subscribe(catalog.writer())
+    (first_uid,) = RE(bp.count([det]))
+    folder = tmp_path / "other"
+    with Catalog(data_dir_path=folder) as other:
+        RE2 = RunEngine({})
+        RE2.subscribe(other.writer())
+        (other_uid,) = RE2(bp.count([det], 2))
+        assert catalog.run(first_uid).metadata["stop"]["exit_status"] == "success"  # the first still answers
+        assert other_uid in other.client and first_uid not in other.client
+    assert catalog.run(first_uid).metadata["start"]["uid"] == first_uid
+    with Catalog(data_dir_path=folder) as reopened:  # an existing catalog database is reused, not re-created
+        assert len(reopened.run(other_uid)["primary"].read()["det"]) == 2
+
+
 def test_unknown_uid_is_a_clear_error(catalog):
     with pytest.raises(RunNotFoundError, match="no run with uid 'nope'"):
         catalog.run("nope")

@@ -1,0 +1,169 @@
+"""The embedded catalog's Tiled server: in this process, on 127.0.0.1, in the data folder.
+
+What tiled's ``SimpleTiledServer`` does (SQLite catalog + DuckDB table storage + data
+files in one folder, one random API key, uvicorn on a thread, ready once ``/healthz``
+answers), with one difference that matters on a bench PC and in a test suite: the catalog
+database is created and stamped *in this process* the first time, and an existing one is
+only checked. ``SimpleTiledServer`` runs ``python -m tiled catalog init --if-not-exists``
+as a subprocess on every start, a new interpreter that imports tiled (about 3 CPU seconds
+and 4 wall seconds per command, whether the catalog is new or not).
+
+The layout on disk is ``SimpleTiledServer``'s (``catalog.db``, ``storage.duckdb``,
+``data/``, ``access.log``, ``error.log``), so a folder written by either serves with the
+other and with ``tiled serve catalog``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import secrets
+import threading
+import time
+import warnings
+from pathlib import Path
+from urllib.parse import quote_plus
+
+from core.errors import GainloopError
+
+__all__ = ["EmbeddedTiledServer", "init_catalog_database"]
+
+#: The API key of every embedded server of this process. One key, not one per server: tiled's
+#: app settings are one cached object per process, and each ``build_app`` writes its key into
+#: it, so a second server with its own key would lock the first one's clients out.
+PROCESS_API_KEY = secrets.token_hex(16)
+
+#: Wall seconds the server may take to answer ``/healthz`` after it starts listening.
+STARTUP_TIMEOUT_S = 20.0
+
+
+def init_catalog_database(uri: str) -> bool:
+    """Create the Tiled catalog tables in the SQL database ``uri`` and stamp its schema
+    revision, unless it is already a Tiled catalog (then check it is one this tiled reads).
+
+    Returns True when the database was new. Runs on a thread of its own (the alembic
+    stamp calls ``asyncio.run``), so it works whether or not the caller has an event loop.
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from tiled.alembic_utils import UninitializedDatabase, check_database, stamp_head
+    from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
+    from tiled.catalog.core import ALL_REVISIONS, REQUIRED_REVISION, initialize_database
+    from tiled.utils import ensure_specified_sql_driver
+
+    uri = ensure_specified_sql_driver(uri)
+    outcome: dict[str, object] = {}
+
+    async def create_if_new() -> bool:
+        engine = create_async_engine(uri)
+        try:
+            await check_database(engine, REQUIRED_REVISION, ALL_REVISIONS)
+        except UninitializedDatabase:
+            await initialize_database(engine)
+            return True
+        finally:
+            await engine.dispose()
+        return False
+
+    def work() -> None:
+        try:
+            new = asyncio.run(create_if_new())
+            if new:
+                with warnings.catch_warnings():
+                    # tiled's alembic.ini predates alembic's ``path_separator`` option
+                    warnings.filterwarnings("ignore", "No path_separator found", DeprecationWarning)
+                    stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
+            outcome["new"] = new
+        except Exception as exc:  # reported in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=work, name="gainloop-catalog-init")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        exc = outcome["error"]
+        raise GainloopError(f"cannot open the catalog database {Path(uri.split(':///')[-1])}: {exc}") from exc
+    return bool(outcome["new"])
+
+
+class EmbeddedTiledServer:
+    """A Tiled server for the catalog in ``directory``, on a background thread, 127.0.0.1 only.
+
+    ``uri`` carries its API key (``PROCESS_API_KEY``: random for each process, never written to disk).
+    ``close()`` stops it; a context manager does too.
+    """
+
+    def __init__(self, directory: str | Path):
+        import httpx
+        import uvicorn
+        from tiled.catalog import from_uri as catalog_from_uri
+        from tiled.config import Authentication, StreamingCacheConfig
+        from tiled.server.app import build_app
+        from tiled.server.logging_config import LOGGING_CONFIG
+        from tiled.server.simple import ThreadedServer
+        from tiled.storage import get_storage
+        from tiled.utils import ensure_uri
+
+        self.directory = Path(directory).resolve()
+        (self.directory / "data").mkdir(parents=True, exist_ok=True)
+        storage_uri = ensure_uri(f"duckdb:///{self.directory / 'storage.duckdb'}")
+        catalog_db = self.directory / "catalog.db"
+        init_catalog_database(f"sqlite:///{catalog_db}")
+        self.api_key = PROCESS_API_KEY
+
+        log_config = copy.deepcopy(LOGGING_CONFIG)  # to files in the folder, not the terminal
+        for handler, filename in (("access", "access.log"), ("default", "error.log")):
+            log_config["handlers"][handler]["class"] = "logging.FileHandler"
+            log_config["handlers"][handler].pop("stream", None)
+            log_config["handlers"][handler]["filename"] = str(self.directory / filename)
+
+        self.catalog = catalog_from_uri(
+            catalog_db,
+            writable_storage=[self.directory / "data", storage_uri],
+            init_if_not_exists=False,  # done above, in this process
+            cache_config=StreamingCacheConfig(uri="memory").model_dump(),
+        )
+        self._storage = get_storage(storage_uri)
+        app = build_app(self.catalog, authentication=Authentication(single_user_api_key=self.api_key))
+        server = ThreadedServer(uvicorn.Config(app, host="127.0.0.1", port=0, loop="asyncio", log_config=log_config))
+        self._running = server.run_in_thread()
+        base_url = self._running.__enter__()
+        try:
+            self._wait_ready(httpx, server, base_url)
+        except BaseException:
+            self._running.__exit__(None, None, None)
+            raise
+        self.base_url = base_url
+        self.uri = f"{base_url}/api/v1?api_key={quote_plus(self.api_key)}"
+
+    def _wait_ready(self, httpx, server, base_url: str) -> None:
+        """Until the app answers ``/healthz`` (uvicorn listens before FastAPI's startup is done)."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        with httpx.Client(trust_env=False) as client:
+            while True:
+                if not server.thread.is_alive():
+                    raise GainloopError(
+                        f"the embedded catalog's server stopped while starting: see {self.directory / 'error.log'}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise GainloopError(
+                        f"the embedded catalog's server did not answer within {STARTUP_TIMEOUT_S:g} s: "
+                        f"see {self.directory / 'error.log'}"
+                    )
+                try:
+                    if client.get(f"{base_url}/healthz", timeout=min(1.0, remaining)).status_code == 200:
+                        return
+                except httpx.RequestError:
+                    pass
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        """Stop the server and release the table storage's connections."""
+        self._storage.dispose()
+        self._running.__exit__(None, None, None)
+
+    def __enter__(self) -> EmbeddedTiledServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
