@@ -18,6 +18,7 @@ from core.errors import GainloopError
 from gainloop.cli_common import (
     BenchFileOption,
     ConfigOption,
+    DataDirOption,
     TwinSeedOption,
     bench_file_choice,
     catalog_target,
@@ -215,9 +216,7 @@ def _warn_unfinished_item(redis: str, redis_prefix: str) -> None:
 @qserver_app.command("reconcile")
 def reconcile_command(
     catalog: CatalogOption = None,
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Data folder (default: $GAINLOOP_DATA_DIR).")
-    ] = None,
+    data_dir: DataDirOption = None,
     redis: RedisOption = None,
     redis_prefix: RedisPrefixOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcomes as one JSON line.")] = False,
