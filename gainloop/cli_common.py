@@ -44,6 +44,7 @@ __all__ = [
     "CatalogOption",
     "ConfigOption",
     "DataDirOption",
+    "HostOption",
     "JsonOption",
     "MaxTrialsOption",
     "OptimiserSeedOption",
@@ -92,6 +93,9 @@ DataDirOption = Annotated[
     Path | None, typer.Option("--data-dir", help="Data folder of the embedded catalog (default: $GAINLOOP_DATA_DIR).")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+HostOption = Annotated[
+    str | None, typer.Option("--host", help="Interface to bind (default 127.0.0.1 only).", show_default=False)
+]
 SampleOption = Annotated[str, typer.Option("--sample", help="Sample id in the presets file.")]
 TwinOption = Annotated[bool, typer.Option("--twin", help="Use the in-process twin bench (default).")]
 BenchFileOption = Annotated[Path | None, typer.Option("--bench", help="Bench file of a real bench (EPICS).")]

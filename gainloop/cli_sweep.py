@@ -21,6 +21,7 @@ from rich.table import Table
 from core.errors import GainloopError
 from gainloop.cli_common import (
     BudgetHoursOption,
+    HostOption,
     JsonOption,
     MaxTrialsOption,
     TargetOption,
@@ -97,6 +98,7 @@ def _print_table(result: dict, rows: list[dict]) -> None:
 EachMaxTrialsOption = with_help(MaxTrialsOption, "Trial budget of each campaign.")
 EachBudgetHoursOption = with_help(BudgetHoursOption, "Lab-time budget of each campaign, hours (default: 24).")
 EachTargetOption = with_help(TargetOption, "Stop a campaign at a threshold at or below this, uJ/cm^2.")
+ClusterHostOption = with_help(HostOption, "Interface the LocalCluster binds (default 127.0.0.1 only).")
 
 
 @reads_catalog
@@ -130,10 +132,7 @@ def sweep(
     workers: Annotated[
         int | None, typer.Option("--workers", help="Worker processes of the LocalCluster (default: the cores).")
     ] = None,
-    host: Annotated[
-        str | None,
-        typer.Option("--host", help="Interface the LocalCluster binds (default 127.0.0.1 only).", show_default=False),
-    ] = None,
+    host: ClusterHostOption = None,
     json_out: JsonOption = False,
     **catalog_args,
 ) -> None:
