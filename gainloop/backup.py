@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.rows import Row
 from gainloop.catalog import Catalog, CatalogError
 
 __all__ = ["BackupRun", "RunUpload", "read_backup", "upload_backup"]
@@ -53,7 +54,7 @@ class BackupRun:
 
 
 @dataclass
-class RunUpload:
+class RunUpload(Row):
     """What ``upload_backup`` did with one run.
 
     ``action``: ``uploaded``, ``replaced`` (a partial run rewritten whole),
@@ -66,9 +67,6 @@ class RunUpload:
     action: str
     n_documents: int
     detail: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _doc_key(name: str, doc: dict) -> tuple:

@@ -19,12 +19,14 @@ from rich.console import Console
 from core.errors import GainloopError
 from core.protocols import STRATEGIES
 from gainloop.cli_common import (
-    ApiKeyOption,
     BenchFileOption,
-    CatalogOption,
+    BudgetHoursOption,
     ConfigOption,
     DataDirOption,
     JsonOption,
+    MaxTrialsOption,
+    OptimiserSeedOption,
+    TargetOption,
     TwinOption,
     bench_command,
     bench_file_choice,
@@ -33,11 +35,11 @@ from gainloop.cli_common import (
     command_errors,
     command_group,
     load_config,
-    open_catalog,
     opened_catalog,
     print_json,
     reads_catalog,
     with_error,
+    with_help,
 )
 
 __all__ = ["campaign_app", "demo", "report_cmd"]
@@ -120,22 +122,20 @@ def _print_campaign(summary: dict, json_out: bool) -> None:
 
 
 def _run_campaign_cli(
-    config: Path | None,
     overrides: dict,
     twin: bool,
     bench: Path | None,
-    catalog: str | None,
-    api_key: str | None,
-    data_dir: Path | None,
     json_out: bool,
+    catalog_args: dict,
     *,
     report_dir: Path | None = None,
 ) -> dict:
-    """Config file + command-line options -> a campaign in the catalog (with a progress bar)."""
+    """Config file + command-line options (``catalog_args``: the catalog's and ``config``, as
+    ``reads_catalog`` gives them) -> a campaign in the catalog (with a progress bar)."""
     from gainloop.campaign import run_campaign
 
     with command_errors(ValueError):
-        conf = load_config(config)
+        conf = load_config(catalog_args["config"])
         bench_file = bench_file_choice(twin, bench, conf.bench.file)
         strategy = overrides.get("strategy")
         if strategy is not None and strategy not in STRATEGIES:
@@ -145,7 +145,7 @@ def _run_campaign_cli(
         if twin:  # --twin wins over the config's [bench] file, as in measure and qserver start
             cfg = dataclasses.replace(cfg, bench_file=None)
         progress, update = _campaign_progress(json_out, cfg.budget_lab_h, cfg.max_trials)
-        with open_catalog(catalog, data_dir, api_key, conf) as cat:
+        with opened_catalog(**catalog_args, conf=conf) as cat:
             if progress is not None:
                 progress.start()
             try:
@@ -174,25 +174,24 @@ def _read_campaign(catalog_args: dict, given: str, read):
 
 
 CampaignUidArgument = Annotated[str, typer.Argument(help="uid of the campaign (or an unambiguous start of it).")]
+NewBudgetHoursOption = with_help(BudgetHoursOption, "New total lab-time budget, hours (default: as stored).")
+NewMaxTrialsOption = with_help(MaxTrialsOption, "New total trial budget (default: as stored).")
+DemoMaxTrialsOption = with_help(MaxTrialsOption, "Most trials the demo campaign may take to reach its goal.")
 
 
 @campaign_app.command("run")
 @bench_command
+@reads_catalog
 def campaign_run(
-    config: ConfigOption = None,
     twin: TwinOption = False,
     bench: BenchFileOption = None,
     strategy: Annotated[
         str | None, typer.Option("--strategy", help="nested, joint, random or grid (default: nested).")
     ] = None,
-    budget_hours: Annotated[
-        float | None, typer.Option("--budget-hours", help="Lab-time budget, hours (default: 24).")
-    ] = None,
-    max_trials: Annotated[int | None, typer.Option("--max-trials", help="Trial budget.")] = None,
-    target: Annotated[
-        float | None, typer.Option("--target", help="Stop once a threshold at or below this is measured, uJ/cm^2.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Optimiser seed (and the twin's noise seed).")] = None,
+    budget_hours: BudgetHoursOption = None,
+    max_trials: MaxTrialsOption = None,
+    target: TargetOption = None,
+    seed: OptimiserSeedOption = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Proposals per round (q).")] = None,
     material: Annotated[
         str | None,
@@ -202,10 +201,8 @@ def campaign_run(
             "[stage] new_film_material, the material new films are made of).",
         ),
     ] = None,
-    catalog: CatalogOption = None,
-    api_key: ApiKeyOption = None,
-    data_dir: DataDirOption = None,
     json_out: JsonOption = False,
+    **catalog_args,
 ) -> None:
     """Run a closed-loop campaign: suggest, measure, analyse, ingest, until a budget or the target.
 
@@ -221,17 +218,15 @@ def campaign_run(
         "batch_size": batch_size,
         "material": material,
     }
-    summary = _run_campaign_cli(config, overrides, twin, bench, catalog, api_key, data_dir, json_out)
+    summary = _run_campaign_cli(overrides, twin, bench, json_out, catalog_args)
     _print_campaign(summary, json_out)
 
 
 @bench_command
 def demo(
     config: ConfigOption = None,
-    max_trials: Annotated[
-        int, typer.Option("--max-trials", help="Most trials the demo campaign may take to reach its goal.")
-    ] = 40,
-    seed: Annotated[int | None, typer.Option("--seed", help="Optimiser and twin seed.")] = None,
+    max_trials: DemoMaxTrialsOption = 40,
+    seed: OptimiserSeedOption = None,
     data_dir: DataDirOption = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for reports (default: reports/ in the data folder).")
@@ -258,7 +253,8 @@ def demo(
         "target_threshold_uJ_cm2": goal.target_uJ_cm2,
     }
     reports = out if out is not None else folder / "reports"
-    summary = _run_campaign_cli(config, overrides, True, None, None, None, folder, json_out, report_dir=reports)
+    on_twin = {"catalog": None, "api_key": None, "data_dir": folder, "config": config}  # the embedded catalog
+    summary = _run_campaign_cli(overrides, True, None, json_out, on_twin, report_dir=reports)
     verdict = judge(summary.get("best"), goal)
     if json_out:
         keys = ("campaign_uid", "best", "lab_hours", "trials", "failures", "report")
@@ -290,12 +286,8 @@ def campaign_resume(
     campaign_uid: Annotated[
         str, typer.Argument(help="uid of the campaign to continue (or an unambiguous start of it).")
     ],
-    budget_hours: Annotated[
-        float | None, typer.Option("--budget-hours", help="New total lab-time budget, hours (default: as stored).")
-    ] = None,
-    max_trials: Annotated[
-        int | None, typer.Option("--max-trials", help="New total trial budget (default: as stored).")
-    ] = None,
+    budget_hours: NewBudgetHoursOption = None,
+    max_trials: NewMaxTrialsOption = None,
     json_out: JsonOption = False,
     **catalog_args,
 ) -> None:

@@ -17,12 +17,15 @@ from gainloop.cli_common import (
     ApiKeyOption,
     CatalogOption,
     ConfigOption,
+    DataDirOption,
+    HostOption,
     JsonOption,
     command_errors,
     command_group,
     load_config,
     opened_catalog,
     pick,
+    with_help,
 )
 
 __all__ = ["catalog_app"]
@@ -40,9 +43,7 @@ def serve(
             "else postgresql://postgres@127.0.0.1:5432/gainloop). Prefer the environment variable for a password.",
         ),
     ] = None,
-    host: Annotated[
-        str | None, typer.Option("--host", help="Interface to bind (default 127.0.0.1 only).", show_default=False)
-    ] = None,
+    host: HostOption = None,
     port: Annotated[
         int | None, typer.Option("--port", help="Port to bind (0 picks a free one; default 8000).", show_default=False)
     ] = None,
@@ -85,13 +86,13 @@ def serve(
         raise typer.Exit(code=0) from None
 
 
+BackupDataDirOption = with_help(DataDirOption, "Data folder whose backup/ to upload (default: $GAINLOOP_DATA_DIR).")
+
+
 @catalog_app.command("upload-backup")
 def upload_backup(
     catalog: CatalogOption = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option("--data-dir", help="Data folder whose backup/ to upload (default: $GAINLOOP_DATA_DIR)."),
-    ] = None,
+    data_dir: BackupDataDirOption = None,
     api_key: ApiKeyOption = None,
     include_incomplete: Annotated[
         bool,

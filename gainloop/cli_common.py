@@ -17,6 +17,7 @@ so that a config table such as [sweep] shows as written.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
 import json
@@ -27,7 +28,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from rich.console import Console
@@ -39,11 +40,16 @@ from gainloop.running import PlanInterrupted
 __all__ = [
     "ApiKeyOption",
     "BenchFileOption",
+    "BudgetHoursOption",
     "CatalogOption",
     "ConfigOption",
     "DataDirOption",
+    "HostOption",
     "JsonOption",
+    "MaxTrialsOption",
+    "OptimiserSeedOption",
     "SampleOption",
+    "TargetOption",
     "TwinOption",
     "TwinSeedOption",
     "bench_command",
@@ -63,6 +69,7 @@ __all__ = [
     "print_json",
     "reads_catalog",
     "with_error",
+    "with_help",
 ]
 
 err_console = Console(stderr=True, soft_wrap=True)
@@ -86,10 +93,32 @@ DataDirOption = Annotated[
     Path | None, typer.Option("--data-dir", help="Data folder of the embedded catalog (default: $GAINLOOP_DATA_DIR).")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+HostOption = Annotated[
+    str | None, typer.Option("--host", help="Interface to bind (default 127.0.0.1 only).", show_default=False)
+]
 SampleOption = Annotated[str, typer.Option("--sample", help="Sample id in the presets file.")]
 TwinOption = Annotated[bool, typer.Option("--twin", help="Use the in-process twin bench (default).")]
 BenchFileOption = Annotated[Path | None, typer.Option("--bench", help="Bench file of a real bench (EPICS).")]
 TwinSeedOption = Annotated[int | None, typer.Option("--seed", help="Twin seed (default: the bench file's).")]
+# the budgets and the goal of a campaign (``with_help``: as a command that runs many, or continues one, tells them)
+MaxTrialsOption = Annotated[int | None, typer.Option("--max-trials", help="Trial budget.")]
+BudgetHoursOption = Annotated[
+    float | None, typer.Option("--budget-hours", help="Lab-time budget, hours (default: 24).")
+]
+TargetOption = Annotated[
+    float | None, typer.Option("--target", help="Stop once a threshold at or below this is measured, uJ/cm^2.")
+]
+OptimiserSeedOption = Annotated[int | None, typer.Option("--seed", help="Optimiser seed (and the twin's noise seed).")]
+
+
+def with_help(option, help: str):
+    """The ``Annotated`` option type ``option`` (one of this module's) with the help text ``help``:
+    the same option (name, type, settings), told as one command uses it."""
+    kind, info = get_args(option)
+    told = copy.copy(info)
+    told.help = help
+    return Annotated[kind, told]
+
 
 #: The options that say which catalog a command reads, by parameter name (as ``opened_catalog`` takes them).
 _CATALOG_OPTIONS = {

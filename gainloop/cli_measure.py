@@ -16,11 +16,7 @@ from rich.console import Console
 
 from core.errors import GainloopError
 from gainloop.cli_common import (
-    ApiKeyOption,
     BenchFileOption,
-    CatalogOption,
-    ConfigOption,
-    DataDirOption,
     JsonOption,
     SampleOption,
     TwinOption,
@@ -32,7 +28,6 @@ from gainloop.cli_common import (
     fail,
     load_config,
     number,
-    open_catalog,
     opened_catalog,
     print_json,
     reads_catalog,
@@ -104,14 +99,12 @@ def _print_result(out: dict) -> None:
 
 
 @bench_command
+@reads_catalog
 def measure(
     plan: Annotated[str, typer.Argument(help="Plan name (see `gainloop plans`).")],
     sample: SampleOption,
     twin: TwinOption = False,
     bench: BenchFileOption = None,
-    catalog: CatalogOption = None,
-    api_key: ApiKeyOption = None,
-    data_dir: DataDirOption = None,
     seed: TwinSeedOption = None,
     stripe_length_um: Annotated[
         float | None, typer.Option("--stripe-length", help="Stripe length, um (plans that take one).")
@@ -123,8 +116,8 @@ def measure(
         list[str] | None,
         typer.Option("--arg", "-a", help="Plan argument key=value, repeatable (e.g. -a exposure_s=1)."),
     ] = None,
-    config: ConfigOption = None,
     json_out: JsonOption = False,
+    **catalog_args,
 ) -> None:
     """Run one measurement plan, store every document in the catalog, print the uid and the result.
 
@@ -141,7 +134,7 @@ def measure(
             spec = plan_spec(plan)
         except KeyError as exc:
             raise GainloopError(str(exc.args[0])) from None
-        conf = load_config(config)
+        conf = load_config(catalog_args["config"])
         bench_file = bench_file_choice(twin, bench, conf.bench.file)  # the config's bench unless --twin or --bench
         given = _parse_plan_args(plan_arg or [])
         if stripe_length_um is not None:
@@ -160,7 +153,7 @@ def measure(
                 if kappa is not None:
                     kwargs["excitons_per_uJ_cm2"] = kappa
             gen = spec.start(devices, sample, **kwargs)  # a bad argument is refused here: nothing stored or sent
-            with open_catalog(catalog, data_dir, api_key, conf) as cat, bluesky_prints_to_stderr(json_out):
+            with opened_catalog(**catalog_args, conf=conf) as cat, bluesky_prints_to_stderr(json_out):
                 RE = RunEngine({}, call_returns_result=True)
                 RE.subscribe(cat.writer())
                 for cb in _live_callbacks(json_out):

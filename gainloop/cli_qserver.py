@@ -18,6 +18,8 @@ from core.errors import GainloopError
 from gainloop.cli_common import (
     BenchFileOption,
     ConfigOption,
+    DataDirOption,
+    HostOption,
     TwinSeedOption,
     bench_file_choice,
     catalog_target,
@@ -26,6 +28,7 @@ from gainloop.cli_common import (
     load_config,
     open_catalog,
     pick,
+    with_help,
 )
 
 __all__ = ["qserver_app"]
@@ -68,24 +71,20 @@ def _redis_reachable(addr: str, timeout_s: float = 2.0) -> None:
         ) from None
 
 
+StartDataDirOption = with_help(
+    DataDirOption, "Data folder: embedded catalog, write backups (default: $GAINLOOP_DATA_DIR)."
+)
+StartHostOption = with_help(HostOption, "Interface the 0MQ control and info sockets bind (default 127.0.0.1 only).")
+
+
 @qserver_app.command("start")
 def start(
     twin: Annotated[bool, typer.Option("--twin", help="Drive the in-process twin bench (default).")] = False,
     bench: BenchFileOption = None,
     seed: TwinSeedOption = None,
     catalog: CatalogOption = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option("--data-dir", help="Data folder: embedded catalog, write backups (default: $GAINLOOP_DATA_DIR)."),
-    ] = None,
-    host: Annotated[
-        str | None,
-        typer.Option(
-            "--host",
-            help="Interface the 0MQ control and info sockets bind (default 127.0.0.1 only).",
-            show_default=False,
-        ),
-    ] = None,
+    data_dir: StartDataDirOption = None,
+    host: StartHostOption = None,
     control_port: Annotated[
         int | None,
         typer.Option(
@@ -215,9 +214,7 @@ def _warn_unfinished_item(redis: str, redis_prefix: str) -> None:
 @qserver_app.command("reconcile")
 def reconcile_command(
     catalog: CatalogOption = None,
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Data folder (default: $GAINLOOP_DATA_DIR).")
-    ] = None,
+    data_dir: DataDirOption = None,
     redis: RedisOption = None,
     redis_prefix: RedisPrefixOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcomes as one JSON line.")] = False,

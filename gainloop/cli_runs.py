@@ -13,22 +13,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.errors import GainloopError
-from gainloop.cli_common import (
-    ApiKeyOption,
-    CatalogOption,
-    ConfigOption,
-    DataDirOption,
-    JsonOption,
-    fail,
-    load_config,
-    open_catalog,
-)
+from gainloop.cli_common import JsonOption, opened_catalog, reads_catalog
 from gainloop.runs import DEFAULT_LIMIT, list_runs
 
 __all__ = ["runs"]
 
 
+@reads_catalog
 def runs(
     since: Annotated[
         str | None,
@@ -48,31 +39,24 @@ def runs(
         str | None,
         typer.Option("--timezone", help="IANA time zone of --since/--until and of the listed times (default: local)."),
     ] = None,
-    catalog: CatalogOption = None,
-    data_dir: DataDirOption = None,
-    api_key: ApiKeyOption = None,
-    config: ConfigOption = None,
-    as_json: JsonOption = False,
+    json_out: JsonOption = False,
+    **catalog_args,
 ) -> None:
     """List the catalog's runs, newest first: uid prefix, start time, plan, sample, exit status."""
-    try:
-        conf = load_config(config)
-        with open_catalog(catalog, data_dir, api_key, conf) as cat:
-            found = list_runs(
-                cat,
-                since=since,
-                until=until,
-                plan=plan,
-                sample=sample,
-                uid=uid,
-                status=status,
-                limit=limit,
-                timezone=timezone,
-            )
-            where = str(cat.location)
-    except GainloopError as exc:
-        fail(exc)
-    if as_json:
+    with opened_catalog(**catalog_args) as cat:
+        found = list_runs(
+            cat,
+            since=since,
+            until=until,
+            plan=plan,
+            sample=sample,
+            uid=uid,
+            status=status,
+            limit=limit,
+            timezone=timezone,
+        )
+        where = str(cat.location)
+    if json_out:
         typer.echo(json.dumps({"catalog": where, "runs": [r.as_dict() for r in found]}))
         return
     console = Console()

@@ -20,17 +20,19 @@ from rich.table import Table
 
 from core.errors import GainloopError
 from gainloop.cli_common import (
-    ApiKeyOption,
-    CatalogOption,
-    ConfigOption,
-    DataDirOption,
+    BudgetHoursOption,
+    HostOption,
     JsonOption,
+    MaxTrialsOption,
+    TargetOption,
     check_budget_hours,
     command_errors,
     load_config,
-    open_catalog,
+    opened_catalog,
     pick,
     print_json,
+    reads_catalog,
+    with_help,
 )
 
 __all__ = ["sweep"]
@@ -93,6 +95,13 @@ def _print_table(result: dict, rows: list[dict]) -> None:
     )
 
 
+EachMaxTrialsOption = with_help(MaxTrialsOption, "Trial budget of each campaign.")
+EachBudgetHoursOption = with_help(BudgetHoursOption, "Lab-time budget of each campaign, hours (default: 24).")
+EachTargetOption = with_help(TargetOption, "Stop a campaign at a threshold at or below this, uJ/cm^2.")
+ClusterHostOption = with_help(HostOption, "Interface the LocalCluster binds (default 127.0.0.1 only).")
+
+
+@reads_catalog
 def sweep(
     strategies: Annotated[
         list[str] | None,
@@ -113,13 +122,9 @@ def sweep(
             "--presets", help="Presets TOML files of the twin, comma-separated or repeated (default: shipped)."
         ),
     ] = None,
-    max_trials: Annotated[int | None, typer.Option("--max-trials", help="Trial budget of each campaign.")] = None,
-    budget_hours: Annotated[
-        float | None, typer.Option("--budget-hours", help="Lab-time budget of each campaign, hours (default: 24).")
-    ] = None,
-    target: Annotated[
-        float | None, typer.Option("--target", help="Stop a campaign at a threshold at or below this, uJ/cm^2.")
-    ] = None,
+    max_trials: EachMaxTrialsOption = None,
+    budget_hours: EachBudgetHoursOption = None,
+    target: EachTargetOption = None,
     scheduler: Annotated[
         str | None,
         typer.Option("--scheduler", help="Address of an existing Dask scheduler (default: start a LocalCluster)."),
@@ -127,15 +132,9 @@ def sweep(
     workers: Annotated[
         int | None, typer.Option("--workers", help="Worker processes of the LocalCluster (default: the cores).")
     ] = None,
-    host: Annotated[
-        str | None,
-        typer.Option("--host", help="Interface the LocalCluster binds (default 127.0.0.1 only).", show_default=False),
-    ] = None,
-    config: ConfigOption = None,
-    catalog: CatalogOption = None,
-    api_key: ApiKeyOption = None,
-    data_dir: DataDirOption = None,
+    host: ClusterHostOption = None,
     json_out: JsonOption = False,
+    **catalog_args,
 ) -> None:
     """Many offline campaigns (strategies x seeds x presets) on the twin, on a Dask cluster, into the catalog.
 
@@ -152,7 +151,7 @@ def sweep(
         check_budget_hours(budget_hours)
         if max_trials is not None and max_trials < 1:
             raise GainloopError(f"--max-trials must be at least 1, got {max_trials}")
-        conf = load_config(config)
+        conf = load_config(catalog_args["config"])
         sw = conf.sweep
         if scheduler is None and workers is None and host is None:
             scheduler = sw.scheduler  # the file's cluster, unless the command line sets one up
@@ -182,7 +181,7 @@ def sweep(
                     f"sweep: {_n(len(tasks), 'campaign')} on {_n(n_workers, 'Dask worker')} of {where} at {address}"
                 )
             submitted = submit_sweep(client, tasks)  # the campaigns run while the catalog opens
-            with open_catalog(catalog, data_dir, api_key, conf, announce=not json_out) as cat:
+            with opened_catalog(**catalog_args, conf=conf, announce=not json_out) as cat:
 
                 def done(row: dict, k: int, total: int) -> None:
                     if json_out:

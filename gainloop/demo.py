@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from twin.landscape import Optimum, feasible_threshold, find_optimum
+
 __all__ = ["GOAL_FRACTION", "Goal", "judge", "twin_goal"]
 
 #: The demo's goal: a measured threshold within 5 % of the twin's optimum.
@@ -19,13 +21,8 @@ GOAL_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
-class Goal:
+class Goal(Optimum):
     """The twin's optimum (uJ/cm^2 at a stripe length in um and a doping in electrons/dot) and the target."""
-
-    threshold_uJ_cm2: float
-    stripe_length_um: float
-    doping: float
-    sample: str
 
     @property
     def target_uJ_cm2(self) -> float:
@@ -36,19 +33,16 @@ def twin_goal(presets=None) -> Goal:
     """The twin's optimum for the material its new films are made of (``presets``: a ``PresetFile``, or the shipped)."""
     from devices import load_bench
     from sim.devices import default_twin_bench_path
-    from twin.landscape import find_optimum
     from twin.presets import load_presets
 
     pf = presets if presets is not None else load_presets()
     name = load_bench(default_twin_bench_path()).twin.new_film_preset
-    opt = find_optimum(pf.get(name), pf.setup, name)
-    return Goal(opt.threshold_uJ_cm2, opt.stripe_length_um, opt.doping, name)
+    return Goal(**find_optimum(pf.get(name), pf.setup, name).as_dict())
 
 
 def judge(best: dict | None, goal: Goal, presets=None) -> dict:
     """The campaign's best beside the goal: ``within_fraction`` of the optimum (measured), whether the goal
     was reached, and the twin's own threshold at the best conditions (``true_threshold_uJ_cm2``)."""
-    from twin.landscape import feasible_threshold
     from twin.presets import load_presets
 
     out = {

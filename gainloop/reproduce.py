@@ -17,13 +17,14 @@ import math
 import tomllib
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import GainloopError, PresetError
+from core.rows import Row
 from plans.analysis import (
     AnalysisError,
     KinkFit,
@@ -78,7 +79,7 @@ class PaperNumber:
 
 
 @dataclass(frozen=True)
-class ReproRow:
+class ReproRow(Row):
     """Paper value next to the twin's measured value."""
 
     id: str
@@ -89,9 +90,6 @@ class ReproRow:
     tol: float
     ok: bool
     note: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def paper_numbers_path() -> Path:

@@ -26,11 +26,12 @@ this catalog").
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from core.errors import GainloopError
+from core.rows import Row
 
 __all__ = ["EXIT_STATUSES", "RunQueryError", "RunSummary", "bluesky_runs", "broker", "list_runs"]
 
@@ -45,7 +46,7 @@ class RunQueryError(GainloopError):
 
 
 @dataclass(frozen=True)
-class RunSummary:
+class RunSummary(Row):
     """One run as ``gainloop runs`` lists it."""
 
     uid: str
@@ -55,9 +56,6 @@ class RunSummary:
     sample: str | None
     scan_id: int | None
     exit_status: str  # the stop document's ("success", "abort", "fail"), else "incomplete"
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _zone(timezone: str | None) -> str:

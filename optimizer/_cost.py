@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from core.errors import ParameterError
+from core.rows import Row
 
 __all__ = ["CostModel", "LabState"]
 
@@ -69,7 +70,7 @@ class LabState:
 
 
 @dataclass(frozen=True)
-class CostModel:
+class CostModel(Row):
     """Seconds of lab time per step; ``film_doping_tol`` (electrons/dot): two dopings closer are one film."""
 
     new_film_s: float = 6 * 3600.0
@@ -90,10 +91,6 @@ class CostModel:
             raise ParameterError(f"CostModel.scan_points must be an integer >= 1, got {self.scan_points!r}")
         if self.acquisition_s <= 0:
             raise ParameterError(f"CostModel.acquisition_s must be > 0 s, got {self.acquisition_s!r}")
-
-    def as_dict(self) -> dict:
-        """Every field, by name."""
-        return asdict(self)
 
     # ---- the cost, vectorised -------------------------------------------------------
     def film_cost_s(self, doping: torch.Tensor | float, state: LabState) -> torch.Tensor:

@@ -20,11 +20,12 @@ from bluesky.utils import MsgGenerator
 
 from plans._suspenders import interruptible
 from plans.safety import fluence_guard
-from plans.stubs import park_pump
+from plans.stubs import analysis_event, park_pump
 
 __all__ = [
     "UNITS",
     "PrimaryData",
+    "analysed",
     "checked_first",
     "closing_shutter",
     "measurement",
@@ -66,6 +67,15 @@ class PrimaryData:
     def arrays(self) -> dict[str, np.ndarray]:
         """The columns so far, ``{data key: array in event order}`` (as a replay reads the stored stream)."""
         return {k: np.asarray(v) for k, v in self._columns.items()}
+
+
+def analysed(
+    results: dict[str, float], analyse: Callable[[dict[str, np.ndarray], dict], dict], primary: PrimaryData, plan_args
+) -> MsgGenerator[None]:
+    """A plan's last step: ``results`` updated with ``analyse(primary.arrays(), plan_args)`` (the function a
+    replay calls on the stored primary stream) and recorded as the run's ``analysis`` event."""
+    results.update(analyse(primary.arrays(), plan_args))
+    yield from analysis_event(results)
 
 
 def checked_first(plan: MsgGenerator[T]) -> MsgGenerator[T]:

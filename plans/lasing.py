@@ -65,7 +65,7 @@ import numpy as np
 from bluesky.utils import MsgGenerator
 
 from devices import check_angle, check_exposure
-from plans._common import PrimaryData, measurement
+from plans._common import PrimaryData, analysed, measurement
 from plans.analysis import (
     THRESHOLD_FIT_MIN_POINTS,
     AnalysisError,
@@ -76,7 +76,7 @@ from plans.analysis import (
     kink_threshold,
 )
 from plans.safety import check_fluence
-from plans.stubs import acquire, analysis_event, mount, pump_on
+from plans.stubs import acquire, mount, pump_on
 
 __all__ = [
     "DEFAULT_ANALYSER_ANGLES_DEG",
@@ -220,8 +220,7 @@ def lasing_threshold(
                 break
             for f in space(max(lo * located, f_lo), min(hi * located, f_hi), n):
                 yield from measure(f)
-        results.update(analyse_lasing_threshold(primary.arrays(), plan_args))
-        yield from analysis_event(results)
+        yield from analysed(results, analyse_lasing_threshold, primary, plan_args)
 
     return (yield from measurement(bench, "lasing_threshold", plan_args, bench.pump.fluence, md, inner))
 
@@ -265,8 +264,7 @@ def lasing_spectrum(
         primary = PrimaryData()
         for _ in range(n_spectra):
             yield from acquire(bench, exposure_s, primary, extra=[bench.polarizer, axis])
-        results.update(analyse_lasing_spectrum(primary.arrays(), plan_args))
-        yield from analysis_event(results)
+        yield from analysed(results, analyse_lasing_spectrum, primary, plan_args)
 
     time_axis = SimpleNamespace(name="time")  # repeated spectra: plotted against time, as bluesky's count
     return (yield from measurement(bench, "lasing_spectrum", plan_args, time_axis, md, inner))
@@ -318,7 +316,6 @@ def polarization_scan(
         for a in [*angles, *reversed(angles)]:
             yield from bps.mv(bench.polarizer.angle, a)
             yield from acquire(bench, exposure_s, primary, extra=[bench.polarizer, axis])
-        results.update(analyse_polarization_scan(primary.arrays(), plan_args))
-        yield from analysis_event(results)
+        yield from analysed(results, analyse_polarization_scan, primary, plan_args)
 
     return (yield from measurement(bench, "polarization_scan", plan_args, bench.polarizer, md, inner))

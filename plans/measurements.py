@@ -23,7 +23,7 @@ import numpy as np
 from bluesky.utils import MsgGenerator
 
 from devices import check_exposure, check_slit
-from plans._common import PrimaryData, measurement
+from plans._common import PrimaryData, analysed, measurement
 from plans.analysis import (
     AnalysisError,
     counts_per_s,
@@ -33,7 +33,7 @@ from plans.analysis import (
     vsl_gain,
 )
 from plans.safety import check_fluence
-from plans.stubs import acquire, analysis_event, mount, pump_on
+from plans.stubs import acquire, mount, pump_on
 
 __all__ = [
     "analyse_ase_fluence_scan",
@@ -127,8 +127,7 @@ def ase_fluence_scan(
             hi = min(2.0 * coarse.threshold, f_hi)
             for f in np.geomspace(lo, hi, n_fine):
                 yield from measure(f)
-        results.update(analyse_ase_fluence_scan(primary.arrays(), plan_args))
-        yield from analysis_event(results)
+        yield from analysed(results, analyse_ase_fluence_scan, primary, plan_args)
 
     return (yield from measurement(bench, "ase_fluence_scan", plan_args, bench.pump.fluence, md, inner))
 
@@ -169,8 +168,7 @@ def vsl_scan(
         for length in lengths:
             yield from bps.mv(bench.slit, length)
             yield from acquire(bench, exposure_s, primary)
-        results.update(analyse_vsl_scan(primary.arrays(), plan_args))
-        yield from analysis_event(results)
+        yield from analysed(results, analyse_vsl_scan, primary, plan_args)
 
     return (yield from measurement(bench, "vsl_scan", plan_args, bench.slit, md, inner))
 
@@ -221,7 +219,6 @@ def ase_point(
         yield from pump_on(bench, float(fluence_uJ_cm2))
         primary = PrimaryData()
         yield from acquire(bench, exposure_s, primary)
-        results.update(analyse_ase_point(primary.arrays(), plan_args))
-        yield from analysis_event(results)
+        yield from analysed(results, analyse_ase_point, primary, plan_args)
 
     return (yield from measurement(bench, "ase_point", plan_args, bench.pump.fluence, md, inner))

@@ -50,10 +50,10 @@ from bluesky.utils import MsgGenerator
 from ophyd import Signal
 
 from devices import check_delay, check_pump_excitons
-from plans._common import PrimaryData, measurement
+from plans._common import PrimaryData, analysed, measurement
 from plans.analysis import AnalysisError, biexciton_lifetime, first_where, gain_lifetime
 from plans.safety import check_fluence
-from plans.stubs import analysis_event, mount, set_together, trigger_then_read
+from plans.stubs import mount, set_together, trigger_then_read
 
 __all__ = [
     "PARTS",
@@ -490,8 +490,7 @@ def pump_probe(
                     lo, hi = 0.75 * coarse_t, min(1.25 * coarse_t, cfg.transient_absorption.delay_max_ps)
                     for t in np.linspace(lo, hi, plan_args["n_fine_gain"]):
                         yield from point("gain", gf, float(t))
-        results.update(analyse_pump_probe(primary.arrays(), plan_args))
-        yield from analysis_event(results)
+        yield from analysed(results, analyse_pump_probe, primary, plan_args)
 
     md_all = {**start_md, **(md or {})}
     return (yield from measurement(bench, "pump_probe", plan_args, bench.ta.delay, md_all, inner))

@@ -39,11 +39,11 @@ from bluesky import Msg
 from bluesky.utils import MsgGenerator
 
 from devices import check_exposure
-from plans._common import PrimaryData, measurement
+from plans._common import PrimaryData, analysed, measurement
 from plans._suspenders import INTERRUPTION_STREAM, Computed
 from plans.analysis import AnalysisError
 from plans.safety import check_fluence
-from plans.stubs import analysis_event, mount, set_together, trigger_then_read
+from plans.stubs import mount, set_together, trigger_then_read
 
 __all__ = [
     "DARK_KEY",
@@ -279,8 +279,7 @@ def stability_run(
             if bool(reading[spec.saturated.name]["value"]) and exposure / 10.0 >= exposure_min:
                 exposure /= 10.0
                 yield from set_together(spec.exposure, exposure)
-        results.update(analyse_stability_run(primary.arrays(), plan_args))
-        yield from analysis_event(results)
+        yield from analysed(results, analyse_stability_run, primary, plan_args)
 
     start_md = {"hints": {"dimensions": [(["time"], "primary")]}}
     md_all = {**start_md, **(md or {})}
