@@ -232,24 +232,12 @@ def init_catalog(settings: ServerSettings) -> bool:
     """
     import asyncpg
     from sqlalchemy.exc import SQLAlchemyError
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from tiled.alembic_utils import DatabaseUpgradeNeeded, UninitializedDatabase, check_database, stamp_head
-    from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
-    from tiled.catalog.core import ALL_REVISIONS, REQUIRED_REVISION, initialize_database
+    from tiled.alembic_utils import DatabaseUpgradeNeeded
 
-    async def run() -> bool:
-        engine = create_async_engine(settings.catalog_uri)
-        try:
-            await check_database(engine, REQUIRED_REVISION, ALL_REVISIONS)
-        except UninitializedDatabase:
-            await initialize_database(engine)
-            return True
-        finally:
-            await engine.dispose()
-        return False
+    from gainloop.embedded import init_catalog_database
 
     try:
-        new = asyncio.run(run())
+        return init_catalog_database(settings.catalog_uri)
     except DatabaseUpgradeNeeded:
         raise CatalogServerError(
             f"the catalog in {settings.postgres_display} was made by an older tiled: back it up, then run "
@@ -261,9 +249,6 @@ def init_catalog(settings: ServerSettings) -> bool:
         raise CatalogServerError(
             f"cannot initialise the catalog in {settings.postgres_display}: {_reason(settings, exc)}"
         ) from None
-    if new:
-        stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, settings.catalog_uri)
-    return new
 
 
 def build_app(settings: ServerSettings):

@@ -39,10 +39,13 @@ STARTUP_TIMEOUT_S = 20.0
 
 def init_catalog_database(uri: str) -> bool:
     """Create the Tiled catalog tables in the SQL database ``uri`` and stamp its schema
-    revision, unless it is already a Tiled catalog (then check it is one this tiled reads).
+    revision, unless it is already a Tiled catalog (then check it is one this tiled reads):
+    what ``tiled catalog init --if-not-exists`` does, in this process.
 
-    Returns True when the database was new. Runs on a thread of its own (the alembic
-    stamp calls ``asyncio.run``), so it works whether or not the caller has an event loop.
+    Returns True when the database was new. Raises what the database or tiled raised
+    (e.g. ``tiled.alembic_utils.DatabaseUpgradeNeeded``); callers say it for their users.
+    Runs on a thread of its own (the alembic stamp calls ``asyncio.run``), so it works
+    whether or not the caller has an event loop.
     """
     from sqlalchemy.ext.asyncio import create_async_engine
     from tiled.alembic_utils import UninitializedDatabase, check_database, stamp_head
@@ -73,15 +76,14 @@ def init_catalog_database(uri: str) -> bool:
                     warnings.filterwarnings("ignore", "No path_separator found", DeprecationWarning)
                     stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
             outcome["new"] = new
-        except Exception as exc:  # reported in the caller's thread
+        except BaseException as exc:  # raised again in the caller's thread
             outcome["error"] = exc
 
     thread = threading.Thread(target=work, name="gainloop-catalog-init")
     thread.start()
     thread.join()
     if "error" in outcome:
-        exc = outcome["error"]
-        raise GainloopError(f"cannot open the catalog database {Path(uri.split(':///')[-1])}: {exc}") from exc
+        raise outcome["error"]
     return bool(outcome["new"])
 
 
@@ -107,7 +109,17 @@ class EmbeddedTiledServer:
         (self.directory / "data").mkdir(parents=True, exist_ok=True)
         storage_uri = ensure_uri(f"duckdb:///{self.directory / 'storage.duckdb'}")
         catalog_db = self.directory / "catalog.db"
-        init_catalog_database(f"sqlite:///{catalog_db}")
+        try:
+            init_catalog_database(f"sqlite:///{catalog_db}")
+        except Exception as exc:
+            from tiled.alembic_utils import DatabaseUpgradeNeeded
+
+            if isinstance(exc, DatabaseUpgradeNeeded):
+                raise GainloopError(
+                    f"the catalog {catalog_db} was made by an older tiled: back the folder up, then run "
+                    f"`tiled catalog upgrade-database {catalog_db}`"
+                ) from None
+            raise GainloopError(f"cannot open the catalog database {catalog_db}: {exc}") from exc
         self.api_key = PROCESS_API_KEY
 
         log_config = copy.deepcopy(LOGGING_CONFIG)  # to files in the folder, not the terminal
