@@ -41,6 +41,7 @@ it is None and the helpers behave as plain ``trigger_and_read``.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 
@@ -68,6 +69,8 @@ RECORD_KEYS = ("interruption_signal", "interruption_start", "interruption_durati
 #: Wall seconds a closed shutter that no interruption explains is waited for (a suspender's monitor
 #: may arrive after the reading that shows the shutter closed) before the measurement fails.
 CLOSED_GRACE_S = 3.0
+#: Wall seconds between looks at the suspenders while a re-take waits for a signal to come back.
+RELEASE_POLL_S = 0.02
 
 
 class ShutterClosedError(GainloopError):
@@ -122,6 +125,7 @@ class Interruptions:
 
     def __init__(self, bench, resume_delay_s: float):
         self.bench = bench
+        self.resume_delay_s = float(resume_delay_s)
         self.limit_uJ_cm2 = float(bench.config.bench.fluence_limit_uJ_cm2)
         self.events = 0  # low values seen + suspensions begun: any change means re-take
         self.count = 0  # interruptions ended
@@ -214,12 +218,23 @@ class Interruptions:
         yield Msg("wait", None, group=group)
         self.pump_at = events
 
+    async def _released(self) -> None:
+        """Until no watched signal is low, then the resume delay (an awaitable for ``wait_for``).
+
+        Not ``SuspenderBase.get_futures()``: it reads ``tripped`` before taking the suspender's
+        lock, so a signal restored between the two makes it wait on a new event that nothing
+        will ever set (seen as a run hung after the interlock came back).
+        """
+        while self.tripped():
+            await asyncio.sleep(RELEASE_POLL_S)
+        if self.resume_delay_s > 0:
+            await asyncio.sleep(self.resume_delay_s)
+
     def restore_pump(self):
         """Wait until the watched signals are back (and the resume delay), then set the pump again."""
         while True:
-            futures = [f for s in self.suspenders for f in s.get_futures()[0]]
-            if futures:
-                yield Msg("wait_for", None, futures)
+            if self.tripped():
+                yield Msg("wait_for", None, [self._released])
             yield from self._pump_on()
             if not self.pump_stale():
                 return
