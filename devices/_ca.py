@@ -203,8 +203,19 @@ class _Reply:
         self.handler(response)
 
 
+def _for_a_closed_channel(circuit, command) -> bool:
+    """Whether a monitor update (``EventAddResponse``) is for a channel this client has already closed."""
+    import caproto as ca
+
+    event_add = circuit.event_add_commands.get(command.subscriptionid)
+    channel = circuit.channels_sid.get(event_add.sid) if event_add is not None else None
+    return channel is not None and channel.states[ca.CLIENT] is ca.CLOSED
+
+
 def _install_error_delivery() -> None:
-    """Deliver a server's ErrorResponse to the waiting ``_Reply`` (caproto ignores it otherwise)."""
+    """Deliver a server's ErrorResponse to the waiting ``_Reply`` (caproto ignores it otherwise), and
+    drop quietly what only a client on its way out receives (a monitor update for a channel it closed,
+    a reply after its callback threads stopped)."""
     global _hook_installed
     with _hook_lock:
         if _hook_installed:
@@ -226,6 +237,11 @@ def _install_error_delivery() -> None:
                             self.user_callback_executor.submit(callback, command)
                         except RuntimeError:  # the executor is shut down: the process is exiting, no one waits
                             return None
+            if isinstance(command, ca.EventAddResponse) and _for_a_closed_channel(self.circuit, command):
+                # A monitor update already in flight when the channel was cleared (the command closing
+                # its devices as it exits): nothing subscribes to it any more. Dropped quietly, instead of
+                # caproto logging an 'Invalid command ... in state CLOSED' warning with a traceback.
+                return None
             try:
                 return original(self, command)
             except RuntimeError as exc:
