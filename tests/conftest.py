@@ -63,3 +63,20 @@ def wait_for(predicate: Callable[[], object], timeout_s: float = 5.0, poll_s: fl
             return True
         time.sleep(poll_s)
     return bool(predicate())
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules marked ``slow`` run first, the longest first (the marker's ``seconds``: wall seconds the
+    module takes on 2 cores), each kept whole and in its own order.
+
+    xdist (``--dist loadfile --no-loadscope-reorder`` in pyproject.toml) hands whole modules to the
+    workers in collection order: started first, the longest modules (subprocesses, signals, servers)
+    run while the short ones fill in around them, instead of one of them running alone at the end.
+    """
+    seconds: dict[str, float] = {}
+    for item in items:
+        marker = item.get_closest_marker("slow")
+        if marker is not None:
+            module = item.nodeid.split("::")[0]
+            seconds[module] = max(seconds.get(module, 0.0), float(marker.kwargs.get("seconds", 1.0)))
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0.0))

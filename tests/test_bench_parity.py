@@ -18,6 +18,8 @@ from gainloop.catalog import Catalog
 from harness.faults._env import clean_env
 from harness.ioc import EXAMPLE_BENCH, twin_ioc
 
+pytestmark = pytest.mark.slow(seconds=55)  # one of the longest modules: it runs early (tests/conftest.py)
+
 TRIALS = 4
 
 

@@ -16,6 +16,8 @@ from harness.faults._env import listening
 from harness.ioc import caget, caput, twin_ioc
 from harness.signals import run_queue_trial, run_trial
 
+pytestmark = pytest.mark.slow(seconds=280)  # one of the longest modules: it runs early (tests/conftest.py)
+
 #: Wall seconds over which the moments are drawn after the shutter first opened (a plan pumping the
 #: sample; at time scale 1000 a scan lasts ~1 s, a three-trial campaign ~5 s).
 SPAN_S = {"measure": (0.0, 0.8), "campaign": (0.0, 4.0), "queue": (0.0, 0.8)}

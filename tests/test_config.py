@@ -12,6 +12,8 @@ from gainloop.config import ConfigError, load_config
 
 from .conftest import REPO
 
+pytestmark = pytest.mark.slow(seconds=45)  # one of the longest modules: it runs early (tests/conftest.py)
+
 
 def test_the_example_config_is_valid_and_gives_a_campaign_config():
     conf = load_config(REPO / "examples" / "gainloop.toml")

@@ -27,6 +27,8 @@ from harness.faults._env import PG_HOST, PG_PORT, clean_env, free_port, listenin
 from plans.measurements import ase_fluence_scan, vsl_scan
 from sim.devices import default_twin_bench_path, twin_bench_devices
 
+pytestmark = pytest.mark.slow(seconds=45)  # one of the longest modules: it runs early (tests/conftest.py)
+
 
 async def _pg(sql: str) -> None:
     import asyncpg

@@ -13,6 +13,8 @@ from sim.devices import default_twin_bench_path
 
 from .conftest import REPO
 
+pytestmark = pytest.mark.slow(seconds=80)  # one of the longest modules: it runs early (tests/conftest.py)
+
 
 def run(*args, env=None):
     return subprocess.run(

@@ -24,7 +24,7 @@ from gainloop.catalog import Catalog
 from gainloop.sweep import SweepError, parse_seeds, parse_strategies
 from twin.presets import default_presets_path
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=55)  # one of the longest modules: it runs early (tests/conftest.py)
 
 
 def _free_port() -> int:

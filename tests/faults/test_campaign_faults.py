@@ -20,6 +20,8 @@ from harness.faults.campaign import (
     scenario_three_sigints,
 )
 
+pytestmark = pytest.mark.slow(seconds=180)  # one of the longest modules: it runs early (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def sigkill(fault_env, tmp_path_factory):

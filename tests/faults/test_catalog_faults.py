@@ -6,7 +6,11 @@ server on the machine's PostgreSQL (skipped, naming it, when PostgreSQL is absen
 
 from __future__ import annotations
 
+import pytest
+
 from harness.faults.catalog import scenario_duplicate_ingestion, scenario_load, scenario_tiled_down_mid_run
+
+pytestmark = pytest.mark.slow(seconds=100)  # one of the longest modules: it runs early (tests/conftest.py)
 
 
 def test_server_down_mid_run_loses_no_document_once_the_backup_is_uploaded(run_scenario):

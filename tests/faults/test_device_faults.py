@@ -17,6 +17,8 @@ from harness.faults.devices import (
     scenario_stuck_motor,
 )
 
+pytestmark = pytest.mark.slow(seconds=70)  # one of the longest modules: it runs early (tests/conftest.py)
+
 
 def _failed(figures) -> list[str]:
     return [name for name, ok in figures.checks.items() if not ok]

@@ -16,6 +16,8 @@ import pytest
 from harness.faults import ServiceMissing
 from harness.faults.queueserver import scenario_manager_killed_redis_restarted
 
+pytestmark = pytest.mark.slow(seconds=45)  # one of the longest modules: it runs early (tests/conftest.py)
+
 
 def test_a_killed_manager_and_a_restarted_redis_lose_nothing_and_the_lost_item_is_reconciled(run_scenario):
     figures = run_scenario(scenario_manager_killed_redis_restarted)

@@ -42,6 +42,8 @@ from harness.faults._env import PG_HOST, PG_PORT, TiledServer, _wait_healthy, cl
 from harness.faults.queueserver import Manager
 from harness.ioc import EXAMPLE_BENCH, bound_addresses, caget, twin_ioc
 
+pytestmark = pytest.mark.slow(seconds=55)  # one of the longest modules: it runs early (tests/conftest.py)
+
 SAMPLE = "cas_doped-film"
 ITEM_S = 180.0
 CANARY = "canary" + secrets.token_hex(8)
