@@ -119,7 +119,9 @@ def test_a_stored_run_is_not_written_again_by_a_second_writer_or_a_replay(catalo
             replay(name, doc)
     assert first.skipped == [] and second.skipped == [uid] and replay.skipped == [uid]
     assert len(catalog.run(uid)["primary"].read()["det"]) == 5  # rows written once, not twice
-    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    # nothing said about it by the writers (ophyd's CA threads of an earlier module in this worker may still log)
+    writers = ("gainloop", "bluesky", "tiled", "bluesky_tiled_plugins", "httpx")
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.split(".")[0] in writers] == []
     assert sum("not written again" in r.getMessage() for r in caplog.records) == 2
     assert set(catalog.backup_dir.glob("*.jsonl")) == backups_before
 
