@@ -16,6 +16,7 @@ import typer
 
 from gainloop.cli_campaign import campaign_app, demo, report_cmd
 from gainloop.cli_catalog import catalog_app
+from gainloop.cli_common import process_ends_with_command
 from gainloop.cli_measure import list_plans, measure, replay_cmd
 from gainloop.cli_qserver import qserver_app
 from gainloop.cli_runs import runs
@@ -45,6 +46,7 @@ app.add_typer(campaign_app, name="campaign")
 
 def main() -> None:
     """Console-script entry point."""
+    process_ends_with_command()
     app()
 
 

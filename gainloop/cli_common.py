@@ -67,6 +67,7 @@ __all__ = [
     "opened_catalog",
     "pick",
     "print_json",
+    "process_ends_with_command",
     "reads_catalog",
     "with_error",
     "with_help",
@@ -361,7 +362,24 @@ def bench_command(fn):
             os._exit(143 if stop.signal_name == "SIGTERM" else 130)
         finally:
             for sig, handler in saved.items():
-                if signal.getsignal(sig) is _on_stop_signal:
+                # the gainloop process ends with the command: keep the signals ignored where the
+                # plan's end left them so (``run_plan(..., exit_on_interrupt=True)``); a command
+                # called from Python (a test's CliRunner, a notebook) gives its caller back the
+                # handlers it found -- an ignored SIGTERM would be inherited by every process the
+                # caller starts afterwards, which could then not be stopped with it
+                if not _process_ends_with_command or signal.getsignal(sig) is _on_stop_signal:
                     signal.signal(sig, handler)
 
     return command
+
+
+#: True in the ``gainloop`` console script (``cli.main``): the process exits when its command ends.
+_process_ends_with_command = False
+
+
+def process_ends_with_command() -> None:
+    """Say that this process is the ``gainloop`` command itself and exits when the command ends
+    (``cli.main``): a bench command then leaves Ctrl+C and SIGTERM ignored after its plan, so that
+    no traceback of the interpreter's shutdown follows its last line."""
+    global _process_ends_with_command
+    _process_ends_with_command = True

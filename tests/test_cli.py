@@ -185,3 +185,30 @@ def test_help_lists_every_command_and_group():
         "qserver",
         "campaign",
     ]
+
+
+def test_a_bench_command_called_from_python_gives_back_the_callers_signal_handlers(tmp_path, monkeypatch):
+    """The ``gainloop`` process ignores Ctrl+C and SIGTERM once its plan has ended (it exits next); a
+    command called from Python (CliRunner, a notebook) must not leave its caller so: an ignored
+    SIGTERM is inherited by every process the caller starts afterwards, which then cannot be stopped."""
+    import signal
+
+    from typer.testing import CliRunner
+
+    from gainloop.cli import app
+
+    monkeypatch.setenv("GAINLOOP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("GAINLOOP_CONFIG", raising=False)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    measured = CliRunner().invoke(
+        app, ["measure", "ase_point", "--sample", "cas_doped-film", "--fluence", "500", "--stripe-length", "1000"]
+    )
+    assert measured.exit_code == 0, measured.output
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        child.terminate()
+        assert child.wait(10) == -signal.SIGTERM
+    finally:
+        child.kill()
+        child.wait()

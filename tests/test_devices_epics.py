@@ -20,6 +20,7 @@ import itertools
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -507,7 +508,13 @@ def _stub_ioc(tmp_path, source: str, prefix: str, probe: str, monkeypatch):
             yield proc
         finally:
             proc.terminate()
-            proc.wait(10)
+            try:
+                stopped = proc.wait(10)
+            except subprocess.TimeoutExpired:
+                stopped = None
+                proc.kill()  # before its port goes back to the pool: the next IOC must find it free
+                proc.wait()
+            assert stopped == -signal.SIGTERM, f"the stub IOC did not stop on SIGTERM (exit status {stopped})"
 
 
 def _answers(pvname: str) -> bool:
