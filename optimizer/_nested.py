@@ -88,7 +88,7 @@ from core.trial import Proposal
 
 from ._base import NotEnoughDataError, Optimizer, _finite
 from ._cost import LabState
-from ._models import DTYPE, fit_gp, gp_hyperparameters, numerics
+from ._models import DTYPE, fit_gp, fit_gp_input_noise, gp_hyperparameters, numerics
 from ._space import DOPING, LENGTH, NESTED_DIMS, SearchSpace
 
 __all__ = ["NestedOptimizer"]
@@ -174,14 +174,20 @@ class NestedOptimizer(Optimizer):
 
     def training_data(self) -> dict[str, torch.Tensor]:
         """Tensors the models see: ``X`` (n x 2), ``Y`` = -ln threshold (n x 1), ``Yvar`` (n x 1),
-        ``X_infeasible`` (m x 2), and ``gnet`` rows when present."""
-        done = self._rows("completed")
-        X, Y, Yvar, G, Gvar, XG = [], [], [], [], [], []
+        ``X_sd`` (n x 2: the inputs' standard uncertainties, unit cube), ``X_infeasible`` (m x 2),
+        and ``gnet`` rows when present.
+
+        Inputs are the conditions as measured (``Optimizer.model_inputs``): a film's measured
+        doping, its measurement error in ``X_sd``'s doping column."""
+        done = [r for r in self._rows("completed") if self.model_inputs(r) is not None]
+        X, Xsd, Y, Yvar, G, Gvar, XG = [], [], [], [], [], [], []
         for r in done:
             thr = float(r.outcome["threshold_uJ_cm2"])
             err = _finite(r.outcome.get("threshold_err_uJ_cm2"))
             rel = self.default_rel_err if err is None else err / thr
-            X.append(self._unit(r.params))
+            x, sd = self.model_inputs(r)
+            X.append(x)
+            Xsd.append(sd)
             Y.append([-math.log(thr)])
             Yvar.append([max(rel, self.min_rel_err) ** 2])
             g = _finite(r.outcome.get("gnet_per_cm"))
@@ -190,7 +196,7 @@ class NestedOptimizer(Optimizer):
                 G.append([g])
                 ge = _finite(r.outcome.get("gnet_err_per_cm"))
                 Gvar.append([max(ge if ge is not None else 0.05 * abs(g), 1e-6 + 0.01 * abs(g)) ** 2])
-        inf = [self._unit(r.params) for r in self._rows("infeasible")]
+        inf = [m[0] for r in self._rows("infeasible") if (m := self.model_inputs(r)) is not None]
 
         def t(a, d=2):
             return torch.tensor(a, dtype=DTYPE) if a else torch.empty(0, d, dtype=DTYPE)
@@ -201,6 +207,7 @@ class NestedOptimizer(Optimizer):
             Yvt = Yvt.clamp_min(1e-5 * float(Yt.var()))
         return {
             "X": t(X),
+            "X_sd": t(Xsd),
             "Y": Yt,
             "Yvar": Yvt,
             "X_infeasible": t(inf),
@@ -276,7 +283,9 @@ class NestedOptimizer(Optimizer):
             lo, hi = self.space.doping_bounds
             width = self.cost.film_doping_tol / (hi - lo) if hi > lo else 1.0
             film = (1, max(width, 1e-4), self.film_rel_sd)
-        thr_gp, info = fit_gp(data["X"], data["Y"], data["Yvar"], maxiter=self.maxiter, film=film)
+        thr_gp, info, _ = fit_gp_input_noise(
+            data["X"], data["Y"], data["Yvar"], data["X_sd"], maxiter=self.maxiter, film=film
+        )
         messages += info.messages
         models = [thr_gp]
         index = {"threshold": 0}
