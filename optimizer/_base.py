@@ -329,12 +329,34 @@ class Optimizer:
         """Proposal params: the optimised values plus the space's fixed parameters."""
         return {**{k: float(v) for k, v in physical.items()}, **self.space.fixed}
 
+    def _as_made(self, physical: Mapping[str, float]) -> dict[str, float]:
+        """``physical`` with a doping asked for before replaced by the doping its film came out with.
+
+        A design or a grid plays several trials on one film by repeating its doping; once that
+        film has been made and measured (its ``observed`` doping differs from the request), the
+        next trials ask for the film as measured -- the film that exists -- not for a new one.
+        The latest measured film of that request counts; a film never measured (NaN) does not.
+        """
+        out = dict(physical)
+        d = _finite(out.get(DOPING))
+        if d is None or self.space.discrete:
+            return out
+        for r in sorted(self._results.values(), key=lambda r: -r.trial_index):
+            req, got = _finite(r.params.get(DOPING)), _finite(r.observed.get(DOPING))
+            if req is not None and got is not None and abs(req - d) <= 1e-9 and DOPING in r.observed_params:
+                lo, hi = self.space.doping_bounds
+                if lo <= got <= hi:  # a film outside the search space cannot be proposed: ask again
+                    out[DOPING] = got
+                break
+        return out
+
     def _proposal(self, trial_index: int, physical: Mapping[str, float], state: LabState, **fields: Any) -> Proposal:
-        """A proposal at ``physical`` (fixed parameters added) recording its cost from ``state``.
+        """A proposal at ``physical`` (fixed parameters added; a doping asked for before: the film it made,
+        ``_as_made``) recording its cost from ``state``.
 
         ``fields`` are the proposal's other fields (``predicted``, ``acquisition_value``).
         """
-        params = self._params(physical)
+        params = self._params(self._as_made(physical))
         return Proposal(
             trial_index=trial_index,
             params=params,
