@@ -61,6 +61,7 @@ on 2 cores (24 min measured on a shared machine); ``--seeds`` / ``--strategies``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -183,10 +184,14 @@ def run_one(
 
     if strategy == NO_SCATTER:
         film_scatter = 0.0
-    cfg = CampaignConfig(strategy=strategy if strategy in OURS + BASELINES else "nested", seed=seed, twin_seed=seed)
-    cfg.budget_lab_h = budget_h
+    cfg = CampaignConfig(
+        strategy=strategy if strategy in OURS + BASELINES else "nested",
+        seed=seed,
+        twin_seed=seed,
+        budget_lab_h=budget_h,
+    )  # (frozen: built whole)
     bench = _twin_bench(cfg.twin_seed, film_scatter)
-    cfg.material = campaign_material(cfg, bench)
+    cfg = dataclasses.replace(cfg, material=campaign_material(cfg, bench))
     films = campaign_films(cfg, bench)
     n_lib = len(bench.stage.library)
     clock = bench.lab_time_s
@@ -423,7 +428,13 @@ def main() -> None:
                 r = fut.result()
             except Exception as exc:  # a worker that died: recorded as an error, not reached
                 r = {"strategy": s, "seed": seed, "reached": False, "hit_lab_hours": None, "trials": 0}
-                r.update(suggest_wall_s=0.0, wall_s=0.0, stopped_by="error", error=f"{type(exc).__name__}: {exc}")
+                r.update(
+                    suggest_wall_s=0.0,
+                    wall_s=0.0,
+                    lab_hours=0.0,
+                    stopped_by="error",
+                    error=f"{type(exc).__name__}: {exc}",
+                )
             rows[s].append(r)
             if args.verbose:
                 hit = f"{r['hit_lab_hours']:.2f} h" if r["reached"] else "not reached"

@@ -381,7 +381,7 @@ def campaign(
         except (RequestAbort, RequestStop):
             raise
         except AbsorptionError as exc:
-            why = exc.reason
+            why = f"{exc.reason} ({exc.detail})"
         except Exception as exc:  # device faults, refused setpoints: the film is not measured either
             why = f"{type(exc).__name__}: {exc}"
         else:

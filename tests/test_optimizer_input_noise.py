@@ -176,3 +176,33 @@ def test_a_new_film_costs_its_measurement_too():
     assert cost.trial_cost_s(existing, state) == pytest.approx(base.trial_cost_s(existing, state))
     with pytest.raises(Exception, match="film_measurement_s"):
         CostModel(film_measurement_s=-1.0)
+
+
+@pytest.mark.parametrize("strategy", ["nested", "grid"])
+def test_a_design_repeats_its_film_as_it_came_out_not_the_request(strategy):
+    """The design (or grid) plays several trials on one film: once made and measured, the next trial
+    asks for that film at its measured doping (no new film), unless it could not be measured."""
+    opt = make_optimizer(strategy, SPACE, seed=0, cost=CostModel())
+    first = opt.suggest()[0]
+    d0 = first.params["doping"]
+    came_out = d0 - 0.1 if d0 > 1.0 else d0 + 0.1
+    opt.ingest(
+        TrialResult(
+            first.trial_index,
+            first.params,
+            outcome={"threshold_uJ_cm2": 120.0, "threshold_err_uJ_cm2": 4.0},
+            observed_params={"doping": came_out},
+            observed_err={"doping": 0.01},
+        )
+    )
+    second = opt.suggest()[0]
+    assert second.params["doping"] == pytest.approx(came_out)
+    assert second.expected_cost_s < 3600.0  # the film exists: no new one
+
+    unmeasured = make_optimizer(strategy, SPACE, seed=0, cost=CostModel())
+    p = unmeasured.suggest()[0]
+    unmeasured.ingest(
+        TrialResult(p.trial_index, p.params, "failed", reason="film not measured", observed_params={"doping": math.nan})
+    )
+    again = unmeasured.suggest()[0]
+    assert again.params["doping"] == pytest.approx(d0) and again.expected_cost_s > 6 * 3600.0
