@@ -173,3 +173,37 @@ def test_a_new_film_is_priced_with_its_measurement():
     assert cost.film_measurement_s == pytest.approx(absorption_lab_time_s(bench)) and cost.film_measurement_s > 0
     opt = campaign_optimizer(CampaignConfig(twin_seed=0), bench, campaign_films(CampaignConfig(), bench))
     assert opt.cost == cost
+
+
+def test_a_trial_judged_by_its_run_keeps_its_films_measurement(catalog, RE):
+    """The campaign died after trial 0's scan stopped, before its outcome was recorded: the resume
+    judges the trial by its run, whose start document carries the film's measured doping, and the
+    film is not measured again."""
+    from gainloop.campaign import prepare_campaign
+
+    def die_after_the_scan(point, trial_index):
+        if point == "measured" and trial_index == 0:
+            return _raise(RuntimeError("the process died here"))
+        return None
+
+    bench = twin_bench_devices(default_twin_bench_path(), seed=0)
+    prepared = prepare_campaign(catalog, _no_library_films(max_trials=2), bench=bench, fault_hook=die_after_the_scan)
+    RE.subscribe(catalog.campaign_writer())
+    with pytest.raises(RuntimeError, match="the process died here"):
+        RE(prepared.plan)
+    uid = prepared.campaign_uid
+    _, records, _, _ = rebuild_trials(catalog, uid)
+    (r0,) = records  # judged by its run: no outcome was recorded
+    assert r0.status == "completed" and r0.doping_measured and r0.absorption_uid
+    assert r0.requested_doping == pytest.approx(r0.params["doping"]) != r0.measured_doping
+    run_campaign(catalog, resume_uid=uid, budgets={"max_trials": 2})
+    _, records, _, _ = rebuild_trials(catalog, uid)
+    assert [r.sample_id for r in records] == [r0.sample_id] * 2
+    assert records[1].measured_doping == r0.measured_doping and records[1].absorption_uid == r0.absorption_uid
+    plans = [r.start["plan_name"] for r in _runs_of(catalog, uid)]
+    assert plans.count("absorption_spectrum") == 1
+
+
+def _raise(exc):
+    raise exc
+    yield  # a plan that raises
