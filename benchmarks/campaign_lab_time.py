@@ -338,6 +338,9 @@ def _stats(rows: list[dict], budget_h: float) -> dict:
         "best_at_hit_by_seed": [r.get("hit_best") for r in rows],
         "stopped_by": sorted({r["stopped_by"].split(" (")[0] for r in rows}),
         "films_per_seed": float(np.mean([r.get("films_made", 0) for r in rows])),
+        # not reached because the best measured lies more than tol *below* the optimum (a film better
+        # than the preset's: its thickness or loss scattered, or a lucky fit)
+        "seeds_below_band": int(sum(1 for r in rows if r.get("below_band") and not r["reached"])),
         "film_offset_rms": (
             float(np.sqrt(np.mean(np.square(offsets))))
             if (offsets := [o for r in rows for o in r.get("film_doping_offsets", [])])
@@ -559,11 +562,14 @@ def main() -> None:
             ("p75 lab h", "p75", "h"),
             ("trials/seed", "trials_per_seed", ".1f"),
             ("films made/seed", "films_per_seed", ".1f"),
+            ("not reached: below band", "seeds_below_band", "d0"),
             ("|film offset| rms, e/dot", "film_offset_rms", ".3f"),
         ):
             va, vb = a.get(key), b.get(key)
             if fmt == "h":
                 cells = [_fmt_h(v, v >= bud) for v in (va, vb)]
+            elif fmt == "d0":
+                cells = [str(v) for v in (va, vb)]
             elif fmt == "d":
                 cells = [f"{v}/{st['seeds']}" for v, st in ((va, a), (vb, b))]
             else:

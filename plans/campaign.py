@@ -326,8 +326,8 @@ def campaign(
             )
             trial_md["new_film"] = new_film
             film = measured.get(sample_id)
-            if new_film or (film is None and sample_id not in _library_ids):
-                film = yield from measure_film(sample_id, index, requested)
+            if new_film or (film is None and sample_id not in _library_ids):  # made here or in an earlier session
+                film = yield from measure_film(sample_id, index, float(bench.stage.library[sample_id].doping))
                 if film is None:  # never used blind
                     return (yield from film_failed(proposal, t_start, sample_id, new_film, requested))
             if film is not None:
@@ -373,8 +373,9 @@ def campaign(
         )
 
     def measure_film(sample_id: str, index: int, requested: float):
-        """The mounted new film's doping (``FilmDoping``), or None when it could not be measured
-        (the film is then unusable and the failure recorded in ``film_failures``)."""
+        """The mounted new film's doping (``FilmDoping``; ``requested``: what it was made to have, its
+        library doping), or None when it could not be measured (the film is then unusable and the
+        failure recorded in ``film_failures``)."""
         film_md = {"campaign_uid": campaign_uid, "film_trial_index": index, "requested_doping": requested}
         try:
             m = yield from measure_film_doping(bench, md=film_md)
