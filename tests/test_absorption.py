@@ -444,3 +444,34 @@ def test_an_abort_with_the_lamp_on_closes_it(presets, RE):
     RE.abort(reason="operator abort (test)")
     assert one(docs, "stop")["exit_status"] == "abort"
     assert bench.engine.state.lamp_shutter_open is False and bench.engine.state.shutter_open is False
+
+
+# ---------------------------------------------------------------- over Channel Access, on the twin's IOC
+def test_over_ca_the_measurement_is_the_in_process_one(RE, presets, control_layer):
+    """The same seed and the same operations give the same film and the same measurement over CA (the
+    IOC's engine) as in process; a lamp switched off is a failed measurement with the lamp closed."""
+    from harness.ioc import caget, caput
+
+    from .test_devices_epics import ioc_and_bench
+
+    with ioc_and_bench(control_layer, seed=7) as (ioc, bench):
+        bench.stage.request_film(6.0).wait(30)
+        film = bench.stage.sample.get()
+        over_ca = RE(measure_film_doping(bench)).plan_result
+        lab_time = caget(ioc.pv("SIM:LabTime"))
+        assert caget(ioc.pv("ABS:LampShutter")) == 0
+        caput(ioc.pv("ABS:LampOK"), 0)
+        with pytest.raises(AbsorptionError) as err:
+            RE(measure_film_doping(bench))
+        assert err.value.reason == "no_light"
+        assert caget(ioc.pv("ABS:LampShutter")) == 0 and caget(ioc.pv("PUMP:Shutter")) == 0
+        twin = twin_bench_devices(bench.config, seed=7, presets=presets)
+    twin.stage.request_film(6.0)
+    assert twin.stage.sample.get() == film
+    in_process = RE(measure_film_doping(twin)).plan_result
+    assert over_ca.doping_e_per_dot == pytest.approx(in_process.doping_e_per_dot, rel=1e-9)
+    assert over_ca.doping_err_e_per_dot == pytest.approx(in_process.doping_err_e_per_dot, rel=1e-9)
+    assert over_ca.uid != in_process.uid
+    assert lab_time == pytest.approx(twin.lab_time_s(), abs=1e-6)
+    truth = twin.film_truth(film).doping_e_per_dot
+    assert abs(in_process.doping_e_per_dot - truth) < 4 * in_process.doping_err_e_per_dot
