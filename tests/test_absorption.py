@@ -37,6 +37,8 @@ from twin.spectra import absorption_spectrum as twin_absorption_spectrum
 
 from .conftest import REPO
 
+pytestmark = pytest.mark.slow(seconds=60)  # CLI subprocesses and an IOC: it runs early (tests/conftest.py)
+
 BENCH_FILE = REPO / "examples" / "twin_bench.toml"
 FILM = "cas_doped-film"
 
@@ -475,3 +477,49 @@ def test_over_ca_the_measurement_is_the_in_process_one(RE, presets, control_laye
     assert lab_time == pytest.approx(twin.lab_time_s(), abs=1e-6)
     truth = twin.film_truth(film).doping_e_per_dot
     assert abs(in_process.doping_e_per_dot - truth) < 4 * in_process.doping_err_e_per_dot
+
+
+# ---------------------------------------------------------------- the command line
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "gainloop.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_gainloop_measure_absorption_prints_the_doping_and_stores_the_run(tmp_path):
+    import json
+
+    from gainloop.catalog import Catalog
+
+    proc = _cli("measure", "absorption", "--film", FILM, "--twin", "--data-dir", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["plan"] == "absorption_spectrum" and out["sample"] == FILM
+    assert out["doping_e_per_dot"] == pytest.approx(7.4, abs=5 * out["doping_err_e_per_dot"])
+    with Catalog(data_dir_path=tmp_path) as cat:
+        run = cat.run(out["uid"])
+        assert run.metadata["stop"]["exit_status"] == "success"
+        assert float(run["analysis"].read()["doping_e_per_dot"].values[0]) == pytest.approx(out["doping_e_per_dot"])
+    proc = _cli("replay", out["uid"][:8], "--data-dir", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == out
+    # the human-readable line: doping +- error, and the run's uid
+    proc = _cli("measure", "absorption", "--film", FILM, "--twin", "--data-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    shown = next(line for line in proc.stdout.splitlines() if line.startswith("doping_e_per_dot:"))
+    assert " +- " in shown and float(shown.split()[1]) == pytest.approx(7.4, abs=0.2)
+    assert any(line.startswith("uid: ") for line in proc.stdout.splitlines())
+
+
+def test_gainloop_measure_absorption_says_why_it_failed(tmp_path):
+    from gainloop.catalog import Catalog
+
+    # 40 s of white light fills the detector's wells
+    proc = _cli("measure", "absorption", "--film", FILM, "--twin", "-a", "exposure_s=40", "--data-dir", str(tmp_path))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "absorption measurement failed (saturated)" in proc.stderr.replace("\n", " ")
+    with Catalog(data_dir_path=tmp_path) as cat:
+        (uid,) = list(cat.client)
+        stop = cat.run(uid).metadata["stop"]
+        assert stop["exit_status"] == "fail" and "(saturated)" in stop["reason"]
