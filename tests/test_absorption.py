@@ -523,3 +523,31 @@ def test_gainloop_measure_absorption_says_why_it_failed(tmp_path):
         (uid,) = list(cat.client)
         stop = cat.run(uid).metadata["stop"]
         assert stop["exit_status"] == "fail" and "(saturated)" in stop["reason"]
+
+
+def test_the_doping_recovery_benchmark_prints_its_table_and_json():
+    import json
+
+    proc = _cli_script(REPO / "benchmarks" / "doping_recovery.py", "--films", "3", "--seed", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    out = json.loads(lines[-1])
+    assert len(out["films"]) == 3 and out["seed"] == 4
+    for key in (
+        "rms_pull",
+        "max_abs_pull",
+        "max_abs_error_e_per_dot",
+        "mean_stated_error_e_per_dot",
+        "lab_time_per_measurement_s",
+    ):
+        assert math.isfinite(out[key]), key
+    assert out["lab_time_per_measurement_s"] == out["lab_time_model_s"] == 7.0
+    assert out["max_abs_pull"] < 4 and out["mean_stated_error_e_per_dot"] < 0.05
+    assert any(line.startswith("film-003-") for line in lines[:-1])  # the readable table
+
+
+def _cli_script(path, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=300)
