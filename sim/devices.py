@@ -585,7 +585,9 @@ class TwinBenchDevices(Bench):
 
     def describe_sample(self, sample_id: str) -> dict:
         """``devices.Bench.describe_sample`` and, under ``twin``: the seed, the preset, the sample's
-        parameters as made (``TwinBench.sample_for``) and the optical setup."""
+        parameters as requested (``TwinBench.sample_for``: the preset with the entry's doping) and the
+        optical setup. A film made on request really is as drawn around that (``film_truth``): the truth
+        stays out of the run's metadata, as it would on a bench."""
         md = super().describe_sample(sample_id)
         entry = self.library_entry(sample_id)
         engine: TwinBench = self.engine

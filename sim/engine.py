@@ -359,7 +359,7 @@ class TwinBench:
             read = detector_counts(intensity, exp_s, noise, self.rng)
             counts, saturated = read.counts, read.saturated
         if self.lamp_lit():
-            counts, saturated = self._add_white_light(counts, saturated, entry, exp_s)
+            counts, saturated = self._add_white_light(counts, saturated, exp_s)
         if "saturated_detector" in self.state.faults:
             counts = np.full_like(counts, noise.full_well_counts)
             saturated = True
@@ -409,7 +409,7 @@ class TwinBench:
         entry = self.current()
         return absorption_model.neutral_absorbance(self.wavelength_nm, self.sample_for(entry), kind=entry.kind)
 
-    def _add_white_light(self, counts: np.ndarray, saturated: bool, entry: LibraryEntry, exp_s: float):
+    def _add_white_light(self, counts: np.ndarray, saturated: bool, exp_s: float):
         """The white light through the film (or beside it), shot noise included, added to a read's counts."""
         od = self.film_absorbance() if self.state.sample_in_beam else None
         rate = absorption_model.transmitted_counts_per_s(

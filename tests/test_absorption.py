@@ -37,6 +37,8 @@ from twin.spectra import absorption_spectrum as twin_absorption_spectrum
 
 from .conftest import REPO
 
+pytestmark = pytest.mark.slow(seconds=60)  # CLI subprocesses and an IOC: it runs early (tests/conftest.py)
+
 BENCH_FILE = REPO / "examples" / "twin_bench.toml"
 FILM = "cas_doped-film"
 
@@ -444,3 +446,108 @@ def test_an_abort_with_the_lamp_on_closes_it(presets, RE):
     RE.abort(reason="operator abort (test)")
     assert one(docs, "stop")["exit_status"] == "abort"
     assert bench.engine.state.lamp_shutter_open is False and bench.engine.state.shutter_open is False
+
+
+# ---------------------------------------------------------------- over Channel Access, on the twin's IOC
+def test_over_ca_the_measurement_is_the_in_process_one(RE, presets, control_layer):
+    """The same seed and the same operations give the same film and the same measurement over CA (the
+    IOC's engine) as in process; a lamp switched off is a failed measurement with the lamp closed."""
+    from harness.ioc import caget, caput
+
+    from .test_devices_epics import ioc_and_bench
+
+    with ioc_and_bench(control_layer, seed=7) as (ioc, bench):
+        bench.stage.request_film(6.0).wait(30)
+        film = bench.stage.sample.get()
+        over_ca = RE(measure_film_doping(bench)).plan_result
+        lab_time = caget(ioc.pv("SIM:LabTime"))
+        assert caget(ioc.pv("ABS:LampShutter")) == 0
+        caput(ioc.pv("ABS:LampOK"), 0)
+        with pytest.raises(AbsorptionError) as err:
+            RE(measure_film_doping(bench))
+        assert err.value.reason == "no_light"
+        assert caget(ioc.pv("ABS:LampShutter")) == 0 and caget(ioc.pv("PUMP:Shutter")) == 0
+        twin = twin_bench_devices(bench.config, seed=7, presets=presets)
+    twin.stage.request_film(6.0)
+    assert twin.stage.sample.get() == film
+    in_process = RE(measure_film_doping(twin)).plan_result
+    assert over_ca.doping_e_per_dot == pytest.approx(in_process.doping_e_per_dot, rel=1e-9)
+    assert over_ca.doping_err_e_per_dot == pytest.approx(in_process.doping_err_e_per_dot, rel=1e-9)
+    assert over_ca.uid != in_process.uid
+    assert lab_time == pytest.approx(twin.lab_time_s(), abs=1e-6)
+    truth = twin.film_truth(film).doping_e_per_dot
+    assert abs(in_process.doping_e_per_dot - truth) < 4 * in_process.doping_err_e_per_dot
+
+
+# ---------------------------------------------------------------- the command line
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "gainloop.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_gainloop_measure_absorption_prints_the_doping_and_stores_the_run(tmp_path):
+    import json
+
+    from gainloop.catalog import Catalog
+
+    proc = _cli("measure", "absorption", "--film", FILM, "--twin", "--data-dir", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["plan"] == "absorption_spectrum" and out["sample"] == FILM
+    assert out["doping_e_per_dot"] == pytest.approx(7.4, abs=5 * out["doping_err_e_per_dot"])
+    with Catalog(data_dir_path=tmp_path) as cat:
+        run = cat.run(out["uid"])
+        assert run.metadata["stop"]["exit_status"] == "success"
+        assert float(run["analysis"].read()["doping_e_per_dot"].values[0]) == pytest.approx(out["doping_e_per_dot"])
+    proc = _cli("replay", out["uid"][:8], "--data-dir", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == out
+    # the human-readable line: doping +- error, and the run's uid
+    proc = _cli("measure", "absorption", "--film", FILM, "--twin", "--data-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    shown = next(line for line in proc.stdout.splitlines() if line.startswith("doping_e_per_dot:"))
+    assert " +- " in shown and float(shown.split()[1]) == pytest.approx(7.4, abs=0.2)
+    assert any(line.startswith("uid: ") for line in proc.stdout.splitlines())
+
+
+def test_gainloop_measure_absorption_says_why_it_failed(tmp_path):
+    from gainloop.catalog import Catalog
+
+    # 40 s of white light fills the detector's wells
+    proc = _cli("measure", "absorption", "--film", FILM, "--twin", "-a", "exposure_s=40", "--data-dir", str(tmp_path))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "absorption measurement failed (saturated)" in proc.stderr.replace("\n", " ")
+    with Catalog(data_dir_path=tmp_path) as cat:
+        (uid,) = list(cat.client)
+        stop = cat.run(uid).metadata["stop"]
+        assert stop["exit_status"] == "fail" and "(saturated)" in stop["reason"]
+
+
+def test_the_doping_recovery_benchmark_prints_its_table_and_json():
+    import json
+
+    proc = _cli_script(REPO / "benchmarks" / "doping_recovery.py", "--films", "3", "--seed", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    out = json.loads(lines[-1])
+    assert len(out["films"]) == 3 and out["seed"] == 4
+    for key in (
+        "rms_pull",
+        "max_abs_pull",
+        "max_abs_error_e_per_dot",
+        "mean_stated_error_e_per_dot",
+        "lab_time_per_measurement_s",
+    ):
+        assert math.isfinite(out[key]), key
+    assert out["lab_time_per_measurement_s"] == out["lab_time_model_s"] == 7.0
+    assert out["max_abs_pull"] < 4 and out["mean_stated_error_e_per_dot"] < 0.05
+    assert any(line.startswith("film-003-") for line in lines[:-1])  # the readable table
+
+
+def _cli_script(path, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=300)
