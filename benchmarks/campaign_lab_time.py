@@ -42,7 +42,16 @@ Prints a table and the ratios (targets: ours <= 0.5x the best peer, <= 0.25x the
 with ``--json``, one JSON object on the last line keyed by strategy: ``median_lab_hours``,
 ``p25``, ``p75``, ``reached`` (seeds within tol), ``seeds``, ``budget_lab_h``, and for
 ours ``ratio_to_best_peer``, ``ratio_to_grid`` (ratios of medians; ``ratio_is_bound``
-says which denominators are censored at the budget, making the ratio an upper bound).
+says which denominators are censored at the budget, making the ratio an upper bound);
+``nested_no_scatter`` (the same statistics without doping scatter), ``film_scatter`` (e/dot),
+``nested_scatter_median_lab_h`` and ``nested_no_scatter_median_lab_h``.
+
+Films as they come out (``--film-scatter``, electrons/dot; default the twin's
+``[twin] film_doping_spread``, 0.1): every campaign runs on a twin whose new films' true
+doping scatters by that much around the request (each new film measured by its absorption
+before its first trial, the optimiser modelling the measured doping), and the nested strategy
+runs once more with no doping scatter (``nested_no_scatter``); the two are printed side by
+side. The films' thickness and loss scatter as the bench file says in both.
 
 Seeds run in parallel worker processes (``--workers``; one BLAS / torch thread each).
 The default run (7 strategies x 10 seeds, 48 lab h) takes ~29 CPU-minutes: ~15-25 min
@@ -52,6 +61,7 @@ on 2 cores (24 min measured on a shared machine); ``--seeds`` / ``--strategies``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -79,7 +89,31 @@ LABELS = {
     "ax": "Ax Client",
     "xopt": "Xopt (EI generator)",
     "blop": "blop optimize (Ax)",
+    "nested_no_scatter": "ours (nested), no scatter",
 }
+#: The nested strategy again on films exactly as requested (no doping scatter).
+NO_SCATTER = "nested_no_scatter"
+
+
+def twin_film_scatter() -> float:
+    """The twin's doping spread of a new film (electrons/dot): its bench file's ``[twin] film_doping_spread``."""
+    from devices.config import load_bench
+    from sim.devices import default_twin_bench_path
+
+    return float(load_bench(default_twin_bench_path()).twin.film_doping_spread)
+
+
+def _twin_bench(seed: int, film_scatter: float | None):
+    """The twin's bench (in-process devices) with new films' doping spread ``film_scatter`` (None: the file's)."""
+    from devices.config import load_bench
+    from sim.devices import default_twin_bench_path, twin_bench_devices
+
+    cfg = load_bench(default_twin_bench_path())
+    if film_scatter is not None:
+        cfg = cfg.model_copy(update={"twin": cfg.twin.model_copy(update={"film_doping_spread": float(film_scatter)})})
+    return twin_bench_devices(cfg, seed=seed)
+
+
 SAMPLE = "cas_doped"
 PEER_TARGET, GRID_TARGET = 0.5, 0.25
 
@@ -129,20 +163,35 @@ def _setup_worker(quiet: bool) -> None:
 
 
 def run_one(
-    strategy: str, seed: int, budget_h: float, tol: float, opt_thr: float, max_wall_s: float | None, quiet: bool = True
+    strategy: str,
+    seed: int,
+    budget_h: float,
+    tol: float,
+    opt_thr: float,
+    max_wall_s: float | None,
+    quiet: bool = True,
+    film_scatter: float | None = None,
 ) -> dict:
-    """One campaign on a fresh twin; lab hours at the first best within ``tol`` of ``opt_thr``."""
+    """One campaign on a fresh twin; lab hours at the first best within ``tol`` of ``opt_thr``.
+
+    ``film_scatter``: new films' doping spread (electrons/dot; None: the bench file's);
+    ``strategy`` ``NO_SCATTER`` is the nested strategy with none."""
     _setup_worker(quiet)
     from bluesky import RunEngine
 
     from gainloop.campaign import CampaignConfig, campaign_films, campaign_material, campaign_optimizer
     from plans.campaign import campaign
-    from sim.devices import default_twin_bench_path, twin_bench_devices
 
-    cfg = CampaignConfig(strategy=strategy if strategy in OURS + BASELINES else "nested", seed=seed, twin_seed=seed)
-    cfg.budget_lab_h = budget_h
-    bench = twin_bench_devices(default_twin_bench_path(), seed=cfg.twin_seed)
-    cfg.material = campaign_material(cfg, bench)
+    if strategy == NO_SCATTER:
+        film_scatter = 0.0
+    cfg = CampaignConfig(
+        strategy=strategy if strategy in OURS + BASELINES else "nested",
+        seed=seed,
+        twin_seed=seed,
+        budget_lab_h=budget_h,
+    )  # (frozen: built whole)
+    bench = _twin_bench(cfg.twin_seed, film_scatter)
+    cfg = dataclasses.replace(cfg, material=campaign_material(cfg, bench))
     films = campaign_films(cfg, bench)
     n_lib = len(bench.stage.library)
     clock = bench.lab_time_s
@@ -158,6 +207,7 @@ def run_one(
         "stopped_by": "",
         "suggest_wall_s": 0.0,
         "error": "",
+        "film_scatter": float(bench.config.twin.film_doping_spread),
     }
     t0 = time.perf_counter()
 
@@ -252,6 +302,12 @@ def run_one(
             out["error"] = f"{type(exc).__name__}: {exc}"[:300]
     out["wall_s"] = time.perf_counter() - t0
     out["films_made"] = len(bench.stage.library) - n_lib
+    made = [sid for sid in bench.stage.library if sid not in {e.id for e in bench.config.stage.library}]
+    # how far the films came out from the request (electrons/dot): the twin's hidden truth
+    out["film_doping_offsets"] = [
+        float(bench.engine.film_truth(sid).doping_e_per_dot - bench.engine.film_truth(sid).requested_doping_e_per_dot)
+        for sid in made
+    ]
     return out
 
 
@@ -281,6 +337,16 @@ def _stats(rows: list[dict], budget_h: float) -> dict:
         "spurious_hits": int(sum(r.get("spurious_hits", 0) for r in rows)),
         "best_at_hit_by_seed": [r.get("hit_best") for r in rows],
         "stopped_by": sorted({r["stopped_by"].split(" (")[0] for r in rows}),
+        "films_per_seed": float(np.mean([r.get("films_made", 0) for r in rows])),
+        # not reached because the best measured lies more than tol *below* the optimum (a film better
+        # than the preset's: its thickness or loss scattered, or a lucky fit)
+        "seeds_below_band": int(sum(1 for r in rows if r.get("below_band") and not r["reached"])),
+        "film_offset_rms": (
+            float(np.sqrt(np.mean(np.square(offsets))))
+            if (offsets := [o for r in rows for o in r.get("film_doping_offsets", [])])
+            else None
+        ),
+        "film_scatter": rows[0].get("film_scatter") if rows else None,
     }
 
 
@@ -307,6 +373,13 @@ def main() -> None:
         default=30.0,
         help="wall-time cap of a joint campaign, s (one ~4 lab-s acquisition per trial: it cannot cover lab hours)",
     )
+    parser.add_argument(
+        "--film-scatter",
+        type=float,
+        default=None,
+        help="doping spread of a new film around the request, electrons/dot (default: the twin's [twin] "
+        "film_doping_spread); the nested strategy also runs without scatter, side by side",
+    )
     parser.add_argument("--verbose", action="store_true", help="one line per finished campaign on stderr")
     parser.add_argument("--worker-stderr", action="store_true", help="keep the workers' stderr (Ax logs, tracebacks)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
@@ -326,6 +399,11 @@ def main() -> None:
             except Exception as exc:
                 unavailable[s] = f"{type(exc).__name__}: {exc} (pip install -e '.[bench]')"
     runnable = [s for s in strategies if s not in unavailable]
+    scatter = twin_film_scatter() if args.film_scatter is None else float(args.film_scatter)
+    if not (math.isfinite(scatter) and 0 <= scatter <= 2):
+        parser.error(f"--film-scatter must be 0 to 2 electrons/dot, got {args.film_scatter!r}")
+    if "nested" in runnable:
+        runnable.insert(runnable.index("nested") + 1, NO_SCATTER)
 
     import multiprocessing as mp
 
@@ -343,6 +421,7 @@ def main() -> None:
                 opt_thr,
                 (args.joint_max_wall_s if s == "joint" else args.max_wall_s) or None,
                 not args.worker_stderr,
+                scatter,
             ): (s, seed)
             for s, seed in jobs
         }
@@ -352,7 +431,13 @@ def main() -> None:
                 r = fut.result()
             except Exception as exc:  # a worker that died: recorded as an error, not reached
                 r = {"strategy": s, "seed": seed, "reached": False, "hit_lab_hours": None, "trials": 0}
-                r.update(suggest_wall_s=0.0, wall_s=0.0, stopped_by="error", error=f"{type(exc).__name__}: {exc}")
+                r.update(
+                    suggest_wall_s=0.0,
+                    wall_s=0.0,
+                    lab_hours=0.0,
+                    stopped_by="error",
+                    error=f"{type(exc).__name__}: {exc}",
+                )
             rows[s].append(r)
             if args.verbose:
                 hit = f"{r['hit_lab_hours']:.2f} h" if r["reached"] else "not reached"
@@ -462,6 +547,39 @@ def main() -> None:
                 for s in spurious
             )
         )
+    if "nested" in stats and NO_SCATTER in stats:
+        print()
+        print(f"Nested strategy, new films' doping scattered by {scatter:g} electrons/dot vs none (side by side):")
+        head2 = f"{'':28s}{'scatter ' + format(scatter, 'g'):>16s}{'no scatter':>16s}"
+        print(head2)
+        print("-" * len(head2))
+        a, b = stats["nested"], stats[NO_SCATTER]
+        bud = args.budget_hours
+        for label, key, fmt in (
+            ("reached", "reached", "d"),
+            ("median lab h", "median_lab_hours", "h"),
+            ("p25 lab h", "p25", "h"),
+            ("p75 lab h", "p75", "h"),
+            ("trials/seed", "trials_per_seed", ".1f"),
+            ("films made/seed", "films_per_seed", ".1f"),
+            ("not reached: below band", "seeds_below_band", "d0"),
+            ("|film offset| rms, e/dot", "film_offset_rms", ".3f"),
+        ):
+            va, vb = a.get(key), b.get(key)
+            if fmt == "h":
+                cells = [_fmt_h(v, v >= bud) for v in (va, vb)]
+            elif fmt == "d0":
+                cells = [str(v) for v in (va, vb)]
+            elif fmt == "d":
+                cells = [f"{v}/{st['seeds']}" for v, st in ((va, a), (vb, b))]
+            else:
+                cells = ["-" if v is None else format(v, fmt) for v in (va, vb)]
+            print(f"{label:28s}{cells[0]:>16s}{cells[1]:>16s}")
+        stats["film_scatter"] = scatter
+        stats["nested_scatter_median_lab_h"] = a["median_lab_hours"]
+        stats["nested_no_scatter_median_lab_h"] = b["median_lab_hours"]
+    else:
+        stats["film_scatter"] = scatter
     print(f"total wall time: {total_wall:.0f} s on {args.workers} worker(s)")
     if args.json:
         print(json.dumps(stats))

@@ -37,10 +37,13 @@ from typing import Any
 from core.errors import ParameterError
 
 __all__ = [
+    "FILM_COLUMNS",
+    "FILM_NOT_MEASURED",
     "OUTCOME_COLUMNS",
     "PARAM_COLUMNS",
     "PREDICTED_COLUMNS",
     "STATUSES",
+    "FilmDoping",
     "Proposal",
     "TrialRecord",
     "TrialResult",
@@ -131,6 +134,14 @@ class TrialResult:
     optionally ``gnet_per_cm`` (with ``gnet_err_per_cm``); joint trials:
     ``counts_per_s`` (spectrally integrated), optionally ``fwhm_nm``, ``exposure_s``.
     ``reason`` says why a trial is not ``completed``. ``lab_time_s``: lab seconds it took.
+
+    ``observed_params`` -- the conditions as they were measured, where they differ from the
+    requested ``params`` (e.g. ``{"doping": 7.71}``: the film's doping as its absorption
+    measured it, electrons/dot); a NaN value means "not known" (a new film whose absorption
+    could not be measured: the trial gives no film and no data point). Empty: as requested.
+    ``observed_err`` -- one standard uncertainty per observed parameter, in its units
+    (e.g. ``{"doping": 0.03}``); a parameter without one is taken as exact.
+    ``observed`` merges the two views: what the optimiser models.
     """
 
     trial_index: int
@@ -139,6 +150,8 @@ class TrialResult:
     outcome: dict = field(default_factory=dict)
     reason: str = ""
     lab_time_s: float = 0.0
+    observed_params: dict = field(default_factory=dict)
+    observed_err: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trial_index", _index(self.trial_index))
@@ -156,9 +169,24 @@ class TrialResult:
         except (TypeError, ValueError):
             lab = math.nan
         object.__setattr__(self, "lab_time_s", lab)
+        for name in ("observed_params", "observed_err"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise ParameterError(f"trial {name} must be a mapping, got {type(value).__name__}")
+            object.__setattr__(self, name, {str(k): _number(v) for k, v in value.items()})
+
+    @property
+    def observed(self) -> dict:
+        """The parameters as measured: ``params`` with ``observed_params`` on top (NaN: not known)."""
+        return {**self.params, **self.observed_params}
+
+    def observed_sd(self, name: str) -> float:
+        """Standard uncertainty of the observed ``name`` (0 when exact or as requested; NaN stays NaN)."""
+        v = self.observed_err.get(name, 0.0)
+        return 0.0 if v is None else float(v)
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "trial_index": self.trial_index,
             "params": _jsonable(self.params),
             "status": self.status,
@@ -166,6 +194,10 @@ class TrialResult:
             "reason": self.reason,
             "lab_time_s": _jsonable(self.lab_time_s),
         }
+        if self.observed_params or self.observed_err:  # as before when nothing was observed apart
+            out["observed_params"] = _jsonable(self.observed_params)
+            out["observed_err"] = _jsonable(self.observed_err)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrialResult:
@@ -178,6 +210,10 @@ class TrialResult:
             outcome=outcome,
             reason=d.get("reason", ""),
             lab_time_s=d.get("lab_time_s", 0.0),
+            observed_params={
+                k: (math.nan if v is None else v) for k, v in dict(d.get("observed_params") or {}).items()
+            },
+            observed_err={k: (math.nan if v is None else v) for k, v in dict(d.get("observed_err") or {}).items()},
         )
 
 
@@ -197,6 +233,9 @@ OUTCOME_COLUMNS = (
     "measured_fluence_uJ_cm2",
     "exposure_s",
 )
+#: A trial's film doping (electrons/dot), one column each in the ``outcomes`` stream (NaN where
+#: absent): requested, measured by the film's absorption, and the measurement's standard uncertainty.
+FILM_COLUMNS = ("requested_doping", "measured_doping", "measured_doping_err")
 #: The model's predictions at a proposal, columns ``predicted_<name>`` of the ``proposals`` stream.
 PREDICTED_COLUMNS = ("threshold_uJ_cm2", "threshold_err_uJ_cm2", "p_lasing")
 
@@ -275,6 +314,31 @@ def proposal_from_row(row: Mapping[str, Any]) -> Proposal:
     )
 
 
+#: The start of a failed trial's reason when its new film's doping could not be measured.
+FILM_NOT_MEASURED = "film not measured"
+
+
+@dataclass(frozen=True)
+class FilmDoping:
+    """A film's doping as its absorption measured it: ``doping`` and its standard uncertainty
+    ``doping_err`` (electrons/dot), the doping ``requested`` when it was made (NaN if unknown) and
+    the absorption run's uid."""
+
+    doping: float
+    doping_err: float
+    requested: float = math.nan
+    absorption_uid: str = ""
+
+    def as_dict(self) -> dict:
+        """The ``TrialRecord`` fields it fills (JSON-able: a non-finite number is left out)."""
+        out = {
+            "requested_doping": _number(self.requested),
+            "measured_doping": _number(self.doping),
+            "measured_doping_err": _number(self.doping_err),
+        }
+        return {**{k: v for k, v in out.items() if math.isfinite(v)}, "absorption_uid": str(self.absorption_uid)}
+
+
 @dataclass(frozen=True)
 class TrialRecord:
     """One trial, whole: what was proposed, what came back, on which film, in which run, at what lab time.
@@ -286,6 +350,17 @@ class TrialRecord:
     ``run_uid`` -- its measurement run ("" if none opened); ``campaign_lab_time_s`` -- the
     campaign's lab seconds used when the trial ended; ``best_threshold_uJ_cm2`` -- the
     campaign's best measured threshold then (NaN if none yet).
+
+    The film's doping (electrons/dot), ``FILM_COLUMNS``: ``requested_doping`` -- what the
+    campaign asked the film to have (the proposal's doping; NaN in records older than these
+    columns); ``measured_doping`` and ``measured_doping_err`` -- what the film's absorption
+    measured, with its standard uncertainty (NaN when not measured: a library film of known
+    doping, or a new film whose measurement failed); ``absorption_uid`` -- the absorption run
+    that measured it ("" if none; a film measured for an earlier trial carries that run's uid).
+
+    ``result`` is what the optimiser ingests: a measured doping is its ``observed_params``
+    (with ``observed_err``); a new film of a record with a requested doping but no measured
+    one was never measured, so its doping is unknown (NaN): it gives no film and no data point.
     """
 
     proposal: Proposal
@@ -298,6 +373,10 @@ class TrialRecord:
     run_uid: str = ""
     campaign_lab_time_s: float = math.nan
     best_threshold_uJ_cm2: float = math.nan
+    requested_doping: float = math.nan
+    measured_doping: float = math.nan
+    measured_doping_err: float = math.nan
+    absorption_uid: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.proposal, Proposal):
@@ -311,6 +390,14 @@ class TrialRecord:
         object.__setattr__(self, "run_uid", str(self.run_uid or ""))
         object.__setattr__(self, "campaign_lab_time_s", _number(self.campaign_lab_time_s))
         object.__setattr__(self, "best_threshold_uJ_cm2", _number(self.best_threshold_uJ_cm2))
+        for name in ("requested_doping", "measured_doping", "measured_doping_err"):
+            object.__setattr__(self, name, _number(getattr(self, name)))
+        object.__setattr__(self, "absorption_uid", str(self.absorption_uid or ""))
+
+    @property
+    def doping_measured(self) -> bool:
+        """The film's doping was measured (a finite ``measured_doping``)."""
+        return math.isfinite(self.measured_doping)
 
     @property
     def trial_index(self) -> int:
@@ -322,7 +409,13 @@ class TrialRecord:
 
     @property
     def result(self) -> TrialResult:
-        """What the optimiser ingests."""
+        """What the optimiser ingests: the measured doping, when there is one, as observed (class doc)."""
+        observed, err = {}, {}
+        if self.doping_measured:
+            observed["doping"] = self.measured_doping
+            err["doping"] = self.measured_doping_err if math.isfinite(self.measured_doping_err) else 0.0
+        elif self.new_film and math.isfinite(self.requested_doping):
+            observed["doping"] = math.nan  # made and never measured: its doping is not known
         return TrialResult(
             trial_index=self.proposal.trial_index,
             params=self.proposal.params,
@@ -330,6 +423,8 @@ class TrialRecord:
             outcome=self.outcome,
             reason=self.reason,
             lab_time_s=self.lab_time_s,
+            observed_params=observed,
+            observed_err=err,
         )
 
     def as_dict(self) -> dict:
@@ -343,12 +438,15 @@ class TrialRecord:
             "run_uid": self.run_uid,
             "campaign_lab_time_s": _jsonable(self.campaign_lab_time_s),
             "best_threshold_uJ_cm2": _jsonable(self.best_threshold_uJ_cm2),
+            **{c: _jsonable(getattr(self, c)) for c in FILM_COLUMNS},
+            "absorption_uid": self.absorption_uid,
         }
 
     def to_row(self) -> dict:
         """One event of the ``outcomes`` stream: typed columns (``PARAM_COLUMNS``, ``OUTCOME_COLUMNS``,
-        status, reason, film, run, lab times), anything else as JSON in ``params_extra`` / ``outcome_extra``.
-        Every record gives the same keys, so the stream has one descriptor."""
+        status, reason, film, run, lab times, ``FILM_COLUMNS`` and ``absorption_uid``), anything else as
+        JSON in ``params_extra`` / ``outcome_extra``. Every record gives the same keys, so the stream has
+        one descriptor."""
         params, params_extra = _split(self.proposal.params, PARAM_COLUMNS)
         outcome, outcome_extra = _split(self.outcome, OUTCOME_COLUMNS)
         return {
@@ -363,6 +461,8 @@ class TrialRecord:
             "lab_time_s": self.lab_time_s,
             "campaign_lab_time_s": self.campaign_lab_time_s,
             "best_threshold_uJ_cm2": self.best_threshold_uJ_cm2,
+            **{c: getattr(self, c) for c in FILM_COLUMNS},
+            "absorption_uid": self.absorption_uid,
             "params_extra": _dumps(params_extra),
             "outcome_extra": _dumps(outcome_extra),
         }
@@ -372,7 +472,7 @@ class TrialRecord:
         """Inverse of ``to_row``; ``proposal``: the stored proposal of this trial, if the
         ``proposals`` stream has it (its predictions and cost), else one rebuilt from the row.
         Also reads the records of older versions (JSON ``params`` / ``outcome``, ``trial_lab_time_s``
-        and ``lab_time_used_s``)."""
+        and ``lab_time_used_s``; no ``FILM_COLUMNS``: NaN, nothing measured)."""
         if "params" in row:  # a record written before typed columns
             params, outcome = _loads(row["params"]), _loads(row.get("outcome"))
             outcome = {k: (math.nan if v is None else v) for k, v in outcome.items()}
@@ -397,6 +497,8 @@ class TrialRecord:
             run_uid=str(row.get("run_uid", "") or ""),
             campaign_lab_time_s=_number(used_s),
             best_threshold_uJ_cm2=_number(row.get("best_threshold_uJ_cm2", math.nan)),
+            **{c: _number(row.get(c, math.nan)) for c in FILM_COLUMNS},
+            absorption_uid=str(row.get("absorption_uid", "") or ""),
         )
 
 

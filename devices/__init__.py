@@ -19,6 +19,7 @@ from .bench import (
     Spectrometer,
     StripeSlit,
     TransientAbsorption,
+    WhiteLight,
     connect_bench,
 )
 from .config import BenchConfig, BenchConfigError, LibraryEntry, load_bench, parse_bench
@@ -43,6 +44,7 @@ __all__ = [
     "Spectrometer",
     "StripeSlit",
     "TransientAbsorption",
+    "WhiteLight",
     "connect_bench",
     "load_bench",
     "parse_bench",

@@ -50,6 +50,8 @@ UNITS: dict[str, str] = {
     "delay": "ps",
     "pump_excitons": "excitons/dot",
     "signal": "1",
+    "neutral_absorbance": "OD",
+    "neutral_1s_absorbance": "OD",
 }
 
 Check = Callable[[object, BenchConfig], None]

@@ -22,6 +22,11 @@ Component names (and units) - the interface plans rely on:
 * ``ta`` (``TransientAbsorption``): ``delay`` (ps), ``pump_excitons``
   (excitons/dot), ``trigger()``, ``signal`` (d(alpha)/alpha0, unit 1)
 * ``interlock`` (``Interlock``): ``permit`` (0/1), ``message``
+* ``lamp`` (``WhiteLight``): the white-light source of the absorption measurement, read by
+  the same spectrometer: ``shutter`` (0/1), ``ok`` (0/1, the lamp lit), ``sample_in`` (0/1:
+  the mounted film in the white-light beam, or the beam beside it for the reference),
+  ``neutral_absorbance`` and ``neutral_1s_absorbance`` (OD on the spectrometer's axis: the
+  neutral reference of the mounted film's dots and its 1S band; zeros when there is none)
 
 How faults surface: a setpoint outside the bench file's limits (or NaN) raises
 ``LimitError`` before anything is sent; a setpoint the IOC refuses fails the
@@ -82,6 +87,7 @@ __all__ = [
     "Spectrometer",
     "StripeSlit",
     "TransientAbsorption",
+    "WhiteLight",
     "connect_bench",
 ]
 
@@ -515,6 +521,25 @@ class Interlock(BenchDevice):
     message = FCpt(BenchSignalRO, "{_pv[message]}", string=True, kind="omitted")
 
 
+class WhiteLight(BenchDevice):
+    """The white-light source of the linear absorption measurement (its light goes to the same spectrometer).
+
+    ``shutter`` (1 = light on the sample path), ``ok`` (1 while the lamp is lit: a burnt-out or
+    unpowered lamp reads 0), ``sample_in`` (1: the mounted film is in the white-light beam; 0: the
+    beam passes beside it through the bare substrate, the reference; a put completes when moved),
+    ``neutral_absorbance`` / ``neutral_1s_absorbance``: the bench's neutral reference of the mounted
+    film's dots (absorbance, OD, on the spectrometer's axis) and its 1S band, all zeros when the bench
+    has none for it.
+    """
+
+    _section = "absorption"
+    shutter = FCpt(BenchSignal, "{_pv[lamp_shutter]}", check=check_flag, kind="normal")
+    ok = FCpt(BenchSignalRO, "{_pv[lamp_ok]}", kind="normal")
+    sample_in = FCpt(BenchSignal, "{_pv[sample_in]}", check=check_flag, kind="normal")
+    neutral_absorbance = FCpt(BenchSignalRO, "{_pv[neutral_absorbance]}", units=UNITS["neutral_absorbance"])
+    neutral_1s_absorbance = FCpt(BenchSignalRO, "{_pv[neutral_1s_absorbance]}", units=UNITS["neutral_1s_absorbance"])
+
+
 @dataclass
 class Bench:
     """Every device of one bench, its bench file and its lab clock.
@@ -530,7 +555,16 @@ class Bench:
     #: what the devices are, as runs record it (``devices`` of the start document)
     DEVICES: ClassVar[str] = "bench"
     #: the devices' names, in the order they are made and listed
-    NAMES: ClassVar[tuple[str, ...]] = ("pump", "slit", "stage", "spectrometer", "polarizer", "ta", "interlock")
+    NAMES: ClassVar[tuple[str, ...]] = (
+        "pump",
+        "slit",
+        "stage",
+        "spectrometer",
+        "polarizer",
+        "ta",
+        "interlock",
+        "lamp",
+    )
 
     config: BenchConfig
     pump: Device
@@ -540,6 +574,7 @@ class Bench:
     polarizer: Device
     ta: Device
     interlock: Device
+    lamp: Device
     #: the twin's ``sim.engine.TwinBench`` on an in-process twin, None on EPICS; for ``sim`` and
     #: its tests only: everything else uses the methods of this class, which work on both
     engine: object | None = None
@@ -687,7 +722,16 @@ def _shown(pvs: list[str]) -> str:
 
 
 #: The EPICS devices, by ``Bench.NAMES``.
-_DEVICE_CLASSES = (PumpLaser, StripeSlit, SampleStage, Spectrometer, Polarizer, TransientAbsorption, Interlock)
+_DEVICE_CLASSES = (
+    PumpLaser,
+    StripeSlit,
+    SampleStage,
+    Spectrometer,
+    Polarizer,
+    TransientAbsorption,
+    Interlock,
+    WhiteLight,
+)
 
 
 def connect_bench(cfg: BenchConfig | str | Path, *, timeout: float | None = None) -> Bench:

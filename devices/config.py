@@ -204,6 +204,22 @@ class TransientAbsorptionPVs(_Strict):
     delay_max_ps: float = Field(5000.0, gt=0)
 
 
+class AbsorptionPVs(_Strict):
+    """The white-light source of the linear absorption measurement, read by the same spectrometer."""
+
+    lamp_shutter: str = "ABS:LampShutter"
+    lamp_ok: str = "ABS:LampOK"
+    sample_in: str = "ABS:SampleIn"
+    neutral_absorbance: str = "ABS:NeutralAbs"
+    neutral_1s_absorbance: str = "ABS:Neutral1SAbs"
+    exposure_s: float = Field(
+        1.0, gt=0, le=60, description="exposure of each white-light read (dark, reference, sample), s"
+    )
+    sample_in_move_s: float = Field(
+        2.0, ge=0, le=600, description="lab time to move the film into or out of the white-light beam, s"
+    )
+
+
 class InterlockPVs(_Strict):
     permit: str = "IL:Permit"
     message: str = "IL:Message"
@@ -220,6 +236,19 @@ class TwinSettings(_Strict):
     new_film_hours: float = Field(6.0, gt=0, description="lab time to make a film of a new doping, h")
     sample_change_s: float = Field(20.0, ge=0, description="lab time of a stage move, s")
     new_film_preset: str = Field("cas_doped", description="preset sample new films are made of")
+    film_doping_spread: float = Field(
+        0.1, ge=0, le=2, description="sigma of a new film's true doping around the request, electrons/dot"
+    )
+    film_thickness_rel_spread: float = Field(
+        0.03, ge=0, le=0.3, description="relative sigma of a new film's thickness around the preset's (fraction)"
+    )
+    film_loss_rel_spread: float = Field(
+        0.05, ge=0, le=0.5, description="relative sigma of a new film's waveguide loss around the preset's (fraction)"
+    )
+    lamp_counts_per_s: float = Field(
+        2.0e6, gt=0, le=1e9, description="white-light counts per second on the spectrometer's brightest pixel"
+    )
+    lamp_drift_rms: float = Field(0.002, ge=0, lt=0.5, description="slow drift of the white light, rms fraction")
 
 
 class BenchConfig(_Strict):
@@ -233,6 +262,7 @@ class BenchConfig(_Strict):
     polarizer: PolarizerPVs = PolarizerPVs()
     transient_absorption: TransientAbsorptionPVs = TransientAbsorptionPVs()
     interlock: InterlockPVs = InterlockPVs()
+    absorption: AbsorptionPVs = AbsorptionPVs()
     twin: TwinSettings = TwinSettings()
 
     def pv(self, name: str) -> str:

@@ -13,7 +13,13 @@ catalog and the campaign uid:
   record runs' ``outcomes`` streams for trials that failed before their run opened;
 * re-ingesting them into a fresh optimiser of the same seed gives exactly the
   proposals the uninterrupted campaign would have made;
-* on the twin, the films made so far and the lab clock are restored.
+* on the twin, the films made so far and the lab clock are restored;
+* the films' measured dopings come from the stored records (``StoredCampaign.film_dopings``):
+  a film measured before the interruption is matched by that doping and not measured again,
+  and a film whose measurement failed is never used.
+
+A new film's lab time is priced: ``campaign_cost(bench)`` adds the bench's absorption
+measurement (``plans.absorption.absorption_lab_time_s``) to the new-film cost.
 
 What a resume does with each kind of interrupted trial (nothing is lost, nothing is
 measured twice):
@@ -74,6 +80,7 @@ __all__ = [
     "CampaignError",
     "CampaignInterrupted",
     "PreparedCampaign",
+    "campaign_cost",
     "campaign_films",
     "campaign_material",
     "campaign_optimizer",
@@ -215,8 +222,18 @@ def campaign_films(cfg: CampaignConfig, bench) -> list[str]:
     return films
 
 
+def campaign_cost(bench):
+    """The lab-time cost model (``optimizer.CostModel``) of a campaign on ``bench``: a new film costs
+    its making, its absorption measurement (``plans.absorption.absorption_lab_time_s``) and mounting."""
+    from optimizer import CostModel
+    from plans.absorption import absorption_lab_time_s
+
+    return CostModel(film_measurement_s=float(absorption_lab_time_s(bench)))
+
+
 def campaign_optimizer(cfg: CampaignConfig, bench, films: list[str]):
-    """The campaign's optimiser over its search space, starting at ``films`` (library ids)."""
+    """The campaign's optimiser over its search space, starting at ``films`` (library ids), priced by
+    ``campaign_cost(bench)``."""
     from optimizer import LabState, SearchSpace, make_optimizer
 
     f_hi = _fluence_max(cfg, bench)
@@ -234,6 +251,7 @@ def campaign_optimizer(cfg: CampaignConfig, bench, films: list[str]):
         seed=cfg.seed,
         batch_size=cfg.batch_size,
         lab_state=LabState(current_doping=dopings[0] if dopings else None, films=tuple(dopings)),
+        cost=campaign_cost(bench),
     )
 
 
@@ -390,12 +408,15 @@ def prepare_campaign(
     pending: list[Proposal] = []
     used_s = 0.0
     films_made: list[dict] = []
+    film_dopings: dict = {}
+    unusable: set[str] = set()
     if resume_uid is not None:
         _upload_pending_backup(catalog)
         stored = stored_campaign(catalog, resume_uid)
         cfg = CampaignConfig.from_dict(stored.config).with_budgets(**(budgets or {}))
         history, used_s, pending = list(stored.records), stored.lab_time_used_s, list(stored.pending)
         films_made = list(stored.films_made)
+        film_dopings, unusable = stored.film_dopings, stored.unusable_films
         campaign_uid = resume_uid
     else:
         if cfg is None:
@@ -440,6 +461,8 @@ def prepare_campaign(
         progress=progress,
         md={"config": cfg.as_dict(), "lab_clock": bench.lab_clock_source},
         fault_hook=fault_hook if fault_hook is not None else _fault_hook(),
+        film_dopings=film_dopings,
+        unusable_films=unusable,
     )
     return PreparedCampaign(campaign_uid, cfg, plan, opt, bench, history, pending)
 
@@ -535,7 +558,9 @@ def campaign_status(catalog, campaign_uid: str) -> dict:
             "threshold_uJ_cm2": best.outcome["threshold_uJ_cm2"],
             "threshold_err_uJ_cm2": best.outcome.get("threshold_err_uJ_cm2"),
             "stripe_length_um": best.params["stripe_length_um"],
-            "doping": best.params["doping"],
+            "doping": best.measured_doping if best.doping_measured else best.params["doping"],
+            "requested_doping": best.requested_doping if best.doping_measured else None,
+            "doping_measured": best.doping_measured,
             "trial_index": best.trial_index,
         },
         "lab_hours": stored.lab_time_used_s / 3600.0,
@@ -549,5 +574,6 @@ def campaign_status(catalog, campaign_uid: str) -> dict:
             if r.status in ("failed", "abandoned")
         ],
         "films_made": len(stored.films_made),
+        "films_measured": stored.films_measured,
         "material": cfg.material,
     }

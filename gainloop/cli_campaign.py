@@ -99,7 +99,7 @@ def _campaign_progress(json_out: bool, budget_h: float | None, max_trials: int |
 
 def _print_campaign(summary: dict, json_out: bool) -> None:
     keys = ("campaign_uid", "best", "lab_hours", "trials", "failures", "stopped_by", "material", "lab_clock")
-    keys += ("failed_trials",)
+    keys += ("films_made", "films_measured", "failed_trials")
     out = {k: summary.get(k) for k in keys if k in summary}
     if json_out:
         print_json(out)
@@ -112,9 +112,12 @@ def _print_campaign(summary: dict, json_out: bool) -> None:
     if best:
         _console.print(
             f"best: threshold {with_error(best['threshold_uJ_cm2'], best['threshold_err_uJ_cm2'])} uJ/cm^2 at stripe "
-            f"{best['stripe_length_um']:.0f} um, doping {best['doping']:.2f} electrons/dot "
-            f"(trial {best['trial_index']})"
+            f"{best['stripe_length_um']:.0f} um, doping {best['doping']:.2f} electrons/dot"
+            + (f" (requested {best['requested_doping']:.2f})" if best.get("requested_doping") is not None else "")
+            + f" (trial {best['trial_index']})"
         )
+    if out.get("films_measured") is not None:
+        _console.print(f"films measured: {out['films_measured']}")
     if out.get("lab_clock"):
         _console.print(f"lab time read from {out['lab_clock']}")
     for failed in out.get("failed_trials") or ():

@@ -18,7 +18,6 @@ from core.errors import GainloopError
 from gainloop.cli_common import (
     BenchFileOption,
     JsonOption,
-    SampleOption,
     TwinOption,
     TwinSeedOption,
     bench_command,
@@ -38,6 +37,13 @@ __all__ = ["list_plans", "measure", "replay_cmd"]
 
 _console = Console()
 _err = Console(stderr=True)
+
+#: Short names of plans on the command line (``gainloop measure absorption --film ID``).
+PLAN_ALIASES = {"absorption": "absorption_spectrum"}
+#: The sample to measure: ``--sample`` or, the same, ``--film``.
+MeasureSampleOption = Annotated[
+    str, typer.Option("--sample", "--film", help="Sample id of the bench's library (a film: --film).")
+]
 
 
 def _parse_plan_args(pairs: list[str]) -> dict:
@@ -101,8 +107,8 @@ def _print_result(out: dict) -> None:
 @bench_command
 @reads_catalog
 def measure(
-    plan: Annotated[str, typer.Argument(help="Plan name (see `gainloop plans`).")],
-    sample: SampleOption,
+    plan: Annotated[str, typer.Argument(help="Plan name (see `gainloop plans`; `absorption`: absorption_spectrum).")],
+    sample: MeasureSampleOption,
     twin: TwinOption = False,
     bench: BenchFileOption = None,
     seed: TwinSeedOption = None,
@@ -123,6 +129,10 @@ def measure(
 
     Ctrl+C or SIGTERM stop it cleanly: the run is closed (exit_status "abort") with the pump
     shutter closed and the fluence parked, and the command exits 130 (143 for SIGTERM).
+
+    `gainloop measure absorption --film ID` measures a film's doping from the 1S bleach of its
+    white-light absorption (prints doping_e_per_dot +- its error and the run's uid); a film whose
+    absorption cannot be read is an error with the reason (no_light, saturated, ...).
     """
     from bluesky import RunEngine
 
@@ -130,6 +140,7 @@ def measure(
     from plans.registry import plan_spec
 
     with command_errors(ValueError, TypeError):
+        plan = PLAN_ALIASES.get(plan, plan)
         try:
             spec = plan_spec(plan)
         except KeyError as exc:

@@ -8,7 +8,14 @@ the report (``read_campaign``). What is stored, and where:
   ``proposals`` stream (``core.trial.proposal_row``) and one of the ``outcomes`` stream
   (``core.trial.TrialRecord.to_row``);
 * every measurement run of a trial carries ``campaign_uid``, ``trial_index`` and the
-  proposal in its start document.
+  proposal in its start document (and, on a film whose doping was measured, ``film_doping``:
+  requested and measured doping, error, absorption run);
+* a new film's absorption run carries ``campaign_uid`` and ``film_trial_index`` (not a trial's run).
+
+The films' measured dopings (``StoredCampaign.film_dopings``) come from the trial records
+(``TrialRecord.measured_doping``): a resumed campaign matches proposals to them and never
+measures those films again; a film whose measurement failed ("film not measured") is
+``StoredCampaign.unusable_films``: never used.
 
 A trial whose outcome was recorded is read from its ``outcomes`` event. A trial whose
 measurement run exists but whose outcome was never recorded (the process died in between)
@@ -27,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.trial import Proposal, TrialRecord, proposal_from_row
+from core.trial import FILM_NOT_MEASURED, FilmDoping, Proposal, TrialRecord, proposal_from_row
 from gainloop.replay import stream_columns
 
 __all__ = ["INTERRUPTED_REASON", "StoredCampaign", "read_campaign", "search_runs"]
@@ -84,6 +91,32 @@ class StoredCampaign:
     trial_runs: tuple
 
     @property
+    def film_dopings(self) -> dict[str, FilmDoping]:
+        """Films whose doping the campaign measured: sample id -> ``FilmDoping`` (electrons/dot; the
+        latest record of each film), in trial order."""
+        out: dict[str, FilmDoping] = {}
+        for r in self.records:
+            if r.sample_id and r.doping_measured:
+                out[r.sample_id] = FilmDoping(
+                    r.measured_doping, r.measured_doping_err, r.requested_doping, r.absorption_uid
+                )
+        return out
+
+    @property
+    def unusable_films(self) -> set[str]:
+        """Films made for the campaign whose doping could not be measured: never used."""
+        return {
+            r.sample_id
+            for r in self.records
+            if r.sample_id and r.status == "failed" and r.reason.startswith(FILM_NOT_MEASURED)
+        } - set(self.film_dopings)
+
+    @property
+    def films_measured(self) -> int:
+        """How many films the campaign measured (their absorption gave a doping)."""
+        return len(self.film_dopings)
+
+    @property
     def trials(self) -> list[TrialRecord]:
         """The trials: records measured or attempted on the bench (every status but a proposal abandoned
         before its run opened). The same count as the campaign plan's summary ``trials``."""
@@ -132,6 +165,7 @@ def _judged_by_run(run, proposal: Proposal, record_runs, max_rel_err: float) -> 
         reason = fit_rejection(outcome, max_rel_err)
         status = "failed" if reason else "completed"
     lab_s = 0.0  # how long it took is recorded with the outcome, which this trial never got
+    film = dict(start.get("film_doping") or {})  # the film's measured doping, when it was measured
     return TrialRecord(
         proposal,
         status=status,
@@ -142,6 +176,10 @@ def _judged_by_run(run, proposal: Proposal, record_runs, max_rel_err: float) -> 
         new_film=bool(start.get("new_film", False)),
         run_uid=start["uid"],
         campaign_lab_time_s=float(start.get("lab_time_used_s", 0.0) or 0.0) + lab_s,
+        requested_doping=film.get("requested_doping", proposal.params.get("doping", math.nan)),
+        measured_doping=film.get("measured_doping", math.nan),
+        measured_doping_err=film.get("measured_doping_err", math.nan),
+        absorption_uid=film.get("absorption_uid", ""),
     )
 
 

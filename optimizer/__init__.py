@@ -12,6 +12,10 @@ Strategies (``STRATEGIES``, in this order; ``make_optimizer`` builds one by name
   learns where lasing begins and proposals pin down the lowest-fluence boundary (``_joint``);
 * ``"random"``, ``"grid"`` -- baselines with the same protocol (``_baselines``).
 
+Models train on the conditions as measured (``TrialResult.observed_params``: a new film's
+doping from its absorption), the measurement error entering as input noise (``_models.
+fit_gp_input_noise``, NIGP); the requested ``params`` are what is checked against the space.
+
 Every strategy prices trials with one ``CostModel``: the cost-aware acquisitions divide by
 ``Optimizer.expected_cost_s`` and each ``Proposal`` records the same figure. The nested
 strategy's threshold model is open to readers through ``NestedOptimizer.posterior``.

@@ -15,6 +15,11 @@ Bookkeeping done here, the same for every strategy:
   index)`` alone, and models are refitted from scratch on the history sorted by trial
   index, so an optimiser rebuilt by re-ingesting a campaign's history proposes exactly
   what the uninterrupted one would.
+* **What was measured.** A result's ``observed`` parameters (``TrialResult.observed_params``,
+  e.g. a film's doping as its absorption measured it) are what the models are trained on,
+  with their uncertainty (``observed_err``) as input noise, and what the lab state records
+  as the film that exists; the requested ``params`` are checked against the search space.
+  A result whose observed doping is NaN (a film never measured) gives no film and no data.
 * **Lab state and cost.** Films that exist and what is mounted follow from the history
   (and the pending proposals) on top of the state the optimiser was started with. One
   cost model prices from it both what a strategy weighs (``expected_cost_s`` on
@@ -159,7 +164,8 @@ class Optimizer:
         return [self._results[k] for k in sorted(self._results)]
 
     def best(self) -> dict | None:
-        """Best measured threshold: ``threshold_uJ_cm2``, ``threshold_err_uJ_cm2``, stripe, doping, trial index."""
+        """Best measured threshold: ``threshold_uJ_cm2``, ``threshold_err_uJ_cm2``, stripe, doping (as measured;
+        ``requested_doping`` beside it when the film's doping was measured), trial index."""
         rows = [r for r in self.history() if r.status == "completed" and "threshold_uJ_cm2" in r.outcome]
         if not rows:
             return None
@@ -168,8 +174,9 @@ class Optimizer:
             "threshold_uJ_cm2": float(r.outcome["threshold_uJ_cm2"]),
             "threshold_err_uJ_cm2": float(r.outcome.get("threshold_err_uJ_cm2", math.nan)),
             "stripe_length_um": float(r.params[LENGTH]),
-            "doping": float(r.params[DOPING]),
+            "doping": float(r.observed[DOPING]),
             "trial_index": r.trial_index,
+            **({"requested_doping": float(r.params[DOPING])} if DOPING in r.observed_params else {}),
         }
 
     def state(self) -> dict:
@@ -204,8 +211,8 @@ class Optimizer:
         """Films that exist and what is mounted, after the history (and pending proposals) in index order."""
         state = self.initial_lab_state
         rows: list[tuple[int, Mapping[str, Any]]] = [
-            (r.trial_index, r.params) for r in self._results.values() if r.status != "abandoned"
-        ]
+            (r.trial_index, r.observed) for r in self._results.values() if r.status != "abandoned"
+        ]  # the film as measured; a film never measured (NaN doping) is skipped below: it is never used
         if include_pending:
             rows += [(p.trial_index, p.params) for p in self._pending.values()]
         for _, params in sorted(rows, key=lambda t: t[0]):
@@ -214,6 +221,31 @@ class Optimizer:
                 continue
             state = state.after({DOPING: d, LENGTH: length})
         return state
+
+    #: How far (unit-cube units) a measured input may lie outside the cube in a model's training
+    #: data: BoTorch's own tolerance for inputs it takes as min-max scaled.
+    MODEL_CUBE_MARGIN = 0.01
+
+    def model_inputs(self, r: TrialResult) -> tuple[list[float], list[float]] | None:
+        """A result's model inputs, as measured: (unit-cube point, its standard uncertainties), in
+        ``space.dims(self.joint)`` order; None when an observed input is not known (NaN).
+
+        The observed parameters (``TrialResult.observed``: a film's measured doping) are mapped
+        like any point; one outside the search space by more than ``MODEL_CUBE_MARGIN`` (e.g. a
+        film that came out above the doping range) is modelled at that margin. The uncertainty of
+        a linear (doping) column is its error over the range; log columns have none observed.
+        """
+        names = self.space.dims(self.joint)
+        observed = r.observed
+        if any(_finite(observed.get(n)) is None for n in names):
+            return None
+        u = np.clip(self.space.to_unit(observed, names), -self.MODEL_CUBE_MARGIN, 1.0 + self.MODEL_CUBE_MARGIN)
+        sd = []
+        for n in names:
+            e = _finite(r.observed_sd(n)) if n in r.observed_err else 0.0
+            lo, hi = self.space.bounds(n)
+            sd.append(abs(e) / (hi - lo) if n == DOPING and e and hi > lo else 0.0)
+        return u.tolist(), sd
 
     def expected_cost_s(self, X: torch.Tensor, state: LabState | None = None) -> torch.Tensor:
         """Lab seconds of a trial at each unit-cube point of ``X``, from ``state``.
@@ -297,12 +329,34 @@ class Optimizer:
         """Proposal params: the optimised values plus the space's fixed parameters."""
         return {**{k: float(v) for k, v in physical.items()}, **self.space.fixed}
 
+    def _as_made(self, physical: Mapping[str, float]) -> dict[str, float]:
+        """``physical`` with a doping asked for before replaced by the doping its film came out with.
+
+        A design or a grid plays several trials on one film by repeating its doping; once that
+        film has been made and measured (its ``observed`` doping differs from the request), the
+        next trials ask for the film as measured -- the film that exists -- not for a new one.
+        The latest measured film of that request counts; a film never measured (NaN) does not.
+        """
+        out = dict(physical)
+        d = _finite(out.get(DOPING))
+        if d is None or self.space.discrete:
+            return out
+        for r in sorted(self._results.values(), key=lambda r: -r.trial_index):
+            req, got = _finite(r.params.get(DOPING)), _finite(r.observed.get(DOPING))
+            if req is not None and got is not None and abs(req - d) <= 1e-9 and DOPING in r.observed_params:
+                lo, hi = self.space.doping_bounds
+                if lo <= got <= hi:  # a film outside the search space cannot be proposed: ask again
+                    out[DOPING] = got
+                break
+        return out
+
     def _proposal(self, trial_index: int, physical: Mapping[str, float], state: LabState, **fields: Any) -> Proposal:
-        """A proposal at ``physical`` (fixed parameters added) recording its cost from ``state``.
+        """A proposal at ``physical`` (fixed parameters added; a doping asked for before: the film it made,
+        ``_as_made``) recording its cost from ``state``.
 
         ``fields`` are the proposal's other fields (``predicted``, ``acquisition_value``).
         """
-        params = self._params(physical)
+        params = self._params(self._as_made(physical))
         return Proposal(
             trial_index=trial_index,
             params=params,

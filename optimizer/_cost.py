@@ -2,7 +2,9 @@
 
 A trial's cost (seconds of lab time) is the sum of
 
-* a film: ``new_film_s`` (default 6 h: ligand exchange + ALD) plus ``sample_change_s``
+* a film: ``new_film_s`` (default 6 h: ligand exchange + ALD) plus ``film_measurement_s``
+  (measuring the new film's doping from its absorption before its first trial; default 0,
+  a campaign prices its bench's: ``gainloop.campaign.campaign_cost``) plus ``sample_change_s``
   when no film of the proposed doping exists yet, ``sample_change_s`` (20 s) when a
   different film exists but is not mounted, nothing when it is mounted;
 * the slit move: ``|L - L_current| / slit_speed_um_per_s`` (nothing when unknown);
@@ -75,13 +77,14 @@ class CostModel(Row):
 
     new_film_s: float = 6 * 3600.0
     sample_change_s: float = 20.0
+    film_measurement_s: float = 0.0
     slit_speed_um_per_s: float = 500.0
     acquisition_s: float = 3.5
     scan_points: int = 28
     film_doping_tol: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("new_film_s", "sample_change_s", "acquisition_s", "film_doping_tol"):
+        for name in ("new_film_s", "sample_change_s", "film_measurement_s", "acquisition_s", "film_doping_tol"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
                 raise ParameterError(f"CostModel.{name} must be a finite number >= 0, got {v!r}")
@@ -97,8 +100,8 @@ class CostModel(Row):
         """Seconds to have the film of each ``doping`` (electrons/dot) mounted, from ``state``.
 
         Zero for the mounted film, ``sample_change_s`` for another existing film,
-        ``new_film_s + sample_change_s`` for a doping with no film (a new film is made,
-        then mounted) -- whether or not anything is mounted now. Two dopings within
+        ``new_film_s + film_measurement_s + sample_change_s`` for a doping with no film (a
+        new film is made, measured, then mounted) -- whether or not anything is mounted now. Two dopings within
         ``film_doping_tol`` are one film. Returns a float64 tensor of ``doping``'s shape;
         it is piecewise constant (no gradient in doping).
         """
@@ -106,7 +109,7 @@ class CostModel(Row):
         films = torch.tensor(state.films, dtype=torch.float64)  # (k,), possibly empty
         exists = ((d.unsqueeze(-1) - films).abs() <= self.film_doping_tol).any(-1)
         change = torch.full_like(d, self.sample_change_s)
-        new = torch.full_like(d, self.new_film_s + self.sample_change_s)
+        new = torch.full_like(d, self.new_film_s + self.film_measurement_s + self.sample_change_s)
         film = torch.where(exists, change, new)
         if state.current_doping is not None:
             mounted = (d - state.current_doping).abs() <= self.film_doping_tol

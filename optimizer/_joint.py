@@ -54,7 +54,7 @@ from core.trial import Proposal
 
 from ._base import Optimizer, _finite, _positive_reason
 from ._cost import LabState
-from ._models import DTYPE, fit_gp, gp_hyperparameters, numerics
+from ._models import DTYPE, fit_gp_input_noise, gp_hyperparameters, numerics
 from ._space import DOPING, FLUENCE, JOINT_DIMS, LENGTH, SearchSpace
 
 __all__ = ["JointOptimizer"]
@@ -110,20 +110,24 @@ class JointOptimizer(Optimizer):
         return self.space.to_unit(params, JOINT_DIMS).tolist()
 
     def training_data(self) -> dict[str, torch.Tensor]:
-        """``X`` (n x 3 unit cube), ``Y`` = ln(counts_per_s / (F L)) (n x 1), ``X_infeasible`` (m x 3)."""
-        X, Y = [], []
+        """``X`` (n x 3 unit cube), ``Y`` = ln(counts_per_s / (F L)) (n x 1), ``X_sd`` (n x 3: the inputs'
+        standard uncertainties, unit cube), ``X_infeasible`` (m x 3). Inputs as measured
+        (``Optimizer.model_inputs``: a film's measured doping, its error in ``X_sd``)."""
+        X, Xsd, Y = [], [], []
         for r in self.history():
-            if r.status != "completed":
+            if r.status != "completed" or (m := self.model_inputs(r)) is None:
                 continue
-            X.append(self._unit(r.params))
+            X.append(m[0])
+            Xsd.append(m[1])
             # normalise by the fluence the power meter read when the plan reports it
             F = _finite(r.outcome.get("measured_fluence_uJ_cm2"))
             F = F if F is not None and F > 0 else float(r.params[FLUENCE])
             L = float(r.params[LENGTH])
             Y.append([math.log(float(r.outcome["counts_per_s"]) / (F * L))])
-        inf = [self._unit(r.params) for r in self.history() if r.status == "infeasible"]
+        inf = [m[0] for r in self.history() if r.status == "infeasible" and (m := self.model_inputs(r)) is not None]
         return {
             "X": torch.tensor(X, dtype=DTYPE) if X else torch.empty(0, 3, dtype=DTYPE),
+            "X_sd": torch.tensor(Xsd, dtype=DTYPE) if Xsd else torch.empty(0, 3, dtype=DTYPE),
             "Y": torch.tensor(Y, dtype=DTYPE) if Y else torch.empty(0, 1, dtype=DTYPE),
             "X_infeasible": torch.tensor(inf, dtype=DTYPE) if inf else torch.empty(0, 3, dtype=DTYPE),
         }
@@ -141,7 +145,7 @@ class JointOptimizer(Optimizer):
             return self._model_cache[1]
         msgs = messages if messages is not None else []
         with manual_seed(self.trial_seed(_DESIGN_TAG)), numerics(self.torch_threads, msgs):
-            model, info = fit_gp(data["X"], data["Y"], None, maxiter=self.maxiter)
+            model, info, _ = fit_gp_input_noise(data["X"], data["Y"], None, data["X_sd"], maxiter=self.maxiter)
         msgs += info.messages
         self._model_cache = (n, model)
         self._last["model"] = {"y": gp_hyperparameters(model, JOINT_DIMS)}
@@ -202,8 +206,8 @@ class JointOptimizer(Optimizer):
         """Distinct measured (L, n) pairs (unit cube) with the latest trial index at each."""
         seen: dict[tuple[float, float], int] = {}
         for r in self.history():
-            if r.status == "completed":
-                key = (round(float(r.params[LENGTH]), 9), round(float(r.params[DOPING]), 9))
+            if r.status == "completed" and self.model_inputs(r) is not None:  # where it was measured
+                key = (round(float(r.observed[LENGTH]), 9), round(float(r.observed[DOPING]), 9))
                 seen[key] = r.trial_index
         keys = list(seen)
         ln = [self.space.to_unit({LENGTH: k[0], DOPING: k[1]}, (LENGTH, DOPING)).tolist() for k in keys]

@@ -7,6 +7,12 @@ homoscedastic noise, and fits it by maximum marginal likelihood (BoTorch's defau
 RBF kernel with dimension-scaled log-normal length-scale prior; optionally plus the fixed
 film-to-film term of ``FilmKernel``).
 
+``fit_gp_input_noise`` is ``fit_gp`` for inputs measured with an uncertainty (e.g. a film's
+doping from its absorption): the noisy-input GP (NIGP) of McHutchon & Rasmussen (2011) to first
+order -- an input error ``sigma_x`` moves the output by about ``(d mu / dx) sigma_x``, so each
+observation's noise gains ``sum_j (d mu / d x_j)^2 sigma_xj^2`` from the slope of the GP's
+posterior mean at its input, and the GP is refitted with that noise.
+
 Fitting never raises: optimiser warnings are recorded (not swallowed) in the returned
 ``FitInfo`` so the campaign can log them, and if every fitting attempt fails the model
 keeps its prior hyperparameters (``FitInfo.ok`` is False, with the reason). The same data
@@ -35,7 +41,16 @@ from linear_operator import to_dense
 from linear_operator.utils.errors import NotPSDError
 from linear_operator.utils.warnings import NumericalWarning
 
-__all__ = ["DTYPE", "FilmKernel", "FitInfo", "fit_gp", "gp_hyperparameters", "numerics"]
+__all__ = [
+    "DTYPE",
+    "FilmKernel",
+    "FitInfo",
+    "fit_gp",
+    "fit_gp_input_noise",
+    "gp_hyperparameters",
+    "input_noise_variance",
+    "numerics",
+]
 
 DTYPE = torch.float64
 _LOW_RANK = "Low-rank cholesky updates failed"
@@ -166,6 +181,70 @@ def fit_gp(
         else:  # anything else is unexpected: re-emit it
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return model, info
+
+
+def input_noise_variance(model, X: torch.Tensor, X_sd: torch.Tensor) -> torch.Tensor:
+    """The output variance input errors cause at ``X``: ``sum_j (d mu / d x_j)^2 X_sd_j^2`` (``n x 1``).
+
+    ``model``: a fitted single-output GP; ``mu`` its posterior mean in the units of its training
+    outcomes (the outcome transform undone). ``X`` (``n x d``) unit-cube inputs, ``X_sd``
+    (``n x d``) their standard uncertainties in the same units (0 where exact). The slope is
+    the mean's gradient at each point alone (each row's mean depends on its own input only).
+    """
+    Xg = X.detach().clone().requires_grad_(True)
+    mean = model.posterior(Xg).mean.sum()
+    (grad,) = torch.autograd.grad(mean, Xg)
+    return (grad.detach() ** 2 * X_sd.to(grad) ** 2).sum(-1, keepdim=True)
+
+
+def fit_gp_input_noise(
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    Yvar: torch.Tensor | None = None,
+    X_sd: torch.Tensor | None = None,
+    *,
+    iterations: int = 1,
+    maxiter: int = 200,
+    film: tuple[int, float, float] | None = None,
+):
+    """``fit_gp`` with input noise (NIGP, module docstring): ``X_sd`` (``n x d``) the inputs' standard
+    uncertainties in unit-cube units, 0 where an input is exact.
+
+    The GP is fitted as ``fit_gp`` would, then refitted ``iterations`` times with the noise
+    ``Yvar + input_noise_variance(model, X, X_sd)``, the slope taken from the previous fit. With
+    learned noise (``Yvar`` None) the first fit's learned noise (in ``Y`` units) is the base. With
+    no input error (``X_sd`` None or all zero) it is exactly ``fit_gp``.
+
+    Trials on one film share its doping error, which this treats as independent per trial: with
+    several trials on a film the posterior is somewhat too sure of that film's doping (the
+    film-to-film term of ``FilmKernel`` carries a shared offset per film besides).
+
+    Returns ``(model, FitInfo, Yvar_eff)``: the model (eval mode), how the fits went, and the
+    observation noise variance it was fitted with (``n x 1``, ``Y`` units; None when ``fit_gp``'s
+    learned noise was kept).
+    """
+    model, info = fit_gp(X, Y, Yvar, maxiter=maxiter, film=film)
+    if X_sd is None or X.shape[0] == 0 or not bool((X_sd > 0).any()):
+        return model, info, Yvar
+    X_sd = X_sd.to(X).clamp_min(0.0)
+    if Yvar is None:
+        noise = model.likelihood.noise.detach().reshape(-1)[:1]
+        scale = model.outcome_transform.stdvs.detach().reshape(-1)[:1] ** 2
+        base = (noise * scale).expand(X.shape[0]).unsqueeze(-1).to(X)
+    else:
+        base = Yvar
+    Yvar_eff = base
+    for _ in range(max(int(iterations), 1)):
+        try:
+            extra = input_noise_variance(model, X, X_sd)
+        except (NotPSDError, RuntimeError) as err:
+            info.messages.append(f"input noise not added (the mean's slope failed): {err}")
+            return model, info, Yvar_eff
+        Yvar_eff = base + extra
+        model, more = fit_gp(X, Y, Yvar_eff, maxiter=maxiter, film=film)
+        info.ok = info.ok and more.ok
+        info.messages += more.messages
+    return model, info, Yvar_eff
 
 
 def gp_hyperparameters(model: SingleTaskGP, names: tuple[str, ...]) -> dict:

@@ -47,6 +47,28 @@ of ``raw_samples``, the best ``num_restarts`` polished with L-BFGS-B via
 ``gen_candidates_scipy`` when that option leads or comes within ``polish_margin``); the
 best option wins. A batch (q > 1) is built greedily: each pick becomes pending for the next and updates the lab state.
 
+Films as they come out. A new film's doping scatters around the request (on the twin
+0.1 electrons/dot) and is measured from its absorption before its first trial. The model is
+trained on the *measured* doping (``Optimizer.model_inputs``), its measurement error entering
+as input noise (``_models.fit_gp_input_noise``: NIGP, ``(d mu / d doping)^2 sigma^2`` added to
+each observation's noise where the fitted landscape is steep); each existing film is an option
+at its measured doping. Requests are not biased: the acquisition asks for the doping it wants
+and an unbiased film factory lands there in expectation.
+
+*Edge decision: no inward margin.* The acquisition does not pull new-film requests inside the
+doping range to hedge the scatter. On the shipped twin (cas_doped at the optimal stripe, 1063
+um) the threshold is 79.7 uJ/cm^2 at 7.78-7.80, 80.3 at 7.84, 82.3 at 7.88, 84.1 at the range
+edge 7.90 and 86.8 at 7.92; averaged over a 0.1 e/dot scatter (true doping clipped at 7.92) a
+request at 7.79 gives a mean threshold of 81.8 with P(within 5 %) = 0.83, at 7.75 81.8 / 0.81,
+at 7.70 82.5 / 0.72, at 7.85 82.5 / 0.68 and at the edge 7.90 83.6 / 0.50 (P(film above the
+range) = 0.47). The scatter-averaged best request is within 0.04 e/dot of the point optimum (less
+than a 0.1 % change in expected threshold), so a fixed margin would only cost: one sd inside (7.69)
+loses ~1 % in mean threshold and 0.11 in P(within 5 %). Requesting at the edge is expensive
+(P = 0.50), but the model proposes the edge only when its own posterior puts the optimum there,
+and a film that comes out beyond the range is measured and modelled where it landed (at most
+``Optimizer.MODEL_CUBE_MARGIN`` outside the cube). At the edge itself requests are not unbiased:
+the factory cannot exceed 0.99 x 8 = 7.92, so a request at 7.90 lands below it on average.
+
 Initial design (cost-aware): ``n_init`` stripe lengths (scrambled Sobol in log length,
 played shortest first) on one film -- the mounted film when the lab state names one,
 else the first Sobol doping. If fewer than two trials have completed after that (e.g.
@@ -88,7 +110,7 @@ from core.trial import Proposal
 
 from ._base import NotEnoughDataError, Optimizer, _finite
 from ._cost import LabState
-from ._models import DTYPE, fit_gp, gp_hyperparameters, numerics
+from ._models import DTYPE, fit_gp, fit_gp_input_noise, gp_hyperparameters, numerics
 from ._space import DOPING, LENGTH, NESTED_DIMS, SearchSpace
 
 __all__ = ["NestedOptimizer"]
@@ -174,14 +196,20 @@ class NestedOptimizer(Optimizer):
 
     def training_data(self) -> dict[str, torch.Tensor]:
         """Tensors the models see: ``X`` (n x 2), ``Y`` = -ln threshold (n x 1), ``Yvar`` (n x 1),
-        ``X_infeasible`` (m x 2), and ``gnet`` rows when present."""
-        done = self._rows("completed")
-        X, Y, Yvar, G, Gvar, XG = [], [], [], [], [], []
+        ``X_sd`` (n x 2: the inputs' standard uncertainties, unit cube), ``X_infeasible`` (m x 2),
+        and ``gnet`` rows when present.
+
+        Inputs are the conditions as measured (``Optimizer.model_inputs``): a film's measured
+        doping, its measurement error in ``X_sd``'s doping column."""
+        done = [r for r in self._rows("completed") if self.model_inputs(r) is not None]
+        X, Xsd, Y, Yvar, G, Gvar, XG = [], [], [], [], [], [], []
         for r in done:
             thr = float(r.outcome["threshold_uJ_cm2"])
             err = _finite(r.outcome.get("threshold_err_uJ_cm2"))
             rel = self.default_rel_err if err is None else err / thr
-            X.append(self._unit(r.params))
+            x, sd = self.model_inputs(r)
+            X.append(x)
+            Xsd.append(sd)
             Y.append([-math.log(thr)])
             Yvar.append([max(rel, self.min_rel_err) ** 2])
             g = _finite(r.outcome.get("gnet_per_cm"))
@@ -190,7 +218,7 @@ class NestedOptimizer(Optimizer):
                 G.append([g])
                 ge = _finite(r.outcome.get("gnet_err_per_cm"))
                 Gvar.append([max(ge if ge is not None else 0.05 * abs(g), 1e-6 + 0.01 * abs(g)) ** 2])
-        inf = [self._unit(r.params) for r in self._rows("infeasible")]
+        inf = [m[0] for r in self._rows("infeasible") if (m := self.model_inputs(r)) is not None]
 
         def t(a, d=2):
             return torch.tensor(a, dtype=DTYPE) if a else torch.empty(0, d, dtype=DTYPE)
@@ -201,6 +229,7 @@ class NestedOptimizer(Optimizer):
             Yvt = Yvt.clamp_min(1e-5 * float(Yt.var()))
         return {
             "X": t(X),
+            "X_sd": t(Xsd),
             "Y": Yt,
             "Yvar": Yvt,
             "X_infeasible": t(inf),
@@ -276,7 +305,9 @@ class NestedOptimizer(Optimizer):
             lo, hi = self.space.doping_bounds
             width = self.cost.film_doping_tol / (hi - lo) if hi > lo else 1.0
             film = (1, max(width, 1e-4), self.film_rel_sd)
-        thr_gp, info = fit_gp(data["X"], data["Y"], data["Yvar"], maxiter=self.maxiter, film=film)
+        thr_gp, info, _ = fit_gp_input_noise(
+            data["X"], data["Y"], data["Yvar"], data["X_sd"], maxiter=self.maxiter, film=film
+        )
         messages += info.messages
         models = [thr_gp]
         index = {"threshold": 0}

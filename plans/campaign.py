@@ -7,6 +7,14 @@
 * a proposal's doping selects a film: an existing film of the stage's library within
   ``film_doping_tol`` (a sample change, seconds), else, if the bench can make films,
   an operator makes one (``new_film_doping`` + ``new_film_request``: hours);
+* a film comes out of the lab with its own doping, not the one asked for: every new film is
+  measured (``plans.absorption.measure_film_doping``: its white-light absorption, its own run
+  tagged ``campaign_uid`` and ``film_trial_index``) before its first trial, and a film measured
+  in this campaign (``film_dopings``, e.g. read back by a resume) is matched to proposals by
+  its measured doping and never measured again. Each ``TrialRecord`` carries the requested
+  doping and the film's measured doping with its error (the optimiser models the measured
+  one). A film whose measurement fails is a ``failed`` trial ("film not measured: <reason>")
+  and is never used: no trial is measured blind;
 * a nested trial (params without a fluence) is an adaptive ``ase_fluence_scan`` at the
   proposed stripe length; a joint trial is one ``ase_point`` acquisition at the proposed
   fluence and stripe length;
@@ -47,11 +55,23 @@ import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator, RequestAbort, RequestStop
 
 from core.protocols import OPTIMIZER_METHODS, Optimizer
-from core.trial import Proposal, TrialRecord, proposal_row
-from plans.analysis import AnalysisError
+from core.trial import FILM_NOT_MEASURED, FilmDoping, Proposal, TrialRecord, proposal_row
+from plans.absorption import measure_film_doping
+from plans.analysis import AbsorptionError, AnalysisError
 from plans.measurements import ase_fluence_scan, ase_point
 
-__all__ = ["CampaignStop", "campaign", "fit_rejection", "mount_film"]
+__all__ = ["FILM_NOT_MEASURED", "CampaignStop", "FilmDoping", "campaign", "fit_rejection", "mount_film"]
+
+
+def _film_columns(requested: float, film: FilmDoping | None) -> dict:
+    """A ``TrialRecord``'s film doping fields: requested (when its film was made, else by this trial), and
+    measured when the film was."""
+    out = {"requested_doping": requested}
+    if film is not None:
+        if math.isfinite(film.requested):
+            out["requested_doping"] = film.requested
+        out.update(measured_doping=film.doping, measured_doping_err=film.doping_err, absorption_uid=film.absorption_uid)
+    return out
 
 
 class CampaignStop(RuntimeError):
@@ -138,22 +158,29 @@ def fit_rejection(outcome: dict, max_rel_err: float) -> str:
     return ""
 
 
-def _film_id(bench, doping: float, tol: float, eligible) -> str | None:
-    """An existing film of this doping (electrons/dot) the campaign may use."""
+def _film_id(bench, doping: float, tol: float, eligible, dopings=None, exclude=()) -> str | None:
+    """An existing film of this doping (electrons/dot) the campaign may use: its measured doping
+    (``dopings``: id -> electrons/dot) when it has one, else its library doping; never one of ``exclude``."""
+    dopings = dopings or {}
     best, best_diff = None, math.inf
     for entry in bench.stage.library.values():
-        if entry.kind != "film" or (eligible is not None and entry.id not in eligible):
+        if entry.kind != "film" or (eligible is not None and entry.id not in eligible) or entry.id in exclude:
             continue
-        diff = abs(entry.doping - doping)
+        diff = abs(float(dopings.get(entry.id, entry.doping)) - doping)
         if diff <= tol and diff < best_diff:
             best, best_diff = entry.id, diff
     return best
 
 
-def mount_film(bench, doping: float, tol: float, eligible, can_make_films: bool) -> MsgGenerator[tuple[str, bool]]:
+def mount_film(
+    bench, doping: float, tol: float, eligible, can_make_films: bool, *, dopings=None, exclude=()
+) -> MsgGenerator[tuple[str, bool]]:
     """Mount a library film of this doping (electrons/dot) within ``tol``, among ``eligible`` ids (None: any),
-    else have one made (``can_make_films``); return ``(sample_id, made_now)``."""
-    sample_id = _film_id(bench, doping, tol, eligible)
+    else have one made (``can_make_films``); return ``(sample_id, made_now)``.
+
+    ``dopings``: films' measured dopings (id -> electrons/dot), matched in place of their library
+    doping; ``exclude``: ids never to use (a film whose doping could not be measured)."""
+    sample_id = _film_id(bench, doping, tol, eligible, dopings, exclude)
     if sample_id is not None:
         return sample_id, False
     if not can_make_films:
@@ -191,6 +218,8 @@ def campaign(
     progress: Callable[[dict], None] | None = None,
     md: dict | None = None,
     fault_hook: Callable[[str, int], object] | None = None,
+    film_dopings: dict[str, FilmDoping] | None = None,
+    unusable_films: set[str] | None = None,
 ):
     """Run the closed loop until a budget or the target is reached; return the campaign's summary.
 
@@ -204,6 +233,9 @@ def campaign(
     none that is a finite positive number) is a ``failed`` trial ("fit rejected"), its numbers
     kept in the record but never given to the optimiser as a result; it is not re-measured.
     ``fault_hook``: fault injection at the points of ``FAULT_POINTS`` (tests only; see the module doc).
+    ``film_dopings``: films already measured (id -> ``FilmDoping``; a resumed campaign's), never
+    measured again; ``unusable_films``: ids of films whose measurement failed, never used. The
+    plan adds the films it measures (or fails to) to both.
     """
     if not isinstance(optimizer, Optimizer):
         lacking = [m for m in OPTIMIZER_METHODS if not callable(getattr(optimizer, m, None))]
@@ -218,6 +250,8 @@ def campaign(
     if max_trials is not None and max_trials < 1:
         raise ValueError(f"max_trials must be >= 1, got {max_trials!r}")
     eligible = set(films) if films is not None else None
+    measured: dict[str, FilmDoping] = film_dopings if film_dopings is not None else {}
+    unusable: set[str] = unusable_films if unusable_films is not None else set()
     scan_args = dict(scan_args or {})
     point_args = dict(point_args or {})
     summary = {
@@ -228,6 +262,7 @@ def campaign(
         "lab_hours": lab_time_used_s / 3600.0,
         "stopped_by": "",
         "trial_uids": [],
+        "films_measured": len(measured),
     }
     start_md = {
         "plan_name": "campaign",
@@ -241,6 +276,8 @@ def campaign(
         **(md or {}),
     }
     t0 = lab_clock()
+    film_failures: dict[str, str] = {}
+    _library_ids = {e.id for e in bench.config.stage.library}  # films of known doping (the bench file's)
     recorder = _Recorder()
     _record = recorder.record
 
@@ -275,11 +312,26 @@ def campaign(
         }
         t_start = lab_clock()
         status, outcome, reason, uid, sample_id, new_film = "completed", {}, "", "", "", False
+        film: FilmDoping | None = None
+        requested = float(params["doping"])
         try:
             sample_id, new_film = yield from mount_film(
-                bench, float(params["doping"]), film_doping_tol, eligible, can_make_films
+                bench,
+                requested,
+                film_doping_tol,
+                eligible,
+                can_make_films,
+                dopings={k: v.doping for k, v in measured.items()},
+                exclude=unusable,
             )
             trial_md["new_film"] = new_film
+            film = measured.get(sample_id)
+            if new_film or (film is None and sample_id not in _library_ids):  # made here or in an earlier session
+                film = yield from measure_film(sample_id, index, float(bench.stage.library[sample_id].doping))
+                if film is None:  # never used blind
+                    return (yield from film_failed(proposal, t_start, sample_id, new_film, requested))
+            if film is not None:
+                trial_md["film_doping"] = film.as_dict()
             if "fluence_uJ_cm2" in params:
                 measure = ase_point(
                     bench,
@@ -317,6 +369,41 @@ def campaign(
             sample_id=sample_id or "",
             new_film=new_film,
             run_uid=uid or "",
+            **_film_columns(requested, film),
+        )
+
+    def measure_film(sample_id: str, index: int, requested: float):
+        """The mounted new film's doping (``FilmDoping``; ``requested``: what it was made to have, its
+        library doping), or None when it could not be measured (the film is then unusable and the
+        failure recorded in ``film_failures``)."""
+        film_md = {"campaign_uid": campaign_uid, "film_trial_index": index, "requested_doping": requested}
+        try:
+            m = yield from measure_film_doping(bench, md=film_md)
+        except (RequestAbort, RequestStop):
+            raise
+        except AbsorptionError as exc:
+            why = f"{exc.reason} ({exc.detail})"
+        except Exception as exc:  # device faults, refused setpoints: the film is not measured either
+            why = f"{type(exc).__name__}: {exc}"
+        else:
+            film = FilmDoping(float(m.doping_e_per_dot), float(m.doping_err_e_per_dot), requested, str(m.uid))
+            measured[sample_id] = film
+            summary["films_measured"] = len(measured)
+            return film
+        unusable.add(sample_id)
+        film_failures[sample_id] = why
+        return None
+
+    def film_failed(proposal: Proposal, t_start: float, sample_id: str, new_film: bool, requested: float):
+        yield from _at(fault_hook, "measured", proposal.trial_index)
+        return TrialRecord(
+            proposal,
+            status="failed",
+            reason=f"{FILM_NOT_MEASURED}: {film_failures[sample_id]}",
+            lab_time_s=lab_clock() - t_start,
+            sample_id=sample_id,
+            new_film=new_film,
+            requested_doping=requested,
         )
 
     def record_proposal(p: Proposal, replayed: bool):

@@ -101,3 +101,12 @@ _register(
     stability.analyse_stability_run,
     "hours at 10 kHz just above threshold: duration_h, drop_fraction_max, hours_to_10pct_drop, interruptions",
 )
+
+from plans import absorption  # noqa: E402
+
+_register(
+    "absorption_spectrum",
+    absorption.absorption_spectrum,
+    absorption.analyse_absorption_spectrum,
+    "white-light dark, reference and sample over the 1S peak: doping_e_per_dot from the bleach",
+)

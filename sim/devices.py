@@ -71,6 +71,7 @@ __all__ = [
     "TwinSpectrometer",
     "TwinStripeSlit",
     "TwinTransientAbsorption",
+    "TwinWhiteLight",
     "default_twin_bench_path",
     "twin_bench_devices",
 ]
@@ -535,6 +536,42 @@ class TwinInterlock(_TwinDevice):
         return self.twin.state.message
 
 
+class TwinWhiteLight(_TwinDevice):
+    """In-process ``WhiteLight``: the lamp's shutter, lamp OK (writable, so that a test can switch the
+    lamp off), the film in or out of its beam (lab clock += ``[absorption].sample_in_move_s``) and the
+    neutral reference of the mounted film's dots (its preset undoped: ``TwinBench.neutral_reference``)."""
+
+    shutter = Cpt(TwinSignal, getter="_shutter", setter="_set_shutter", check=check_flag, kind="normal")
+    ok = Cpt(TwinSignal, getter="_ok", setter="_set_ok", check=check_flag, kind="normal")
+    sample_in = Cpt(TwinSignal, getter="_sample_in", setter="_set_sample_in", check=check_flag, kind="normal")
+    neutral_absorbance = Cpt(TwinSignal, getter="_neutral", units=UNITS["neutral_absorbance"])
+    neutral_1s_absorbance = Cpt(TwinSignal, getter="_neutral_1s", units=UNITS["neutral_1s_absorbance"])
+
+    def _shutter(self) -> int:
+        return int(self.twin.state.lamp_shutter_open)
+
+    def _set_shutter(self, value) -> None:
+        self.twin.set_lamp_shutter(bool(value))
+
+    def _ok(self) -> int:
+        return int(self.twin.state.lamp_ok)
+
+    def _set_ok(self, value) -> None:
+        self.twin.state.lamp_ok = bool(value)
+
+    def _sample_in(self) -> int:
+        return int(self.twin.state.sample_in_beam)
+
+    def _set_sample_in(self, value) -> None:
+        self.twin.set_sample_in_beam(bool(value))
+
+    def _neutral(self) -> np.ndarray:
+        return self.twin.neutral_reference().total
+
+    def _neutral_1s(self) -> np.ndarray:
+        return self.twin.neutral_reference().one_s
+
+
 @dataclass
 class TwinBenchDevices(Bench):
     """The in-process twin's ``devices.Bench``: the same interface, answered by its engine (``engine``).
@@ -548,7 +585,9 @@ class TwinBenchDevices(Bench):
 
     def describe_sample(self, sample_id: str) -> dict:
         """``devices.Bench.describe_sample`` and, under ``twin``: the seed, the preset, the sample's
-        parameters as made (``TwinBench.sample_for``) and the optical setup."""
+        parameters as requested (``TwinBench.sample_for``: the preset with the entry's doping) and the
+        optical setup. A film made on request really is as drawn around that (``film_truth``): the truth
+        stays out of the run's metadata, as it would on a bench."""
         md = super().describe_sample(sample_id)
         entry = self.library_entry(sample_id)
         engine: TwinBench = self.engine
@@ -559,6 +598,11 @@ class TwinBenchDevices(Bench):
             "setup": engine.presets.setup.model_dump(mode="json"),
         }
         return md
+
+    def film_truth(self, film_id: str):
+        """What a film really is (``sim.engine.FilmTruth``: true doping, thickness, loss): the twin's hidden
+        truth, for tests and benchmarks only (a plan never sees it)."""
+        return self.engine.film_truth(film_id)
 
     def excitons_per_uJ_cm2(self, sample_id: str) -> float:
         """The twin's own kappa of the sample (excitons/dot per uJ/cm^2): what its films absorb.
@@ -589,6 +633,7 @@ _DEVICE_CLASSES = (
     TwinPolarizer,
     TwinTransientAbsorption,
     TwinInterlock,
+    TwinWhiteLight,
 )
 
 

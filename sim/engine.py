@@ -25,16 +25,18 @@ import numpy as np
 
 from core.errors import GainloopError, ParameterError
 from devices.config import BenchConfig, LibraryEntry
+from twin import absorption as absorption_model
 from twin import dfb as dfb_model
 from twin import dynamics
 from twin.damage import accumulate_damage, damaged_sample
+from twin.films import FilmScatter, FilmTruth, draw_film, film_generator, film_sample
 from twin.gain import film_kappa
 from twin.instrument import acquire_stripe_spectrum
 from twin.noise import PumpDrift, detector_counts
 from twin.presets import PresetFile, Sample, excitons_per_fluence, load_presets
 from twin.spectra import energy_bin_widths_meV, spectrometer_axis_nm
 
-__all__ = ["FAULTS", "Acquisition", "InterlockError", "TwinBench"]
+__all__ = ["FAULTS", "Acquisition", "FilmTruth", "InterlockError", "TwinBench"]
 
 #: Faults the twin can inject (the IOC adds "pause" and "disconnect" of its own).
 FAULTS = ("stuck_motor", "saturated_detector", "nan_readback")
@@ -95,6 +97,9 @@ class _State:
     exposure_s: float = 3.0
     permit: bool = True
     power_ok: bool = True
+    lamp_shutter_open: bool = False
+    lamp_ok: bool = True
+    sample_in_beam: bool = True
     message: str = "ok"
     doses: dict[str, float] = field(default_factory=dict)
     faults: set[str] = field(default_factory=set)
@@ -118,6 +123,11 @@ class TwinBench:
         self._bin_meV = energy_bin_widths_meV(self.wavelength_nm)
         self.state = _State(sample_id=bench.stage.library[0].id)
         self._new_films = 0
+        tw = bench.twin
+        self.film_scatter = FilmScatter(tw.film_doping_spread, tw.film_thickness_rel_spread, tw.film_loss_rel_spread)
+        #: the true make of each film an operator made (drawn around the request); library films are as given
+        self._truth: dict[str, FilmTruth] = {}
+        self.lamp_drift = absorption_model.LampDrift(tw.lamp_drift_rms, self.seed)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -140,10 +150,41 @@ class TwinBench:
             )
         return sample.model_copy(update={"doping_ne": entry.doping})
 
+    def film_truth(self, film_id: str) -> FilmTruth:
+        """What a library film really is: the hidden truth, for tests and benchmarks only.
+
+        A film an operator made on request (``make_film``, or put back by ``add_film``) has its
+        doping, thickness and waveguide loss drawn around the request and the preset
+        (``[twin].film_doping_spread``, ``film_thickness_rel_spread``, ``film_loss_rel_spread``);
+        a film of the bench file's library is what its entry and preset say.
+        """
+        if film_id not in self.library:
+            ids = ", ".join(self.library)
+            raise ParameterError(f"sample {film_id!r} is not in the library; mounted: {ids}")
+        truth = self._truth.get(film_id)
+        if truth is not None:
+            return truth
+        entry = self.library[film_id]
+        sample = self.sample_for(entry)
+        thickness = absorption_model.film_thickness_nm(sample, entry.kind)
+        return FilmTruth(film_id, entry.doping, entry.doping, thickness, sample.film.waveguide_loss_per_cm)
+
+    def true_sample(self, entry: LibraryEntry) -> Sample:
+        """The twin's parameters of a library entry as the film really is (``film_truth``): what the physics uses."""
+        sample = self.sample_for(entry)
+        truth = self._truth.get(entry.id)
+        return sample if truth is None else film_sample(sample, truth)
+
+    def _draw_truth(self, entry: LibraryEntry) -> None:
+        """Draw the make of a film made on request (a function of the seed and the film's id only)."""
+        preset = self.sample_for(entry)
+        rng = film_generator(self.seed, entry.id)
+        self._truth[entry.id] = draw_film(entry.id, entry.doping, preset, self.film_scatter, rng)
+
     def excitons_per_uJ_cm2(self, sample_id: str | None = None) -> float:
         """The twin's kappa = <N>/F (excitons/dot per uJ/cm^2) of a library entry (default: the mounted one)."""
         entry = self.current() if sample_id is None else self.library[sample_id]
-        sample = self.sample_for(entry)
+        sample = self.true_sample(entry)
         if entry.kind == "dfb":
             d = sample.dfb
             args = (d.absorbed_fraction_1030, d.film_thickness_nm, d.packing_fraction, d.dot_diameter_nm)
@@ -156,7 +197,7 @@ class TwinBench:
     def current_sample(self) -> Sample:
         """The mounted sample's parameters, with the photo-damage it has taken so far."""
         entry = self.current()
-        return damaged_sample(self.sample_for(entry), self.state.doses.get(entry.id, 0.0))
+        return damaged_sample(self.true_sample(entry), self.state.doses.get(entry.id, 0.0))
 
     def advance(self, seconds: float) -> None:
         """Advance the lab clock (s)."""
@@ -229,6 +270,8 @@ class TwinBench:
         film = entry.model_copy(update={"preset": self.config.twin.new_film_preset})
         self.sample_for(film)  # the preset must fit the entry (ParameterError), as for the bench file's films
         self.library[film.id] = film
+        if film.kind == "film":
+            self._draw_truth(film)  # the same film it was when made (same seed, same id)
         return film
 
     def set_lab_time(self, seconds: float) -> None:
@@ -252,6 +295,7 @@ class TwinBench:
         self._new_films += 1
         new_id = f"film-{self._new_films:03d}-ne{d:.2f}"
         self.library[new_id] = self.config.new_film_entry(new_id, d, preset=self.config.twin.new_film_preset)
+        self._draw_truth(self.library[new_id])
         dt = self.new_film_seconds()
         self.advance(dt)
         self.state.sample_id = new_id
@@ -290,7 +334,7 @@ class TwinBench:
             acq = acquire_stripe_spectrum(
                 self.state.fluence_uJ_cm2 if self.state.shutter_open else 0.0,
                 self.state.stripe_length_um,
-                entry.doping,
+                sample.doping_ne,
                 sample,
                 self.presets.setup,
                 noise,
@@ -314,6 +358,8 @@ class TwinBench:
             intensity = np.asarray(per_nm * factor * step_nm * to_units, dtype=float) * np.ones_like(self.wavelength_nm)
             read = detector_counts(intensity, exp_s, noise, self.rng)
             counts, saturated = read.counts, read.saturated
+        if self.lamp_lit():
+            counts, saturated = self._add_white_light(counts, saturated, exp_s)
         if "saturated_detector" in self.state.faults:
             counts = np.full_like(counts, noise.full_well_counts)
             saturated = True
@@ -332,6 +378,52 @@ class TwinBench:
         return Acquisition(
             self.wavelength_nm, counts, float(np.sum(counts)), peak, fwhm, saturated, exp_s, self.lab_time_s
         )
+
+    # ------------------------------------------------------------------ white light (absorption)
+    def lamp_lit(self) -> bool:
+        """Whether white light reaches the spectrometer: the lamp's shutter open and the lamp OK."""
+        return self.state.lamp_shutter_open and self.state.lamp_ok
+
+    def set_lamp_shutter(self, open_: bool) -> None:
+        self.state.lamp_shutter_open = bool(open_)
+
+    def set_sample_in_beam(self, inside: bool) -> float:
+        """Move the mounted film into (True) or out of (False) the white-light beam; returns the lab time (s)."""
+        inside = bool(inside)
+        dt = 0.0 if inside == self.state.sample_in_beam else self.config.absorption.sample_in_move_s
+        self.advance(dt)
+        self.state.sample_in_beam = inside
+        return dt
+
+    def film_absorbance(self) -> np.ndarray:
+        """Absorbance (OD) of the mounted film as it really is, on the spectrometer's axis."""
+        entry = self.current()
+        sample = self.current_sample()
+        thickness = self.film_truth(entry.id).thickness_nm
+        return absorption_model.absorbance(
+            self.wavelength_nm, sample.doping_ne, sample, thickness_nm=thickness, kind=entry.kind
+        )
+
+    def neutral_reference(self) -> absorption_model.AbsorbanceParts:
+        """The neutral reference of the mounted film's dots: its preset undoped, at the preset's thickness (OD)."""
+        entry = self.current()
+        return absorption_model.neutral_absorbance(self.wavelength_nm, self.sample_for(entry), kind=entry.kind)
+
+    def _add_white_light(self, counts: np.ndarray, saturated: bool, exp_s: float):
+        """The white light through the film (or beside it), shot noise included, added to a read's counts."""
+        od = self.film_absorbance() if self.state.sample_in_beam else None
+        rate = absorption_model.transmitted_counts_per_s(
+            self.wavelength_nm,
+            self.config.twin.lamp_counts_per_s,
+            od,
+            drift_factor=self.lamp_drift.factor(self.lab_time_s),
+        )
+        light = self.rng.poisson(np.maximum(rate * exp_s, 0.0)).astype(float)
+        noise = self.presets.noise
+        dark = noise.dark_counts_per_s * exp_s
+        total = counts + light
+        saturated = saturated or bool(np.any(total + dark >= noise.full_well_counts))
+        return np.minimum(total, noise.full_well_counts - dark), saturated
 
     def acquire_ta(self, averaging_s: float = 1.0) -> float:
         """|d(alpha)/alpha0| is not taken: returns d(alpha)/alpha0 at the set delay and pump <N> (with noise)."""

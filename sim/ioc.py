@@ -18,8 +18,9 @@ operations (idle wall time does not count), so ``SIM:LabTime`` after an acquisit
 exactly the exposure later. ``SIM:TimeScale`` can be changed while serving (> 0).
 
 Put completion. ``SPEC:Acquire``, ``TA:Acquire``, ``STAGE:Sample-SP``,
-``STAGE:NewFilm-Request`` and the slit's ``.VAL`` complete their CA put (the put
-callback / ``wait=True``) only when the operation is done and its data posted. The
+``STAGE:NewFilm-Request``, ``ABS:SampleIn`` (the film into or out of the white-light beam,
+``[absorption].sample_in_move_s`` of lab time) and the slit's ``.VAL`` complete their CA put
+(the put callback / ``wait=True``) only when the operation is done and its data posted. The
 acquire and request PVs read 1 while busy and 0 when done; a put of 0 does nothing.
 An operation started by a put runs to its end even if the client goes away.
 
@@ -309,6 +310,9 @@ class TwinIOC(PVGroup):
         await self._w(self.doping_rb, entry.doping)
         await self._w(self.period_rb, entry.grating_period_nm or 0.0)
         await self._w(self.kind_rb, entry.kind)
+        neutral = self.bench.neutral_reference()
+        await self._w(self.neutral_abs, np.asarray(neutral.total, dtype=float))
+        await self._w(self.neutral_1s_abs, np.asarray(neutral.one_s, dtype=float))
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -356,6 +360,9 @@ class TwinIOC(PVGroup):
         await self._w(self.angle_sp, s.polarizer_deg)
         await self._w(self.angle_rb, s.polarizer_deg)
         await self._w(self.il_message, s.message)
+        await self._w(self.lamp_shutter, int(s.lamp_shutter_open))
+        await self._w(self.lamp_ok, int(s.lamp_ok))
+        await self._w(self.sample_in, int(s.sample_in_beam))
         await self._w(self.time_scale_pv, self.time_scale)
         for name, (_, engine_fault) in IOC_FAULTS.items():
             on = name in self.faults or (engine_fault is not None and engine_fault in s.faults)
@@ -583,6 +590,31 @@ class TwinIOC(PVGroup):
         await self._w(self.fwhm, acq.fwhm_nm)
         await self._w(self.saturated, int(acq.saturated))
 
+    # ------------------------------------------------------------------ white light (absorption)
+    async def _put_lamp_shutter(self, instance, value):
+        await self.gate()
+        self.bench.set_lamp_shutter(bool(_scalar(value)))
+        return int(self.bench.state.lamp_shutter_open)
+
+    async def _put_lamp_ok(self, instance, value):
+        await self.gate()
+        ok = bool(_scalar(value))
+        if self.bench.state.lamp_ok and not ok:
+            await self.say("white-light lamp not OK")
+        self.bench.state.lamp_ok = ok
+        return int(ok)
+
+    async def _put_sample_in(self, instance, value):
+        """Move the film into (1) or out of (0) the white-light beam; the put completes when it is there."""
+        inside = bool(_scalar(value))
+        await self.gate()
+        async with self._locks["stage"]:
+            dt = self.bench.set_sample_in_beam(inside)
+            await self.post_clock_and_pump()
+            await self.lab_sleep(dt)
+            await self.gate()
+        return int(inside)
+
     # ------------------------------------------------------------------ polariser, TA
     async def _put_angle(self, instance, value):
         a = _scalar(value)
@@ -652,7 +684,7 @@ def _ioc_class(cfg: BenchConfig) -> type[TwinIOC]:
     """A ``TwinIOC`` subclass whose pvproperties carry the bench file's PV names."""
     T = TwinIOC
     p, sl, st, sp = cfg.pump, cfg.slit, cfg.stage, cfg.spectrometer
-    po, ta, il = cfg.polarizer, cfg.transient_absorption, cfg.interlock
+    po, ta, il, ab = cfg.polarizer, cfg.transient_absorption, cfg.interlock, cfg.absorption
 
     def ro(name, value=0.0, **kw):
         return pvproperty(name=name, value=value, read_only=True, **kw)
@@ -714,6 +746,15 @@ def _ioc_class(cfg: BenchConfig) -> type[TwinIOC]:
         "permit": pvproperty(name=il.permit, value=1, put=T._put_permit),
         "il_message": pvproperty(
             name=il.message, value="", dtype=_LongStringRO, long_string_max_length=STRING_MAX, doc="lsi record"
+        ),
+        "lamp_shutter": pvproperty(name=ab.lamp_shutter, value=0, put=T._put_lamp_shutter, doc="white-light shutter"),
+        "lamp_ok": pvproperty(name=ab.lamp_ok, value=1, put=T._put_lamp_ok, doc="1 while the lamp is lit"),
+        "sample_in": pvproperty(name=ab.sample_in, value=1, put=T._put_sample_in, doc="film in the white light"),
+        "neutral_abs": ro(
+            ab.neutral_absorbance, value=[0.0] * sp.pixels, dtype=float, max_length=sp.pixels, units="OD"
+        ),
+        "neutral_1s_abs": ro(
+            ab.neutral_1s_absorbance, value=[0.0] * sp.pixels, dtype=float, max_length=sp.pixels, units="OD"
         ),
         "lab_time": ro("SIM:LabTime", units="s", precision=3),
         "time_scale_pv": pvproperty(name="SIM:TimeScale", value=1.0, put=T._put_time_scale, units="s/s"),

@@ -37,9 +37,12 @@ QUICK = {
     ),
 }
 
+#: Plans that never open the pump shutter (white light only), with the shutter they do open.
+LAMP_QUICK = {"absorption_spectrum": ("cas_doped-film", {})}
+
 
 def test_every_registered_plan_has_quick_arguments_here():
-    assert set(QUICK) == set(PLANS)
+    assert set(QUICK) | set(LAMP_QUICK) == set(PLANS) and not set(QUICK) & set(LAMP_QUICK)
 
 
 def _bench(seed: int = 0):
@@ -182,3 +185,42 @@ def test_a_shutter_closed_behind_the_plans_back_stops_the_measurement(RE):
     _assert_safe(bench, docs, {"fail"})
     events = [d for n, d in docs if n == "event"]
     assert all(ev["data"]["pump_shutter"] == 1 for ev in events)  # no reading with the shutter closed was kept
+
+
+@pytest.mark.parametrize("name", sorted(LAMP_QUICK))
+@pytest.mark.parametrize("fault", ["device_error", "nan_reading", "abort"])
+def test_a_white_light_plan_failing_after_the_lamp_opened_closes_it(RE, name, fault):
+    """The absorption plan never opens the pump; its lamp's shutter is closed however it ends, and the
+    pump is left closed and parked as after every plan."""
+    bench = _bench()
+    docs = collect(RE)
+    sample, kwargs = LAMP_QUICK[name]
+    opened = []
+
+    def inject():
+        opened.append(bench.engine.state.lamp_shutter_open)
+        if fault == "abort":
+            return [Msg("pause", None, defer=False)]
+        return {"device_error": _fail_acquisitions, "nan_reading": _nan_readings}[fault](bench)
+
+    state = {"opened": False, "done": False}
+
+    def mutate(msg):
+        if state["opened"] and not state["done"]:
+            state["done"] = True
+            return _then(inject(), msg), None
+        if msg.command == "set" and msg.obj is bench.lamp.shutter and msg.args and msg.args[0] == 1:
+            state["opened"] = True
+        return None, None
+
+    plan = bpp.plan_mutator(PLANS[name].start(bench, sample, **kwargs), mutate)
+    if fault == "abort":
+        with pytest.raises(RunEngineInterrupted):
+            RE(plan)
+        RE.abort(reason="operator abort (test)")
+    else:
+        with pytest.raises(Exception, match=r"did not complete|no valid"):
+            RE(plan)
+    assert opened == [True]  # the fault came while the lamp was on
+    assert bench.engine.state.lamp_shutter_open is False and bench.lamp.shutter.get() == 0
+    _assert_safe(bench, docs, {"abort"} if fault == "abort" else {"fail"})

@@ -45,6 +45,8 @@ HELD = {
     "pump_excitons": ("ta_pump_excitons", "TA:PumpExcitons-SP"),
     "angle": ("polarizer_deg", "POL:Angle-RB"),
     "sample": ("sample_id", "STAGE:Sample-RB"),
+    "lamp_shutter": ("lamp_shutter_open", "ABS:LampShutter"),
+    "sample_in": ("sample_in_beam", "ABS:SampleIn"),
 }
 #: The faults a test switches: the engine's fault name and the IOC's ``SIM:Fault-*`` PV.
 FAULTS = {
@@ -84,7 +86,7 @@ def _twin_side(bench: Bench) -> Side:
 
     def held(key: str):
         value = getattr(engine.state, HELD[key][0])
-        return int(value) if key == "shutter" else value
+        return int(value) if key in ("shutter", "lamp_shutter", "sample_in") else value
 
     def fault(name: str, on: bool) -> None:
         (engine.state.faults.add if on else engine.state.faults.discard)(name)
@@ -254,6 +256,8 @@ def test_slit_scan_reads_its_positions_and_costs_travel_and_exposures(RE, side, 
         ("pump_excitons", -0.1),
         ("pump_excitons", -2.0),
         ("shutter", 2),
+        ("lamp_shutter", 2),
+        ("sample_in", -1),
     ],
 )
 def test_bad_setpoints_are_limit_errors_and_never_sent(RE, side, attr, bad):
@@ -266,6 +270,8 @@ def test_bad_setpoints_are_limit_errors_and_never_sent(RE, side, attr, bad):
         "angle": b.polarizer.angle,
         "pump_excitons": b.ta.pump_excitons,
         "shutter": b.pump.shutter,
+        "lamp_shutter": b.lamp.shutter,
+        "sample_in": b.lamp.sample_in,
     }[attr]
     before = side.snapshot()
     with pytest.raises(LimitError, match="nothing was sent"):
@@ -321,6 +327,42 @@ def test_film_doping_out_of_range_is_refused(side):
     with pytest.raises(PutRefusedError, match="cannot be made"):
         st.wait(10)
     assert isinstance(st.exception(), PutRefusedError)
+
+
+# ---------------------------------------------------------------- the white light (absorption)
+def test_white_light_reaches_the_spectrometer_through_the_film_or_beside_it(RE, side, cfg):
+    b = side.bench
+    mounted, exposure = b.stage.sample.get(), b.spectrometer.exposure.get()
+    b.stage.set("cas_doped-film").wait(10)
+    RE(bps.mv(b.pump.shutter, 0, b.lamp.shutter, 0, b.lamp.sample_in, 1, b.spectrometer.exposure, 1.0))
+    docs = run_and_collect(RE, bp.count([b.spectrometer, b.lamp]))
+    keys = one(docs, "descriptor")["data_keys"]
+    assert {"lamp_shutter", "lamp_ok", "lamp_sample_in", "lamp_neutral_absorbance"} <= set(keys)
+    assert keys["lamp_neutral_absorbance"]["units"] == keys["lamp_neutral_1s_absorbance"]["units"] == "OD"
+    assert keys["lamp_neutral_absorbance"]["shape"] == [cfg.spectrometer.pixels]
+    (dark,) = events(docs)
+    assert dark["data"]["lamp_shutter"] == 0 and dark["data"]["lamp_ok"] == 1
+    # the neutral reference of the mounted film's dots: its 1S peak at the preset's 1601 nm
+    lam = np.asarray(b.spectrometer.wavelength.get())
+    one_s = np.asarray(dark["data"]["lamp_neutral_1s_absorbance"])
+    assert lam[int(np.argmax(one_s))] == pytest.approx(1601.0, abs=1.5)
+    assert np.all(np.asarray(dark["data"]["lamp_neutral_absorbance"]) >= one_s)
+    # the film out of the beam costs the bench file's move time; the reference is bright
+    t0 = side.lab_time_s()
+    RE(bps.mv(b.lamp.sample_in, 0, b.lamp.shutter, 1))
+    assert side.lab_time_s() - t0 == pytest.approx(cfg.absorption.sample_in_move_s, abs=side.clock_tol_s)
+    assert side.held("sample_in") == 0 and side.held("lamp_shutter") == 1
+    (ref,) = events(run_and_collect(RE, bp.count([b.spectrometer, b.lamp])))
+    RE(bps.mv(b.lamp.sample_in, 1))
+    (film,) = events(run_and_collect(RE, bp.count([b.spectrometer, b.lamp])))
+    ref_counts = np.asarray(ref["data"]["spectrometer_spectrum"])
+    film_counts = np.asarray(film["data"]["spectrometer_spectrum"])
+    assert np.median(ref_counts) > 1e5 > 100 * abs(np.median(np.asarray(dark["data"]["spectrometer_spectrum"])))
+    absorbance = -np.log10(film_counts / ref_counts)
+    assert 0.005 < float(np.max(absorbance)) < 0.1  # a 160 nm film of these dots: a few 10 mOD
+    RE(bps.mv(b.lamp.shutter, 0))
+    assert side.held("lamp_shutter") == 0
+    RE(bps.mv(b.stage, mounted, b.spectrometer.exposure, exposure))  # the module's IOC as the next test expects
 
 
 # ---------------------------------------------------------------- TA and polariser

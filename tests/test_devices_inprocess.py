@@ -49,7 +49,7 @@ def bench(cfg, presets):
 def test_twin_devices_are_a_bench_with_the_engine(bench, cfg):
     assert isinstance(bench, Bench)
     assert bench.engine is not None and bench.engine.config is cfg
-    assert set(bench.devices()) == {"pump", "slit", "stage", "spectrometer", "polarizer", "ta", "interlock"}
+    assert set(bench.devices()) == {"pump", "slit", "stage", "spectrometer", "polarizer", "ta", "interlock", "lamp"}
     assert bench.stage.library.keys() == {e.id for e in cfg.stage.library}
     assert bench.engine.state.stripe_length_um == 1000.0  # the slit's start (where the contract's scans start)
 
@@ -63,6 +63,7 @@ def test_twin_devices_are_a_bench_with_the_engine(bench, cfg):
         (devices.Polarizer, "polarizer"),
         (devices.TransientAbsorption, "ta"),
         (devices.Interlock, "interlock"),
+        (devices.WhiteLight, "lamp"),
     ],
 )
 def test_twin_devices_have_the_epics_components_and_kinds(bench, epics_cls, twin_name):

@@ -48,7 +48,7 @@ def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
 
 def contract_pvs() -> set[str]:
     text = (REPO / "docs" / "pvs.md").read_text()
-    return set(re.findall(r"`((?:PUMP|SLIT|STAGE|SPEC|POL|TA|IL|SIM):[A-Za-z0-9:\-]+)`", text))
+    return set(re.findall(r"`((?:PUMP|SLIT|STAGE|SPEC|POL|TA|IL|ABS|SIM):[A-Za-z0-9:\-]+)`", text))
 
 
 # ---------------------------------------------------------------------------- start-up
@@ -56,7 +56,7 @@ def contract_pvs() -> set[str]:
 
 def test_list_pvs_prints_every_pv_of_the_contract(ioc):
     expected = {ioc.pv(name) for name in contract_pvs()}
-    assert len(expected) == 44  # 33 bench PVs (the watchdog among them) + 11 SIM PVs in docs/pvs.md
+    assert len(expected) == 49  # 38 bench PVs (the watchdog, the white light among them) + 11 SIM PVs in docs/pvs.md
     listed = {line.strip() for line in ioc.stdout().splitlines() if line.strip() and not line.startswith("#")}
     assert listed == expected
     for name in expected:  # and each answers, with its control metadata (units fit DBR_CTRL's 8 chars)

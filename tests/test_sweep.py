@@ -69,7 +69,9 @@ def _check_row_against_the_catalog(cat, row):
     record = [r for r in runs if r.start["plan_name"] == "campaign"]
     assert len(record) == 1 and record[0].start["seed"] == row["seed"]
     assert all(r.stop["exit_status"] == "success" for r in runs)
-    assert len(runs) == 1 + row["trials"]  # the record and one run per trial
+    absorption = [r for r in runs if r.start["plan_name"] == "absorption_spectrum"]
+    assert len(absorption) == status["films_measured"] == status["films_made"]  # each new film measured once
+    assert len(runs) == 1 + row["trials"] + len(absorption)  # the record, one run per trial, one per new film
     return runs
 
 

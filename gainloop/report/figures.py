@@ -239,7 +239,8 @@ def gp_posterior(cfg: CampaignConfig, history: list[dict], trials: list[ReportTr
     caption = (
         f"GP posterior of {who}, refitted on the {post['n_thresholds']} measured thresholds: median threshold "
         "exp(-mean of -ln threshold) (left) and the posterior standard deviation of ln threshold, about the "
-        "relative uncertainty (right). Numbers are trial indices at the proposed points; dashed: the safe-set "
+        "relative uncertainty (right), fitted on the films' measured dopings. Numbers are trial indices at "
+        "the proposed points (x: where a new film's doping was measured); dashed: the safe-set "
         f"fluence limit ({space.fluence_limit_uJ_cm2:g} uJ/cm^2)."
     )
     return {
@@ -277,6 +278,10 @@ def draw_posterior(fig, post: dict, trials: list[ReportTrial], best: ReportTrial
                 continue
             x, y = float(params["stripe_length_um"]), float(params["doping"])
             marker, color = _STATUS_MARK.get(t.record.status, ("o", "k"))
+            if t.record.doping_measured and abs(t.record.measured_doping - y) > 1e-9:
+                # the film came out elsewhere: a line from the request to the measured doping (x)
+                ax.plot([x, x], [y, t.record.measured_doping], "-", color="white", lw=0.8, alpha=0.8)
+                ax.plot(x, t.record.measured_doping, "x", ms=6, color="white", mew=1.2)
             ax.plot(x, y, marker, ms=7, mfc=color, mec="white", mew=1.0)
             ax.annotate(
                 str(t.record.trial_index),
@@ -288,9 +293,10 @@ def draw_posterior(fig, post: dict, trials: list[ReportTrial], best: ReportTrial
                 fontweight="bold",
             )
         if best is not None:
+            r = best.record
             ax.plot(
-                best.record.params["stripe_length_um"],
-                best.record.params["doping"],
+                r.params["stripe_length_um"],
+                r.measured_doping if r.doping_measured else r.params["doping"],
                 "*",
                 ms=16,
                 mfc="none",

@@ -34,16 +34,20 @@ def _fmt(v, spec: str = ".4g") -> str:
 
 def trials_table(trials: list[ReportTrial]) -> str:
     head = (
-        "<tr><th>trial</th><th>stripe length (um)</th><th>doping (electrons/dot)</th><th>status</th>"
+        "<tr><th>trial</th><th>stripe length (um)</th><th>doping (electrons/dot)</th>"
+        "<th>requested doping (electrons/dot)</th><th>measured doping (electrons/dot)</th><th>status</th>"
         "<th>threshold (uJ/cm^2)</th><th>lab time at end (h)</th><th>reason</th><th>run uid</th></tr>"
     )
     rows = []
     for t in trials:
         thr = f"{t.threshold:.1f} ± {t.threshold_err:.1f}" if math.isfinite(t.threshold) else ""
+        r = t.record
+        measured = f"{r.measured_doping:.3f} ± {r.measured_doping_err:.3f}" if r.doping_measured else ""
         rows.append(
             f"<tr class='{html.escape(t.record.status)}'><td>{t.record.trial_index}</td>"
             f"<td>{_fmt(t.record.params.get('stripe_length_um'), '.0f')}</td>"
-            f"<td>{_fmt(t.record.params.get('doping'), '.2f')}</td><td>{html.escape(t.record.status)}</td>"
+            f"<td>{_fmt(t.record.params.get('doping'), '.2f')}</td>"
+            f"<td>{_fmt(r.requested_doping, '.2f')}</td><td>{measured}</td><td>{html.escape(t.record.status)}</td>"
             f"<td>{thr}</td><td>{_fmt(t.lab_h, '.2f')}</td><td>{html.escape(t.record.reason)}</td>"
             f"<td><code>{html.escape(t.run_uid)}</code></td></tr>"
         )
@@ -72,6 +76,7 @@ def header_html(catalog, campaign_uid, cfg, trials, best, used_s, films, records
         ),
         ("material", html.escape(str(cfg.material or "not recorded"))),
         ("films made", str(len(films))),
+        ("films measured", str(len({t.record.sample_id for t in trials if t.record.doping_measured}))),
         ("last record run", html.escape(stop.get("exit_status", "running or interrupted") if records else "")),
         ("catalog", html.escape(masked(str(catalog.location)))),
     ]

@@ -7,6 +7,14 @@ functions of the DFB plans (``plans.lasing``) are here with their line and
 threshold fits.
 """
 
+from ._absorption import (
+    ABSORPTION_REASONS,
+    AbsorptionError,
+    DopingMeasurement,
+    absorbance_from_counts,
+    analyse_absorption_spectrum,
+    doping_from_absorbance,
+)
 from ._counts import PEAK_HALF_WIDTH_PX, counts_per_s, input_output
 from ._lasing import (
     LINE_HALF_WIDTHS_PX,
@@ -41,13 +49,16 @@ from ._thresholds import (
 from ._vsl import Plateau, VslFit, plateau_level, vsl_gain
 
 __all__ = [
+    "ABSORPTION_REASONS",
     "LINE_HALF_WIDTHS_PX",
     "PEAK_HALF_WIDTH_PX",
     "THRESHOLD_FIT_MIN_POINTS",
     "THRESHOLD_WINDOWS",
+    "AbsorptionError",
     "AnalysisError",
     "BiexcitonFit",
     "Crossing",
+    "DopingMeasurement",
     "ExponentialFit",
     "GainLifetime",
     "KinkFit",
@@ -56,11 +67,14 @@ __all__ = [
     "PolarizationFit",
     "SpectralPeak",
     "VslFit",
+    "absorbance_from_counts",
+    "analyse_absorption_spectrum",
     "analyse_lasing_spectrum",
     "analyse_lasing_threshold",
     "analyse_polarization_scan",
     "biexciton_lifetime",
     "counts_per_s",
+    "doping_from_absorbance",
     "first_where",
     "fit_exponential",
     "fit_lorentzian_line",
