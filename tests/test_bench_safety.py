@@ -56,16 +56,17 @@ def _plan(bench, name: str):
     return PLANS[name].start(bench, sample, **kwargs)
 
 
-def _after_shutter_opens(plan, bench, inject):
+def _after_shutter_opens(plan, bench, inject, shutter=None):
     """``plan`` with ``inject()`` (a list of messages, possibly empty) run right after the first
-    message that opens the shutter has been processed."""
+    message that opens ``shutter`` (default: the pump's) has been processed."""
+    shutter = bench.pump.shutter if shutter is None else shutter
     state = {"opened": False, "done": False}
 
     def mutate(msg):
         if state["opened"] and not state["done"]:
             state["done"] = True
             return _then(inject(), msg), None
-        if msg.command == "set" and msg.obj is bench.pump.shutter and msg.args and msg.args[0] == 1:
+        if msg.command == "set" and msg.obj is shutter and msg.args and msg.args[0] == 1:
             state["opened"] = True
         return None, None
 
@@ -203,17 +204,7 @@ def test_a_white_light_plan_failing_after_the_lamp_opened_closes_it(RE, name, fa
             return [Msg("pause", None, defer=False)]
         return {"device_error": _fail_acquisitions, "nan_reading": _nan_readings}[fault](bench)
 
-    state = {"opened": False, "done": False}
-
-    def mutate(msg):
-        if state["opened"] and not state["done"]:
-            state["done"] = True
-            return _then(inject(), msg), None
-        if msg.command == "set" and msg.obj is bench.lamp.shutter and msg.args and msg.args[0] == 1:
-            state["opened"] = True
-        return None, None
-
-    plan = bpp.plan_mutator(PLANS[name].start(bench, sample, **kwargs), mutate)
+    plan = _after_shutter_opens(PLANS[name].start(bench, sample, **kwargs), bench, inject, bench.lamp.shutter)
     if fault == "abort":
         with pytest.raises(RunEngineInterrupted):
             RE(plan)
