@@ -12,7 +12,7 @@ from gainloop.campaign import campaign_status
 from gainloop.catalog import Catalog
 from gainloop.demo import GOAL_FRACTION, twin_goal
 
-pytestmark = pytest.mark.slow(seconds=55)  # one of the longest modules: it runs early (tests/conftest.py)
+pytestmark = pytest.mark.slow(seconds=90)  # one of the longest modules: it runs early (tests/conftest.py)
 
 
 def test_the_demo_reaches_the_twins_optimum_and_says_how_far_it_is(tmp_path):

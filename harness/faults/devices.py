@@ -272,7 +272,7 @@ def fast_ca_searches(max_interval_s: float = 0.5):
         common.MAX_RETRY_SEARCHES_INTERVAL = saved
 
 
-def reboot_ioc(ioc, bench, fault_pv: str, value: int, *, missing: str | None = None, timeout_s: float = 30.0):
+def reboot_ioc(ioc, bench, fault_pv: str, value: int, *, missing: str | None = None, timeout_s: float = 90.0):
     """Put ``fault_pv`` (a fault that reboots the IOC) and wait until the bench's devices saw their PVs go and
     come back -- every signal connected again except the one of PV ``missing`` -- and the slit's monitors
     (done-move, readback) post again: a move started before its done-move monitor is back would miss the
