@@ -88,6 +88,7 @@ __all__ = [
     "CONTROL_LAYERS",
     "EXAMPLE_BENCH",
     "POOL_SIZE",
+    "STRAY_DATAGRAM_ATTEMPTS",
     "CAPortPool",
     "IOCStartError",
     "LoopbackRepeater",
@@ -98,10 +99,12 @@ __all__ = [
     "ca_pool",
     "caget",
     "caput",
+    "caread",
     "control_layer",
     "environ",
     "free_port",
     "lease_server_port",
+    "past_stray_datagrams",
     "pool_ports",
     "process_ca_pool",
     "start_twin_ioc",
@@ -120,12 +123,38 @@ class PutRefused(RuntimeError):
     """The IOC answered a put with a failure status (ECA_PUTFAIL)."""
 
 
-def caget(name: str, timeout: float = 2.0):
-    """Read one PV (caproto sync client, no repeater)."""
-    from caproto import ChannelType
+#: attempts of a sync CA call that met a stray datagram (see ``caread``)
+STRAY_DATAGRAM_ATTEMPTS = 3
+
+
+def past_stray_datagrams(call):
+    """``call()``, again (up to ``STRAY_DATAGRAM_ATTEMPTS`` times) when its search socket met a datagram that
+    is no CA reply: on loopback, with other test processes on ephemeral ports, the socket's port may be one
+    that a libca client elsewhere still sends its repeater registration to (caproto raises
+    ``RemoteProtocolError`` on it); no IOC's answer is ever dropped this way."""
+    from caproto import RemoteProtocolError
+
+    for attempt in range(STRAY_DATAGRAM_ATTEMPTS):
+        try:
+            return call()
+        except RemoteProtocolError:
+            if attempt == STRAY_DATAGRAM_ATTEMPTS - 1:
+                raise
+
+
+def caread(name: str, timeout: float = 2.0, **kwargs):
+    """caproto's sync ``read`` of one PV (no repeater; ``kwargs`` such as ``data_type`` passed on), past
+    stray datagrams on its search socket: the whole response (``data``, ``data_type``, metadata)."""
     from caproto.sync.client import read
 
-    resp = read(name, timeout=timeout, repeater=False)
+    return past_stray_datagrams(lambda: read(name, timeout=timeout, repeater=False, **kwargs))
+
+
+def caget(name: str, timeout: float = 2.0):
+    """Read one PV (caproto sync client, no repeater): its value, text as ``str``."""
+    from caproto import ChannelType
+
+    resp = caread(name, timeout=timeout)
     data = resp.data
     if resp.data_type in (ChannelType.CHAR, ChannelType.TIME_CHAR):
         return np.asarray(data, dtype=np.uint8).tobytes().split(b"\0", 1)[0].decode("latin-1")
@@ -142,7 +171,7 @@ def caput(name: str, value, timeout: float = 5.0, wait: bool = True):
 
     if isinstance(value, bytes):  # as a CHAR array (with its terminator); a str goes as DBR_STRING
         value = np.frombuffer(value + b"\0", dtype=np.uint8)
-    resp = write(name, value, notify=wait, timeout=timeout, repeater=False)
+    resp = past_stray_datagrams(lambda: write(name, value, notify=wait, timeout=timeout, repeater=False))
     if wait and not resp.status.success:
         raise PutRefused(f"put {name} = {value!r} refused: {resp.status.name}")
     return resp

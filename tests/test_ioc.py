@@ -17,9 +17,8 @@ import time
 import numpy as np
 import pytest
 from caproto import CaprotoError, CaprotoTimeoutError, ChannelType
-from caproto.sync.client import read
 
-from harness.ioc import EXAMPLE_BENCH, REPO, PutRefused, caget, caput, twin_ioc
+from harness.ioc import EXAMPLE_BENCH, REPO, PutRefused, caget, caput, caread, twin_ioc
 
 LIMIT = 3000.0  # examples/twin_bench.toml
 SPEED = 500.0  # um/s
@@ -60,7 +59,7 @@ def test_list_pvs_prints_every_pv_of_the_contract(ioc):
     listed = {line.strip() for line in ioc.stdout().splitlines() if line.strip() and not line.startswith("#")}
     assert listed == expected
     for name in expected:  # and each answers, with its control metadata (units fit DBR_CTRL's 8 chars)
-        read(name, data_type="control", repeater=False, timeout=2)
+        caread(name, data_type="control", timeout=2)
 
 
 # (the IOC binds 127.0.0.1 only, TCP and UDP: tests/faults/test_security.py)
@@ -72,7 +71,7 @@ def test_list_pvs_prints_every_pv_of_the_contract(ioc):
 def test_fluence_limit_is_the_drive_limit_and_refusals_say_why(pv):
     assert caget(pv("PUMP:Fluence-SP.DRVH")) == LIMIT
     assert caget(pv("PUMP:Fluence-SP.HOPR")) == LIMIT
-    ctrl = read(pv("PUMP:Fluence-SP"), data_type=ChannelType.CTRL_DOUBLE, repeater=False, timeout=2)
+    ctrl = caread(pv("PUMP:Fluence-SP"), data_type=ChannelType.CTRL_DOUBLE, timeout=2)
     assert ctrl.metadata.upper_ctrl_limit == LIMIT
     assert ctrl.metadata.upper_disp_limit == LIMIT
 
@@ -131,7 +130,7 @@ def test_text_pvs_are_epics_strings_a_plain_client_shows_as_text(pv):
     first 39 characters as DBR_STRING, the whole text as the long string IL:Message.VAL$ (a CHAR array)."""
     names = ["STAGE:Sample-SP", "STAGE:Sample-RB", "STAGE:Kind-RB", "IL:Message"]
     for name in names:
-        assert read(pv(name), repeater=False, timeout=2).data_type == ChannelType.STRING, name
+        assert caread(pv(name), timeout=2).data_type == ChannelType.STRING, name
     got = subprocess.run(
         [sys.executable, "-m", "caproto.commandline.get", "--no-repeater", *(pv(n) for n in names)],
         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONWARNINGS": "ignore"},
@@ -144,7 +143,7 @@ def test_text_pvs_are_epics_strings_a_plain_client_shows_as_text(pv):
         caput(pv("PUMP:Fluence-SP"), 5000.0)
     whole = caget(pv("IL:Message.VAL$"))
     assert whole == "refused fluence 5000 uJ/cm^2: above the limit of 3000 uJ/cm^2"
-    long = read(pv("IL:Message.VAL$"), repeater=False, timeout=2)
+    long = caread(pv("IL:Message.VAL$"), timeout=2)
     assert long.data_type == ChannelType.CHAR and bytes(long.data).rstrip(b"\0").decode() == whole
     assert caget(pv("IL:Message")) == whole[:39]  # what `caget GL:IL:Message` shows: its first 39 characters
     caput(pv("PUMP:Fluence-SP"), 0.0)
@@ -404,7 +403,7 @@ def _answers(name: str) -> bool:
 def _native_type(name: str) -> ChannelType | None:
     """The PV's native type, or None if it does not answer (e.g. while the IOC reboots)."""
     try:
-        return read(name, repeater=False, timeout=0.5).data_type
+        return caread(name, timeout=0.5).data_type
     except (CaprotoError, OSError):
         return None
 
@@ -655,3 +654,29 @@ def test_serve_takes_its_bench_port_prefix_and_interfaces_from_the_config(tmp_pa
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert refused.returncode == 2 and "no bench file" in refused.stderr
+
+
+def test_a_stray_datagram_on_the_search_socket_is_read_past_a_few_times_then_raised():
+    """A datagram that is no CA reply (a libca client elsewhere registering with a repeater on a port
+    the sync client's socket now has) costs another attempt, never a failed read; a persistent one is raised."""
+    from caproto import RemoteProtocolError
+
+    from harness.ioc import STRAY_DATAGRAM_ATTEMPTS, past_stray_datagrams
+
+    calls = []
+
+    def flaky(fails: int):
+        def call():
+            calls.append(1)
+            if len(calls) <= fails:
+                raise RemoteProtocolError("Packet with bad command ID 0x18 was received")
+            return "reply"
+
+        return call
+
+    assert past_stray_datagrams(flaky(STRAY_DATAGRAM_ATTEMPTS - 1)) == "reply"
+    assert len(calls) == STRAY_DATAGRAM_ATTEMPTS
+    calls.clear()
+    with pytest.raises(RemoteProtocolError):
+        past_stray_datagrams(flaky(STRAY_DATAGRAM_ATTEMPTS))
+    assert len(calls) == STRAY_DATAGRAM_ATTEMPTS
