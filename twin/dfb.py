@@ -134,7 +134,7 @@ DFB_DESIGN_DEFAULTS: dict[str, float] = {
     "grating_depth_nm": PAPER_GRATING_DEPTH_NM,  # paper Methods: 50 nm ALD TiO2
     "grating_index": TIO2_ALD_INDEX,  # ALD TiO2 at 1.5-1.7 um (Alasaarela 2010)
     "duty_cycle": 0.4,  # assumed: TiO2 fraction of the period (not in the paper)
-    "grating_length_um": 200.0,  # calibrated, shared by both devices: pumped length (pump spot)
+    "grating_length_um": 190.0,  # calibrated, shared by both devices: pumped length (pump spot)
 }
 
 #: Keys of the loader's present dfb table that coupled-mode theory replaces (not read by this module).
@@ -315,8 +315,13 @@ def _threshold_mean_excitons(sample: Sample, d: np.ndarray) -> np.ndarray:
 
 def _tm_cavity(dfb) -> DfbCavity | None:
     """The TM lasing mode, or None where the stack guides no TM mode at its Bragg wavelength."""
+    return _tm_cavity_of(dfb_design(dfb))
+
+
+@functools.lru_cache(maxsize=128)
+def _tm_cavity_of(design: DfbDesign) -> DfbCavity | None:
     try:
-        return _cavity(dfb, BRAGG_ORDER, "TM")
+        return dfb_cavity(design, BRAGG_ORDER, "TM")
     except ParameterError:
         return None
 

@@ -149,7 +149,7 @@ DFB_PARAMETER_RANGES: dict[str, ParameterRange] = {
         "(Chu et al., hal-03539861; Grinolds et al., Nano Lett. 15, 21 (2015))",
     ),
     "substrate_index": ParameterRange(
-        1.73, 1.76, "1", "sapphire, ordinary ray, 1.5-1.8 um: 1.746 at 1.66 um (Malitson, JOSA 52, 1377 (1962))"
+        1.73, 1.76, "1", "sapphire, ordinary ray, 1.5-1.8 um: 1.744 at 1.66 um (Malitson, JOSA 52, 1377 (1962))"
     ),
     "cover_index": ParameterRange(1.0, 1.7, "1", "air (1.0), or an ALD alumina/polymer overcoat (<= 1.7)"),
     "grating_length_um": ParameterRange(
@@ -230,7 +230,7 @@ class DfbDesign(BaseModel):
     grating_index: float = Field(TIO2_ALD_INDEX, description="refractive index of the TiO2 teeth at 1.66 um")
     film_thickness_nm: float = Field(description="CQD film thickness above the teeth, nm")
     film_index: float = Field(description="refractive index of the CQD film at the lasing wavelength")
-    substrate_index: float = Field(1.746, description="refractive index of the substrate (sapphire)")
+    substrate_index: float = Field(1.744, description="refractive index of the substrate (sapphire)")
     cover_index: float = Field(1.0, description="refractive index above the film (air = 1)")
     grating_length_um: float = Field(description="pumped length of the grating (pump spot), um")
     packing_fraction: float = Field(description="volume fraction of dots in the film (for <N>)")
@@ -261,7 +261,7 @@ class DfbDesign(BaseModel):
 def sapphire_ordinary_index(wavelength_nm: float) -> float:
     """Ordinary refractive index of sapphire (Al2O3), Sellmeier fit of Malitson, JOSA 52, 1377 (1962).
 
-    Valid 0.2-5.5 um; 1.7462 at 1.66 um.
+    Valid 0.2-5.5 um; 1.7442 at 1.66 um.
     """
     lam = float(wavelength_nm) * 1e-3
     if not (0.2 <= lam <= 5.5):
@@ -499,12 +499,31 @@ class CoupledModeResult:
 
 
 def _threshold_fn(a, c, length):
-    g2 = a * a - c * c
-    g = cmath.sqrt(g2)
-    gl = g * length
-    if abs(g) < 1e-12:
-        return 1.0 - a * length
-    return cmath.cosh(gl) - a * cmath.sinh(gl) / g
+    """Threshold condition f(a) = cosh(Gamma L) - a sinh(Gamma L)/Gamma, its derivative in a, and its scale.
+
+    f is even in Gamma = sqrt(a^2 - c^2), so analytic in a. Where Re(Gamma L) > 3 the function
+    returned is 2 exp(-Gamma L) f (same roots), written with a/Gamma - 1 = c^2/(Gamma (a + Gamma))
+    so that it has no cancellation: 2 E - c^2 (1 - E)/(Gamma (a + Gamma)), E = exp(-2 Gamma L).
+    """
+    g = cmath.sqrt(a * a - c * c)
+    x = g * length
+    if x.real > 3.0:
+        e2 = cmath.exp(-2.0 * x)
+        cc, ss = 1.0 + e2, 1.0 - e2  # 2 exp(-x) cosh x, 2 exp(-x) sinh x
+        q = c * c / (g * (a + g))
+        val = 2.0 * e2 - q * ss
+        dscaled = (length * a / g) * (-2.0 * e2 - q * cc) + ss * c * c / g**3
+        return val, dscaled - length * (a / g) * val, abs(cc) + abs(a * ss / g)
+    ch = cmath.cosh(x)
+    if abs(x) < 1e-3:
+        sh_g = length * (1.0 + x * x / 6.0)  # sinh(x) / Gamma
+        odd = -(length**3) * (1.0 / 3.0 + x * x / 30.0)  # (sinh x - x cosh x) / Gamma^3
+    else:
+        sh_g = cmath.sinh(x) / g
+        odd = (cmath.sinh(x) - x * ch) / g**3
+    val = ch - a * sh_g
+    der = length * a * sh_g - sh_g + a * a * odd
+    return val, der, abs(ch) + abs(a * sh_g)
 
 
 def coupled_mode_threshold(
@@ -523,32 +542,35 @@ def coupled_mode_threshold(
     span = max(abs(kappa_per_cm), abs(h), 1.0 / length_cm)
     roots: list[tuple[float, float]] = []
     deltas = np.linspace(-3.0 * span, 3.0 * span, n_guesses)
-    for g0 in (0.5 / length_cm, 3.0 / length_cm, abs(h)):
-        for dl in deltas:
-            z = complex(g0, dl)  # z = gamma0 + i delta
+    weak = math.log(2.0 + 2.0 / max(abs(c) * length_cm, 1e-300)) / length_cm  # gamma0 of a weak grating
+    starts = [complex(g0, dl) for g0 in (0.5 / length_cm, 3.0 / length_cm, abs(h), weak) for dl in deltas]
+    # band-edge modes of a strong grating (Kogelnik-Shank): delta^2 ~ kappa^2 + (j pi / L)^2,
+    # gamma0 ~ (j pi)^2 / (kappa^2 L^3)
+    ka = max(abs(c), 1e-300)
+    for j in (1, 2, 3):
+        edge = math.hypot(ka, j * math.pi / length_cm)
+        g0 = (j * math.pi) ** 2 / (ka * ka * length_cm**3) + h.real
+        starts += [complex(g0, edge), complex(g0, -edge)]
+    for z0 in starts:
+        z = z0  # z = gamma0 + i delta
 
-            def f(zz):
-                return _threshold_fn(zz - h, c, length_cm)
-
-            ok = False
-            for _ in range(60):
-                fz = f(z)
-                step = 1e-7 * (abs(z) + 1.0 / length_cm)
-                dfz = (f(z + step) - f(z - step)) / (2 * step)
-                if dfz == 0:
-                    break
-                dz = fz / dfz
-                # damp wild steps
-                lim = 2.0 * span + 10.0 / length_cm
-                if abs(dz) > lim:
-                    dz *= lim / abs(dz)
-                z -= dz
-                if abs(dz) < 1e-12 * (abs(z) + 1.0 / length_cm):
-                    ok = abs(f(z)) < 1e-8
-                    break
-            if ok and z.real > 0:
-                if not any(abs(z.real - r) + abs(z.imag - i) < 1e-6 * (abs(z) + 1.0) for r, i in roots):
-                    roots.append((z.real, z.imag))
+        ok = False
+        for _ in range(80):
+            val, der, scale = _threshold_fn(z - h, c, length_cm)
+            if der == 0 or not cmath.isfinite(val):
+                break
+            dz = val / der
+            lim = 2.0 * span + 10.0 / length_cm  # damp wild steps
+            if abs(dz) > lim:
+                dz *= lim / abs(dz)
+            z -= dz
+            if abs(dz) < 1e-12 * (abs(z) + 1.0 / length_cm):
+                val, _, scale = _threshold_fn(z - h, c, length_cm)
+                ok = abs(val) < 1e-9 * scale
+                break
+        if ok and z.real > 0:
+            if not any(abs(z.real - r) + abs(z.imag - i) < 1e-6 * (abs(z) + 1.0) for r, i in roots):
+                roots.append((z.real, z.imag))
     roots.sort()
     return [CoupledModeResult(r, i) for r, i in roots]
 
