@@ -93,7 +93,7 @@ from core.errors import ParameterError, PresetError
 
 from .constants import HC_EV_NM
 from .gain import absorption_shape, check_doping, check_fluence, emission_shape, intraband_loss_per_cm
-from .grating import PAPER_GRATING_DEPTH_NM, TIO2_ALD_INDEX, DfbCavity, DfbDesign, dfb_cavity
+from .grating import DFB_SHARED_VALUES, DfbCavity, DfbDesign, dfb_cavity
 from .occupancy import MAX_MEAN_EXCITONS, gain_table
 from .presets import DfbParams, Sample, excitons_per_fluence
 
@@ -128,17 +128,13 @@ BRAGG_ORDER = 2
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
 #: Values of the DFB parameters that ``twin.presets.DfbParams`` (the loader's present schema) has
-#: no key for; each is in ``DFB_PARAMETER_RANGES`` with its source. Once the loader takes
-#: ``twin.grating.DfbDesign`` as the dfb table's schema they move into the presets file.
-DFB_DESIGN_DEFAULTS: dict[str, float] = {
-    "grating_depth_nm": PAPER_GRATING_DEPTH_NM,  # paper Methods: 50 nm ALD TiO2
-    "grating_index": TIO2_ALD_INDEX,  # ALD TiO2 at 1.5-1.7 um (Alasaarela 2010)
-    "duty_cycle": 0.4,  # assumed: TiO2 fraction of the period (not in the paper)
-    "grating_length_um": 190.0,  # calibrated, shared by both devices: pumped length (pump spot)
-}
+#: no key for: ``twin.grating.DFB_SHARED_VALUES`` (each in ``DFB_PARAMETER_RANGES`` with its
+#: source). Once the loader takes ``twin.grating.DfbDesign`` as the dfb table's schema they can
+#: be set per device in the presets file.
+DFB_DESIGN_DEFAULTS: dict[str, float] = DFB_SHARED_VALUES
 
 #: Keys of the loader's present dfb table that coupled-mode theory replaces (not read by this module).
-LEGACY_DFB_KEYS = ("grating_loss_per_cm",)
+LEGACY_DFB_KEYS = ("grating_loss_per_cm", "cavity_linewidth_nm")
 
 
 @dataclass(frozen=True)
@@ -351,11 +347,10 @@ def _components(fluence, sample: Sample, doping):
 
 
 def _linewidth(sample: Sample, photon_number: np.ndarray, loss_per_cm: np.ndarray) -> np.ndarray:
-    """FWHM (nm): cold cavity lambda^2 alpha_tot / (2 pi n_g), narrowed by 1/(1 + beta S) above threshold."""
+    """FWHM (nm): eta x cold cavity lambda^2 alpha_tot / (2 pi n_g), narrowed by 1/(1 + beta S) above threshold."""
     dfb = _dfb_of(sample)
-    knob = dfb_design(dfb).cavity_linewidth_nm
-    cold = _cavity(dfb).linewidth_nm(loss_per_cm) if knob is None else np.full(np.shape(loss_per_cm), knob)
-    return cold / (1.0 + dfb.spontaneous_coupling * photon_number)
+    cold = _cavity(dfb).linewidth_nm(loss_per_cm)
+    return dfb_design(dfb).threshold_narrowing * cold / (1.0 + dfb.spontaneous_coupling * photon_number)
 
 
 def dfb_output(fluence_uJ_cm2, sample: Sample, doping=None):

@@ -77,6 +77,7 @@ from core.errors import ParameterError
 
 __all__ = [
     "DFB_PARAMETER_RANGES",
+    "DFB_SHARED_VALUES",
     "CoupledModeResult",
     "DfbCavity",
     "DfbDesign",
@@ -186,12 +187,13 @@ DFB_PARAMETER_RANGES: dict[str, ParameterRange] = {
         "share of the (isotropic, 100-meV-wide) PL the normal-incidence fibre port sees relative "
         "to the directional lasing beam: geometric NA ratio x spectral window",
     ),
-    "cavity_linewidth_nm": ParameterRange(
-        0.1,
-        5.0,
-        "nm",
-        "KNOB when set: cold-cavity FWHM overriding the Q of coupled-mode theory (which gives "
-        "~2 nm for the doped device at its 160 uJ/cm^2 threshold, the paper measures 1.0 nm)",
+    "threshold_narrowing": ParameterRange(
+        0.05,
+        1.0,
+        "1",
+        "KNOB: the lasing line at threshold is narrower than the cold cavity (width = "
+        "lambda^2 alpha_tot / (2 pi n_g) from the Q) by gain narrowing; the pulsed-laser value is not "
+        "predicted by the rate equations (1 = no narrowing)",
     ),
     "polarization_extinction": ParameterRange(
         1e-4,
@@ -205,6 +207,17 @@ DFB_PARAMETER_RANGES: dict[str, ParameterRange] = {
 #: Physical constants of the materials the DFB uses (defaults of ``DfbDesign``), with sources.
 TIO2_ALD_INDEX = 2.27  # Alasaarela et al., Appl. Opt. 49, 4321 (2010): ALD TiO2, 1.53 um
 PAPER_GRATING_DEPTH_NM = 50.0  # paper Methods: "50 nm TiO2 gratings"
+
+#: Values shared by both of the paper's DFB devices (same gratings, same bench). Defaults of
+#: ``DfbDesign``; the two marked CALIBRATED are the DFB's free parameters.
+DFB_SHARED_VALUES: dict[str, float] = {
+    "grating_depth_nm": PAPER_GRATING_DEPTH_NM,  # paper Methods
+    "grating_index": TIO2_ALD_INDEX,  # literature (ALD TiO2)
+    "duty_cycle": 0.4,  # ASSUMED (not in the paper; 0.3-0.7 moves the calibrated length, not the fit)
+    "grating_length_um": 190.0,  # CALIBRATED: pumped length, to the doped device's 160 uJ/cm^2 threshold
+    "threshold_narrowing": 0.421,  # CALIBRATED: gain narrowing, to the doped device's 1.0 nm linewidth
+}
+_SHARED = dict(DFB_SHARED_VALUES)  # the class defaults (the dict above may be edited by a calibration)
 
 
 def check_dfb_ranges(values: dict) -> None:
@@ -225,24 +238,24 @@ class DfbDesign(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     grating_period_nm: float = Field(description="grating period Lambda, nm")
-    grating_depth_nm: float = Field(PAPER_GRATING_DEPTH_NM, description="height of the TiO2 teeth, nm")
-    duty_cycle: float = Field(0.5, description="TiO2 fraction of the period (dimensionless)")
-    grating_index: float = Field(TIO2_ALD_INDEX, description="refractive index of the TiO2 teeth at 1.66 um")
+    grating_depth_nm: float = Field(_SHARED["grating_depth_nm"], description="height of the TiO2 teeth, nm")
+    duty_cycle: float = Field(_SHARED["duty_cycle"], description="TiO2 fraction of the period (dimensionless)")
+    grating_index: float = Field(_SHARED["grating_index"], description="refractive index of the TiO2 teeth at 1.66 um")
     film_thickness_nm: float = Field(description="CQD film thickness above the teeth, nm")
     film_index: float = Field(description="refractive index of the CQD film at the lasing wavelength")
     substrate_index: float = Field(1.744, description="refractive index of the substrate (sapphire)")
     cover_index: float = Field(1.0, description="refractive index above the film (air = 1)")
-    grating_length_um: float = Field(description="pumped length of the grating (pump spot), um")
+    grating_length_um: float = Field(_SHARED["grating_length_um"], description="pumped length of the grating, um")
     packing_fraction: float = Field(description="volume fraction of dots in the film (for <N>)")
     absorbed_fraction_1030: float = Field(description="fraction of the 1030 nm pump absorbed by the film")
     dot_diameter_nm: float = Field(description="dot diameter for the dot density, nm")
     spontaneous_coupling: float = Field(1e-4, description="beta: share of the spontaneous emission in the mode")
     pl_collection: float = Field(0.02, description="PL share collected with the lasing beam (dimensionless)")
     polarization_extinction: float = Field(1e-3, description="analyser leakage I_perp/I_par (dimensionless)")
-    cavity_linewidth_nm: float | None = Field(
-        None,
-        description="None: the cold-cavity FWHM follows from the cavity Q (coupled-mode theory); a value "
-        "overrides it (a fitted knob, nm)",
+    threshold_narrowing: float = Field(
+        _SHARED["threshold_narrowing"],
+        description="width of the lasing line at threshold over the cold-cavity width (gain narrowing; "
+        "phenomenological, dimensionless)",
     )
 
     @model_validator(mode="after")
