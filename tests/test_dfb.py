@@ -442,3 +442,118 @@ def test_sample_without_dfb_is_a_clear_error(presets):
 def test_bad_doping_is_a_clear_error(presets):
     with pytest.raises(ParameterError, match="doping"):
         dfb.dfb_output(100.0, presets.get("cas_doped"), doping=9.5)
+
+
+# ------------------------------------------------------------------ coupled-mode theory (twin.grating)
+
+
+@pytest.mark.parametrize("kappa_l", [50.0, 100.0])
+def test_kogelnik_shank_strong_coupling_limit(kappa_l):
+    # index coupling, no radiation: gamma0 L -> (pi / kappa L)^2 and delta -> +-kappa (band edges)
+    length = 0.05
+    kappa = kappa_l / length
+    modes = grating.coupled_mode_threshold(kappa, 0.0, length)
+    lowest, twin_mode = modes[0], modes[1]
+    assert lowest.gamma0_per_cm * length == pytest.approx((math.pi / kappa_l) ** 2, rel=2.0 / kappa_l)
+    assert abs(lowest.delta_per_cm) == pytest.approx(kappa, rel=1.0 / kappa_l)
+    # the two band edges are degenerate (symmetric index-coupled DFB)
+    assert twin_mode.gamma0_per_cm == pytest.approx(lowest.gamma0_per_cm, rel=1e-9)
+    assert twin_mode.delta_per_cm == pytest.approx(-lowest.delta_per_cm, rel=1e-9)
+    assert lowest.mirror_loss_per_cm == pytest.approx(2 * lowest.gamma0_per_cm)
+
+
+@pytest.mark.parametrize("kappa_l", [1e-2, 1e-3, 1e-5])
+def test_kogelnik_shank_weak_coupling_limit(kappa_l):
+    # kappa L << 1: the gain must make up a tiny reflection, kappa exp(gamma0 L) = 2 |gamma0 + i delta|
+    length = 0.05
+    kappa = kappa_l / length
+    m = grating.coupled_mode_threshold(kappa, 0.0, length)[0]
+    assert kappa * math.exp(m.gamma0_per_cm * length) / (2 * abs(complex(m.gamma0_per_cm, m.delta_per_cm))) == (
+        pytest.approx(1.0, rel=1e-3)
+    )
+    assert m.gamma0_per_cm * length > math.log(1.0 / kappa_l)  # grows without bound as kappa L -> 0
+
+
+def test_radiation_coupling_splits_the_band_edges_and_costs_gain():
+    length, kappa = 0.02, 150.0
+    bare = grating.coupled_mode_threshold(kappa, 0.0, length)
+    rad = grating.coupled_mode_threshold(kappa, 5.0, length)
+    assert bare[0].gamma0_per_cm == pytest.approx(bare[1].gamma0_per_cm, rel=1e-9)
+    assert rad[1].gamma0_per_cm > 1.05 * rad[0].gamma0_per_cm  # one edge radiates more than the other
+    assert rad[0].gamma0_per_cm > bare[0].gamma0_per_cm
+    # pure radiation coupling (duty cycle 1/2) still gives feedback, at the Bragg wavelength
+    only = grating.coupled_mode_threshold(0.0, 5.0, length)[0]
+    assert math.isfinite(only.gamma0_per_cm) and abs(only.delta_per_cm) < 1e-6
+
+
+def test_coupling_follows_the_fourier_coefficients_of_the_grating(presets):
+    design = dfb.dfb_design(presets.get("cas_doped").dfb)
+    cav = {dc: grating.dfb_cavity(design.model_copy(update={"duty_cycle": dc})) for dc in (0.25, 0.4, 0.5, 0.6, 0.75)}
+    # direct coupling ~ sin(2 pi D): zero at 1/2, opposite signs either side
+    assert abs(cav[0.5].kappa_per_cm) < 1e-9 * abs(cav[0.25].kappa_per_cm)
+    assert cav[0.4].kappa_per_cm * cav[0.6].kappa_per_cm < 0
+    assert abs(cav[0.25].kappa_per_cm) > abs(cav[0.4].kappa_per_cm)
+    # radiation ~ sin^2(pi D): largest at 1/2, half of it at 1/4 and 3/4 (the mode changes a little with D)
+    rad = {dc: c.radiation_per_cm.real for dc, c in cav.items()}
+    assert all(r > 0 for r in rad.values())
+    assert rad[0.25] / rad[0.5] == pytest.approx(0.5, rel=0.1)
+    assert rad[0.75] / rad[0.5] == pytest.approx(0.5, rel=0.1)
+    assert grating.fourier_coefficient(2, 1.0, 0.25) == pytest.approx(1.0 / (2 * math.pi))
+    # no index contrast, no coupling
+    flat = grating.dfb_cavity(design.model_copy(update={"grating_index": design.film_index + 1e-9}))
+    assert abs(flat.kappa_per_cm) < 1e-6 and abs(flat.radiation_per_cm) < 1e-12
+
+
+def test_sapphire_index_from_its_sellmeier_formula(presets):
+    assert grating.sapphire_ordinary_index(589.3) == pytest.approx(1.768, abs=5e-4)  # n_o at the sodium D line
+    assert grating.sapphire_ordinary_index(632.8) == pytest.approx(1.766, abs=5e-4)
+    for sid in ("cas", "cas_doped"):
+        d = presets.get(sid).dfb
+        assert d.substrate_index == pytest.approx(grating.sapphire_ordinary_index(dfb.bragg_wavelength_nm(d)), abs=5e-4)
+    with pytest.raises(ParameterError, match="outside 200-5500 nm"):
+        grating.sapphire_ordinary_index(7000.0)
+
+
+def _ratio_and_axis(sample, fluence):
+    angles = np.arange(0.0, 360.0, 10.0)
+    fit = polarization_ratio(angles, dfb.dfb_polarized_output(angles, fluence, sample))
+    return fit.ratio, fit.theta0_deg % 180.0
+
+
+def test_polarization_follows_from_the_te_and_tm_thresholds(presets):
+    s = presets.get("cas_doped")
+    te, tm = dfb.dfb_threshold_te_tm_uJ_cm2(s)
+    assert te == pytest.approx(dfb.dfb_threshold_uJ_cm2(s)) and tm == math.inf  # TM is cut off on this film
+    # without PL background only the analyser's leakage eps lowers the ratio: (1 - eps)/(1 + eps)
+    clean = _with_design(s, pl_collection=1e-9)
+    eps = dfb.dfb_design(s.dfb).polarization_extinction
+    ratio, axis = _ratio_and_axis(clean, 1.5 * te)
+    assert ratio == pytest.approx((1 - eps) / (1 + eps), abs=1e-4)
+    assert min(axis, 180.0 - axis) < 1e-3  # along the grating lines (TE)
+    # a thick high-index film guides TM; with the period set for TM at the gain peak, TE (at ~2 um)
+    # has no gain: the TM mode lases alone and the light is polarised across the lines
+    thick = dfb.dfb_design(s.dfb).model_copy(update={"film_index": 3.0, "film_thickness_nm": 220.0})
+    n_tm = grating.dfb_cavity(thick, polarization="TM").bragg_nm / thick.grating_period_nm
+    flipped = s.model_copy(update={"dfb": thick.model_copy(update={"grating_period_nm": 1668.0 / n_tm})})
+    te, tm = dfb.dfb_threshold_te_tm_uJ_cm2(flipped)
+    assert te == math.inf and math.isfinite(tm)
+    ratio, axis = _ratio_and_axis(flipped, 1.5 * tm)
+    assert abs(axis - 90.0) < 1e-3
+    assert ratio > 0.8
+    below, _ = _ratio_and_axis(flipped, 0.5 * tm)
+    assert below < 0.5 * ratio
+    par_perp = dfb.dfb_polarized_output(np.array([0.0, 90.0]), 1.5 * tm, flipped)
+    assert par_perp.sum() == pytest.approx(dfb.dfb_output(1.5 * tm, flipped), rel=1e-12)
+
+
+def test_a_design_table_gives_the_same_device_as_the_present_loader_table(presets):
+    # what the loader will hand over once it reads twin.grating.DfbDesign: the table minus legacy keys
+    for sid in ("cas", "cas_doped"):
+        s = presets.get(sid)
+        table = {k: v for k, v in s.dfb.model_dump().items() if k not in dfb.LEGACY_DFB_KEYS}
+        design = grating.DfbDesign(**table)
+        hooked = s.model_copy(update={"dfb": design})
+        assert dfb.bragg_wavelength_nm(hooked.dfb) == dfb.bragg_wavelength_nm(s.dfb)
+        assert dfb.dfb_threshold_uJ_cm2(hooked) == dfb.dfb_threshold_uJ_cm2(s)
+        f = np.array([0.5, 1.2, 2.0]) * dfb.dfb_threshold_uJ_cm2(s)
+        assert np.array_equal(dfb.dfb_output(f, hooked), dfb.dfb_output(f, s))
