@@ -557,3 +557,13 @@ def test_a_design_table_gives_the_same_device_as_the_present_loader_table(preset
         assert dfb.dfb_threshold_uJ_cm2(hooked) == dfb.dfb_threshold_uJ_cm2(s)
         f = np.array([0.5, 1.2, 2.0]) * dfb.dfb_threshold_uJ_cm2(s)
         assert np.array_equal(dfb.dfb_output(f, hooked), dfb.dfb_output(f, s))
+
+
+@pytest.mark.parametrize(("duty", "thickness"), [(0.4, 160.0), (0.25, 120.0), (0.6, 210.0)])
+def test_radiation_loss_is_the_power_radiated_out_of_the_surfaces(presets, duty, thickness):
+    # optical theorem: the loss rate 2 Re h of a guided wave equals the far-field power it radiates
+    # up into air and down into the sapphire (per unit guided power and length)
+    design = dfb.dfb_design(presets.get("cas").dfb)
+    cav = grating.dfb_cavity(design.model_copy(update={"duty_cycle": duty, "film_thickness_nm": thickness}))
+    assert cav.emission_up_per_cm > 0 and cav.emission_down_per_cm > 0
+    assert cav.emission_up_per_cm + cav.emission_down_per_cm == pytest.approx(2 * cav.radiation_per_cm.real, rel=1e-6)

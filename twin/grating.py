@@ -305,7 +305,9 @@ class GuidedMode:
     (film + grooves of the grating layer, i.e. in the gain medium); ``grating_overlap``:
     share in the grating layer (Gamma_g); ``group_index``: n_g = n_eff - lambda dn_eff/dlambda
     (waveguide dispersion, dispersion-free materials); ``radiation_integral``: the double
-    integral of E G E over the grating layer (nm^2 x nm, for normalised E), complex.
+    integral of E G E over the grating layer (nm^2, for normalised E), complex;
+    ``emission_integrals``: k |int u E / W|^2 towards the cover and the substrate (nm^2), the
+    far fields of the same source (their sum is -2 Im of the radiation integral: optical theorem).
     """
 
     polarization: str
@@ -315,6 +317,7 @@ class GuidedMode:
     grating_overlap: float
     group_index: float
     radiation_integral: complex
+    emission_integrals: tuple[float, float]
 
 
 def _layer_stack(design_eps, thicknesses):
@@ -423,7 +426,8 @@ def _green_integral(k0, eps_s, layers, eps_c, j, prof):
     lower = xs[:, None] <= xs[None, :]
     g = np.where(lower, ul[:, None] * ur[None, :], ul[None, :] * ur[:, None]) / wronskian
     fw = f * ws
-    return complex(fw @ g @ fw)
+    # far fields of a unit source distribution F: up u_R(x) / W * int u_L F, down u_L(x) / W * int u_R F
+    return complex(fw @ g @ fw), kc * abs(fw @ ul / wronskian) ** 2, ks * abs(fw @ ur / wronskian) ** 2
 
 
 @functools.lru_cache(maxsize=512)
@@ -436,10 +440,10 @@ def _modes_cached(wavelength_nm, eps_s, eps_layers, thicknesses, eps_c, tm, grat
     weights = [(1.0 / eps if tm else 1.0) for eps, _ in layers]
     layer_power = [wt * float(np.sum(ws * f * f)) for (xs, ws, f), wt in zip(prof, weights, strict=True)]
     total = (tail_s / eps_s if tm else tail_s) + (tail_c / eps_c if tm else tail_c) + sum(layer_power)
-    g_int = _green_integral(k0, eps_s, layers, eps_c, grating_layer, prof)
-    # normalise the field to unit integral of F^2 (TE) for the radiation integral
+    g_int, up, down = _green_integral(k0, eps_s, layers, eps_c, grating_layer, prof)
+    # normalise the field to unit integral of F^2 (TE) for the radiation integrals
     norm_sq = tail_s + tail_c + sum(float(np.sum(ws * f * f)) for xs, ws, f in prof)
-    return n_eff, layer_power, total, g_int / norm_sq
+    return n_eff, layer_power, total, g_int / norm_sq, up / norm_sq, down / norm_sq
 
 
 def slab_modes(
@@ -475,7 +479,7 @@ def slab_modes(
     def solve(lam_):
         return _modes_cached(lam_, substrate_index**2, eps_layers, thick, cover_index**2, tm, grating_layer)
 
-    n_eff, layer_power, total, g_int = solve(lam)
+    n_eff, layer_power, total, g_int, up, down = solve(lam)
     dl = 1e-3 * lam
     n_plus = solve(lam + dl)[0]
     n_minus = solve(lam - dl)[0]
@@ -491,6 +495,7 @@ def slab_modes(
         grating_overlap=float(gamma_g),
         group_index=float(n_g),
         radiation_integral=complex(g_int),
+        emission_integrals=(float(up), float(down)),
     )
 
 
@@ -639,7 +644,9 @@ class DfbCavity:
 
     Lengths in nm, rates in 1/cm. ``wavelength_nm`` is the band-edge mode's wavelength,
     ``bragg_nm`` the Bragg wavelength; ``kappa_per_cm`` the direct coupling, ``radiation_per_cm``
-    the complex radiation coupling h (``None`` for a first-order grating),
+    the complex radiation coupling h (0 for a first-order grating), ``emission_up_per_cm`` and
+    ``emission_down_per_cm`` the power one guided wave radiates per cm into the cover (air, towards
+    the collection optics) and into the substrate (their sum is 2 Re h),
     ``mirror_loss_per_cm`` = 2 gamma0 of the eigenvalue equation, ``detuning_per_cm`` its delta.
     """
 
@@ -653,6 +660,8 @@ class DfbCavity:
     grating_overlap: float
     kappa_per_cm: float
     radiation_per_cm: complex
+    emission_up_per_cm: float
+    emission_down_per_cm: float
     mirror_loss_per_cm: float
     detuning_per_cm: float
 
@@ -692,8 +701,9 @@ def dfb_cavity(design: DfbDesign, order: int = 2, polarization: Literal["TE", "T
     if order == 2:
         e1 = fourier_coefficient(1, contrast, design.duty_cycle)
         h = 1j * (k0**4 * e1 * e1 / (2.0 * beta)) * mode.radiation_integral * 1e7
+        up, down = (k0**4 * e1 * e1 / beta * x * 1e7 for x in mode.emission_integrals)
     else:
-        h = 0j
+        h, up, down = 0j, 0.0, 0.0
     kappa *= 1e7  # 1/nm -> 1/cm
     modes = coupled_mode_threshold(kappa, h, design.grating_length_um * 1e-4)
     if not modes:
@@ -711,6 +721,8 @@ def dfb_cavity(design: DfbDesign, order: int = 2, polarization: Literal["TE", "T
         grating_overlap=mode.grating_overlap,
         kappa_per_cm=float(kappa),
         radiation_per_cm=complex(h),
+        emission_up_per_cm=float(up),
+        emission_down_per_cm=float(down),
         mirror_loss_per_cm=m.mirror_loss_per_cm,
         detuning_per_cm=m.delta_per_cm,
     )
