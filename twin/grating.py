@@ -44,7 +44,7 @@ is the eigenvalue equation::
     cosh(Gamma L) - a sinh(Gamma L) / Gamma = 0
 
 (Kogelnik-Shank's ``gamma coth(gamma L) = alpha - i delta`` for h = 0), solved in the complex
-plane for (gamma0, delta) by Newton's method (``dfb_modes``). Its lowest-gain root is the
+plane for (gamma0, delta) by Newton's method (``coupled_mode_threshold``). Its lowest-gain root is the
 lasing mode: the DFB's threshold "mirror" loss is 2 gamma0 (power, 1/cm), its wavelength is
 offset from the Bragg wavelength by delta (lambda = lambda_B - lambda^2 delta / (2 pi n_g)).
 Limits (tested): for h = 0 and kappa L >> 1, 2 gamma0 -> 2 pi^2 / (kappa^2 L^3) and
@@ -120,7 +120,11 @@ class ParameterRange:
 #: Every parameter of a ``[sample.<id>.dfb]`` table: physical range, unit and source.
 DFB_PARAMETER_RANGES: dict[str, ParameterRange] = {
     "grating_period_nm": ParameterRange(
-        700.0, 1000.0, "nm", "paper Methods: e-beam gratings of period 860 and 870 nm (second order at 1.6-1.7 um)"
+        600.0,
+        1300.0,
+        "nm",
+        "second order (Lambda = lambda / n_eff, n_eff 1.8-2.0) across the PbS/PbSSe emission "
+        "1.2-2.4 um; paper Methods: 860 and 870 nm",
     ),
     "grating_depth_nm": ParameterRange(
         30.0, 70.0, "nm", "paper Methods: 50 nm ALD TiO2 grown between PMMA lines (+-20 nm for ALD/lift-off)"
