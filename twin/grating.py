@@ -680,7 +680,10 @@ def dfb_cavity(design: DfbDesign, order: int = 2, polarization: Literal["TE", "T
     """Coupled-mode solution of a DFB design: Bragg wavelength, kappa, h, threshold mirror loss, band-edge shift.
 
     ``order`` 1 (coupling by the first harmonic, no surface radiation) or 2 (coupling by the
-    second harmonic, radiation through the first). Cached per design.
+    second harmonic, radiation through the first). Cached per design. For TM the same
+    scalar expressions are evaluated with the TM mode's H_y profile (the E_x/E_z corrections
+    of Streifer et al. are left out): an estimate, enough to tell where TM is cut off or has
+    no gain, as on the paper's films.
     """
     if order not in (1, 2):
         raise ParameterError(f"Bragg order {order!r} is not supported; allowed: 1 or 2")
