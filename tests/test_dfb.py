@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from core.errors import ParameterError, PresetError
+from gainloop.reproduce import load_paper_numbers
 from plans.analysis._polarization import polarization_ratio
 from plans.analysis._thresholds import AnalysisError, kink_threshold
 from twin import dfb, grating
@@ -567,3 +568,17 @@ def test_radiation_loss_is_the_power_radiated_out_of_the_surfaces(presets, duty,
     cav = grating.dfb_cavity(design.model_copy(update={"duty_cycle": duty, "film_thickness_nm": thickness}))
     assert cav.emission_up_per_cm > 0 and cav.emission_down_per_cm > 0
     assert cav.emission_up_per_cm + cav.emission_down_per_cm == pytest.approx(2 * cav.radiation_per_cm.real, rel=1e-6)
+
+
+def test_the_row_basis_names_real_free_parameters(presets):
+    table = {n.id for n in load_paper_numbers()}
+    assert set(dfb.DFB_ROW_BASIS) <= table
+    used = {p for b in dfb.DFB_ROW_BASIS.values() if b != "predicted" for p in b}
+    assert used == set(dfb.DFB_FREE_PARAMETERS)
+    for name in dfb.DFB_FREE_PARAMETERS:
+        parts = name.split(".")
+        if parts[0] == "dfb":  # shared by both devices
+            values = {getattr(dfb.dfb_design(presets.get(sid).dfb), parts[1]) for sid in ("cas", "cas_doped")}
+            assert len(values) == 1 and parts[1] in grating.DFB_PARAMETER_RANGES
+        else:
+            assert getattr(presets.get(parts[0]).dfb, parts[2]) is not None

@@ -121,6 +121,8 @@ from .presets import DfbParams, Sample, excitons_per_fluence
 __all__ = [
     "BRAGG_ORDER",
     "DFB_DESIGN_DEFAULTS",
+    "DFB_FREE_PARAMETERS",
+    "DFB_ROW_BASIS",
     "LEGACY_DFB_KEYS",
     "DfbMode",
     "bragg_wavelength_nm",
@@ -153,6 +155,29 @@ _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 #: source). Once the loader takes ``twin.grating.DfbDesign`` as the dfb table's schema they can
 #: be set per device in the presets file.
 DFB_DESIGN_DEFAULTS: dict[str, float] = DFB_SHARED_VALUES
+
+#: The DFB's free parameters: chosen to hit a paper number (dotted names; ``dfb.<key>`` is one value
+#: shared by both devices, ``twin.grating.DFB_SHARED_VALUES``; the shared PL share sits in both tables).
+DFB_FREE_PARAMETERS: tuple[str, ...] = (
+    "dfb.grating_length_um",
+    "dfb.threshold_narrowing",
+    "dfb.pl_collection",
+    "cas.dfb.film_index",
+    "cas_doped.dfb.film_index",
+    "cas_doped.dfb.dot_diameter_nm",
+)
+
+#: For each DFB row of the paper's table (``gainloop twin reproduce``): "predicted", or the free
+#: parameters chosen to hit it.
+DFB_ROW_BASIS: dict[str, str | tuple[str, ...]] = {
+    "dfb_lasing_threshold_cas": "predicted",
+    "dfb_lasing_threshold_cas_doped": ("dfb.grating_length_um",),
+    "dfb_lasing_threshold_N_cas_doped": ("dfb.grating_length_um", "cas_doped.dfb.dot_diameter_nm"),
+    "dfb_wavelength_cas": ("cas.dfb.film_index",),
+    "dfb_wavelength_cas_doped": ("cas_doped.dfb.film_index",),
+    "dfb_linewidth_cas_doped": ("dfb.threshold_narrowing",),
+    "dfb_polarization_ratio": ("dfb.pl_collection",),
+}
 
 #: Keys of the loader's present dfb table that coupled-mode theory replaces (not read by this module).
 LEGACY_DFB_KEYS = ("grating_loss_per_cm", "cavity_linewidth_nm")
