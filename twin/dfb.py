@@ -1,37 +1,51 @@
 """Second-order DFB laser made from the sample's dots: wavelength, threshold, output, spectrum, polarisation.
 
-Lasing mode
-    The grating (period Lambda) feeds back the TE0 mode of the CQD film on its
-    substrate at the Bragg condition m lambda = 2 n_eff(lambda) Lambda; second order
-    (m = 2) couples the mode out normal to the surface, lambda = n_eff Lambda.
-    n_eff(lambda) and the confinement Gamma_dfb come from the slab solver
-    (``twin.waveguide.slab_te0``) with ``dfb.film_index``, ``dfb.film_thickness_nm``,
-    ``dfb.substrate_index`` and ``dfb.cover_index``; the Bragg wavelength is solved
-    self-consistently (Brent's method). ``film_index`` is an effective index: it
-    lumps the CQD film and the high-index grating teeth under it into one slab.
+The grating physics is coupled-mode theory (``twin.grating``): no fitted loss, linewidth or
+polarisation per device. What is physical, what is assumed and what is calibrated:
+
+Device (``twin.grating.DfbDesign``; ranges and sources in ``DFB_PARAMETER_RANGES``)
+    sapphire | 50 nm TiO2 teeth (ALD, n 2.27; duty cycle D, the CQD filling the grooves) |
+    CQD film (``film_thickness_nm`` above the teeth, index ``film_index``) | air. Paper: period
+    860/870 nm, 50 nm TiO2, 160 nm CQD film, sapphire, emission normal to the surface.
+    Assumed: D = 0.4 (not in the paper). Calibrated: the CQD film index per device (to its
+    wavelength; 2.526 and 2.513, inside the 2.2-2.7 of PbS NC films), the pumped length of the
+    grating L = 190 um shared by both devices (to the doped device's 160 uJ/cm^2 threshold).
+    Values the loader's present ``DfbParams`` has no key for come from ``DFB_DESIGN_DEFAULTS``.
+
+Lasing mode (``twin.grating.dfb_cavity``)
+    TE and TM modes of the four-layer stack (transfer matrix; the same equation as
+    ``twin.waveguide.slab_te0`` for three layers), the Bragg wavelength m lambda_B =
+    2 n_eff(lambda_B) Lambda (m = 2, self-consistent), the direct coupling kappa of the
+    grating's second harmonic (Kogelnik-Shank; ~ -140 /cm, kappa L ~ 2.6), the radiation
+    coupling h of its first harmonic (Kazarinov-Henry; Re h ~ 4 /cm, 3/4 of it radiated into
+    air) and the finite-length eigenvalue equation, whose lowest-threshold root gives the
+    mirror loss 2 gamma0 (~ 80 /cm) and the band-edge detuning delta: the lasing wavelength is
+    lambda = lambda_B - lambda_B^2 delta / (2 pi n_g) (``bragg_wavelength_nm``, ~ 4 nm above
+    lambda_B). The gain medium's confinement Gamma counts the film and the grooves.
 
 Pump
     The pump spot on the DFB is uniform (no stripe), so every dot sees the set
     fluence: <N> = kappa_dfb F with the DFB film's own kappa
     (``twin.presets.excitons_per_fluence`` of ``dfb.absorbed_fraction_1030``,
-    ``dfb.film_thickness_nm``, ``dfb.packing_fraction``, ``dfb.dot_diameter_nm``).
+    ``dfb.film_thickness_nm``, ``dfb.packing_fraction``, ``dfb.dot_diameter_nm``). The
+    doped device's 19 % is the paper's measurement; the 5.0 nm dot diameter is the paper's
+    <N> convention (its 0.87 at 160 uJ/cm^2 needs it; the C/A-S dots are 7.05 nm): a kept
+    knob. The undoped device's absorption is not in the paper: it is 19 % times the films'
+    undoped/doped 1030 nm absorption ratio (doping blocks part of the pump transitions), so
+    its threshold is a prediction.
 
 Gain and threshold
-    Material gain of the band-edge transition at lambda_B (1/cm)::
+    Material gain at the lasing wavelength (1/cm)::
 
-        g_mat = film.alpha0_per_cm [S Em(lambda_B) - B Ab(lambda_B)]
+        g_mat = film.alpha0_per_cm [S Em(lambda) - B Ab(lambda)]
 
     with the ensemble weights (B, S) of ``twin.occupancy`` at band-edge <N> =
-    kappa_dfb F x exciton_yield and the line shapes of ``twin.gain``.
-    ``film.alpha0_per_cm`` is the material (not modal) 1S absorption coefficient, as
-    in ``twin.gain`` (the stripe film's modal gain is film.confinement x g_mat), so the
-    same dots give the DFB mode Gamma_dfb x g_mat. The lasing mode's gain is
-    g_0 = Gamma_dfb g_mat and its total loss
-    alpha_tot = film.waveguide_loss_per_cm + intraband(doping) + dfb.grating_loss_per_cm
-    (intraband absorption of the doping electrons from ``twin.gain.intraband_loss_per_cm``;
-    the grating loss, radiation out of the surface included, is fitted per device).
-    Threshold: g_0 = alpha_tot, i.e. net modal gain g_0 - wg - intraband =
-    ``grating_loss_per_cm`` (``dfb_threshold_uJ_cm2``, root finding).
+    kappa_dfb F x exciton_yield and the line shapes of ``twin.gain`` (the same dots as the
+    stripe film). The mode's gain is g_0 = Gamma g_mat and its total loss
+    alpha_tot = alpha_int + 2 gamma0, alpha_int = film.waveguide_loss_per_cm + the intraband
+    absorption of ``twin.gain.intraband_loss_per_cm`` scaled to this mode's confinement.
+    Threshold: g_0 = alpha_tot (``dfb_threshold_uJ_cm2``, root finding); the TM mode has
+    its own (``dfb_threshold_te_tm_uJ_cm2``; infinite where TM is cut off, as on these films).
 
 Output (rate equations with spontaneous coupling beta)
     With carriers N, mode photons S, spontaneous lifetime tau, photon lifetime tau_p,
@@ -48,32 +62,39 @@ Output (rate equations with spontaneous coupling beta)
     transparency, 1 at threshold); for x <= 0 (below transparency) S = 0. The mode
     emits beta S in units of the spontaneous emission at threshold, i.e.
     ``beta S(x) (1 - exp(-<N_th>))`` in units of the spontaneous emission of the fully
-    excited spot. The detector also collects a weak, unpolarised PL background,
-    ``dfb.pl_collection (1 - exp(-<N>))`` (excited-dot fraction). ``dfb_output`` is
-    the sum, in units of the spontaneous emission of the fully excited pump spot.
+    excited spot. A TM mode below its threshold emits its amplified spontaneous emission
+    beta (1 - exp(-<N>)) S(x_TM)/x_TM (-> 1/(1 - x_TM)). The detector also collects an
+    unpolarised PL background, ``dfb.pl_collection (1 - exp(-<N>))``. ``dfb_output`` is the
+    sum, in units of the spontaneous emission of the fully excited pump spot.
 
 Spectrum and linewidth
-    A single Lorentzian line at lambda_B holding the lasing output, on the Gaussian PL
-    band (centre E_abs - ``pl_stokes_shift_meV``, FWHM ``pl_linewidth_meV``, in energy)
-    holding the background; both are densities per nm, and their integral over
-    wavelength is ``dfb_output``. The rate equations give the mode's net loss rate
-    as the cold-cavity rate / (1 + S): a Schawlow-Townes-like 1/S narrowing above
-    threshold. Pulsed CQD lasers are far broader than that coherent limit (gain and
-    index transients during the pulse, inhomogeneity over the pump spot), so the
-    twin counts the photon number in units of 1/beta, i.e. it narrows the line with
-    the lasing output in units of the spontaneous emission at threshold::
+    A Lorentzian line at the lasing wavelength holding the lasing output (and the TM
+    mode's at its own), on the Gaussian PL band (centre E_abs - ``pl_stokes_shift_meV``,
+    FWHM ``pl_linewidth_meV``, in energy); densities per nm whose integral over
+    wavelength is ``dfb_output``. The cold cavity's width follows from its Q: the photon
+    decay rate is v_g alpha_tot, so Q = 2 pi n_g / (lambda alpha_tot) and the FWHM is
+    lambda^2 alpha_tot / (2 pi n_g) (``dfb_cold_linewidth_nm``, ~2.6 nm for the doped device,
+    Q ~ 640). The measured 1.0 nm just above threshold is narrower: pulsed CQD lasers narrow
+    by gain during the pulse, which the rate equations do not give. The twin keeps one
+    KNOB for it, shared by both devices: the line at threshold is ``threshold_narrowing``
+    (0.421, calibrated on the doped device) times the cold-cavity width, and narrows with
+    the output above threshold as in the rate equations counted in units of 1/beta::
 
-        FWHM = dfb.cavity_linewidth_nm / (1 + beta S)
+        FWHM = threshold_narrowing x lambda^2 alpha_tot / (2 pi n_g) / (1 + beta S)
 
-    the cold-cavity width up to threshold, then ~ cavity_linewidth_nm / x above
-    (Schawlow-Townes-like: inversely proportional to the output).
+    The undoped device's 0.9 nm is then predicted (0.83 nm). The spectrometer's
+    resolution is applied by whoever measures the spectrum (``gainloop.reproduce``: 0.2 nm).
 
 Polarisation
-    The lasing mode is linearly polarised along the grating lines (TE); through an
-    analyser at angle theta from that axis it transmits
-    ``P_las [cos^2 theta + eps sin^2 theta] / (1 + eps)`` (eps = ``dfb.polarization_extinction``,
-    normalised so that the parallel and perpendicular readings sum to P_las), plus
-    half of the unpolarised PL background.
+    The TE mode radiates polarised along the grating lines, the TM mode across them; on
+    these thin films the TM mode is cut off at its Bragg wavelength, so the perpendicular
+    reading is the analyser's leakage eps (``dfb.polarization_extinction``, datasheet
+    1e-3) plus half the unpolarised PL. Through an analyser at theta from the lines::
+
+        I(theta) = [P_TE (cos^2 + eps sin^2) + P_TM (sin^2 + eps cos^2)] / (1 + eps) + PL / 2
+
+    Without PL the ratio would be (1 - eps)/(1 + eps) = 0.998; the paper's 0.94 needs the
+    PL share ``pl_collection`` = 0.048 (calibrated, one value for both devices).
 
 All functions are vectorised over fluence (uJ/cm^2) and broadcast with doping
 (electrons/dot; None = the sample's ``doping_ne``).
@@ -86,29 +107,39 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import ValidationError
 from scipy import optimize
 
 from core.errors import ParameterError, PresetError
 
 from .constants import HC_EV_NM
 from .gain import absorption_shape, check_doping, check_fluence, emission_shape, intraband_loss_per_cm
+from .grating import DFB_SHARED_VALUES, DfbCavity, DfbDesign, dfb_cavity
 from .occupancy import MAX_MEAN_EXCITONS, gain_table
 from .presets import DfbParams, Sample, excitons_per_fluence
-from .waveguide import slab_te0, te0_cutoff_thickness_nm
 
 __all__ = [
     "BRAGG_ORDER",
+    "DFB_DESIGN_DEFAULTS",
+    "DFB_FREE_PARAMETERS",
+    "DFB_ROW_BASIS",
+    "LEGACY_DFB_KEYS",
     "DfbMode",
     "bragg_wavelength_nm",
+    "dfb_cavity_q",
+    "dfb_cold_linewidth_nm",
+    "dfb_design",
     "dfb_kappa",
     "dfb_linewidth_nm",
     "dfb_mean_excitons",
+    "dfb_mirror_loss_per_cm",
     "dfb_modal_gain_per_cm",
     "dfb_mode",
     "dfb_output",
     "dfb_polarized_output",
     "dfb_pump_ratio",
     "dfb_spectrum",
+    "dfb_threshold_te_tm_uJ_cm2",
     "dfb_threshold_uJ_cm2",
     "grating_loss_for_threshold",
     "laser_photon_number",
@@ -119,10 +150,42 @@ BRAGG_ORDER = 2
 
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
+#: Values of the DFB parameters that ``twin.presets.DfbParams`` (the loader's present schema) has
+#: no key for: ``twin.grating.DFB_SHARED_VALUES`` (each in ``DFB_PARAMETER_RANGES`` with its
+#: source). Once the loader takes ``twin.grating.DfbDesign`` as the dfb table's schema they can
+#: be set per device in the presets file.
+DFB_DESIGN_DEFAULTS: dict[str, float] = DFB_SHARED_VALUES
+
+#: The DFB's free parameters: chosen to hit a paper number (dotted names; ``dfb.<key>`` is one value
+#: shared by both devices, ``twin.grating.DFB_SHARED_VALUES``; the shared PL share sits in both tables).
+DFB_FREE_PARAMETERS: tuple[str, ...] = (
+    "dfb.grating_length_um",
+    "dfb.threshold_narrowing",
+    "dfb.pl_collection",
+    "cas.dfb.film_index",
+    "cas_doped.dfb.film_index",
+    "cas_doped.dfb.dot_diameter_nm",
+)
+
+#: For each DFB row of the paper's table (``gainloop twin reproduce``): "predicted", or the free
+#: parameters chosen to hit it.
+DFB_ROW_BASIS: dict[str, str | tuple[str, ...]] = {
+    "dfb_lasing_threshold_cas": "predicted",
+    "dfb_lasing_threshold_cas_doped": ("dfb.grating_length_um",),
+    "dfb_lasing_threshold_N_cas_doped": ("dfb.grating_length_um", "cas_doped.dfb.dot_diameter_nm"),
+    "dfb_wavelength_cas": ("cas.dfb.film_index",),
+    "dfb_wavelength_cas_doped": ("cas_doped.dfb.film_index",),
+    "dfb_linewidth_cas_doped": ("dfb.threshold_narrowing",),
+    "dfb_polarization_ratio": ("dfb.pl_collection",),
+}
+
+#: Keys of the loader's present dfb table that coupled-mode theory replaces (not read by this module).
+LEGACY_DFB_KEYS = ("grating_loss_per_cm", "cavity_linewidth_nm")
+
 
 @dataclass(frozen=True)
 class DfbMode:
-    """The DFB's lasing mode: Bragg wavelength (nm), effective index and confinement (dimensionless)."""
+    """The DFB's lasing mode: wavelength (nm), effective index and confinement in the CQD (dimensionless)."""
 
     wavelength_nm: float
     n_eff: float
@@ -136,59 +199,52 @@ def _dfb_of(sample: Sample) -> DfbParams:
         name = f" ({sample.description})" if sample.description else ""
         raise PresetError(
             f"this sample{name} has no DFB device: its presets need a [sample.<id>.dfb] table "
-            f"(grating_period_nm, film_thickness_nm, film_index, grating_loss_per_cm, ...)"
+            f"(grating_period_nm, film_thickness_nm, film_index, grating_length_um, ...)"
         )
     return sample.dfb
 
 
+def dfb_design(dfb) -> DfbDesign:
+    """The DFB's physical design (``twin.grating.DfbDesign``) from the sample's dfb table, range-checked.
+
+    Accepts a ``DfbDesign`` as is, or the loader's present ``DfbParams`` (its keys, plus
+    ``DFB_DESIGN_DEFAULTS`` for what it has no key for; ``LEGACY_DFB_KEYS`` are ignored).
+    """
+    if isinstance(dfb, DfbDesign):
+        return dfb
+    return _design_from_params(dfb)
+
+
 @functools.lru_cache(maxsize=128)
-def _bragg_solution(
-    period_nm: float, film_index: float, thickness_nm: float, substrate_index: float, cover_index: float, order: int
-) -> DfbMode:
-    n_lo = max(substrate_index, cover_index)
-    if film_index <= n_lo:
-        raise ParameterError(
-            f"the DFB film index {film_index:g} must exceed the substrate index {substrate_index:g} "
-            f"and the cover index {cover_index:g} to guide a mode"
-        )
+def _design_from_params(dfb) -> DfbDesign:
+    fields = {k: v for k, v in dfb.model_dump().items() if k not in LEGACY_DFB_KEYS}
+    merged = {**DFB_DESIGN_DEFAULTS, **{k: v for k, v in fields.items() if k in DfbDesign.model_fields}}
+    try:
+        return DfbDesign(**merged)
+    except ValidationError as exc:
+        msgs = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise ParameterError(f"invalid DFB design: {msgs}") from None
 
-    def mismatch(lam):
-        return lam - 2.0 * slab_te0(lam, film_index, thickness_nm, substrate_index, cover_index)[0] * period_nm / order
 
-    lam_lo = 2.0 * n_lo * period_nm / order
-    lam_hi = 2.0 * film_index * period_nm / order
-    # TE0 is cut off beyond the wavelength at which the film reaches its cut-off thickness
-    t_c_per_nm = te0_cutoff_thickness_nm(1.0, film_index, substrate_index, cover_index)
-    lam_cut = thickness_nm / t_c_per_nm if t_c_per_nm > 0 else math.inf
-    if lam_cut <= lam_lo * (1.0 + 1e-12):
-        raise ParameterError(
-            f"no Bragg resonance: at {lam_lo:.1f} nm (order {order}, period {period_nm:g} nm) the "
-            f"{thickness_nm:g} nm film of index {film_index:g} guides no mode; allowed: a thicker film or "
-            f"higher film index (TE0 cut-off at {lam_cut:.1f} nm)"
-        )
-    lam_hi = min(lam_hi, lam_cut * (1.0 - 1e-9))
-    lam = optimize.brentq(mismatch, lam_lo * (1.0 + 1e-12), lam_hi, xtol=1e-9, rtol=1e-14)
-    n_eff, gamma = slab_te0(lam, film_index, thickness_nm, substrate_index, cover_index)
-    return DfbMode(wavelength_nm=float(lam), n_eff=float(n_eff), confinement=float(gamma))
+def _cavity(dfb, order: int = BRAGG_ORDER, polarization: str = "TE") -> DfbCavity:
+    return dfb_cavity(dfb_design(dfb), order, polarization)
 
 
 def dfb_mode(dfb: DfbParams, order: int = BRAGG_ORDER) -> DfbMode:
-    """The lasing mode of the grating: self-consistent Bragg wavelength, n_eff and Gamma_dfb (cached)."""
+    """The lasing mode of the grating: band-edge wavelength, n_eff and confinement in the CQD (cached)."""
     if order not in (1, 2, 3):
-        raise ParameterError(f"Bragg order {order!r} is not supported; allowed: 1, 2 or 3")
-    return _bragg_solution(
-        float(dfb.grating_period_nm),
-        float(dfb.film_index),
-        float(dfb.film_thickness_nm),
-        float(dfb.substrate_index),
-        float(dfb.cover_index),
-        int(order),
-    )
+        raise ParameterError(f"Bragg order {order!r} is not supported; allowed: 1 or 2")
+    c = _cavity(dfb, order)
+    return DfbMode(wavelength_nm=c.wavelength_nm, n_eff=c.n_eff, confinement=c.confinement)
 
 
 def bragg_wavelength_nm(dfb: DfbParams, order: int = BRAGG_ORDER) -> float:
-    """Lasing wavelength (nm) of the grating: m lambda = 2 n_eff(lambda) Lambda, solved self-consistently."""
-    return dfb_mode(dfb, order).wavelength_nm
+    """Lasing wavelength (nm): the band-edge mode next to the Bragg wavelength m lambda_B = 2 n_eff Lambda.
+
+    lambda = lambda_B - lambda_B^2 delta / (2 pi n_g), delta the detuning of the lowest-threshold
+    root of the coupled-mode eigenvalue equation (``twin.grating.dfb_cavity``).
+    """
+    return _cavity(dfb, order).wavelength_nm
 
 
 def dfb_kappa(dfb: DfbParams) -> float:
@@ -207,26 +263,47 @@ def _doping(doping, sample: Sample) -> np.ndarray:
     return check_doping(sample.doping_ne if doping is None else doping, sample)
 
 
-def _gain_and_loss(fluence, sample: Sample, doping):
-    """(g_0, alpha_tot, <N> nominal) at broadcast fluence and doping; g_0 is Gamma_dfb g_mat."""
-    dfb = _dfb_of(sample)
-    f = check_fluence(fluence)
-    d = _doping(doping, sample)
-    f, d = np.broadcast_arrays(f, d)
-    mode = dfb_mode(dfb)
-    mean_n = f * dfb_kappa(dfb)
-    if np.any(mean_n * sample.exciton_yield > MAX_MEAN_EXCITONS):
+def _material_gain_per_cm(wavelength_nm: float, mean_n, sample: Sample, d):
+    """g_mat (1/cm) of the dots at one wavelength: alpha0 [S Em - B Ab] (``twin.gain``'s line shapes)."""
+    b, s = gain_table(sample.degeneracy, sample.doping_distribution).weights(mean_n * sample.exciton_yield, d)
+    sp = sample.spectra
+    return sample.film.alpha0_per_cm * (s * emission_shape(wavelength_nm, sp) - b * absorption_shape(wavelength_nm, sp))
+
+
+def _internal_loss_per_cm(sample: Sample, cavity: DfbCavity, d):
+    """Internal modal loss of the DFB mode, 1/cm: the film's scattering loss + intraband absorption.
+
+    The intraband absorption of ``twin.gain.intraband_loss_per_cm`` is modal for the stripe
+    film's confinement; the DFB mode sees it in proportion to its own confinement.
+    """
+    film = sample.film
+    return film.waveguide_loss_per_cm + intraband_loss_per_cm(d, sample) * (cavity.confinement / film.confinement)
+
+
+def _check_statistics(f, sample: Sample, dfb) -> None:
+    if np.any(f * dfb_kappa(dfb) * sample.exciton_yield > MAX_MEAN_EXCITONS):
         f_max = MAX_MEAN_EXCITONS / (dfb_kappa(dfb) * sample.exciton_yield)
         raise ParameterError(
             f"pump fluence {float(f.max()):g} uJ/cm^2 gives more than {MAX_MEAN_EXCITONS:g} excitons/dot on "
             f"this DFB; allowed: 0 to {f_max:.4g} uJ/cm^2"
         )
-    b, s = gain_table(sample.degeneracy, sample.doping_distribution).weights(mean_n * sample.exciton_yield, d)
-    lam = mode.wavelength_nm
-    film = sample.film
-    g_mat = film.alpha0_per_cm * (s * emission_shape(lam, sample.spectra) - b * absorption_shape(lam, sample.spectra))
-    loss = film.waveguide_loss_per_cm + intraband_loss_per_cm(d, sample) + dfb.grating_loss_per_cm
-    return mode.confinement * g_mat, loss, mean_n
+
+
+def _gain_and_loss(fluence, sample: Sample, doping, polarization: str = "TE"):
+    """(g_0, alpha_tot, <N> nominal) of the TE (or TM) lasing mode at broadcast fluence and doping.
+
+    g_0 = Gamma g_mat(lambda) and alpha_tot = internal loss + the grating's mirror loss 2 gamma0.
+    """
+    dfb = _dfb_of(sample)
+    f = check_fluence(fluence)
+    d = _doping(doping, sample)
+    f, d = np.broadcast_arrays(f, d)
+    _check_statistics(f, sample, dfb)
+    cav = _cavity(dfb, BRAGG_ORDER, polarization)
+    mean_n = f * dfb_kappa(dfb)
+    g0 = cav.confinement * _material_gain_per_cm(cav.wavelength_nm, mean_n, sample, d)
+    loss = _internal_loss_per_cm(sample, cav, d) + cav.mirror_loss_per_cm
+    return g0, loss, mean_n
 
 
 def _out(a: np.ndarray):
@@ -234,12 +311,18 @@ def _out(a: np.ndarray):
 
 
 def dfb_modal_gain_per_cm(fluence_uJ_cm2, sample: Sample, doping=None):
-    """Net modal gain of the lasing mode before the grating loss, 1/cm: Gamma_dfb g_mat - wg - intraband.
+    """Net modal gain of the lasing mode before the grating's mirror loss, 1/cm: Gamma g_mat - internal loss.
 
-    Lasing starts where it reaches ``dfb.grating_loss_per_cm``.
+    Lasing starts where it reaches the coupled-mode mirror loss 2 gamma0
+    (``dfb_mirror_loss_per_cm``).
     """
     g0, loss, _ = _gain_and_loss(fluence_uJ_cm2, sample, doping)
-    return _out(g0 - (loss - _dfb_of(sample).grating_loss_per_cm))
+    return _out(g0 - (loss - dfb_mirror_loss_per_cm(sample)))
+
+
+def dfb_mirror_loss_per_cm(sample: Sample) -> float:
+    """Threshold gain the grating needs beyond the internal losses (2 gamma0 of coupled-mode theory), 1/cm."""
+    return _cavity(_dfb_of(sample)).mirror_loss_per_cm
 
 
 def dfb_pump_ratio(fluence_uJ_cm2, sample: Sample, doping=None):
@@ -272,37 +355,77 @@ def _threshold_mean_excitons(sample: Sample, d: np.ndarray) -> np.ndarray:
     return n_th[inverse].reshape(d.shape)
 
 
+def _tm_cavity(dfb) -> DfbCavity | None:
+    """The TM lasing mode, or None where the stack guides no TM mode at its Bragg wavelength."""
+    return _tm_cavity_of(dfb_design(dfb))
+
+
+@functools.lru_cache(maxsize=128)
+def _tm_cavity_of(design: DfbDesign) -> DfbCavity | None:
+    try:
+        return dfb_cavity(design, BRAGG_ORDER, "TM")
+    except ParameterError:
+        return None
+
+
 def _components(fluence, sample: Sample, doping):
-    """(lasing output, PL background, photon number S), broadcast over fluence and doping."""
+    """(TE lasing output, TM mode output, PL background, TE photon number S, TE cold-cavity loss 1/cm)."""
     dfb = _dfb_of(sample)
+    beta = dfb.spontaneous_coupling
     g0, loss, mean_n = _gain_and_loss(fluence, sample, doping)
     d = np.broadcast_to(_doping(doping, sample), np.shape(g0))
-    s = np.asarray(laser_photon_number(g0 / loss, dfb.spontaneous_coupling))
+    s = np.asarray(laser_photon_number(g0 / loss, beta))
     n_th = _threshold_mean_excitons(sample, d)
     spont_th = -np.expm1(-n_th * sample.exciton_yield)
-    lasing = dfb.spontaneous_coupling * s * spont_th
-    background = dfb.pl_collection * -np.expm1(-mean_n * sample.exciton_yield)
-    return lasing, background, s
+    spont = -np.expm1(-mean_n * sample.exciton_yield)
+    lasing = beta * s * spont_th
+    # TM: amplified spontaneous emission into its own mode, beta spont S(x)/x (-> 1/(1 - x) below threshold)
+    tm = np.zeros_like(lasing)
+    if _tm_cavity(dfb) is not None:
+        g_tm, loss_tm, _ = _gain_and_loss(fluence, sample, doping, "TM")
+        x_tm = g_tm / loss_tm
+        s_tm = np.asarray(laser_photon_number(x_tm, beta))
+        safe_x = np.where(x_tm > 1e-9, x_tm, 1.0)
+        gain_factor = np.where(x_tm > 1e-9, s_tm / safe_x, 1.0 / (1.0 - np.minimum(x_tm, 0.0)))
+        tm = beta * spont * gain_factor
+    background = dfb.pl_collection * spont
+    return lasing, tm, background, s, loss
 
 
-def _linewidth(dfb: DfbParams, photon_number: np.ndarray) -> np.ndarray:
-    return dfb.cavity_linewidth_nm / (1.0 + dfb.spontaneous_coupling * photon_number)
+def _linewidth(sample: Sample, photon_number: np.ndarray, loss_per_cm: np.ndarray) -> np.ndarray:
+    """FWHM (nm): eta x cold cavity lambda^2 alpha_tot / (2 pi n_g), narrowed by 1/(1 + beta S) above threshold."""
+    dfb = _dfb_of(sample)
+    cold = _cavity(dfb).linewidth_nm(loss_per_cm)
+    return dfb_design(dfb).threshold_narrowing * cold / (1.0 + dfb.spontaneous_coupling * photon_number)
 
 
 def dfb_output(fluence_uJ_cm2, sample: Sample, doping=None):
-    """Emission collected normal to the DFB (lasing line + PL background) at a fluence in uJ/cm^2.
+    """Emission collected normal to the DFB (TE lasing line + TM mode + PL background) at a fluence in uJ/cm^2.
 
     Units: the spontaneous emission of the fully excited pump spot (arb.). Vectorised.
     """
-    lasing, background, _ = _components(fluence_uJ_cm2, sample, doping)
-    return _out(lasing + background)
+    lasing, tm, background, _, _ = _components(fluence_uJ_cm2, sample, doping)
+    return _out(lasing + tm + background)
 
 
 def dfb_linewidth_nm(fluence_uJ_cm2, sample: Sample, doping=None):
-    """Intrinsic FWHM (nm) of the lasing line: cavity_linewidth_nm / (1 + beta S)."""
+    """Intrinsic FWHM (nm) of the lasing line: lambda^2 alpha_tot / (2 pi n_g) / (1 + beta S)."""
+    _, _, _, s, loss = _components(fluence_uJ_cm2, sample, doping)
+    return _out(_linewidth(sample, s, np.broadcast_to(loss, np.shape(s))))
+
+
+def dfb_cold_linewidth_nm(sample: Sample, doping=None):
+    """Cold-cavity FWHM (nm) of the lasing mode: lambda^2 (alpha_int + 2 gamma0) / (2 pi n_g), from its Q."""
     dfb = _dfb_of(sample)
-    _, _, s = _components(fluence_uJ_cm2, sample, doping)
-    return _out(_linewidth(dfb, s))
+    cav = _cavity(dfb)
+    d = _doping(doping, sample)
+    return _out(np.asarray(cav.linewidth_nm(_internal_loss_per_cm(sample, cav, d) + cav.mirror_loss_per_cm)))
+
+
+def dfb_cavity_q(sample: Sample, doping=None):
+    """Cold-cavity quality factor Q = lambda / FWHM = 2 pi n_g / (lambda alpha_tot) (dimensionless)."""
+    cav = _cavity(_dfb_of(sample))
+    return _out(cav.wavelength_nm / np.asarray(dfb_cold_linewidth_nm(sample, doping)))
 
 
 def _pl_density_per_nm(wavelength_nm: np.ndarray, sample: Sample) -> np.ndarray:
@@ -315,47 +438,74 @@ def _pl_density_per_nm(wavelength_nm: np.ndarray, sample: Sample) -> np.ndarray:
     return per_ev * e / wavelength_nm  # |dE/dlambda| = hc/lambda^2 = E/lambda
 
 
+def _lorentzian(lam, centre, fwhm):
+    hw = 0.5 * fwhm
+    return (hw / math.pi) / ((lam - centre) ** 2 + hw**2)
+
+
 def dfb_spectrum(wavelength_nm, fluence_uJ_cm2, sample: Sample, doping=None):
     """Emission spectrum normal to the DFB, per nm (units of ``dfb_output`` per nm).
 
     Result shape: ``broadcast(fluence, doping).shape + wavelength.shape``. A Lorentzian
-    lasing line at the Bragg wavelength (FWHM ``dfb_linewidth_nm``) on the PL band;
-    its integral over all wavelengths is ``dfb_output``.
+    lasing line at the lasing wavelength (FWHM ``dfb_linewidth_nm``), the TM mode's line at
+    its own wavelength (cold-cavity width) and the PL band; the integral over all
+    wavelengths is ``dfb_output``.
     """
     lam = np.asarray(wavelength_nm, dtype=float)
     if not np.all(np.isfinite(lam)) or np.any(lam <= 0):
         raise ParameterError("wavelengths must be finite and positive, in nm")
     dfb = _dfb_of(sample)
-    lasing, background, s = _components(fluence_uJ_cm2, sample, doping)
+    lasing, tm, background, s, loss = _components(fluence_uJ_cm2, sample, doping)
     expand = (Ellipsis,) + (None,) * lam.ndim
-    hw = (0.5 * _linewidth(dfb, s))[expand]
-    line = (hw / math.pi) / ((lam - bragg_wavelength_nm(dfb)) ** 2 + hw**2)
-    return _out(lasing[expand] * line + background[expand] * _pl_density_per_nm(lam, sample))
+    width = _linewidth(sample, s, np.broadcast_to(loss, np.shape(s)))[expand]
+    out = lasing[expand] * _lorentzian(lam, bragg_wavelength_nm(dfb), width)
+    cav_tm = _tm_cavity(dfb)
+    if cav_tm is not None and np.any(tm > 0):
+        d = np.broadcast_to(_doping(doping, sample), np.shape(tm))
+        loss_tm = _internal_loss_per_cm(sample, cav_tm, d) + cav_tm.mirror_loss_per_cm
+        out = out + tm[expand] * _lorentzian(lam, cav_tm.wavelength_nm, cav_tm.linewidth_nm(loss_tm)[expand])
+    return _out(out + background[expand] * _pl_density_per_nm(lam, sample))
 
 
 def dfb_polarized_output(angle_deg, fluence_uJ_cm2, sample: Sample, doping=None):
-    """Output through an analyser at ``angle_deg`` from the lasing polarisation (same units as ``dfb_output``).
+    """Output through an analyser at ``angle_deg`` from the TE polarisation (same units as ``dfb_output``).
 
-    I(theta) = P_las [cos^2 theta + eps sin^2 theta]/(1 + eps) + background/2. Angle,
-    fluence and doping broadcast together.
+    The TE mode radiates polarised along the grating lines, the TM mode across them, the PL
+    is unpolarised; an analyser of leakage eps (``polarization_extinction``) transmits
+    I(theta) = [P_TE (cos^2 + eps sin^2) + P_TM (sin^2 + eps cos^2)]/(1 + eps) + PL/2.
+    Angle, fluence and doping broadcast together.
     """
     theta = np.deg2rad(np.asarray(angle_deg, dtype=float))
     if not np.all(np.isfinite(theta)):
         raise ParameterError("analyser angle must be a finite number of degrees")
     dfb = _dfb_of(sample)
-    lasing, background, _ = _components(fluence_uJ_cm2, sample, doping)
+    lasing, tm, background, _, _ = _components(fluence_uJ_cm2, sample, doping)
     eps = dfb.polarization_extinction
     c2 = np.cos(theta) ** 2
-    return _out(lasing * (c2 + eps * (1.0 - c2)) / (1.0 + eps) + 0.5 * background)
+    s2 = 1.0 - c2
+    return _out((lasing * (c2 + eps * s2) + tm * (s2 + eps * c2)) / (1.0 + eps) + 0.5 * background)
+
+
+def dfb_threshold_te_tm_uJ_cm2(sample: Sample, doping=None) -> tuple[float, float]:
+    """Thresholds (uJ/cm^2) of the TE and the TM mode; ``inf`` where a mode never reaches its loss.
+
+    The TM mode has its own Bragg wavelength (lower n_eff), confinement and grating coupling;
+    on these thin films it is barely guided or cut off (then ``inf``).
+    """
+    d = float(np.asarray(_doping(doping, sample)))
+    te = _threshold_scalar(sample, d)
+    if _tm_cavity(_dfb_of(sample)) is None:
+        return te, math.inf
+    return te, _threshold_scalar(sample, d, "TM")
 
 
 @functools.lru_cache(maxsize=256)
-def _threshold_scalar(sample: Sample, d: float) -> float:
+def _threshold_scalar(sample: Sample, d: float, polarization: str = "TE") -> float:
     dfb = _dfb_of(sample)
     f_max = MAX_MEAN_EXCITONS / (dfb_kappa(dfb) * sample.exciton_yield)
 
     def excess(f):
-        g0, loss, _ = _gain_and_loss(f, sample, d)
+        g0, loss, _ = _gain_and_loss(f, sample, d, polarization)
         return g0 - loss
 
     if float(excess(0.0)) >= 0.0:
@@ -372,7 +522,7 @@ def _threshold_scalar(sample: Sample, d: float) -> float:
 
 
 def dfb_threshold_uJ_cm2(sample: Sample, doping=None):
-    """Lasing threshold (uJ/cm^2, model truth): net modal gain = ``dfb.grating_loss_per_cm``.
+    """Lasing threshold (uJ/cm^2, model truth): Gamma g_mat = internal loss + coupled-mode mirror loss.
 
     ``inf`` where no fluence reaches it (the gain saturates below the losses); 0 where
     the unpumped film already has gain. Scalar doping gives a float, arrays an array.
@@ -385,9 +535,9 @@ def dfb_threshold_uJ_cm2(sample: Sample, doping=None):
 
 
 def grating_loss_for_threshold(sample: Sample, threshold_uJ_cm2: float, doping=None) -> float:
-    """Grating loss (1/cm) that puts the model threshold at ``threshold_uJ_cm2`` (calibration helper).
+    """Mirror loss (1/cm) a grating would need to put the threshold at ``threshold_uJ_cm2`` (design helper).
 
-    It is the net modal gain (before grating loss) at that fluence; an error if the
+    It is the net modal gain before the mirror loss at that fluence; an error if the
     film's own losses exceed the gain there (the device cannot lase at that fluence).
     """
     f = float(check_fluence(threshold_uJ_cm2))
