@@ -39,7 +39,9 @@ __all__ = [
     "SpectraParams",
     "default_presets_path",
     "excitons_per_fluence",
+    "get_parameter",
     "load_presets",
+    "with_parameters",
 ]
 
 
@@ -241,3 +243,48 @@ def excitons_per_fluence(
     v_dot_cm3 = math.pi / 6.0 * (dot_diameter_nm * 1e-7) ** 3
     n_area_per_cm2 = packing_fraction * thickness_nm * 1e-7 / v_dot_cm3
     return absorbed_fraction_1030 / photon_energy_uJ / n_area_per_cm2
+
+
+def _split_name(presets: PresetFile, name: str) -> list[str]:
+    parts = name.split(".")
+    if parts[0] == "noise" or parts[0] == "setup":
+        return parts
+    if parts[0] not in presets.sample:
+        raise PresetError(
+            f"unknown parameter {name!r}: {parts[0]!r} is not a sample of these presets "
+            f"({', '.join(sorted(presets.sample))}), nor 'noise' or 'setup'"
+        )
+    return ["sample", *parts]
+
+
+def get_parameter(presets: PresetFile, name: str) -> float:
+    """The value of a dotted preset parameter (``cas_doped.film.alpha0_per_cm``, ``noise.drift_rms``)."""
+    obj: object = presets
+    for part in _split_name(presets, name):
+        if isinstance(obj, dict):
+            if part not in obj:
+                raise PresetError(f"unknown parameter {name!r}: no {part!r}")
+            obj = obj[part]
+        elif obj is None or not hasattr(obj, part):
+            raise PresetError(f"unknown parameter {name!r}: no {part!r}")
+        else:
+            obj = getattr(obj, part)
+    if isinstance(obj, bool) or not isinstance(obj, (int, float)):
+        raise PresetError(f"parameter {name!r} is not a number (it is {type(obj).__name__})")
+    return float(obj)
+
+
+def with_parameters(presets: PresetFile, values: dict[str, float]) -> PresetFile:
+    """A copy of the presets with dotted parameters replaced, validated like a loaded file."""
+    data = presets.model_dump()
+    for name, value in values.items():
+        get_parameter(presets, name)  # the name must exist
+        parts = _split_name(presets, name)
+        node = data
+        for part in parts[:-1]:
+            node = node[part]
+        node[parts[-1]] = value
+    try:
+        return PresetFile.model_validate(data)
+    except ValueError as exc:
+        raise PresetError(f"parameters {sorted(values)} give invalid presets: {exc}") from None
