@@ -16,6 +16,7 @@ reads a user's own file for a new material.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -29,10 +30,12 @@ from .constants import PUMP_WAVELENGTH_NM, photon_energy_eV
 from .noise import NoiseParams
 
 __all__ = [
+    "PHYSICAL_RANGES",
     "AugerParams",
     "DamageParams",
     "DfbParams",
     "FilmParams",
+    "ParameterRange",
     "PresetFile",
     "Sample",
     "SetupParams",
@@ -170,6 +173,80 @@ class DamageParams(_Frozen):
     )
 
 
+@dataclass(frozen=True)
+class ParameterRange:
+    """The physical range of one sample parameter (units as in its key) and where it comes from."""
+
+    lo: float
+    hi: float
+    source: str
+
+    def describe(self) -> str:
+        return f"{self.lo:g} to {self.hi:g} ({self.source})"
+
+
+#: Physical range of every numeric sample parameter, keyed ``<table>.<key>`` (``""`` table: the
+#: sample's own keys). The loader refuses values outside (``Sample`` validation), naming the
+#: parameter, the value, the range and its source. Calibrations (``twin calibrate``) use these
+#: as their bounds. Literature: Moreels et al., ACS Nano 3, 3023 (2009) (PbS sizing and
+#: absorption); Klimov et al., Science 287, 1011 (2000) (quantized Auger rates); Park et al.,
+#: Nano Lett. 14, 396 (2014) and Nat. Rev. Mater. 6, 382 (2021) (trion Auger, CQD lasers);
+#: Cragg & Efros, Nano Lett. 10, 313 (2010) (alloyed-shell Auger suppression); "paper" is
+#: Taghipour et al. (twin/data/paper_numbers.toml).
+PHYSICAL_RANGES: dict[str, ParameterRange] = {
+    "degeneracy": ParameterRange(2, 8, "1S degeneracy per carrier: 2 in CdSe to 8 in PbS/PbSe (4 L valleys x spin)"),
+    "exciton_yield": ParameterRange(
+        0.8, 1.0, "band-edge exciton yield of a 1030 nm pump; trap losses of passivated PbS films, 0-20 %"
+    ),
+    "spectra.abs_peak_nm": ParameterRange(800, 2500, "1S peak of 2.5-10 nm PbS(Se) dots, Moreels 2009 sizing curve"),
+    "spectra.abs_linewidth_meV": ParameterRange(40, 200, "1S FWHM of PbS ensembles, 5-15 % size dispersion"),
+    "spectra.ase_redshift_meV": ParameterRange(0, 60, "gain red shift (X-X attraction, Stokes): paper 18-32 meV"),
+    "spectra.gain_linewidth_meV": ParameterRange(10, 150, "stimulated-emission FWHM of CQD films"),
+    "spectra.pl_stokes_shift_meV": ParameterRange(0, 80, "PL Stokes shift of PbS dots, 10-50 meV"),
+    "spectra.pl_linewidth_meV": ParameterRange(40, 250, "PL FWHM of PbS films"),
+    "auger.tau_xx_ps": ParameterRange(
+        20, 2000, "XX Auger: PbS(Se) cores 20-300 ps (paper 230 ps), alloyed shells to ~ns (Cragg & Efros 2010)"
+    ),
+    "auger.electron_fraction": ParameterRange(
+        0.03, 0.97, "r = C_e/(C_e+C_h): 0.5 for mirror bands; X-/X+ asymmetry up to ~15x in core/shell dots (Park 2014)"
+    ),
+    "auger.scaling_exponent": ParameterRange(
+        0.85, 1.15, "departure from the statistical pathway count: 0.90-0.97 from the tau_2:tau_3:tau_4 of Klimov 2000"
+    ),
+    "auger.tau_x_radiative_ns": ParameterRange(200, 5000, "PbS single-exciton radiative lifetime, ~0.5-3 us"),
+    "film.thickness_nm": ParameterRange(20, 2000, "spin-cast CQD films; paper DFB film 160 nm"),
+    "film.packing_fraction": ParameterRange(
+        0.3, 0.74, "ligand-exchanged CQD solids 0.3-0.64; 0.74 fcc (paper assumes it)"
+    ),
+    "film.absorbed_fraction_1030": ParameterRange(0.005, 0.6, "single pass of a 20-2000 nm PbS film at 1030 nm"),
+    "film.dot_diameter_nm": ParameterRange(2, 12, "PbS(Se) CQDs; paper 4.85 nm core, 7.05 nm core/shell"),
+    "film.confinement": ParameterRange(0.05, 0.95, "TE0 confinement of 100-400 nm films of n 2.2-2.7 (twin.waveguide)"),
+    "film.alpha0_per_cm": ParameterRange(
+        1000, 12000, "1S absorption of PbS CQD solids: packing x intrinsic 1S absorption (Moreels 2009)"
+    ),
+    "film.waveguide_loss_per_cm": ParameterRange(0, 200, "scattering + substrate loss of CQD slab waveguides"),
+    "film.intraband_loss_1s_per_cm": ParameterRange(0, 50, "modal intraband absorption per 1S electron per dot"),
+    "film.intraband_loss_1p_per_cm": ParameterRange(0, 200, "modal intraband absorption per 1P electron per dot"),
+    "film.saturation_intensity": ParameterRange(1e3, 1e9, "gain saturation, twin units (see twin.ase)"),
+    "film.group_index": ParameterRange(1.5, 4.0, "group index of a CQD slab mode"),
+    "damage.damage_fluence_uJ_cm2": ParameterRange(500, 20000, "fs single-pulse damage of CQD films, ~1-10 mJ/cm^2"),
+    "damage.damage_order": ParameterRange(1, 8, "order of the per-pulse damage rate in fluence (multiphoton)"),
+    "damage.damage_per_pulse_at_threshold": ParameterRange(1e-9, 1e-3, "per-pulse damaged fraction at F_damage"),
+}
+
+
+def _check_physical_ranges(sample: BaseModel) -> None:
+    for name, rng in PHYSICAL_RANGES.items():
+        obj: object = sample
+        for part in name.split("."):
+            obj = getattr(obj, part, None)
+        if obj is None:
+            continue
+        value = float(obj)  # type: ignore[arg-type]
+        if not (rng.lo <= value <= rng.hi):
+            raise ValueError(f"{name} = {value:g} is outside its physical range {rng.describe()}")
+
+
 class Sample(_Frozen):
     """One sample's full parameter set."""
 
@@ -193,6 +270,7 @@ class Sample(_Frozen):
                 f"doping_ne = {self.doping_ne} is outside 0 to {hi:g} electrons/dot "
                 f"for a {self.doping_distribution} distribution with degeneracy {g}"
             )
+        _check_physical_ranges(self)
         return self
 
 
