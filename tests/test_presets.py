@@ -66,7 +66,8 @@ def test_a_new_material_with_twofold_degeneracy_loads(tmp_path):
 
 
 def test_a_value_outside_its_physical_range_is_refused_with_range_and_source(tmp_path):
-    text = default_presets_path().read_text().replace("waveguide_loss_per_cm = 3.0", "waveguide_loss_per_cm = 900.0", 1)
+    text = default_presets_path().read_text()
+    text = text.replace("waveguide_loss_per_cm = 3.0 ", "waveguide_loss_per_cm = 900.0 ", 1)
     with pytest.raises(
         PresetError, match=r"film\.waveguide_loss_per_cm = 900 is outside its physical range 0 to 200 \("
     ):

@@ -30,6 +30,7 @@ from .constants import PUMP_WAVELENGTH_NM, photon_energy_eV
 from .noise import NoiseParams
 
 __all__ = [
+    "DOT_PARAMETERS",
     "PHYSICAL_RANGES",
     "AugerParams",
     "DamageParams",
@@ -235,6 +236,25 @@ PHYSICAL_RANGES: dict[str, ParameterRange] = {
 }
 
 
+#: Parameters of the dots themselves (size, degeneracy, Auger, spectra, intraband absorption per
+#: electron, 1S absorption of the packed solid): shared by every film and device of one batch.
+DOT_PARAMETERS: tuple[str, ...] = (
+    "degeneracy",
+    "auger",
+    "spectra",
+    "film.dot_diameter_nm",
+    "film.alpha0_per_cm",
+    "film.intraband_loss_1s_per_cm",
+    "film.intraband_loss_1p_per_cm",
+)
+
+
+def _dig(obj: object, name: str) -> object:
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def _check_physical_ranges(sample: BaseModel) -> None:
     for name, rng in PHYSICAL_RANGES.items():
         obj: object = sample
@@ -251,6 +271,11 @@ class Sample(_Frozen):
     """One sample's full parameter set."""
 
     description: str = ""
+    dots: str = Field(
+        "",
+        description="id of the batch of dots the film is made of: samples with the same id must share every "
+        "dot parameter (DOT_PARAMETERS); empty = dots of their own",
+    )
     degeneracy: int = Field(8, ge=1, le=32, description="band-edge (1S) degeneracy g per carrier")
     doping_ne: float = Field(ge=0, description="1S doping <n_e> from the bleach, electrons/dot")
     doping_distribution: Literal["fixed", "binomial", "poisson"] = "poisson"
@@ -285,6 +310,23 @@ class PresetFile(_Frozen):
     def _has_samples(self) -> PresetFile:
         if not self.sample:
             raise ValueError("a presets file needs at least one [sample.<id>] table")
+        return self
+
+    @model_validator(mode="after")
+    def _one_dot_one_parameter_set(self) -> PresetFile:
+        first: dict[str, str] = {}
+        for sid, sample in self.sample.items():
+            if not sample.dots:
+                continue
+            ref_id = first.setdefault(sample.dots, sid)
+            ref = self.sample[ref_id]
+            for name in DOT_PARAMETERS:
+                a, b = _dig(ref, name), _dig(sample, name)
+                if a != b:
+                    raise ValueError(
+                        f"samples {ref_id!r} and {sid!r} are made of the same dots ({sample.dots!r}) but differ in "
+                        f"the dot parameter {name} ({a!r} vs {b!r}); one dot, one parameter set"
+                    )
         return self
 
     def get(self, sample_id: str) -> Sample:
