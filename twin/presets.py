@@ -212,7 +212,10 @@ PHYSICAL_RANGES: dict[str, ParameterRange] = {
         0.03, 0.97, "r = C_e/(C_e+C_h): 0.5 for mirror bands; X-/X+ asymmetry up to ~15x in core/shell dots (Park 2014)"
     ),
     "auger.scaling_exponent": ParameterRange(
-        0.85, 1.15, "departure from the statistical pathway count: 0.90-0.97 from the tau_2:tau_3:tau_4 of Klimov 2000"
+        0.85,
+        1.15,
+        "departure from the statistical pathway count: multiexciton rates of CdSe/PbSe dots grow somewhat "
+        "slower than the count for N >= 3 (Klimov 2000); +-15 % on the exponent",
     ),
     "auger.tau_x_radiative_ns": ParameterRange(200, 5000, "PbS single-exciton radiative lifetime, ~0.5-3 us"),
     "film.thickness_nm": ParameterRange(20, 2000, "spin-cast CQD films; paper DFB film 160 nm"),
