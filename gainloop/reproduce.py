@@ -262,6 +262,8 @@ def _dfb_spectrum_peak(bench: _Bench, name: str, factor: float):
     sample = bench.sample(name)
     thr = _dfb_threshold(bench, name).threshold
     lam0 = dfb_model.bragg_wavelength_nm(sample.dfb)
+    if not math.isfinite(lam0):
+        raise GainloopError("the grating has no Bragg solution for this film (no guided mode)")
     step = 0.05
     axis = np.arange(lam0 - 15.0, lam0 + 15.0, step)
     spec = dfb_model.dfb_spectrum(axis, factor * thr, sample)

@@ -398,15 +398,27 @@ def get_parameter(presets: PresetFile, name: str) -> float:
 
 
 def with_parameters(presets: PresetFile, values: dict[str, float]) -> PresetFile:
-    """A copy of the presets with dotted parameters replaced, validated like a loaded file."""
+    """A copy of the presets with dotted parameters replaced, validated like a loaded file.
+
+    A dot parameter (``DOT_PARAMETERS``) of a sample made of a batch of dots (``dots``) is
+    replaced in every sample of that batch: one dot, one parameter set.
+    """
     data = presets.model_dump()
     for name, value in values.items():
         get_parameter(presets, name)  # the name must exist
         parts = _split_name(presets, name)
-        node = data
-        for part in parts[:-1]:
-            node = node[part]
-        node[parts[-1]] = value
+        targets = [parts]
+        if parts[0] == "sample":
+            # a dot parameter is set for every sample made of the same dots
+            batch = presets.sample[parts[1]].dots
+            key = ".".join(parts[2:])
+            if batch and any(key == d or key.startswith(d + ".") for d in DOT_PARAMETERS):
+                targets = [["sample", sid, *parts[2:]] for sid, s in presets.sample.items() if s.dots == batch]
+        for target in targets:
+            node = data
+            for part in target[:-1]:
+                node = node[part]
+            node[target[-1]] = value
     try:
         return PresetFile.model_validate(data)
     except ValueError as exc:
