@@ -45,7 +45,7 @@ class Prior:
 #: Priors of the free parameters (DFB ones in their own block, to change with the DFB rework).
 PRIORS: dict[str, Prior] = {
     "cas.doping_ne": Prior(0.0, 0.3, "the paper: undoped film, <n_e> = 0"),
-    "core.auger.tau_xx_ps": Prior(183.0, 90.0, "C/A-S tau_XX x V_core/V_cas (volume scaling, Robel 2009)"),
+    "core.auger.tau_xx_ps": Prior(176.0, 90.0, "C/A-S tau_XX x V_core/V_cas (volume scaling, Robel 2009)"),
     "cas.auger.tau_xx_ps": Prior(706.0, 350.0, "core tau_XX x V_cas/V_core (volume scaling, Robel 2009)"),
     "core.auger.scaling_exponent": Prior(1.0, 0.1, "statistical pathway count"),
     "cas.auger.electron_fraction": Prior(0.5, 0.25, "mirror-symmetric PbS bands"),

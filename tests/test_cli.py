@@ -84,7 +84,7 @@ def test_bad_input_is_one_clear_line_not_a_traceback(args, message):
 
 
 def test_user_presets_file_is_used(tmp_path):
-    text = default_presets_path().read_text().replace("tau_xx_ps = 562.0", "tau_xx_ps = 300.0")
+    text = default_presets_path().read_text().replace("tau_xx_ps = 540.0", "tau_xx_ps = 300.0")
     p = tmp_path / "mine.toml"
     p.write_text(text)
     out = json.loads(run("twin", "predict", "--sample", "cas", "--presets", str(p), "--json").stdout)

@@ -41,7 +41,7 @@ def test_not_toml(tmp_path):
 
 
 def test_unknown_key_is_named(tmp_path):
-    text = default_presets_path().read_text().replace("tau_xx_ps = 562.0", "tau_xx_ps = 562.0\ntau_xxx_ps = 1.0", 1)
+    text = default_presets_path().read_text().replace("tau_xx_ps = 540.0", "tau_xx_ps = 540.0\ntau_xxx_ps = 1.0", 1)
     with pytest.raises(PresetError, match=r"sample\.cas\.auger\.tau_xxx_ps: unknown key"):
         load_presets(_write(tmp_path, text))
 
