@@ -47,3 +47,16 @@ def test_two_thirds_of_the_cheap_rows_land_within_twice_their_tolerance_out_of_s
     assert all(math.isfinite(r.loo) for r in rows.values())
     n_ok = sum(r.within_2tol for r in rows.values())
     assert n_ok >= math.ceil(2 * len(rows) / 3), {r.id: (r.paper, r.loo) for r in rows.values()}
+
+
+def test_every_calibrated_parameter_has_a_prior_inside_its_physical_range(presets):
+    from twin.presets import PHYSICAL_RANGES
+
+    names = {x for b in ROW_BASIS.values() if b != PREDICTED for x in b}
+    assert names <= set(PRIORS), names - set(PRIORS)
+    for name in names:
+        prior = PRIORS[name]
+        assert prior.width > 0 and prior.source
+        rng = PHYSICAL_RANGES.get(name.split(".", 1)[1])
+        if rng is not None:
+            assert rng.lo <= prior.value <= rng.hi, name
