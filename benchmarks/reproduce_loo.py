@@ -7,7 +7,8 @@ count the rows within twice their tolerance (target: >= 2/3).
     python benchmarks/reproduce_loo.py [--json] [--seed N]
 
 With ``--json`` the last line is one object: ``rows`` (id, paper, tol, full, loo,
-within_2tol, refit), ``within_2tol`` (count), ``n_rows`` and ``fraction``.
+within_2tol, refit; a value the twin could not measure is null), ``within_2tol`` (count),
+``n_rows`` and ``fraction``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ def main() -> None:
         print(
             json.dumps(
                 {
-                    "rows": [r.as_dict() for r in rows],
+                    "rows": [
+                        {
+                            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                            for k, v in r.as_dict().items()
+                        }
+                        for r in rows
+                    ],
                     "within_2tol": n_ok,
                     "n_rows": len(rows),
                     "fraction": n_ok / len(rows),
