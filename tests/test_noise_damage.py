@@ -70,3 +70,16 @@ def test_damage_is_steep_in_fluence_and_never_heals(presets):
     assert damaged_sample(s, dose).film.alpha0_per_cm < s.film.alpha0_per_cm
     with pytest.raises(ParameterError):
         damaged_sample(s, -1.0)
+
+
+def test_hours_of_hard_pumping_hurt_a_film_and_hours_near_threshold_do_not(presets, setup):
+    """The dose law acts on a campaign's time scale: 1 h at the VSL fluence raises the doped film's
+    ASE threshold noticeably; 8 h at 1.1x the DFB threshold (the stability row) barely moves it."""
+    from twin.ase import ase_threshold_uJ_cm2
+
+    s = presets.get("cas_doped")
+    fresh = float(ase_threshold_uJ_cm2(1000.0, s.doping_ne, s, setup))
+    hard = accumulate_damage(0.0, 2000.0, 3600 * 1e4, s.damage)
+    gentle = accumulate_damage(0.0, 1.1 * 160.0, 8 * 3600 * 1e4, s.damage)
+    assert float(ase_threshold_uJ_cm2(1000.0, s.doping_ne, damaged_sample(s, hard), setup)) > 1.1 * fresh
+    assert float(ase_threshold_uJ_cm2(1000.0, s.doping_ne, damaged_sample(s, gentle), setup)) < 1.01 * fresh

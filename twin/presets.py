@@ -11,6 +11,16 @@ key and the allowed range.
 The shipped presets (``core``, ``cas``, ``cas_doped``) are calibrated to the numbers
 of Taghipour et al. (see ``twin/data/paper_numbers.toml``). ``load_presets(path)``
 reads a user's own file for a new material.
+
+One dot, one parameter set: samples made of the same batch of dots name it (``dots = "cas"``)
+and must agree on every parameter of the dots themselves (``DOT_PARAMETERS``: degeneracy,
+Auger, spectra, size, the packed solid's 1S absorption and the intraband absorption per
+electron); the film parameters (thickness, packing, pump absorption, confinement, waveguide
+loss, doping) are per film. Every numeric sample parameter has a physical range with its
+source (``PHYSICAL_RANGES``) that the loader enforces; which parameters were chosen to hit
+which of the paper's numbers is declared in ``gainloop.reproduce.ROW_BASIS``.
+Dotted names (``cas.auger.tau_xx_ps``, ``noise.drift_rms``) address single parameters:
+``get_parameter`` and ``with_parameters`` (which sets a dot parameter for its whole batch).
 """
 
 from __future__ import annotations
