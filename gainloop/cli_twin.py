@@ -46,16 +46,19 @@ def twin_reproduce(
     json_out: JsonOption = False,
 ) -> None:
     """Re-measure every number of the paper on the twin: paper value, twin value, tolerance, pass."""
-    from gainloop.reproduce import reproduce
+    from gainloop.reproduce import basis_summary, reproduce
     from twin.presets import load_presets
 
     with command_errors():
         rows = reproduce(load_presets(presets), seed=seed)
     if json_out:
-        print_json([{k: r.as_dict()[k] for k in ("id", "sample", "unit", "paper", "twin", "tol", "ok")} for r in rows])
+        keys = ("id", "sample", "unit", "paper", "twin", "tol", "ok")
+        print_json(
+            [{**{k: r.as_dict()[k] for k in keys}, "basis": r.basis if r.predicted else list(r.basis)} for r in rows]
+        )
     else:
-        table = Table(title="Paper numbers reproduced on the twin")
-        for col in ("id", "sample", "unit", "paper", "twin", "tol", "ok"):
+        table = Table(title=f"Paper numbers reproduced on the twin ({basis_summary(rows)})")
+        for col in ("id", "sample", "unit", "paper", "twin", "tol", "ok", "basis"):
             table.add_column(col, justify="right" if col in ("paper", "twin", "tol") else "left", no_wrap=col != "ok")
         for r in rows:
             table.add_row(
@@ -66,10 +69,11 @@ def twin_reproduce(
                 f"{r.twin:.4g}" if math.isfinite(r.twin) else "n/a",
                 f"{r.tol:g}",
                 "[green]pass[/]" if r.ok else f"[red]FAIL[/] {r.note}",
+                "predicted" if r.predicted else "calibrated: " + ", ".join(r.basis),
             )
         _console.print(table)
         n_ok = sum(r.ok for r in rows)
-        _console.print(f"{n_ok} of {len(rows)} numbers reproduced within tolerance")
+        _console.print(f"{n_ok} of {len(rows)} numbers reproduced within tolerance; {basis_summary(rows)}")
     if not all(r.ok for r in rows):
         raise typer.Exit(code=1)
 

@@ -27,14 +27,17 @@ def reproduce_json():
 def test_reproduce_json_lists_every_row_with_its_keys(reproduce_json):
     assert len(reproduce_json) >= 27
     for row in reproduce_json:
-        assert set(row) == {"id", "sample", "unit", "paper", "twin", "tol", "ok"}
+        assert set(row) == {"id", "sample", "unit", "paper", "twin", "tol", "ok", "basis"}
         assert row["ok"] is True, row
+        basis = row["basis"]
+        assert basis == "predicted" or (isinstance(basis, list) and basis and all(isinstance(b, str) for b in basis))
 
 
 def test_reproduce_table_is_readable():
     proc = run("twin", "reproduce")
     assert "ase_threshold_cas_doped" in proc.stdout
     assert "numbers reproduced within tolerance" in proc.stdout
+    assert "free parameters for" in proc.stdout and "predicted" in proc.stdout
 
 
 def test_predict_json_has_the_keys_with_units():
@@ -81,7 +84,7 @@ def test_bad_input_is_one_clear_line_not_a_traceback(args, message):
 
 
 def test_user_presets_file_is_used(tmp_path):
-    text = default_presets_path().read_text().replace("tau_xx_ps = 562.0", "tau_xx_ps = 300.0")
+    text = default_presets_path().read_text().replace("tau_xx_ps = 540.0", "tau_xx_ps = 300.0")
     p = tmp_path / "mine.toml"
     p.write_text(text)
     out = json.loads(run("twin", "predict", "--sample", "cas", "--presets", str(p), "--json").stdout)

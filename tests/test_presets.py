@@ -41,7 +41,7 @@ def test_not_toml(tmp_path):
 
 
 def test_unknown_key_is_named(tmp_path):
-    text = default_presets_path().read_text().replace("tau_xx_ps = 562.0", "tau_xx_ps = 562.0\ntau_xxx_ps = 1.0", 1)
+    text = default_presets_path().read_text().replace("tau_xx_ps = 540.0", "tau_xx_ps = 540.0\ntau_xxx_ps = 1.0", 1)
     with pytest.raises(PresetError, match=r"sample\.cas\.auger\.tau_xxx_ps: unknown key"):
         load_presets(_write(tmp_path, text))
 
@@ -63,3 +63,21 @@ def test_a_new_material_with_twofold_degeneracy_loads(tmp_path):
     text = text.replace("doping_ne = 0.0                      # electrons/dot", "doping_ne = 0.0", 1)
     p = load_presets(_write(tmp_path, text))
     assert p.get("core").degeneracy == 2
+
+
+def test_a_value_outside_its_physical_range_is_refused_with_range_and_source(tmp_path):
+    text = default_presets_path().read_text()
+    text = text.replace("waveguide_loss_per_cm = 3.0 ", "waveguide_loss_per_cm = 900.0 ", 1)
+    with pytest.raises(
+        PresetError, match=r"film\.waveguide_loss_per_cm = 900 is outside its physical range 0 to 200 \("
+    ):
+        load_presets(_write(tmp_path, text))
+
+
+def test_every_ranged_parameter_of_the_shipped_presets_is_inside_its_range(presets):
+    from twin.presets import PHYSICAL_RANGES, get_parameter
+
+    for sid in presets.sample:
+        for name, rng in PHYSICAL_RANGES.items():
+            assert rng.lo < rng.hi and rng.source
+            assert rng.lo <= get_parameter(presets, f"{sid}.{name}") <= rng.hi, (sid, name)

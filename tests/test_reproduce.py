@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 
 import pytest
@@ -76,3 +77,18 @@ def test_stability_is_measured_a_fragile_film_fails(presets):
     row = reproduce(p, only={"dfb_stability_hours"})[0]
     assert row.twin < 8.0
     assert not row.ok
+
+
+def test_every_row_declares_a_basis_of_real_preset_parameters(presets, rows):
+    """The bookkeeping is checkable: each calibrated row names parameters the shipped presets have."""
+    from gainloop.reproduce import ROW_BASIS, free_parameters
+    from twin.presets import get_parameter
+
+    assert {n.id for n in NUMBERS} <= set(ROW_BASIS)
+    for r in rows.values():
+        assert r.basis == "predicted" or (isinstance(r.basis, tuple) and r.basis), r.id
+        if not r.predicted:
+            for name in r.basis:
+                assert math.isfinite(get_parameter(presets, name)), name
+    assert len(free_parameters(list(rows.values()))) >= 1
+    assert rows["gain_threshold_poisson_neutral"].predicted

@@ -18,6 +18,28 @@ N_e = n_e + N electrons and N_h = N holes.
   statistical scaling; gamma < 1 makes higher multiexcitons decay more slowly).
   For gamma = 1, neutral N-excitons decay with tau_N = tau_XX 4/[N^2 (N - 1)], X^- with
   4 tau_XX/(2 r) and X^{n-} with 4 tau_XX/[n (n + 1) r].
+* One law for every dot, with its departures stated:
+
+  - gamma: 1 (statistical) for the C/A-S dots; 0.92 for the PbS core dots, the one
+    departure, calibrated on the core's gain lifetime (40 ps; statistical scaling with
+    the measured tau_XX = 230 ps gives at most ~30 ps). Mechanism: the statistical
+    count treats every (pair, third carrier) pathway as equally fast, but in strongly
+    confined dots the final states of higher-order Auger events fill up and the carriers
+    are correlated, so measured multiexciton rates grow somewhat slower than the count
+    for N >= 3 (Klimov et al., Science 287, 1011 (2000)); the presets allow 0.85-1.15.
+  - r: 0.5 would be mirror-symmetric bands (PbS electrons and holes have similar masses).
+    The C/A-S dots use r = 0.0594, calibrated on the doped film's gain lifetime (280 ps;
+    r = 0.5 gives ~70 ps). Mechanism: in core/shell dots the electron leaks into the
+    shell while the hole stays in the core, which weakens the electron-channel (negative
+    trion) Auger rate by up to an order of magnitude relative to the hole channel
+    (Park et al., Nano Lett. 14, 396 (2014); Jha & Guyot-Sionnest, ACS Nano 3, 1011
+    (2009)); r = 0.06 is a 16x asymmetry, at the edge of that range.
+* Gain lifetime as the paper measures it (Fig. 2e): the time for which alpha0 + d(alpha)
+  < 0 at the ASE wavelength on a TA trace. The paper does not state the pump of those
+  traces; ``gainloop.reproduce`` reads them at three times the gain threshold the same
+  TA series measured (the <N> at which |d(alpha)/alpha0| = 1, Fig. 2a-c), i.e. well above
+  threshold, as a TA lab does. The lifetime depends on that pump (it grows and saturates
+  with <N>): a different pump convention moves the three gain-lifetime rows.
 * Radiative recombination of the band-edge carriers::
 
       k_rad(N_e, N_h) = min(N_e, g) min(N_h, g) / tau_X          [1/ps]
