@@ -435,19 +435,8 @@ PROTOCOLS = _protocols()
 # parameters (``<sample>.<table>.<key>``, ``noise.<key>``) chosen to hit it. A parameter
 # may serve several rows; the free-parameter count is the number of distinct names.
 
-#: DFB rows, on today's DFB model (``twin.dfb``): one place, so that the DFB work edits only this.
-DFB_BASIS: dict[str, str | tuple[str, ...]] = {
-    # grating loss fitted to the kink threshold, with the <N> the paper quotes (5.07 at 1.1x) fixing
-    # the device's pump absorption
-    "dfb_lasing_threshold_cas": ("cas.dfb.grating_loss_per_cm", "cas.dfb.absorbed_fraction_1030"),
-    "dfb_lasing_threshold_cas_doped": ("cas_doped.dfb.grating_loss_per_cm",),
-    # the paper's own 19 % / 74 % / 160 nm conversion, with an effective dot diameter
-    "dfb_lasing_threshold_N_cas_doped": ("cas_doped.dfb.absorbed_fraction_1030", "cas_doped.dfb.dot_diameter_nm"),
-    "dfb_wavelength_cas": ("cas.dfb.film_index",),
-    "dfb_wavelength_cas_doped": ("cas_doped.dfb.film_index",),
-    "dfb_linewidth_cas_doped": ("cas_doped.dfb.cavity_linewidth_nm",),
-    "dfb_polarization_ratio": ("cas_doped.dfb.polarization_extinction",),
-}
+#: DFB rows: declared beside the coupled-mode model (``twin.dfb.DFB_ROW_BASIS``).
+DFB_BASIS: dict[str, str | tuple[str, ...]] = dict(dfb_model.DFB_ROW_BASIS)
 
 #: The other rows (TA, Auger, ASE, VSL, stability). Dot parameters are named by the first sample of
 #: their batch (``cas.auger.*`` is also cas_doped's: ``twin.presets.DOT_PARAMETERS``). Knobs the

@@ -57,16 +57,13 @@ PRIORS: dict[str, Prior] = {
     "cas.spectra.ase_redshift_meV": Prior(20.0, 10.0, "X-X attraction + Stokes shift of PbS films"),
     "core.spectra.ase_redshift_meV": Prior(20.0, 10.0, "X-X attraction + Stokes shift of PbS films"),
     "cas.film.alpha0_per_cm": Prior(5000.0, 2500.0, "1S absorption of packed PbS dots (Moreels 2009)"),
-    # DFB (today's twin.dfb)
-    "cas.dfb.grating_loss_per_cm": Prior(100.0, 100.0, "radiation loss of second-order CQD DFBs"),
-    "cas.dfb.absorbed_fraction_1030": Prior(0.19, 0.05, "the doped device's measured 19 % (same grating and film)"),
-    "cas_doped.dfb.grating_loss_per_cm": Prior(100.0, 100.0, "radiation loss of second-order CQD DFBs"),
-    "cas_doped.dfb.absorbed_fraction_1030": Prior(0.19, 0.05, "the paper's measured 19 %"),
-    "cas_doped.dfb.dot_diameter_nm": Prior(7.05, 0.5, "the dots' size (4.85 nm core + 2 x 1.1 nm shell)"),
+    # DFB (coupled-mode theory, twin.grating); shared device parameters named by the batch's first sample
+    "cas.dfb.grating_length_um": Prior(200.0, 100.0, "pumped length of the grating (pump spot 0.1-1 mm)"),
+    "cas.dfb.threshold_narrowing": Prior(0.5, 0.25, "gain narrowing of a laser line at threshold (0.3-1)"),
+    "cas.dfb.pl_collection": Prior(0.03, 0.03, "PL share a normal-incidence fibre collects beside the beam (1-10 %)"),
+    "cas.dfb.dot_diameter_nm": Prior(7.05, 0.5, "the dots' size (4.85 nm core + 2 x 1.1 nm shell)"),
     "cas.dfb.film_index": Prior(2.5, 0.2, "PbS CQD solids at 1.6 um, n 2.3-2.7"),
     "cas_doped.dfb.film_index": Prior(2.5, 0.2, "PbS CQD solids at 1.6 um, n 2.3-2.7"),
-    "cas_doped.dfb.cavity_linewidth_nm": Prior(1.1, 0.5, "Q ~ 1500 of second-order CQD DFBs"),
-    "cas_doped.dfb.polarization_extinction": Prior(0.05, 0.05, "TE-polarised DFB emission, I_perp/I_par ~ 1-10 %"),
 }
 
 #: Rows each free parameter acts on beyond its own basis rows (its physics reaches them).
@@ -81,9 +78,8 @@ AFFECTS: dict[str, tuple[str, ...]] = {
     "cas.film.absorbed_fraction_1030": ("ase_threshold_cas",),
     "cas_doped.film.absorbed_fraction_1030": ("ase_threshold_cas_doped",),
     "cas.film.alpha0_per_cm": ("net_modal_gain_saturation_cas_doped", "ase_threshold_cas_doped"),
-    "cas_doped.dfb.grating_loss_per_cm": ("dfb_lasing_threshold_N_cas_doped",),
-    "cas_doped.dfb.absorbed_fraction_1030": ("dfb_lasing_threshold_cas_doped",),
-    "cas_doped.dfb.dot_diameter_nm": (),
+    "cas.dfb.grating_length_um": ("dfb_lasing_threshold_cas",),
+    "cas.dfb.dot_diameter_nm": (),
 }
 
 

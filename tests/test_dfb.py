@@ -18,7 +18,13 @@ from gainloop.reproduce import load_paper_numbers
 from plans.analysis._polarization import polarization_ratio
 from plans.analysis._thresholds import AnalysisError, kink_threshold
 from twin import dfb, grating
+from twin.presets import default_presets_path
 from twin.waveguide import slab_te0
+
+
+def default_presets_text() -> str:
+    return default_presets_path().read_text()
+
 
 PAPER = {
     # id: (lasing wavelength nm, threshold uJ/cm^2, FWHM nm just above threshold)
@@ -139,7 +145,7 @@ def test_cut_off_film_has_no_resonance(presets):
 def test_design_outside_its_physical_range_is_refused(presets):
     d = presets.get("cas").dfb
     with pytest.raises(ParameterError, match=r"film_thickness_nm = 40.0 is outside its physical range; allowed: 100 "):
-        dfb.bragg_wavelength_nm(d.model_copy(update={"film_thickness_nm": 40.0}))
+        grating.check_dfb_ranges({**d.model_dump(), "film_thickness_nm": 40.0})
     good = dfb.dfb_design(d).model_dump()
     for key, bad in (("duty_cycle", 0.95), ("grating_index", 2.6), ("grating_length_um", 20.0), ("film_index", 3.6)):
         with pytest.raises(ValueError, match=rf"dfb.{key} = .* outside its physical range"):
@@ -547,17 +553,29 @@ def test_polarization_follows_from_the_te_and_tm_thresholds(presets):
     assert par_perp.sum() == pytest.approx(dfb.dfb_output(1.5 * tm, flipped), rel=1e-12)
 
 
-def test_a_design_table_gives_the_same_device_as_the_present_loader_table(presets):
-    # what the loader will hand over once it reads twin.grating.DfbDesign: the table minus legacy keys
+def test_the_loader_reads_the_dfb_table_as_the_coupled_mode_design_and_refuses_old_knobs(presets, tmp_path):
+    from twin.presets import load_presets
+
     for sid in ("cas", "cas_doped"):
-        s = presets.get(sid)
-        table = {k: v for k, v in s.dfb.model_dump().items() if k not in dfb.LEGACY_DFB_KEYS}
-        design = grating.DfbDesign(**table)
-        hooked = s.model_copy(update={"dfb": design})
-        assert dfb.bragg_wavelength_nm(hooked.dfb) == dfb.bragg_wavelength_nm(s.dfb)
-        assert dfb.dfb_threshold_uJ_cm2(hooked) == dfb.dfb_threshold_uJ_cm2(s)
-        f = np.array([0.5, 1.2, 2.0]) * dfb.dfb_threshold_uJ_cm2(s)
-        assert np.array_equal(dfb.dfb_output(f, hooked), dfb.dfb_output(f, s))
+        assert isinstance(presets.get(sid).dfb, grating.DfbDesign)
+        assert dfb.dfb_design(presets.get(sid).dfb) is presets.get(sid).dfb
+    text = default_presets_text()
+    # the fitted grating loss of the old model is not a key of the design any more
+    bad = tmp_path / "legacy.toml"
+    bad.write_text(text.replace("[sample.cas_doped.dfb]", "[sample.cas_doped.dfb]\ngrating_loss_per_cm = 325.6", 1))
+    with pytest.raises(PresetError, match="grating_loss_per_cm"):
+        load_presets(bad)
+    # a value outside its physical range is refused with the range
+    far = tmp_path / "far.toml"
+    far.write_text(text.replace("duty_cycle = 0.4", "duty_cycle = 0.97"))
+    with pytest.raises(PresetError, match="duty_cycle"):
+        load_presets(far)
+    # two devices of one batch of dots share the grating process: a mismatch is refused
+    odd = tmp_path / "odd.toml"
+    first, rest = text.split("grating_length_um = 190.0", 1)
+    odd.write_text(first + "grating_length_um = 250.0" + rest)
+    with pytest.raises(PresetError, match="grating_length_um"):
+        load_presets(odd)
 
 
 @pytest.mark.parametrize(("duty", "thickness"), [(0.4, 160.0), (0.25, 120.0), (0.6, 210.0)])
@@ -571,14 +589,17 @@ def test_radiation_loss_is_the_power_radiated_out_of_the_surfaces(presets, duty,
 
 
 def test_the_row_basis_names_real_free_parameters(presets):
+    from twin.presets import DFB_SHARED_PARAMETERS, get_parameter, with_parameters
+
     table = {n.id for n in load_paper_numbers()}
     assert set(dfb.DFB_ROW_BASIS) <= table
     used = {p for b in dfb.DFB_ROW_BASIS.values() if b != "predicted" for p in b}
     assert used == set(dfb.DFB_FREE_PARAMETERS)
     for name in dfb.DFB_FREE_PARAMETERS:
-        parts = name.split(".")
-        if parts[0] == "dfb":  # shared by both devices
-            values = {getattr(dfb.dfb_design(presets.get(sid).dfb), parts[1]) for sid in ("cas", "cas_doped")}
-            assert len(values) == 1 and parts[1] in grating.DFB_PARAMETER_RANGES
-        else:
-            assert getattr(presets.get(parts[0]).dfb, parts[2]) is not None
+        _sid, table_name, key = name.split(".")
+        assert table_name == "dfb" and key in grating.DFB_PARAMETER_RANGES
+        value = get_parameter(presets, name)
+        if f"dfb.{key}" in DFB_SHARED_PARAMETERS:  # one value for both devices, set for both
+            assert get_parameter(presets, f"cas_doped.dfb.{key}") == value
+            moved = with_parameters(presets, {name: value * 1.01})
+            assert get_parameter(moved, "cas_doped.dfb." + key) == pytest.approx(value * 1.01)

@@ -20,6 +20,7 @@ from plans.registry import PLANS
 from plans.safety import FluenceLimitError
 from sim.devices import twin_bench_devices
 from twin.dfb import bragg_wavelength_nm, dfb_linewidth_nm, dfb_polarized_output, dfb_threshold_uJ_cm2
+from twin.presets import load_presets
 
 from .conftest import REPO
 
@@ -90,7 +91,10 @@ def test_lasing_spectrum_recovers_the_twin_wavelength_and_linewidth(bench, RE, s
     result = RE(lasing_spectrum(bench, sample_id, fluence_uJ_cm2=fluence)).plan_result
     lam = bragg_wavelength_nm(sample.dfb)
     width = float(dfb_linewidth_nm(result["fluence_uJ_cm2"], sample))
-    assert result["fluence_uJ_cm2"] == pytest.approx(fluence, rel=0.01)
+    # the power meter reads the fluence delivered: the set point times the pump's slow drift
+    # (noise.drift_rms, 0.5 % rms: within 3 sigma) and the mean of the pulses' jitter
+    drift = load_presets().noise.drift_rms
+    assert result["fluence_uJ_cm2"] == pytest.approx(fluence, rel=3 * drift + 0.002)
     assert abs(result["wavelength_nm"] - lam) <= 2 * result["wavelength_err_nm"]
     assert abs(result["linewidth_nm"] - width) <= 2 * result["linewidth_err_nm"]
     # the pixel (~1 nm) limits what is claimed, not more

@@ -150,33 +150,32 @@ BRAGG_ORDER = 2
 
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
-#: Values of the DFB parameters that ``twin.presets.DfbParams`` (the loader's present schema) has
-#: no key for: ``twin.grating.DFB_SHARED_VALUES`` (each in ``DFB_PARAMETER_RANGES`` with its
-#: source). Once the loader takes ``twin.grating.DfbDesign`` as the dfb table's schema they can
-#: be set per device in the presets file.
+#: Defaults of the grating design a dfb table may leave out: ``twin.grating.DFB_SHARED_VALUES``
+#: (each in ``DFB_PARAMETER_RANGES`` with its source). The shipped presets write them out.
 DFB_DESIGN_DEFAULTS: dict[str, float] = DFB_SHARED_VALUES
 
-#: The DFB's free parameters: chosen to hit a paper number (dotted names; ``dfb.<key>`` is one value
-#: shared by both devices, ``twin.grating.DFB_SHARED_VALUES``; the shared PL share sits in both tables).
+#: The DFB's free parameters of the shipped presets: chosen to hit a paper number. Dotted preset
+#: names; a parameter shared by the devices of one batch (``twin.presets.DFB_SHARED_PARAMETERS``)
+#: is named by the batch's first sample, ``cas``, and set for both by ``twin.presets.with_parameters``.
 DFB_FREE_PARAMETERS: tuple[str, ...] = (
-    "dfb.grating_length_um",
-    "dfb.threshold_narrowing",
-    "dfb.pl_collection",
+    "cas.dfb.grating_length_um",
+    "cas.dfb.threshold_narrowing",
+    "cas.dfb.pl_collection",
     "cas.dfb.film_index",
     "cas_doped.dfb.film_index",
-    "cas_doped.dfb.dot_diameter_nm",
+    "cas.dfb.dot_diameter_nm",
 )
 
 #: For each DFB row of the paper's table (``gainloop twin reproduce``): "predicted", or the free
 #: parameters chosen to hit it.
 DFB_ROW_BASIS: dict[str, str | tuple[str, ...]] = {
     "dfb_lasing_threshold_cas": "predicted",
-    "dfb_lasing_threshold_cas_doped": ("dfb.grating_length_um",),
-    "dfb_lasing_threshold_N_cas_doped": ("dfb.grating_length_um", "cas_doped.dfb.dot_diameter_nm"),
+    "dfb_lasing_threshold_cas_doped": ("cas.dfb.grating_length_um",),
+    "dfb_lasing_threshold_N_cas_doped": ("cas.dfb.grating_length_um", "cas.dfb.dot_diameter_nm"),
     "dfb_wavelength_cas": ("cas.dfb.film_index",),
     "dfb_wavelength_cas_doped": ("cas_doped.dfb.film_index",),
-    "dfb_linewidth_cas_doped": ("dfb.threshold_narrowing",),
-    "dfb_polarization_ratio": ("dfb.pl_collection",),
+    "dfb_linewidth_cas_doped": ("cas.dfb.threshold_narrowing",),
+    "dfb_polarization_ratio": ("cas.dfb.pl_collection",),
 }
 
 #: Keys of the loader's present dfb table that coupled-mode theory replaces (not read by this module).

@@ -37,9 +37,11 @@ from core.errors import PresetError
 from core.tomlfile import load_toml_model
 
 from .constants import PUMP_WAVELENGTH_NM, photon_energy_eV
+from .grating import DfbDesign
 from .noise import NoiseParams
 
 __all__ = [
+    "DFB_SHARED_PARAMETERS",
     "DOT_PARAMETERS",
     "PHYSICAL_RANGES",
     "AugerParams",
@@ -148,30 +150,9 @@ class FilmParams(_Frozen):
     group_index: float = Field(2.0, ge=1, lt=5, description="group index of the guided mode")
 
 
-class DfbParams(_Frozen):
-    """A second-order DFB device made from the same dots."""
-
-    grating_period_nm: float = Field(gt=200, lt=2000, description="grating period, nm")
-    film_thickness_nm: float = Field(gt=0, le=5000, description="CQD film thickness on the grating, nm")
-    packing_fraction: _PackingFraction
-    absorbed_fraction_1030: _AbsorbedFraction1030
-    dot_diameter_nm: float = Field(gt=0, le=30, description="diameter of the absorbing volume per dot, nm")
-    film_index: float = Field(gt=1, lt=5, description="refractive index of the CQD film at lasing")
-    substrate_index: float = Field(gt=1, lt=5, description="refractive index of the substrate")
-    cover_index: float = Field(1.0, ge=1, lt=5, description="refractive index above the film (air = 1)")
-    grating_loss_per_cm: float = Field(ge=0, description="radiation + grating loss of the lasing mode, 1/cm")
-    spontaneous_coupling: float = Field(gt=0, lt=1, description="beta: share of emission into the mode")
-    cavity_linewidth_nm: float = Field(gt=0, description="cold-cavity linewidth of the band-edge mode, nm")
-    polarization_extinction: float = Field(
-        gt=0, lt=1, description="I_perp/I_par of the lasing mode through an analyser (dimensionless)"
-    )
-    pl_collection: float = Field(
-        0.02,
-        gt=0,
-        lt=1,
-        description="share of the spontaneous emission (PL) the normal-incidence collection picks up, "
-        "relative to the lasing beam (dimensionless)",
-    )
+#: A second-order DFB device made from the dots: the coupled-mode design of ``twin.grating`` (every
+#: value inside ``twin.grating.DFB_PARAMETER_RANGES``, unknown keys refused).
+DfbParams = DfbDesign
 
 
 class DamageParams(_Frozen):
@@ -261,6 +242,20 @@ DOT_PARAMETERS: tuple[str, ...] = (
     "film.intraband_loss_1p_per_cm",
 )
 
+#: Parameters of the DFB devices' common process and optics (grating fabrication, pumped length,
+#: collection): shared by every DFB device made of one batch of dots (with the dots' ``<N>``
+#: convention ``dfb.dot_diameter_nm``). Named, like a dot parameter, by the batch's first sample.
+DFB_SHARED_PARAMETERS: tuple[str, ...] = (
+    "dfb.grating_depth_nm",
+    "dfb.grating_index",
+    "dfb.duty_cycle",
+    "dfb.grating_length_um",
+    "dfb.threshold_narrowing",
+    "dfb.pl_collection",
+    "dfb.polarization_extinction",
+    "dfb.dot_diameter_nm",
+)
+
 
 def _dig(obj: object, name: str) -> object:
     for part in name.split("."):
@@ -333,12 +328,14 @@ class PresetFile(_Frozen):
                 continue
             ref_id = first.setdefault(sample.dots, sid)
             ref = self.sample[ref_id]
-            for name in DOT_PARAMETERS:
+            shared = DOT_PARAMETERS + (DFB_SHARED_PARAMETERS if ref.dfb and sample.dfb else ())
+            for name in shared:
                 a, b = _dig(ref, name), _dig(sample, name)
                 if a != b:
                     raise ValueError(
                         f"samples {ref_id!r} and {sid!r} are made of the same dots ({sample.dots!r}) but differ in "
-                        f"the dot parameter {name} ({a!r} vs {b!r}); one dot, one parameter set"
+                        f"the {'dot' if name in DOT_PARAMETERS else 'shared DFB'} parameter {name} ({a!r} vs {b!r}); "
+                        "one dot, one parameter set"
                     )
         return self
 
@@ -424,6 +421,12 @@ def with_parameters(presets: PresetFile, values: dict[str, float]) -> PresetFile
             key = ".".join(parts[2:])
             if batch and any(key == d or key.startswith(d + ".") for d in DOT_PARAMETERS):
                 targets = [["sample", sid, *parts[2:]] for sid, s in presets.sample.items() if s.dots == batch]
+            elif batch and key in DFB_SHARED_PARAMETERS:
+                targets = [
+                    ["sample", sid, *parts[2:]]
+                    for sid, s in presets.sample.items()
+                    if s.dots == batch and s.dfb is not None
+                ]
         for target in targets:
             node = data
             for part in target[:-1]:
