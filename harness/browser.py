@@ -79,7 +79,7 @@ class Browser:
         try:
             port = self._port(start_timeout_s)
             url = self._page_ws(port, start_timeout_s)
-            self.ws = connect(url, max_size=64 * 2**20, open_timeout=10)
+            self.ws = connect(url, max_size=64 * 2**20, open_timeout=10).__enter__()  # closed in close()
             for domain in ("Page", "Runtime", "Log"):
                 self.call(f"{domain}.enable")
         except BaseException:

@@ -99,14 +99,8 @@ def serve(
         server = uvicorn.Server(config)
         bound = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
-        state = (follower.view or {}).get("state") or {}
-        where = (
-            "ended"
-            if not state.get("running")
-            else ("running in the queueserver" if state.get("runs_in") == "queueserver" else "running in a terminal")
-        )
         announce(
-            f"gainloop watch: http://{shown}:{bound}/ follows campaign {campaign_uid} ({where}); "
+            f"gainloop watch: http://{shown}:{bound}/ follows campaign {campaign_uid}; "
             + ("sign in with the catalog's API key; " if api_key else "")
             + "Ctrl+C stops"
         )

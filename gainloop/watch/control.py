@@ -62,11 +62,14 @@ class QueueControl:
         manager's state and the actions allowed now."""
         st = view.get("state") or {}
         out = {"available": False, "why": "", "manager_state": None, "actions": [], "address": self.control_addr}
-        if st.get("runs_in") != "queueserver":
-            out["why"] = "This campaign runs in a terminal (gainloop campaign run): no controls here; Ctrl+C there."
+        if view.get("loading"):
+            out["why"] = "The campaign is still being read from the catalog."
             return out
         if not st.get("running"):
             out["why"] = "This campaign has ended: nothing to control."
+            return out
+        if st.get("runs_in") != "queueserver":
+            out["why"] = "This campaign runs in a terminal (gainloop campaign run): no controls here; Ctrl+C there."
             return out
         if not self.keyed:
             out["why"] = "Controls need the catalog's API key (a Tiled server); this watch has none."

@@ -70,12 +70,9 @@ class Follower:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Read the campaign once (errors raise here), then follow it on a thread; ``loop``: the server's
-        event loop, whose waiters are woken on each change."""
+        """Follow the campaign on a thread (its first read included: the page says it is loading until
+        then); ``loop``: the server's event loop, whose waiters are woken on each change."""
         self._loop = loop
-        self._refresh()
-        if self._want_subscription:
-            self._subscribe()
         self._thread = threading.Thread(target=self._run, name="watch-follower", daemon=True)
         self._thread.start()
 
@@ -112,6 +109,12 @@ class Follower:
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
+        if self._want_subscription:
+            self._subscribe()
+        try:
+            self._refresh()
+        except Exception as exc:  # said on the page; the loop below tries again
+            self._set_error(f"cannot read the campaign: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
         follow_ups: list[float] = []
         while not self._stop.is_set():
             now = time.monotonic()
@@ -246,7 +249,7 @@ class Follower:
     def snapshot(self) -> dict:
         """What the page shows now: the view, its version, the posterior's caption and version, any error."""
         with self._lock:
-            view = dict(self.view or {})
+            view = dict(self.view or {"loading": True, "campaign_uid": self.campaign_uid})
             post = self._post
             view["version"] = self.version
             view["error"] = self.error

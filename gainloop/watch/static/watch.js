@@ -296,6 +296,14 @@ function drawControls(s) {
 }
 
 function render(s) {
+  if (s.loading) {
+    $("campaign-uid").textContent = s.campaign_uid;
+    $("state-text").textContent = s.error ? "" : "reading the campaign from the catalog…";
+    const err = $("error");
+    err.hidden = !s.error;
+    err.textContent = s.error || "";
+    return;
+  }
   document.title = `gainloop watch: ${s.campaign_uid.slice(0, 8)}`;
   $("campaign-uid").textContent = s.campaign_uid;
   const badge = $("state-badge");
