@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from harness.browser import Browser, chromium_path
-from harness.faults._env import FaultEnv, ServiceMissing
+from harness.faults import FaultEnv, ServiceMissing
 from harness.watch import first_campaign_uid, start_campaign, start_watch, stop
 
 pytestmark = pytest.mark.slow(seconds=60)

@@ -14,7 +14,10 @@ When to re-read:
   run still open (has it a stop document now?); only a change reads the campaign again.
 
 After a change the campaign is read once more ``FOLLOW_UP_S`` later: the campaign records a trial's
-outcome and its next proposal in its own run right after the trial's stop document.
+outcome and its next proposal in its own run right after the trial's stop document. A read the
+catalog's events ask for starts at once, beside any in progress (up to ``MAX_READS``: a stop
+document arriving mid-read does not wait for that read); a later read's view is never replaced by
+an earlier one's. Every read is ``gainloop.records.read_campaign``, the one reader of a campaign.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import logging
 import threading
 import time
 
-from gainloop.watch.view import campaign_view, posterior_png
+from gainloop.watch.view import campaign_view, posterior_inputs, posterior_png
 
 __all__ = ["Follower"]
 
@@ -35,8 +38,30 @@ logger = logging.getLogger(__name__)
 SAFETY_POLL_S = 10.0
 #: Seconds after a change when the campaign is read once more (its outcome and next proposal follow).
 FOLLOW_UP_S = (0.4, 1.5)
+#: Reads of the campaign at most in progress at once.
+MAX_READS = 3
 #: Seconds between asking the queueserver for its state while it runs the campaign (pause / resume show).
 CONTROL_POLL_S = 0.5
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [""])[0][:200]
+
+
+def _shown(view: dict) -> dict:
+    """What of a view the page shows (not when it was read, nor its version)."""
+    return {k: v for k, v in view.items() if k not in ("read_at", "version")}
+
+
+def _posterior_worker() -> None:
+    """The posterior's process: below the server in priority, one math thread."""
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        os.nice(10)
+    except OSError:
+        pass
 
 
 class Follower:
@@ -60,9 +85,17 @@ class Follower:
         self._waiters: set[asyncio.Future] = set()
         self._scan_cache: dict = {}
         self._fingerprint = None
-        self._open_runs: dict[str, object] = {}
+        self._open_runs: list[str] = []
+        self._read_pool = concurrent.futures.ThreadPoolExecutor(max_workers=MAX_READS, thread_name_prefix="watch-read")
+        self._seq = 0
+        self._published = 0
+        self._inflight = 0
+        self._again = False
+        self._wanted = False
+        self._read_changed = False
         self._thread: threading.Thread | None = None
         self._post_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-posterior")
+        self._post_process: concurrent.futures.ProcessPoolExecutor | None = None
         self._post_key = None
         self._post: dict = {"png": None, "caption": "The posterior map is being computed.", "n": 0, "version": 0}
         self.stored = None
@@ -91,6 +124,9 @@ class Follower:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._post_pool.shutdown(wait=False, cancel_futures=True)
+        self._read_pool.shutdown(wait=False, cancel_futures=True)
+        if self._post_process is not None:
+            self._post_process.shutdown(wait=False, cancel_futures=True)
 
     def _subscribe(self) -> None:
         try:
@@ -105,16 +141,15 @@ class Follower:
         self.subscribed = True
 
     def _on_event(self, update) -> None:
+        with self._lock:
+            self._wanted = True
         self._poke.set()
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
         if self._want_subscription:
             self._subscribe()
-        try:
-            self._refresh()
-        except Exception as exc:  # said on the page; the loop below tries again
-            self._set_error(f"cannot read the campaign: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        self._read(self._next_seq())
         follow_ups: list[float] = []
         while not self._stop.is_set():
             now = time.monotonic()
@@ -122,20 +157,65 @@ class Follower:
             if self._control_active():
                 period = min(period, CONTROL_POLL_S)
             wait = min([period, *(t - now for t in follow_ups)])
-            poked = self._poke.wait(timeout=max(wait, 0.0))
+            self._poke.wait(timeout=max(wait, 0.0))
             if self._stop.is_set():
                 return
             self._poke.clear()
             now = time.monotonic()
+            with self._lock:
+                wanted, self._wanted = self._wanted, False
+                changed, self._read_changed = self._read_changed, False
+                reading = self._inflight > 0
+            if changed:
+                follow_ups = [now + dt for dt in FOLLOW_UP_S]
             due = [t for t in follow_ups if t <= now]
             follow_ups = [t for t in follow_ups if t > now]
             self._poll_control()
-            try:
-                if poked or due or self._changed():
-                    if self._refresh():
-                        follow_ups = [now + dt for dt in FOLLOW_UP_S]
-            except Exception as exc:  # the server away for a moment: said on the page, tried again
-                self._set_error(f"cannot read the catalog: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            if not (wanted or due) and not reading:
+                try:
+                    wanted = self._changed()
+                except Exception as exc:  # the server away for a moment: said on the page, tried again
+                    self._set_error(f"cannot reach the catalog: {type(exc).__name__}: {_first_line(exc)}")
+            if wanted:
+                self._start_read(MAX_READS)
+            elif due and not reading:  # a follow-up never queues behind a read: an event's read goes first
+                self._start_read(1)
+
+    def _next_seq(self) -> int:
+        with self._lock:
+            self._seq += 1
+            return self._seq
+
+    def _start_read(self, limit: int = MAX_READS) -> None:
+        """A read now, beside those in progress (a stop document arriving mid-read is not kept waiting for
+        it); with ``limit`` in progress, one more once one ends."""
+        with self._lock:
+            if self._inflight >= limit:
+                self._again = True
+                return
+            self._inflight += 1
+        self._read_pool.submit(self._read_job, self._next_seq())
+
+    def _read_job(self, seq: int) -> None:
+        try:
+            self._read(seq)
+        finally:
+            with self._lock:
+                self._inflight -= 1
+                again, self._again = self._again, False
+            if again and not self._stop.is_set():
+                self._start_read()
+
+    def _read(self, seq: int) -> None:
+        try:
+            changed = self._refresh(seq)
+        except Exception as exc:  # the server away for a moment: said on the page, tried again
+            self._set_error(f"cannot read the campaign: {type(exc).__name__}: {_first_line(exc)}")
+            return
+        if changed:
+            with self._lock:
+                self._read_changed = True
+            self._poke.set()
 
     def _control_active(self) -> bool:
         """Whether the manager's state matters: a campaign running in the queueserver, controls configured."""
@@ -160,6 +240,8 @@ class Follower:
 
     def poke(self) -> None:
         """Look again now (e.g. after a control action)."""
+        with self._lock:
+            self._wanted = True
         self._poke.set()
 
     def _changed(self) -> bool:
@@ -182,27 +264,29 @@ class Follower:
             self.version += 1
         self._wake()
 
-    def _refresh(self) -> bool:
-        """Read the campaign; publish a new version if what the page shows changed. True if it did."""
+    def _refresh(self, seq: int) -> bool:
+        """Read the campaign (read ``seq``); publish a new version if what the page shows changed and no later
+        read has published already. True if it did."""
         from tiled.queries import Key
 
         from gainloop.records import read_campaign
 
+        fingerprint = len(self.catalog.client.search(Key("start.campaign_uid") == self.campaign_uid))
         stored = read_campaign(self.catalog, self.campaign_uid)
         if stored is None:
             raise LookupError(f"no campaign {self.campaign_uid} in the catalog")
-        self._fingerprint = len(self.catalog.client.search(Key("start.campaign_uid") == self.campaign_uid))
-        self._open_runs = {
-            r.start["uid"]: r for r in (*stored.record_runs, *stored.trial_runs) if r.metadata.get("stop") is None
-        }
+        runs = (*stored.record_runs, *stored.trial_runs)
+        open_runs = [r.start["uid"] for r in runs if r.metadata.get("stop") is None]
         view = campaign_view(stored, scan_cache=self._scan_cache)
-        self.refreshes += 1
-        self.stored = stored
         with self._lock:
+            self.refreshes += 1
+            if seq < self._published:
+                return False  # a later read has published already
+            self._published = seq
+            self._fingerprint, self._open_runs = fingerprint, open_runs
+            self.stored = stored
             old = self.view
-            same = old is not None and {k: v for k, v in old.items() if k != "read_at"} == {
-                k: v for k, v in view.items() if k != "read_at"
-            }
+            same = old is not None and _shown(old) == _shown(view)
             changed = not same or bool(self.error)
             self.error = ""
             if changed:
@@ -226,10 +310,18 @@ class Follower:
         self._post_pool.submit(self._draw_posterior, stored, nxt, key)
 
     def _draw_posterior(self, stored, nxt, key) -> None:
+        """Fit and draw the posterior in a process of its own, at a lower priority: the GP fit takes seconds
+        of CPU, and neither the page's reads nor its answers wait for it (no shared interpreter lock)."""
         if key != self._post_key:
             return  # a newer one is queued
         try:
-            png, caption, n = posterior_png(stored, nxt)
+            if self._post_process is None:
+                import multiprocessing
+
+                self._post_process = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_posterior_worker
+                )
+            png, caption, n = self._post_process.submit(posterior_png, posterior_inputs(stored, nxt)).result()
         except Exception as exc:  # a fit that fails is said, not fatal
             png, caption, n = None, f"The posterior could not be computed: {type(exc).__name__}: {exc}", 0
         with self._lock:

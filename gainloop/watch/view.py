@@ -24,7 +24,7 @@ import numpy as np
 from gainloop.queueserver import ITEM_UID_KEY
 from gainloop.records import INTERRUPTED_REASON, StoredCampaign
 
-__all__ = ["PRIOR_ABSENT", "campaign_view", "kink_lines", "posterior_png"]
+__all__ = ["PRIOR_ABSENT", "campaign_view", "kink_lines", "posterior_inputs", "posterior_png"]
 
 #: What the prior panel says until campaigns carry a twin prior.
 PRIOR_ABSENT = (
@@ -202,7 +202,7 @@ def latest_scan(stored: StoredCampaign, measuring: set[int], cache: dict | None 
     """The latest finished trial's fluence scan: its reads (unsaturated, counts/s vs uJ/cm^2), the stored
     threshold with its error and the kink fit's lines. ``cache``: run uid -> scan (a finished run's
     data never change)."""
-    from gainloop.report.trials import primary_stream
+    from gainloop.replay import stream_columns
     from plans.analysis import input_output
 
     for r in sorted(stored.records, key=lambda r: -r.trial_index):
@@ -211,8 +211,10 @@ def latest_scan(stored: StoredCampaign, measuring: set[int], cache: dict | None 
         if cache is not None and r.run_uid in cache:
             return cache[r.run_uid]
         run = stored.trial_run(r.trial_index)
-        data = primary_stream(run)
-        if data is None:
+        if run is None or "primary" not in run:
+            continue
+        data = stream_columns(run["primary"], arrays=False)  # the scalar readings: no spectrum is drawn
+        if data.get("pump_fluence") is None or not len(data["pump_fluence"]):
             continue
         fluence, rate = input_output(data)
         n_sat = int(np.sum(np.asarray(data["spectrometer_saturated"]).astype(bool)))
@@ -284,26 +286,61 @@ def campaign_view(stored: StoredCampaign, *, scan_cache: dict | None = None) -> 
     }
 
 
-def posterior_png(stored: StoredCampaign, next_prop: dict | None) -> tuple[bytes | None, str, int]:
-    """(PNG of the posterior map or None, its caption or why there is none, thresholds it was fitted on).
+def posterior_inputs(stored: StoredCampaign, next_prop: dict | None) -> dict:
+    """What ``posterior_png`` needs, as plain picklable data (it runs in a process of its own): the config,
+    the trial records but the next one's, the fluence limit each trial's run recorded, the next proposal."""
+    skip = set() if next_prop is None else {next_prop["trial_index"]}
+    records, limits = [], {}
+    for r in stored.records:
+        if r.trial_index in skip:
+            continue
+        records.append(r)
+        run = stored.trial_run(r.trial_index)
+        if run is not None and "fluence_limit_uJ_cm2" in run.start:
+            limits[r.trial_index] = float(run.start["fluence_limit_uJ_cm2"])
+    return {"config": dict(stored.config), "records": records, "limits": limits, "next": next_prop}
+
+
+#: The last posterior fitted in this process: (config, the trials it was fitted on) -> grid (a redraw for
+#: a new next proposal on the same trials reuses it).
+_FITTED: dict = {}
+
+
+def posterior_png(inputs: dict) -> tuple[bytes | None, str, int]:
+    """(PNG of the posterior map or None, its caption or why there is none, thresholds it was fitted on),
+    from ``posterior_inputs``.
 
     The report's GP posterior (``gainloop.report.figures.gp_posterior``: the nested optimiser refitted
     on the measured trials) drawn by the report's ``draw_posterior``, every proposal numbered by its
     trial index, the next one ringed in red with its number."""
+    from types import SimpleNamespace
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from gainloop.campaign import CampaignConfig
     from gainloop.report import figures as plots
-    from gainloop.report.trials import report_trials
+    from gainloop.report.trials import ReportTrial
 
-    cfg = CampaignConfig.from_dict(stored.config)
-    skip = set() if next_prop is None else {next_prop["trial_index"]}
-    trials = [t for t in report_trials(stored) if t.record.trial_index not in skip]
-    history = [t.record.result for t in trials]
-    post, why = plots.gp_posterior(cfg, history, trials)
+    cfg = CampaignConfig.from_dict(inputs["config"])
+    limits = inputs["limits"]
+    trials = [
+        ReportTrial(
+            r,
+            SimpleNamespace(start={"fluence_limit_uJ_cm2": limits[r.trial_index]}) if r.trial_index in limits else None,
+        )
+        for r in inputs["records"]
+    ]
+    key = (repr(sorted(inputs["config"].items())), repr([r.to_row() for r in inputs["records"]]))
+    if key in _FITTED:
+        post, why = _FITTED[key]
+    else:
+        post, why = plots.gp_posterior(cfg, [t.record.result for t in trials], trials)
+        _FITTED.clear()
+        _FITTED[key] = (post, why)
     if post is None:
         return None, why, 0
+    next_prop = inputs["next"]
     n = int(sum(math.isfinite(t.threshold) for t in trials))
     best = min((t for t in trials if math.isfinite(t.threshold)), key=lambda t: t.threshold, default=None)
     fig = Figure(dpi=80, layout="constrained")

@@ -272,6 +272,8 @@ function drawPosterior(s) {
     img.dataset.next = post.next === null ? "" : post.next;
   }
   img.hidden = !post.available;
+  document.body.dataset.posteriorNext = post.next === null || post.next === undefined ? "" : String(post.next);
+  document.body.dataset.posteriorVersion = post.version;
 }
 
 function drawControls(s) {
