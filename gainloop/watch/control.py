@@ -6,8 +6,9 @@ control address is running exactly that item now. A campaign run from a terminal
 campaign run``), an ended one, or one the manager is not running has no controls (the page says
 why). The watch server lets only requests carrying the catalog's API key act (``gainloop.watch.app``).
 
-* pause: ``re_pause("deferred")``: the RunEngine pauses at the campaign's next checkpoint, between
-  trials, so no trial is cut short and nothing is measured twice on resume;
+* pause: ``re_pause("deferred")``: the RunEngine pauses at its next checkpoint (the campaign has one
+  before every trial, a fluence scan one per acquisition), no reading is cut short, and resume goes on
+  from there;
 * resume: ``re_resume()``;
 * stop: ``re_stop()``, once paused: the campaign ends cleanly (its open runs get their stop
   documents); ``gainloop campaign resume`` continues it later.
@@ -102,7 +103,7 @@ class QueueControl:
         if action not in state["actions"]:
             raise ControlError(
                 f"cannot {action} now: the manager is {state['manager_state']}"
-                + ("" if action != "stop" else " (pause the campaign first: it stops between trials)")
+                + ("" if action != "stop" else " (pause the campaign first)")
             )
         with self._lock:
             api = self._client()

@@ -291,7 +291,7 @@ function drawControls(s) {
     text = c.why;
   } else {
     text = `Queueserver at ${c.address}: ${c.manager_state}` +
-      (c.manager_state === "paused" ? " (the campaign waits between trials)." : ".");
+      (c.manager_state === "paused" ? " (the campaign waits at its RunEngine's checkpoint: Resume goes on)." : ".");
   }
   $("control-text").textContent = text;
   document.body.dataset.managerState = (c && c.manager_state) || "";
