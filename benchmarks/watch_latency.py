@@ -13,6 +13,11 @@ Idle: the campaign waits ``--idle-s`` seconds once trial 3 is proposed (``$GAINL
 threads: the catalog's subscription, its safety poll, the page's open request) over
 ``--idle-window-s`` seconds, as a fraction of one core.
 
+The delay is split: the stop document until the server's view has the trial (the catalog's event and
+the server's read of the campaign: ``read_campaign`` and the page's view), and the rest (the page's
+open request answered, the page drawn). A machine others are using slows the catalog server and the
+reads most.
+
 Prints a table and, with --json, one JSON object on the last line: ``median_s`` and ``p95_s``
 (target <= 2 s), ``idle_cpu_share`` (target <= 0.05 of one core), the delays, how the watch followed
 the catalog (its subscription or a poll) and the trials.
@@ -92,6 +97,8 @@ def measure(trials: int, idle_s: float, idle_window_s: float, seed: int) -> dict
                     )
                 browser.wait(f"Number(document.body.dataset.trialsShown) === {trials}", 30)
                 shown = {int(k): float(v) for k, v in browser.eval("window.gainloopShown").items()}
+                follow_state = browser.eval("fetch('/api/state').then((r) => r.json()).then((s) => s.follow)")
+                published = {int(k): float(v) for k, v in follow_state["first_published"].items()}
                 errors = browser.console_errors()
             with Catalog(server.url, api_key=server.api_key, data_dir_path=work / "reader") as cat:
                 stored = read_campaign(cat, uid)
@@ -106,6 +113,7 @@ def measure(trials: int, idle_s: float, idle_window_s: float, seed: int) -> dict
                 watch.stop()
     delays = {k: shown[k] - stops[k] for k in sorted(stops) if k in shown and stops[k] > opened}
     values = list(delays.values())
+    to_server = [published[k] - stops[k] for k in delays if k in published]
     return {
         "median_s": statistics.median(values) if values else None,
         "p95_s": float(np.percentile(values, 95)) if values else None,
@@ -114,6 +122,9 @@ def measure(trials: int, idle_s: float, idle_window_s: float, seed: int) -> dict
         "idle_window_s": idle_window_s,
         "idle_window_had_no_new_trial": still_idle,
         "delays_s": {str(k): round(v, 3) for k, v in delays.items()},
+        "to_server_median_s": statistics.median(to_server) if to_server else None,
+        "server_read_median_s": follow_state["median_read_s"],
+        "reads": follow_state["reads"],
         "trials": trials,
         "trials_timed": len(values),
         "follow": follow,
@@ -144,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         ("stop document -> page shows the trial, median", f"{r['median_s']:.3f} s (target <= 2 s)"),
         ("stop document -> page shows the trial, p95", f"{r['p95_s']:.3f} s (target <= 2 s)"),
         ("stop document -> page shows the trial, max", f"{r['max_s']:.3f} s"),
+        ("  of which stop document -> the server's view has it, median", f"{r['to_server_median_s']:.3f} s"),
+        ("  one read of the campaign by the server, median of the last 20", f"{r['server_read_median_s']:.3f} s"),
         (
             f"watch server CPU while idle-following ({r['idle_window_s']:g} s, with its children)",
             f"{100 * r['idle_cpu_share']:.2f} % of one core (target <= 5 %)",

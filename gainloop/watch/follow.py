@@ -1,17 +1,18 @@
 """Following a campaign in the catalog: a thread that re-reads it when it changes, and the page's waiters.
 
 ``Follower(catalog, campaign_uid)`` keeps the latest ``campaign_view`` (``snapshot()``) with a
-version number that grows with every change, and the posterior map (``posterior()``), redrawn on
-another thread whenever the measured trials or the next proposal change (the GP fit takes seconds,
-the rest of the page does not wait for it).
+version number that grows with every change, and the posterior map (``posterior()``), redrawn
+whenever the measured trials or the next proposal change, in a process of its own at a lower
+priority (the GP fit takes seconds of CPU: the page's reads and answers do not wait for it).
 
 When to re-read:
 
 * the catalog's own subscription (Tiled's websocket stream of the root container): a run created
   (a trial starts) or a run's metadata updated (its stop document) wakes the thread at once;
-* a bounded poll besides: every ``poll_s`` (1 s) without a subscription, every ``SAFETY_POLL_S``
-  (10 s) with one. A poll costs one request (how many runs carry the campaign's uid) plus one per
-  run still open (has it a stop document now?); only a change reads the campaign again.
+* a bounded poll besides: every ``poll_s`` (1 s) without a subscription (or once its stream
+  ended), every ``SAFETY_POLL_S`` (5 s) with one. A poll costs one request (how many runs carry the
+  campaign's uid) plus one per run still open (has it a stop document now?); only a change reads
+  the campaign again.
 
 After a change the campaign is read once more ``FOLLOW_UP_S`` later: the campaign records a trial's
 outcome and its next proposal in its own run right after the trial's stop document. A read the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import statistics
 import threading
 import time
 
@@ -35,7 +37,7 @@ __all__ = ["Follower"]
 logger = logging.getLogger(__name__)
 
 #: Seconds between polls when the catalog's subscription is on (a safety net: events can be missed).
-SAFETY_POLL_S = 10.0
+SAFETY_POLL_S = 5.0
 #: Seconds after a change when the campaign is read once more (its outcome and next proposal follow).
 FOLLOW_UP_S = (0.4, 1.5)
 #: Reads of the campaign at most in progress at once.
@@ -86,6 +88,8 @@ class Follower:
         self._scan_cache: dict = {}
         self._fingerprint = None
         self._open_runs: list[str] = []
+        self.read_s: list[float] = []  # wall seconds of the last reads (catalog requests and the view)
+        self.first_published: dict[int, float] = {}  # trial index -> when a view first had it finished (epoch s)
         self._read_pool = concurrent.futures.ThreadPoolExecutor(max_workers=MAX_READS, thread_name_prefix="watch-read")
         self._seq = 0
         self._published = 0
@@ -133,12 +137,19 @@ class Follower:
             sub = self.catalog.client.subscribe()
             sub.child_created.add_callback(self._on_event)
             sub.child_metadata_updated.add_callback(self._on_event)
+            sub.stream_closed.add_callback(self._on_lost)
+            sub.disconnected.add_callback(self._on_lost)
             sub.start_in_thread()
         except Exception as exc:  # a server without streaming: the poll alone follows the campaign
             logger.info("no subscription to the catalog (%s): polling every %g s", type(exc).__name__, self.poll_s)
             return
         self._subscription = sub
         self.subscribed = True
+
+    def _on_lost(self, subscription) -> None:
+        """The stream ended: from now on the poll alone follows the campaign (every ``poll_s``)."""
+        self.subscribed = False
+        self.poke()
 
     def _on_event(self, update) -> None:
         with self._lock:
@@ -267,21 +278,36 @@ class Follower:
     def _refresh(self, seq: int) -> bool:
         """Read the campaign (read ``seq``); publish a new version if what the page shows changed and no later
         read has published already. True if it did."""
-        from tiled.queries import Key
-
         from gainloop.records import read_campaign
 
-        fingerprint = len(self.catalog.client.search(Key("start.campaign_uid") == self.campaign_uid))
+        started = time.time()
         stored = read_campaign(self.catalog, self.campaign_uid)
         if stored is None:
             raise LookupError(f"no campaign {self.campaign_uid} in the catalog")
-        runs = (*stored.record_runs, *stored.trial_runs)
+        runs = (*stored.record_runs, *stored.trial_runs)  # every run that carries the campaign's uid
+        fingerprint = len(runs)
         open_runs = [r.start["uid"] for r in runs if r.metadata.get("stop") is None]
-        view = campaign_view(stored, scan_cache=self._scan_cache)
+        # the trials first; a new fluence scan's data are read once that view is out (one more version)
+        view = campaign_view(stored, scan_cache=self._scan_cache, read_scan=False)
+        changed = self._publish(seq, stored, view, fingerprint, open_runs, started)
+        if changed is None:
+            return False  # a later read has published already
+        full = campaign_view(stored, scan_cache=self._scan_cache)
+        if full["scan"] != view["scan"]:
+            changed = bool(self._publish(seq, stored, full, fingerprint, open_runs, None)) or changed
+        return changed
+
+    def _publish(self, seq: int, stored, view: dict, fingerprint: int, open_runs: list, started: float | None):
+        """Make ``view`` (of read ``seq``) the page's, if it changed and no later read has published: True if
+        it did, False if unchanged, None if a later read has published already."""
+        now = time.time()
         with self._lock:
-            self.refreshes += 1
+            if started is not None:  # the read's first view (a second one only adds the new scan)
+                self.refreshes += 1
+                self.read_s.append(now - started)
+                del self.read_s[:-20]
             if seq < self._published:
-                return False  # a later read has published already
+                return None
             self._published = seq
             self._fingerprint, self._open_runs = fingerprint, open_runs
             self.stored = stored
@@ -293,6 +319,9 @@ class Follower:
                 self.version += 1
                 view["version"] = self.version
                 self.view = view
+                for t in view["trials"]:
+                    if t["status"] != "measuring":
+                        self.first_published.setdefault(t["trial_index"], now)
             elif old is not None:
                 old["read_at"] = view["read_at"]
         if changed:
@@ -353,7 +382,14 @@ class Follower:
                 "next": post.get("next"),
             }
             poll_s = SAFETY_POLL_S if self.subscribed else self.poll_s
-            view["follow"] = {"subscribed": self.subscribed, "poll_s": poll_s}
+            view["follow"] = {
+                "subscribed": self.subscribed,
+                "poll_s": poll_s,
+                "reads": self.refreshes,
+                "last_read_s": self.read_s[-1] if self.read_s else None,
+                "median_read_s": statistics.median(self.read_s) if self.read_s else None,
+                "first_published": {str(k): v for k, v in self.first_published.items()},
+            }
         if self.control is not None:
             view["control"] = self.control.state(view)
         return view

@@ -198,10 +198,12 @@ def kink_lines(fluence: np.ndarray, rate: np.ndarray, threshold: float) -> list[
     return seg
 
 
-def latest_scan(stored: StoredCampaign, measuring: set[int], cache: dict | None = None) -> dict | None:
+def latest_scan(
+    stored: StoredCampaign, measuring: set[int], cache: dict | None = None, *, read: bool = True
+) -> dict | None:
     """The latest finished trial's fluence scan: its reads (unsaturated, counts/s vs uJ/cm^2), the stored
     threshold with its error and the kink fit's lines. ``cache``: run uid -> scan (a finished run's
-    data never change)."""
+    data never change); ``read`` False: the latest scan in the cache, nothing read from the catalog."""
     from gainloop.replay import stream_columns
     from plans.analysis import input_output
 
@@ -210,6 +212,8 @@ def latest_scan(stored: StoredCampaign, measuring: set[int], cache: dict | None 
             continue
         if cache is not None and r.run_uid in cache:
             return cache[r.run_uid]
+        if not read:
+            continue
         run = stored.trial_run(r.trial_index)
         if run is None or "primary" not in run:
             continue
@@ -239,8 +243,9 @@ def latest_scan(stored: StoredCampaign, measuring: set[int], cache: dict | None 
     return None
 
 
-def campaign_view(stored: StoredCampaign, *, scan_cache: dict | None = None) -> dict:
-    """The page's data of the campaign (see the module doc); JSON-able, no secret in it."""
+def campaign_view(stored: StoredCampaign, *, scan_cache: dict | None = None, read_scan: bool = True) -> dict:
+    """The page's data of the campaign (see the module doc); JSON-able, no secret in it. ``read_scan``
+    False: the latest fluence scan already in ``scan_cache`` (no request to the catalog)."""
     from gainloop.campaign import CampaignConfig
 
     cfg = CampaignConfig.from_dict(stored.config)
@@ -280,7 +285,7 @@ def campaign_view(stored: StoredCampaign, *, scan_cache: dict | None = None) -> 
         "trials": trials,
         "best": best,
         "next": next_proposal(stored, measuring, state),
-        "scan": latest_scan(stored, measuring, scan_cache),
+        "scan": latest_scan(stored, measuring, scan_cache, read=read_scan),
         "prior": {"available": False, "note": PRIOR_ABSENT},
         "read_at": time.time(),
     }
