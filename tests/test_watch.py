@@ -148,14 +148,20 @@ def test_the_page_follows_a_queueserver_twin_campaign_keeps_the_key_and_pauses_r
             # the page shows what the catalog holds
             from gainloop.campaign import campaign_status
             from gainloop.catalog import Catalog
+            from gainloop.records import read_campaign
 
             with Catalog(server.url, api_key=server.api_key, data_dir_path=tmp_path / "reader") as cat:
                 status = campaign_status(cat, uid)
+                records = read_campaign(cat, uid).records
             assert status["trials"] == finished
             best = status["best"]["threshold_uJ_cm2"]
             shown = browser.eval("document.getElementById('summary-best-threshold').textContent")
             assert shown.startswith(f"{best:.1f} ±"), shown
-            assert browser.eval(POINTS_JS) == status["trials"] - status["failures"]
+            measured = [r for r in records if r.status == "completed" and "threshold_uJ_cm2" in r.outcome]
+            assert browser.eval(POINTS_JS) == len(measured)
+            for r in records:  # every trial in the table with the status the catalog holds
+                row = f"#trials-table tbody tr[data-trial='{r.trial_index}']"
+                assert browser.eval(f'document.querySelector("{row}").className') == f"trial {r.status}"
             browser.wait(
                 "document.getElementById('posterior-img').complete && "
                 "document.getElementById('posterior-img').naturalWidth > 0",
