@@ -22,7 +22,7 @@ from harness.browser import Browser, chromium_path
 from harness.faults import FaultEnv, ServiceMissing
 from harness.watch import first_campaign_uid, start_watch
 
-pytestmark = pytest.mark.slow(seconds=60)
+pytestmark = pytest.mark.slow(seconds=55)
 
 FINISHED_JS = "Number(document.body.dataset.trialsShown || 0)"
 POINTS_JS = "document.querySelectorAll('#best-plot .trial-point').length"
