@@ -67,6 +67,8 @@ def serve(
     request when given, and a host other than loopback is refused without one. ``qserver_addr``: the
     RE Manager's control address (``tcp://127.0.0.1:60615``) for the controls of a campaign that runs
     in the queueserver. ``announce``: called once with the page's address (no key in it) when it listens.
+    The posterior map is fitted in a spawned process: from a script, call this under
+    ``if __name__ == "__main__":`` (as for any ``multiprocessing`` spawn).
     """
     import uvicorn
 
