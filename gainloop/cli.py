@@ -3,6 +3,7 @@
 * ``sweep`` (``gainloop.cli_sweep``): many offline campaigns on the twin, on a Dask cluster;
 * ``measure``, ``replay``, ``plans`` (``gainloop.cli_measure``): one measurement plan, a stored run;
 * ``demo``, ``report``, ``campaign run|resume|status`` (``gainloop.cli_campaign``): campaigns;
+* ``watch`` (``gainloop.cli_watch``): a live page in the browser following a campaign;
 * ``twin reproduce|predict|optimum|serve`` (``gainloop.cli_twin``): the digital twin;
 * ``catalog serve|upload-backup`` (``gainloop.cli_catalog``): the catalog at scale;
 * ``qserver start|reconcile`` (``gainloop.cli_qserver``): plans from bluesky-queueserver.
@@ -22,6 +23,7 @@ from gainloop.cli_qserver import qserver_app
 from gainloop.cli_runs import runs
 from gainloop.cli_sweep import sweep
 from gainloop.cli_twin import twin_app
+from gainloop.cli_watch import watch
 
 __all__ = ["app", "main"]
 
@@ -38,6 +40,7 @@ app.command("runs")(runs)
 app.command("plans")(list_plans)
 app.command("demo")(demo)
 app.command("report")(report_cmd)
+app.command("watch")(watch)
 app.add_typer(twin_app, name="twin")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(qserver_app, name="qserver")

@@ -69,8 +69,9 @@ class _StoredStream:
     timestamps: dict[str, np.ndarray]
 
 
-def _read_stream(stream) -> _StoredStream | None:
-    """The stream's table(s) and array nodes, each read with one request (None: no event was stored).
+def _read_stream(stream, *, arrays: bool = True) -> _StoredStream | None:
+    """The stream's table(s) and array nodes, each read with one request (None: no event was stored);
+    ``arrays`` False: the table(s) only (the scalar readings, no waveform).
 
     The stream's parts come from one search request; scalar readings are the columns of
     its ``internal`` table (``internal_0``, ``internal_1``... when TiledWriter split a wide
@@ -90,14 +91,15 @@ def _read_stream(stream) -> _StoredStream | None:
             timestamps[key[3:]] = values[order]
         elif key not in ("seq_num", "time"):
             columns[key] = values[order]
-    for key, client in parts.items():
+    for key, client in parts.items() if arrays else ():
         columns[key] = np.asarray(client.read())
     return _StoredStream(raw["seq_num"][order], raw["time"][order], columns, timestamps)
 
 
-def stream_columns(stream) -> dict[str, np.ndarray]:
-    """A stored event stream as ``{data key: array in event order}`` (the live ``PrimaryData`` layout)."""
-    stored = _read_stream(stream)
+def stream_columns(stream, *, arrays: bool = True) -> dict[str, np.ndarray]:
+    """A stored event stream as ``{data key: array in event order}`` (the live ``PrimaryData`` layout);
+    ``arrays`` False: the scalar readings only (one request fewer per waveform, e.g. a spectrum)."""
+    stored = _read_stream(stream, arrays=arrays)
     return {} if stored is None else dict(stored.columns)
 
 
