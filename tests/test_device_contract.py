@@ -330,7 +330,7 @@ def test_film_doping_out_of_range_is_refused(side):
 
 
 # ---------------------------------------------------------------- the white light (absorption)
-def test_white_light_reaches_the_spectrometer_through_the_film_or_beside_it(RE, side, cfg):
+def test_white_light_reaches_the_spectrometer_through_the_film_or_beside_it(RE, side, cfg, presets):
     b = side.bench
     mounted, exposure = b.stage.sample.get(), b.spectrometer.exposure.get()
     b.stage.set("cas_doped-film").wait(10)
@@ -342,10 +342,11 @@ def test_white_light_reaches_the_spectrometer_through_the_film_or_beside_it(RE, 
     assert keys["lamp_neutral_absorbance"]["shape"] == [cfg.spectrometer.pixels]
     (dark,) = events(docs)
     assert dark["data"]["lamp_shutter"] == 0 and dark["data"]["lamp_ok"] == 1
-    # the neutral reference of the mounted film's dots: its 1S peak at the preset's 1601 nm
+    # the neutral reference of the mounted film's dots: its 1S peak at the preset's (1592 nm)
     lam = np.asarray(b.spectrometer.wavelength.get())
     one_s = np.asarray(dark["data"]["lamp_neutral_1s_absorbance"])
-    assert lam[int(np.argmax(one_s))] == pytest.approx(1601.0, abs=1.5)
+    peak_nm = presets.get("cas_doped").spectra.abs_peak_nm
+    assert lam[int(np.argmax(one_s))] == pytest.approx(peak_nm, abs=1.5)
     assert np.all(np.asarray(dark["data"]["lamp_neutral_absorbance"]) >= one_s)
     # the film out of the beam costs the bench file's move time; the reference is bright
     t0 = side.lab_time_s()

@@ -65,11 +65,14 @@ def test_ase_scan_recovers_the_twin_threshold_within_its_uncertainty(bench, RE):
 
 
 def test_vsl_scan_recovers_the_twin_gain(bench, RE):
+    # 1.5 mJ/cm^2: high gain (~2200 /cm), and a fluence at which the 70 lab-s scan damages ~0.2 % of
+    # the dots (twin.damage: F^3 dose law; at 2.2 mJ/cm^2 it is 0.5 %, and the film the scan sees
+    # changes under it). Across seeds 3-10 the analysis reads 0-4 % low here (within the 3 % + 3 sigma).
     result = RE(
-        vsl_scan(bench, "cas_doped-film", fluence_uJ_cm2=2200.0, stripe_lengths_um=np.linspace(10, 40, 16))
+        vsl_scan(bench, "cas_doped-film", fluence_uJ_cm2=1500.0, stripe_lengths_um=np.linspace(10, 40, 16))
     ).plan_result
     sample = bench.engine.sample_for(bench.config.library_entry("cas_doped-film"))
-    truth = float(stripe_gain(2200.0, 20.0, 7.4, sample, bench.engine.presets.setup).net_gain_per_cm())
+    truth = float(stripe_gain(1500.0, 20.0, 7.4, sample, bench.engine.presets.setup).net_gain_per_cm())
     assert abs(result["gnet_per_cm"] - truth) <= 3 * result["gnet_err_per_cm"] + 0.03 * truth
 
 

@@ -64,6 +64,14 @@ def _posterior_worker() -> None:
         os.nice(10)
     except OSError:
         pass
+    # the GP's libraries are imported here, when the follower starts, not on the first trial's
+    # posterior (seconds of CPU that would otherwise compete with the reads of the first trials)
+    from gainloop.report import figures  # noqa: F401
+    from optimizer import make_optimizer  # noqa: F401
+
+
+def _ready() -> bool:
+    return True
 
 
 class Follower:
@@ -110,6 +118,7 @@ class Follower:
         """Follow the campaign on a thread (its first read included: the page says it is loading until
         then); ``loop``: the server's event loop, whose waiters are woken on each change."""
         self._loop = loop
+        self._start_posterior_process()
         self._thread = threading.Thread(target=self._run, name="watch-follower", daemon=True)
         self._thread.start()
 
@@ -338,18 +347,23 @@ class Follower:
         self._post_key = key
         self._post_pool.submit(self._draw_posterior, stored, nxt, key)
 
+    def _start_posterior_process(self) -> None:
+        """The posterior's process, spawned (and its libraries imported) once, before it is needed."""
+        if self._post_process is None:
+            import multiprocessing
+
+            self._post_process = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_posterior_worker
+            )
+            self._post_process.submit(_ready)
+
     def _draw_posterior(self, stored, nxt, key) -> None:
         """Fit and draw the posterior in a process of its own, at a lower priority: the GP fit takes seconds
         of CPU, and neither the page's reads nor its answers wait for it (no shared interpreter lock)."""
         if key != self._post_key:
             return  # a newer one is queued
         try:
-            if self._post_process is None:
-                import multiprocessing
-
-                self._post_process = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_posterior_worker
-                )
+            self._start_posterior_process()
             png, caption, n = self._post_process.submit(posterior_png, posterior_inputs(stored, nxt)).result()
         except Exception as exc:  # a fit that fails is said, not fatal
             png, caption, n = None, f"The posterior could not be computed: {type(exc).__name__}: {exc}", 0
