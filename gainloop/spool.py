@@ -300,6 +300,7 @@ class Spool:
         self._busy = 0  # drain passes under way
         self._client = None
         self._client_lock = threading.Lock()
+        self._draining: set[str] = set()  # spool files this process is draining now (it holds their flock)
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ writing
@@ -568,17 +569,21 @@ class Spool:
             with _held(path) as held:
                 if not held:
                     continue
-                docs, _, problems = read_spool_file(path)
-                runs = group_runs(docs)
-                file_results = []
-                for run_docs in runs or [[]]:
-                    file_results.append(self._drain_docs(path, run_docs, problems, own=False))
-                for r in file_results:
-                    if r.action != "left" or r.uid not in self.results:
-                        self._record(r)
-                results += file_results
-                if all(r.action in ("written", "replaced", "skipped") for r in file_results):
-                    path.unlink()
+                self._draining.add(path.name)
+                try:
+                    docs, _, problems = read_spool_file(path)
+                    runs = group_runs(docs)
+                    file_results = []
+                    for run_docs in runs or [[]]:
+                        file_results.append(self._drain_docs(path, run_docs, problems, own=False))
+                    for r in file_results:
+                        if r.action != "left" or r.uid not in self.results:
+                            self._record(r)
+                    results += file_results
+                    if all(r.action in ("written", "replaced", "skipped") for r in file_results):
+                        path.unlink()
+                finally:
+                    self._draining.discard(path.name)
         return results
 
     def pending(self) -> list[Path]:
@@ -640,7 +645,7 @@ class Spool:
             result = self.results.get(path.stem)
             if result is not None and result.action == "left":
                 continue  # a conflict or a bad file: waiting would not help (the command says it)
-            if _held_by_other(path) and not _has_stop(path):
+            if path.name not in self._draining and _held_by_other(path) and not _has_stop(path):
                 continue  # still being written by a running process
             waiting.add(path.stem)
         return waiting
