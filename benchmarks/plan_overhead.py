@@ -71,9 +71,11 @@ import math
 import os
 import pstats
 import statistics
+import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -349,6 +351,9 @@ def _storage(cat: Catalog, runs: list, server_pid: int | None) -> dict:
 
 def _postgres_storage(runs: list, tmp: str) -> tuple[dict | None, str]:
     """``_storage`` against a ``gainloop catalog serve`` on PostgreSQL (None and why, without PostgreSQL)."""
+    repo = str(Path(__file__).resolve().parents[1])
+    if repo not in sys.path:
+        sys.path.insert(0, repo)  # the harness (harness/: a Tiled server on PostgreSQL)
     from harness.faults import FaultEnv, ServiceMissing
 
     try:

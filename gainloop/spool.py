@@ -172,6 +172,7 @@ class _Run:
         self.tries = 0
         self.closed = False
         self.result: DrainResult | None = None  # the drain's last word on it
+        self.stream_now = False  # a reader asked for what is spooled so far (``Spool.settle``)
 
     def append(self, name: str, doc: dict) -> None:
         line = _line(name, doc)
@@ -386,7 +387,7 @@ class Spool:
             if r.stopped:
                 due.append(r.next_try - now)
             elif not r.whole:
-                due.append(max(r.opened, r.last_stream) + self.stream_after_s - now)
+                due.append(0.0 if r.stream_now else max(r.opened, r.last_stream) + self.stream_after_s - now)
         return max(0.0, min(due))
 
     def _pass(self) -> None:
@@ -396,7 +397,12 @@ class Spool:
         for run in own:
             if run.stopped and run.next_try <= now:
                 self._finish_own(run)
-            elif not run.stopped and not run.whole and now - max(run.opened, run.last_stream) >= self.stream_after_s:
+            elif (
+                not run.stopped
+                and not run.whole
+                and (run.stream_now or now - max(run.opened, run.last_stream) >= self.stream_after_s)
+            ):
+                run.stream_now = False
                 self._stream_own(run)
         if self._scan_due or now - self._last_scan >= self.scan_s:
             self._scan_due = False
@@ -605,14 +611,19 @@ class Spool:
             return
         self._start()
         deadline = time.monotonic() + timeout_s
+        targets: dict[str, int] = {}  # own open runs: what is spooled of them now goes into the catalog first
         with self._cond:
             self._scan_due = True
             for r in self._own.values():
                 if r.stopped:
                     r.next_try = 0.0
+                elif not r.whole and (wanted is None or r.uid in wanted):
+                    with contextlib.suppress(OSError):
+                        targets[r.uid] = os.path.getsize(r.path)
+                        r.stream_now = True
             self._cond.notify_all()
         while True:
-            waiting = self._waiting_for(wanted)
+            waiting = self._waiting_for(wanted, targets)
             if not waiting:
                 return
             left = deadline - time.monotonic()
@@ -632,12 +643,14 @@ class Spool:
             + f"): nothing is lost; when the catalog answers, run `{self.catalog.upload_hint()}` and read again"
         )
 
-    def _waiting_for(self, wanted: set[str] | None) -> set[str]:
+    def _waiting_for(self, wanted: set[str] | None, targets: dict[str, int] | None = None) -> set[str]:
         waiting = set()
         with self._cond:
             own = list(self._own.values())
         for run in own:
-            if run.stopped and (wanted is None or run.uid in wanted):
+            if wanted is not None and run.uid not in wanted:
+                continue
+            if run.stopped or (not run.whole and run.offset < (targets or {}).get(run.uid, 0)):
                 waiting.add(run.uid)
         for path in self.files():
             if wanted is not None and path.stem not in wanted and path.parent == self.directory:
