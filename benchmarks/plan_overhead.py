@@ -46,8 +46,11 @@ for a Tiled server in its own process, plus that process's CPU from ``psutil``):
 * ``spool``: through ``Catalog.writer()`` (the spool and its drain) until the catalog holds
   them all (``Catalog.settle``): the drain's throughput in runs/s and documents/s, and the
   CPU per run;
-* ``before``: through what the RunEngine's writer did before the spool, per run one
-  "is this uid stored?" request and a ``TiledWriter`` (a campaign's record, event by event).
+* ``before``: what the RunEngine's writer did before the spool, per run one "is this uid
+  stored?" request and a new ``TiledWriter``, into a server as it was then (FastAPI rebuilding
+  every dependency's ``Dependant`` on every request: ``gainloop.embedded.cache_request_dependants``
+  now keeps them; for the embedded catalog this process's server is put back as it was for the
+  time of that measurement, on PostgreSQL a second server is started without it).
 
 Both into the embedded catalog and, with PostgreSQL on 127.0.0.1:5432, into a
 ``gainloop catalog serve`` on PostgreSQL (skipped, saying so, without it; PostgreSQL's own
@@ -326,17 +329,36 @@ def _store_spool(cat: Catalog, runs: list) -> None:
     writer.flush()
 
 
-def _storage(cat: Catalog, runs: list, server_pid: int | None) -> dict:
-    """CPU per run (writer + server) and throughput, before and with the spool, on the same runs (new uids)."""
+class _UncachedDependants:
+    """This process's servers as they were before gainloop cached FastAPI's dependants (for ``before``)."""
+
+    def __enter__(self):
+        import fastapi.dependencies.utils as utils
+
+        self.utils, self.cached = utils, utils.get_dependant
+        utils.get_dependant = getattr(self.cached, "original", self.cached)
+
+    def __exit__(self, *exc):
+        self.utils.get_dependant = self.cached
+
+
+def _storage(cat: Catalog, runs: list, server_pid: int | None, before_cat: Catalog | None = None, before_pid=None):
+    """CPU per run (writer + server) and throughput, as before the spool and with it, on the same runs (new
+    uids). ``before_cat``: a catalog served as before (a server started without the dependant cache); None:
+    ``cat``, with this process's (embedded) server made as before for the time of that measurement."""
+    import contextlib
+
     out = {}
-    _store_spool(cat, _fresh_uids(runs[:2]))  # warm-up: the drain's client, the server's caches
-    _store_before(cat, _fresh_uids(runs[:2]))
     n_docs = sum(len(d) for d in runs)
     for label, store in (("before", _store_before), ("spool", _store_spool)):
-        fresh = _fresh_uids(runs)
-        with _Accounting(server_pid) as acc:
-            store(cat, fresh)
-        missing = [d[0][1]["uid"] for d in fresh if cat.stored_state(d[0][1]["uid"]).state != "complete"]
+        target, pid = (before_cat or cat, before_pid) if label == "before" else (cat, server_pid)
+        as_before = _UncachedDependants() if label == "before" and before_cat is None else contextlib.nullcontext()
+        with as_before:
+            store(target, _fresh_uids(runs[:2]))  # warm-up: the drain's client, the server's caches
+            fresh = _fresh_uids(runs)
+            with _Accounting(pid) as acc:
+                store(target, fresh)
+        missing = [d[0][1]["uid"] for d in fresh if target.stored_state(d[0][1]["uid"]).state != "complete"]
         if missing:
             raise RuntimeError(f"{label}: {len(missing)} runs not complete in the catalog, e.g. {missing[0]}")
         out[label] = {
@@ -350,7 +372,10 @@ def _storage(cat: Catalog, runs: list, server_pid: int | None) -> dict:
 
 
 def _postgres_storage(runs: list, tmp: str) -> tuple[dict | None, str]:
-    """``_storage`` against a ``gainloop catalog serve`` on PostgreSQL (None and why, without PostgreSQL)."""
+    """``_storage`` against ``gainloop catalog serve`` on PostgreSQL: ``before`` into a server started as before
+    (FastAPI's dependants per request), the spool into one as now (None and why, without PostgreSQL)."""
+    from gainloop.embedded import DEPENDANT_CACHE_ENV
+
     repo = str(Path(__file__).resolve().parents[1])
     if repo not in sys.path:
         sys.path.insert(0, repo)  # the harness (harness/: a Tiled server on PostgreSQL)
@@ -358,9 +383,17 @@ def _postgres_storage(runs: list, tmp: str) -> tuple[dict | None, str]:
 
     try:
         with FaultEnv(os.path.join(tmp, "postgres")) as env:
-            server = env.tiled_server(shared=False)
-            with Catalog(server.url, data_dir_path=os.path.join(tmp, "pg-client"), api_key=server.api_key) as cat:
-                return _storage(cat, runs, server.proc.pid), ""
+            os.environ[DEPENDANT_CACHE_ENV] = "0"
+            try:
+                old = env.tiled_server(shared=False)
+            finally:
+                del os.environ[DEPENDANT_CACHE_ENV]
+            new = env.tiled_server(shared=False)
+            with (
+                Catalog(old.url, data_dir_path=os.path.join(tmp, "pg-old"), api_key=old.api_key) as before,
+                Catalog(new.url, data_dir_path=os.path.join(tmp, "pg-new"), api_key=new.api_key) as cat,
+            ):
+                return _storage(cat, runs, new.proc.pid, before, old.proc.pid), ""
     except ServiceMissing as exc:
         return None, str(exc)
 

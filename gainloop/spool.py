@@ -302,6 +302,7 @@ class Spool:
         self._client = None
         self._client_lock = threading.Lock()
         self._draining: set[str] = set()  # spool files this process is draining now (it holds their flock)
+        self._writers: dict[int, tuple] = {}  # id(client) -> (client, its TiledWriter for complete runs)
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ writing
@@ -544,18 +545,28 @@ class Spool:
                 logger.debug("run %s: not transient: %s", uid, exc)
         return result
 
-    @staticmethod
-    def _write(client, docs: list[tuple[str, dict]]) -> None:
+    def _write(self, client, docs: list[tuple[str, dict]]) -> None:
         from bluesky_tiled_plugins import TiledWriter
 
         # TiledWriter caches event rows until a stream has ``batch_size`` of them, or the stop: with the
         # stop, one append per stream; without (the process died), a batch that divides every stream
-        if any(name == "stop" for name, _ in docs):
-            writer = TiledWriter(client)
-        else:
+        if not any(name == "stop" for name, _ in docs):
             writer = TiledWriter(client, batch_size=_common_batch(docs))
-        for name, doc in docs:
-            writer(name, doc)
+            for name, doc in docs:
+                writer(name, doc)
+            return
+        # one TiledWriter for every complete run of this client (its router forgets a run at its stop;
+        # a new writer costs a request): dropped after a failure, which leaves it a half-seen run
+        writers = self._writers
+        writer = writers.get(id(client))
+        if writer is None or writer[0] is not client:
+            writer = writers[id(client)] = (client, TiledWriter(client))
+        try:
+            for name, doc in docs:
+                writer[1](name, doc)
+        except BaseException:
+            writers.pop(id(client), None)
+            raise
 
     # ------------------------------------------------------------------ runs of other processes
     def files(self) -> list[Path]:
