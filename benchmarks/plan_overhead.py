@@ -48,9 +48,10 @@ for a Tiled server in its own process, plus that process's CPU from ``psutil``):
   CPU per run;
 * ``before``: what the RunEngine's writer did before the spool, per run one "is this uid
   stored?" request and a new ``TiledWriter``, into a server as it was then (FastAPI rebuilding
-  every dependency's ``Dependant`` on every request: ``gainloop.embedded.cache_request_dependants``
-  now keeps them; for the embedded catalog this process's server is put back as it was for the
-  time of that measurement, on PostgreSQL a second server is started without it).
+  every dependency's ``Dependant`` on every request; ``gainloop.embedded.cache_request_dependants``
+  keeps them when ``GAINLOOP_TILED_DEPENDANT_CACHE=1``, off by default: run the benchmark with it
+  set to see what it saves; for the embedded catalog this process's server is put back as it was
+  for the time of that measurement, on PostgreSQL a second server is started without it).
 
 Both into the embedded catalog and, with PostgreSQL on 127.0.0.1:5432, into a
 ``gainloop catalog serve`` on PostgreSQL (skipped, saying so, without it; PostgreSQL's own
@@ -383,11 +384,14 @@ def _postgres_storage(runs: list, tmp: str) -> tuple[dict | None, str]:
 
     try:
         with FaultEnv(os.path.join(tmp, "postgres")) as env:
+            cache = os.environ.get(DEPENDANT_CACHE_ENV)
             os.environ[DEPENDANT_CACHE_ENV] = "0"
             try:
                 old = env.tiled_server(shared=False)
             finally:
-                del os.environ[DEPENDANT_CACHE_ENV]
+                os.environ.pop(DEPENDANT_CACHE_ENV)
+                if cache is not None:
+                    os.environ[DEPENDANT_CACHE_ENV] = cache
             new = env.tiled_server(shared=False)
             with (
                 Catalog(old.url, data_dir_path=os.path.join(tmp, "pg-old"), api_key=old.api_key) as before,

@@ -259,7 +259,7 @@ def build_app(settings: ServerSettings):
 
     from gainloop.embedded import cache_request_dependants
 
-    cache_request_dependants()  # FastAPI's per-request rebuild of every dependency (see there)
+    cache_request_dependants()  # (opt-in) FastAPI's per-request rebuild of every dependency (see there)
     try:
         settings.files_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
