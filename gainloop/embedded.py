@@ -34,8 +34,8 @@ __all__ = ["EmbeddedTiledServer", "cache_request_dependants", "init_catalog_data
 PROCESS_API_KEY = secrets.token_hex(16)
 
 #: Set to "1": servers started in this process build FastAPI's dependants once (``cache_request_dependants``).
-#: Off by default: with it on, a sweep's drain into ``catalog serve`` stalled twice (a connection the
-#: server stopped reading), not yet understood; the storage benchmark measures it on and off.
+#: Off by default: sweeps into ``catalog serve`` stalled with it on (twice) and, later, with it off too
+#: (cause not found yet), so it stays opt-in until that is understood; plan_overhead measures it.
 DEPENDANT_CACHE_ENV = "GAINLOOP_TILED_DEPENDANT_CACHE"
 
 #: Wall seconds the server may take to answer ``/healthz`` after it starts listening.
