@@ -15,6 +15,7 @@ import pytest
 from gainloop.campaign import CampaignConfig, CampaignError, run_campaign
 from gainloop.catalog import Catalog
 from gainloop.report import ReportError, build_report, write_report
+from harness.browser import chromium_path
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECRET = "report-test-api-key-7f3a9c2e51d04b68"
@@ -83,17 +84,9 @@ def test_no_api_key_reaches_the_report(report):
         assert SECRET.encode() not in path.read_bytes()
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-
-
 def _images_ok(index: Path, profile: Path) -> tuple[int, int]:
     """Load the page in headless Chromium; (decoded images, images) as the page's load handler counted them."""
-    chromium = _chromium()
+    chromium = chromium_path()
     if chromium is None:
         pytest.skip("no chromium binary (Debian package `chromium`; .ci/run installs it when absent)")
     proc = subprocess.run(
