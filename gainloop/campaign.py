@@ -59,6 +59,7 @@ there, in the RunEngine, so that a pause or a signal can land mid-trial). E.g.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -368,14 +369,21 @@ class PreparedCampaign:
     replayed: list[Proposal]  # its stored proposals never measured: measured first
 
 
-def _settle(catalog) -> None:
-    """Wait (bounded) for the drain of what the spool holds before a campaign is rebuilt from the catalog.
+def _upload_pending_backup(catalog) -> None:
+    """Write runs the writer kept in the backup (the catalog was away) before a campaign is rebuilt.
 
-    Without it a resume would count a trial whose run is still in the spool as lost, or one
-    cut off mid-write as failed (``Catalog.settle``: a clear error if the catalog does not take them)."""
-    settle = getattr(catalog, "settle", None)
-    if settle is not None:
-        settle()
+    Without them a resume would count a trial whose run went only to the backup as
+    lost, and one cut off mid-write as failed. Runs still open stay in the backup.
+    """
+    if not catalog.pending_backup():
+        return
+    from gainloop.backup import upload_backup
+
+    written = [r for r in upload_backup(catalog) if r.action in ("uploaded", "replaced")]
+    if written:
+        logging.getLogger(__name__).warning(
+            "wrote %d run(s) from the backup %s into the catalog before resuming", len(written), catalog.backup_dir
+        )
 
 
 def prepare_campaign(
@@ -403,7 +411,7 @@ def prepare_campaign(
     film_dopings: dict = {}
     unusable: set[str] = set()
     if resume_uid is not None:
-        _settle(catalog)
+        _upload_pending_backup(catalog)
         stored = stored_campaign(catalog, resume_uid)
         cfg = CampaignConfig.from_dict(stored.config).with_budgets(**(budgets or {}))
         history, used_s, pending = list(stored.records), stored.lab_time_used_s, list(stored.pending)
