@@ -10,7 +10,7 @@ Device (``twin.grating.DfbDesign``; ranges and sources in ``DFB_PARAMETER_RANGES
     Assumed: D = 0.4 (not in the paper). Calibrated: the CQD film index per device (to its
     wavelength; 2.526 and 2.513, inside the 2.2-2.7 of PbS NC films), the pumped length of the
     grating L = 190 um shared by both devices (to the doped device's 160 uJ/cm^2 threshold).
-    Values the loader's present ``DfbParams`` has no key for come from ``DFB_DESIGN_DEFAULTS``.
+    A dfb table that leaves out the grating process takes ``twin.grating.DFB_SHARED_VALUES``.
 
 Lasing mode (``twin.grating.dfb_cavity``)
     TE and TM modes of the four-layer stack (transfer matrix; the same equation as
@@ -107,23 +107,20 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import ValidationError
 from scipy import optimize
 
 from core.errors import ParameterError, PresetError
 
 from .constants import HC_EV_NM
 from .gain import absorption_shape, check_doping, check_fluence, emission_shape, intraband_loss_per_cm
-from .grating import DFB_SHARED_VALUES, DfbCavity, DfbDesign, dfb_cavity
+from .grating import DfbCavity, DfbDesign, dfb_cavity
 from .occupancy import MAX_MEAN_EXCITONS, gain_table
 from .presets import DfbParams, Sample, excitons_per_fluence
 
 __all__ = [
     "BRAGG_ORDER",
-    "DFB_DESIGN_DEFAULTS",
     "DFB_FREE_PARAMETERS",
     "DFB_ROW_BASIS",
-    "LEGACY_DFB_KEYS",
     "DfbMode",
     "bragg_wavelength_nm",
     "dfb_cavity_q",
@@ -150,10 +147,6 @@ BRAGG_ORDER = 2
 
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
-#: Defaults of the grating design a dfb table may leave out: ``twin.grating.DFB_SHARED_VALUES``
-#: (each in ``DFB_PARAMETER_RANGES`` with its source). The shipped presets write them out.
-DFB_DESIGN_DEFAULTS: dict[str, float] = DFB_SHARED_VALUES
-
 #: The DFB's free parameters of the shipped presets: chosen to hit a paper number. Dotted preset
 #: names; a parameter shared by the devices of one batch (``twin.presets.DFB_SHARED_PARAMETERS``)
 #: is named by the batch's first sample, ``cas``, and set for both by ``twin.presets.with_parameters``.
@@ -178,9 +171,6 @@ DFB_ROW_BASIS: dict[str, str | tuple[str, ...]] = {
     "dfb_polarization_ratio": ("cas.dfb.pl_collection",),
 }
 
-#: Keys of the loader's present dfb table that coupled-mode theory replaces (not read by this module).
-LEGACY_DFB_KEYS = ("grating_loss_per_cm", "cavity_linewidth_nm")
-
 
 @dataclass(frozen=True)
 class DfbMode:
@@ -203,26 +193,12 @@ def _dfb_of(sample: Sample) -> DfbParams:
     return sample.dfb
 
 
-def dfb_design(dfb) -> DfbDesign:
-    """The DFB's physical design (``twin.grating.DfbDesign``) from the sample's dfb table, range-checked.
-
-    Accepts a ``DfbDesign`` as is, or the loader's present ``DfbParams`` (its keys, plus
-    ``DFB_DESIGN_DEFAULTS`` for what it has no key for; ``LEGACY_DFB_KEYS`` are ignored).
-    """
-    if isinstance(dfb, DfbDesign):
-        return dfb
-    return _design_from_params(dfb)
-
-
-@functools.lru_cache(maxsize=128)
-def _design_from_params(dfb) -> DfbDesign:
-    fields = {k: v for k, v in dfb.model_dump().items() if k not in LEGACY_DFB_KEYS}
-    merged = {**DFB_DESIGN_DEFAULTS, **{k: v for k, v in fields.items() if k in DfbDesign.model_fields}}
-    try:
-        return DfbDesign(**merged)
-    except ValidationError as exc:
-        msgs = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        raise ParameterError(f"invalid DFB design: {msgs}") from None
+def dfb_design(dfb: DfbParams) -> DfbDesign:
+    """The DFB's physical design: the sample's dfb table is a ``twin.grating.DfbDesign``
+    (range-checked when the presets are loaded)."""
+    if not isinstance(dfb, DfbDesign):
+        raise ParameterError(f"a DFB design is a twin.grating.DfbDesign, not {type(dfb).__name__}")
+    return dfb
 
 
 def _cavity(dfb, order: int = BRAGG_ORDER, polarization: str = "TE") -> DfbCavity:
