@@ -61,7 +61,6 @@ PRIORS: dict[str, Prior] = {
     "cas.dfb.grating_length_um": Prior(200.0, 100.0, "pumped length of the grating (pump spot 0.1-1 mm)"),
     "cas.dfb.threshold_narrowing": Prior(0.5, 0.25, "gain narrowing of a laser line at threshold (0.3-1)"),
     "cas.dfb.pl_collection": Prior(0.03, 0.03, "PL share a normal-incidence fibre collects beside the beam (1-10 %)"),
-    "cas.dfb.dot_diameter_nm": Prior(7.05, 0.5, "the dots' size (4.85 nm core + 2 x 1.1 nm shell)"),
     "cas.dfb.film_index": Prior(2.5, 0.2, "PbS CQD solids at 1.6 um, n 2.3-2.7"),
     "cas_doped.dfb.film_index": Prior(2.5, 0.2, "PbS CQD solids at 1.6 um, n 2.3-2.7"),
 }
@@ -78,8 +77,7 @@ AFFECTS: dict[str, tuple[str, ...]] = {
     "cas.film.absorbed_fraction_1030": ("ase_threshold_cas",),
     "cas_doped.film.absorbed_fraction_1030": ("ase_threshold_cas_doped",),
     "cas.film.alpha0_per_cm": ("net_modal_gain_saturation_cas_doped", "ase_threshold_cas_doped"),
-    "cas.dfb.grating_length_um": ("dfb_lasing_threshold_cas",),
-    "cas.dfb.dot_diameter_nm": (),
+    "cas.dfb.grating_length_um": ("dfb_lasing_threshold_cas", "dfb_lasing_threshold_N_cas_doped"),
 }
 
 
