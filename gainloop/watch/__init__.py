@@ -87,6 +87,9 @@ def serve(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        # listen before the address is announced: a client that connects while uvicorn starts
+        # waits in the backlog instead of being refused
+        sock.listen(128)
     except OSError as exc:
         sock.close()
         raise WatchError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port") from None
