@@ -1,6 +1,6 @@
 """Leave-one-out: rows measured on a twin refitted without them (gainloop.reproduce_loo).
 
-The whole table takes ~2.5 min (benchmarks/reproduce_loo.py reports it: 20 of 27 rows within
+The whole table takes ~2.5 min (benchmarks/reproduce_loo.py reports it: 22 of 27 rows within
 2x their tolerance on the shipped presets). This test runs the rows whose leave-one-out refit
 is cheap (< 3 s each) outside the DFB (whose rows are today's DFB model, being reworked; the
 benchmark reports them), and holds them to the issue's criterion: >= 2/3 within 2x tolerance.
