@@ -59,7 +59,6 @@ there, in the RunEngine, so that a pause or a signal can land mid-trial). E.g.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import signal
@@ -369,21 +368,14 @@ class PreparedCampaign:
     replayed: list[Proposal]  # its stored proposals never measured: measured first
 
 
-def _upload_pending_backup(catalog) -> None:
-    """Write runs the writer kept in the backup (the catalog was away) before a campaign is rebuilt.
+def _settle(catalog) -> None:
+    """Wait (bounded) for the drain of what the spool holds before a campaign is rebuilt from the catalog.
 
-    Without them a resume would count a trial whose run went only to the backup as
-    lost, and one cut off mid-write as failed. Runs still open stay in the backup.
-    """
-    if not catalog.pending_backup():
-        return
-    from gainloop.backup import upload_backup
-
-    written = [r for r in upload_backup(catalog) if r.action in ("uploaded", "replaced")]
-    if written:
-        logging.getLogger(__name__).warning(
-            "wrote %d run(s) from the backup %s into the catalog before resuming", len(written), catalog.backup_dir
-        )
+    Without it a resume would count a trial whose run is still in the spool as lost, or one
+    cut off mid-write as failed (``Catalog.settle``: a clear error if the catalog does not take them)."""
+    settle = getattr(catalog, "settle", None)
+    if settle is not None:
+        settle()
 
 
 def prepare_campaign(
@@ -411,7 +403,7 @@ def prepare_campaign(
     film_dopings: dict = {}
     unusable: set[str] = set()
     if resume_uid is not None:
-        _upload_pending_backup(catalog)
+        _settle(catalog)
         stored = stored_campaign(catalog, resume_uid)
         cfg = CampaignConfig.from_dict(stored.config).with_budgets(**(budgets or {}))
         history, used_s, pending = list(stored.records), stored.lab_time_used_s, list(stored.pending)

@@ -292,7 +292,23 @@ def _run_engine(bench, catalog):
     RE.preprocessors.append(_tag_runs_with_item)
     if catalog is not None:
         RE.subscribe(_writer(catalog))
+        RE.preprocessors.append(lambda plan: _stored_when_done(plan, catalog))
     return RE
+
+
+def _stored_when_done(plan, catalog):
+    """The plan, then a wait (off the RunEngine's loop) for the spool's drain of its runs: a queue item is
+    reported done once its runs are readable in the catalog by anyone (the RunEngine never waits on the
+    catalog while the plan runs). A catalog that does not take them in time fails the item, saying so."""
+    import asyncio
+
+    from bluesky.preprocessors import finalize_wrapper
+    from bluesky.utils import Msg
+
+    def drained():
+        yield Msg("wait_for", None, [lambda: asyncio.to_thread(catalog.settle)])
+
+    return (yield from finalize_wrapper(plan, drained()))
 
 
 def _safe_when_stopped(bench):
