@@ -137,14 +137,16 @@ class Catalog:
     def _drain_leftovers(self, say) -> None:
         """Write the runs that ended processes left in the spool (ended before their drain, or killed)
         before anything reads this catalog; what the catalog does not take stays for the background drain."""
-        pending = self.spool.files()
-        if not pending:
+        if not self.spool.files():
             return
+        # (a file a live process holds is a run it is still writing: not a leftover, not said)
         results = self.spool.drain_others()
+        if not results:
+            return
         done = [r for r in results if r.action in ("written", "replaced", "skipped")]
         say(
             "%d file(s) in the spool %s held runs not yet written into the catalog: %d run(s) written now%s",
-            len(pending),
+            len({r.file for r in results}),
             self.spool_dir,
             len(done),
             "" if len(done) == len(results) else f", {len(results) - len(done)} left (see above)",
