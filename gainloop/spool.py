@@ -13,11 +13,12 @@ whole. It is the one path into the catalog; it is not a second catalog (nothing
 reads the spool but the drain):
 
 * a run is drained at its stop document, whole (its event rows appended in one request
-  per stream, where streaming them would cost a request per event); a run fsynced at
-  every document (a campaign's record: a few events, read while the campaign runs) is
-  also streamed as it grows, at most once per ``stream_after_s``, so that readers in
-  other processes see it; a reader in this process gets any open run as far as it is
-  spooled (``settle`` streams it first);
+  per stream, where streaming them would cost a request per event) when it lasted less
+  than ``stream_after_s`` (a run on the twin, typically); a run open longer (a scan on the
+  bench, a campaign's record, a run paused or stalled) is streamed as it grows, at most
+  once per ``stream_after_s``, so that readers in other processes (the watch page,
+  ``campaign status``, a queueserver's reconcile) see it no more than that behind; a reader
+  in this process gets any open run as far as it is spooled (``settle`` streams it first);
 * exactly once: a run whose node is already in the catalog (a replay, a second
   writer, an earlier drain cut off) is looked at first: stored complete with the
   same stop document, it is not written again (``skipped``); stored without its
@@ -159,7 +160,6 @@ class _Run:
 
     def __init__(self, uid: str, path: Path, fd: int, fsync_each: bool) -> None:
         self.uid, self.path, self.fd, self.fsync_each = uid, path, fd, fsync_each
-        self.live = fsync_each  # streamed while open (a campaign's record): readers elsewhere see it grow
         self.lock = threading.Lock()
         self.opened = time.monotonic()
         self.stopped = False
@@ -392,7 +392,7 @@ class Spool:
                 due.append(r.next_try - now)
             elif r.stream_now:
                 due.append(0.0)
-            elif r.live and not r.whole:
+            elif not r.whole:
                 due.append(max(r.opened, r.last_stream) + self.stream_after_s - now)
         return max(0.0, min(due))
 
@@ -406,7 +406,7 @@ class Spool:
             elif (
                 not run.stopped
                 and not run.whole
-                and (run.stream_now or (run.live and now - max(run.opened, run.last_stream) >= self.stream_after_s))
+                and (run.stream_now or now - max(run.opened, run.last_stream) >= self.stream_after_s)
             ):
                 run.stream_now = False
                 self._stream_own(run)
