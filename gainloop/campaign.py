@@ -53,7 +53,8 @@ environment variable ``GAINLOOP_FAULT_INJECT`` holds comma-separated
 (``proposed``, ``measuring``, ``measured``, ``recording``) and ``ACTION`` ``sigkill``
 (the process kills itself with SIGKILL there) or ``stall=SECONDS`` (the plan sleeps
 there, in the RunEngine, so that a pause or a signal can land mid-trial). E.g.
-``GAINLOOP_FAULT_INJECT="sigkill@measured:1"``.
+``GAINLOOP_FAULT_INJECT="sigkill@measured:1"``. The queueserver's ``campaign_plan`` reads it
+too (``fault_hook_from_env``).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ __all__ = [
     "campaign_material",
     "campaign_optimizer",
     "campaign_status",
+    "fault_hook_from_env",
     "prepare_campaign",
     "rebuild_trials",
     "run_campaign",
@@ -283,7 +285,7 @@ def rebuild_trials(catalog, campaign_uid: str) -> tuple[CampaignConfig, list[Tri
     return cfg, list(stored.records), stored.lab_time_used_s, list(stored.films_made)
 
 
-def _fault_hook():
+def fault_hook_from_env():
     """The fault-injection hook from ``$GAINLOOP_FAULT_INJECT`` (None when unset; see the module doc)."""
     spec = os.environ.get(FAULT_ENV, "").strip()
     if not spec:
@@ -452,7 +454,7 @@ def prepare_campaign(
         max_threshold_rel_err=cfg.max_threshold_rel_err,
         progress=progress,
         md={"config": cfg.as_dict(), "lab_clock": bench.lab_clock_source},
-        fault_hook=fault_hook if fault_hook is not None else _fault_hook(),
+        fault_hook=fault_hook if fault_hook is not None else fault_hook_from_env(),
         film_dopings=film_dopings,
         unusable_films=unusable,
     )

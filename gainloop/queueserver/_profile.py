@@ -154,7 +154,13 @@ def _measurement_plan(spec, bench):
 
 
 def _campaign_plan(bench, settings: ProfileSettings):
-    from gainloop.campaign import CampaignConfig, campaign_films, campaign_material, campaign_optimizer
+    from gainloop.campaign import (
+        CampaignConfig,
+        campaign_films,
+        campaign_material,
+        campaign_optimizer,
+        fault_hook_from_env,
+    )
     from plans.campaign import campaign
 
     def campaign_plan(
@@ -213,6 +219,7 @@ def _campaign_plan(bench, settings: ProfileSettings):
                 scan_args=dict(cfg.scan_args),
                 max_threshold_rel_err=cfg.max_threshold_rel_err,
                 md={"config": cfg.as_dict(), "lab_clock": bench.lab_clock_source},
+                fault_hook=fault_hook_from_env(),  # (tests only: None unless $GAINLOOP_FAULT_INJECT is set)
             )
         )
 
