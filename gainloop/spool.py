@@ -310,6 +310,10 @@ class Spool:
 
     # ------------------------------------------------------------------ writing
     def writer(self, fsync_each: Callable[[dict], bool] | bool = False) -> SpoolWriter:
+        # TiledWriter's imports (pyarrow, ...) take seconds of one core: here, not in the drain thread while
+        # the first runs wait for it (readers elsewhere saw a campaign's first trials ~5 s after their stop)
+        from bluesky_tiled_plugins import TiledWriter  # noqa: F401
+
         with contextlib.suppress(Exception):  # connected while the catalog answers (else at the first drain)
             self._drain_client()
         self._start()
