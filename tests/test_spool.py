@@ -100,3 +100,31 @@ def test_a_reader_waits_bounded_for_a_finished_run_and_names_it_when_it_does_not
     finally:
         os.close(fd)  # its writer is gone: the file is anyone's to drain
     assert catalog.run(uid).metadata["stop"]["uid"] == docs[-1][1]["uid"]
+
+
+def test_a_spool_line_reads_back_as_the_json_module_would_have_written_it(tmp_path):
+    """orjson writes the spool's lines; where it would differ from the json module (NaN, infinities, non-str
+    keys, integers beyond 64 bits) the json module writes them: every value reads back the same, NaN as NaN."""
+    import math
+
+    import numpy as np
+
+    from gainloop.spool import _jsonable, _line, read_spool_file
+
+    spectrum = np.linspace(0.1, 3.3, 512)
+    docs = [
+        ("event", {"data": {"spectrum": spectrum, "x": np.float32(0.1), "n": np.int64(7), "ok": np.bool_(True)}}),
+        ("event", {"data": {"threshold": float("nan"), "err": float("inf"), "low": -math.inf}}),
+        ("start", {"uid": "u", "note": None, "shape": (2, 3), "ids": {1: "a"}, "big": 2**70, "name": "núll"}),
+    ]
+    path = tmp_path / "run.jsonl"
+    path.write_bytes(b"".join(_line(name, doc) for name, doc in docs))
+    read, _, problems = read_spool_file(path)
+    assert problems == []
+    for (name, doc), (name_back, doc_back) in zip(docs, read, strict=True):
+        expected = json.loads(json.dumps(doc, default=_jsonable))
+        assert name_back == name
+        assert json.dumps(doc_back, sort_keys=True) == json.dumps(expected, sort_keys=True)  # (NaN == NaN here)
+    assert math.isnan(read[1][1]["data"]["threshold"]) and read[1][1]["data"]["err"] == math.inf
+    assert read[0][1]["data"]["spectrum"] == spectrum.tolist()
+    assert read[0][1]["data"]["x"] == float(np.float32(0.1))  # the float32's own value, not 0.1
