@@ -203,6 +203,36 @@ def _campaign_uid(documents: list[tuple[str, dict]]) -> str | None:
 #: Catalogs open in this worker process, by (uri, data folder): one connection and one spool drain each.
 _WORKER_CATALOGS: dict[tuple, object] = {}
 
+#: Dask's statistical profiler of a worker (``sys._current_frames()`` every 10 ms, on its event loop).
+WORKER_PROFILE_KEY = "distributed.worker.profile.enabled"
+
+
+def _stop_worker_profiler() -> None:
+    """Stop this Dask worker's statistical profiler (Python < 3.12), before the catalog's drain starts here.
+
+    CPython before 3.12 deadlocks when the garbage collector frees a ``threading.local`` while
+    ``sys._current_frames()`` holds the interpreter's thread-list lock (gh-106883: the collector
+    runs inside it, the ``local``'s clean-up takes the same lock). The drain's TiledWriter leaves
+    such objects to the collector (event_model's routers), and the worker's profiler calls
+    ``sys._current_frames()`` every 10 ms: sweeps into ``gainloop catalog serve`` hung, the
+    worker's event loop stuck with the GIL, its drain thread waiting for it. A LocalCluster's
+    workers start without the profiler (``dask_client``); a worker of another cluster has it
+    stopped here, on its event loop, by the first task that writes into a catalog."""
+    import sys
+
+    if sys.version_info >= (3, 12):
+        return
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not on a Dask worker
+        return
+    for name in ("profile", "profile-cycle"):
+        callback = worker.periodic_callbacks.get(name)
+        if callback is not None:
+            worker.loop.add_callback(callback.stop)
+
 
 def _worker_catalog(target: dict):
     from gainloop.catalog import Catalog
@@ -241,6 +271,8 @@ def run_task(task: SweepTask, target: dict | None = None) -> dict:
     on_main = threading.current_thread() is threading.main_thread()
     RE = RunEngine({}, call_returns_result=True, **({} if on_main else {"context_managers": []}))
     try:
+        if target is not None:
+            _stop_worker_profiler()
         catalog = sink if target is None else _worker_catalog(target)
         runs: list[str] = []
         RE.subscribe(lambda name, doc: runs.append(doc["uid"]) if name == "start" else None)
@@ -300,6 +332,7 @@ def dask_client(
     """
     import logging
 
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler is None:
@@ -307,15 +340,16 @@ def dask_client(
         if n < 1:
             raise SweepError(f"--workers must be at least 1, got {n}")
         try:
-            cluster = LocalCluster(
-                n_workers=n,
-                threads_per_worker=1,
-                processes=True,
-                host=host,
-                scheduler_port=0,
-                dashboard_address=f"{host}:0",
-                silence_logs=logging.ERROR,
-            )
+            with dask.config.set({WORKER_PROFILE_KEY: False}):  # (see _stop_worker_profiler)
+                cluster = LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=1,
+                    processes=True,
+                    host=host,
+                    scheduler_port=0,
+                    dashboard_address=f"{host}:0",
+                    silence_logs=logging.ERROR,
+                )
         except Exception as exc:  # the interface cannot be bound, workers cannot start
             raise SweepError(f"cannot start a local Dask cluster on {host}: {exc}") from None
         try:
