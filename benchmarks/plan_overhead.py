@@ -49,9 +49,9 @@ for a Tiled server in its own process, plus that process's CPU from ``psutil``):
 * ``before``: what the RunEngine's writer did before the spool, per run one "is this uid
   stored?" request and a new ``TiledWriter``, into a server as it was then (FastAPI rebuilding
   every dependency's ``Dependant`` on every request; ``gainloop.embedded.cache_request_dependants``
-  keeps them when ``GAINLOOP_TILED_DEPENDANT_CACHE=1``, off by default: run the benchmark with it
-  set to see what it saves; for the embedded catalog this process's server is put back as it was
-  for the time of that measurement, on PostgreSQL a second server is started without it).
+  keeps them, unless ``GAINLOOP_TILED_DEPENDANT_CACHE=0``; for the embedded catalog this process's
+  server is put back as it was for the time of that measurement, on PostgreSQL a second server is
+  started without it).
 
 Both into the embedded catalog and, with PostgreSQL on 127.0.0.1:5432, into a
 ``gainloop catalog serve`` on PostgreSQL (skipped, saying so, without it; PostgreSQL's own

@@ -33,9 +33,10 @@ __all__ = ["EmbeddedTiledServer", "cache_request_dependants", "init_catalog_data
 #: it, so a second server with its own key would lock the first one's clients out.
 PROCESS_API_KEY = secrets.token_hex(16)
 
-#: Set to "1": servers started in this process build FastAPI's dependants once (``cache_request_dependants``).
-#: Off by default: sweeps into ``catalog serve`` stalled with it on (twice) and, later, with it off too
-#: (cause not found yet), so it stays opt-in until that is understood; plan_overhead measures it.
+#: Set to "0": servers started in this process rebuild FastAPI's dependants on every request, as tiled's
+#: app does (``cache_request_dependants``; on by default: a quarter of ``catalog serve``'s CPU per run
+#: written). (The sweeps into ``catalog serve`` that stalled, with it on and off, were Dask's profiler
+#: deadlocking its worker: ``gainloop.sweep._stop_worker_profiler``.) plan_overhead measures both.
 DEPENDANT_CACHE_ENV = "GAINLOOP_TILED_DEPENDANT_CACHE"
 
 #: Wall seconds the server may take to answer ``/healthz`` after it starts listening.
@@ -106,7 +107,7 @@ def cache_request_dependants() -> None:
 
     import fastapi.dependencies.utils as utils
 
-    if os.environ.get(DEPENDANT_CACHE_ENV) != "1" or getattr(utils.get_dependant, "gainloop_cached", False):
+    if os.environ.get(DEPENDANT_CACHE_ENV) == "0" or getattr(utils.get_dependant, "gainloop_cached", False):
         return
     original = utils.get_dependant
     cache: dict[tuple, object] = {}
