@@ -17,8 +17,11 @@ reads the spool but the drain):
   than ``stream_after_s`` (a run on the twin, typically); a run open longer (a scan on the
   bench, a campaign's record, a run paused or stalled) is streamed as it grows, at most
   once per ``stream_after_s``, so that readers in other processes (the watch page,
-  ``campaign status``, a queueserver's reconcile) see it no more than that behind; a reader
-  in this process gets any open run as far as it is spooled (``settle`` streams it first);
+  ``campaign status``, a queueserver's reconcile) see it no more than that behind: its run
+  and stream nodes, and for a campaign's record its rows too (a measurement run's rows are
+  appended at its stop, as TiledWriter's default batching does); a reader in this process
+  gets any open run as far as it is spooled (``settle`` streams it first), rows included
+  unless the drain had started streaming that measurement run without them;
 * exactly once: a run whose node is already in the catalog (a replay, a second
   writer, an earlier drain cut off) is looked at first: stored complete with the
   same stop document, it is not written again (``skipped``); stored without its
@@ -427,15 +430,22 @@ class Spool:
                 and not run.whole
                 and (run.stream_now or now - max(run.opened, run.last_stream) >= self.stream_after_s)
             ):
-                run.stream_now = False
-                self._stream_own(run)
+                asked, run.stream_now = run.stream_now, False
+                self._stream_own(run, rows_now=asked or run.fsync_each)
         if self._scan_due or now - self._last_scan >= self.scan_s:
             self._scan_due = False
             self._last_scan = now
             self.drain_others()
 
-    def _stream_own(self, run: _Run) -> None:
-        """Feed a run still open its new documents (one TiledWriter, event by event)."""
+    def _stream_own(self, run: _Run, *, rows_now: bool) -> None:
+        """Feed a run still open its new documents (one TiledWriter for the run).
+
+        ``rows_now`` (a campaign's record, fsynced at every document; a run a reader of this process
+        asked for): its TiledWriter appends every event row as it comes (a request each: a record has
+        a few events a trial). Else (a measurement run open longer than ``stream_after_s``): its run
+        and stream nodes appear as they come, and its rows are appended at its stop, one request per
+        stream, as TiledWriter does by default: a twin scan slowed past ``stream_after_s`` on a loaded
+        machine costs no request per event."""
         from bluesky_tiled_plugins import TiledWriter
 
         run.last_stream = time.monotonic()
@@ -449,7 +459,7 @@ class Spool:
                 if self.catalog.stored_state(run.uid, client=client).state != "absent":
                     run.whole = True  # stored already (a replay), or the catalog is away: judged at its end
                     return
-                run.stream = TiledWriter(client, batch_size=1)
+                run.stream = TiledWriter(client, batch_size=1) if rows_now else TiledWriter(client)
             for name, doc in docs:
                 run.stream(name, doc)
                 run.n_streamed += 1
