@@ -133,7 +133,7 @@ def test_the_page_follows_a_queueserver_twin_campaign_keeps_the_key_and_pauses_r
             assert browser.eval("document.getElementById('btn-pause').hidden") is True
             # paused (at the RunEngine's next checkpoint, possibly inside a fluence scan): nothing more is
             # measured; the page shows the trials the catalog holds finished
-            paused_at = _finished_in_catalog(server, uid, tmp_path)
+            paused_at = _settled_finished_in_catalog(server, uid, tmp_path)
             browser.wait(f"{FINISHED_JS} === {paused_at}", 30)
             time.sleep(2.0)
             assert manager.api.status()["manager_state"] == "paused"
@@ -187,6 +187,20 @@ def test_the_page_follows_a_queueserver_twin_campaign_keeps_the_key_and_pauses_r
         manager.stop()
         manager.delete_redis_keys()
     assert "Traceback" not in watch.output()
+
+
+def _settled_finished_in_catalog(server, uid: str, tmp_path, quiet_s: float = 3.0, timeout_s: float = 60.0) -> int:
+    """``_finished_in_catalog`` once it has not changed for ``quiet_s``: a trial that ended just before the pause
+    reaches the catalog through the worker's spool and drain, a second or more after its stop document."""
+    deadline = time.monotonic() + timeout_s
+    last, since = _finished_in_catalog(server, uid, tmp_path), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, f"the finished trials in the catalog kept changing ({last})"
+        time.sleep(0.5)
+        now = _finished_in_catalog(server, uid, tmp_path)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
 
 
 def _finished_in_catalog(server, uid: str, tmp_path) -> int:
