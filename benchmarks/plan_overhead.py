@@ -1,11 +1,19 @@
-"""Plan overhead: one acquisition through RunEngine + twin devices + TiledWriter, against a bare count.
+"""Plan overhead: one acquisition through RunEngine + twin devices + the catalog's writer, against a bare count;
+and what storing a run costs.
 
 Side by side in one process, each path on its own fresh ``RunEngine``:
 
-* **twin + writer** (``per_acq_ms``): ``bp.count([spectrometer, pump, slit], num=N)`` of
+* **twin + spool** (``per_acq_ms``): ``bp.count([spectrometer, pump, slit], num=N)`` of
   ``sim.devices.twin_bench_devices`` (film mounted, shutter open, exposure 0.01 lab s:
   the lab clock, no sleeping), the RunEngine subscribed to ``Catalog(...).writer()``
-  of an embedded catalog in a temporary folder;
+  of an embedded catalog in a temporary folder: the spool (``gainloop.spool``), drained
+  into the catalog by its background thread. Each timed run starts once the drain has
+  taken the previous ones (``Catalog.settle``), so the drain of one run does not land in
+  the next run's time; its lag (stop document written -> run complete in the catalog)
+  is reported (``lag_median_s``);
+* for reference, **twin + TiledWriter inline** (``inline_writer_ms``): the RunEngine
+  subscribed to a ``TiledWriter`` of the same catalog directly (what the RunEngine paid
+  before the spool: every request to Tiled in its own thread);
 * **bare count** (``bare_count_ms``): ``bp.count([ophyd.sim.det], num=N)``, no subscriber;
 * for the breakdown: the twin devices without a writer, ``ophyd.sim.det`` with the
   writer, and the twin's trigger + read called directly (no RunEngine).
@@ -29,11 +37,33 @@ per wall second, Tiled reads included (median of the repeats). For reference: th
 Tiled reads alone, the writer's ingest of the same documents, the same documents
 from memory to the callback, and the live rate 1 / per_acq_ms.
 
-Prints a table and, with --json, one JSON object on the last line: ``per_acq_ms``,
-``bare_count_ms``, ``ratio``, ``replay_events_per_s`` (and the breakdown).
-``--profile`` adds cProfile's view of one twin + writer run (the RunEngine's thread).
+Storage (``storage_cpu_s_per_run``, ``drain_runs_per_s``): ``--storage-runs`` runs of the
+twin's ``count`` (``--storage-events`` events each, recorded once from a RunEngine) are
+written into a fresh catalog two ways, each timed with the process accounting (CPU seconds
+of this process, which holds the embedded server and the writer, from ``time.process_time``;
+for a Tiled server in its own process, plus that process's CPU from ``psutil``):
 
-Targets (plan-overhead issue): ratio <= 3x; replay >= 1e4 events/s.
+* ``spool``: through ``Catalog.writer()`` (the spool and its drain) until the catalog holds
+  them all (``Catalog.settle``): the drain's throughput in runs/s and documents/s, and the
+  CPU per run;
+* ``before``: what the RunEngine's writer did before the spool, per run one "is this uid
+  stored?" request and a new ``TiledWriter``, into a server as it was then (FastAPI rebuilding
+  every dependency's ``Dependant`` on every request; ``gainloop.embedded.cache_request_dependants``
+  keeps them, unless ``GAINLOOP_TILED_DEPENDANT_CACHE=0``; for the embedded catalog this process's
+  server is put back as it was for the time of that measurement, on PostgreSQL a second server is
+  started without it).
+
+Both into the embedded catalog and, with PostgreSQL on 127.0.0.1:5432, into a
+``gainloop catalog serve`` on PostgreSQL (skipped, saying so, without it; PostgreSQL's own
+backends are not counted).
+
+Prints a table and, with --json, one JSON object on the last line: ``per_acq_ms``,
+``bare_count_ms``, ``ratio``, ``replay_events_per_s``, ``storage_cpu_s_per_run``,
+``drain_runs_per_s`` (the embedded catalog; the ``postgres_*`` keys for the server) and the
+breakdown. ``--profile`` adds cProfile's view of one twin + writer run (the RunEngine's thread).
+
+Targets: ratio <= 2x (storage issue; 3x before); replay >= 1e4 events/s; storage CPU per run
+at most a third of ``before``.
 """
 
 from __future__ import annotations
@@ -45,9 +75,11 @@ import math
 import os
 import pstats
 import statistics
+import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -62,7 +94,7 @@ from gainloop.catalog import Catalog
 from gainloop.replay import run_documents, stream_columns
 from sim.devices import default_twin_bench_path, twin_bench_devices
 
-RATIO_TARGET = 3.0
+RATIO_TARGET = 2.0
 REPLAY_TARGET = 1e4
 SAMPLE = "cas_doped-film"
 
@@ -101,8 +133,10 @@ def _run_engine(*subscribers) -> RunEngine:
     return RE
 
 
-def _timed_run(RE: RunEngine, detectors: list, n: int) -> float:
-    """Wall seconds per event of one ``bp.count`` run of ``n`` events."""
+def _timed_run(RE: RunEngine, detectors: list, n: int, cat: Catalog | None = None) -> float:
+    """Wall seconds per event of one ``bp.count`` run of ``n`` events (after the drain of earlier runs)."""
+    if cat is not None:
+        cat.settle()
     t0 = time.perf_counter()
     RE(bp.count(detectors, num=n))
     return (time.perf_counter() - t0) / n
@@ -218,6 +252,156 @@ def _read_rate(cat: Catalog, uid: str, n_events: int) -> float:
     return rate
 
 
+# ------------------------------------------------------------------ storage: CPU per run, drain throughput
+def _recorded_runs(dets: list, k: int, n_events: int) -> list[list[tuple[str, dict]]]:
+    """The documents of ``k`` twin ``count`` runs of ``n_events`` events (a RunEngine, no writer)."""
+    RE = RunEngine({})
+    runs: list[list[tuple[str, dict]]] = []
+    RE.subscribe(lambda name, doc: (runs.append([]) if name == "start" else None, runs[-1].append((name, doc))))
+    for _ in range(k):
+        RE(bp.count(dets, num=n_events))
+    return runs
+
+
+def _fresh_uids(runs: list[list[tuple[str, dict]]]) -> list[list[tuple[str, dict]]]:
+    """The same runs under new uids (start, descriptors, events, stop), for a catalog that holds the first."""
+    import uuid
+
+    out = []
+    for docs in runs:
+        new: dict[str, str] = {}
+
+        def uid(old: str, new: dict = new) -> str:
+            return new.setdefault(old, str(uuid.uuid4()))
+
+        copy = []
+        for name, doc in docs:
+            doc = dict(doc)
+            doc["uid"] = uid(doc["uid"])
+            for ref in ("run_start", "descriptor"):
+                if ref in doc:
+                    doc[ref] = uid(doc[ref])
+            copy.append((name, doc))
+        out.append(copy)
+    return out
+
+
+class _Accounting:
+    """CPU seconds of this process (and of a server process, by pid) between ``start`` and ``stop``."""
+
+    def __init__(self, server_pid: int | None = None) -> None:
+        import psutil
+
+        self.server = psutil.Process(server_pid) if server_pid else None
+
+    def _now(self) -> tuple[float, float]:
+        server = 0.0
+        if self.server is not None:
+            t = self.server.cpu_times()
+            server = t.user + t.system + t.children_user + t.children_system
+        return time.process_time(), server
+
+    def __enter__(self) -> _Accounting:
+        self.t0, (self.c0, self.s0) = time.perf_counter(), self._now()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        c1, s1 = self._now()
+        self.wall_s, self.cpu_s, self.server_cpu_s = time.perf_counter() - self.t0, c1 - self.c0, s1 - self.s0
+
+
+def _store_before(cat: Catalog, runs: list) -> None:
+    """What the RunEngine's writer did per run before the spool: the "is it stored?" request, then TiledWriter."""
+    from bluesky_tiled_plugins import TiledWriter
+
+    client = cat.client
+    for docs in runs:
+        cat.stored_state(docs[0][1]["uid"])
+        writer = TiledWriter(client)
+        for name, doc in docs:
+            writer(name, doc)
+
+
+def _store_spool(cat: Catalog, runs: list) -> None:
+    writer = cat.writer()
+    for docs in runs:
+        for name, doc in docs:
+            writer(name, doc)
+    writer.flush()
+
+
+class _UncachedDependants:
+    """This process's servers as they were before gainloop cached FastAPI's dependants (for ``before``)."""
+
+    def __enter__(self):
+        import fastapi.dependencies.utils as utils
+
+        self.utils, self.cached = utils, utils.get_dependant
+        utils.get_dependant = getattr(self.cached, "original", self.cached)
+
+    def __exit__(self, *exc):
+        self.utils.get_dependant = self.cached
+
+
+def _storage(cat: Catalog, runs: list, server_pid: int | None, before_cat: Catalog | None = None, before_pid=None):
+    """CPU per run (writer + server) and throughput, as before the spool and with it, on the same runs (new
+    uids). ``before_cat``: a catalog served as before (a server started without the dependant cache); None:
+    ``cat``, with this process's (embedded) server made as before for the time of that measurement."""
+    import contextlib
+
+    out = {}
+    n_docs = sum(len(d) for d in runs)
+    for label, store in (("before", _store_before), ("spool", _store_spool)):
+        target, pid = (before_cat or cat, before_pid) if label == "before" else (cat, server_pid)
+        as_before = _UncachedDependants() if label == "before" and before_cat is None else contextlib.nullcontext()
+        with as_before:
+            store(target, _fresh_uids(runs[:2]))  # warm-up: the drain's client, the server's caches
+            fresh = _fresh_uids(runs)
+            with _Accounting(pid) as acc:
+                store(target, fresh)
+        missing = [d[0][1]["uid"] for d in fresh if target.stored_state(d[0][1]["uid"]).state != "complete"]
+        if missing:
+            raise RuntimeError(f"{label}: {len(missing)} runs not complete in the catalog, e.g. {missing[0]}")
+        out[label] = {
+            "cpu_s_per_run": (acc.cpu_s + acc.server_cpu_s) / len(runs),
+            "writer_cpu_s_per_run": acc.cpu_s / len(runs),
+            "server_cpu_s_per_run": acc.server_cpu_s / len(runs),
+            "runs_per_s": len(runs) / acc.wall_s,
+            "documents_per_s": n_docs / acc.wall_s,
+        }
+    return out
+
+
+def _postgres_storage(runs: list, tmp: str) -> tuple[dict | None, str]:
+    """``_storage`` against ``gainloop catalog serve`` on PostgreSQL: ``before`` into a server started as before
+    (FastAPI's dependants per request), the spool into one as now (None and why, without PostgreSQL)."""
+    from gainloop.embedded import DEPENDANT_CACHE_ENV
+
+    repo = str(Path(__file__).resolve().parents[1])
+    if repo not in sys.path:
+        sys.path.insert(0, repo)  # the harness (harness/: a Tiled server on PostgreSQL)
+    from harness.faults import FaultEnv, ServiceMissing
+
+    try:
+        with FaultEnv(os.path.join(tmp, "postgres")) as env:
+            cache = os.environ.get(DEPENDANT_CACHE_ENV)
+            os.environ[DEPENDANT_CACHE_ENV] = "0"
+            try:
+                old = env.tiled_server(shared=False)
+            finally:
+                os.environ.pop(DEPENDANT_CACHE_ENV)
+                if cache is not None:
+                    os.environ[DEPENDANT_CACHE_ENV] = cache
+            new = env.tiled_server(shared=False)
+            with (
+                Catalog(old.url, data_dir_path=os.path.join(tmp, "pg-old"), api_key=old.api_key) as before,
+                Catalog(new.url, data_dir_path=os.path.join(tmp, "pg-new"), api_key=new.api_key) as cat,
+            ):
+                return _storage(cat, runs, new.proc.pid, before, old.proc.pid), ""
+    except ServiceMissing as exc:
+        return None, str(exc)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100, help="acquisitions (events) per timed run")
@@ -227,21 +411,27 @@ def main() -> None:
     parser.add_argument("--exposure", type=float, default=0.01, help="spectrometer exposure (lab s)")
     parser.add_argument("--fluence", type=float, default=1500.0, help="pump fluence (uJ/cm^2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--storage-runs", type=int, default=30, help="runs written per storage measurement")
+    parser.add_argument("--storage-events", type=int, default=10, help="events of each of those runs")
+    parser.add_argument("--no-postgres", action="store_true", help="skip the Tiled server on PostgreSQL")
     parser.add_argument("--profile", action="store_true", help="also cProfile one twin + writer run")
     parser.add_argument("--profile-top", type=int, default=25, help="functions listed by --profile")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = parser.parse_args()
-    if args.n < 1 or args.repeats < 1 or args.replay_events < 1 or args.warmup < 1:
-        parser.error("--n, --warmup, --repeats and --replay-events must be >= 1")
+    if min(args.n, args.repeats, args.replay_events, args.warmup, args.storage_runs, args.storage_events) < 1:
+        parser.error("--n, --warmup, --repeats, --replay-events, --storage-runs and --storage-events must be >= 1")
 
     bench = _twin_bench(args.seed, args.exposure, args.fluence)
     twin_dets = [bench.spectrometer, bench.pump, bench.slit]
 
     with tempfile.TemporaryDirectory(prefix="gainloop-bench-") as tmp, Catalog(data_dir_path=tmp) as cat:
         # name: (run engine, detectors) -- each a fresh RunEngine; "direct" has none
+        from bluesky_tiled_plugins import TiledWriter
+
         paths = {
             "twin_writer": (_run_engine(cat.writer()), twin_dets),
             "bare": (_run_engine(), [det]),
+            "twin_inline": (_run_engine(TiledWriter(cat.new_client())), twin_dets),
             "twin": (_run_engine(), twin_dets),
             "bare_writer": (_run_engine(cat.writer()), [det]),
             "three_sim": (_run_engine(), [det1, det2, motor1]),
@@ -249,14 +439,19 @@ def main() -> None:
         }
         short = ("twin_writer", "bare")  # also timed on 2-event runs: cost per run and per event
         for RE, dets in paths.values():  # warm-up: imports, catalog nodes, caches
-            _ = _timed_direct(bench, args.warmup) if RE is None else _timed_run(RE, dets, args.warmup)
+            _ = _timed_direct(bench, args.warmup) if RE is None else _timed_run(RE, dets, args.warmup, cat)
         per_event: dict[str, list[float]] = {k: [] for k in paths}
         short_run: dict[str, list[float]] = {k: [] for k in short}
+        lags: list[float] = []  # stop -> readable, of the twin + spool runs of N events
         for _ in range(args.repeats):
             for key, (RE, dets) in paths.items():
-                per_event[key].append(_timed_direct(bench, args.n) if RE is None else _timed_run(RE, dets, args.n))
+                n_lags = len(cat.spool.lag_s)
+                per_event[key].append(_timed_direct(bench, args.n) if RE is None else _timed_run(RE, dets, args.n, cat))
+                if key == "twin_writer":
+                    cat.settle()
+                    lags += cat.spool.lag_s[n_lags:]
                 if key in short:
-                    short_run[key].append(2 * _timed_run(RE, dets, 2))
+                    short_run[key].append(2 * _timed_run(RE, dets, 2, cat))
         ms = {k: 1e3 * statistics.median(v) for k, v in per_event.items()}
         split = {}  # key: (ms per event, ms per run)
         for key in short:
@@ -268,6 +463,7 @@ def main() -> None:
         if args.profile:
             _profile_run(paths["twin_writer"][0], twin_dets, args.n, args.profile_top)
 
+        cat.settle()
         uid, docs, ingest_rate = _write_replay_run(cat, args.replay_events, args.seed)
         seen = 0
 
@@ -289,12 +485,30 @@ def main() -> None:
         replay_rate = statistics.median(rates)
         read_rate = statistics.median(read_rates)
 
+        runs = _recorded_runs(twin_dets, args.storage_runs, args.storage_events)
+        with tempfile.TemporaryDirectory(prefix="gainloop-bench-") as tmp2, Catalog(data_dir_path=tmp2) as fresh:
+            storage = _storage(fresh, runs, None)
+        postgres, no_postgres = (None, "--no-postgres") if args.no_postgres else _postgres_storage(runs, tmp)
+
     ratio = ms["twin_writer"] / ms["bare"]
     result = {
         "per_acq_ms": ms["twin_writer"],
         "bare_count_ms": ms["bare"],
         "ratio": ratio,
         "replay_events_per_s": replay_rate,
+        "storage_cpu_s_per_run": storage["spool"]["cpu_s_per_run"],
+        "drain_runs_per_s": storage["spool"]["runs_per_s"],
+        "drain_documents_per_s": storage["spool"]["documents_per_s"],
+        "storage_cpu_s_per_run_before": storage["before"]["cpu_s_per_run"],
+        "storage_cpu_ratio": storage["spool"]["cpu_s_per_run"] / storage["before"]["cpu_s_per_run"],
+        "lag_median_s": statistics.median(lags) if lags else None,
+        "lag_max_s": max(lags) if lags else None,
+        "inline_writer_ms": ms["twin_inline"],
+        "postgres": postgres,
+        "postgres_storage_cpu_s_per_run": postgres and postgres["spool"]["cpu_s_per_run"],
+        "postgres_drain_runs_per_s": postgres and postgres["spool"]["runs_per_s"],
+        "storage_runs": args.storage_runs,
+        "storage_events": args.storage_events,
         "per_acq_no_writer_ms": ms["twin"],
         "twin_direct_ms": ms["direct"],
         "bare_writer_ms": ms["bare_writer"],
@@ -319,10 +533,11 @@ def main() -> None:
     print(f"\nplan overhead: ms per acquisition (run wall time / {args.n} events, median of {args.repeats} rounds)")
     print(f"{'path':<52} {'ms/event':>10}")
     rows = [
-        ("RunEngine + twin devices + TiledWriter  [per_acq]", "twin_writer"),
+        ("RunEngine + twin devices + spool        [per_acq]", "twin_writer"),
         ("RunEngine + ophyd.sim det, no writer    [bare_count]", "bare"),
+        ("  RunEngine + twin devices + TiledWriter inline", "twin_inline"),
         ("  RunEngine + twin devices, no writer", "twin"),
-        ("  RunEngine + ophyd.sim det + TiledWriter", "bare_writer"),
+        ("  RunEngine + ophyd.sim det + spool", "bare_writer"),
         ("  twin trigger + read, no RunEngine", "direct"),
         ("  RunEngine + 3 ophyd.sim devices, no writer", "three_sim"),
     ]
@@ -332,7 +547,7 @@ def main() -> None:
     print(
         "breakdown per acquisition: twin physics and devices "
         f"{ms['direct']:.2f} ms, RunEngine over the twin {ms['twin'] - ms['direct']:.2f} ms, "
-        f"TiledWriter {ms['twin_writer'] - ms['twin']:.2f} ms "
+        f"spool {ms['twin_writer'] - ms['twin']:.2f} ms "
         f"(on ophyd.sim det: {ms['bare_writer'] - ms['bare']:.2f} ms)"
     )
     print(f"ratio without the twin's physics, (per_acq - direct) / bare_count: {result['overhead_ratio']:.1f}x")
@@ -349,6 +564,28 @@ def main() -> None:
     print(f"{'  the same documents from memory to the callback':<52} {memory_rate:>10.3e}")
     print(f"{'  live: RunEngine + twin + TiledWriter (1/per_acq)':<52} {1e3 / ms['twin_writer']:>10.3e}")
     print(f"replay target >= {REPLAY_TARGET:.0e} events/s: {'met' if ok_replay else 'MISSED'}")
+    if lags:
+        print(
+            f"\nstop document -> run readable in the embedded catalog ({len(lags)} runs of {args.n} events): "
+            f"median {statistics.median(lags):.3f} s, max {max(lags):.3f} s (target: median <= 1 s)"
+        )
+    print(
+        f"\nstorage of {args.storage_runs} twin count runs of {args.storage_events} events "
+        "(CPU: this process + the server process; PostgreSQL's backends not counted)"
+    )
+    print(f"{'catalog':<26} {'path':<8} {'CPU s/run':>10} {'writer':>8} {'server':>8} {'runs/s':>8} {'docs/s':>8}")
+    for where, figures in (("embedded (SQLite)", storage), ("Tiled on PostgreSQL", postgres)):
+        if figures is None:
+            print(f"{where:<26} skipped: {no_postgres}")
+            continue
+        for label in ("before", "spool"):
+            f = figures[label]
+            print(
+                f"{where:<26} {label:<8} {f['cpu_s_per_run']:>10.3f} {f['writer_cpu_s_per_run']:>8.3f} "
+                f"{f['server_cpu_s_per_run']:>8.3f} {f['runs_per_s']:>8.1f} {f['documents_per_s']:>8.0f}"
+            )
+        r = figures["spool"]["cpu_s_per_run"] / figures["before"]["cpu_s_per_run"]
+        print(f"{'':<26} spool / before: {r:.2f} (target <= 0.33: {'met' if r <= 1 / 3 else 'MISSED'})")
     if not all(math.isfinite(v) and v > 0 for v in (ms["twin_writer"], ms["bare"], replay_rate)):
         raise RuntimeError(f"non-finite or non-positive result: {result}")
     if args.json:

@@ -53,13 +53,13 @@ environment variable ``GAINLOOP_FAULT_INJECT`` holds comma-separated
 (``proposed``, ``measuring``, ``measured``, ``recording``) and ``ACTION`` ``sigkill``
 (the process kills itself with SIGKILL there) or ``stall=SECONDS`` (the plan sleeps
 there, in the RunEngine, so that a pause or a signal can land mid-trial). E.g.
-``GAINLOOP_FAULT_INJECT="sigkill@measured:1"``.
+``GAINLOOP_FAULT_INJECT="sigkill@measured:1"``. The queueserver's ``campaign_plan`` reads it
+too (``fault_hook_from_env``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import signal
@@ -85,6 +85,7 @@ __all__ = [
     "campaign_material",
     "campaign_optimizer",
     "campaign_status",
+    "fault_hook_from_env",
     "prepare_campaign",
     "rebuild_trials",
     "run_campaign",
@@ -284,7 +285,7 @@ def rebuild_trials(catalog, campaign_uid: str) -> tuple[CampaignConfig, list[Tri
     return cfg, list(stored.records), stored.lab_time_used_s, list(stored.films_made)
 
 
-def _fault_hook():
+def fault_hook_from_env():
     """The fault-injection hook from ``$GAINLOOP_FAULT_INJECT`` (None when unset; see the module doc)."""
     spec = os.environ.get(FAULT_ENV, "").strip()
     if not spec:
@@ -369,21 +370,14 @@ class PreparedCampaign:
     replayed: list[Proposal]  # its stored proposals never measured: measured first
 
 
-def _upload_pending_backup(catalog) -> None:
-    """Write runs the writer kept in the backup (the catalog was away) before a campaign is rebuilt.
+def _settle(catalog) -> None:
+    """Wait (bounded) for the drain of what the spool holds before a campaign is rebuilt from the catalog.
 
-    Without them a resume would count a trial whose run went only to the backup as
-    lost, and one cut off mid-write as failed. Runs still open stay in the backup.
-    """
-    if not catalog.pending_backup():
-        return
-    from gainloop.backup import upload_backup
-
-    written = [r for r in upload_backup(catalog) if r.action in ("uploaded", "replaced")]
-    if written:
-        logging.getLogger(__name__).warning(
-            "wrote %d run(s) from the backup %s into the catalog before resuming", len(written), catalog.backup_dir
-        )
+    Without it a resume would count a trial whose run is still in the spool as lost, or one
+    cut off mid-write as failed (``Catalog.settle``: a clear error if the catalog does not take them)."""
+    settle = getattr(catalog, "settle", None)
+    if settle is not None:
+        settle()
 
 
 def prepare_campaign(
@@ -411,7 +405,7 @@ def prepare_campaign(
     film_dopings: dict = {}
     unusable: set[str] = set()
     if resume_uid is not None:
-        _upload_pending_backup(catalog)
+        _settle(catalog)
         stored = stored_campaign(catalog, resume_uid)
         cfg = CampaignConfig.from_dict(stored.config).with_budgets(**(budgets or {}))
         history, used_s, pending = list(stored.records), stored.lab_time_used_s, list(stored.pending)
@@ -460,7 +454,7 @@ def prepare_campaign(
         max_threshold_rel_err=cfg.max_threshold_rel_err,
         progress=progress,
         md={"config": cfg.as_dict(), "lab_clock": bench.lab_clock_source},
-        fault_hook=fault_hook if fault_hook is not None else _fault_hook(),
+        fault_hook=fault_hook if fault_hook is not None else fault_hook_from_env(),
         film_dopings=film_dopings,
         unusable_films=unusable,
     )

@@ -7,27 +7,16 @@
 * At scale: ``--catalog URI`` of a Tiled server (e.g. on PostgreSQL) with an API key
   (``--api-key`` or ``$TILED_API_KEY``).
 
-Writing goes through bluesky's ``TiledWriter`` with its backup directory on (in the
-data folder), so documents are kept on disk when the server is away. Reading goes
-through the Tiled client's BlueskyRun.
-
-``Catalog.writer()`` wraps the TiledWriter with one decision per run, taken at its
-start document (one request without retries):
-
-* the uid is new: the run goes to the TiledWriter (which falls back to the backup
-  file ``<data dir>/backup/<uid prefix>.jsonl`` if the server goes away mid-run);
-* the uid is stored with its stop document: the run is already complete, its
-  documents are dropped (a replay, or a second writer on the same RunEngine);
-* the uid is stored without a stop document (another writer is writing it): the
-  documents are held until the stop document, then dropped if the stored run is
-  complete by then, else kept in the backup file;
-* the server does not answer: the run goes straight to the backup file (no
-  retries stalling the plan).
-
-A run whose documents ended in the backup is reported by one warning line naming
-``gainloop catalog upload-backup`` (``gainloop.backup``), which writes it into the
-catalog later; until then, opening the catalog says (one line) that the backup holds
-runs not yet uploaded (so a campaign is not resumed from an incomplete record unawares).
+Writing goes through the spool (``gainloop.spool``): the RunEngine's documents are appended
+to ``<data dir>/spool/<run uid>.jsonl`` (fsynced at each stop document, and at each document
+of a campaign's record), and a background thread drains each run into the catalog through
+bluesky's ``TiledWriter``, exactly once (a run already complete in the catalog is not written
+again; a partial one is rewritten whole). The RunEngine never waits on the catalog; a catalog
+away mid-run loses nothing (the run stays in the spool and the drain tries again); runs a
+process leaves behind (it ended before the drain, or was killed) are drained at the next start
+with the same data folder, or by ``gainloop catalog upload-backup``. Reading goes through the
+Tiled client's BlueskyRun, after the drain of the runs the reader needs (``Catalog.settle``,
+bounded, with a message naming the runs when the catalog does not take them).
 """
 
 from __future__ import annotations
@@ -46,15 +35,13 @@ __all__ = [
     "AmbiguousUidError",
     "Catalog",
     "CatalogError",
-    "CatalogWriter",
     "RunNotFoundError",
     "StoredState",
-    "backup_file",
     "data_dir",
 ]
 
 ENV_DATA_DIR = "GAINLOOP_DATA_DIR"
-CHECK_TIMEOUT_S = 2.0  # the per-run "is this uid stored?" request (no retries)
+CHECK_TIMEOUT_S = 2.0  # the "is this uid stored?" request (no retries)
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +93,10 @@ class StoredState(NamedTuple):
 
 
 class Catalog:
-    """An open catalog (embedded or remote) with its writer's backup directory.
+    """An open catalog (embedded or remote) with its spool (``gainloop.spool``) and the spool's drain.
 
-    Use as a context manager; the embedded server stops on exit.
+    Use as a context manager; on exit the drain takes what this process wrote (bounded by
+    ``close_timeout_s``), then the embedded server stops.
     """
 
     def __init__(
@@ -118,29 +106,74 @@ class Catalog:
         data_dir_path: str | Path | None = None,
         api_key: str | None = None,
         warn_pending_backup: bool = True,
+        drain_at_open: bool = True,
+        close_timeout_s: float = 30.0,
     ):
+        from gainloop.spool import SPOOL_DIR, Spool
+
         self.data_dir = data_dir(data_dir_path)
-        self.backup_dir = self.data_dir / "backup"
-        self.backup_dir.mkdir(exist_ok=True)
+        self.spool_dir = self.data_dir / SPOOL_DIR
+        #: Where runs wait for the catalog (the spool; older versions' ``backup/`` folder is drained too).
+        self.backup_dir = self.spool_dir
         self.uri = uri
+        self.close_timeout_s = close_timeout_s
         self._server = None
+        self._api_key = None
         if uri is None:
             from gainloop.embedded import EmbeddedTiledServer
 
             self.location = str(self.data_dir / "catalog")
             self._server = EmbeddedTiledServer(self.location)
-            self.client = self._connect(self._server.uri, None)
+            self._client = self._connect(self._server.uri, None)
         else:
             self.location = masked(uri)
-            self.client = self._connect(uri, api_key or os.environ.get("TILED_API_KEY"))
-        pending = self.pending_backup() if warn_pending_backup else []
-        if pending:  # e.g. before a campaign is resumed: its runs are not all in the catalog yet
-            logger.warning(
-                "%d file(s) in the backup %s hold runs not yet written into the catalog: write them with `%s`",
-                len(pending),
-                self.backup_dir,
-                self.upload_hint(),
-            )
+            self._api_key = api_key or os.environ.get("TILED_API_KEY")
+            self._client = self._connect(uri, self._api_key)
+        _quiet_connection_tracebacks()
+        self.spool = Spool(self, self.spool_dir, folders=[self.data_dir / "backup"])
+        if drain_at_open:
+            self._drain_leftovers(logger.warning if warn_pending_backup else logger.info)
+
+    def _drain_leftovers(self, say) -> None:
+        """Write the runs that ended processes left in the spool (ended before their drain, or killed)
+        before anything reads this catalog; what the catalog does not take stays for the background drain."""
+        if not self.spool.files():
+            return
+        # (a file a live process holds is a run it is still writing: not a leftover, not said)
+        results = self.spool.drain_others()
+        if not results:
+            return
+        done = [r for r in results if r.action in ("written", "replaced", "skipped")]
+        say(
+            "%d file(s) in the spool %s held runs not yet written into the catalog: %d run(s) written now%s",
+            len({r.file for r in results}),
+            self.spool_dir,
+            len(done),
+            "" if len(done) == len(results) else f", {len(results) - len(done)} left (see above)",
+        )
+        if len(done) != len(results):
+            self.spool.start()
+
+    @property
+    def api_key(self) -> str | None:
+        """The API key this catalog was opened with (None for the embedded one: its key is per process)."""
+        return self._api_key
+
+    @property
+    def client(self):
+        """The Tiled client (a ``tiled.client`` container of BlueskyRuns), for reading: the runs the spool
+        held for readers are drained first (``settle``: bounded, an error naming them if the catalog does
+        not take them)."""
+        spool = getattr(self, "spool", None)
+        if spool is not None:
+            self.settle()
+        return self._client
+
+    def new_client(self):
+        """Another client of this catalog (the drain's own, off the reader's connection pool)."""
+        if self._server is not None:
+            return self._connect(self._server.uri, None)
+        return self._connect(self.uri, self._api_key)
 
     @staticmethod
     def _connect(uri: str, api_key: str | None, timeout_s: float = 5.0):
@@ -169,21 +202,14 @@ class Catalog:
                 )
             ) from None
 
-    def writer(self, batch_size: int | None = None) -> CatalogWriter:
-        """A writer into this catalog (a ``TiledWriter`` behind a per-run guard, see the module doc),
-        backing documents up on disk when the server is away.
-
-        ``batch_size=1`` writes every event as it comes (a campaign's record, so that a
-        killed process loses nothing already decided); the default batches event rows.
-        """
-        from bluesky_tiled_plugins import TiledWriter
-
-        _quiet_connection_tracebacks()
-        kwargs = {} if batch_size is None else {"batch_size": batch_size}
-        return CatalogWriter(self, TiledWriter(self.client, backup_directory=str(self.backup_dir), **kwargs))
+    def writer(self, fsync_each=False):
+        """The RunEngine's writer into this catalog: documents to the spool, drained in the background
+        (see the module doc). ``fsync_each``: fsync every document (bool, or a function of the start
+        document saying it per run); the default fsyncs at each stop document."""
+        return self.spool.writer(fsync_each)
 
     # -- what is stored
-    def stored_state(self, uid: str, *, timeout_s: float = CHECK_TIMEOUT_S) -> StoredState:
+    def stored_state(self, uid: str, *, timeout_s: float = CHECK_TIMEOUT_S, client=None) -> StoredState:
         """What the catalog holds of the run ``uid``, from one request without retries.
 
         ``state``: ``"absent"``, ``"complete"`` (stored with its stop document, in ``stop``),
@@ -192,9 +218,10 @@ class Catalog:
         """
         import httpx
 
-        url = f"{self.client.uri.rstrip('/')}/{uid}"
+        client = client if client is not None else self._client
+        url = f"{client.uri.rstrip('/')}/{uid}"
         try:
-            response = self.client.context.http_client.get(url, timeout=timeout_s)
+            response = client.context.http_client.get(url, timeout=timeout_s)
         except httpx.HTTPError as exc:
             return StoredState("unreachable", reason=f"no answer: {type(exc).__name__}")
         if response.status_code == 404:
@@ -209,8 +236,15 @@ class Catalog:
         return StoredState("complete", stop=stop) if stop else StoredState("incomplete")
 
     def pending_backup(self) -> list[Path]:
-        """Backup files not yet uploaded (``gainloop catalog upload-backup`` moves them to ``backup/uploaded``)."""
-        return sorted(self.backup_dir.glob("*.jsonl"))
+        """Spool files whose runs are not (all) in the catalog yet (being written, or waiting for the drain)."""
+        return self.spool.pending()
+
+    def settle(self, timeout_s: float | None = None, *, uids=None) -> None:
+        """Wait (bounded) until the drain has written what the spool holds for readers (``Spool.settle``);
+        ``gainloop.spool.SpoolError``, a ``CatalogError``, if the catalog does not take it in time."""
+        from gainloop.spool import SETTLE_TIMEOUT_S
+
+        self.spool.settle(SETTLE_TIMEOUT_S if timeout_s is None else timeout_s, uids=uids)
 
     def upload_hint(self) -> str:
         """The command that writes this catalog's backup into it (no API key in it)."""
@@ -218,17 +252,9 @@ class Catalog:
         return f"gainloop catalog upload-backup{where} --data-dir {self.data_dir}"
 
     def campaign_writer(self):
-        """Writers per run: a campaign's record run event by event (a process killed mid-campaign
-        loses nothing already decided), measurement runs in batches (complete at their stop document)."""
-        from event_model import RunRouter
-
-        every_event = self.writer(batch_size=1)
-        batched = self.writer()
-
-        def factory(name, start):
-            return [every_event if start.get("plan_name") == "campaign" else batched], []
-
-        return RunRouter([factory])
+        """The writer of a campaign: its record run fsynced at every document (a process killed
+        mid-campaign loses nothing already decided, even with the machine), measurement runs at their stop."""
+        return self.writer(fsync_each=lambda start: start.get("plan_name") == "campaign")
 
     def resolve_uid(self, uid: str, *, key: str = "uid", what: str = "run", where: dict | None = None) -> str:
         """The whole uid of the run (``key`` "uid") or campaign (``key`` "campaign_uid") that ``uid`` names:
@@ -263,14 +289,19 @@ class Catalog:
         return matches[0]
 
     def run(self, uid: str):
-        """The stored run (BlueskyRun) with this uid, or ``RunNotFoundError``."""
+        """The stored run (BlueskyRun) with this uid, after the drain of its spool file; else ``RunNotFoundError``."""
+        if any(p.stem == uid for p in self.spool.pending()):
+            self.settle(uids=[uid])
         try:
             return self.client[uid]
         except KeyError:
             raise RunNotFoundError(f"no run with uid {uid!r} in the catalog at {self.location}") from None
 
     def close(self) -> None:
-        context = getattr(self.client, "context", None)
+        spool = getattr(self, "spool", None)
+        if spool is not None:
+            spool.close(self.close_timeout_s)
+        context = getattr(self._client, "context", None)
         if context is not None:
             context.close()
         if self._server is not None:
@@ -303,121 +334,6 @@ def _check_api_key(uri: str, api_key: str | None, timeout_s: float) -> None:
     if not api_key:
         raise CatalogError(f"the catalog at {masked(uri)} needs an API key and none was given: {how}")
     raise CatalogError(f"the catalog at {masked(uri)} refused the API key given (HTTP 401): check it; {how}")
-
-
-def backup_file(backup_dir: Path, uid: str) -> Path:
-    """Where ``TiledWriter`` backs a run up: ``<backup_dir>/<uid up to its first dash>.jsonl``."""
-    return Path(backup_dir) / f"{uid.split('-')[0]}.jsonl"
-
-
-class CatalogWriter:
-    """``writer(name, doc)``: documents into the catalog through a ``TiledWriter``, one decision per run.
-
-    See the module doc for the decisions. ``backed_up`` lists the uids of runs whose
-    documents ended in the backup directory; ``skipped`` those not written because
-    the catalog already had them.
-    """
-
-    def __init__(self, catalog: Catalog, tiled_writer) -> None:
-        from event_model import RunRouter
-
-        self.catalog = catalog
-        self.tiled_writer = tiled_writer
-        self.backed_up: list[str] = []
-        self.skipped: list[str] = []
-        self._router = RunRouter([self._factory])
-
-    def __call__(self, name: str, doc: dict) -> None:
-        self._router(name, doc)
-
-    def _factory(self, name: str, start: dict):
-        uid = start["uid"]
-        stored = self.catalog.stored_state(uid)
-        if stored.state == "absent":
-            return [_ToTiled(self, uid)], []
-        if stored.state == "complete":
-            return [_Drop(self, uid)], []
-        if stored.state == "incomplete":
-            return [_HoldUntilStop(self, uid)], []
-        return [_ToBackup(self, uid, stored.reason)], []
-
-    # -- notes, one line each
-    def _note_backed_up(self, uid: str, why: str) -> None:
-        self.backed_up.append(uid)
-        logger.warning(
-            "run %s: %s; its documents are in %s: write them into the catalog with `%s`",
-            uid,
-            why,
-            backup_file(self.catalog.backup_dir, uid),
-            self.catalog.upload_hint(),
-        )
-
-    def _note_skipped(self, uid: str, why: str) -> None:
-        self.skipped.append(uid)
-        logger.info("run %s %s: not written again", uid, why)
-
-
-class _ToTiled:
-    """The run goes to the TiledWriter; at its stop, notes whether the writer fell back to its backup."""
-
-    def __init__(self, owner: CatalogWriter, uid: str) -> None:
-        self.owner, self.uid = owner, uid
-        self.file = backup_file(owner.catalog.backup_dir, uid)
-        self.size0 = self.file.stat().st_size if self.file.exists() else 0
-
-    def __call__(self, name: str, doc: dict) -> None:
-        self.owner.tiled_writer(name, doc)
-        if name == "stop" and self.file.exists() and self.file.stat().st_size > self.size0:
-            self.owner._note_backed_up(self.uid, f"the catalog at {self.owner.catalog.location} failed mid-run")
-
-
-class _Drop:
-    def __init__(self, owner: CatalogWriter, uid: str) -> None:
-        owner._note_skipped(uid, "is already complete in the catalog")
-
-    def __call__(self, name: str, doc: dict) -> None:
-        pass
-
-
-class _HoldUntilStop:
-    """The run is being written by another writer: hold its documents; at the stop, drop them if the
-    stored run is complete with this stop document, else keep them in the backup file."""
-
-    def __init__(self, owner: CatalogWriter, uid: str) -> None:
-        self.owner, self.uid = owner, uid
-        self.docs: list[tuple[str, dict]] = []
-
-    def __call__(self, name: str, doc: dict) -> None:
-        self.docs.append((name, doc))
-        if name != "stop":
-            return
-        stored = self.owner.catalog.stored_state(self.uid)
-        if stored.state == "complete" and stored.stop.get("uid") == doc.get("uid"):
-            self.owner._note_skipped(self.uid, "was written by another writer")
-            return
-        from bluesky.callbacks.json_writer import JSONLinesWriter
-
-        backup = JSONLinesWriter(str(self.owner.catalog.backup_dir), filename=backup_file(Path("."), self.uid).name)
-        for held in self.docs:
-            backup(*held)
-        self.docs.clear()
-        self.owner._note_backed_up(self.uid, "the catalog holds an incomplete copy of this run")
-
-
-class _ToBackup:
-    """The server did not answer at the run's start: every document goes to the backup file."""
-
-    def __init__(self, owner: CatalogWriter, uid: str, reason: str) -> None:
-        from bluesky.callbacks.json_writer import JSONLinesWriter
-
-        self.owner, self.uid, self.reason = owner, uid, reason
-        self.backup = JSONLinesWriter(str(owner.catalog.backup_dir), filename=backup_file(Path("."), uid).name)
-
-    def __call__(self, name: str, doc: dict) -> None:
-        self.backup(name, doc)
-        if name == "stop":
-            where = self.owner.catalog.location
-            self.owner._note_backed_up(self.uid, f"the catalog at {where} did not take it ({self.reason})")
 
 
 class _ConnectionFailureFilter(logging.Filter):

@@ -257,6 +257,9 @@ def build_app(settings: ServerSettings):
     from tiled.config import Authentication, StreamingCacheConfig
     from tiled.server.app import build_app as tiled_build_app
 
+    from gainloop.embedded import cache_request_dependants
+
+    cache_request_dependants()  # (opt-in) FastAPI's per-request rebuild of every dependency (see there)
     try:
         settings.files_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -86,7 +86,7 @@ def serve(
         raise typer.Exit(code=0) from None
 
 
-BackupDataDirOption = with_help(DataDirOption, "Data folder whose backup/ to upload (default: $GAINLOOP_DATA_DIR).")
+BackupDataDirOption = with_help(DataDirOption, "Data folder whose spool/ to drain (default: $GAINLOOP_DATA_DIR).")
 
 
 @catalog_app.command("upload-backup")
@@ -94,25 +94,23 @@ def upload_backup(
     catalog: CatalogOption = None,
     data_dir: BackupDataDirOption = None,
     api_key: ApiKeyOption = None,
-    include_incomplete: Annotated[
-        bool,
-        typer.Option("--include-incomplete", help="Also write runs with no stop document in the backup, as they are."),
-    ] = False,
     config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Write the runs kept in the backup (catalog away during a run) into the catalog; one line per run.
+    """Drain the spool now: write the runs waiting in it (the catalog was away, or their process ended
+    before its drain) into the catalog; one line per run.
 
-    Runs already complete in the catalog are skipped, partly written ones are rewritten
-    whole, and files done move to backup/uploaded/: running it again changes nothing.
-    Exit status 1 if a run failed to upload (its file stays for another try).
+    Runs already complete in the catalog are skipped, partly written ones are rewritten whole,
+    runs whose process died mid-run are written as they are (without a stop document), and
+    files done leave the spool: running it again changes nothing. Runs a running process is
+    still writing are not touched. Exit status 1 if a run failed (its file stays for another try).
     """
     import json
 
     from gainloop.backup import upload_backup as run_upload
 
-    with opened_catalog(catalog, data_dir, api_key, config, warn_pending_backup=False) as cat:
-        reports = run_upload(cat, include_incomplete=include_incomplete)
+    with opened_catalog(catalog, data_dir, api_key, config, drain_at_open=False) as cat:
+        reports = run_upload(cat)
         backup_dir = cat.backup_dir
     counts = {a: sum(r.action == a for r in reports) for a in ("uploaded", "replaced", "skipped", "left", "failed")}
     if json_out:
@@ -124,6 +122,6 @@ def upload_backup(
             detail = f": {r.detail}" if r.detail else ""
             out.print(f"{escape(r.action)} {what} ({r.n_documents} documents, {escape(r.file)}){escape(detail)}")
         summary = ", ".join(f"{n} {a}" for a, n in counts.items() if n) or "nothing to upload"
-        out.print(f"backup {escape(str(backup_dir))}: {summary}")
+        out.print(f"spool {escape(str(backup_dir))}: {summary}")
     if counts["failed"]:
         raise typer.Exit(code=1)

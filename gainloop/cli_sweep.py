@@ -25,6 +25,7 @@ from gainloop.cli_common import (
     JsonOption,
     MaxTrialsOption,
     TargetOption,
+    catalog_target,
     check_budget_hours,
     command_errors,
     load_config,
@@ -180,7 +181,15 @@ def sweep(
                 _err.print(
                     f"sweep: {_n(len(tasks), 'campaign')} on {_n(n_workers, 'Dask worker')} of {where} at {address}"
                 )
-            submitted = submit_sweep(client, tasks)  # the campaigns run while the catalog opens
+            uri, folder, key = catalog_target(
+                conf, catalog_args["catalog"], catalog_args["data_dir"], catalog_args["api_key"]
+            )
+            target = (  # a Tiled server: the workers write their campaigns into it themselves
+                None
+                if uri is None
+                else {"uri": uri, "api_key": key or os.environ.get("TILED_API_KEY"), "data_dir": folder and str(folder)}
+            )
+            submitted = submit_sweep(client, tasks, target)  # the campaigns run while the catalog opens
             with opened_catalog(**catalog_args, conf=conf, announce=not json_out) as cat:
 
                 def done(row: dict, k: int, total: int) -> None:

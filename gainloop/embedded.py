@@ -26,12 +26,18 @@ from urllib.parse import quote_plus
 
 from core.errors import GainloopError
 
-__all__ = ["EmbeddedTiledServer", "init_catalog_database"]
+__all__ = ["EmbeddedTiledServer", "cache_request_dependants", "init_catalog_database"]
 
 #: The API key of every embedded server of this process. One key, not one per server: tiled's
 #: app settings are one cached object per process, and each ``build_app`` writes its key into
 #: it, so a second server with its own key would lock the first one's clients out.
 PROCESS_API_KEY = secrets.token_hex(16)
+
+#: Set to "0": servers started in this process rebuild FastAPI's dependants on every request, as tiled's
+#: app does (``cache_request_dependants``; on by default: a quarter of ``catalog serve``'s CPU per run
+#: written). (The sweeps into ``catalog serve`` that stalled, with it on and off, were Dask's profiler
+#: deadlocking its worker: ``gainloop.sweep._stop_worker_profiler``.) plan_overhead measures both.
+DEPENDANT_CACHE_ENV = "GAINLOOP_TILED_DEPENDANT_CACHE"
 
 #: Wall seconds the server may take to answer ``/healthz`` after it starts listening.
 STARTUP_TIMEOUT_S = 20.0
@@ -87,6 +93,40 @@ def init_catalog_database(uri: str) -> bool:
     return bool(outcome["new"])
 
 
+def cache_request_dependants() -> None:
+    """Make FastAPI build each dependency's ``Dependant`` once, not on every request (this process).
+
+    tiled's app overrides one dependency (its settings). With any override in place, FastAPI's
+    ``solve_dependencies`` calls ``get_dependant`` again for every sub-dependency of every
+    request (``inspect.signature`` of each: about a tenth of the server's CPU per request, on
+    a writer's requests). The result depends only on the arguments (the same ``call``, path,
+    name and scopes give the same ``Dependant``), so it is kept per arguments here, for the
+    requests only: route set-up (``fastapi.routing``) keeps its own, uncached reference.
+    """
+    import os
+
+    import fastapi.dependencies.utils as utils
+
+    if os.environ.get(DEPENDANT_CACHE_ENV) == "0" or getattr(utils.get_dependant, "gainloop_cached", False):
+        return
+    original = utils.get_dependant
+    cache: dict[tuple, object] = {}
+
+    def get_dependant(**kwargs):
+        try:
+            key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
+            return cache[key]
+        except TypeError:  # an argument that cannot be a key: built as FastAPI does
+            return original(**kwargs)
+        except KeyError:
+            cache[key] = dependant = original(**kwargs)
+            return dependant
+
+    get_dependant.gainloop_cached = True
+    get_dependant.original = original
+    utils.get_dependant = get_dependant
+
+
 class EmbeddedTiledServer:
     """A Tiled server for the catalog in ``directory``, on a background thread, 127.0.0.1 only.
 
@@ -135,6 +175,7 @@ class EmbeddedTiledServer:
             cache_config=StreamingCacheConfig(uri="memory").model_dump(),
         )
         self._storage = get_storage(storage_uri)
+        cache_request_dependants()
         app = build_app(self.catalog, authentication=Authentication(single_user_api_key=self.api_key))
         server = ThreadedServer(uvicorn.Config(app, host="127.0.0.1", port=0, loop="asyncio", log_config=log_config))
         self._running = server.run_in_thread()

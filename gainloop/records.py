@@ -47,8 +47,13 @@ TRIAL_PLANS = ("ase_fluence_scan", "ase_point")
 
 
 def search_runs(catalog, **start_equals) -> list:
-    """Runs of the catalog whose start document has these values (e.g. ``campaign_uid=...``), by start time."""
+    """Runs of the catalog whose start document has these values (e.g. ``campaign_uid=...``), by start time
+    (after the drain of the spool's finished runs: ``Catalog.settle``)."""
     from tiled.queries import Key
+
+    settle = getattr(catalog, "settle", None)
+    if settle is not None:
+        settle()
 
     results = catalog.client
     for key, value in start_equals.items():

@@ -1,13 +1,20 @@
 """Offline optimisation at scale: many campaigns on the twin at once, on a Dask cluster.
 
 One task is one offline campaign (strategy, seed, presets file) on the in-process
-twin, run by ``gainloop.campaign.run_campaign`` on a Dask worker. The worker does not
-write to the catalog: its RunEngine's documents go to a list that the task returns,
-and the client writes each campaign's documents into the catalog with the
-``TiledWriter`` as soon as its task finishes (while the other campaigns still run).
-So the embedded catalog (one SQLite file behind one in-process server) has exactly one
-writer, a Tiled server gets the same documents, workers need no access to the catalog
-or its API key, and a campaign appears in the catalog whole or not at all.
+twin, run by ``gainloop.campaign.run_campaign`` on a Dask worker. Where its documents go:
+
+* a Tiled server (``--catalog URI``, e.g. ``gainloop catalog serve`` on PostgreSQL): each
+  worker writes its campaigns itself, concurrently with the others, through its own spool
+  (``gainloop.spool``, in the data folder: one per host, shared safely by its workers) and
+  its drain, and the task ends once its runs are in the catalog (``Catalog.settle``). The
+  workers get the URI and the API key with the task (in memory, never on disk);
+* the embedded catalog (one SQLite file behind one in-process server, one machine): the
+  worker's RunEngine's documents go to a list that the task returns, and the client spools
+  each campaign's documents as soon as its task finishes (while the other campaigns still
+  run); its drain writes them, and the sweep ends once all are in the catalog.
+
+Either way a campaign's runs reach the catalog exactly once, and everything is readable
+when the sweep returns.
 
 A campaign that fails (an error in the campaign, a worker that dies) is a row with
 its reason, never dropped; whatever documents it produced are stored.
@@ -39,6 +46,7 @@ __all__ = [
     "SubmittedSweep",
     "SweepError",
     "SweepTask",
+    "catalog_target",
     "collect_sweep",
     "dask_client",
     "parse_seeds",
@@ -178,7 +186,7 @@ class _DocumentList:
     def _append(self, name: str, doc: dict) -> None:
         self.documents.append((name, doc))
 
-    def writer(self, batch_size: int | None = None):
+    def writer(self, fsync_each=False):
         return self._append
 
     def campaign_writer(self):
@@ -192,12 +200,62 @@ def _campaign_uid(documents: list[tuple[str, dict]]) -> str | None:
     return None
 
 
-def run_task(task: SweepTask) -> dict:
+#: Catalogs open in this worker process, by (uri, data folder): one connection and one spool drain each.
+_WORKER_CATALOGS: dict[tuple, object] = {}
+
+#: Dask's statistical profiler of a worker (``sys._current_frames()`` every 10 ms, on its event loop).
+WORKER_PROFILE_KEY = "distributed.worker.profile.enabled"
+
+
+def _stop_worker_profiler() -> None:
+    """Stop this Dask worker's statistical profiler (Python < 3.12), before the catalog's drain starts here.
+
+    CPython before 3.12 deadlocks when the garbage collector frees a ``threading.local`` while
+    ``sys._current_frames()`` holds the interpreter's thread-list lock (gh-106883: the collector
+    runs inside it, the ``local``'s clean-up takes the same lock). The drain's TiledWriter leaves
+    such objects to the collector (event_model's routers), and the worker's profiler calls
+    ``sys._current_frames()`` every 10 ms: sweeps into ``gainloop catalog serve`` hung, the
+    worker's event loop stuck with the GIL, its drain thread waiting for it. A LocalCluster's
+    workers start without the profiler (``dask_client``); a worker of another cluster has it
+    stopped here, on its event loop, by the first task that writes into a catalog."""
+    import sys
+
+    if sys.version_info >= (3, 12):
+        return
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not on a Dask worker
+        return
+    for name in ("profile", "profile-cycle"):
+        callback = worker.periodic_callbacks.get(name)
+        if callback is not None:
+            worker.loop.add_callback(callback.stop)
+
+
+def _worker_catalog(target: dict):
+    from gainloop.catalog import Catalog
+
+    key = (target["uri"], target.get("data_dir"))
+    cat = _WORKER_CATALOGS.get(key)
+    if cat is None:
+        cat = Catalog(target["uri"], data_dir_path=target.get("data_dir"), api_key=target.get("api_key"))
+        _WORKER_CATALOGS[key] = cat
+    return cat
+
+
+def run_task(task: SweepTask, target: dict | None = None) -> dict:
     """Run one campaign here (on a worker); return its summary, its documents and any error.
 
-    Returns ``{"summary": dict | None, "error": str | None, "documents": [(name, doc), ...],
-    "host": str, "pid": int, "started": float, "finished": float, "cpu_s": float}`` (``started`` and
-    ``finished`` in epoch seconds; ``cpu_s`` the CPU time of the worker process meanwhile).
+    ``target``: ``{"uri", "api_key", "data_dir"}`` of a Tiled server the worker writes the campaign
+    into itself (its documents are then not returned: ``documents`` is empty and ``stored`` the number
+    of runs written); None: the documents are returned for the client to store.
+
+    Returns ``{"summary": dict | None, "error": str | None, "documents": [(name, doc), ...], "stored": int,
+    "host": str, "pid": int, "started": float, "finished": float, "cpu_s": float, "store_s": float}``
+    (``started`` and ``finished`` in epoch seconds; ``cpu_s`` the CPU time of the worker process
+    meanwhile; ``store_s`` the wall time waiting for the drain at the end).
     """
     import socket
 
@@ -207,33 +265,53 @@ def run_task(task: SweepTask) -> dict:
 
     started, cpu0 = time.time(), time.process_time()
     sink = _DocumentList()
-    summary, error = None, None
+    summary, error, stored, store_s = None, None, 0, 0.0
     # a Dask worker runs tasks on threads of its own, where there is no Ctrl+C to catch (and
     # signal handlers cannot be installed): a RunEngine without bluesky's SIGINT handler there
     on_main = threading.current_thread() is threading.main_thread()
     RE = RunEngine({}, call_returns_result=True, **({} if on_main else {"context_managers": []}))
     try:
-        summary = run_campaign(sink, CampaignConfig.from_dict(task.config), presets=task.presets, RE=RE)
+        if target is not None:
+            _stop_worker_profiler()
+        catalog = sink if target is None else _worker_catalog(target)
+        runs: list[str] = []
+        RE.subscribe(lambda name, doc: runs.append(doc["uid"]) if name == "start" else None)
+        summary = run_campaign(catalog, CampaignConfig.from_dict(task.config), presets=task.presets, RE=RE)
+        if target is not None:
+            t0 = time.perf_counter()
+            catalog.settle(uids=runs)
+            store_s, stored = time.perf_counter() - t0, len(runs)
     except Exception as exc:  # recorded as the campaign's outcome, with its reason
         error = f"{type(exc).__name__}: {exc}"
     return {
         "summary": summary,
         "error": error,
         "documents": sink.documents,
+        "stored": stored,
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started": started,
         "finished": time.time(),
         "cpu_s": time.process_time() - cpu0,
+        "store_s": store_s,
     }
 
 
 # ------------------------------------------------------------------ on the client
-def store_documents(catalog, documents: list[tuple[str, dict]]) -> None:
-    """Write one campaign's documents, in the order they were emitted, into the catalog."""
+def store_documents(catalog, documents: list[tuple[str, dict]]):
+    """Spool one campaign's documents, in the order they were emitted, for the catalog; the writer
+    (``writer.flush()`` waits for their drain)."""
     writer = catalog.writer()
     for name, doc in documents:
         writer(name, doc)
+    return writer
+
+
+def catalog_target(catalog) -> dict | None:
+    """What a worker needs to write into ``catalog`` itself (a Tiled server), or None (the embedded one)."""
+    if getattr(catalog, "uri", None) is None:
+        return None
+    return {"uri": catalog.uri, "api_key": catalog.api_key, "data_dir": str(catalog.data_dir)}
 
 
 @contextmanager
@@ -254,6 +332,7 @@ def dask_client(
     """
     import logging
 
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler is None:
@@ -261,15 +340,16 @@ def dask_client(
         if n < 1:
             raise SweepError(f"--workers must be at least 1, got {n}")
         try:
-            cluster = LocalCluster(
-                n_workers=n,
-                threads_per_worker=1,
-                processes=True,
-                host=host,
-                scheduler_port=0,
-                dashboard_address=f"{host}:0",
-                silence_logs=logging.ERROR,
-            )
+            with dask.config.set({WORKER_PROFILE_KEY: False}):  # (see _stop_worker_profiler)
+                cluster = LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=1,
+                    processes=True,
+                    host=host,
+                    scheduler_port=0,
+                    dashboard_address=f"{host}:0",
+                    silence_logs=logging.ERROR,
+                )
         except Exception as exc:  # the interface cannot be bound, workers cannot start
             raise SweepError(f"cannot start a local Dask cluster on {host}: {exc}") from None
         try:
@@ -340,10 +420,12 @@ class SubmittedSweep:
     submitted: float  # time.perf_counter() at submission
 
 
-def submit_sweep(client, tasks: list[SweepTask]) -> SubmittedSweep:
-    """Start every campaign on the cluster (one task each); nothing waits here."""
+def submit_sweep(client, tasks: list[SweepTask], target: dict | None = None) -> SubmittedSweep:
+    """Start every campaign on the cluster (one task each); nothing waits here. ``target``: the
+    Tiled server the workers write into themselves (``catalog_target``); None: they return documents."""
     t0 = time.perf_counter()
-    return SubmittedSweep(list(tasks), [client.submit(run_task, task, pure=False) for task in tasks], t0)
+    futures = [client.submit(run_task, task, target, pure=False) for task in tasks]
+    return SubmittedSweep(list(tasks), futures, t0)
 
 
 def collect_sweep(
@@ -355,15 +437,17 @@ def collect_sweep(
     """Store each campaign in the catalog as soon as it finishes; return the rows and timings.
 
     Returns ``{"rows": [...] (in the order of tasks), "wall_s", "campaigns_s", "store_s"}``:
-    ``wall_s`` from submission to the last campaign stored, ``campaigns_s`` from the first
-    campaign's start to the last one's end on the workers, ``store_s`` the client's time
-    writing documents into the catalog. ``on_done(row, done, total)`` follows each campaign.
+    ``wall_s`` from submission to the last campaign in the catalog, ``campaigns_s`` from the first
+    campaign's start to the last one's end on the workers, ``store_s`` the client's time spooling
+    documents returned by the workers and waiting for their drain. ``on_done(row, done, total)``
+    follows each campaign.
     """
     from distributed import as_completed
 
     index = {future: k for k, future in enumerate(sweep.futures)}
     rows: list[dict | None] = [None] * len(sweep.tasks)
     store_s, spans = 0.0, []
+    writers = []
     for done, future in enumerate(as_completed(sweep.futures), start=1):
         k = index.pop(future)
         try:
@@ -377,7 +461,7 @@ def collect_sweep(
         if out["documents"]:
             t_store = time.perf_counter()
             try:
-                store_documents(catalog, out["documents"])
+                writers.append((k, out, store_documents(catalog, out["documents"])))
             except Exception as exc:
                 reason = f"cannot store the campaign's documents in the catalog at {catalog.location}: {exc}"
                 out["error"] = f"{out['error']}; {reason}" if out["error"] else reason
@@ -385,6 +469,14 @@ def collect_sweep(
         rows[k] = _row(sweep.tasks[k], out)
         if on_done is not None:
             on_done(rows[k], done, len(rows))
+    t_store = time.perf_counter()
+    for k, _out, writer in writers:  # everything readable when the sweep returns
+        try:
+            writer.flush()
+        except Exception as exc:
+            reason = f"the catalog at {catalog.location} has not taken the campaign's runs: {exc}"
+            rows[k]["error"] = f"{rows[k]['error']}; {reason}" if rows[k]["error"] else reason
+    store_s += time.perf_counter() - t_store
     sweep.futures.clear()
     campaigns_s = max(e for _, e in spans) - min(s for s, _ in spans) if spans else math.nan
     wall_s = time.perf_counter() - sweep.submitted
@@ -398,5 +490,6 @@ def run_sweep(
     *,
     on_done: Callable[[dict, int, int], None] | None = None,
 ) -> dict:
-    """Run every task on the cluster and store each campaign as it finishes (``collect_sweep``'s result)."""
-    return collect_sweep(catalog, submit_sweep(client, tasks), on_done=on_done)
+    """Run every task on the cluster and store each campaign as it finishes (``collect_sweep``'s result):
+    the workers write into a Tiled server themselves, or return their documents for the embedded catalog."""
+    return collect_sweep(catalog, submit_sweep(client, tasks, catalog_target(catalog)), on_done=on_done)

@@ -11,12 +11,13 @@ import pytest
 
 from .conftest import REPO
 
-KEYS = ("per_acq_ms", "bare_count_ms", "ratio", "replay_events_per_s")
+KEYS = ("per_acq_ms", "bare_count_ms", "ratio", "replay_events_per_s", "storage_cpu_s_per_run", "drain_runs_per_s")
 
 
 @pytest.mark.slow
 def test_plan_overhead_prints_finite_positive_figures_on_its_last_line():
     args = ["--n", "2", "--warmup", "1", "--repeats", "1", "--replay-events", "10", "--json"]
+    args += ["--storage-runs", "3", "--storage-events", "2", "--no-postgres"]
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "plan_overhead.py"), *args],
         capture_output=True,
@@ -35,3 +36,8 @@ def test_plan_overhead_prints_finite_positive_figures_on_its_last_line():
     split = ("per_acq_per_event_ms", "per_acq_per_run_ms", "bare_count_per_event_ms", "ratio_per_event")
     assert all(key in result and result[key] is None for key in split), result
     assert "ratio per_acq / bare_count" in proc.stdout and "[replay]" in proc.stdout
+    assert result["storage_runs"] == 3 and result["postgres"] is None and "skipped: --no-postgres" in proc.stdout
+    assert result["storage_cpu_ratio"] == pytest.approx(
+        result["storage_cpu_s_per_run"] / result["storage_cpu_s_per_run_before"]
+    )
+    assert result["lag_median_s"] is not None and result["lag_median_s"] > 0  # stop -> readable, measured

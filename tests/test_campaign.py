@@ -120,10 +120,10 @@ def test_a_bad_fault_injection_spec_is_a_clear_error(catalog, monkeypatch, spec)
 # SIGKILL, abort, pause and SIGINT of a campaign process: tests/faults/test_campaign_faults.py
 
 
-def test_resume_first_writes_what_the_backup_holds(catalog):
-    """Trial 1's run and the end of the record went only to the writer's backup (the catalog was
-    away): resume writes them into the catalog first, so trial 1 is neither lost nor measured again."""
-    from bluesky.callbacks.json_writer import JSONLinesWriter
+def test_resume_first_writes_what_the_spool_holds(catalog, tmp_path):
+    """Trial 1's run and the end of the record stayed in the spool (the catalog was away, and the process
+    ended before its drain): resume drains them first, so trial 1 is neither lost nor measured again."""
+    import os
 
     from gainloop.replay import run_documents
 
@@ -133,24 +133,26 @@ def test_resume_first_writes_what_the_backup_holds(catalog):
     plain = lambda doc: json.loads(json.dumps(doc, default=lambda a: a.tolist()))  # noqa: E731 (as emitted: lists)
     record_docs = [(name, plain(doc)) for name, doc in run_documents(runs["record"])]
     trial1_docs = [(name, plain(doc)) for name, doc in run_documents(runs[1])]
-    trial1_uid = runs[1].start["uid"]
+    trial1_uid, record_uid = runs[1].start["uid"], record_docs[0][1]["uid"]
     # the outage, as it leaves things: trial 1 absent, the record cut off before its last events
     catalog.client[trial1_uid].delete(recursive=True, external_only=False)
-    catalog.client[record_docs[0][1]["uid"]].delete(recursive=True, external_only=False)
+    catalog.client[record_uid].delete(recursive=True, external_only=False)
     from bluesky_tiled_plugins import TiledWriter
 
-    partial = TiledWriter(catalog.client)
+    partial = TiledWriter(catalog.client, batch_size=1)
     for name, doc in record_docs[: len(record_docs) // 2]:
         partial(name, doc)
-    for docs in (record_docs, trial1_docs):
-        backup = JSONLinesWriter(str(catalog.backup_dir))
-        for name, doc in docs:
-            backup(name, doc)
-    assert catalog.pending_backup()
+    for docs in (record_docs, trial1_docs):  # the spool files the ended process left (moved in whole)
+        aside = tmp_path / f"{docs[0][1]['uid']}.jsonl"
+        aside.write_text("".join(json.dumps({"name": n, "doc": d}) + "\n" for n, d in docs))
+        os.replace(aside, catalog.spool_dir / aside.name)
 
     resumed = run_campaign(catalog, resume_uid=uid, budgets={"max_trials": 2})
     assert resumed["trials"] == 2 and resumed["trial_uids"] == []  # nothing measured again
+    catalog.settle()  # (the resume's own record run drains in the background)
     assert not catalog.pending_backup()
+    assert catalog.spool.results[record_uid].action == "replaced"  # the partial record rewritten whole
+    assert catalog.spool.results[trial1_uid].action == "written"
     _, trials, _, _ = rebuild_trials(catalog, uid)
     assert [(t.trial_index, t.status) for t in trials] == [(0, "completed"), (1, "completed")]
     trial_runs = [r for r in _runs_of(catalog, uid) if r.start.get("trial_index") == 1]

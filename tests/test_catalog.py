@@ -89,15 +89,6 @@ def _composed_run(n_events: int = 4, *, stop: bool = True, uid: str | None = Non
     return docs
 
 
-def _backup(backup_dir, docs, times: int = 1, filename: str | None = None):
-    from bluesky.callbacks.json_writer import JSONLinesWriter
-
-    writer = JSONLinesWriter(str(backup_dir), filename=filename)
-    for _ in range(times):
-        for name, doc in docs:
-            writer(name, doc)
-
-
 def _stored(catalog, uid):
     from gainloop.replay import run_documents
 
@@ -111,58 +102,112 @@ def test_a_stored_run_is_not_written_again_by_a_second_writer_or_a_replay(catalo
     first, second = catalog.writer(), catalog.writer()
     RE.subscribe(first)
     RE.subscribe(second)  # two writers on one RunEngine
-    backups_before = set(catalog.backup_dir.glob("*.jsonl"))
     with caplog.at_level("INFO"):
         (uid,) = RE(bp.count([det], num=5))
+        first.flush()  # drained: the replay meets the stored run, not the spooled one
         replay = catalog.writer()
         for name, doc in docs:  # the same documents again
             replay(name, doc)
+        replay.flush()
     assert first.skipped == [] and second.skipped == [uid] and replay.skipped == [uid]
+    assert catalog.spool.results[uid].action == "skipped"  # the replay's spool file met the stored run
     assert len(catalog.run(uid)["primary"].read()["det"]) == 5  # rows written once, not twice
     # nothing said about it by the writers (ophyd's CA threads of an earlier module in this worker may still log)
     writers = ("gainloop", "bluesky", "tiled", "bluesky_tiled_plugins", "httpx")
     assert [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.split(".")[0] in writers] == []
     assert sum("not written again" in r.getMessage() for r in caplog.records) == 2
-    assert set(catalog.backup_dir.glob("*.jsonl")) == backups_before
+    assert catalog.pending_backup() == []  # the spool is empty once drained
 
 
-def test_upload_backup_rewrites_partial_runs_skips_complete_ones_and_is_idempotent(catalog):
+def _spool_file(folder, docs, *, times: int = 1, name: str | None = None):
+    """A spool file as a process that ended leaves it (written aside, then moved in whole)."""
+    import json
+    import os
+
+    target = folder / (name or f"{docs[0][1]['uid']}.jsonl")
+    tmp = folder.parent / f"{target.name}.tmp"
+    with open(tmp, "a", encoding="utf-8") as f:
+        for _ in range(times):
+            for n, doc in docs:
+                f.write(json.dumps({"name": n, "doc": doc}) + "\n")
+    os.replace(tmp, target)
+    return target
+
+
+def test_upload_backup_rewrites_partial_runs_skips_complete_ones_and_is_idempotent(tmp_path):
+    """What processes left in the spool: a run cut off mid-write in the catalog, a run never written, a run
+    complete already, a run whose process died before its stop document, and a file a live writer holds."""
+    import fcntl
+    import os
+
     from bluesky_tiled_plugins import TiledWriter
 
     from gainloop.backup import upload_backup
     from harness.faults.catalog import compare_run
 
     partial, absent, complete = _composed_run(), _composed_run(), _composed_run()
-    open_run = _composed_run(stop=False)
-    plain = TiledWriter(catalog.client, batch_size=1)  # the server went away after the 2nd event
-    for name, doc in partial[:4]:
-        plain(name, doc)
-    guarded = catalog.writer()
-    for name, doc in complete:
-        guarded(name, doc)
-    _backup(catalog.backup_dir, partial, times=2)  # the same run backed up twice (repeats are dropped)
-    _backup(catalog.backup_dir, absent, filename="shared.jsonl")  # two runs in one file
-    _backup(catalog.backup_dir, complete, filename="shared.jsonl")
-    _backup(catalog.backup_dir, open_run)
-    assert catalog.stored_state(partial[0][1]["uid"])[0] == "incomplete"
+    died, live = _composed_run(stop=False), _composed_run(stop=False)
+    with Catalog(data_dir_path=tmp_path) as catalog:  # its own catalog: no drain thread runs meanwhile
+        plain = TiledWriter(catalog.client, batch_size=1)  # the server went away after the 2nd event
+        for name, doc in partial[:4]:
+            plain(name, doc)
+        whole = TiledWriter(catalog.client)
+        for name, doc in complete:
+            whole(name, doc)
+        spool = catalog.spool_dir
+        _spool_file(spool, partial, times=2)  # the same run twice in a file (repeats are dropped)
+        _spool_file(spool, absent + complete, name="shared.jsonl")  # two runs in one file
+        _spool_file(spool, died)
+        held = _spool_file(spool, live)
+        fd = os.open(held, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # its writer is alive: nobody else touches it
+        try:
+            assert catalog.stored_state(partial[0][1]["uid"])[0] == "incomplete"
+            reports = upload_backup(catalog)
+            actions = {r.uid: r.action for r in reports}
+            assert actions == {
+                partial[0][1]["uid"]: "replaced",
+                absent[0][1]["uid"]: "uploaded",
+                complete[0][1]["uid"]: "skipped",
+                died[0][1]["uid"]: "uploaded",
+            }
+            for docs in (partial, absent, complete, died):
+                assert compare_run(docs, _stored(catalog, docs[0][1]["uid"])) == (0, [])
+            assert not catalog.run(died[0][1]["uid"]).metadata.get("stop")  # interrupted, as it was
+            assert sorted(p.name for p in spool.glob("*.jsonl")) == [held.name]  # files done leave the spool
+            stored = {d[0][1]["uid"]: _stored(catalog, d[0][1]["uid"]) for d in (partial, absent, complete, died)}
 
-    reports = upload_backup(catalog)
-    actions = {r.uid: r.action for r in reports}
-    assert actions == {
-        partial[0][1]["uid"]: "replaced",
-        absent[0][1]["uid"]: "uploaded",
-        complete[0][1]["uid"]: "skipped",
-        open_run[0][1]["uid"]: "left",
-    }
-    for docs in (partial, absent, complete):
-        assert compare_run(docs, _stored(catalog, docs[0][1]["uid"])) == (0, [])
-    left = f"{open_run[0][1]['uid'].split('-')[0]}.jsonl"
-    assert sorted(p.name for p in catalog.backup_dir.glob("*.jsonl")) == [left]
-    assert len(list((catalog.backup_dir / "uploaded").glob("*.jsonl"))) == 2
-    stored = {d[0][1]["uid"]: _stored(catalog, d[0][1]["uid"]) for d in (partial, absent, complete)}
+            assert upload_backup(catalog) == []  # again: nothing to do
+            _spool_file(spool, complete)  # a complete run put back: skipped, the catalog unchanged
+            assert [(r.uid, r.action) for r in upload_backup(catalog)] == [(complete[0][1]["uid"], "skipped")]
+            assert {uid: _stored(catalog, uid) for uid in stored} == stored
+            assert live[0][1]["uid"] not in catalog.client
+        finally:
+            os.close(fd)
+        assert upload_backup(catalog)[0].uid == live[0][1]["uid"]  # its writer gone: written as it is
 
-    again = upload_backup(catalog)
-    assert [(r.uid, r.action) for r in again] == [(open_run[0][1]["uid"], "left")]
-    assert "--include-incomplete" in again[0].detail
-    assert {uid: _stored(catalog, uid) for uid in stored} == stored
-    assert open_run[0][1]["uid"] not in catalog.client
+
+def test_a_spooled_run_is_readable_once_drained_and_the_writer_never_waits_on_the_catalog(tmp_path):
+    """The RunEngine's documents reach the spool file (fsynced at the stop); the drain writes them; a run a
+    process left behind (killed before its drain) is written by the next opening of the catalog."""
+    import json
+
+    with Catalog(data_dir_path=tmp_path) as catalog:
+        RE = RunEngine({})
+        writer = catalog.writer()
+        RE.subscribe(writer)
+        (uid,) = RE(bp.count([det], num=3))
+        assert catalog.run(uid).metadata["stop"]["exit_status"] == "success"  # (the reader waits for the drain)
+        assert catalog.spool.results[uid].action == "written" and catalog.spool.lag_s
+    left = _composed_run(n_events=2)
+    _spool_file(tmp_path / "spool", left)
+    with Catalog(data_dir_path=tmp_path) as again:  # the drain resumes at the next start
+        assert not list((tmp_path / "spool").glob("*.jsonl"))
+        assert compare_run(left, _stored(again, left[0][1]["uid"])) == (0, [])
+        assert json.loads(json.dumps(again.run(uid).metadata["stop"]))["exit_status"] == "success"
+
+
+def compare_run(emitted, stored):
+    from harness.faults.catalog import compare_run as compare
+
+    return compare(emitted, stored)

@@ -220,3 +220,29 @@ def test_bad_input_is_one_line_and_starts_nothing(tmp_path, args, message):
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (Path(tmp_path) / "catalog").exists()
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="the profiler is stopped only before Python 3.12 (gh-106883)")
+def test_workers_that_write_into_a_catalog_run_without_dasks_statistical_profiler():
+    """Python < 3.12 deadlocks when the garbage collector runs inside ``sys._current_frames()`` (the profiler's
+    call, every 10 ms) and frees a ``threading.local`` (the drain's TiledWriter leaves some): a LocalCluster's
+    workers start without it; a task writing into a catalog stops it on a worker of another cluster."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from gainloop.sweep import WORKER_PROFILE_KEY, _stop_worker_profiler, dask_client
+
+    def profiling(dask_worker) -> list[bool]:
+        return [pc.is_running() for name, pc in dask_worker.periodic_callbacks.items() if name.startswith("profile")]
+
+    with dask_client(workers=1) as client:
+        assert list(client.run(profiling).values()) == [[]]
+    assert dask.config.get(WORKER_PROFILE_KEY)  # (set for the LocalCluster only)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            assert list(client.run(profiling).values()) == [[True, True]]  # another cluster's worker: on
+            client.submit(_stop_worker_profiler, pure=False).result(timeout=30)
+            deadline = time.monotonic() + 10
+            while list(client.run(profiling).values()) != [[False, False]]:
+                assert time.monotonic() < deadline, client.run(profiling)
+                time.sleep(0.05)

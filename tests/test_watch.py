@@ -27,6 +27,8 @@ pytestmark = pytest.mark.slow(seconds=55)
 FINISHED_JS = "Number(document.body.dataset.trialsShown || 0)"
 POINTS_JS = "document.querySelectorAll('#best-plot .trial-point').length"
 ROWS_JS = "document.querySelectorAll('#trials-table tbody tr.completed').length"
+STALL_S = 1.0  # seconds each trial of the queueserver's campaign waits once proposed
+MAX_TRIALS = 40  # more than the page lets it run: it pauses, resumes and stops it
 
 
 def _need_chromium() -> None:
@@ -57,20 +59,31 @@ def test_the_page_follows_a_queueserver_twin_campaign_keeps_the_key_and_pauses_r
     _need_chromium()
     from bluesky_queueserver_api import BPlan
 
+    from gainloop.campaign import FAULT_ENV
     from harness.faults.queueserver import Manager
 
     try:
         env.require_redis()
     except ServiceMissing as exc:
         pytest.skip(f"{exc} (the queueserver keeps its queue in Redis)")
-    manager = Manager(tmp_path / "qserver", catalog_url=server.url, api_key=server.api_key, redis_addr="127.0.0.1:6379")
+    # a campaign that outlasts the checks however slow the machine: many trials, each after a stall (a RunEngine
+    # sleep: no CPU); with the spool the RunEngine does not wait on Tiled, and a twin trial takes a fraction of a
+    # second, while the watch and the browser take tens of seconds to start on a loaded machine
+    stalls = ",".join(f"stall={STALL_S:g}@proposed:{k}" for k in range(1, MAX_TRIALS))
+    manager = Manager(
+        tmp_path / "qserver",
+        catalog_url=server.url,
+        api_key=server.api_key,
+        redis_addr="127.0.0.1:6379",
+        extra_env={FAULT_ENV: stalls},
+    )
     watch = None
     state_js = "document.body.dataset.managerState"
     try:
         manager.start()
         manager.open_environment()
         # more trials than it will run: the page pauses, resumes, pauses and stops it
-        item = manager.api.item_add(BPlan("campaign_plan", max_trials=12, seed=secrets.randbelow(1000)))["item"]
+        item = manager.api.item_add(BPlan("campaign_plan", max_trials=MAX_TRIALS, seed=secrets.randbelow(1000)))["item"]
         manager.api.queue_start()
         uid = first_campaign_uid(server.url, server.api_key, timeout_s=90, qserver_item_uid=item["item_uid"])
         watch = start_watch(
@@ -120,7 +133,7 @@ def test_the_page_follows_a_queueserver_twin_campaign_keeps_the_key_and_pauses_r
             assert browser.eval("document.getElementById('btn-pause').hidden") is True
             # paused (at the RunEngine's next checkpoint, possibly inside a fluence scan): nothing more is
             # measured; the page shows the trials the catalog holds finished
-            paused_at = _finished_in_catalog(server, uid, tmp_path)
+            paused_at = _settled_finished_in_catalog(server, uid, tmp_path)
             browser.wait(f"{FINISHED_JS} === {paused_at}", 30)
             time.sleep(2.0)
             assert manager.api.status()["manager_state"] == "paused"
@@ -143,7 +156,7 @@ def test_the_page_follows_a_queueserver_twin_campaign_keeps_the_key_and_pauses_r
                 "The campaign has ended"
             )
             finished = browser.eval(FINISHED_JS)
-            assert finished < 12
+            assert finished < MAX_TRIALS
 
             # the page shows what the catalog holds
             from gainloop.campaign import campaign_status
@@ -174,6 +187,20 @@ def test_the_page_follows_a_queueserver_twin_campaign_keeps_the_key_and_pauses_r
         manager.stop()
         manager.delete_redis_keys()
     assert "Traceback" not in watch.output()
+
+
+def _settled_finished_in_catalog(server, uid: str, tmp_path, quiet_s: float = 3.0, timeout_s: float = 60.0) -> int:
+    """``_finished_in_catalog`` once it has not changed for ``quiet_s``: a trial that ended just before the pause
+    reaches the catalog through the worker's spool and drain, a second or more after its stop document."""
+    deadline = time.monotonic() + timeout_s
+    last, since = _finished_in_catalog(server, uid, tmp_path), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, f"the finished trials in the catalog kept changing ({last})"
+        time.sleep(0.5)
+        now = _finished_in_catalog(server, uid, tmp_path)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
 
 
 def _finished_in_catalog(server, uid: str, tmp_path) -> int:

@@ -154,7 +154,13 @@ def _measurement_plan(spec, bench):
 
 
 def _campaign_plan(bench, settings: ProfileSettings):
-    from gainloop.campaign import CampaignConfig, campaign_films, campaign_material, campaign_optimizer
+    from gainloop.campaign import (
+        CampaignConfig,
+        campaign_films,
+        campaign_material,
+        campaign_optimizer,
+        fault_hook_from_env,
+    )
     from plans.campaign import campaign
 
     def campaign_plan(
@@ -213,6 +219,7 @@ def _campaign_plan(bench, settings: ProfileSettings):
                 scan_args=dict(cfg.scan_args),
                 max_threshold_rel_err=cfg.max_threshold_rel_err,
                 md={"config": cfg.as_dict(), "lab_clock": bench.lab_clock_source},
+                fault_hook=fault_hook_from_env(),  # (tests only: None unless $GAINLOOP_FAULT_INJECT is set)
             )
         )
 
@@ -292,7 +299,23 @@ def _run_engine(bench, catalog):
     RE.preprocessors.append(_tag_runs_with_item)
     if catalog is not None:
         RE.subscribe(_writer(catalog))
+        RE.preprocessors.append(lambda plan: _stored_when_done(plan, catalog))
     return RE
+
+
+def _stored_when_done(plan, catalog):
+    """The plan, then a wait (off the RunEngine's loop) for the spool's drain of its runs: a queue item is
+    reported done once its runs are readable in the catalog by anyone (the RunEngine never waits on the
+    catalog while the plan runs). A catalog that does not take them in time fails the item, saying so."""
+    import asyncio
+
+    from bluesky.preprocessors import finalize_wrapper
+    from bluesky.utils import Msg
+
+    def drained():
+        yield Msg("wait_for", None, [lambda: asyncio.to_thread(catalog.settle)])
+
+    return (yield from finalize_wrapper(plan, drained()))
 
 
 def _safe_when_stopped(bench):

@@ -2,10 +2,11 @@
 
 * ``scenario_tiled_down_mid_run`` (3): a campaign on the twin runs in its own process;
   the Tiled server is stopped in the middle of a trial's measurement run and started
-  again before the next trial. The runs caught by the outage go to TiledWriter's
-  backup; ``gainloop catalog upload-backup`` writes them back. The catalog must then
-  hold every document emitted (count and content), a second upload must change
-  nothing, and no trial may count as failed.
+  again two trials later. The runs caught by the outage wait in the spool; the drain
+  tries again until the server is back (the user told so in one line), and rewrites
+  whole a run it had begun streaming. The catalog must then hold every document emitted
+  (count and content), ``gainloop catalog upload-backup`` must find nothing to do, the
+  same runs put back in the spool must all be skipped, and no trial may count as failed.
 * ``scenario_duplicate_ingestion`` (4): a campaign written by two writers on one
   RunEngine, then every document fed again to a third writer: one run per uid, no
   warning or log line above INFO, no backup file, the stored runs equal to what was
@@ -272,50 +273,38 @@ def scenario_tiled_down_mid_run(
     campaign_uid = summary["campaign_uid"]
     checks: dict[str, bool] = {}
 
-    seen = _WarningsSeen()
-    logging.getLogger("gainloop.catalog").addHandler(seen)
-    try:
-        cat = Catalog(server.url, data_dir_path=data_dir, api_key=server.api_key)
-    finally:
-        logging.getLogger("gainloop.catalog").removeHandler(seen)
-    checks["opening_the_catalog_says_the_backup_is_pending"] = any(
-        "not yet written into the catalog" in r.getMessage() for r in seen.records
-    )
+    cat = Catalog(server.url, data_dir_path=data_dir, api_key=server.api_key)  # drains what the worker left
+    opened_results = {uid: r.action for uid, r in cat.spool.results.items()}
+    drained = summary.get("drained", {})
     with cat:
-        before = {uid: cat.stored_state(uid)[0] for uid in runs}
-        backup_files = sorted(p.name for p in cat.backup_dir.glob("*.jsonl"))
+        leftover = sorted(p.name for p in cat.spool_dir.glob("*.jsonl"))
         checks["server_was_stopped_and_restarted"] = (markers / "stop-done").exists() and math.isfinite(restart_s)
-        checks["a_run_was_left_partial_by_the_outage"] = "incomplete" in before.values()
-        if restart_trial - stop_trial > 1:  # a trial started while the server was down
-            checks["a_run_started_in_the_outage_went_to_the_backup"] = "absent" in before.values()
-        checks["runs_caught_by_the_outage_are_in_the_backup"] = len(backup_files) >= 1
-        hint_lines = [line for line in worker_err.splitlines() if "gainloop catalog upload-backup" in line]
-        checks["the_user_is_told_how_to_upload"] = len(hint_lines) >= 1
+        retry_lines = [line for line in worker_err.splitlines() if "did not take it" in line]
+        checks["the_drain_met_the_outage_and_said_so"] = len(retry_lines) >= 1
+        checks["the_user_is_told_how_to_upload"] = any("gainloop catalog upload-backup" in x for x in retry_lines)
         checks["no_traceback_from_the_outage"] = "Traceback" not in worker_err
         checks["no_trial_counted_failed_by_the_campaign"] = summary["failures"] == 0 and summary["trials"] == trials
-
-        first, upload_s = _upload(server.url, server.api_key, data_dir)
-        acts = Counter(r["action"] for r in first["runs"])
-        checks["first_upload_wrote_the_backed_up_runs"] = (
-            acts["uploaded"] + acts["replaced"] >= 1 and acts["failed"] == 0 and acts["left"] == 0
+        checks["every_run_drained_by_its_process_or_the_next_start"] = (
+            set(drained) | set(opened_results) >= set(runs) and not leftover
         )
-        checks["partial_runs_were_replaced_whole"] = acts["replaced"] == sum(v == "incomplete" for v in before.values())
-        checks["absent_runs_were_uploaded"] = acts["uploaded"] == sum(v == "absent" for v in before.values())
-        moved = list((cat.backup_dir / "uploaded").glob("*.jsonl"))
-        checks["backup_files_moved_aside"] = not list(cat.backup_dir.glob("*.jsonl")) and len(moved) == len(
-            backup_files
-        )
+        checks["no_run_drained_twice_or_conflicting"] = all(
+            a in ("written", "replaced") for a in list(drained.values()) + list(opened_results.values())
+        ) and not set(drained) & set(opened_results)
         stored = stored_documents(cat, runs)
         lost, diffs = compare_catalog(stored, emitted)
         checks["every_emitted_document_is_stored_equal"] = lost == 0 and not diffs
 
-        second, _ = _upload(server.url, server.api_key, data_dir, json_out=False)
-        checks["second_upload_does_nothing"] = second.strip().endswith(": nothing to upload")
-        # the processed files put back: their runs are complete in the catalog, so skipped, not duplicated
-        for p in moved:
-            (cat.backup_dir / p.name).write_bytes(p.read_bytes())
-        third = upload_backup(cat)
-        checks["a_complete_run_in_the_backup_is_skipped"] = bool(third) and all(r.action == "skipped" for r in third)
+        first, _ = _upload(server.url, server.api_key, data_dir, json_out=False)
+        checks["upload_after_the_drain_does_nothing"] = first.strip().endswith(": nothing to upload")
+        # the same runs put back in the spool (as an ended process leaves them): all skipped, nothing duplicated
+        for uid, docs in runs.items():
+            aside = workdir / f"{uid}.jsonl"
+            aside.write_text("".join(json.dumps({"name": n, "doc": d}) + "\n" for n, d in docs))
+            os.replace(aside, cat.spool_dir / aside.name)
+        again = upload_backup(cat)
+        checks["a_complete_run_in_the_spool_is_skipped"] = sorted(r.uid for r in again) == sorted(runs) and all(
+            r.action == "skipped" for r in again
+        )
         checks["catalog_unchanged_by_later_uploads"] = stored_documents(cat, runs) == stored
         stored_runs = {r for r in cat.client.search(_key("start.campaign_uid", campaign_uid))}
         checks["one_stored_run_per_emitted_run"] = stored_runs == set(runs)
@@ -327,18 +316,20 @@ def scenario_tiled_down_mid_run(
             for r in cat.client.search(_key("start.campaign_uid", campaign_uid)).values()
             if r.start.get("plan_name") != "campaign"
         )
-    checks["no_trial_failed_after_upload"] = len(completed) == trials
+    checks["no_trial_failed_after_the_outage"] = len(completed) == trials
     return FaultFigures(
         fault="tiled_down_mid_run",
         trials_lost=trials - len(completed),
         trials_doubled=sum(n - 1 for n in indices.values() if n > 1),
         documents_lost=lost,
-        recovery_s=restart_s + upload_s,
+        recovery_s=restart_s + summary.get("close_s", math.nan),
         checks=checks,
         detail=(
-            f"{len(emitted)} documents in {len(runs)} runs; before upload: {dict(Counter(before.values()))}; "
-            f"backup files {len(backup_files)}; first upload {dict(acts)} in {upload_s:.1f} s "
-            f"(server restart {restart_s:.1f} s); " + "; ".join(diffs[:3])
+            f"{len(emitted)} documents in {len(runs)} runs; drained by the campaign's process: "
+            f"{dict(Counter(drained.values()))}, at the next opening: {dict(Counter(opened_results.values()))}; "
+            f"{len(retry_lines)} retry line(s); its close took {summary.get('close_s', math.nan):.1f} s "
+            f"(server restart {restart_s:.1f} s); upload after: {first.strip().splitlines()[-1:]}; "
+            + "; ".join(diffs[:3])
         ),
     )
 
@@ -402,6 +393,9 @@ def _campaign_worker(ns) -> int:
     cfg = CampaignConfig(strategy="nested", seed=ns.seed, budget_lab_h=None, max_trials=ns.trials, twin_seed=ns.seed)
     with RecordedCatalog(ns.catalog, data_dir_path=ns.data_dir) as cat:
         summary = run_campaign(cat, cfg)
+        t0 = time.monotonic()
+    summary["close_s"] = time.monotonic() - t0  # the drain of what is left (bounded by the catalog's close)
+    summary["drained"] = {uid: r.action for uid, r in cat.spool.results.items() if r.action != "failed"}
     emitted.close()
     Path(ns.summary).write_text(json.dumps(summary, default=str))
     return 0
@@ -449,6 +443,7 @@ def scenario_duplicate_ingestion(workdir: Path, env: FaultEnv, *, trials: int = 
                 replayer = cat.writer()
                 for name, doc in emitted:  # the same documents fed again (a replay, a re-shipped batch)
                     replayer(name, doc)
+                replayer.flush()  # (its runs are judged by the drain, in the background)
                 checks["replayed_runs_all_skipped"] = sorted(replayer.skipped) == sorted(runs)
                 checks["catalog_unchanged_by_the_replay"] = stored_documents(cat, runs) == stored_docs
                 stored = list(cat.client.search(_key("start.campaign_uid", campaign_uid)))
@@ -547,7 +542,11 @@ def _load_worker(ns) -> int:
                     uids.append(docs[0][1]["uid"])
                 except Exception as exc:
                     errors.append(f"run {i}: {type(exc).__name__}: {exc}")
-            errors += [f"run {u} went to the backup" for u in writer.backed_up]
+            try:
+                writer.flush()  # every run drained into the catalog
+            except Exception as exc:
+                errors.append(f"the drain: {type(exc).__name__}: {exc}")
+            errors += [f"run {u} still in the spool" for u in writer.backed_up]
             errors += [f"run {u} skipped as already stored" for u in writer.skipped]
             errors += [f"backup file {p.name}" for p in cat.backup_dir.glob("*.jsonl")]
     errors += [f"log {r.levelname} {r.name}: {r.getMessage()[:200]}" for r in seen.records]

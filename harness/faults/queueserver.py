@@ -4,7 +4,8 @@
 on disk (append-only file, fsync on every write) on a free port of 127.0.0.1; the RE
 Manager (``gainloop qserver start --twin``, writing into a Tiled server on PostgreSQL)
 on it; three items (a short fluence scan, a 3-trial campaign, another short scan); the
-queue started; once the campaign is mid-plan (its record run open, a trial stored) the
+queue started; once the campaign is mid-plan (its record run open, a trial stored, the next
+trial stalled in its scan by ``$GAINLOOP_FAULT_INJECT``) the
 manager's whole process group (watchdog, manager, worker) is SIGKILLed, Redis is
 SIGKILLed and started again on the same folder, and the manager is started again.
 
@@ -349,11 +350,22 @@ def scenario_manager_killed_redis_restarted(
     """Fault 9 (see the module docstring); ``detail`` is JSON with what was seen."""
     from bluesky_queueserver_api import BPlan
 
+    from gainloop.campaign import FAULT_ENV
+
     workdir = Path(workdir)
     redis_server = RedisServer(workdir / "redis")  # ServiceMissing without a redis-server binary
     server = env.tiled_server(shared=True)
     redis_server.start()
-    manager = Manager(workdir / "qserver", catalog_url=server.url, api_key=server.api_key, redis_addr=redis_server.addr)
+    # trial `kill_after_trials` stalls in its scan (a RunEngine sleep): the kill lands mid-plan, whatever the
+    # lag of the spool's drain (a twin campaign's trials take a fraction of a second each)
+    stall = {FAULT_ENV: f"stall={ITEM_S:g}@measuring:{kill_after_trials}"}
+    manager = Manager(
+        workdir / "qserver",
+        catalog_url=server.url,
+        api_key=server.api_key,
+        redis_addr=redis_server.addr,
+        extra_env=stall,
+    )
     checks: dict[str, bool] = {}
     seen: dict = {}
     try:

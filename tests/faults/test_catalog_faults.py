@@ -13,20 +13,21 @@ from harness.faults.catalog import scenario_duplicate_ingestion, scenario_load, 
 pytestmark = pytest.mark.slow(seconds=100)  # one of the longest modules: it runs early (tests/conftest.py)
 
 
-def test_server_down_mid_run_loses_no_document_once_the_backup_is_uploaded(run_scenario):
-    # trial 0's run is cut by the outage, trial 1 starts while the server is down, trial 2 after its restart
+def test_server_down_mid_run_loses_no_document_and_the_drain_completes_the_runs(run_scenario):
+    # trial 0's run is cut by the outage, trial 1 runs while the server is down, trial 2 after its restart
     figures = run_scenario(scenario_tiled_down_mid_run, trials=3, stop_trial=0, stop_event=3, restart_trial=2)
-    assert figures.checks["a_run_was_left_partial_by_the_outage"], figures.detail
-    assert figures.checks["a_run_started_in_the_outage_went_to_the_backup"], figures.detail
-    assert figures.checks["partial_runs_were_replaced_whole"], figures.detail
-    assert figures.checks["absent_runs_were_uploaded"], figures.detail
-    assert figures.checks["every_emitted_document_is_stored_equal"], figures.detail
-    assert figures.checks["second_upload_does_nothing"], figures.detail
-    assert figures.checks["a_complete_run_in_the_backup_is_skipped"], figures.detail
-    assert figures.checks["catalog_unchanged_by_later_uploads"], figures.detail
-    assert figures.checks["no_trial_counted_failed_by_the_campaign"], figures.detail
+    assert figures.checks["server_was_stopped_and_restarted"], figures.detail
+    assert figures.checks["the_drain_met_the_outage_and_said_so"], figures.detail
     assert figures.checks["the_user_is_told_how_to_upload"], figures.detail
-    assert figures.checks["opening_the_catalog_says_the_backup_is_pending"], figures.detail
+    assert figures.checks["no_traceback_from_the_outage"], figures.detail
+    assert figures.checks["every_run_drained_by_its_process_or_the_next_start"], figures.detail
+    assert figures.checks["no_run_drained_twice_or_conflicting"], figures.detail
+    assert figures.checks["every_emitted_document_is_stored_equal"], figures.detail
+    assert figures.checks["upload_after_the_drain_does_nothing"], figures.detail
+    assert figures.checks["a_complete_run_in_the_spool_is_skipped"], figures.detail
+    assert figures.checks["catalog_unchanged_by_later_uploads"], figures.detail
+    assert figures.checks["one_stored_run_per_emitted_run"], figures.detail
+    assert figures.checks["no_trial_counted_failed_by_the_campaign"], figures.detail
     assert figures.documents_lost == 0 and figures.trials_lost == 0 and figures.trials_doubled == 0
     assert figures.ok, figures
 
