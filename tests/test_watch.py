@@ -181,6 +181,15 @@ def test_the_page_follows_a_queueserver_twin_campaign_keeps_the_key_and_pauses_r
                 30,
             )
             assert browser.console_errors() == []
+            # the posterior's process ends with the watch, even a watch killed outright
+            import psutil
+
+            children = psutil.Process(watch.proc.pid).children(recursive=True)
+            assert children, "the posterior's process is running"
+            watch.proc.kill()
+            watch.proc.wait(timeout=10)
+            _gone, alive = psutil.wait_procs(children, timeout=10)
+            assert alive == [], [p.pid for p in alive]
     finally:
         if watch is not None:
             watch.stop()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import statistics
 import threading
 import time
@@ -55,10 +56,22 @@ def _shown(view: dict) -> dict:
     return {k: v for k, v in view.items() if k not in ("read_at", "version")}
 
 
-def _posterior_worker() -> None:
-    """The posterior's process: below the server in priority, one math thread."""
+def _exit_with_parent(parent_pid: int, period_s: float = 1.0) -> None:
+    """End this process within ``period_s`` of its parent's end (however the parent ended: stopped,
+    killed): the posterior's process is the watch's, and must not outlive it."""
+    import os
+    import time
+
+    while os.getppid() == parent_pid:
+        time.sleep(period_s)
+    os._exit(0)
+
+
+def _posterior_worker(parent_pid: int) -> None:
+    """The posterior's process: below the server in priority, one math thread, gone with its parent."""
     import os
 
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="exit-with-watch", daemon=True).start()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         os.nice(10)
@@ -353,7 +366,10 @@ class Follower:
             import multiprocessing
 
             self._post_process = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_posterior_worker
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_posterior_worker,
+                initargs=(os.getpid(),),
             )
             self._post_process.submit(_ready)
 
