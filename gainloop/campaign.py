@@ -84,10 +84,12 @@ __all__ = [
     "campaign_films",
     "campaign_material",
     "campaign_optimizer",
+    "prior_sample",
     "campaign_status",
     "prepare_campaign",
     "rebuild_trials",
     "run_campaign",
+    "twin_prior_map",
 ]
 
 #: Environment variable of the fault-injection hook (see the module doc).
@@ -126,10 +128,13 @@ class CampaignConfig:
     scan_args: Mapping = field(default_factory=dict)
     bench_file: str | None = None  # None: the twin
     twin_seed: int | None = None
+    prior: str | None = None  # the nested GP's prior mean: "twin" (the shipped presets) or a presets file; None: none
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise CampaignError(f"unknown strategy {self.strategy!r}; allowed: {', '.join(STRATEGIES)}")
+        if self.prior is not None and self.strategy != "nested":
+            raise CampaignError(f"a twin prior is for the nested strategy only; strategy is {self.strategy!r}")
         if self.films is not None:
             object.__setattr__(self, "films", tuple(self.films))
         object.__setattr__(self, "scan_args", MappingProxyType(dict(self.scan_args)))
@@ -245,6 +250,9 @@ def campaign_optimizer(cfg: CampaignConfig, bench, films: list[str]):
         doping=doping,
         fluence_limit_uJ_cm2=f_hi,
     )
+    extra = {}
+    if cfg.prior is not None:
+        extra["prior"] = twin_prior_map(cfg.prior, prior_sample(cfg, bench, films), space)
     return make_optimizer(
         cfg.strategy,
         space,
@@ -252,7 +260,60 @@ def campaign_optimizer(cfg: CampaignConfig, bench, films: list[str]):
         batch_size=cfg.batch_size,
         lab_state=LabState(current_doping=dopings[0] if dopings else None, films=tuple(dopings)),
         cost=campaign_cost(bench),
+        **extra,
     )
+
+
+#: ``CampaignConfig.prior`` naming the shipped presets.
+SHIPPED_PRIOR = "twin"
+
+
+def prior_sample(cfg: CampaignConfig, bench, films: list[str]) -> str:
+    """The presets sample whose map is the campaign's prior: the preset of its material's films (the
+    library's entries say it), else the twin's ``[twin] new_film_preset``."""
+    for f in films:
+        preset = bench.config.library_entry(f).preset
+        if preset:
+            return preset
+    twin = getattr(bench.config, "twin", None)
+    if twin is not None and twin.new_film_preset:
+        return twin.new_film_preset
+    raise CampaignError(
+        "a twin prior needs the presets sample of the campaign's material: give its films a `preset` "
+        "in the bench file's library"
+    )
+
+
+def twin_prior_map(prior: str, sample_id: str, space, n_length: int = 48, n_doping: int = 160):
+    """The twin's predicted -ln threshold (uJ/cm^2) of ``sample_id`` over the campaign's stripe length x
+    doping (an ``optimizer.PriorMap``, ``n_doping x n_length``), from the presets ``prior`` names:
+    ``"twin"`` (the shipped presets) or a presets file. Where the twin reaches no threshold the map
+    holds the setup's fluence limit x 10."""
+    import numpy as np
+
+    from optimizer import PriorMap
+    from twin.ase import ase_threshold_uJ_cm2
+    from twin.occupancy import doping_range
+    from twin.presets import load_presets
+
+    path = None if prior == SHIPPED_PRIOR else prior
+    try:
+        presets = load_presets(path)
+        sample = presets.get(sample_id)
+    except (OSError, GainloopError) as exc:
+        raise CampaignError(f"cannot read the prior's presets {prior!r}: {exc}") from None
+    l_lo, l_hi = space.stripe_length_um
+    l_lo = max(l_lo, presets.setup.stripe_length_min_um)
+    l_hi = min(l_hi, presets.setup.stripe_length_max_um)
+    d_lo, d_hi = space.doping_bounds
+    t_lo, t_hi = doping_range(sample.degeneracy, sample.doping_distribution)
+    d_lo, d_hi = max(d_lo, t_lo), min(d_hi, t_hi)
+    lengths = np.geomspace(l_lo, l_hi, n_length)
+    dopings = np.linspace(d_lo, d_hi, n_doping)
+    thr = ase_threshold_uJ_cm2(lengths[None, :], dopings[:, None], sample, presets.setup)
+    thr = np.where(np.isfinite(thr), thr, 10.0 * presets.setup.fluence_limit_uJ_cm2)
+    source = f"{'shipped presets' if path is None else path} [{sample_id}]"
+    return PriorMap.from_arrays(lengths, dopings, -np.log(thr), source=source)
 
 
 def _fluence_max(cfg: CampaignConfig, bench) -> float:

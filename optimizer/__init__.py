@@ -35,6 +35,7 @@ from ._baselines import GridSearch, RandomSearch
 from ._cost import CostModel, LabState
 from ._joint import JointOptimizer
 from ._nested import NestedOptimizer
+from ._prior import PriorMap
 from ._space import SearchSpace
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "NestedOptimizer",
     "NotEnoughDataError",
     "Optimizer",
+    "PriorMap",
     "Proposal",
     "RandomSearch",
     "SearchSpace",

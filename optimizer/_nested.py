@@ -106,10 +106,12 @@ from linear_operator.utils.errors import NanError, NotPSDError
 from numpy.typing import ArrayLike
 from torch.quasirandom import SobolEngine
 
+from core.errors import ParameterError
 from core.trial import Proposal
 
 from ._base import NotEnoughDataError, Optimizer, _finite
 from ._cost import LabState
+from ._prior import PriorMap
 from ._models import DTYPE, fit_gp, fit_gp_input_noise, gp_hyperparameters, numerics
 from ._space import DOPING, LENGTH, NESTED_DIMS, SearchSpace
 
@@ -167,10 +169,13 @@ class NestedOptimizer(Optimizer):
         polish_margin: float = 0.5,
         film_rel_sd: float = 0.03,
         torch_threads: int | None = 1,
+        prior: PriorMap | None = None,
         **common: Any,
     ) -> None:
         """``common``: every strategy's keywords (``Optimizer``): ``seed``, ``cost``, ``objectives``,
-        ``batch_size``, ``lab_state``. The others tune the search (module docstring)."""
+        ``batch_size``, ``lab_state``. ``prior``: the twin's map of -ln threshold (``PriorMap``), the
+        threshold GP's mean (``_prior.TwinPriorMean``); None: a constant mean. The others tune the
+        search (module docstring)."""
         super().__init__(space, **common)
         self.n_init = int(n_init)
         self.raw_samples = int(raw_samples)
@@ -185,6 +190,11 @@ class NestedOptimizer(Optimizer):
         self.polish_margin = float(polish_margin)
         self.film_rel_sd = float(film_rel_sd)
         self.torch_threads = torch_threads
+        if prior is not None and not isinstance(prior, PriorMap):
+            raise ParameterError(f"prior must be an optimizer.PriorMap or None, got {type(prior).__name__}")
+        self.prior = prior
+        if prior is not None:
+            self._last["prior"] = prior.source or "a twin map"
         self._design_cache: list[dict[str, float]] | None = None
 
     # ---- data -------------------------------------------------------------------------
@@ -306,7 +316,13 @@ class NestedOptimizer(Optimizer):
             width = self.cost.film_doping_tol / (hi - lo) if hi > lo else 1.0
             film = (1, max(width, 1e-4), self.film_rel_sd)
         thr_gp, info, _ = fit_gp_input_noise(
-            data["X"], data["Y"], data["Yvar"], data["X_sd"], maxiter=self.maxiter, film=film
+            data["X"],
+            data["Y"],
+            data["Yvar"],
+            data["X_sd"],
+            maxiter=self.maxiter,
+            film=film,
+            prior=None if self.prior is None else (self.prior, self.space),
         )
         messages += info.messages
         models = [thr_gp]
