@@ -111,8 +111,8 @@ from core.trial import Proposal
 
 from ._base import NotEnoughDataError, Optimizer, _finite
 from ._cost import LabState
-from ._prior import PriorMap
 from ._models import DTYPE, fit_gp, fit_gp_input_noise, gp_hyperparameters, numerics
+from ._prior import PriorMap
 from ._space import DOPING, LENGTH, NESTED_DIMS, SearchSpace
 
 __all__ = ["NestedOptimizer"]
