@@ -284,17 +284,27 @@ def prior_sample(cfg: CampaignConfig, bench, films: list[str]) -> str:
     )
 
 
-def twin_prior_map(prior: str, sample_id: str, space, n_length: int = 48, n_doping: int = 160):
+#: The twin parameter the prior's family of maps spans (the campaign's scans pick its value): the 1P
+#: intraband absorption per electron (1/cm), which sets where in doping the threshold turns up again
+#: (1P spill); log-spaced over ``PRIOR_FAMILY_RANGE``, the presets' own value among them.
+PRIOR_FAMILY = "film.intraband_loss_1p_per_cm"
+PRIOR_FAMILY_RANGE = (5.0, 200.0)
+PRIOR_FAMILY_POINTS = 10
+
+
+def twin_prior_map(prior: str, sample_id: str, space, n_length: int = 40, n_doping: int = 160):
     """The twin's predicted -ln threshold (uJ/cm^2) of ``sample_id`` over the campaign's stripe length x
-    doping (an ``optimizer.PriorMap``, ``n_doping x n_length``), from the presets ``prior`` names:
-    ``"twin"`` (the shipped presets) or a presets file. Where the twin reaches no threshold the map
-    holds the setup's fluence limit x 10."""
+    doping (an ``optimizer.PriorMap``, ``n_doping x n_length`` per member), from the presets ``prior``
+    names: ``"twin"`` (the shipped presets) or a presets file. A family of maps over ``PRIOR_FAMILY``
+    (the presets' own value and ``PRIOR_FAMILY_POINTS`` log-spaced values), from which the campaign's
+    scans recalibrate the twin (``optimizer._prior``); one map if the presets have no such parameter.
+    Where the twin reaches no threshold the map holds the setup's fluence limit x 10."""
     import numpy as np
 
     from optimizer import PriorMap
     from twin.ase import ase_threshold_uJ_cm2
     from twin.occupancy import doping_range
-    from twin.presets import load_presets
+    from twin.presets import get_parameter, load_presets, with_parameters
 
     path = None if prior == SHIPPED_PRIOR else prior
     try:
@@ -310,10 +320,29 @@ def twin_prior_map(prior: str, sample_id: str, space, n_length: int = 48, n_dopi
     d_lo, d_hi = max(d_lo, t_lo), min(d_hi, t_hi)
     lengths = np.geomspace(l_lo, l_hi, n_length)
     dopings = np.linspace(d_lo, d_hi, n_doping)
-    thr = ase_threshold_uJ_cm2(lengths[None, :], dopings[:, None], sample, presets.setup)
-    thr = np.where(np.isfinite(thr), thr, 10.0 * presets.setup.fluence_limit_uJ_cm2)
+
+    def neg_ln_map(s) -> np.ndarray:
+        thr = ase_threshold_uJ_cm2(lengths[None, :], dopings[:, None], s, presets.setup)
+        return -np.log(np.where(np.isfinite(thr), thr, 10.0 * presets.setup.fluence_limit_uJ_cm2))
+
     source = f"{'shipped presets' if path is None else path} [{sample_id}]"
-    return PriorMap.from_arrays(lengths, dopings, -np.log(thr), source=source)
+    name = f"{sample_id}.{PRIOR_FAMILY}"
+    try:
+        own = get_parameter(presets, name)
+    except GainloopError:
+        return PriorMap.from_arrays(lengths, dopings, neg_ln_map(sample), source=source)
+    grid = np.geomspace(*PRIOR_FAMILY_RANGE, PRIOR_FAMILY_POINTS).tolist()
+    family = sorted({own, *(v for v in grid if abs(math.log(v / own)) > 0.1)}) if own > 0 else sorted({own, *grid})
+    maps = [neg_ln_map(with_parameters(presets, {name: v}).get(sample_id)) for v in family]
+    return PriorMap.from_arrays(
+        lengths,
+        dopings,
+        np.stack(maps),
+        family=family,
+        family_name=PRIOR_FAMILY,
+        family_index=float(family.index(own)),
+        source=source,
+    )
 
 
 def _fluence_max(cfg: CampaignConfig, bench) -> float:

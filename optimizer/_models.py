@@ -166,9 +166,7 @@ def fit_gp(
             prior_map, space = prior
             y_sd = float(Y.std()) if Y.shape[0] > 1 else 1.0
             y_sd = y_sd if y_sd >= 1e-8 else 1.0
-            mean = TwinPriorMean(prior_map, space, y_sd).to(DTYPE)
-            with torch.no_grad():  # start at the offset that matches the data's level
-                mean.offset.fill_(-float(mean.map_at(X).mean()) / y_sd)
+            mean = TwinPriorMean(prior_map, space, float(Y.mean()), y_sd).to(DTYPE)
         model = SingleTaskGP(
             X,
             Y,
@@ -178,6 +176,8 @@ def fit_gp(
             outcome_transform=Standardize(m=Y.shape[-1]),
         )
         mll = ExactMarginalLogLikelihood(model.likelihood, model)
+        if mean is not None:
+            _start_prior_mean(model, mll, mean, X)
 
         def handler(w: warnings.WarningMessage) -> bool:
             # resolve every optimiser warning here (recorded), so none escapes as an error
@@ -201,6 +201,31 @@ def fit_gp(
         else:  # anything else is unexpected: re-emit it
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return model, info
+
+
+def _start_prior_mean(model, mll, mean: TwinPriorMean, X: torch.Tensor) -> None:
+    """Start the twin prior's fit at the best of a few family members (the likelihood is not convex in
+    the family parameter), each with the twin's level (offset 0) or the data's."""
+    best = None
+    model.train()
+    with torch.no_grad():
+        for t in mean.family_starts():
+            if mean.n_family > 1:
+                mean._set_family(t)
+            level = float(mean.y_mean) - float(mean.map_at(X).mean())  # the offset that matches the data
+            for offset in (0.0, level):
+                mean._set("offset", offset)
+                try:
+                    value = float(mll(model(*model.train_inputs), model.train_targets))
+                except (NotPSDError, RuntimeError):
+                    continue
+                if math.isfinite(value) and (best is None or value > best[0]):
+                    best = (value, t, offset)
+        if best is not None:
+            if mean.n_family > 1:
+                mean._set_family(best[1])
+            mean._set("offset", best[2])
+    model.eval()
 
 
 def input_noise_variance(model, X: torch.Tensor, X_sd: torch.Tensor) -> torch.Tensor:
