@@ -86,6 +86,7 @@ __all__ = [
     "campaign_optimizer",
     "campaign_status",
     "prepare_campaign",
+    "prior_residuals",
     "prior_sample",
     "rebuild_trials",
     "run_campaign",
@@ -252,7 +253,10 @@ def campaign_optimizer(cfg: CampaignConfig, bench, films: list[str]):
     )
     extra = {}
     if cfg.prior is not None:
-        extra["prior"] = twin_prior_map(cfg.prior, prior_sample(cfg, bench, films), space)
+        # twin-guided: the twin's map as the GP's mean, and a new film valued where it may come out
+        extra["prior"] = twin_prior_map(cfg.prior, prior_sample(bench.config, films), space)
+        twin = getattr(bench.config, "twin", None)
+        extra["film_doping_sd"] = float(twin.film_doping_spread) if twin is not None else DEFAULT_FILM_DOPING_SD
     return make_optimizer(
         cfg.strategy,
         space,
@@ -264,18 +268,23 @@ def campaign_optimizer(cfg: CampaignConfig, bench, films: list[str]):
     )
 
 
+#: A twin-guided campaign's assumed scatter of a new film's doping around the request on a real bench
+#: (electrons/dot) until two films have been made and measured (then it is estimated from them).
+DEFAULT_FILM_DOPING_SD = 0.1
+
 #: ``CampaignConfig.prior`` naming the shipped presets.
 SHIPPED_PRIOR = "twin"
 
 
-def prior_sample(cfg: CampaignConfig, bench, films: list[str]) -> str:
+def prior_sample(bench_config, films: list[str]) -> str:
     """The presets sample whose map is the campaign's prior: the preset of its material's films (the
-    library's entries say it), else the twin's ``[twin] new_film_preset``."""
+    bench file's library entries say it; ``bench_config`` a ``devices.config.BenchConfig``), else the
+    twin's ``[twin] new_film_preset``."""
     for f in films:
-        preset = bench.config.library_entry(f).preset
+        preset = bench_config.library_entry(f).preset
         if preset:
             return preset
-    twin = getattr(bench.config, "twin", None)
+    twin = getattr(bench_config, "twin", None)
     if twin is not None and twin.new_film_preset:
         return twin.new_film_preset
     raise CampaignError(
@@ -639,7 +648,7 @@ def campaign_status(catalog, campaign_uid: str) -> dict:
         if r.status == "completed" and math.isfinite(r.outcome.get("threshold_uJ_cm2", math.nan))
     ]
     best = min(done, key=lambda r: r.outcome["threshold_uJ_cm2"], default=None)
-    return {
+    out = {
         "campaign_uid": campaign_uid,
         "strategy": cfg.strategy,
         "best": None
@@ -666,4 +675,55 @@ def campaign_status(catalog, campaign_uid: str) -> dict:
         "films_made": len(stored.films_made),
         "films_measured": stored.films_measured,
         "material": cfg.material,
+    }
+    if cfg.prior is not None:
+        out["prior"] = prior_residuals(cfg, done)
+    return out
+
+
+def prior_residuals(cfg: CampaignConfig, done: list[TrialRecord]) -> dict:
+    """The twin prior versus the data: per completed trial, the threshold the prior's presets predict at its
+    stripe length and (measured) doping, and ``residual_ln`` = ln(measured / predicted); their rms.
+
+    The prediction is the presets' own twin (before the campaign's refit of level, depth and the 1P
+    intraband absorption): how far the twin the campaign started from is from this bench."""
+    from devices.config import load_bench
+    from sim.devices import default_twin_bench_path
+    from twin.ase import ase_threshold_uJ_cm2
+    from twin.presets import load_presets
+
+    bench_config = load_bench(cfg.bench_file or default_twin_bench_path())
+    try:
+        films = [e.id for e in bench_config.stage.library if e.kind == "film" and e.material == cfg.material]
+        sample_id = prior_sample(bench_config, films)
+        presets = load_presets(None if cfg.prior == SHIPPED_PRIOR else cfg.prior)
+        sample = presets.get(sample_id)
+    except (OSError, GainloopError) as exc:
+        return {"source": cfg.prior, "error": f"the prior's presets cannot be read: {exc}", "trials": []}
+    rows = []
+    for r in done:
+        doping = r.measured_doping if r.doping_measured else r.params["doping"]
+        length = float(r.params["stripe_length_um"])
+        try:
+            predicted = float(ase_threshold_uJ_cm2(length, float(doping), sample, presets.setup))
+        except GainloopError:
+            predicted = math.nan
+        measured = float(r.outcome["threshold_uJ_cm2"])
+        ok = math.isfinite(predicted) and predicted > 0
+        rows.append(
+            {
+                "trial_index": r.trial_index,
+                "stripe_length_um": length,
+                "doping": float(doping),
+                "threshold_uJ_cm2": measured,
+                "predicted_threshold_uJ_cm2": predicted if ok else None,
+                "residual_ln": math.log(measured / predicted) if ok else None,
+            }
+        )
+    res = [row["residual_ln"] for row in rows if row["residual_ln"] is not None]
+    return {
+        "source": cfg.prior,
+        "sample": sample_id,
+        "trials": rows,
+        "rms_residual_ln": math.sqrt(sum(v * v for v in res) / len(res)) if res else None,
     }

@@ -99,7 +99,7 @@ def _campaign_progress(json_out: bool, budget_h: float | None, max_trials: int |
 
 def _print_campaign(summary: dict, json_out: bool) -> None:
     keys = ("campaign_uid", "best", "lab_hours", "trials", "failures", "stopped_by", "material", "lab_clock")
-    keys += ("films_made", "films_measured", "failed_trials")
+    keys += ("films_made", "films_measured", "failed_trials", "prior")
     out = {k: summary.get(k) for k in keys if k in summary}
     if json_out:
         print_json(out)
@@ -120,6 +120,21 @@ def _print_campaign(summary: dict, json_out: bool) -> None:
         _console.print(f"films measured: {out['films_measured']}")
     if out.get("lab_clock"):
         _console.print(f"lab time read from {out['lab_clock']}")
+    prior = out.get("prior")
+    if prior:
+        rms = prior.get("rms_residual_ln")
+        _console.print(
+            f"twin prior: {prior['source']} [{prior.get('sample', '?')}]"
+            + (f"; rms ln(measured / twin) {rms:.3f}" if rms is not None else "")
+            + (f"; {prior['error']}" if prior.get("error") else "")
+        )
+        for row in prior.get("trials") or ():
+            if row["residual_ln"] is not None:
+                _console.print(
+                    f"  trial {row['trial_index']}: L {row['stripe_length_um']:.0f} um, doping {row['doping']:.2f}: "
+                    f"{row['threshold_uJ_cm2']:.1f} measured vs {row['predicted_threshold_uJ_cm2']:.1f} uJ/cm^2 "
+                    f"twin (ln ratio {row['residual_ln']:+.3f})"
+                )
     for failed in out.get("failed_trials") or ():
         _console.print(f"trial {failed['trial_index']} {failed['status']}: {failed['reason']}")
 
@@ -176,6 +191,20 @@ def _read_campaign(catalog_args: dict, given: str, read):
         return read(cat, _campaign_uid(cat, given))
 
 
+def _prior_choice(prior: str | None) -> str | None:
+    """``--prior``: ``"twin"`` (the shipped presets) or a presets file, stored as an absolute path so a resume
+    finds it; a file that is not there is refused."""
+    from gainloop.campaign import SHIPPED_PRIOR
+
+    if prior is None or prior == SHIPPED_PRIOR:
+        return prior
+    path = Path(prior).expanduser()
+    if not path.is_file():
+        with command_errors():
+            raise GainloopError(f"--prior {prior!r}: no such presets file (or 'twin' for the shipped presets)")
+    return str(path.resolve())
+
+
 CampaignUidArgument = Annotated[str, typer.Argument(help="uid of the campaign (or an unambiguous start of it).")]
 NewBudgetHoursOption = with_help(BudgetHoursOption, "New total lab-time budget, hours (default: as stored).")
 NewMaxTrialsOption = with_help(MaxTrialsOption, "New total trial budget (default: as stored).")
@@ -204,6 +233,15 @@ def campaign_run(
             "[stage] new_film_material, the material new films are made of).",
         ),
     ] = None,
+    prior: Annotated[
+        str | None,
+        typer.Option(
+            "--prior",
+            help="Twin-guided (nested strategy): the GP's prior mean is the twin's threshold map from this "
+            "presets file (e.g. a calibrated one), or 'twin' for the shipped presets; its level, depth and "
+            "1P intraband absorption are refitted to the campaign's scans.",
+        ),
+    ] = None,
     json_out: JsonOption = False,
     **catalog_args,
 ) -> None:
@@ -220,6 +258,7 @@ def campaign_run(
         "seed": seed,
         "batch_size": batch_size,
         "material": material,
+        "prior": _prior_choice(prior),
     }
     summary = _run_campaign_cli(overrides, twin, bench, json_out, catalog_args)
     _print_campaign(summary, json_out)

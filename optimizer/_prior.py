@@ -168,7 +168,7 @@ class TwinPriorMean(Mean):
         space: SearchSpace,
         y_mean: float,
         y_sd: float,
-        level_sd: float = 0.5,
+        level_sd: float = 0.3,
         shift_ln_length_sd: float = 0.5,
     ) -> None:
         super().__init__()
@@ -180,16 +180,14 @@ class TwinPriorMean(Mean):
         self.n_family = int(G.shape[0])
         self.register_buffer("y_sd", torch.tensor(max(float(y_sd), 1e-8), dtype=DTYPE))
         self.register_buffer("y_mean", torch.tensor(float(y_mean), dtype=DTYPE))
-        own = G[int(round(prior.family_index))]
+        own = G[round(prior.family_index)]
         self.register_buffer("ref", own.max().detach().clone())
         self.register_parameter("offset", torch.nn.Parameter(torch.tensor(0.0, dtype=DTYPE)))
         self.register_parameter("raw_scale", torch.nn.Parameter(torch.tensor(0.0, dtype=DTYPE)))
         self.register_constraint("raw_scale", Positive())
         self.register_parameter("shift_ln_length", torch.nn.Parameter(torch.tensor(0.0, dtype=DTYPE)))
         self._set("raw_scale", self.raw_scale_constraint.inverse_transform(torch.tensor(1.0, dtype=DTYPE)))
-        self.register_prior(
-            "scale_prior", LogNormalPrior(0.0, 1.0), lambda m: m.scale, lambda m, v: m._set_scale(v)
-        )
+        self.register_prior("scale_prior", LogNormalPrior(0.0, 1.0), lambda m: m.scale, lambda m, v: m._set_scale(v))
         self.register_prior("shift_ln_length_prior", NormalPrior(0.0, shift_ln_length_sd), "shift_ln_length")
         self.register_prior("offset_prior", NormalPrior(0.0, level_sd), "offset")
         if self.n_family > 1:
