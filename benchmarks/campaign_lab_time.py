@@ -5,8 +5,10 @@ Every strategy runs whole campaigns in-process on the twin
 ``RunEngine({}, call_returns_result=True)``, no catalog writer), one per seed, the twin's
 seed equal to the campaign's (seed ``s`` of every strategy sees the same twin):
 
-* ours -- ``nested`` (adaptive fluence scans) and ``joint`` (single ``ase_point``
-  acquisitions), built as the service builds them (``gainloop.campaign.campaign_optimizer``);
+* ours -- ``nested`` (adaptive fluence scans) and ``nested_prior`` (the same, twin-guided: the GP's
+  prior mean is the twin's threshold map from the shipped presets, or ``--prior FILE``, refitted to
+  the campaign's scans; ``campaign run --prior``), built as the service builds them
+  (``gainloop.campaign.campaign_optimizer``). (``joint`` is not run here: it never reached, 0/10.);
 * baselines -- ``random`` search and ``grid`` (a grid of fluence scans, film by film);
 * peers (``benchmarks/peers.py``, the ``bench`` extra) -- ``ax`` (Ax's ``Client``) and
   ``xopt`` (Xopt's expected-improvement generator) behind the optimiser protocol,
@@ -52,6 +54,16 @@ doping scatters by that much around the request (each new film measured by its a
 before its first trial, the optimiser modelling the measured doping), and the nested strategy
 runs once more with no doping scatter (``nested_no_scatter``); the two are printed side by
 side. The films' thickness and loss scatter as the bench file says in both.
+
+Benches with hidden truth (``--bench-presets FILE``, repeatable; ``benchmarks/benches/*.toml``): the
+twin's devices are built from the file (the bench's truth), the optimiser and its prior only see the
+shipped presets (or ``--prior``); each bench is reported beside the shipped twin (``--no-shipped``
+leaves that out), with its own optimum and its physical limit (one new film, made, measured and
+mounted, plus four fluence scans at the cost model's price). With ``--json`` the last line is one
+object keyed by bench name (``shipped`` and each file's stem), each keyed by strategy, each with
+the statistics above and ``physical_limit_lab_h``, ``optimum``; ``nested_prior`` also
+``ratio_to_no_prior`` (ratio of medians). The no-scatter side run happens only with an explicit
+``--film-scatter``.
 
 Seeds run in parallel worker processes (``--workers``; one BLAS / torch thread each).
 The default run (7 strategies x 10 seeds, 48 lab h) takes ~29 CPU-minutes: ~15-25 min
