@@ -96,7 +96,6 @@ STRATEGIES = (*OURS, *BASELINES, *PEERS)
 LABELS = {
     "nested": "ours (nested)",
     "nested_prior": "ours (nested, twin prior)",
-    "joint": "ours (joint)",
     "random": "random search",
     "grid": "grid of fluence scans",
     "ax": "Ax Client",

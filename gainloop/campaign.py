@@ -422,7 +422,7 @@ def _fault_hook():
     return hook
 
 
-def _check_fluence_settings(cfg: CampaignConfig, bench, pending: list[Proposal], joint: bool, what: str) -> float:
+def _check_fluence_settings(cfg: CampaignConfig, bench, pending: list[Proposal], what: str) -> float:
     """The campaign's highest fluence, after checking what it would send (config, scan_args, stored proposals).
 
     ``what`` names the campaign in the errors (e.g. "campaign UID" on resume)."""
@@ -446,7 +446,7 @@ def _check_fluence_settings(cfg: CampaignConfig, bench, pending: list[Proposal],
             )
     for p in pending:
         params = p.params
-        if "fluence_uJ_cm2" in params and not joint:
+        if "fluence_uJ_cm2" in params:  # every strategy scans the fluence itself
             raise CampaignError(
                 f"{what}: stored proposal of trial {p.trial_index} carries a fluence "
                 f"({params['fluence_uJ_cm2']!r} uJ/cm^2) but its strategy {cfg.strategy!r} scans the fluence itself; "
@@ -529,7 +529,7 @@ def prepare_campaign(
         films.append(f["id"])
     bench.restore_lab_time(used_s)
     what = f"campaign {campaign_uid}" if resume_uid is not None else "the new campaign"
-    f_hi = _check_fluence_settings(cfg, bench, pending, cfg.strategy == "joint", what)
+    f_hi = _check_fluence_settings(cfg, bench, pending, what)
     opt = campaign_optimizer(cfg, bench, initial_films)
     if history:
         opt.ingest([r.result for r in history])

@@ -218,7 +218,7 @@ def campaign_run(
     twin: TwinOption = False,
     bench: BenchFileOption = None,
     strategy: Annotated[
-        str | None, typer.Option("--strategy", help="nested, joint, random or grid (default: nested).")
+        str | None, typer.Option("--strategy", help="nested, random or grid (default: nested).")
     ] = None,
     budget_hours: BudgetHoursOption = None,
     max_trials: MaxTrialsOption = None,
