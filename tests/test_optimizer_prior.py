@@ -206,7 +206,7 @@ def test_bench_presets_load_and_put_their_optima_where_their_headers_say():
     assert optima["bench_low"] < 7.4 < optima["bench_mid"] < 7.8 < optima["bench_high"] <= 7.9
 
 
-def test_a_twin_guided_campaign_records_its_prior_and_status_shows_prior_vs_data(tmp_path):
+def test_a_twin_guided_campaign_shows_prior_vs_data_in_status_and_report(tmp_path):
     from gainloop.campaign import run_campaign
     from gainloop.catalog import Catalog
 
@@ -214,6 +214,10 @@ def test_a_twin_guided_campaign_records_its_prior_and_status_shows_prior_vs_data
         cfg = CampaignConfig(strategy="nested", seed=0, twin_seed=0, budget_lab_h=None, max_trials=3, prior="twin")
         summary = run_campaign(cat, cfg)
         status = campaign_status(cat, summary["campaign_uid"])
+        from gainloop.report import build_report
+
+        page = build_report(cat, summary["campaign_uid"], tmp_path / "report").index.read_text()
+    assert "Twin prior versus the data" in page and page.count("<tr>") >= 1 + 3
     prior = status["prior"]
     assert prior["source"] == "twin" and prior["sample"] == "cas_doped"
     assert len(prior["trials"]) == 3
