@@ -91,6 +91,7 @@ __all__ = [
     "rebuild_trials",
     "run_campaign",
     "twin_prior_map",
+    "warm_start_results",
 ]
 
 #: Environment variable of the fault-injection hook (see the module doc).
@@ -130,6 +131,7 @@ class CampaignConfig:
     bench_file: str | None = None  # None: the twin
     twin_seed: int | None = None
     prior: str | None = None  # the nested GP's prior mean: "twin" (the shipped presets) or a presets file; None: none
+    warm_start: tuple[str, ...] | None = None  # earlier campaigns (uids) whose completed trials the model starts from
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -138,6 +140,10 @@ class CampaignConfig:
             raise CampaignError(f"a twin prior is for the nested strategy only; strategy is {self.strategy!r}")
         if self.films is not None:
             object.__setattr__(self, "films", tuple(self.films))
+        if self.warm_start is not None:
+            object.__setattr__(self, "warm_start", tuple(str(u) for u in self.warm_start))
+            if self.strategy != "nested":
+                raise CampaignError(f"a warm start is for the nested strategy only; strategy is {self.strategy!r}")
         object.__setattr__(self, "scan_args", MappingProxyType(dict(self.scan_args)))
 
         def positive(name: str, value, *, optional: bool = True, integer: bool = False) -> None:
@@ -172,6 +178,7 @@ class CampaignConfig:
         """Plain data (lists and dicts), as stored in the record run's start document."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["films"] = None if self.films is None else list(self.films)
+        d["warm_start"] = None if self.warm_start is None else list(self.warm_start)
         d["scan_args"] = dict(self.scan_args)
         return d
 
@@ -530,7 +537,11 @@ def prepare_campaign(
     bench.restore_lab_time(used_s)
     what = f"campaign {campaign_uid}" if resume_uid is not None else "the new campaign"
     f_hi = _check_fluence_settings(cfg, bench, pending, what)
+    if cfg.warm_start and resume_uid is None:  # stored resolved: a resume reads the same campaigns
+        cfg = replace(cfg, warm_start=tuple(_resolve_campaign(catalog, u) for u in cfg.warm_start))
     opt = campaign_optimizer(cfg, bench, initial_films)
+    if cfg.warm_start:
+        opt.warm_start(warm_start_results(catalog, cfg))
     if history:
         opt.ingest([r.result for r in history])
     for p in pending:  # recorded, never measured: measured first, each checked against the search space
@@ -678,6 +689,35 @@ def campaign_status(catalog, campaign_uid: str) -> dict:
     }
     if cfg.prior is not None:
         out["prior"] = prior_residuals(cfg, done)
+    if cfg.warm_start:
+        out["warm_start"] = {
+            "campaigns": list(cfg.warm_start),
+            "completed_trials": len(warm_start_results(catalog, cfg)),
+        }
+    return out
+
+
+def _resolve_campaign(catalog, given: str) -> str:
+    """The uid of the campaign ``given`` names (whole, or an unambiguous start of it)."""
+    try:
+        return catalog.resolve_uid(given, key="campaign_uid", what="campaign", where={"plan_name": "campaign"})
+    except GainloopError as exc:
+        raise CampaignError(f"warm start: {exc}") from None
+
+
+def warm_start_results(catalog, cfg: CampaignConfig) -> list:
+    """The completed trials (``TrialResult``) of the campaigns ``cfg.warm_start`` names, read from the catalog:
+    each must have optimised the same material; their trials are data for the model, never measured again."""
+    out = []
+    for uid in cfg.warm_start or ():
+        stored = stored_campaign(catalog, uid)
+        other = CampaignConfig.from_dict(stored.config)
+        if other.material != cfg.material:
+            raise CampaignError(
+                f"warm start from campaign {uid}: it optimised {other.material!r}, this campaign {cfg.material!r}; "
+                "allowed: campaigns of the same material"
+            )
+        out += [r.result for r in stored.records if r.status == "completed" and "fluence_uJ_cm2" not in r.params]
     return out
 
 

@@ -99,7 +99,7 @@ def _campaign_progress(json_out: bool, budget_h: float | None, max_trials: int |
 
 def _print_campaign(summary: dict, json_out: bool) -> None:
     keys = ("campaign_uid", "best", "lab_hours", "trials", "failures", "stopped_by", "material", "lab_clock")
-    keys += ("films_made", "films_measured", "failed_trials", "prior")
+    keys += ("films_made", "films_measured", "failed_trials", "prior", "warm_start")
     out = {k: summary.get(k) for k in keys if k in summary}
     if json_out:
         print_json(out)
@@ -120,6 +120,11 @@ def _print_campaign(summary: dict, json_out: bool) -> None:
         _console.print(f"films measured: {out['films_measured']}")
     if out.get("lab_clock"):
         _console.print(f"lab time read from {out['lab_clock']}")
+    warm = out.get("warm_start")
+    if warm:
+        _console.print(
+            f"warm start: {warm['completed_trials']} completed trials of {', '.join(c[:8] for c in warm['campaigns'])}"
+        )
     prior = out.get("prior")
     if prior:
         rms = prior.get("rms_residual_ln")
@@ -242,6 +247,15 @@ def campaign_run(
             "1P intraband absorption are refitted to the campaign's scans.",
         ),
     ] = None,
+    warm_start: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--warm-start",
+            help="An earlier campaign (uid or an unambiguous start of it; repeatable) of the same material: its "
+            "completed trials are the model's data from the start (recorded in this campaign's config, never "
+            "measured again). Nested strategy.",
+        ),
+    ] = None,
     json_out: JsonOption = False,
     **catalog_args,
 ) -> None:
@@ -259,6 +273,7 @@ def campaign_run(
         "batch_size": batch_size,
         "material": material,
         "prior": _prior_choice(prior),
+        "warm_start": tuple(warm_start) if warm_start else None,
     }
     summary = _run_campaign_cli(overrides, twin, bench, json_out, catalog_args)
     _print_campaign(summary, json_out)

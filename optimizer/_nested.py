@@ -255,7 +255,7 @@ class NestedOptimizer(Optimizer):
 
         Inputs are the conditions as measured (``Optimizer.model_inputs``): a film's measured
         doping, its measurement error in ``X_sd``'s doping column."""
-        done = [r for r in self._rows("completed") if self.model_inputs(r) is not None]
+        done = [r for r in [*self._warm, *self._rows("completed")] if self.model_inputs(r) is not None]
         X, Xsd, Y, Yvar, G, Gvar, XG = [], [], [], [], [], [], []
         for r in done:
             thr = float(r.outcome["threshold_uJ_cm2"])

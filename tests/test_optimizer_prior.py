@@ -227,3 +227,33 @@ def test_a_twin_guided_campaign_shows_prior_vs_data_in_status_and_report(tmp_pat
         )
     # the shipped twin is this bench's truth: its prediction is within the scans' noise
     assert prior["rms_residual_ln"] < 0.15
+
+
+def test_a_warm_start_trains_on_an_earlier_campaigns_trials_and_never_measures_them_again(tmp_path):
+    from gainloop.campaign import prepare_campaign, rebuild_trials, run_campaign
+    from gainloop.catalog import Catalog
+    from sim.devices import default_twin_bench_path, twin_bench_devices
+
+    with Catalog(data_dir_path=tmp_path / "data") as cat:
+        first = run_campaign(cat, CampaignConfig(seed=0, twin_seed=0, budget_lab_h=None, max_trials=3))
+        uid = first["campaign_uid"]
+        cfg = CampaignConfig(seed=1, twin_seed=1, budget_lab_h=None, max_trials=1, warm_start=(uid[:8],))
+        prepared = prepare_campaign(cat, cfg, bench=twin_bench_devices(default_twin_bench_path(), seed=1))
+        prepared.plan.close()
+        opt = prepared.optimizer
+        assert len(opt.warm_data()) == 3 and opt.history() == [] and opt.best() is None
+        assert opt.training_data()["X"].shape[0] == 3  # the model's data from the start
+        assert opt.next_trial_index() == 0 and opt.lab_state().films == (7.4,)  # not this bench's films
+        second = run_campaign(cat, cfg)
+        stored_cfg, trials, _, _ = rebuild_trials(cat, second["campaign_uid"])
+        assert stored_cfg.warm_start == (uid,)  # recorded resolved in the campaign's record
+        assert len(trials) == 1  # only its own trial was measured
+        status = campaign_status(cat, second["campaign_uid"])
+        assert status["warm_start"] == {"campaigns": [uid], "completed_trials": 3}
+        with pytest.raises(CampaignError, match="same material"):
+            other = CampaignConfig(material="PbS-core/EMII", max_trials=1, warm_start=(uid,))
+            prepare_campaign(cat, other, bench=twin_bench_devices(default_twin_bench_path(), seed=1))
+        with pytest.raises(CampaignError, match="warm start"):
+            run_campaign(cat, CampaignConfig(max_trials=1, warm_start=("ffffffff",)))
+    with pytest.raises(CampaignError, match="nested strategy only"):
+        CampaignConfig(strategy="grid", warm_start=(uid,))
