@@ -28,25 +28,21 @@ to the budget: a seed that does not reach is censored at the budget, and the med
 quartiles are over all seeds with censored values = budget (a median at the budget
 reads ">= B"); a trial that ends past the budget does not count. A best more than tol
 *below* the optimum is not a hit (counted as ``below_band``). ``best`` is what the
-optimiser's ``best()`` reports: the lowest measured kink threshold, except for ``joint``,
-whose ``best()`` is a model estimate (the posterior median of the lasing boundary at its
-best measured conditions): such an estimate counts only when the twin's true threshold at
-those conditions (``twin.landscape.feasible_threshold``) is within tol too (else it is a
-``spurious`` hit, reported, and the campaign goes on). A joint trial is one ~4 lab-s
-acquisition, so a joint campaign cannot cover lab hours in bench wall time: it is capped
-(``--joint-max-wall-s``) and counts as not reached when capped.
+optimiser's ``best()`` reports: the lowest measured kink threshold. A ``best()`` that is a model
+estimate (it carries ``estimate``) counts only when the twin's true threshold at its conditions
+(``twin.landscape.feasible_threshold`` on the bench's presets) is within tol too (else it is a
+``spurious`` hit, reported, and the campaign goes on).
 
 The grid (``optimizer.GridSearch``: 6 stripe lengths x 5 dopings) plays one pass and
 stops: later passes only re-measure the same points, so a grid that has not reached
 after one pass never does (its time is unbounded; censored at the budget here).
 
 Prints a table and the ratios (targets: ours <= 0.5x the best peer, <= 0.25x the grid);
-with ``--json``, one JSON object on the last line keyed by strategy: ``median_lab_hours``,
-``p25``, ``p75``, ``reached`` (seeds within tol), ``seeds``, ``budget_lab_h``, and for
-ours ``ratio_to_best_peer``, ``ratio_to_grid`` (ratios of medians; ``ratio_is_bound``
+with ``--json``, one JSON object on the last line keyed by bench, then by strategy (below):
+``median_lab_hours``, ``p25``, ``p75``, ``reached`` (seeds within tol), ``seeds``, ``budget_lab_h``,
+and for ours ``ratio_to_best_peer``, ``ratio_to_grid`` (ratios of medians; ``ratio_is_bound``
 says which denominators are censored at the budget, making the ratio an upper bound);
-``nested_no_scatter`` (the same statistics without doping scatter), ``film_scatter`` (e/dot),
-``nested_scatter_median_lab_h`` and ``nested_no_scatter_median_lab_h``.
+``nested_no_scatter`` (the same statistics without doping scatter, with ``--film-scatter``).
 
 Films as they come out (``--film-scatter``, electrons/dot; default the twin's
 ``[twin] film_doping_spread``, 0.1): every campaign runs on a twin whose new films' true
