@@ -7,7 +7,8 @@ turns a ``Proposal`` into a measurement plan and the plan's analysis into a
 Strategies (``STRATEGIES``, in this order; ``make_optimizer`` builds one by name):
 
 * ``"nested"`` -- a trial is (stripe length, doping) measured by an adaptive fluence scan;
-  GP on ln threshold with heteroscedastic noise, cost-aware qLogNEI (``_nested``);
+  GP on ln threshold with heteroscedastic noise, cost-aware qLogNEI (``_nested``); optionally
+  twin-guided: the twin's threshold map as the GP's prior mean (``PriorMap``, ``_prior``);
 * ``"random"``, ``"grid"`` -- baselines with the same protocol (``_baselines``).
 
 Models train on the conditions as measured (``TrialResult.observed_params``: a new film's

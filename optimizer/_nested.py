@@ -69,6 +69,14 @@ and a film that comes out beyond the range is measured and modelled where it lan
 ``Optimizer.MODEL_CUBE_MARGIN`` outside the cube). At the edge itself requests are not unbiased:
 the factory cannot exceed 0.99 x 8 = 7.92, so a request at 7.90 lands below it on average.
 
+Twin-guided (``prior``, ``film_doping_sd``; ``campaign run --prior``). With a ``PriorMap`` the
+threshold GP's mean is the twin's map of -ln threshold, its level, depth, stripe-length shift and
+1P-intraband family member refitted at every suggestion (``_prior.TwinPriorMean``); with
+``film_doping_sd`` > 0 a new film's acquisition is the expectation over where its doping comes out
+(``_ScatterAveraged``, the sd estimated from the films made once two are measured). Warm-start data
+(``Optimizer.warm_start``: completed trials of earlier campaigns) join the threshold GP's training
+data but not the history, the lab state or the best.
+
 Initial design (cost-aware): ``n_init`` stripe lengths (scrambled Sobol in log length,
 played shortest first) on one film -- the mounted film when the lab state names one,
 else the first Sobol doping. If fewer than two trials have completed after that (e.g.
