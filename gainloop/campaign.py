@@ -87,8 +87,12 @@ __all__ = [
     "campaign_status",
     "fault_hook_from_env",
     "prepare_campaign",
+    "prior_residuals",
+    "prior_sample",
     "rebuild_trials",
     "run_campaign",
+    "twin_prior_map",
+    "warm_start_results",
 ]
 
 #: Environment variable of the fault-injection hook (see the module doc).
@@ -127,12 +131,20 @@ class CampaignConfig:
     scan_args: Mapping = field(default_factory=dict)
     bench_file: str | None = None  # None: the twin
     twin_seed: int | None = None
+    prior: str | None = None  # the nested GP's prior mean: "twin" (the shipped presets) or a presets file; None: none
+    warm_start: tuple[str, ...] | None = None  # earlier campaigns (uids) whose completed trials the model starts from
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise CampaignError(f"unknown strategy {self.strategy!r}; allowed: {', '.join(STRATEGIES)}")
+        if self.prior is not None and self.strategy != "nested":
+            raise CampaignError(f"a twin prior is for the nested strategy only; strategy is {self.strategy!r}")
         if self.films is not None:
             object.__setattr__(self, "films", tuple(self.films))
+        if self.warm_start is not None:
+            object.__setattr__(self, "warm_start", tuple(str(u) for u in self.warm_start))
+            if self.strategy != "nested":
+                raise CampaignError(f"a warm start is for the nested strategy only; strategy is {self.strategy!r}")
         object.__setattr__(self, "scan_args", MappingProxyType(dict(self.scan_args)))
 
         def positive(name: str, value, *, optional: bool = True, integer: bool = False) -> None:
@@ -167,6 +179,7 @@ class CampaignConfig:
         """Plain data (lists and dicts), as stored in the record run's start document."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["films"] = None if self.films is None else list(self.films)
+        d["warm_start"] = None if self.warm_start is None else list(self.warm_start)
         d["scan_args"] = dict(self.scan_args)
         return d
 
@@ -246,6 +259,12 @@ def campaign_optimizer(cfg: CampaignConfig, bench, films: list[str]):
         doping=doping,
         fluence_limit_uJ_cm2=f_hi,
     )
+    extra = {}
+    if cfg.prior is not None:
+        # twin-guided: the twin's map as the GP's mean, and a new film valued where it may come out
+        extra["prior"] = twin_prior_map(cfg.prior, prior_sample(bench.config, films), space)
+        twin = getattr(bench.config, "twin", None)
+        extra["film_doping_sd"] = float(twin.film_doping_spread) if twin is not None else DEFAULT_FILM_DOPING_SD
     return make_optimizer(
         cfg.strategy,
         space,
@@ -253,6 +272,93 @@ def campaign_optimizer(cfg: CampaignConfig, bench, films: list[str]):
         batch_size=cfg.batch_size,
         lab_state=LabState(current_doping=dopings[0] if dopings else None, films=tuple(dopings)),
         cost=campaign_cost(bench),
+        **extra,
+    )
+
+
+#: A twin-guided campaign's assumed scatter of a new film's doping around the request on a real bench
+#: (electrons/dot) until two films have been made and measured (then it is estimated from them).
+DEFAULT_FILM_DOPING_SD = 0.1
+
+#: ``CampaignConfig.prior`` naming the shipped presets.
+SHIPPED_PRIOR = "twin"
+
+
+def prior_sample(bench_config, films: list[str]) -> str:
+    """The presets sample whose map is the campaign's prior: the preset of its material's films (the
+    bench file's library entries say it; ``bench_config`` a ``devices.config.BenchConfig``), else the
+    twin's ``[twin] new_film_preset``."""
+    for f in films:
+        preset = bench_config.library_entry(f).preset
+        if preset:
+            return preset
+    twin = getattr(bench_config, "twin", None)
+    if twin is not None and twin.new_film_preset:
+        return twin.new_film_preset
+    raise CampaignError(
+        "a twin prior needs the presets sample of the campaign's material: give its films a `preset` "
+        "in the bench file's library"
+    )
+
+
+#: The twin parameter the prior's family of maps spans (the campaign's scans pick its value): the 1P
+#: intraband absorption per electron (1/cm), which sets where in doping the threshold turns up again
+#: (1P spill); log-spaced over ``PRIOR_FAMILY_RANGE``, the presets' own value among them.
+PRIOR_FAMILY = "film.intraband_loss_1p_per_cm"
+PRIOR_FAMILY_RANGE = (5.0, 200.0)
+PRIOR_FAMILY_POINTS = 10
+
+
+def twin_prior_map(prior: str, sample_id: str, space, n_length: int = 40, n_doping: int = 160):
+    """The twin's predicted -ln threshold (uJ/cm^2) of ``sample_id`` over the campaign's stripe length x
+    doping (an ``optimizer.PriorMap``, ``n_doping x n_length`` per member), from the presets ``prior``
+    names: ``"twin"`` (the shipped presets) or a presets file. A family of maps over ``PRIOR_FAMILY``
+    (the presets' own value and ``PRIOR_FAMILY_POINTS`` log-spaced values), from which the campaign's
+    scans recalibrate the twin (``optimizer._prior``); one map if the presets have no such parameter.
+    Where the twin reaches no threshold the map holds the setup's fluence limit x 10."""
+    import numpy as np
+
+    from optimizer import PriorMap
+    from twin.ase import ase_threshold_uJ_cm2
+    from twin.occupancy import doping_range
+    from twin.presets import get_parameter, load_presets, with_parameters
+
+    path = None if prior == SHIPPED_PRIOR else prior
+    try:
+        presets = load_presets(path)
+        sample = presets.get(sample_id)
+    except (OSError, GainloopError) as exc:
+        raise CampaignError(f"cannot read the prior's presets {prior!r}: {exc}") from None
+    l_lo, l_hi = space.stripe_length_um
+    l_lo = max(l_lo, presets.setup.stripe_length_min_um)
+    l_hi = min(l_hi, presets.setup.stripe_length_max_um)
+    d_lo, d_hi = space.doping_bounds
+    t_lo, t_hi = doping_range(sample.degeneracy, sample.doping_distribution)
+    d_lo, d_hi = max(d_lo, t_lo), min(d_hi, t_hi)
+    lengths = np.geomspace(l_lo, l_hi, n_length)
+    dopings = np.linspace(d_lo, d_hi, n_doping)
+
+    def neg_ln_map(s) -> np.ndarray:
+        thr = ase_threshold_uJ_cm2(lengths[None, :], dopings[:, None], s, presets.setup)
+        return -np.log(np.where(np.isfinite(thr), thr, 10.0 * presets.setup.fluence_limit_uJ_cm2))
+
+    source = f"{'shipped presets' if path is None else path} [{sample_id}]"
+    name = f"{sample_id}.{PRIOR_FAMILY}"
+    try:
+        own = get_parameter(presets, name)
+    except GainloopError:
+        return PriorMap.from_arrays(lengths, dopings, neg_ln_map(sample), source=source)
+    grid = np.geomspace(*PRIOR_FAMILY_RANGE, PRIOR_FAMILY_POINTS).tolist()
+    family = sorted({own, *(v for v in grid if abs(math.log(v / own)) > 0.1)}) if own > 0 else sorted({own, *grid})
+    maps = [neg_ln_map(with_parameters(presets, {name: v}).get(sample_id)) for v in family]
+    return PriorMap.from_arrays(
+        lengths,
+        dopings,
+        np.stack(maps),
+        family=family,
+        family_name=PRIOR_FAMILY,
+        family_index=float(family.index(own)),
+        source=source,
     )
 
 
@@ -324,7 +430,7 @@ def fault_hook_from_env():
     return hook
 
 
-def _check_fluence_settings(cfg: CampaignConfig, bench, pending: list[Proposal], joint: bool, what: str) -> float:
+def _check_fluence_settings(cfg: CampaignConfig, bench, pending: list[Proposal], what: str) -> float:
     """The campaign's highest fluence, after checking what it would send (config, scan_args, stored proposals).
 
     ``what`` names the campaign in the errors (e.g. "campaign UID" on resume)."""
@@ -348,7 +454,7 @@ def _check_fluence_settings(cfg: CampaignConfig, bench, pending: list[Proposal],
             )
     for p in pending:
         params = p.params
-        if "fluence_uJ_cm2" in params and not joint:
+        if "fluence_uJ_cm2" in params:  # every strategy scans the fluence itself
             raise CampaignError(
                 f"{what}: stored proposal of trial {p.trial_index} carries a fluence "
                 f"({params['fluence_uJ_cm2']!r} uJ/cm^2) but its strategy {cfg.strategy!r} scans the fluence itself; "
@@ -424,8 +530,12 @@ def prepare_campaign(
         films.append(f["id"])
     bench.restore_lab_time(used_s)
     what = f"campaign {campaign_uid}" if resume_uid is not None else "the new campaign"
-    f_hi = _check_fluence_settings(cfg, bench, pending, cfg.strategy == "joint", what)
+    f_hi = _check_fluence_settings(cfg, bench, pending, what)
+    if cfg.warm_start and resume_uid is None:  # stored resolved: a resume reads the same campaigns
+        cfg = replace(cfg, warm_start=tuple(_resolve_campaign(catalog, u) for u in cfg.warm_start))
     opt = campaign_optimizer(cfg, bench, initial_films)
+    if cfg.warm_start:
+        opt.warm_start(warm_start_results(catalog, cfg))
     if history:
         opt.ingest([r.result for r in history])
     for p in pending:  # recorded, never measured: measured first, each checked against the search space
@@ -543,7 +653,7 @@ def campaign_status(catalog, campaign_uid: str) -> dict:
         if r.status == "completed" and math.isfinite(r.outcome.get("threshold_uJ_cm2", math.nan))
     ]
     best = min(done, key=lambda r: r.outcome["threshold_uJ_cm2"], default=None)
-    return {
+    out = {
         "campaign_uid": campaign_uid,
         "strategy": cfg.strategy,
         "best": None
@@ -570,4 +680,84 @@ def campaign_status(catalog, campaign_uid: str) -> dict:
         "films_made": len(stored.films_made),
         "films_measured": stored.films_measured,
         "material": cfg.material,
+    }
+    if cfg.prior is not None:
+        out["prior"] = prior_residuals(cfg, done)
+    if cfg.warm_start:
+        out["warm_start"] = {
+            "campaigns": list(cfg.warm_start),
+            "completed_trials": len(warm_start_results(catalog, cfg)),
+        }
+    return out
+
+
+def _resolve_campaign(catalog, given: str) -> str:
+    """The uid of the campaign ``given`` names (whole, or an unambiguous start of it)."""
+    try:
+        return catalog.resolve_uid(given, key="campaign_uid", what="campaign", where={"plan_name": "campaign"})
+    except GainloopError as exc:
+        raise CampaignError(f"warm start: {exc}") from None
+
+
+def warm_start_results(catalog, cfg: CampaignConfig) -> list:
+    """The completed trials (``TrialResult``) of the campaigns ``cfg.warm_start`` names, read from the catalog:
+    each must have optimised the same material; their trials are data for the model, never measured again."""
+    out = []
+    for uid in cfg.warm_start or ():
+        stored = stored_campaign(catalog, uid)
+        other = CampaignConfig.from_dict(stored.config)
+        if other.material != cfg.material:
+            raise CampaignError(
+                f"warm start from campaign {uid}: it optimised {other.material!r}, this campaign {cfg.material!r}; "
+                "allowed: campaigns of the same material"
+            )
+        out += [r.result for r in stored.records if r.status == "completed" and "fluence_uJ_cm2" not in r.params]
+    return out
+
+
+def prior_residuals(cfg: CampaignConfig, done: list[TrialRecord]) -> dict:
+    """The twin prior versus the data: per completed trial, the threshold the prior's presets predict at its
+    stripe length and (measured) doping, and ``residual_ln`` = ln(measured / predicted); their rms.
+
+    The prediction is the presets' own twin (before the campaign's refit of level, depth and the 1P
+    intraband absorption): how far the twin the campaign started from is from this bench."""
+    from devices.config import load_bench
+    from sim.devices import default_twin_bench_path
+    from twin.ase import ase_threshold_uJ_cm2
+    from twin.presets import load_presets
+
+    bench_config = load_bench(cfg.bench_file or default_twin_bench_path())
+    try:
+        films = [e.id for e in bench_config.stage.library if e.kind == "film" and e.material == cfg.material]
+        sample_id = prior_sample(bench_config, films)
+        presets = load_presets(None if cfg.prior == SHIPPED_PRIOR else cfg.prior)
+        sample = presets.get(sample_id)
+    except (OSError, GainloopError) as exc:
+        return {"source": cfg.prior, "error": f"the prior's presets cannot be read: {exc}", "trials": []}
+    rows = []
+    for r in done:
+        doping = r.measured_doping if r.doping_measured else r.params["doping"]
+        length = float(r.params["stripe_length_um"])
+        try:
+            predicted = float(ase_threshold_uJ_cm2(length, float(doping), sample, presets.setup))
+        except GainloopError:
+            predicted = math.nan
+        measured = float(r.outcome["threshold_uJ_cm2"])
+        ok = math.isfinite(predicted) and predicted > 0
+        rows.append(
+            {
+                "trial_index": r.trial_index,
+                "stripe_length_um": length,
+                "doping": float(doping),
+                "threshold_uJ_cm2": measured,
+                "predicted_threshold_uJ_cm2": predicted if ok else None,
+                "residual_ln": math.log(measured / predicted) if ok else None,
+            }
+        )
+    res = [row["residual_ln"] for row in rows if row["residual_ln"] is not None]
+    return {
+        "source": cfg.prior,
+        "sample": sample_id,
+        "trials": rows,
+        "rms_residual_ln": math.sqrt(sum(v * v for v in res) / len(res)) if res else None,
     }

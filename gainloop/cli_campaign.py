@@ -99,7 +99,7 @@ def _campaign_progress(json_out: bool, budget_h: float | None, max_trials: int |
 
 def _print_campaign(summary: dict, json_out: bool) -> None:
     keys = ("campaign_uid", "best", "lab_hours", "trials", "failures", "stopped_by", "material", "lab_clock")
-    keys += ("films_made", "films_measured", "failed_trials")
+    keys += ("films_made", "films_measured", "failed_trials", "prior", "warm_start")
     out = {k: summary.get(k) for k in keys if k in summary}
     if json_out:
         print_json(out)
@@ -120,6 +120,26 @@ def _print_campaign(summary: dict, json_out: bool) -> None:
         _console.print(f"films measured: {out['films_measured']}")
     if out.get("lab_clock"):
         _console.print(f"lab time read from {out['lab_clock']}")
+    warm = out.get("warm_start")
+    if warm:
+        _console.print(
+            f"warm start: {warm['completed_trials']} completed trials of {', '.join(c[:8] for c in warm['campaigns'])}"
+        )
+    prior = out.get("prior")
+    if prior:
+        rms = prior.get("rms_residual_ln")
+        _console.print(
+            f"twin prior: {prior['source']} [{prior.get('sample', '?')}]"
+            + (f"; rms ln(measured / twin) {rms:.3f}" if rms is not None else "")
+            + (f"; {prior['error']}" if prior.get("error") else "")
+        )
+        for row in prior.get("trials") or ():
+            if row["residual_ln"] is not None:
+                _console.print(
+                    f"  trial {row['trial_index']}: L {row['stripe_length_um']:.0f} um, doping {row['doping']:.2f}: "
+                    f"{row['threshold_uJ_cm2']:.1f} measured vs {row['predicted_threshold_uJ_cm2']:.1f} uJ/cm^2 "
+                    f"twin (ln ratio {row['residual_ln']:+.3f})"
+                )
     for failed in out.get("failed_trials") or ():
         _console.print(f"trial {failed['trial_index']} {failed['status']}: {failed['reason']}")
 
@@ -176,6 +196,20 @@ def _read_campaign(catalog_args: dict, given: str, read):
         return read(cat, _campaign_uid(cat, given))
 
 
+def _prior_choice(prior: str | None) -> str | None:
+    """``--prior``: ``"twin"`` (the shipped presets) or a presets file, stored as an absolute path so a resume
+    finds it; a file that is not there is refused."""
+    from gainloop.campaign import SHIPPED_PRIOR
+
+    if prior is None or prior == SHIPPED_PRIOR:
+        return prior
+    path = Path(prior).expanduser()
+    if not path.is_file():
+        with command_errors():
+            raise GainloopError(f"--prior {prior!r}: no such presets file (or 'twin' for the shipped presets)")
+    return str(path.resolve())
+
+
 CampaignUidArgument = Annotated[str, typer.Argument(help="uid of the campaign (or an unambiguous start of it).")]
 NewBudgetHoursOption = with_help(BudgetHoursOption, "New total lab-time budget, hours (default: as stored).")
 NewMaxTrialsOption = with_help(MaxTrialsOption, "New total trial budget (default: as stored).")
@@ -189,7 +223,7 @@ def campaign_run(
     twin: TwinOption = False,
     bench: BenchFileOption = None,
     strategy: Annotated[
-        str | None, typer.Option("--strategy", help="nested, joint, random or grid (default: nested).")
+        str | None, typer.Option("--strategy", help="nested, random or grid (default: nested).")
     ] = None,
     budget_hours: BudgetHoursOption = None,
     max_trials: MaxTrialsOption = None,
@@ -202,6 +236,24 @@ def campaign_run(
             "--material",
             help="The material to optimise: only films of it are measured (default: the bench file's "
             "[stage] new_film_material, the material new films are made of).",
+        ),
+    ] = None,
+    prior: Annotated[
+        str | None,
+        typer.Option(
+            "--prior",
+            help="Twin-guided (nested strategy): the GP's prior mean is the twin's threshold map from this "
+            "presets file (e.g. a calibrated one), or 'twin' for the shipped presets; its level, depth and "
+            "1P intraband absorption are refitted to the campaign's scans.",
+        ),
+    ] = None,
+    warm_start: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--warm-start",
+            help="An earlier campaign (uid or an unambiguous start of it; repeatable) of the same material: its "
+            "completed trials are the model's data from the start (recorded in this campaign's config, never "
+            "measured again). Nested strategy.",
         ),
     ] = None,
     json_out: JsonOption = False,
@@ -220,6 +272,8 @@ def campaign_run(
         "seed": seed,
         "batch_size": batch_size,
         "material": material,
+        "prior": _prior_choice(prior),
+        "warm_start": tuple(warm_start) if warm_start else None,
     }
     summary = _run_campaign_cli(overrides, twin, bench, json_out, catalog_args)
     _print_campaign(summary, json_out)

@@ -108,7 +108,7 @@ def sweep(
         list[str] | None,
         typer.Option(
             "--strategies",
-            help="Strategies, comma-separated or repeated: nested, joint, random, grid (or [sweep] strategies).",
+            help="Strategies, comma-separated or repeated: nested, random, grid (or [sweep] strategies).",
         ),
     ] = None,
     seeds: Annotated[

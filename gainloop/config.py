@@ -21,7 +21,7 @@ Example (``examples/gainloop.toml``)::
     # data_dir = "/data/gainloop"
 
     [optimizer]
-    strategy = "nested"              # nested | joint | random | grid
+    strategy = "nested"              # nested | random | grid
     seed = 0
     batch_size = 1
 

@@ -7,9 +7,8 @@ turns a ``Proposal`` into a measurement plan and the plan's analysis into a
 Strategies (``STRATEGIES``, in this order; ``make_optimizer`` builds one by name):
 
 * ``"nested"`` -- a trial is (stripe length, doping) measured by an adaptive fluence scan;
-  GP on ln threshold with heteroscedastic noise, cost-aware qLogNEI (``_nested``);
-* ``"joint"`` -- a trial is one acquisition at (fluence, stripe length, doping); the model
-  learns where lasing begins and proposals pin down the lowest-fluence boundary (``_joint``);
+  GP on ln threshold with heteroscedastic noise, cost-aware qLogNEI (``_nested``); optionally
+  twin-guided: the twin's threshold map as the GP's prior mean (``PriorMap``, ``_prior``);
 * ``"random"``, ``"grid"`` -- baselines with the same protocol (``_baselines``).
 
 Models train on the conditions as measured (``TrialResult.observed_params``: a new film's
@@ -33,8 +32,8 @@ from . import _imports  # noqa: F401  (first: BoTorch's stack, see its docstring
 from ._base import NotEnoughDataError, Optimizer
 from ._baselines import GridSearch, RandomSearch
 from ._cost import CostModel, LabState
-from ._joint import JointOptimizer
 from ._nested import NestedOptimizer
+from ._prior import PriorMap
 from ._space import SearchSpace
 
 __all__ = [
@@ -42,11 +41,11 @@ __all__ = [
     "STRATEGIES",
     "CostModel",
     "GridSearch",
-    "JointOptimizer",
     "LabState",
     "NestedOptimizer",
     "NotEnoughDataError",
     "Optimizer",
+    "PriorMap",
     "Proposal",
     "RandomSearch",
     "SearchSpace",
@@ -54,9 +53,7 @@ __all__ = [
     "make_optimizer",
 ]
 
-_CLASSES: dict[str, type[Optimizer]] = {
-    cls.strategy: cls for cls in (NestedOptimizer, JointOptimizer, RandomSearch, GridSearch)
-}
+_CLASSES: dict[str, type[Optimizer]] = {cls.strategy: cls for cls in (NestedOptimizer, RandomSearch, GridSearch)}
 
 if tuple(_CLASSES) != STRATEGIES:  # the names are declared in the leaf; each must be a class here
     raise ImportError(f"optimizer strategies {tuple(_CLASSES)} differ from core.protocols.STRATEGIES {STRATEGIES}")

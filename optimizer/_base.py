@@ -103,6 +103,7 @@ class Optimizer:
         self.batch_size = batch_size
         self.initial_lab_state = self._initial_state(lab_state)
         self._results: dict[int, TrialResult] = {}
+        self._warm: list[TrialResult] = []
         self._pending: dict[int, Proposal] = {}
         self._last: dict[str, Any] = {}
 
@@ -137,6 +138,22 @@ class Optimizer:
             self._results[res.trial_index] = res
             self._pending.pop(res.trial_index, None)
         self._on_ingest()
+
+    def warm_start(self, results: Iterable[TrialResult | Mapping[str, Any]]) -> None:
+        """Completed trials of earlier campaigns on the same material: the models train on them, but they
+        are not this campaign's history (no trial index of it, no film on the bench, not its best, never
+        proposed or measured again). Results that are not ``completed`` are left out."""
+        if isinstance(results, TrialResult | Mapping):
+            results = [results]
+        for r in results:
+            res = self._sanitise(r if isinstance(r, TrialResult) else TrialResult.from_dict(r))
+            if res.status == "completed":
+                self._warm.append(res)
+        self._on_ingest()
+
+    def warm_data(self) -> list[TrialResult]:
+        """The warm-start results (``warm_start``), as given."""
+        return list(self._warm)
 
     def pending(self) -> list[Proposal]:
         """Suggested, not yet ingested proposals (by trial index)."""
@@ -195,6 +212,8 @@ class Optimizer:
             "lab_state": self.lab_state().as_dict(),
             "objectives": list(self.objectives),
         }
+        if self._warm:
+            out["n_warm_start"] = len(self._warm)
         out.update(self._last)
         return _clean(out)
 

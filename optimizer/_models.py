@@ -41,6 +41,8 @@ from linear_operator import to_dense
 from linear_operator.utils.errors import NotPSDError
 from linear_operator.utils.warnings import NumericalWarning
 
+from ._prior import TwinPriorMean
+
 __all__ = [
     "DTYPE",
     "FilmKernel",
@@ -137,11 +139,14 @@ def fit_gp(
     *,
     maxiter: int = 200,
     film: tuple[int, float, float] | None = None,
+    prior=None,
 ):
     """Fit a GP on ``X`` (``n x d`` unit cube), ``Y`` (``n x 1``), optional ``Yvar`` (``n x 1``).
 
     ``film``: ``(doping column, width, sd in Y units)`` uses ``FilmKernel`` (BoTorch's default
     kernel plus film-to-film variation) (the sd is converted to standardised units with the data's spread).
+    ``prior``: ``(PriorMap, SearchSpace)`` makes the mean the twin's map with a learnable offset,
+    scale and shift (``_prior.TwinPriorMean``) instead of a constant.
     Returns ``(model, FitInfo)``; the model is in eval mode.
     """
     info = FitInfo()
@@ -156,8 +161,23 @@ def fit_gp(
             spread = float(Y.std()) if Y.shape[0] > 1 else 1.0
             spread = spread if spread >= 1e-8 else 1.0
             covar = FilmKernel(X.shape[-1], dim, width, min((sd / spread) ** 2, 1e4)).to(DTYPE)
-        model = SingleTaskGP(X, Y, train_Yvar=Yvar, covar_module=covar, outcome_transform=Standardize(m=Y.shape[-1]))
+        mean = None
+        if prior is not None:
+            prior_map, space = prior
+            y_sd = float(Y.std()) if Y.shape[0] > 1 else 1.0
+            y_sd = y_sd if y_sd >= 1e-8 else 1.0
+            mean = TwinPriorMean(prior_map, space, float(Y.mean()), y_sd).to(DTYPE)
+        model = SingleTaskGP(
+            X,
+            Y,
+            train_Yvar=Yvar,
+            covar_module=covar,
+            mean_module=mean,
+            outcome_transform=Standardize(m=Y.shape[-1]),
+        )
         mll = ExactMarginalLogLikelihood(model.likelihood, model)
+        if mean is not None:
+            _start_prior_mean(model, mll, mean, X)
 
         def handler(w: warnings.WarningMessage) -> bool:
             # resolve every optimiser warning here (recorded), so none escapes as an error
@@ -183,6 +203,31 @@ def fit_gp(
     return model, info
 
 
+def _start_prior_mean(model, mll, mean: TwinPriorMean, X: torch.Tensor) -> None:
+    """Start the twin prior's fit at the best of a few family members (the likelihood is not convex in
+    the family parameter), each with the twin's level (offset 0) or the data's."""
+    best = None
+    model.train()
+    with torch.no_grad():
+        for t in mean.family_starts():
+            if mean.n_family > 1:
+                mean._set_family(t)
+            level = float(mean.y_mean) - float(mean.map_at(X).mean())  # the offset that matches the data
+            for offset in (0.0, level):
+                mean._set("offset", offset)
+                try:
+                    value = float(mll(model(*model.train_inputs), model.train_targets))
+                except (NotPSDError, RuntimeError):
+                    continue
+                if math.isfinite(value) and (best is None or value > best[0]):
+                    best = (value, t, offset)
+        if best is not None:
+            if mean.n_family > 1:
+                mean._set_family(best[1])
+            mean._set("offset", best[2])
+    model.eval()
+
+
 def input_noise_variance(model, X: torch.Tensor, X_sd: torch.Tensor) -> torch.Tensor:
     """The output variance input errors cause at ``X``: ``sum_j (d mu / d x_j)^2 X_sd_j^2`` (``n x 1``).
 
@@ -206,6 +251,7 @@ def fit_gp_input_noise(
     iterations: int = 1,
     maxiter: int = 200,
     film: tuple[int, float, float] | None = None,
+    prior=None,
 ):
     """``fit_gp`` with input noise (NIGP, module docstring): ``X_sd`` (``n x d``) the inputs' standard
     uncertainties in unit-cube units, 0 where an input is exact.
@@ -223,7 +269,7 @@ def fit_gp_input_noise(
     observation noise variance it was fitted with (``n x 1``, ``Y`` units; None when ``fit_gp``'s
     learned noise was kept).
     """
-    model, info = fit_gp(X, Y, Yvar, maxiter=maxiter, film=film)
+    model, info = fit_gp(X, Y, Yvar, maxiter=maxiter, film=film, prior=prior)
     if X_sd is None or X.shape[0] == 0 or not bool((X_sd > 0).any()):
         return model, info, Yvar
     X_sd = X_sd.to(X).clamp_min(0.0)
@@ -241,7 +287,7 @@ def fit_gp_input_noise(
             info.messages.append(f"input noise not added (the mean's slope failed): {err}")
             return model, info, Yvar_eff
         Yvar_eff = base + extra
-        model, more = fit_gp(X, Y, Yvar_eff, maxiter=maxiter, film=film)
+        model, more = fit_gp(X, Y, Yvar_eff, maxiter=maxiter, film=film, prior=prior)
         info.ok = info.ok and more.ok
         info.messages += more.messages
     return model, info, Yvar_eff
@@ -261,6 +307,8 @@ def gp_hyperparameters(model: SingleTaskGP, names: tuple[str, ...]) -> dict:
         base = covar.base_kernel
     ls = base.lengthscale.detach().reshape(-1).tolist()
     noise = model.likelihood.noise.detach().reshape(-1)
+    if isinstance(model.mean_module, TwinPriorMean):
+        extra["prior_mean"] = model.mean_module.state()
     return {
         "lengthscales": {n: float(v) for n, v in zip(names, ls, strict=False)},
         "noise": float(noise.median()) if noise.numel() else math.nan,

@@ -69,6 +69,14 @@ and a film that comes out beyond the range is measured and modelled where it lan
 ``Optimizer.MODEL_CUBE_MARGIN`` outside the cube). At the edge itself requests are not unbiased:
 the factory cannot exceed 0.99 x 8 = 7.92, so a request at 7.90 lands below it on average.
 
+Twin-guided (``prior``, ``film_doping_sd``; ``campaign run --prior``). With a ``PriorMap`` the
+threshold GP's mean is the twin's map of -ln threshold, its level, depth, stripe-length shift and
+1P-intraband family member refitted at every suggestion (``_prior.TwinPriorMean``); with
+``film_doping_sd`` > 0 a new film's acquisition is the expectation over where its doping comes out
+(``_ScatterAveraged``, the sd estimated from the films made once two are measured). Warm-start data
+(``Optimizer.warm_start``: completed trials of earlier campaigns) join the threshold GP's training
+data but not the history, the lab state or the best.
+
 Initial design (cost-aware): ``n_init`` stripe lengths (scrambled Sobol in log length,
 played shortest first) on one film -- the mounted film when the lab state names one,
 else the first Sobol doping. If fewer than two trials have completed after that (e.g.
@@ -106,11 +114,13 @@ from linear_operator.utils.errors import NanError, NotPSDError
 from numpy.typing import ArrayLike
 from torch.quasirandom import SobolEngine
 
+from core.errors import ParameterError
 from core.trial import Proposal
 
 from ._base import NotEnoughDataError, Optimizer, _finite
 from ._cost import LabState
 from ._models import DTYPE, fit_gp, fit_gp_input_noise, gp_hyperparameters, numerics
+from ._prior import PriorMap
 from ._space import DOPING, LENGTH, NESTED_DIMS, SearchSpace
 
 __all__ = ["NestedOptimizer"]
@@ -144,6 +154,44 @@ class _PerCost(AcquisitionFunction):
         return self.base(X) - torch.log(self.batch_cost_s(X) / self._ref)
 
 
+class _ScatterAveraged(AcquisitionFunction):
+    """A new film's log acquisition averaged over where its doping will come out.
+
+    A new film's doping scatters around the request (sd ``sd_unit`` in unit-cube doping): the value
+    of requesting ``d`` is the expected acquisition over ``d + sd z`` (Gauss-Hermite, ``nodes``
+    points, clamped to the cube), ``log sum_k w_k exp(base(X_k))``. Points on an existing film
+    (``is_new`` False) keep ``base(X)``: their doping is known.
+
+    Args:
+        base: a log acquisition function of ``b x q x d`` unit-cube points.
+        sd_unit: the scatter's sd in unit-cube doping (> 0).
+        is_new: ``b x q x d -> b`` bool, whether a q-batch asks for a new film.
+        doping_col: the doping column of ``X``.
+    """
+
+    def __init__(self, base: AcquisitionFunction, sd_unit: float, is_new, doping_col: int = 1, nodes: int = 5):
+        super().__init__(model=base.model)
+        self.base = base
+        self.is_new = is_new
+        self.col = int(doping_col)
+        z, w = np.polynomial.hermite_e.hermegauss(int(nodes))
+        self.register_buffer("shifts", torch.tensor(z * float(sd_unit), dtype=DTYPE))
+        self.register_buffer("log_w", torch.log(torch.tensor(w / w.sum(), dtype=DTYPE)))
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        v0 = self.base(X)
+        new = self.is_new(X)
+        if not bool(new.any()):
+            return v0
+        vals = []
+        for dz in self.shifts:
+            Xk = X.clone()
+            Xk[..., self.col] = (X[..., self.col] + dz).clamp(0.0, 1.0)
+            vals.append(self.base(Xk))
+        avg = torch.logsumexp(torch.stack(vals) + self.log_w.reshape(-1, *([1] * v0.dim())), dim=0)
+        return torch.where(new, avg, v0)
+
+
 class NestedOptimizer(Optimizer):
     """GP on ln(threshold) over (log stripe length, doping) with cost-aware qLogNEI (module docstring)."""
 
@@ -167,10 +215,16 @@ class NestedOptimizer(Optimizer):
         polish_margin: float = 0.5,
         film_rel_sd: float = 0.03,
         torch_threads: int | None = 1,
+        prior: PriorMap | None = None,
+        film_doping_sd: float = 0.0,
         **common: Any,
     ) -> None:
         """``common``: every strategy's keywords (``Optimizer``): ``seed``, ``cost``, ``objectives``,
-        ``batch_size``, ``lab_state``. The others tune the search (module docstring)."""
+        ``batch_size``, ``lab_state``. ``prior``: the twin's map of -ln threshold (``PriorMap``), the
+        threshold GP's mean (``_prior.TwinPriorMean``); None: a constant mean. ``film_doping_sd``
+        (electrons/dot): how far a new film's doping scatters around the request; > 0 averages a
+        new film's acquisition over it (``_ScatterAveraged``), the sd estimated from the films made
+        once two have a measured doping. The others tune the search (module docstring)."""
         super().__init__(space, **common)
         self.n_init = int(n_init)
         self.raw_samples = int(raw_samples)
@@ -185,6 +239,14 @@ class NestedOptimizer(Optimizer):
         self.polish_margin = float(polish_margin)
         self.film_rel_sd = float(film_rel_sd)
         self.torch_threads = torch_threads
+        if prior is not None and not isinstance(prior, PriorMap):
+            raise ParameterError(f"prior must be an optimizer.PriorMap or None, got {type(prior).__name__}")
+        self.prior = prior
+        if not (math.isfinite(film_doping_sd) and film_doping_sd >= 0):
+            raise ParameterError(f"film_doping_sd must be a finite number >= 0 electrons/dot, got {film_doping_sd!r}")
+        self.film_doping_sd = float(film_doping_sd)
+        if prior is not None:
+            self._last["prior"] = prior.source or "a twin map"
         self._design_cache: list[dict[str, float]] | None = None
 
     # ---- data -------------------------------------------------------------------------
@@ -201,7 +263,7 @@ class NestedOptimizer(Optimizer):
 
         Inputs are the conditions as measured (``Optimizer.model_inputs``): a film's measured
         doping, its measurement error in ``X_sd``'s doping column."""
-        done = [r for r in self._rows("completed") if self.model_inputs(r) is not None]
+        done = [r for r in [*self._warm, *self._rows("completed")] if self.model_inputs(r) is not None]
         X, Xsd, Y, Yvar, G, Gvar, XG = [], [], [], [], [], [], []
         for r in done:
             thr = float(r.outcome["threshold_uJ_cm2"])
@@ -306,7 +368,13 @@ class NestedOptimizer(Optimizer):
             width = self.cost.film_doping_tol / (hi - lo) if hi > lo else 1.0
             film = (1, max(width, 1e-4), self.film_rel_sd)
         thr_gp, info, _ = fit_gp_input_noise(
-            data["X"], data["Y"], data["Yvar"], data["X_sd"], maxiter=self.maxiter, film=film
+            data["X"],
+            data["Y"],
+            data["Yvar"],
+            data["X_sd"],
+            maxiter=self.maxiter,
+            film=film,
+            prior=None if self.prior is None else (self.prior, self.space),
         )
         messages += info.messages
         models = [thr_gp]
@@ -457,6 +525,10 @@ class NestedOptimizer(Optimizer):
         for k, idx in enumerate(indices):
             X_pending = torch.tensor(pend, dtype=DTYPE) if pend else None
             base = self._acquisition(model, index, data, X_pending, seed + k)
+            sd = self._film_scatter_sd()
+            if sd > 0 and not self.space.discrete:
+                lo, hi = self.space.doping_bounds
+                base = _ScatterAveraged(base, sd / (hi - lo), functools.partial(self._is_new_film, state=state))
             weighted = _PerCost(base, functools.partial(self.expected_cost_s, state=state), meas)
             acq = weighted if self.cost_aware else base
             x, _ = self._maximise(acq, state, seed + 7919 * (k + 1))
@@ -501,6 +573,26 @@ class NestedOptimizer(Optimizer):
             }
         )
         return out
+
+    def _is_new_film(self, X: torch.Tensor, state: LabState) -> torch.Tensor:
+        """Whether each q-batch of unit-cube ``X`` (``b x q x 2``) asks for a doping with no film (``b``)."""
+        doping = self.space.from_unit_tensor(X)[DOPING]
+        return (self.cost.film_cost_s(doping, state) >= self.cost.new_film_s).any(-1)
+
+    def _film_scatter_sd(self) -> float:
+        """The new films' doping scatter (electrons/dot): the rms of measured - requested over the films
+        made once there are two, else ``film_doping_sd``; 0 when that is 0 (off)."""
+        if self.film_doping_sd <= 0:
+            return 0.0
+        offsets = {}
+        for r in self.history():
+            req = _finite(r.params.get(DOPING))
+            got = _finite((r.observed_params or {}).get(DOPING))
+            if req is not None and got is not None and abs(req - got) > 0:
+                offsets[round(got, 9)] = got - req  # one per film (its first trial: requested vs measured)
+        if len(offsets) >= 2:
+            return max(math.sqrt(sum(v * v for v in offsets.values()) / len(offsets)), 0.01)
+        return self.film_doping_sd
 
     def posterior(self, stripe_length_um: ArrayLike, doping: ArrayLike) -> dict[str, Any]:
         """The threshold model's posterior at (stripe length, doping) points.

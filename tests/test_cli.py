@@ -217,3 +217,28 @@ def test_a_bench_command_called_from_python_gives_back_the_callers_signal_handle
     finally:
         child.kill()
         child.wait()
+
+
+def test_campaign_run_prior_refuses_a_missing_file_and_another_strategy(tmp_path):
+    missing = run(
+        "campaign", "run", "--twin", "--prior", str(tmp_path / "nope.toml"), "--data-dir", str(tmp_path), check=False
+    )
+    assert missing.returncode == 2 and "no such presets file" in missing.stderr + missing.stdout
+    other = run(
+        "campaign", "run", "--twin", "--strategy", "random", "--prior", "twin", "--data-dir", str(tmp_path), check=False
+    )
+    assert other.returncode == 2 and "nested strategy only" in other.stderr + other.stdout
+
+
+def test_a_twin_guided_campaign_from_a_presets_file_shows_prior_vs_data(tmp_path):
+    presets = tmp_path / "calibrated.toml"
+    presets.write_text(default_presets_path().read_text())
+    data = str(tmp_path / "data")
+    done = json.loads(
+        run("campaign", "run", "--twin", "--prior", str(presets), "--max-trials", "2", "--data-dir", data, "--json")
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    shown = run("campaign", "status", done["campaign_uid"], "--data-dir", data).stdout
+    flat = "".join(shown.split())  # the console wraps long lines
+    assert f"twinprior:{presets}" in flat and "measuredvs" in flat and "lnratio" in flat

@@ -21,7 +21,6 @@ from optimizer import (
     TrialResult,
     make_optimizer,
 )
-from twin.ase import ase_output, max_fluence_uJ_cm2
 from twin.landscape import feasible_threshold
 
 LIMIT = 3000.0
@@ -59,15 +58,6 @@ def nested_result(prop, sample, setup, rng, rel=0.02):
         return TrialResult(prop.trial_index, p, "infeasible", reason="no ASE up to the fluence cap")
     out = {"threshold_uJ_cm2": thr * (1 + rel * rng.standard_normal()), "threshold_err_uJ_cm2": rel * thr}
     return TrialResult(prop.trial_index, p, "completed", out, lab_time_s=100.0)
-
-
-def joint_result(prop, sample, setup, rng, rel=0.03):
-    p = prop.params
-    f, length, d = p["fluence_uJ_cm2"], p["stripe_length_um"], p["doping"]
-    if f > float(max_fluence_uJ_cm2(length, setup)):
-        return TrialResult(prop.trial_index, p, "infeasible", reason="pulse energy cannot reach this fluence")
-    counts = 100.0 * float(ase_output(f, length, d, sample, setup)) * (1 + rel * rng.standard_normal())
-    return TrialResult(prop.trial_index, p, "completed", {"counts_per_s": counts, "exposure_s": 3.0})
 
 
 def run(opt, n, sample, setup, seed=0, result=nested_result):
@@ -185,7 +175,7 @@ def test_the_vectorised_cost_is_the_recorded_cost():
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_with_nothing_mounted_a_new_film_is_not_free_and_decision_and_record_agree(strategy):
     cm = CostModel()
-    joint = strategy == "joint"
+    joint = False  # every strategy measures a trial by a fluence scan
     meas = cm.measurement_s(joint)
     opt = make_optimizer(strategy, continuous_space(), seed=0, cost=cm, lab_state=LabState(films=(5.0,)))
     state = opt.lab_state()
@@ -211,13 +201,12 @@ def test_with_nothing_mounted_a_new_film_is_not_free_and_decision_and_record_agr
     [
         # films cheap enough (never free) that the search makes new ones: every price is checked
         ("nested", CostModel(new_film_s=300.0), 9),
-        ("joint", CostModel(new_film_s=2.0, sample_change_s=1.0), 13),
     ],
 )
 def test_the_cost_the_acquisition_divides_by_is_the_cost_the_proposal_records(strategy, cost, n, sample, setup):
-    result = joint_result if strategy == "joint" else nested_result
+    result = nested_result
     opt = make_optimizer(strategy, continuous_space(), seed=4, cost=cost, lab_state=LabState(current_doping=7.4))
-    meas = cost.measurement_s(strategy == "joint")
+    meas = cost.measurement_s(joint=False)
     rng = np.random.default_rng(0)
     n_bo, n_new = 0, 0
     for _ in range(n):
@@ -262,17 +251,17 @@ def test_make_optimizer_refuses_bad_arguments():
         make_optimizer("nested", space, seed=0, batch_size=0)
     with pytest.raises(ParameterError, match="seed"):
         make_optimizer("random", space, seed=-1)
-    with pytest.raises(ParameterError, match="threshold only"):
-        make_optimizer("joint", space, seed=0, objectives=("threshold", "gnet"))
 
 
 def test_strategies_are_named_once_and_built_by_name():
-    assert STRATEGIES == ("nested", "joint", "random", "grid")
+    assert STRATEGIES == ("nested", "random", "grid")
     for name in STRATEGIES:
         opt = make_optimizer(name, continuous_space(), seed=0)
-        assert opt.strategy == name and opt.joint == (name == "joint")
-    with pytest.raises(ParameterError, match="allowed: nested, joint, random, grid"):
+        assert opt.strategy == name and opt.joint is False
+    with pytest.raises(ParameterError, match="allowed: nested, random, grid"):
         make_optimizer("bayes", continuous_space(), seed=0)
+    with pytest.raises(ParameterError, match="allowed: nested, random, grid"):
+        make_optimizer("joint", continuous_space(), seed=0)  # removed: it never reached the optimum
 
 
 # ---- failed results, idempotence ---------------------------------------------------------
@@ -347,27 +336,16 @@ def _adversarial_histories():
     }
 
 
-def _as_joint(results):
-    out = []
-    for r in results:
-        params = {**r.params, "fluence_uJ_cm2": 50.0 * (1 + r.trial_index)}
-        outcome = {"counts_per_s": r.outcome.get("threshold_uJ_cm2", math.nan)}
-        out.append(TrialResult(r.trial_index, params, r.status, outcome, r.reason))
-    return out
-
-
-@pytest.mark.parametrize("strategy", ["nested", "joint", "random", "grid"])
+@pytest.mark.parametrize("strategy", ["nested", "random", "grid"])
 @pytest.mark.parametrize("history", list(_adversarial_histories()))
 def test_proposals_stay_in_the_space_and_the_safe_set(strategy, history):
     results = _adversarial_histories()[history]
-    if strategy == "joint":
-        results = _as_joint(results)
     for space in (continuous_space(), discrete_space()):
         for seed in range(2):
             opt = make_optimizer(strategy, space, seed=seed, lab_state=LabState(current_doping=7.4))
             opt.ingest(results)
             for p in opt.suggest(2):
-                space.validate(p.params, joint=strategy == "joint")
+                space.validate(p.params)
                 assert p.params.get("fluence_uJ_cm2", 0.0) <= LIMIT
                 assert math.isfinite(p.expected_cost_s)
             json.dumps(opt.state(), allow_nan=False)
@@ -393,10 +371,10 @@ def test_same_seed_and_history_give_the_same_proposal(sample, setup):
     assert [p.trial_index for p in pa] == [p.trial_index for p in pb] == [6, 7]
 
 
-@pytest.mark.parametrize("strategy", ["nested", "joint", "random", "grid"])
+@pytest.mark.parametrize("strategy", ["nested", "random", "grid"])
 def test_a_resumed_campaign_proposes_what_the_uninterrupted_one_would(strategy, sample, setup):
-    result = joint_result if strategy == "joint" else nested_result
-    n = 10 if strategy == "joint" else 6
+    result = nested_result
+    n = 6
     state = LabState(current_doping=7.4)
     whole = make_optimizer(strategy, continuous_space(), seed=11, lab_state=state)
     run(whole, n, sample, setup, result=result)
@@ -487,7 +465,7 @@ def test_posterior_is_the_model_the_next_proposal_comes_from(sample, setup):
     assert opt.suggest(1)[0] == p  # reading the posterior changes nothing the optimiser does
 
 
-# ---- infeasible results, gnet, baselines, joint ------------------------------------------
+# ---- infeasible results, gnet, baselines ------------------------------------------
 def test_infeasible_trials_become_a_constraint_not_a_number(sample, setup):
     opt = make_optimizer("nested", continuous_space(), seed=0)
     ok = [TrialResult(i, _params(300.0 * (i + 1), 7.4), "completed", {"threshold_uJ_cm2": 90.0 + i}) for i in range(4)]
@@ -535,18 +513,3 @@ def test_grid_goes_film_by_film_and_random_is_reproducible():
     a = make_optimizer("random", continuous_space(), seed=9).suggest(3)
     b = make_optimizer("random", continuous_space(), seed=9).suggest(3)
     assert [p.params for p in a] == [p.params for p in b]
-
-
-def test_joint_learns_the_lasing_boundary(sample, setup):
-    space = continuous_space()
-    opt = make_optimizer("joint", space, seed=0, lab_state=LabState(current_doping=7.4))
-    assert opt.best() is None
-    run(opt, 20, sample, setup, result=joint_result)
-    for p in opt.suggest(2):
-        space.validate(p.params, joint=True)
-        assert p.params["fluence_uJ_cm2"] <= LIMIT and 0.0 <= p.predicted["p_lasing"] <= 1.0
-    best = opt.best()
-    truth = float(feasible_threshold(best["stripe_length_um"], best["doping"], sample, setup))
-    assert math.isfinite(best["threshold_uJ_cm2"]) and best["threshold_err_uJ_cm2"] >= 0
-    assert 0.5 * truth < best["threshold_uJ_cm2"] < 2.0 * truth
-    assert {p.params["doping"] for p in opt.history()} == {7.4}  # one acquisition never pays for a film

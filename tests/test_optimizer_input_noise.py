@@ -120,28 +120,6 @@ def test_measured_equal_to_requested_with_no_error_proposes_as_before():
     assert [p.params for p in pa] == [p.params for p in pb]
 
 
-def test_the_joint_model_trains_on_the_measured_doping():
-    opt = make_optimizer("joint", SPACE, seed=0)
-    obs = {"doping": 6.5}
-    opt.ingest(
-        [
-            TrialResult(
-                0, {"fluence_uJ_cm2": 100.0, "stripe_length_um": 500.0, "doping": 6.0}, outcome={"counts_per_s": 1e5}
-            ),
-            TrialResult(
-                1,
-                {"fluence_uJ_cm2": 200.0, "stripe_length_um": 500.0, "doping": 6.0},
-                outcome={"counts_per_s": 3e5},
-                observed_params=obs,
-                observed_err={"doping": 0.05},
-            ),
-        ]
-    )
-    data = opt.training_data()
-    assert data["X"][:, 2].tolist() == pytest.approx([6.0 / 7.9, 6.5 / 7.9])
-    assert data["X_sd"][:, 2].tolist() == pytest.approx([0.0, 0.05 / 7.9])
-
-
 def test_a_film_never_measured_gives_no_film_and_no_data():
     opt = make_optimizer("nested", SPACE, seed=0, lab_state=LabState(current_doping=7.4, films=(7.4,)))
     rows = [

@@ -82,7 +82,7 @@ def test_seeds_and_strategies_are_parsed_or_refused():
         parse_seeds("1,b")
     with pytest.raises(SweepError, match="end is below the start"):
         parse_seeds("5-2")
-    with pytest.raises(SweepError, match="allowed: nested, joint, random, grid"):
+    with pytest.raises(SweepError, match="allowed: nested, random, grid"):
         parse_strategies("nested,bayes")
 
 
@@ -209,7 +209,7 @@ def test_an_unreachable_scheduler_says_what_to_start(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--strategies", "random,bayes", "--seeds", "0"], "error: unknown strategy 'bayes'; allowed: nested, joint"),
+        (["--strategies", "random,bayes", "--seeds", "0"], "error: unknown strategy 'bayes'; allowed: nested, random"),
         (["--strategies", "random", "--seeds", "0,x"], "error: bad seed 'x'"),
         (["--strategies", "random", "--seeds", "0", "--scheduler", "tcp://127.0.0.1:1", "--workers", "2"], "--workers"),
     ],

@@ -179,7 +179,7 @@ def _campaign_plan(bench, settings: ProfileSettings):
         Parameters
         ----------
         strategy
-            nested, joint, random or grid.
+            nested, random or grid.
         max_trials
             Stop after this many trials.
         budget_lab_h

@@ -101,6 +101,41 @@ def build_report(catalog, campaign_uid: str, out_dir: str | Path) -> Report:
         ) from None
 
 
+def _num(value, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def _prior_table(cfg: CampaignConfig, records, notes: list[str]) -> str:
+    """The twin prior's threshold per completed trial beside the measured one (``campaign.prior_residuals``)."""
+    from gainloop.campaign import prior_residuals
+
+    done = [
+        r for r in records if r.status == "completed" and math.isfinite(r.outcome.get("threshold_uJ_cm2", math.nan))
+    ]
+    prior = prior_residuals(cfg, done)
+    if prior.get("error"):
+        return webpage.note_html(prior["error"], notes)
+    rms = prior.get("rms_residual_ln")
+    head = (
+        f"<p>The campaign's prior: the twin of {html.escape(str(prior['source']))} "
+        f"[{html.escape(str(prior.get('sample')))}], before the campaign refitted it; per completed trial the "
+        "twin's threshold at its stripe length and measured doping, and ln(measured / twin)"
+        + (f" (rms {rms:.3f})" if rms is not None else "")
+        + ".</p>"
+    )
+    rows = "".join(
+        f"<tr><td>{row['trial_index']}</td><td>{row['stripe_length_um']:.0f}</td><td>{row['doping']:.2f}</td>"
+        f"<td>{row['threshold_uJ_cm2']:.1f}</td>"
+        f"<td>{_num(row['predicted_threshold_uJ_cm2'], '.1f')}</td>"
+        f"<td>{_num(row['residual_ln'], '+.3f')}</td></tr>"
+        for row in prior["trials"]
+    )
+    return (
+        head + "<table class='prior'><tr><th>trial</th><th>stripe um</th><th>doping e/dot</th>"
+        "<th>measured uJ/cm^2</th><th>twin uJ/cm^2</th><th>ln(measured / twin)</th></tr>" + rows + "</table>"
+    )
+
+
 def _build(catalog, campaign_uid: str, out_dir: str | Path) -> Report:
     stored = stored_campaign(catalog, campaign_uid)  # CampaignError if unknown
     cfg = CampaignConfig.from_dict(stored.config)
@@ -210,6 +245,10 @@ def _build(catalog, campaign_uid: str, out_dir: str | Path) -> Report:
             )
     else:
         sections.append(webpage.note_html("No completed trial with a threshold: no spectra to show.", notes))
+
+    if cfg.prior is not None:
+        sections.append("<h2>Twin prior versus the data</h2>")
+        sections.append(_prior_table(cfg, stored.records, notes))
 
     sections.append("<h2>Trials</h2>")
     sections.append(webpage.trials_table(trials))

@@ -207,11 +207,6 @@ def _film_levels(cfg: CampaignConfig) -> list[float]:
 
 def gp_posterior(cfg: CampaignConfig, history: list[dict], trials: list[ReportTrial]):
     """(posterior grid, None) from the nested optimiser refitted on the history, or (None, why not)."""
-    if cfg.strategy == "joint":
-        return None, (
-            "This is a joint (fluence, stripe length, doping) campaign: its trials are single acquisitions, "
-            "not thresholds, so there is no threshold GP over stripe length x doping to draw."
-        )
     n_done = sum(math.isfinite(t.threshold) for t in trials)
     if n_done < 2:
         return None, f"{n_done} trial(s) with a threshold: the GP needs at least 2 to be drawn."

@@ -110,7 +110,7 @@ def next_proposal(stored: StoredCampaign, measuring: set[int], state: dict) -> d
     """The proposal the campaign measures next (or is measuring): its conditions and why it was chosen.
 
     Why: the optimiser's cost-weighted acquisition value ``a = ln(EI) - ln(cost / scan cost)``
-    (``optimizer``'s nested and joint strategies), i.e. EI per lab hour = ``exp(a) / scan hours``, EI
+    (``optimizer``'s nested strategy), i.e. EI per lab hour = ``exp(a) / scan hours``, EI
     in units of ln threshold (a relative improvement); NaN for an initial-design point. The film:
     the one its run mounted, else an existing film within the cost model's doping tolerance, else
     a new film.

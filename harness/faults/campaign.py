@@ -669,21 +669,22 @@ def scenario_resume_fluence(workdir: Path, env: FaultEnv, *, seed: int = 6) -> C
     figures = CampaignFigures(fault="resume above the fluence limit")
     checks, observed = figures.checks, figures.observed
     with _catalog(server, workdir / "data") as cat:
-        joint = _config(seed, 1, strategy="joint")
-        probe = prepare_campaign(cat, joint, fault_hook=lambda *a: None, bench=_twin_for(joint))
+        nested_cfg = _config(seed, 1)
+        probe = prepare_campaign(cat, nested_cfg, fault_hook=lambda *a: None, bench=_twin_for(nested_cfg))
         probe.plan.close()
         limit = probe.bench.config.bench.fluence_limit_uJ_cm2
         good = probe.optimizer.suggest()[0].as_dict()
         over = {**good, "params": {**good["params"], "fluence_uJ_cm2": 10.0 * limit}}
-        nested = _config(seed, 1).as_dict()
+        nested = nested_cfg.as_dict()
+        within = {**good, "params": {**good["params"], "fluence_uJ_cm2": 0.5 * limit}}
         cases = {
             "stored config fluence_max above the limit": ({**nested, "fluence_max_uJ_cm2": 10.0 * limit}, []),
             "stored scan_args fluence above the limit": (
                 {**nested, "scan_args": {**SMALL_SCAN, "fluence_max_uJ_cm2": 10.0 * limit}},
                 [],
             ),
-            "stored joint proposal above the limit": (joint.as_dict(), [over]),
-            "stored nested proposal carrying a fluence": (nested, [{**over, "params": {**over["params"]}}]),
+            "stored proposal carrying a fluence above the limit": (nested, [over]),
+            "stored nested proposal carrying a fluence": (nested, [within]),
         }
         observed["limit_uJ_cm2"] = limit
         observed["refusals"] = {}
@@ -698,7 +699,7 @@ def scenario_resume_fluence(workdir: Path, env: FaultEnv, *, seed: int = 6) -> C
             observed["refusals"][name] = {"message": message, "runs": len(measured)}
             checks[f"{name}: refused, nothing measured"] = message is not None and not measured
         # the control: a stored proposal within the limit is replayed as stored
-        uid = _tampered_record(cat, joint.as_dict(), [good])
+        uid = _tampered_record(cat, nested, [good])
         run_campaign(cat, resume_uid=uid)
         runs = _trial_runs(cat, uid)
         _, trials, _, _ = rebuild_trials(cat, uid)

@@ -111,5 +111,5 @@ def test_resume_never_sends_a_stored_fluence_above_the_limit(run_scenario):
         f"exceeds the bench's fluence limit {limit:g}"
         in refusals["stored config fluence_max above the limit"]["message"]
     )
-    assert "trial 0" in refusals["stored joint proposal above the limit"]["message"]
+    assert "trial 0" in refusals["stored proposal carrying a fluence above the limit"]["message"]
     assert len(fig.observed["replayed"]["runs"]) == 1
