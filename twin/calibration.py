@@ -73,6 +73,8 @@ DEFAULT_CANDIDATES: tuple[str, ...] = (
 IDENTIFIED_MAX_LOG_SD = 0.2
 #: A physical range starting at 0 is bounded below at this fraction of its upper end (the fit is in ln).
 ZERO_BOUND_FRACTION = 1e-4
+#: Acquisitions per batch of the model and its Jacobian (bounds memory: ~1 MB per acquisition in a batch).
+_BATCH = 128
 #: Largest number of acquisitions the identifiability analysis evaluates (a spread subset of the data).
 _IDENT_MAX_POINTS = 160
 
@@ -118,6 +120,8 @@ class StripeRun:
     ``fluence_uJ_cm2``: delivered peak fluence (the pump's readback); ``stripe_length_um``;
     ``exposure_s``; ``counts``: dark-subtracted integrated counts; ``doping``: the film's
     <n_e> (electrons/dot). ``sample``: the preset sample id whose parameters describe the film.
+    ``damage_dose``: the film's photo-damage dose D before each acquisition (dimensionless,
+    ``twin.damage``: its undamaged fraction is exp(-D)), from the pulses it has taken; zeros if None.
     """
 
     uid: str
@@ -128,10 +132,13 @@ class StripeRun:
     stripe_length_um: np.ndarray
     exposure_s: np.ndarray
     counts: np.ndarray
+    damage_dose: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.counts)
-        for name in ("fluence_uJ_cm2", "stripe_length_um", "exposure_s", "counts"):
+        if self.damage_dose is None:
+            object.__setattr__(self, "damage_dose", np.zeros(n))
+        for name in ("fluence_uJ_cm2", "stripe_length_um", "exposure_s", "counts", "damage_dose"):
             arr = np.asarray(getattr(self, name), dtype=float)
             object.__setattr__(self, name, arr)
             if arr.shape != (n,):
@@ -140,6 +147,8 @@ class StripeRun:
                 raise CalibrationError(f"run {self.uid}: {name} has NaN or inf entries (drop unusable events first)")
         if n == 0:
             raise CalibrationError(f"run {self.uid} has no usable acquisitions")
+        if np.any(self.damage_dose < 0):
+            raise CalibrationError(f"run {self.uid}: the damage dose must be >= 0")
         if np.any(self.fluence_uJ_cm2 <= 0) or np.any(self.exposure_s <= 0) or np.any(self.stripe_length_um <= 0):
             raise CalibrationError(f"run {self.uid}: fluence, stripe length and exposure must be positive")
         if not math.isfinite(self.doping) or self.doping < 0:
@@ -268,12 +277,20 @@ class _Data:
         self.doping = torch.as_tensor(cat([np.full(r.counts.size, r.doping) for r in runs]), dtype=torch.float64)
         self.exposure = torch.as_tensor(cat([r.exposure_s for r in runs]), dtype=torch.float64)
         self.counts = torch.as_tensor(cat([r.counts for r in runs]), dtype=torch.float64)
+        self.healthy = torch.as_tensor(np.exp(-cat([r.damage_dose for r in runs])), dtype=torch.float64)
         self.splits = np.cumsum([r.counts.size for r in runs])[:-1]
+
+    def batches(self):
+        n = self.counts.numel()
+        return [slice(i, i + _BATCH) for i in range(0, n, _BATCH)]
+
+    def columns(self, sl: slice):
+        return self.fluence[sl], self.length[sl], self.doping[sl], self.exposure[sl], self.healthy[sl]
 
     def subset(self, idx: np.ndarray) -> _Data:
         sub = object.__new__(_Data)
         sub.runs = self.runs
-        for name in ("fluence", "length", "doping", "exposure", "counts"):
+        for name in ("fluence", "length", "doping", "exposure", "counts", "healthy"):
             setattr(sub, name, getattr(self, name)[idx])
         sub.splits = np.array([], dtype=int)
         return sub
@@ -282,16 +299,43 @@ class _Data:
         return {r.uid: part for r, part in zip(self.runs, np.split(values, self.splits), strict=True)}
 
 
-def _model(presets: PresetFile, sample_id: str, names: list[str], u, data: _Data):
-    """Mean and variance of the integrated counts at u = ln(parameters) (torch, differentiable in u)."""
+def _point_model(presets: PresetFile, sample_id: str, names: list[str], *, exact: bool = True):
+    """The counts model of one acquisition, ``(u, fluence, length, doping, exposure, healthy) -> (mean, var)``
+    (0-d tensors; ``healthy``: the film's undamaged fraction exp(-dose), which scales alpha0 as in
+    ``twin.damage.damaged_sample``). ``exact`` False: at the pulses' mean fluence, without the jitter average."""
     import torch
 
-    from .instrument import expected_stripe_counts
+    from .instrument import expected_stripe_counts, stripe_pixel_intensities
+    from .spectra import SPECTROMETER_AXIS_NM
 
-    sample = _tensor_sample(presets, sample_id, names, torch.exp(u))
-    return expected_stripe_counts(
-        data.fluence, data.length, data.doping, data.exposure, sample, presets.setup, presets.noise
-    )
+    base = presets.get(sample_id)
+    alpha0_name = f"{sample_id}.film.alpha0_per_cm"
+
+    def one(u, f, length, doping, exposure, healthy):
+        values = dict(zip(names, torch.exp(u), strict=True))
+        values[alpha0_name] = values.get(alpha0_name, base.film.alpha0_per_cm) * healthy
+        sample = _tensor_sample(presets, sample_id, list(values), list(values.values()))
+        if exact:
+            return expected_stripe_counts(f, length, doping, exposure, sample, presets.setup, presets.noise)
+        per_pixel = stripe_pixel_intensities(SPECTROMETER_AXIS_NM, f, length, doping, sample, presets.setup)
+        return per_pixel.sum(-1) * presets.noise.counts_per_unit_s * exposure, exposure
+
+    return one
+
+
+def _model(presets: PresetFile, sample_id: str, names: list[str], u, data: _Data):
+    """Mean and variance of the integrated counts at u = ln(parameters), per acquisition (torch, no graph)."""
+    import torch
+    from torch.func import vmap
+
+    one = vmap(_point_model(presets, sample_id, names), in_dims=(None, 0, 0, 0, 0, 0))
+    means, variances = [], []
+    with torch.no_grad():
+        for sl in data.batches():
+            m, v = one(u, *data.columns(sl))
+            means.append(m)
+            variances.append(v)
+    return torch.cat(means), torch.cat(variances)
 
 
 def _tensor_sample(presets: PresetFile, sample_id: str, names: list[str], values):
@@ -302,10 +346,6 @@ def _tensor_sample(presets: PresetFile, sample_id: str, names: list[str], values
     return tensor_presets(presets, dict(zip(names, values, strict=True))).get(sample_id, presets.get(sample_id))
 
 
-#: Acquisitions per batch of the Jacobian (bounds its memory: ~25 MB per acquisition x batch).
-_JACOBIAN_BATCH = 128
-
-
 def _jacobian(presets, sample_id, names, u, data: _Data, *, exact: bool = True):
     """d(mean counts)/du, shape (points, k), by reverse-mode autograd per acquisition (``torch.func``:
     ``vmap`` of ``jacrev`` over the acquisitions, in batches). ``exact`` False: the counts at the pulses'
@@ -313,52 +353,21 @@ def _jacobian(presets, sample_id, names, u, data: _Data, *, exact: bool = True):
     import torch
     from torch.func import jacrev, vmap
 
-    from .instrument import expected_stripe_counts, stripe_pixel_intensities
-    from .spectra import SPECTROMETER_AXIS_NM
-
     if not names:
         return torch.zeros((data.counts.numel(), 0), dtype=torch.float64)
-
-    def one(u_, f, length, doping, exposure):
-        sample = _tensor_sample(presets, sample_id, names, torch.exp(u_))
-        if exact:
-            mean, _ = expected_stripe_counts(f, length, doping, exposure, sample, presets.setup, presets.noise)
-            return mean
-        per_pixel = stripe_pixel_intensities(SPECTROMETER_AXIS_NM, f, length, doping, sample, presets.setup)
-        return per_pixel.sum(-1) * presets.noise.counts_per_unit_s * exposure
-
-    jac = vmap(jacrev(one), in_dims=(None, 0, 0, 0, 0))
-    n = data.counts.numel()
-    parts = [
-        jac(
-            u,
-            data.fluence[i : i + _JACOBIAN_BATCH],
-            data.length[i : i + _JACOBIAN_BATCH],
-            data.doping[i : i + _JACOBIAN_BATCH],
-            data.exposure[i : i + _JACOBIAN_BATCH],
-        )
-        for i in range(0, n, _JACOBIAN_BATCH)
-    ]
-    return torch.cat(parts).detach()
+    one = _point_model(presets, sample_id, names, exact=exact)
+    jac = vmap(jacrev(lambda *a: one(*a)[0]), in_dims=(None, 0, 0, 0, 0, 0))
+    return torch.cat([jac(u, *data.columns(sl)) for sl in data.batches()]).detach()
 
 
 def predicted_counts(presets: PresetFile, runs: list[StripeRun]) -> dict[str, np.ndarray]:
-    """The twin's mean integrated counts (counts) of every acquisition of ``runs``, by run uid (numpy)."""
-    from .instrument import expected_stripe_counts
+    """The twin's mean integrated counts (counts) of every acquisition of ``runs`` (one preset sample), by
+    run uid (numpy): the calibration's model at the presets' values, photo-damage included."""
+    import torch
 
-    out = {}
-    for r in runs:
-        mean, _ = expected_stripe_counts(
-            r.fluence_uJ_cm2,
-            r.stripe_length_um,
-            r.doping,
-            r.exposure_s,
-            presets.get(r.sample),
-            presets.setup,
-            presets.noise,
-        )
-        out[r.uid] = np.asarray(mean)
-    return out
+    data = _Data(runs)
+    mean, _ = _model(presets, _one_sample(runs), [], torch.zeros(0, dtype=torch.float64), data)
+    return data.per_run(mean.numpy())
 
 
 # ----------------------------------------------------------------------------- identifiability
