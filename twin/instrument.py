@@ -201,8 +201,9 @@ def expected_stripe_counts(
     The measurement model of ``acquire_stripe_spectrum`` for a delivered fluence (the pump's
     readback, uJ/cm^2): the output averaged over the pulse jitter (its Gauss-Hermite nodes),
     times ``counts_per_unit_s`` x exposure (s), summed over the axis. The variance holds the
-    shot noise of signal and dark counts, the read noise of every pixel and the residual
-    pulse-to-pulse fluctuation of the exposure's average. Inputs broadcast (one entry per
+    shot noise of signal and dark counts, the read noise of every pixel, the residual
+    pulse-to-pulse fluctuation of the exposure's average and the pump's drift during the exposure
+    (the readback is one moment of it). Inputs broadcast (one entry per
     acquisition); numpy or torch (differentiable in the sample's torch parameters).
     """
     xp = namespace(fluence_uJ_cm2, stripe_length_um, doping, exposure_s)
@@ -219,6 +220,12 @@ def expected_stripe_counts(
     spread = xp.sqrt(((totals - tot_mean[..., None]) ** 2) @ w) / xp.maximum(tot_mean, 1e-300)
     pulses = xp.maximum(exp_s * (setup.pump_repetition_rate_kHz * 1e3), 1.0)
     rel = spread / xp.sqrt(pulses)
+    # the delivered fluence is known to the pump's drift during the exposure (its readback is one
+    # moment of it): a relative fluence error of drift_rms x 2 pi x exposure / shortest drift period,
+    # carried to the output through the local slope d ln(output)/d ln(fluence) (the nodes' spread / jitter)
+    if noise.pulse_jitter_rms > 0:
+        fluence_rel = noise.drift_rms * 2.0 * np.pi * exp_s / noise.drift_period_min_s
+        rel = xp.sqrt(rel**2 + (spread * (fluence_rel / noise.pulse_jitter_rms)) ** 2)
     signal = xp.maximum(tot_mean, 0.0) * noise.counts_per_unit_s * exp_s
     n_pix = lam.size
     var = signal + n_pix * noise.dark_counts_per_s * exp_s + n_pix * noise.read_noise_counts**2 + (rel * signal) ** 2
