@@ -50,6 +50,12 @@ def to_numpy(value: Any) -> np.ndarray | None:
     return np.asarray(value, dtype=float)
 
 
+def gather(table, index):
+    """``table[index]`` of a 1-D torch table for an integer index tensor of any shape: indexing with a
+    trailing axis, which ``torch.func.vmap`` batches natively (``take`` and 0-d indices it does not)."""
+    return table[index.unsqueeze(-1)].squeeze(-1)
+
+
 class _TorchNamespace:
     """numpy's names over torch, float64, for the functions the twin's equations use."""
 
@@ -129,8 +135,12 @@ class _TorchNamespace:
         fs = self.asarray(fp_tab)
         xc = t.clamp(xt, xs[0], xs[-1])
         i = t.clamp(t.searchsorted(xs, xc.detach(), right=True) - 1, 0, len(xs) - 2)
-        x0, x1, f0, f1 = xs.take(i), xs.take(i + 1), fs.take(i), fs.take(i + 1)
+        x0, x1, f0, f1 = (gather(t_, j) for t_, j in ((xs, i), (xs, i + 1), (fs, i), (fs, i + 1)))
         return f0 + (f1 - f0) * (xc - x0) / (x1 - x0)
+
+    def gather(self, table, index):
+        """``table[index]`` for an integer index tensor of any shape (0-d included, also under ``vmap``)."""
+        return gather(table, index)
 
     def logsumexp_rows(self, x):
         return self._t.logsumexp(x, dim=-1)

@@ -346,10 +346,10 @@ class GainTable:
         k = j * self._n_mean + i
         out = []
         for tab in tables:
-            v00 = tab.take(k)
-            v01 = tab.take(k + 1)
-            v10 = tab.take(k + self._n_mean)
-            v11 = tab.take(k + self._n_mean + 1)
+            v00 = xp.gather(tab, k)
+            v01 = xp.gather(tab, k + 1)
+            v10 = xp.gather(tab, k + self._n_mean)
+            v11 = xp.gather(tab, k + self._n_mean + 1)
             top = v00 + (v01 - v00) * tx
             out.append(top + ((v10 + (v11 - v10) * tx) - top) * ty)
         return out[0], out[1]
