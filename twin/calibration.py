@@ -77,6 +77,14 @@ ZERO_BOUND_FRACTION = 1e-4
 #: (0.5 chi2 units) still to be had; below ``_SWITCH_TO_EXACT`` it takes the exact Jacobian.
 _CONVERGED = 1e-4
 _SWITCH_TO_EXACT = 0.05
+#: The fit first runs on this many acquisitions (spread over the data) until less than ``_WARM_TO_GO`` is to go.
+_WARM_POINTS = 64
+_TRACE = False
+#: Largest change of ln(value) of any parameter in one step.
+_MAX_LOG_STEP = 1.0
+_WARM_TO_GO = 0.5
+#: Relative error floors of the warm-start stages (continuation towards the noise model).
+_WARM_FLOORS = (0.1, 0.02, 0.003)
 #: Acquisitions per batch of the model and its Jacobian (bounds memory: ~1 MB per acquisition in a batch).
 _BATCH = 128
 #: Largest number of acquisitions the identifiability analysis evaluates (a spread subset of the data).
@@ -496,54 +504,82 @@ def calibrate(
     data = _Data(runs)
     y = data.counts
 
-    def cost_at(u_np: np.ndarray):
-        u_t = torch.as_tensor(u_np, dtype=torch.float64)
-        with torch.no_grad():
+    def lm(data: _Data, u: np.ndarray, *, warm_start: bool, floor: float = 0.0):
+        """Levenberg-Marquardt from u on ``data``: (u, converged, iterations, r, mean, jac); ``warm_start``:
+        stop early (to_go < ``_WARM_TO_GO``), with the cheap Jacobian only; ``floor``: a relative error added
+        to the noise model (a smoother cost far from the optimum, where the counts' tiny errors make the
+        Gauss-Newton model poor)."""
+        y = data.counts
+
+        def cost_at(u_np: np.ndarray):
+            u_t = torch.as_tensor(u_np, dtype=torch.float64)
             mean, var = _model(presets, sample_id, names, u_t, data)
-        r = ((y - mean) / torch.sqrt(var)).numpy()
-        rp = (u_np - u0) / prior_sd
-        return 0.5 * (float(r @ r) + float(rp @ rp)), r, mean.numpy(), var
+            var = var + (floor * mean) ** 2
+            r = ((y - mean) / torch.sqrt(var)).numpy()
+            rp = (u_np - u0) / prior_sd
+            return 0.5 * (float(r @ r) + float(rp @ rp)), r, mean.numpy(), var
+
+        cost, r, mean, var = cost_at(u)
+        lam = 1e-3
+        exact = False  # the first iterations use the Jacobian at the mean fluence; the last ones the exact one
+        jac = np.zeros((y.numel(), len(names)))
+        for it in range(1, max_iterations + 1):
+            u_t = torch.as_tensor(u)
+            jac = (_jacobian(presets, sample_id, names, u_t, data, exact=exact) / torch.sqrt(var)[:, None]).numpy()
+            rp = (u - u0) / prior_sd
+            h = jac.T @ jac + np.diag(1.0 / prior_sd**2)
+            g = -jac.T @ r + rp / prior_sd  # gradient of the cost in u (r = (y - mu)/sd: d r/du = -jac)
+            # the Gauss-Newton model's predicted decrease of -ln(posterior) still to be had
+            at_bound = ((u <= log_lo + 1e-12) & (g > 0)) | ((u >= log_hi - 1e-12) & (g < 0))
+            gf = np.where(at_bound, 0.0, g)
+            to_go = 0.5 * float(gf @ np.linalg.solve(h, gf))
+            if _TRACE:
+                print("it", it, "warm" if warm_start else "", "exact" if exact else "", cost, to_go, lam, np.exp(u))
+            if warm_start and to_go < _WARM_TO_GO:
+                return u, True, it, r, mean, jac
+            if to_go < (_CONVERGED if exact else _SWITCH_TO_EXACT):
+                if exact:
+                    return u, True, it, r, mean, jac
+                exact = True
+                continue
+            # parameters at a bound that the gradient pushes outward stay there (projected Gauss-Newton)
+            free = ~(((u <= log_lo + 1e-12) & (g > 0)) | ((u >= log_hi - 1e-12) & (g < 0)))
+            improved = False
+            for _ in range(12):
+                step = np.zeros_like(u)
+                hf = h[np.ix_(free, free)]
+                step[free] = np.linalg.solve(hf + lam * np.diag(np.diag(hf)), -g[free])
+                # a trust region in ln(value): no parameter moves by more than a factor e^_MAX_LOG_STEP at once
+                step *= min(1.0, _MAX_LOG_STEP / max(float(np.max(np.abs(step))), 1e-300))
+                u_new = np.clip(u + step, log_lo, log_hi)
+                cost_new, r_new, mean_new, var_new = cost_at(u_new)
+                if cost_new <= cost:
+                    improved = True
+                    break
+                lam *= 4.0
+            if not improved:
+                # no step lowers the cost: at the optimum as far as the arithmetic can tell, if little was to go
+                if exact or warm_start:
+                    return u, to_go < 1e-2 or warm_start, it, r, mean, jac
+                exact = True
+                continue
+            u, cost, r, mean, var = u_new, cost_new, r_new, mean_new, var_new
+            lam = max(lam / 3.0, 1e-7)
+        return u, False, max_iterations, r, mean, jac
 
     u = u0.copy()
-    cost, r, mean, var = cost_at(u)
-    lam = 1e-3
-    converged = False
-    exact = False  # the first iterations use the Jacobian at the mean fluence; the last ones the exact one
     iterations = 0
-    jac = np.zeros((y.numel(), len(names)))
-    for it in range(1, max_iterations + 1):
-        iterations = it
-        u_t = torch.as_tensor(u)
-        jac = (_jacobian(presets, sample_id, names, u_t, data, exact=exact) / torch.sqrt(var)[:, None]).numpy()
-        rp = (u - u0) / prior_sd
-        h = jac.T @ jac + np.diag(1.0 / prior_sd**2)
-        g = -jac.T @ r + rp / prior_sd  # gradient of the cost in u (r = (y - mu)/sd: d r/du = -jac)
-        # the Gauss-Newton model's predicted decrease of -ln(posterior) still to be had
-        to_go = 0.5 * float(g @ np.linalg.solve(h, g))
-        if to_go < (_CONVERGED if exact else _SWITCH_TO_EXACT):
-            if exact:
-                converged = True
-                break
-            exact = True
-            continue
-        improved = False
-        for _ in range(12):
-            step = np.linalg.solve(h + lam * np.diag(np.diag(h)), -g)
-            u_new = np.clip(u + step, log_lo, log_hi)
-            cost_new, r_new, mean_new, var_new = cost_at(u_new)
-            if cost_new <= cost:
-                improved = True
-                break
-            lam *= 4.0
-        if not improved:
-            # no step lowers the cost: at the optimum as far as the arithmetic can tell, if little was to go
-            if exact:
-                converged = to_go < 1e-2
-                break
-            exact = True
-            continue
-        u, cost, r, mean, var = u_new, cost_new, r_new, mean_new, var_new
-        lam = max(lam / 3.0, 1e-7)
+    n = y.numel()
+    if n > 2 * _WARM_POINTS:  # the long way from the presets on a spread subset of the acquisitions
+        idx = np.unique(np.linspace(0, n - 1, _WARM_POINTS).round().astype(int))
+        warm = data.subset(idx)
+    else:
+        warm = data
+    for floor in _WARM_FLOORS:  # continuation: from a coarse noise floor to the noise model itself
+        u, _, it, *_ = lm(warm, u, warm_start=True, floor=floor)
+        iterations += it
+    u, converged, it, r, mean, jac = lm(data, u, warm_start=False)
+    iterations += it
     if not converged:
         raise CalibrationError(
             f"the fit of {', '.join(_short(n) for n in names)} did not converge in {iterations} iterations "
@@ -596,7 +632,7 @@ def calibrate(
         run_uids=[run.uid for run in runs],
         residuals=data.per_run(r),
         predicted=data.per_run(mean),
-        predicted_preset=data.per_run(cost_at(u0)[2]),
+        predicted_preset=data.per_run(_model(presets, sample_id, names, torch.as_tensor(u0), data)[0].numpy()),
     )
 
 
