@@ -79,7 +79,6 @@ _CONVERGED = 1e-4
 _SWITCH_TO_EXACT = 0.05
 #: The fit first runs on this many acquisitions (spread over the data) until less than ``_WARM_TO_GO`` is to go.
 _WARM_POINTS = 64
-_TRACE = False
 #: Largest change of ln(value) of any parameter in one step.
 _MAX_LOG_STEP = 1.0
 _WARM_TO_GO = 0.5
@@ -533,8 +532,6 @@ def calibrate(
             at_bound = ((u <= log_lo + 1e-12) & (g > 0)) | ((u >= log_hi - 1e-12) & (g < 0))
             gf = np.where(at_bound, 0.0, g)
             to_go = 0.5 * float(gf @ np.linalg.solve(h, gf))
-            if _TRACE:
-                print("it", it, "warm" if warm_start else "", "exact" if exact else "", cost, to_go, lam, np.exp(u))
             if warm_start and to_go < _WARM_TO_GO:
                 return u, True, it, r, mean, jac
             if to_go < (_CONVERGED if exact else _SWITCH_TO_EXACT):
