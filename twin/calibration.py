@@ -74,9 +74,10 @@ IDENTIFIED_MAX_LOG_SD = 0.2
 #: A physical range starting at 0 is bounded below at this fraction of its upper end (the fit is in ln).
 ZERO_BOUND_FRACTION = 1e-4
 #: The fit has converged when the Gauss-Newton model predicts less than this decrease of -ln(posterior)
-#: (0.5 chi2 units) still to be had; below ``_SWITCH_TO_EXACT`` it takes the exact Jacobian.
+#: (0.5 chi2 units) still to be had: first with the Jacobian at the mean fluence, then confirmed with the
+#: exact one (``_CONVERGED_EXACT``: a bias far below one standard error).
 _CONVERGED = 1e-4
-_SWITCH_TO_EXACT = 0.05
+_CONVERGED_EXACT = 1e-3
 #: The fit first runs on this many acquisitions (spread over the data) until less than ``_WARM_TO_GO`` is to go.
 _WARM_POINTS = 64
 #: Largest change of ln(value) of any parameter in one step.
@@ -534,10 +535,10 @@ def calibrate(
             to_go = 0.5 * float(gf @ np.linalg.solve(h, gf))
             if warm_start and to_go < _WARM_TO_GO:
                 return u, True, it, r, mean, jac
-            if to_go < (_CONVERGED if exact else _SWITCH_TO_EXACT):
-                if exact:
-                    return u, True, it, r, mean, jac
-                exact = True
+            if exact and to_go < _CONVERGED_EXACT:
+                return u, True, it, r, mean, jac
+            if not exact and to_go < _CONVERGED:
+                exact = True  # check (and finish) with the exact Jacobian, which the errors need anyway
                 continue
             # parameters at a bound that the gradient pushes outward stay there (projected Gauss-Newton)
             free = ~(((u <= log_lo + 1e-12) & (g > 0)) | ((u >= log_hi - 1e-12) & (g < 0)))
