@@ -70,6 +70,7 @@ def main() -> None:
                     n,
                     result.n_points,
                     wall[str(n)],
+                    cpu[str(n)],
                     result.iterations,
                     result.reduced_chi2,
                     within,
