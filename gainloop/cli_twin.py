@@ -22,9 +22,12 @@ from gainloop.cli_common import (
     SampleOption,
     command_errors,
     command_group,
+    fail,
     load_config,
+    opened_catalog,
     pick,
     print_json,
+    reads_catalog,
 )
 
 __all__ = ["twin_app"]
@@ -124,6 +127,107 @@ def twin_optimum(
         f"[bold]{sample}[/]: lowest ASE threshold {opt.threshold_uJ_cm2:.1f} uJ/cm^2 "
         f"at stripe length {opt.stripe_length_um:.0f} um and doping {opt.doping:.2f} electrons/dot"
     )
+
+
+@twin_app.command("calibrate")
+@reads_catalog
+def twin_calibrate(
+    sample: Annotated[str, typer.Option("--sample", help="Sample id of the stored runs (e.g. cas_doped-film).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Presets file to write (TOML; any twin command takes it with --presets).")
+    ],
+    runs: Annotated[
+        list[str] | None,
+        typer.Option("--runs", help="Calibrate on these runs (uid or its start; repeat, or comma-separated)."),
+    ] = None,
+    campaign: Annotated[
+        str | None, typer.Option("--campaign", help="Calibrate on the runs of this campaign (uid or its start).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Calibrate on the sample's runs started at or after this time.")
+    ] = None,
+    params: Annotated[
+        str | None,
+        typer.Option(
+            "--params",
+            help="Comma-separated parameters to fit (film.alpha0_per_cm, ...; default: those the runs constrain).",
+        ),
+    ] = None,
+    presets: PresetsOption = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write an HTML report with PNG figures into this folder.")
+    ] = None,
+    json_out: JsonOption = False,
+    **catalog_args,
+) -> None:
+    """Fit the twin's parameters to a sample's stored ASE/VSL runs (MAP, Laplace errors), write a presets file
+    and store the calibration as a run."""
+    from gainloop.calibrate import now_utc, select_runs, store_calibration, write_presets
+    from twin.calibration import CalibrationError, calibrate
+    from twin.presets import default_presets_path, load_presets
+
+    uids = [u for item in (runs or []) for u in item.split(",") if u.strip()]
+    if sum(bool(x) for x in (uids, campaign, since)) > 1:
+        fail(GainloopError("give at most one of --runs, --campaign and --since"))
+    if out.exists() and out.is_dir():
+        fail(GainloopError(f"--out {out} is a folder; give the path of the presets file to write"))
+    if not out.parent.exists():
+        fail(GainloopError(f"--out {out}: its folder {out.parent} does not exist"))
+    with command_errors(CalibrationError):
+        p = load_presets(presets)
+    with opened_catalog(**catalog_args, also=(CalibrationError,)) as cat:
+        selected = select_runs(cat, p, sample, uids=uids or None, campaign=campaign, since=since)
+        names = None if params is None else [n for n in params.split(",") if n.strip()]
+        if names is not None:
+            from twin.calibration import check_parameter_names
+
+            names = check_parameter_names(p, selected.preset, names)
+        result = calibrate(p, selected.runs, names)
+        when = now_utc()
+        source = str(presets) if presets is not None else f"the shipped presets ({default_presets_path().name})"
+        write_presets(result, out, presets_source=source, when=when)
+        uid = store_calibration(cat, result, sample=sample, presets_source=source, out_path=str(out))
+        page = None
+        if report is not None:
+            from gainloop.report.calibration import write_calibration_report
+
+            page = write_calibration_report(result, selected.runs, report, title=f"{sample}, {when}, run {uid}")
+    if json_out:
+        print_json(
+            {
+                **result.as_dict(),
+                "calibration_uid": uid,
+                "out": str(out),
+                "report": None if page is None else str(page),
+                "skipped": selected.skipped,
+            }
+        )
+        return
+    table = Table(
+        title=f"Twin calibration of {sample} (preset {result.sample}): {len(result.run_uids)} runs, "
+        f"{result.n_points} acquisitions, reduced chi2 {result.reduced_chi2:.3f}"
+    )
+    for col in ("parameter", "preset", "calibrated", "unit"):
+        table.add_column(col, justify="left" if col in ("parameter", "unit") else "right")
+    for e in result.estimates:
+        table.add_row(e.name, f"{e.preset:.5g}", f"{e.value:.5g} +- {e.error:.2g}", e.unit)
+    _console.print(table)
+    k = len(result.estimates)
+    if k > 1:
+        corr = Table(title="correlation")
+        corr.add_column("")
+        for e in result.estimates:
+            corr.add_column(e.name.split(".")[-1], justify="right")
+        for i, e in enumerate(result.estimates):
+            corr.add_row(e.name.split(".")[-1], *(f"{result.correlation[i, j]:+.2f}" for j in range(k)))
+        _console.print(corr)
+    for f in result.flags:
+        _console.print(f"note: {f}", highlight=False)
+    for s in selected.skipped:
+        _console.print(f"skipped run {s}", highlight=False)
+    _console.print(f"wrote {out}; calibration stored as run {uid}", highlight=False)
+    if page is not None:
+        _console.print(f"report: {page}", highlight=False)
 
 
 @twin_app.command("serve")

@@ -160,6 +160,7 @@ def test_help_lists_every_command_and_group():
         "twin reproduce",
         "twin predict",
         "twin optimum",
+        "twin calibrate",
         "twin serve",
         "catalog",
         "catalog serve",

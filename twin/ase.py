@@ -32,6 +32,7 @@ from scipy.special import erf
 
 from core.errors import ParameterError
 
+from ._xp import is_tensor, namespace, to_numpy
 from .constants import HC_EV_NM, SPEED_OF_LIGHT_UM_PER_PS
 from .gain import (
     absorption_shape,
@@ -64,6 +65,11 @@ _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
 def check_stripe_length(stripe_length_um, setup: SetupParams) -> np.ndarray:
     """Stripe length (um) as an array, or a clear error outside the slit's range."""
+    if is_tensor(stripe_length_um):  # the differentiable twin: check the numbers, keep the tensor
+        values = to_numpy(stripe_length_um)
+        if values is not None:
+            check_stripe_length(values, setup)
+        return stripe_length_um
     length = np.asarray(stripe_length_um, dtype=float)
     lo, hi = setup.stripe_length_min_um, setup.stripe_length_max_um
     if not np.all(np.isfinite(length)):
@@ -82,10 +88,11 @@ def lambertw_of_exp(y) -> np.ndarray:
     Solves w + ln w = y by Newton's method from w0 = ln(1 + e^y); six steps give
     machine precision for every y.
     """
-    y = np.asarray(y, dtype=float)
-    w = np.logaddexp(0.0, y)
+    xp = namespace(y)
+    y = xp.asarray(y, dtype=float)
+    w = xp.logaddexp(0.0, y)
     for _ in range(6):
-        w = np.maximum(w - (w + np.log(w) - y) / (1.0 + 1.0 / w), 1e-300)
+        w = xp.maximum(w - (w + xp.log(w) - y) / (1.0 + 1.0 / w), 1e-300)
     return w
 
 
@@ -95,7 +102,8 @@ def saturate(log_unsaturated, saturation_intensity: float) -> np.ndarray:
     Gain saturation is shared by all wavelengths of the band (the same inverted
     dots feed them), so it acts on the spectrally integrated guided output.
     """
-    return saturation_intensity * lambertw_of_exp(np.asarray(log_unsaturated) - math.log(saturation_intensity))
+    xp = namespace(log_unsaturated, saturation_intensity)
+    return saturation_intensity * lambertw_of_exp(xp.asarray(log_unsaturated) - xp.log(saturation_intensity))
 
 
 def max_fluence_uJ_cm2(stripe_length_um, setup: SetupParams) -> np.ndarray:
@@ -159,39 +167,41 @@ def stripe_gain(fluence_uJ_cm2, stripe_length_um, doping, sample: Sample, setup:
     f = check_fluence(fluence_uJ_cm2)
     length = check_stripe_length(stripe_length_um, setup)
     d = check_doping(doping, sample)
-    f, length, d = np.broadcast_arrays(f, length, d)
+    xp = namespace(f, length, d)
+    f, length, d = xp.broadcast_arrays(f, length, d)
     kappa = film_kappa(sample.film) * sample.exciton_yield
     table = gain_table(sample.degeneracy, sample.doping_distribution)
     w = setup.pump_line_half_length_um
-    x = (length / 2.0)[..., None] * (0.5 * (_GL_T + 1.0))  # (..., 4) positions, um
-    profile = np.exp(-2.0 * (x / w) ** 2)
+    x = (length / 2.0)[..., None] * xp.asarray(0.5 * (_GL_T + 1.0))  # (..., 4) positions, um
+    profile = xp.exp(-2.0 * (x / w) ** 2)
     mean_n = (f * kappa)[..., None] * profile
     b, s = table.weights(mean_n, d[..., None])
-    weights = 0.5 * _GL_W
+    weights = xp.asarray(0.5 * _GL_W)
     absorbing = b @ weights
     emitting = s @ weights
-    spontaneous = (-np.expm1(-mean_n)) @ weights
+    spontaneous = (-xp.expm1(-mean_n)) @ weights
     tau = trion_auger_lifetime_ps(d, sample)
     transit_ps = length * sample.film.group_index / SPEED_OF_LIGHT_UM_PER_PS
     ratio = transit_ps / tau
-    auger = np.where(ratio > 1e-9, -np.expm1(-ratio) / np.maximum(ratio, 1e-300), 1.0 - ratio / 2.0)
+    auger = xp.where(ratio > 1e-9, -xp.expm1(-ratio) / xp.maximum(ratio, 1e-300), 1.0 - ratio / 2.0)
     loss = sample.film.waveguide_loss_per_cm + intraband_loss_per_cm(d, sample)
     return StripeGain(absorbing, emitting, spontaneous, auger, loss, length, sample)
 
 
 def _amplified(spont_per_um, gain_per_um, length_um):
     """Unsaturated VSL law in log form: log of A (exp(g L) - 1)/g (A > 0), stable for all g."""
+    xp = namespace(spont_per_um, gain_per_um, length_um)
     gl = gain_per_um * length_um
     # (exp(gl) - 1)/g = L * expm1(gl)/gl; its log is gl - log(gl) for large gl (no overflow)
     big = gl > 30.0
-    small = np.abs(gl) < 1e-8
-    moderate = np.where(big | small, 1.0, gl)
-    log_factor = np.where(
+    small = xp.abs(gl) < 1e-8
+    moderate = xp.where(big | small, 1.0, gl)
+    log_factor = xp.where(
         big,
-        gl - np.log(np.where(big, gl, 1.0)),
-        np.where(small, 0.0, np.log(np.expm1(moderate) / moderate)),
+        gl - xp.log(xp.where(big, gl, 1.0)),
+        xp.where(small, 0.0, xp.log(xp.expm1(moderate) / moderate)),
     )
-    return np.log(np.maximum(spont_per_um, 1e-300)) + np.log(length_um) + log_factor
+    return xp.log(xp.maximum(spont_per_um, 1e-300)) + xp.log(length_um) + log_factor
 
 
 def ase_output(
@@ -221,15 +231,16 @@ def ase_output(
     sigma_pl = spectra.pl_linewidth_meV * _FWHM_TO_SIGMA
     sigma_gain = spectra.gain_linewidth_meV * _FWHM_TO_SIGMA
     pl_at_gain_peak = math.exp(-0.5 * ((e_gain - e_pl) * 1e3 / sigma_pl) ** 2)
+    xp = namespace(phi)
     log_peak = _amplified(st.spontaneous * pl_at_gain_peak, g_per_um, st.length_um)
-    inv_var = 1.0 / sigma_pl**2 + np.maximum(phi, 0.0) / sigma_gain**2
-    log_width = 0.5 * np.log(2.0 * math.pi / inv_var)
+    inv_var = 1.0 / sigma_pl**2 + xp.maximum(phi, 0.0) / sigma_gain**2
+    log_width = 0.5 * xp.log(2.0 * math.pi / inv_var)
     log_total = log_peak + log_width
     guided_total = saturate(log_total, sample.film.saturation_intensity)
     # unguided spontaneous emission collected from the whole stripe
     unguided = setup.unguided_pl_collection * st.spontaneous * st.length_um
     if at_peak:
-        return np.exp(log_peak - log_total) * guided_total + unguided * pl_at_gain_peak
+        return xp.exp(log_peak - log_total) * guided_total + unguided * pl_at_gain_peak
     return guided_total + unguided * math.sqrt(2.0 * math.pi) * sigma_pl
 
 

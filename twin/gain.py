@@ -29,6 +29,7 @@ import numpy as np
 
 from core.errors import ParameterError
 
+from ._xp import is_tensor, namespace, to_numpy
 from .constants import HC_EV_NM
 from .occupancy import doping_range, gain_table, poisson_mean_for_filling
 from .presets import FilmParams, Sample, SpectraParams, excitons_per_fluence
@@ -52,6 +53,11 @@ _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
 def check_fluence(fluence_uJ_cm2, limit_uJ_cm2: float | None = None) -> np.ndarray:
     """Pump fluence as an array, or a clear error for NaN/inf/negative/above-limit values."""
+    if is_tensor(fluence_uJ_cm2):  # the differentiable twin: check the numbers, keep the tensor
+        values = to_numpy(fluence_uJ_cm2)
+        if values is not None:
+            check_fluence(values, limit_uJ_cm2)
+        return fluence_uJ_cm2
     f = np.asarray(fluence_uJ_cm2, dtype=float)
     if not np.all(np.isfinite(f)):
         raise ParameterError("pump fluence must be a finite number of uJ/cm^2 (got NaN or inf)")
@@ -66,6 +72,11 @@ def check_fluence(fluence_uJ_cm2, limit_uJ_cm2: float | None = None) -> np.ndarr
 
 def check_doping(doping, sample: Sample) -> np.ndarray:
     """Doping <n_e> (1S electrons/dot) as an array, checked against the sample's model range."""
+    if is_tensor(doping):  # the differentiable twin: check the numbers, keep the tensor
+        values = to_numpy(doping)
+        if values is not None:
+            check_doping(values, sample)
+        return doping
     d = np.asarray(doping, dtype=float)
     lo, hi = doping_range(sample.degeneracy, sample.doping_distribution)
     if not np.all(np.isfinite(d)):
@@ -122,7 +133,7 @@ def spilled_electrons(doping, sample: Sample) -> np.ndarray:
     """Mean doping electrons per dot beyond the 1S level (in 1P), electrons/dot."""
     d = check_doping(doping, sample)
     if sample.doping_distribution != "poisson":
-        return np.zeros_like(d)
+        return namespace(d).zeros_like(d)
     return poisson_mean_for_filling(d, sample.degeneracy) - d
 
 
@@ -150,6 +161,10 @@ def trion_auger_lifetime_ps(doping, sample: Sample) -> np.ndarray:
     n = d + spilled_electrons(d, sample)
     a = sample.auger
     s = n * (n + 1.0) * a.electron_fraction
+    xp = namespace(s, a.scaling_exponent, a.tau_xx_ps)
+    if xp is not np:
+        rate = xp.power(s / 4.0, a.scaling_exponent) / a.tau_xx_ps
+        return xp.where(rate > 0, 1.0 / xp.where(rate > 0, rate, 1.0), xp.inf)
     rate_per_ps = np.power(s / 4.0, a.scaling_exponent) / a.tau_xx_ps
     out = np.full(np.shape(rate_per_ps), np.inf)
     np.divide(1.0, rate_per_ps, out=out, where=rate_per_ps > 0)
@@ -167,7 +182,7 @@ def modal_gain_per_cm(
     ``wavelength_nm`` None means the gain peak. Shapes broadcast.
     """
     d = check_doping(doping, sample)
-    m = np.asarray(mean_excitons_nominal, dtype=float) * sample.exciton_yield
+    m = namespace(mean_excitons_nominal, d).asarray(mean_excitons_nominal) * sample.exciton_yield
     table = gain_table(sample.degeneracy, sample.doping_distribution)
     b, s = table.weights(m, d)
     film = sample.film

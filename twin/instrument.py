@@ -17,12 +17,19 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp
 
+from ._xp import namespace
 from .ase import _amplified, saturate, stripe_gain
 from .noise import NoiseParams, PumpDrift, detector_counts, jitter_nodes
 from .presets import Sample, SetupParams, SpectraParams
 from .spectra import SPECTROMETER_AXIS_NM, energy_bin_widths_meV, pl_spectrum
 
-__all__ = ["SpectrumAcquisition", "acquire_stripe_spectrum", "pulses_in"]
+__all__ = [
+    "SpectrumAcquisition",
+    "acquire_stripe_spectrum",
+    "expected_stripe_counts",
+    "pulses_in",
+    "stripe_pixel_intensities",
+]
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,7 @@ def _logsumexp_rows(x: np.ndarray) -> np.ndarray:
     m = at_top.sum(axis=-1, keepdims=True, dtype=x.dtype)
     s = np.exp(np.where(at_top, -np.inf, x) - top).sum(axis=-1, keepdims=True, dtype=x.dtype)
     s = np.where(s == 0, s, s / m)
-    return (np.log1p(s) + np.log(m) + top)[:, 0]
+    return (np.log1p(s) + np.log(m) + top)[..., 0]
 
 
 def _node_intensities(lam, fluences_uJ_cm2, stripe_length_um, doping, sample: Sample, setup: SetupParams):
@@ -146,20 +153,80 @@ def _node_intensities(lam, fluences_uJ_cm2, stripe_length_um, doping, sample: Sa
     pass (one ``stripe_gain`` over the node fluences; line shapes cached per axis). Equal to
     float64 round-off (``stripe_gain``'s quadrature is one matrix-vector product here, seven dot
     products node by node); the seeded acquisitions' counts are the same
-    (tests/test_instrument_nodes.py).
+    (tests/test_instrument_nodes.py). Generic over the array namespace (``stripe_pixel_intensities``).
+    """
+    return stripe_pixel_intensities(lam, fluences_uJ_cm2, stripe_length_um, doping, sample, setup)
+
+
+def stripe_pixel_intensities(lam, fluence_uJ_cm2, stripe_length_um, doping, sample: Sample, setup: SetupParams):
+    """Intensity per pixel of the axis ``lam`` (nm): spectral density x the pixel's meV width, shape
+    ``broadcast(fluence, length, doping).shape + (pixels,)``; fluence (uJ/cm^2, peak), stripe length (um)
+    and doping (electrons/dot) broadcast together.
+
+    numpy inputs: numpy; torch inputs (and torch parameters in ``sample``): torch, differentiable
+    (``twin.differentiable``). The line shapes depend only on the axis and ``sample.spectra``.
     """
     shapes = _axis_shapes(lam, sample.spectra)
-    st = stripe_gain(fluences_uJ_cm2, stripe_length_um, doping, sample, setup)  # arrays of shape (nodes,)
+    st = stripe_gain(fluence_uJ_cm2, stripe_length_um, doping, sample, setup)
+    xp = namespace(st.absorbing)
+    emission, absorption, pl = xp.asarray(shapes.emission), xp.asarray(shapes.absorption), xp.asarray(shapes.pl)
     film = sample.film
     col = np.newaxis
-    g_mat = (st.emitting * st.auger_factor)[:, col] * shapes.emission - st.absorbing[:, col] * shapes.absorption
-    length = st.length_um[:, col]
-    phi = (film.confinement * film.alpha0_per_cm * g_mat - st.loss_per_cm[:, col]) * length * 1e-4
-    spont = st.spontaneous[:, col]
-    log_i = _amplified(spont * shapes.pl, phi / length, length)
+    g_mat = (st.emitting * st.auger_factor)[..., col] * emission - st.absorbing[..., col] * absorption
+    length = st.length_um[..., col]
+    phi = (film.confinement * film.alpha0_per_cm * g_mat - st.loss_per_cm[..., col]) * length * 1e-4
+    spont = st.spontaneous[..., col]
+    log_i = _amplified(spont * pl, phi / length, length)
     # shared gain saturation acts on the band-integrated guided output of each node
-    log_total = _logsumexp_rows(log_i + shapes.log_widths)
+    log_widths = xp.asarray(shapes.log_widths)
+    log_total = _logsumexp_rows(log_i + log_widths) if xp is np else xp.logsumexp_rows(log_i + log_widths)
     total = saturate(log_total, film.saturation_intensity)
-    guided = np.exp(log_i - log_total[:, col]) * total[:, col]
-    unguided = setup.unguided_pl_collection * spont * length * shapes.pl
-    return (guided + unguided) * shapes.widths
+    guided = xp.exp(log_i - log_total[..., col]) * total[..., col]
+    unguided = setup.unguided_pl_collection * spont * length * pl
+    return (guided + unguided) * xp.asarray(shapes.widths)
+
+
+def expected_stripe_counts(
+    fluence_uJ_cm2,
+    stripe_length_um,
+    doping,
+    exposure_s,
+    sample: Sample,
+    setup: SetupParams,
+    noise: NoiseParams,
+    wavelength_nm: np.ndarray = SPECTROMETER_AXIS_NM,
+):
+    """Mean and variance of the spectrometer's integrated counts of a stripe acquisition (counts, counts^2).
+
+    The measurement model of ``acquire_stripe_spectrum`` for a delivered fluence (the pump's
+    readback, uJ/cm^2): the output averaged over the pulse jitter (its Gauss-Hermite nodes),
+    times ``counts_per_unit_s`` x exposure (s), summed over the axis. The variance holds the
+    shot noise of signal and dark counts, the read noise of every pixel, the residual
+    pulse-to-pulse fluctuation of the exposure's average and the pump's drift during the exposure
+    (the readback is one moment of it). Inputs broadcast (one entry per
+    acquisition); numpy or torch (differentiable in the sample's torch parameters).
+    """
+    xp = namespace(fluence_uJ_cm2, stripe_length_um, doping, exposure_s)
+    mult, weights = _jitter_nodes(noise.pulse_jitter_rms)
+    f = xp.asarray(fluence_uJ_cm2)
+    f, length, dop, exp_s = xp.broadcast_arrays(f, stripe_length_um, doping, exposure_s)
+    lam = np.asarray(wavelength_nm, dtype=float)
+    per_node = stripe_pixel_intensities(
+        lam, f[..., None] * xp.asarray(mult), length[..., None], dop[..., None], sample, setup
+    )  # (..., nodes, pixels)
+    totals = per_node.sum(-1)  # (..., nodes)
+    w = xp.asarray(weights)
+    tot_mean = totals @ w
+    spread = xp.sqrt(((totals - tot_mean[..., None]) ** 2) @ w) / xp.maximum(tot_mean, 1e-300)
+    pulses = xp.maximum(exp_s * (setup.pump_repetition_rate_kHz * 1e3), 1.0)
+    rel = spread / xp.sqrt(pulses)
+    # the delivered fluence is known to the pump's drift during the exposure (its readback is one
+    # moment of it): a relative fluence error of drift_rms x 2 pi x exposure / shortest drift period,
+    # carried to the output through the local slope d ln(output)/d ln(fluence) (the nodes' spread / jitter)
+    if noise.pulse_jitter_rms > 0:
+        fluence_rel = noise.drift_rms * 2.0 * np.pi * exp_s / noise.drift_period_min_s
+        rel = xp.sqrt(rel**2 + (spread * (fluence_rel / noise.pulse_jitter_rms)) ** 2)
+    signal = xp.maximum(tot_mean, 0.0) * noise.counts_per_unit_s * exp_s
+    n_pix = lam.size
+    var = signal + n_pix * noise.dark_counts_per_s * exp_s + n_pix * noise.read_noise_counts**2 + (rel * signal) ** 2
+    return signal, var

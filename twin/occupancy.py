@@ -41,6 +41,8 @@ from scipy import optimize, special
 
 from core.errors import ParameterError
 
+from ._xp import TORCH, is_tensor, to_numpy
+
 __all__ = [
     "DOPING_KINDS",
     "DopingKind",
@@ -131,9 +133,10 @@ def _filling_curve(g: int) -> tuple[np.ndarray, np.ndarray]:
 
 def poisson_mean_for_filling(filling, g: int):
     """Poisson mean lambda (electrons/dot) whose 1S filling <min(n, g)> equals ``filling``."""
-    filling_arr = np.asarray(filling, dtype=float)
     f_tab, lam_tab = _filling_curve(g)
-    return np.interp(filling_arr, f_tab, lam_tab)
+    if is_tensor(filling):  # the differentiable twin: the same linear interpolation in torch
+        return TORCH.interp(filling, f_tab, lam_tab)
+    return np.interp(np.asarray(filling, dtype=float), f_tab, lam_tab)
 
 
 def doping_distribution(doping, g: int, kind: str, n_max: int | None = None) -> np.ndarray:
@@ -280,14 +283,17 @@ class GainTable:
         self._n_mean = n_nodes
 
     def weights(self, mean_excitons, doping) -> tuple[np.ndarray, np.ndarray]:
-        """(B, S) at band-edge <N> (excitons/dot, clipped to the table) and doping <n_e>."""
+        """(B, S) at band-edge <N> (excitons/dot, clipped to the table) and doping <n_e>.
+
+        torch tensors in: torch out (the same bilinear interpolation, differentiable in both)."""
+        if is_tensor(mean_excitons) or is_tensor(doping):
+            mean, dop = to_numpy(mean_excitons), to_numpy(doping)
+            if mean is not None and dop is not None:
+                self._check(mean, dop)
+            return self._weights_torch(mean_excitons, doping)
         mean = np.asarray(mean_excitons, dtype=float)
         dop = np.asarray(doping, dtype=float)
-        d_lo, d_hi = self.doping_grid[0], self.doping_grid[-1]
-        if np.any(~np.isfinite(dop)) or np.any(dop < d_lo) or np.any(dop > d_hi):
-            raise ParameterError(f"doping <n_e> outside {d_lo:g} to {d_hi:g} electrons/dot for kind {self.kind!r}")
-        if np.any(~np.isfinite(mean)) or np.any(mean < 0):
-            raise ParameterError("<N> must be finite and >= 0 excitons/dot")
+        d_lo, d_hi = self._check(mean, dop)
         nu = self._n_mean - 1
         x = np.sqrt(np.minimum(mean, MAX_MEAN_EXCITONS)) * (nu / self._u_max)
         i = np.minimum(x.astype(np.int64), nu - 1)
@@ -305,6 +311,48 @@ class GainTable:
         top = v00 + (v01 - v00) * tx
         val = top + ((v10 + (v11 - v10) * tx) - top) * ty
         return val.real, val.imag
+
+    def _check(self, mean: np.ndarray, dop: np.ndarray) -> tuple[float, float]:
+        d_lo, d_hi = self.doping_grid[0], self.doping_grid[-1]
+        if np.any(~np.isfinite(dop)) or np.any(dop < d_lo) or np.any(dop > d_hi):
+            raise ParameterError(f"doping <n_e> outside {d_lo:g} to {d_hi:g} electrons/dot for kind {self.kind!r}")
+        if np.any(~np.isfinite(mean)) or np.any(mean < 0):
+            raise ParameterError("<N> must be finite and >= 0 excitons/dot")
+        return d_lo, d_hi
+
+    def _weights_torch(self, mean_excitons, doping):
+        """``weights`` in torch: the same grid, indices and bilinear weights (B and S as two real tables)."""
+        import torch
+
+        xp = TORCH
+        mean = xp.asarray(mean_excitons)
+        dop = xp.asarray(doping)
+        d_lo, d_hi = float(self.doping_grid[0]), float(self.doping_grid[-1])
+        tables = getattr(self, "_torch_tables", None)
+        if tables is None:
+            tables = self._torch_tables = (
+                torch.from_numpy(self._table.real.copy()),
+                torch.from_numpy(self._table.imag.copy()),
+            )
+        nu = self._n_mean - 1
+        x = torch.sqrt(torch.clamp(mean, max=MAX_MEAN_EXCITONS)) * (nu / self._u_max)
+        i = torch.clamp(x.detach().to(torch.int64), max=nu - 1)
+        tx = x - i
+        nd = len(self.doping_grid) - 1
+        y = (dop - d_lo) * (nd / (d_hi - d_lo))
+        j = torch.clamp(y.detach().to(torch.int64), max=nd - 1)
+        ty = y - j
+        i, j, tx, ty = torch.broadcast_tensors(i, j, tx, ty)
+        k = j * self._n_mean + i
+        out = []
+        for tab in tables:
+            v00 = xp.gather(tab, k)
+            v01 = xp.gather(tab, k + 1)
+            v10 = xp.gather(tab, k + self._n_mean)
+            v11 = xp.gather(tab, k + self._n_mean + 1)
+            top = v00 + (v01 - v00) * tx
+            out.append(top + ((v10 + (v11 - v10) * tx) - top) * ty)
+        return out[0], out[1]
 
     def gain(self, mean_excitons, doping) -> np.ndarray:
         """Normalised gain G = S - B at band-edge <N> (excitons/dot) and doping <n_e>."""

@@ -1,0 +1,324 @@
+"""``gainloop twin calibrate``: the twin fitted to a sample's stored runs, written and stored.
+
+Reads the sample's stored stripe runs (ASE fluence scans, VSL scans, single ASE points) from the
+catalog, turns each into a ``twin.calibration.StripeRun`` (per usable event: the pump's fluence
+readback, the slit, the exposure and the integrated counts; saturated and empty reads dropped),
+fits the preset parameters by MAP (``twin.calibration.calibrate``), then
+
+* writes a presets file any twin command takes (``--presets``) whose header lists the run uids,
+  the date and the fit quality (``write_presets``; an existing file is replaced only once the fit
+  has succeeded);
+* stores the calibration as its own run in the catalog (``store_calibration``: plan name
+  ``twin_calibrate``; a ``parameters`` stream, one event per parameter with value, error and
+  preset; a ``runs`` stream, one event per source run with its residuals);
+* writes an HTML report with PNG figures (``gainloop.report.calibration``).
+
+Runs of other kinds (DFB lasing, pump-probe, absorption) are not modelled by the calibration yet:
+they are listed as skipped, and a selection with no stripe run at all is an error that says what to
+measure.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import GainloopError
+
+__all__ = [
+    "STRIPE_PLANS",
+    "CalibrationInputError",
+    "SelectedRuns",
+    "presets_toml",
+    "select_runs",
+    "store_calibration",
+    "stripe_run",
+    "write_presets",
+]
+
+#: Plans whose runs the calibration models (stripe acquisitions read by the spectrometer).
+STRIPE_PLANS: tuple[str, ...] = ("ase_fluence_scan", "vsl_scan", "ase_point")
+#: Fewest usable acquisitions a calibration needs.
+MIN_POINTS = 8
+
+
+class CalibrationInputError(GainloopError):
+    """The runs a calibration was asked for cannot be used (none, wrong kind, wrong sample)."""
+
+
+@dataclass
+class SelectedRuns:
+    """The runs of a calibration: usable stripe runs and, for each skipped run, why."""
+
+    runs: list = field(default_factory=list)  # twin.calibration.StripeRun
+    skipped: list[str] = field(default_factory=list)
+    preset: str = ""
+
+
+def _usable(start: dict, stop: dict | None) -> str | None:
+    """Why a stored run cannot be used (None: it can)."""
+    if stop is None:
+        return "interrupted (no stop document)"
+    if stop.get("exit_status") != "success":
+        return f"ended with {stop.get('exit_status')}"
+    if start.get("plan_name") not in STRIPE_PLANS:
+        return f"a {start.get('plan_name')!r} run (the calibration models {', '.join(STRIPE_PLANS)} runs)"
+    return None
+
+
+def _preset_of(start: dict, presets, sample: str) -> str:
+    twin = start.get("twin") or {}
+    name = twin.get("preset") if isinstance(twin, dict) else None
+    if name:
+        return str(name)
+    if sample in presets.sample:
+        return sample
+    raise CalibrationInputError(
+        f"run {start.get('uid')} of {sample!r} does not say which preset describes its film, and {sample!r} is "
+        f"not a sample of the presets ({', '.join(sorted(presets.sample))}); name the preset sample with --sample"
+    )
+
+
+def stripe_run(run, presets, sample: str, dose_before: float = 0.0):
+    """The usable acquisitions of one stored stripe run as a ``StripeRun`` (None if it has none), and the
+    film's photo-damage dose after it (``twin.damage``: every pulse of every read, saturated ones included,
+    from ``dose_before``, the dose of the film's earlier runs)."""
+    from gainloop.replay import stream_columns
+    from twin.calibration import StripeRun
+    from twin.damage import damage_per_pulse
+
+    start = run.start
+    if "primary" not in run:
+        return None, dose_before
+    cols = stream_columns(run["primary"], arrays=False)
+    need = ("pump_fluence", "slit", "spectrometer_exposure", "spectrometer_integrated", "spectrometer_saturated")
+    if any(k not in cols for k in need):
+        return None, dose_before
+    fluence = np.asarray(cols["pump_fluence"], dtype=float)
+    length = np.asarray(cols["slit"], dtype=float)
+    exposure = np.asarray(cols["spectrometer_exposure"], dtype=float)
+    counts = np.asarray(cols["spectrometer_integrated"], dtype=float)
+    saturated = np.asarray(cols["spectrometer_saturated"]).astype(bool)
+    shutter = np.asarray(cols.get("pump_shutter", np.ones_like(fluence)), dtype=float)
+    preset = _preset_of(start, presets, sample)
+    pulses = exposure * presets.setup.pump_repetition_rate_kHz * 1e3
+    delivered = np.where((shutter > 0) & np.isfinite(fluence) & (fluence > 0), fluence, 0.0)
+    pulses = np.where(np.isfinite(pulses), pulses, 0.0)
+    increments = pulses * damage_per_pulse(delivered, presets.get(preset).damage)
+    dose = dose_before + np.concatenate([[0.0], np.cumsum(increments)[:-1]])
+    dose_after = float(dose_before + np.sum(increments))
+    ok = ~saturated & np.isfinite(fluence) & np.isfinite(length) & np.isfinite(exposure) & np.isfinite(counts)
+    ok &= (fluence > 0) & (length > 0) & (exposure > 0)
+    if not np.any(ok):
+        return None, dose_after
+    doping = float(start.get("doping", math.nan))
+    if not math.isfinite(doping):
+        raise CalibrationInputError(f"run {start['uid']} does not record the film's doping; it cannot be calibrated on")
+    stripe = StripeRun(
+        uid=str(start["uid"]),
+        plan=str(start.get("plan_name")),
+        sample=preset,
+        doping=doping,
+        fluence_uJ_cm2=fluence[ok],
+        stripe_length_um=length[ok],
+        exposure_s=exposure[ok],
+        counts=counts[ok],
+        damage_dose=dose[ok],
+    )
+    return stripe, dose_after
+
+
+def select_runs(
+    catalog,
+    presets,
+    sample: str,
+    *,
+    uids: list[str] | None = None,
+    campaign: str | None = None,
+    since: str | None = None,
+) -> SelectedRuns:
+    """The stored stripe runs of ``sample`` (its ``sample_id`` in the runs' start documents): the named
+    ``uids`` (each must be of that sample), or those of a campaign, or all of them (``since`` a date).
+
+    ``CalibrationInputError`` when no usable stripe run is left (saying what was found and what to measure).
+    """
+    from gainloop.records import search_runs
+    from gainloop.runs import _time_bounds, _zone
+
+    chosen: list = []
+    if uids:
+        for u in uids:
+            run = catalog.run(catalog.resolve_uid(u))
+            if run.start.get("sample_id") != sample:
+                raise CalibrationInputError(
+                    f"run {run.start['uid']} is of sample {run.start.get('sample_id')!r}, not {sample!r}"
+                )
+            chosen.append(run)
+    elif campaign:
+        cuid = catalog.resolve_uid(campaign, key="campaign_uid", what="campaign")
+        chosen = [r for r in search_runs(catalog, campaign_uid=cuid) if r.start.get("sample_id") == sample]
+    else:
+        chosen = search_runs(catalog, sample_id=sample)
+        if since is not None:
+            t_since, _ = _time_bounds(since, None, _zone(None))
+            chosen = [r for r in chosen if float(r.start.get("time", 0.0)) >= t_since]
+    out = SelectedRuns()
+    presets_seen = set()
+    chosen = sorted(chosen, key=lambda r: float(r.start.get("time", 0.0)))
+    dose = 0.0  # the film's photo-damage dose, accumulated over its runs in the order they were measured
+    for run in chosen:
+        start, stop = run.start, run.metadata.get("stop")
+        why = _usable(start, stop)
+        if why is None:
+            sr, dose = stripe_run(run, presets, sample, dose)
+            if sr is None:
+                why = "no usable acquisition (every read saturated or empty)"
+            else:
+                out.runs.append(sr)
+                presets_seen.add(sr.sample)
+        if why is not None:
+            out.skipped.append(f"{str(start.get('uid'))[:8]}: {why}")
+    where = f" since {since}" if since else (f" of campaign {campaign}" if campaign else "")
+    if not out.runs:
+        found = f" (skipped: {'; '.join(out.skipped)})" if out.skipped else ""
+        raise CalibrationInputError(
+            f"no stored stripe runs of sample {sample!r}{where} to calibrate on{found}; measure an ASE fluence scan "
+            f"through threshold and a VSL scan above it, e.g. `gainloop measure ase_fluence_scan --sample {sample}` "
+            f"and `gainloop measure vsl_scan --sample {sample} --fluence F -a stripe_lengths_um=[...]`"
+        )
+    if len(presets_seen) > 1:
+        raise CalibrationInputError(f"the runs of {sample!r} name several presets ({', '.join(sorted(presets_seen))})")
+    n = sum(r.counts.size for r in out.runs)
+    if n < MIN_POINTS:
+        raise CalibrationInputError(
+            f"only {n} usable acquisitions of {sample!r}{where}; a calibration needs at least {MIN_POINTS}: measure an "
+            "ASE fluence scan through threshold"
+        )
+    out.preset = presets_seen.pop()
+    return out
+
+
+# ----------------------------------------------------------------------------- the presets file
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"cannot write {v!r} to TOML")
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    raise TypeError(f"cannot write a {type(v).__name__} to a presets file")
+
+
+def _toml_tables(prefix: str, data: dict, lines: list[str]) -> None:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict) and v is not None}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    if prefix and (scalars or not tables):
+        lines.append(f"\n[{prefix}]")
+    for k, v in scalars.items():
+        lines.append(f"{k} = {_toml_value(v)}")
+    for k, v in tables.items():
+        _toml_tables(f"{prefix}.{k}" if prefix else k, v, lines)
+
+
+def presets_toml(presets, header: list[str]) -> str:
+    """The presets as a TOML file (every parameter, units in the key names) under ``header`` comment lines."""
+    lines = [f"# {h}" if h else "#" for h in header]
+    _toml_tables("", presets.model_dump(mode="json", exclude_none=True), lines)
+    return "\n".join(lines) + "\n"
+
+
+def write_presets(result, path: Path, *, presets_source: str, when: str) -> None:
+    """Write the calibrated presets to ``path`` (via a temporary file, so a failure leaves the old one)."""
+    from twin.presets import load_presets
+
+    header = [
+        f"gainloop twin calibrate: sample {result.sample}, {when}",
+        f"fitted on {len(result.run_uids)} stored runs ({result.n_points} acquisitions) from {presets_source}:",
+        *(f"  run {uid}" for uid in result.run_uids),
+        f"fit quality: chi2 {result.chi2:.1f} for {result.dof} degrees of freedom "
+        f"(reduced chi2 {result.reduced_chi2:.3f})",
+        "calibrated parameters (MAP +- standard error, Laplace):",
+        *(f"  {e.name} = {e.value:.6g} +- {e.error:.2g} {e.unit} (was {e.preset:.6g})" for e in result.estimates),
+        *(f"note: {f}" for f in result.flags),
+        "",
+    ]
+    text = presets_toml(result.presets, header)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    try:
+        load_presets(tmp)  # what we write must load
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- the calibration run
+def calibration_documents(result, *, sample: str, presets_source: str, out_path: str | None) -> list[tuple[str, dict]]:
+    """The calibration as a run's documents (event_model): start, the ``parameters`` and ``runs`` streams, stop."""
+    from event_model import compose_run
+
+    t0 = time.time()
+    md = {
+        "plan_name": "twin_calibrate",
+        "plan_args": {"sample": sample, "runs": list(result.run_uids), "params": [e.name for e in result.estimates]},
+        "sample_id": sample,
+        "preset_sample": result.sample,
+        "calibration": result.as_dict(),
+        "presets_source": presets_source,
+        "presets_out": out_path,
+    }
+    run = compose_run(time=t0, metadata=md)
+    docs = [("start", run.start_doc)]
+    keys = {
+        "name": {"source": "calibration", "dtype": "string", "shape": []},
+        "value": {"source": "calibration", "dtype": "number", "shape": []},
+        "error": {"source": "calibration", "dtype": "number", "shape": []},
+        "preset": {"source": "calibration", "dtype": "number", "shape": []},
+    }
+    desc = run.compose_descriptor(name="parameters", data_keys=keys)
+    docs.append(("descriptor", desc.descriptor_doc))
+    for i, e in enumerate(result.estimates):
+        data = {"name": e.name, "value": e.value, "error": e.error, "preset": e.preset}
+        docs.append(("event", desc.compose_event(data=data, timestamps=dict.fromkeys(data, t0), seq_num=i + 1)))
+    keys = {
+        "run_uid": {"source": "calibration", "dtype": "string", "shape": []},
+        "n_points": {"source": "calibration", "dtype": "integer", "shape": []},
+        "chi2": {"source": "calibration", "dtype": "number", "shape": []},
+        "rms_residual": {"source": "calibration", "dtype": "number", "shape": []},
+    }
+    desc = run.compose_descriptor(name="runs", data_keys=keys)
+    docs.append(("descriptor", desc.descriptor_doc))
+    for i, (uid, r) in enumerate(result.residuals.items()):
+        data = {
+            "run_uid": uid,
+            "n_points": int(r.size),
+            "chi2": float(r @ r),
+            "rms_residual": float(np.sqrt(np.mean(r**2))),
+        }
+        docs.append(("event", desc.compose_event(data=data, timestamps=dict.fromkeys(data, t0), seq_num=i + 1)))
+    docs.append(("stop", run.compose_stop(exit_status="success", time=time.time())))
+    return docs
+
+
+def store_calibration(catalog, result, *, sample: str, presets_source: str, out_path: str | None) -> str:
+    """Store the calibration as its own run in the catalog; returns its uid."""
+    docs = calibration_documents(result, sample=sample, presets_source=presets_source, out_path=out_path)
+    writer = catalog.writer()
+    for name, doc in docs:
+        writer(name, doc)
+    return docs[0][1]["uid"]
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -1,0 +1,118 @@
+"""The report of a twin calibration: one HTML page with PNG figures (``gainloop twin calibrate --report DIR``).
+
+``write_calibration_report(result, runs, out_dir)`` writes ``out_dir/index.html`` with:
+
+* ``run_NN.png`` -- per source run: measured integrated counts (counts/s) versus the pump's fluence
+  readback (uJ/cm^2) for fluence scans, versus the stripe length (um) for VSL scans, with the
+  calibrated twin's and the presets' curves at the same acquisitions, and the normalised residuals
+  (measured - calibrated) / sd below;
+* ``correlation.png`` -- the correlation matrix of the fitted parameters;
+* a table of the parameters (preset, estimate +- standard error, unit, the data's own constraint)
+  and the fit quality, and the identifiability notes.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+
+from gainloop.report.figures import save_figure
+
+__all__ = ["write_calibration_report"]
+
+
+def _draw_run(run, measured, calibrated, preset, residuals):
+    is_vsl = run.plan == "vsl_scan"
+    x = run.stripe_length_um if is_vsl else run.fluence_uJ_cm2
+    order = np.argsort(x)
+
+    def draw(fig):
+        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+        rate = 1.0 / run.exposure_s
+        top.loglog(x, measured * rate, "o", ms=4, label="measured")
+        top.loglog(x[order], (calibrated * rate)[order], "-", label="calibrated twin")
+        if preset is not None:
+            top.loglog(x[order], (preset * rate)[order], "--", color="0.5", label="presets")
+        top.set_ylabel("integrated counts/s")
+        top.set_title(f"{run.plan} {run.uid[:8]}  (doping {run.doping:g} e/dot)")
+        top.legend(fontsize=8)
+        bottom.semilogx(x, residuals, "o", ms=3)
+        bottom.axhline(0.0, color="0.5", lw=0.8)
+        bottom.set_ylabel("residual / sd")
+        bottom.set_xlabel("stripe length (um)" if is_vsl else "pump fluence (uJ/cm^2)")
+
+    return draw
+
+
+def _draw_correlation(names, corr):
+    def draw(fig):
+        ax = fig.subplots()
+        im = ax.imshow(corr, vmin=-1, vmax=1, cmap="RdBu_r")
+        short = [n.split(".", 1)[1] for n in names]
+        ax.set_xticks(range(len(names)), short, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), short, fontsize=8)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=7)
+        fig.colorbar(im, ax=ax, label="correlation")
+
+    return draw
+
+
+def write_calibration_report(result, runs, out_dir: Path, *, title: str = "") -> Path:
+    """Write the page and its figures into ``out_dir`` (created); returns the page's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = []
+    for i, run in enumerate(runs):
+        name = f"run_{i:02d}.png"
+        save_figure(
+            _draw_run(
+                run,
+                run.counts,
+                result.predicted[run.uid],
+                result.predicted_preset.get(run.uid),
+                result.residuals[run.uid],
+            ),
+            out / name,
+        )
+        figures.append(name)
+    names = [e.name for e in result.estimates]
+    if names:
+        save_figure(_draw_correlation(names, result.correlation), out / "correlation.png")
+    rows = "".join(
+        f"<tr><td>{html.escape(e.name)}</td><td>{e.preset:.5g}</td><td>{e.value:.5g} &plusmn; {e.error:.2g}</td>"
+        f"<td>{html.escape(e.unit)}</td><td>&plusmn;{100 * min(e.data_log_sd, 99):.2g} %</td></tr>"
+        for e in result.estimates
+    )
+    notes = "".join(f"<li>{html.escape(f)}</li>" for f in result.flags) or "<li>none</li>"
+    runs_rows = "".join(
+        f"<tr><td>{html.escape(r.uid)}</td><td>{html.escape(r.plan)}</td><td>{r.counts.size}</td>"
+        f"<td>{float(np.sqrt(np.mean(result.residuals[r.uid] ** 2))):.3g}</td></tr>"
+        for r in runs
+    )
+    imgs = "".join(f'<img src="{f}" alt="{f}">' for f in figures)
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>twin calibration: {html.escape(result.sample)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px}} img{{max-width:640px;margin:4px}}</style></head>
+<body><h1>Twin calibration: {html.escape(result.sample)}</h1>
+<p>{html.escape(title)}</p>
+<p>{result.n_points} acquisitions from {len(runs)} runs; chi2 {result.chi2:.1f} for {result.dof} degrees of freedom
+(reduced {result.reduced_chi2:.3f}); {result.iterations} iterations.</p>
+<h2>Parameters (MAP &plusmn; standard error, Laplace)</h2>
+<table><tr><th>parameter</th><th>preset</th><th>calibrated</th><th>unit</th><th>from the data alone</th></tr>
+{rows}</table>
+<h2>What these runs cannot pin down</h2><ul>{notes}</ul>
+<h2>Correlation of the fitted parameters</h2>
+{'<img src="correlation.png" alt="correlation">' if names else "<p>no parameters</p>"}
+<h2>Runs: measured versus the calibrated twin</h2>
+<table><tr><th>run</th><th>plan</th><th>acquisitions</th><th>rms residual / sd</th></tr>{runs_rows}</table>
+{imgs}
+</body></html>
+"""
+    path = out / "index.html"
+    path.write_text(page)
+    return path

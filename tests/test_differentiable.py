@@ -1,0 +1,116 @@
+"""The differentiable twin: the numpy equations run in torch give the same numbers, and autograd's
+derivatives with respect to the preset parameters equal finite differences of the numpy twin."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from twin.ase import ase_output, stripe_gain, vsl_output
+from twin.differentiable import DIFFERENTIABLE_PARAMETERS, differentiable_key, tensor_presets
+from twin.instrument import expected_stripe_counts
+from twin.occupancy import doping_range
+from twin.presets import get_parameter, with_parameters
+
+FLUENCES = np.geomspace(5.0, 3000.0, 9)
+LENGTHS = np.array([10.0, 120.0, 800.0, 4000.0])
+
+
+def _t(x):
+    return torch.as_tensor(np.asarray(x, dtype=float), dtype=torch.float64)
+
+
+def _dopings(sample):
+    lo, hi = doping_range(sample.degeneracy, sample.doping_distribution)
+    return np.unique(np.array([lo, sample.doping_ne, 3.0, 7.4, hi]).clip(lo, hi))
+
+
+@pytest.mark.parametrize("sid", ["core", "cas", "cas_doped"])
+def test_torch_equals_numpy_over_a_grid_for_every_preset(presets, sid):
+    sample, setup = presets.get(sid), presets.setup
+    f, length, d = np.meshgrid(FLUENCES, LENGTHS, _dopings(sample), indexing="ij")
+    for at_peak in (False, True):
+        a = ase_output(f, length, d, sample, setup, at_peak=at_peak)
+        b = ase_output(_t(f), _t(length), _t(d), sample, setup, at_peak=at_peak)
+        assert isinstance(b, torch.Tensor)
+        np.testing.assert_allclose(b.numpy(), a, rtol=1e-9, atol=0)
+    st_np = stripe_gain(f, length, d, sample, setup)
+    st_t = stripe_gain(_t(f), _t(length), _t(d), sample, setup)
+    for name in ("absorbing", "emitting", "spontaneous", "auger_factor", "loss_per_cm"):
+        np.testing.assert_allclose(getattr(st_t, name).numpy(), getattr(st_np, name), rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(
+        vsl_output(_t(LENGTHS), _t(300.0), _t(sample.doping_ne), sample, setup).numpy(),
+        vsl_output(LENGTHS, 300.0, sample.doping_ne, sample, setup),
+        rtol=1e-9,
+    )
+    # the spectrometer's integrated counts (pixel by pixel, pulse-jitter average) and their variance
+    ff, ll = np.meshgrid(FLUENCES, LENGTHS[1:3], indexing="ij")
+    m_np, v_np = expected_stripe_counts(ff, ll, sample.doping_ne, 3.0, sample, setup, presets.noise)
+    m_t, v_t = expected_stripe_counts(_t(ff), _t(ll), _t(sample.doping_ne), _t(3.0), sample, setup, presets.noise)
+    np.testing.assert_allclose(m_t.numpy(), m_np, rtol=1e-9)
+    np.testing.assert_allclose(v_t.numpy(), v_np, rtol=1e-9)
+
+
+def test_a_tensor_input_is_checked_like_an_array(presets):
+    sample, setup = presets.get("cas_doped"), presets.setup
+    with pytest.raises(ValueError, match="negative"):
+        ase_output(_t([-1.0]), _t(800.0), _t(7.4), sample, setup)
+    with pytest.raises(ValueError, match="stripe length"):
+        ase_output(_t([100.0]), _t(5.0), _t(7.4), sample, setup)
+
+
+NAMES = [
+    "cas_doped.film.absorbed_fraction_1030",
+    "cas_doped.film.alpha0_per_cm",
+    "cas_doped.film.confinement",
+    "cas_doped.film.waveguide_loss_per_cm",
+    "cas_doped.film.intraband_loss_1p_per_cm",
+    "cas_doped.film.saturation_intensity",
+    "cas_doped.auger.tau_xx_ps",
+    "cas_doped.exciton_yield",
+]
+
+
+def _log_counts_numpy(presets, values: dict, f, length):
+    p = with_parameters(presets, values)
+    s = p.get("cas_doped")
+    m, _ = expected_stripe_counts(f, length, s.doping_ne, 3.0, s, p.setup, p.noise)
+    return np.log(m)
+
+
+def test_autograd_gradients_equal_finite_differences(presets):
+    """d ln(counts)/d ln(parameter) by autograd through the torch twin vs central differences of the numpy twin."""
+    f = np.array([40.0, 95.0, 130.0, 400.0, 2000.0])
+    length = np.array([800.0, 800.0, 300.0, 2000.0, 200.0])
+    base = {n: get_parameter(presets, n) for n in NAMES}
+    base["cas_doped.exciton_yield"] = 0.9  # inside (0.8, 1]: both sides of the difference stay valid
+    u = torch.tensor([math.log(v) for v in base.values()], dtype=torch.float64, requires_grad=True)
+    sample = tensor_presets(presets, dict(zip(NAMES, torch.exp(u), strict=True)))["cas_doped"]
+    m, _ = expected_stripe_counts(_t(f), _t(length), _t(7.4), _t(3.0), sample, presets.setup, presets.noise)
+    # the value itself equals the numpy twin's at the same parameters
+    np.testing.assert_allclose(m.detach().numpy(), np.exp(_log_counts_numpy(presets, base, f, length)), rtol=1e-9)
+    log_m = torch.log(m)
+    for i, name in enumerate(NAMES):
+        (grad,) = torch.autograd.grad(log_m, u, grad_outputs=torch.ones_like(log_m), retain_graph=True)
+        # per point: one backward per output keeps it simple
+        auto = np.array([torch.autograd.grad(log_m[k], u, retain_graph=True)[0][i].item() for k in range(len(f))])
+        assert grad[i].item() == pytest.approx(auto.sum(), rel=1e-9, abs=1e-12)
+        h = 1e-7  # small: the gain table is bilinear, a larger step can straddle a node of it
+        up = {**base, name: base[name] * math.exp(h)}
+        down = {**base, name: base[name] * math.exp(-h)}
+        fd = (_log_counts_numpy(presets, up, f, length) - _log_counts_numpy(presets, down, f, length)) / (2 * h)
+        np.testing.assert_allclose(auto, fd, rtol=2e-4, atol=2e-6, err_msg=name)
+    # the derivatives are not trivially zero: the kappa and the gain parameters move the output
+    assert abs(fd).max() > 0.1
+
+
+def test_only_the_differentiable_parameters_can_be_varied(presets):
+    assert "film.alpha0_per_cm" in DIFFERENTIABLE_PARAMETERS
+    assert differentiable_key(presets, "cas_doped.auger.tau_xx_ps") == ("cas_doped", "auger.tau_xx_ps")
+    with pytest.raises(KeyError, match="not a parameter the differentiable twin varies"):
+        differentiable_key(presets, "cas_doped.spectra.abs_peak_nm")
+    with pytest.raises(KeyError, match="not a parameter of a sample"):
+        differentiable_key(presets, "nosuch.film.alpha0_per_cm")
