@@ -54,7 +54,7 @@ Both control layers (``control_layer``, ``ca_pool``)
     it, and, finding the repeater port taken, never starts a ``caRepeater`` process (none outlives
     the session). ``.registrations``, ``.beacons`` count what it saw; ``.close()`` stops it.
 CA helpers (caproto's sync client, no repeater; the environment must be set):
-``caget(name, timeout=2.0)`` (a scalar as a Python number, an array as ``numpy``; a
+``caget(name, timeout=10.0)`` (a scalar as a Python number, an array as ``numpy``; a
 string PV or a CHAR array as ``str``), ``caput(name, value, timeout=5.0, wait=True)``
 (raises ``PutRefused`` if the IOC answers the put with a failure status -- it answers a
 refused put-with-completion with ECA_PUTFAIL, as rsrv does -- and
@@ -142,7 +142,7 @@ def past_stray_datagrams(call):
                 raise
 
 
-def caread(name: str, timeout: float = 2.0, **kwargs):
+def caread(name: str, timeout: float = 10.0, **kwargs):
     """caproto's sync ``read`` of one PV (no repeater; ``kwargs`` such as ``data_type`` passed on), past
     stray datagrams on its search socket: the whole response (``data``, ``data_type``, metadata)."""
     from caproto.sync.client import read
@@ -150,7 +150,7 @@ def caread(name: str, timeout: float = 2.0, **kwargs):
     return past_stray_datagrams(lambda: read(name, timeout=timeout, repeater=False, **kwargs))
 
 
-def caget(name: str, timeout: float = 2.0):
+def caget(name: str, timeout: float = 10.0):
     """Read one PV (caproto sync client, no repeater): its value, text as ``str``."""
     from caproto import ChannelType
 

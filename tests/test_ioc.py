@@ -59,7 +59,7 @@ def test_list_pvs_prints_every_pv_of_the_contract(ioc):
     listed = {line.strip() for line in ioc.stdout().splitlines() if line.strip() and not line.startswith("#")}
     assert listed == expected
     for name in expected:  # and each answers, with its control metadata (units fit DBR_CTRL's 8 chars)
-        caread(name, data_type="control", timeout=2)
+        caread(name, data_type="control")
 
 
 # (the IOC binds 127.0.0.1 only, TCP and UDP: tests/faults/test_security.py)
@@ -71,7 +71,7 @@ def test_list_pvs_prints_every_pv_of_the_contract(ioc):
 def test_fluence_limit_is_the_drive_limit_and_refusals_say_why(pv):
     assert caget(pv("PUMP:Fluence-SP.DRVH")) == LIMIT
     assert caget(pv("PUMP:Fluence-SP.HOPR")) == LIMIT
-    ctrl = caread(pv("PUMP:Fluence-SP"), data_type=ChannelType.CTRL_DOUBLE, timeout=2)
+    ctrl = caread(pv("PUMP:Fluence-SP"), data_type=ChannelType.CTRL_DOUBLE)
     assert ctrl.metadata.upper_ctrl_limit == LIMIT
     assert ctrl.metadata.upper_disp_limit == LIMIT
 
@@ -130,7 +130,7 @@ def test_text_pvs_are_epics_strings_a_plain_client_shows_as_text(pv):
     first 39 characters as DBR_STRING, the whole text as the long string IL:Message.VAL$ (a CHAR array)."""
     names = ["STAGE:Sample-SP", "STAGE:Sample-RB", "STAGE:Kind-RB", "IL:Message"]
     for name in names:
-        assert caread(pv(name), timeout=2).data_type == ChannelType.STRING, name
+        assert caread(pv(name)).data_type == ChannelType.STRING, name
     got = subprocess.run(
         [sys.executable, "-m", "caproto.commandline.get", "--no-repeater", *(pv(n) for n in names)],
         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONWARNINGS": "ignore"},
@@ -143,7 +143,7 @@ def test_text_pvs_are_epics_strings_a_plain_client_shows_as_text(pv):
         caput(pv("PUMP:Fluence-SP"), 5000.0)
     whole = caget(pv("IL:Message.VAL$"))
     assert whole == "refused fluence 5000 uJ/cm^2: above the limit of 3000 uJ/cm^2"
-    long = caread(pv("IL:Message.VAL$"), timeout=2)
+    long = caread(pv("IL:Message.VAL$"))
     assert long.data_type == ChannelType.CHAR and bytes(long.data).rstrip(b"\0").decode() == whole
     assert caget(pv("IL:Message")) == whole[:39]  # what `caget GL:IL:Message` shows: its first 39 characters
     caput(pv("PUMP:Fluence-SP"), 0.0)
