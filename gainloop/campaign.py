@@ -262,7 +262,7 @@ def campaign_optimizer(cfg: CampaignConfig, bench, films: list[str]):
     extra = {}
     if cfg.prior is not None:
         # twin-guided: the twin's map as the GP's mean, and a new film valued where it may come out
-        extra["prior"] = twin_prior_map(cfg.prior, prior_sample(bench.config, films), space)
+        extra["prior"] = twin_prior_map(cfg.prior, prior_sample(bench.config, films), space, scan=cfg.scan_args)
         twin = getattr(bench.config, "twin", None)
         extra["film_doping_sd"] = float(twin.film_doping_spread) if twin is not None else DEFAULT_FILM_DOPING_SD
     return make_optimizer(
@@ -309,15 +309,33 @@ PRIOR_FAMILY_RANGE = (5.0, 200.0)
 PRIOR_FAMILY_POINTS = 10
 
 
-def twin_prior_map(prior: str, sample_id: str, space, n_length: int = 40, n_doping: int = 160):
+#: The coarse grid (stripe lengths x dopings) on which the prior's measurement model is computed.
+SCAN_MODEL_GRID = (8, 4)
+
+
+def twin_prior_map(
+    prior: str,
+    sample_id: str,
+    space,
+    n_length: int = 40,
+    n_doping: int = 160,
+    scan: Mapping | None = None,
+    measured: bool = True,
+):
     """The twin's predicted -ln threshold (uJ/cm^2) of ``sample_id`` over the campaign's stripe length x
     doping (an ``optimizer.PriorMap``, ``n_doping x n_length`` per member), from the presets ``prior``
     names: ``"twin"`` (the shipped presets) or a presets file. A family of maps over ``PRIOR_FAMILY``
     (the presets' own value and ``PRIOR_FAMILY_POINTS`` log-spaced values), from which the campaign's
     scans recalibrate the twin (``optimizer._prior``); one map if the presets have no such parameter.
-    Where the twin reaches no threshold the map holds the setup's fluence limit x 10."""
+    Where the twin reaches no threshold the map holds the setup's fluence limit x 10.
+
+    ``measured`` (default): the threshold as the campaign's fluence scan reports it (its kink on the
+    noise-free twin, ``gainloop.scan_model``; ``scan``: the campaign's ``scan_args``), computed as a
+    smooth ratio to the model's threshold on a coarse grid (``SCAN_MODEL_GRID``) of the presets' own
+    member and applied to every member; False: the gain model's threshold."""
     import numpy as np
 
+    from gainloop.scan_model import scan_threshold_ratio, smooth_ln_ratio
     from optimizer import PriorMap
     from twin.ase import ase_threshold_uJ_cm2
     from twin.occupancy import doping_range
@@ -337,12 +355,27 @@ def twin_prior_map(prior: str, sample_id: str, space, n_length: int = 40, n_dopi
     d_lo, d_hi = max(d_lo, t_lo), min(d_hi, t_hi)
     lengths = np.geomspace(l_lo, l_hi, n_length)
     dopings = np.linspace(d_lo, d_hi, n_doping)
+    ln_ratio = np.zeros((n_doping, n_length))
+
+    def model_thr(s) -> np.ndarray:
+        return ase_threshold_uJ_cm2(lengths[None, :], dopings[:, None], s, presets.setup)
+
+    if measured:
+        f_lo, f_hi = space.fluence_uJ_cm2
+        # where it matters: the dopings whose best threshold is within 2x of the map's best
+        best = np.nanmin(np.where(np.isfinite(own_thr := model_thr(sample)), own_thr, np.nan), axis=1)
+        near = dopings[best <= 2.0 * np.nanmin(best)] if np.any(np.isfinite(best)) else dopings
+        grid_l = np.geomspace(l_lo, l_hi, SCAN_MODEL_GRID[0])
+        grid_d = np.linspace(near.min(), near.max(), SCAN_MODEL_GRID[1])
+        ratio = scan_threshold_ratio(presets, sample_id, grid_l, grid_d, f_lo, f_hi, scan)
+        ln_ratio = smooth_ln_ratio(grid_l, grid_d, ratio, lengths[None, :], dopings[:, None])
 
     def neg_ln_map(s) -> np.ndarray:
-        thr = ase_threshold_uJ_cm2(lengths[None, :], dopings[:, None], s, presets.setup)
-        return -np.log(np.where(np.isfinite(thr), thr, 10.0 * presets.setup.fluence_limit_uJ_cm2))
+        thr = model_thr(s)
+        return -np.log(np.where(np.isfinite(thr), thr, 10.0 * presets.setup.fluence_limit_uJ_cm2)) - ln_ratio
 
     source = f"{'shipped presets' if path is None else path} [{sample_id}]"
+    source += " (as the scan measures)" if measured else ""
     name = f"{sample_id}.{PRIOR_FAMILY}"
     try:
         own = get_parameter(presets, name)

@@ -5,7 +5,6 @@ its prior-versus-data residuals (``campaign status``)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +17,18 @@ from gainloop.campaign import (
     campaign_status,
     twin_prior_map,
 )
+from gainloop.scan_model import smooth_ln_ratio
 from optimizer import NestedOptimizer, PriorMap, SearchSpace, TrialResult, make_optimizer
 from optimizer._models import fit_gp
 from optimizer._prior import TwinPriorMean
+from plans.measurements import ase_fluence_scan
+from sim.devices import twin_bench_devices
 from twin.ase import ase_threshold_uJ_cm2
 from twin.presets import load_presets
 
-BENCHES = Path(__file__).resolve().parents[1] / "benchmarks" / "benches"
+from .conftest import REPO
+
+BENCHES = REPO / "benchmarks" / "benches"
 SPACE = SearchSpace(
     fluence_uJ_cm2=(10.0, 3000.0), stripe_length_um=(100.0, 4000.0), doping=(0.0, 7.9), fluence_limit_uJ_cm2=3000.0
 )
@@ -169,7 +173,7 @@ def test_the_film_scatter_is_estimated_from_the_films_made():
 
 
 def test_the_twin_map_is_the_twins_threshold_and_spans_the_1p_absorption():
-    pm = twin_prior_map("twin", "cas_doped", SPACE)
+    pm = twin_prior_map("twin", "cas_doped", SPACE, measured=False)
     presets = load_presets()
     own = presets.get("cas_doped")
     thr = float(ase_threshold_uJ_cm2(1062.0, 7.4, own, presets.setup))
@@ -186,6 +190,49 @@ def test_the_twin_map_is_the_twins_threshold_and_spans_the_1p_absorption():
     assert best[0] > 7.8 and best[1] < 7.0
     with pytest.raises(CampaignError, match="cannot read the prior's presets"):
         twin_prior_map(str(BENCHES / "no_such.toml"), "cas_doped", SPACE)
+
+
+def test_the_prior_predicts_the_threshold_the_campaigns_scan_measures(RE):
+    """The map is the kink of the plan's scan, not the model's gain condition: on a short stripe the kink lies
+    well above the gain condition (on a long one a little below), and a prior without that has the wrong
+    length dependence (its fitted depth then exaggerates the doping dependence)."""
+    bench = twin_bench_devices(REPO / "examples" / "twin_bench.toml", seed=5)
+    space = SearchSpace(
+        fluence_uJ_cm2=(10.0, bench.config.bench.fluence_limit_uJ_cm2),
+        stripe_length_um=(100.0, 4000.0),
+        doping=(0.0, 7.9),
+        fluence_limit_uJ_cm2=bench.config.bench.fluence_limit_uJ_cm2,
+    )
+    measured_map = twin_prior_map("twin", "cas_doped", space)
+    model_map = twin_prior_map("twin", "cas_doped", space, measured=False)
+    assert "as the scan measures" in measured_map.source
+    lengths = (200.0, 1000.0, 2500.0)
+    measured = []
+    for length in lengths:
+        result = RE(ase_fluence_scan(bench, "cas_doped-film", stripe_length_um=length)).plan_result
+        measured.append(result["threshold_uJ_cm2"])
+    predicted = [math.exp(-float(measured_map.predict(length, 7.4))) for length in lengths]
+    model = [math.exp(-float(model_map.predict(length, 7.4))) for length in lengths]
+    for got, want in zip(measured, predicted, strict=True):
+        assert got == pytest.approx(want, rel=0.06)
+    # the length dependence the scans show (short / long stripe) is the measured map's, not the model's
+    shape = measured[0] / measured[1]
+    assert shape == pytest.approx(predicted[0] / predicted[1], rel=0.06)
+    assert abs(shape - model[0] / model[1]) > 0.15
+
+
+def test_the_scan_models_smoothing_recovers_a_quadratic_and_needs_enough_points():
+    lengths = np.geomspace(100.0, 4000.0, 8)
+    dopings = np.linspace(6.0, 7.9, 4)
+    x, d = np.meshgrid(np.log(lengths), dopings)
+    ratio = np.exp(0.1 - 0.05 * (x - 7.0) ** 2 + 0.02 * (d - 7.0) * (x - 7.0))
+    at = smooth_ln_ratio(lengths, dopings, ratio, lengths[None, :], dopings[:, None])
+    assert np.allclose(at, np.log(ratio), atol=1e-10)
+    # outside the grid: held at its edge
+    assert smooth_ln_ratio(lengths, dopings, ratio, 50.0, 5.0) == pytest.approx(np.log(ratio[0, 0]), abs=1e-10)
+    sparse = np.full_like(ratio, np.nan)
+    sparse[0, :5] = 1.2
+    assert np.all(smooth_ln_ratio(lengths, dopings, sparse, lengths, 7.0) == 0.0)
 
 
 def test_a_prior_is_for_the_nested_strategy_only():
