@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PEERS", "PEER_SPACE", "AxPeer", "PeerProposal", "PeerResult", "XoptPeer", "blop_campaign"]
+from core.trial import Proposal
+
+__all__ = ["PEERS", "PEER_SPACE", "AxPeer", "PeerResult", "XoptPeer", "blop_campaign"]
 
 LENGTH, DOPING = "stripe_length_um", "doping"
 #: The search space every peer gets (ours gets the same through ``gainloop.campaign.campaign_optimizer``).
@@ -40,28 +42,6 @@ def _num(v: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
-
-
-@dataclass(frozen=True)
-class PeerProposal:
-    """What the campaign plan reads of a proposal."""
-
-    trial_index: int
-    params: dict
-    predicted: dict = field(default_factory=dict)
-    expected_cost_s: float = math.nan
-    acquisition_value: float = math.nan
-    strategy: str = ""
-
-    def as_dict(self) -> dict:
-        return {
-            "trial_index": self.trial_index,
-            "params": dict(self.params),
-            "predicted": dict(self.predicted),
-            "expected_cost_s": _num(self.expected_cost_s),
-            "acquisition_value": _num(self.acquisition_value),
-            "strategy": self.strategy,
-        }
 
 
 @dataclass(frozen=True)
@@ -93,15 +73,15 @@ class _Peer:
     def __init__(self, *, seed: int) -> None:
         self.seed = int(seed)
         self._results: dict[int, PeerResult] = {}
-        self._pending: dict[int, PeerProposal] = {}
+        self._pending: dict[int, Proposal] = {}
         self.suggest_wall_s = 0.0
 
-    def suggest(self, n: int | None = None) -> list[PeerProposal]:
+    def suggest(self, n: int | None = None) -> list[Proposal]:
         import time
 
         t0 = time.perf_counter()
         out = [
-            PeerProposal(idx, {LENGTH: float(p[LENGTH]), DOPING: float(p[DOPING])}, strategy=self.strategy)
+            Proposal(idx, {LENGTH: float(p[LENGTH]), DOPING: float(p[DOPING])}, strategy=self.strategy)
             for idx, p in self._ask(1 if n is None else int(n))
         ]
         self.suggest_wall_s += time.perf_counter() - t0
@@ -121,7 +101,7 @@ class _Peer:
     def history(self) -> list[PeerResult]:
         return [self._results[k] for k in sorted(self._results)]
 
-    def pending(self) -> list[PeerProposal]:
+    def pending(self) -> list[Proposal]:
         """Suggested, not yet ingested proposals (by trial index): what a campaign replays on start."""
         return [self._pending[k] for k in sorted(self._pending)]
 

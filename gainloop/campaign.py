@@ -63,6 +63,7 @@ import contextlib
 import math
 import os
 import signal
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -73,6 +74,7 @@ from core.protocols import STRATEGIES
 from core.trial import Proposal, TrialRecord
 from gainloop.records import StoredCampaign, read_campaign
 from gainloop.running import PlanInterrupted
+from gainloop.warm_start import WarmStartError, is_run_query, parse_run_query, pin_run_query, stored_scan_results
 
 __all__ = [
     "FAULT_ENV",
@@ -132,7 +134,8 @@ class CampaignConfig:
     bench_file: str | None = None  # None: the twin
     twin_seed: int | None = None
     prior: str | None = None  # the nested GP's prior mean: "twin" (the shipped presets) or a presets file; None: none
-    warm_start: tuple[str, ...] | None = None  # earlier campaigns (uids) whose completed trials the model starts from
+    # earlier campaigns (uids) whose completed trials the model starts from, or queries of stored scans (key=value,...)
+    warm_start: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -145,6 +148,12 @@ class CampaignConfig:
             object.__setattr__(self, "warm_start", tuple(str(u) for u in self.warm_start))
             if self.strategy != "nested":
                 raise CampaignError(f"a warm start is for the nested strategy only; strategy is {self.strategy!r}")
+            for entry in self.warm_start:
+                if is_run_query(entry):
+                    try:
+                        parse_run_query(entry)
+                    except WarmStartError as exc:
+                        raise CampaignError(str(exc)) from None
         object.__setattr__(self, "scan_args", MappingProxyType(dict(self.scan_args)))
 
         def positive(name: str, value, *, optional: bool = True, integer: bool = False) -> None:
@@ -564,8 +573,14 @@ def prepare_campaign(
     bench.restore_lab_time(used_s)
     what = f"campaign {campaign_uid}" if resume_uid is not None else "the new campaign"
     f_hi = _check_fluence_settings(cfg, bench, pending, what)
-    if cfg.warm_start and resume_uid is None:  # stored resolved: a resume reads the same campaigns
-        cfg = replace(cfg, warm_start=tuple(_resolve_campaign(catalog, u) for u in cfg.warm_start))
+    if cfg.warm_start and resume_uid is None:  # stored resolved and pinned: a resume reads the same data
+        now = time.time()
+        cfg = replace(
+            cfg,
+            warm_start=tuple(
+                pin_run_query(u, now) if is_run_query(u) else _resolve_campaign(catalog, u) for u in cfg.warm_start
+            ),
+        )
     opt = campaign_optimizer(cfg, bench, initial_films)
     if cfg.warm_start:
         opt.warm_start(warm_start_results(catalog, cfg))
@@ -718,7 +733,8 @@ def campaign_status(catalog, campaign_uid: str) -> dict:
         out["prior"] = prior_residuals(cfg, done)
     if cfg.warm_start:
         out["warm_start"] = {
-            "campaigns": list(cfg.warm_start),
+            "campaigns": [e for e in cfg.warm_start if not is_run_query(e)],
+            "queries": [e for e in cfg.warm_start if is_run_query(e)],
             "completed_trials": len(warm_start_results(catalog, cfg)),
         }
     return out
@@ -734,9 +750,17 @@ def _resolve_campaign(catalog, given: str) -> str:
 
 def warm_start_results(catalog, cfg: CampaignConfig) -> list:
     """The completed trials (``TrialResult``) of the campaigns ``cfg.warm_start`` names, read from the catalog:
-    each must have optimised the same material; their trials are data for the model, never measured again."""
+    each must have optimised the same material; then those of its queries of stored scans
+    (``gainloop.warm_start``; a run already among a named campaign's trials counted once). They are data for
+    the model, never measured again."""
+    from devices.config import load_bench
+    from sim.devices import default_twin_bench_path
+
     out = []
-    for uid in cfg.warm_start or ():
+    seen: set[str] = set()
+    entries = cfg.warm_start or ()
+    queries = [e for e in entries if is_run_query(e)]
+    for uid in (e for e in entries if not is_run_query(e)):
         stored = stored_campaign(catalog, uid)
         other = CampaignConfig.from_dict(stored.config)
         if other.material != cfg.material:
@@ -744,19 +768,38 @@ def warm_start_results(catalog, cfg: CampaignConfig) -> list:
                 f"warm start from campaign {uid}: it optimised {other.material!r}, this campaign {cfg.material!r}; "
                 "allowed: campaigns of the same material"
             )
-        out += [r.result for r in stored.records if r.status == "completed" and "fluence_uJ_cm2" not in r.params]
+        done = [r for r in stored.records if r.status == "completed" and "fluence_uJ_cm2" not in r.params]
+        out += [r.result for r in done]
+        seen.update(r.run_uid for r in done if r.run_uid)
+    if queries:
+        bench_config = load_bench(cfg.bench_file or default_twin_bench_path())
+        for q in queries:
+            try:
+                found = stored_scan_results(
+                    catalog,
+                    q,
+                    bench_config=bench_config,
+                    material=cfg.material,
+                    max_rel_err=cfg.max_threshold_rel_err,
+                    exclude_run_uids=seen,
+                )
+            except WarmStartError as exc:
+                raise CampaignError(str(exc)) from None
+            seen.update(uid for uid, _ in found)
+            out += [r for _, r in found]
     return out
 
 
 def prior_residuals(cfg: CampaignConfig, done: list[TrialRecord]) -> dict:
     """The twin prior versus the data: per completed trial, the threshold the prior's presets predict at its
-    stripe length and (measured) doping, and ``residual_ln`` = ln(measured / predicted); their rms.
+    stripe length and (measured) doping, as the campaign's scan measures it (``gainloop.scan_model``), and
+    ``residual_ln`` = ln(measured / predicted); their rms.
 
     The prediction is the presets' own twin (before the campaign's refit of level, depth and the 1P
     intraband absorption): how far the twin the campaign started from is from this bench."""
     from devices.config import load_bench
+    from gainloop.scan_model import scan_threshold
     from sim.devices import default_twin_bench_path
-    from twin.ase import ase_threshold_uJ_cm2
     from twin.presets import load_presets
 
     bench_config = load_bench(cfg.bench_file or default_twin_bench_path())
@@ -764,15 +807,17 @@ def prior_residuals(cfg: CampaignConfig, done: list[TrialRecord]) -> dict:
         films = [e.id for e in bench_config.stage.library if e.kind == "film" and e.material == cfg.material]
         sample_id = prior_sample(bench_config, films)
         presets = load_presets(None if cfg.prior == SHIPPED_PRIOR else cfg.prior)
-        sample = presets.get(sample_id)
+        presets.get(sample_id)  # the sample must exist in the prior's presets
     except (OSError, GainloopError) as exc:
         return {"source": cfg.prior, "error": f"the prior's presets cannot be read: {exc}", "trials": []}
+    f_lo = cfg.fluence_min_uJ_cm2
+    f_hi = cfg.fluence_max_uJ_cm2 or bench_config.bench.fluence_limit_uJ_cm2
     rows = []
     for r in done:
         doping = r.measured_doping if r.doping_measured else r.params["doping"]
         length = float(r.params["stripe_length_um"])
         try:
-            predicted = float(ase_threshold_uJ_cm2(length, float(doping), sample, presets.setup))
+            predicted = scan_threshold(presets, sample_id, length, float(doping), f_lo, f_hi, cfg.scan_args)
         except GainloopError:
             predicted = math.nan
         measured = float(r.outcome["threshold_uJ_cm2"])

@@ -122,9 +122,8 @@ def _print_campaign(summary: dict, json_out: bool) -> None:
         _console.print(f"lab time read from {out['lab_clock']}")
     warm = out.get("warm_start")
     if warm:
-        _console.print(
-            f"warm start: {warm['completed_trials']} completed trials of {', '.join(c[:8] for c in warm['campaigns'])}"
-        )
+        sources = [c[:8] for c in warm["campaigns"]] + [f"runs where {q}" for q in warm.get("queries", [])]
+        _console.print(f"warm start: {warm['completed_trials']} completed trials of {'; '.join(sources)}")
     prior = out.get("prior")
     if prior:
         rms = prior.get("rms_residual_ln")
@@ -253,7 +252,9 @@ def campaign_run(
             "--warm-start",
             help="An earlier campaign (uid or an unambiguous start of it; repeatable) of the same material: its "
             "completed trials are the model's data from the start (recorded in this campaign's config, never "
-            "measured again). Nested strategy.",
+            "measured again); or a QUERY of stored ase_fluence_scan runs, key=value pairs of their start "
+            "documents (e.g. sample_id=cas_doped-film,since=2026-11-01): each accepted threshold fit on a film of "
+            "the campaign's material is one trial. Nested strategy.",
         ),
     ] = None,
     json_out: JsonOption = False,

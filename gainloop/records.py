@@ -37,7 +37,7 @@ import numpy as np
 from core.trial import FILM_NOT_MEASURED, FilmDoping, Proposal, TrialRecord, proposal_from_row
 from gainloop.replay import stream_columns
 
-__all__ = ["INTERRUPTED_REASON", "StoredCampaign", "read_campaign", "search_runs"]
+__all__ = ["INTERRUPTED_REASON", "StoredCampaign", "read_campaign", "run_analysis", "search_runs"]
 
 #: The reason of a trial whose measurement run has no stop document (its process was killed).
 INTERRUPTED_REASON = "interrupted: the run has no stop document"
@@ -68,7 +68,9 @@ def _rows(stream) -> list[dict]:
     return [{k: (v[i].item() if isinstance(v[i], np.generic) else v[i]) for k, v in cols.items()} for i in range(n)]
 
 
-def _analysis(run) -> dict:
+def run_analysis(run) -> dict:
+    """A stored measurement run's analysis (its ``analysis`` stream's last values, e.g. ``threshold_uJ_cm2``);
+    {} when it has none."""
     if "analysis" not in run:
         return {}
     return {k: float(v[-1]) for k, v in stream_columns(run["analysis"]).items()}
@@ -166,7 +168,7 @@ def _judged_by_run(run, proposal: Proposal, record_runs, max_rel_err: float) -> 
     elif stop.get("exit_status") != "success":
         status, reason = "failed", f"run ended {stop.get('exit_status')}: {stop.get('reason')}"
     else:
-        outcome = _analysis(run)
+        outcome = run_analysis(run)
         reason = fit_rejection(outcome, max_rel_err)
         status = "failed" if reason else "completed"
     lab_s = 0.0  # how long it took is recorded with the outcome, which this trial never got

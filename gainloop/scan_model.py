@@ -33,10 +33,53 @@ from plans.analysis import AnalysisError, kink_threshold
 from twin.ase import ase_threshold_uJ_cm2
 from twin.instrument import expected_stripe_counts
 
-__all__ = ["scan_threshold_ratio", "smooth_ln_ratio"]
+__all__ = ["scan_threshold", "scan_threshold_ratio", "smooth_ln_ratio"]
 
 #: ``ase_fluence_scan``'s defaults, as a campaign's scan uses them unless its ``scan_args`` say otherwise.
 SCAN_DEFAULTS = {"n_coarse": 12, "n_fine": 16, "exposure_s": 3.0}
+
+
+def _kink(coarse_f, coarse_counts, length, doping, exposure, sample, presets, f_lo, f_hi, n_fine) -> float:
+    """The scan's kink threshold (uJ/cm^2) from its coarse sweep's expected counts, with its fine points
+    added as the plan adds them; NaN where the plan's analysis finds no kink."""
+    f, counts = coarse_f, coarse_counts
+    try:
+        kink = kink_threshold(f, counts)
+        if n_fine > 0:
+            fine_f = np.geomspace(max(0.5 * kink.threshold, f_lo), min(2.0 * kink.threshold, f_hi), n_fine)
+            fine, _ = expected_stripe_counts(fine_f, length, doping, exposure, sample, presets.setup, presets.noise)
+            kink = kink_threshold(np.r_[f, fine_f], np.r_[counts, fine])
+    except AnalysisError:
+        return float("nan")
+    return float(kink.threshold)
+
+
+def _scan_args(scan: Mapping | None) -> dict:
+    return {**SCAN_DEFAULTS, **{k: v for k, v in (scan or {}).items() if k in SCAN_DEFAULTS}}
+
+
+def scan_threshold(
+    presets,
+    sample_id: str,
+    stripe_length_um: float,
+    doping: float,
+    fluence_min_uJ_cm2: float,
+    fluence_max_uJ_cm2: float,
+    scan: Mapping | None = None,
+) -> float:
+    """The threshold (uJ/cm^2) the campaign's scan reports on the noise-free twin of ``sample_id`` at one
+    stripe length (um) and doping (e/dot); NaN where its analysis finds no kink."""
+    args = _scan_args(scan)
+    sample = presets.get(sample_id)
+    coarse_f = np.geomspace(fluence_min_uJ_cm2, fluence_max_uJ_cm2, int(args["n_coarse"]))
+    exposure = float(args["exposure_s"])
+    coarse, _ = expected_stripe_counts(
+        coarse_f, stripe_length_um, doping, exposure, sample, presets.setup, presets.noise
+    )
+    return _kink(
+        coarse_f, coarse, stripe_length_um, doping, exposure, sample, presets,
+        fluence_min_uJ_cm2, fluence_max_uJ_cm2, int(args["n_fine"]),
+    )  # fmt: skip
 
 
 def scan_threshold_ratio(
@@ -52,36 +95,27 @@ def scan_threshold_ratio(
     ``stripe_length_um`` (um; shape (n_doping, n_length)); NaN where either has no threshold (no kink
     in the scan's range, or no gain). ``scan``: ``n_coarse``, ``n_fine``, ``exposure_s`` of the
     campaign's scan (``SCAN_DEFAULTS`` for the rest)."""
-    args = {**SCAN_DEFAULTS, **{k: v for k, v in (scan or {}).items() if k in SCAN_DEFAULTS}}
+    args = _scan_args(scan)
     sample = presets.get(sample_id)
-    setup, noise = presets.setup, presets.noise
     lengths = np.asarray(stripe_length_um, dtype=float)
     dopings = np.asarray(doping, dtype=float)
-    model = ase_threshold_uJ_cm2(lengths[None, :], dopings[:, None], sample, setup)
+    model = ase_threshold_uJ_cm2(lengths[None, :], dopings[:, None], sample, presets.setup)
     out = np.full((dopings.size, lengths.size), np.nan)
     coarse_f = np.geomspace(fluence_min_uJ_cm2, fluence_max_uJ_cm2, int(args["n_coarse"]))
     exposure = float(args["exposure_s"])
     # every coarse sweep in one call: (n_doping, n_length, n_coarse)
     coarse, _ = expected_stripe_counts(
-        coarse_f[None, None, :], lengths[None, :, None], dopings[:, None, None], exposure, sample, setup, noise
-    )
+        coarse_f[None, None, :], lengths[None, :, None], dopings[:, None, None], exposure, sample, presets.setup,
+        presets.noise,
+    )  # fmt: skip
     for i, d in enumerate(dopings):
         for j, length in enumerate(lengths):
-            if not np.isfinite(model[i, j]):
-                continue
-            f, counts = coarse_f, coarse[i, j]
-            try:
-                kink = kink_threshold(f, counts)
-                if args["n_fine"] > 0:
-                    lo = max(0.5 * kink.threshold, fluence_min_uJ_cm2)
-                    hi = min(2.0 * kink.threshold, fluence_max_uJ_cm2)
-                    fine_f = np.geomspace(lo, hi, int(args["n_fine"]))
-                    fine, _ = expected_stripe_counts(fine_f, length, d, exposure, sample, setup, noise)
-                    f, counts = np.r_[f, fine_f], np.r_[counts, fine]
-                    kink = kink_threshold(f, counts)
-            except AnalysisError:
-                continue
-            out[i, j] = kink.threshold / model[i, j]
+            if np.isfinite(model[i, j]):
+                thr = _kink(
+                    coarse_f, coarse[i, j], length, d, exposure, sample, presets,
+                    fluence_min_uJ_cm2, fluence_max_uJ_cm2, int(args["n_fine"]),
+                )  # fmt: skip
+                out[i, j] = thr / model[i, j]
     return out
 
 

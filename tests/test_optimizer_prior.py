@@ -276,6 +276,46 @@ def test_a_twin_guided_campaign_shows_prior_vs_data_in_status_and_report(tmp_pat
     assert prior["rms_residual_ln"] < 0.15
 
 
+def test_a_warm_start_from_a_query_trains_on_stored_scans_of_the_material_and_pins_them(tmp_path, RE):
+    """``--warm-start sample_id=...``: scans measured on their own (``gainloop measure``) are the model's data;
+    the query is pinned to the campaign's start, so a resume reads the same runs and never its own trials."""
+    from gainloop.campaign import prepare_campaign, rebuild_trials, run_campaign
+    from gainloop.catalog import Catalog
+    from sim.devices import default_twin_bench_path
+
+    with Catalog(data_dir_path=tmp_path / "data") as cat:
+        bench = twin_bench_devices(default_twin_bench_path(), seed=2)
+        RE.subscribe(cat.writer())
+        stored = {}
+        for length in (400.0, 1000.0):
+            result = RE(ase_fluence_scan(bench, "cas_doped-film", stripe_length_um=length)).plan_result
+            stored[length] = result["threshold_uJ_cm2"]
+        RE(ase_fluence_scan(bench, "core-film", stripe_length_um=1000.0))  # another material: not used
+        cfg = CampaignConfig(
+            seed=1, twin_seed=1, budget_lab_h=None, max_trials=1, warm_start=("sample_id=cas_doped-film",)
+        )
+        prepared = prepare_campaign(cat, cfg, bench=twin_bench_devices(default_twin_bench_path(), seed=1))
+        prepared.plan.close()
+        warm = prepared.optimizer.warm_data()
+        assert sorted((r.params["stripe_length_um"], r.params["doping"]) for r in warm) == [(400.0, 7.4), (1000.0, 7.4)]
+        assert sorted(r.outcome["threshold_uJ_cm2"] for r in warm) == sorted(stored.values())
+        assert prepared.optimizer.training_data()["X"].shape[0] == 2 and prepared.optimizer.history() == []
+        done = run_campaign(cat, cfg)
+        stored_cfg, trials, _, _ = rebuild_trials(cat, done["campaign_uid"])
+        (query,) = stored_cfg.warm_start
+        assert query.startswith("sample_id=cas_doped-film,before=")  # pinned: the campaign's own scan is later
+        assert len(trials) == 1
+        status = campaign_status(cat, done["campaign_uid"])
+        assert status["warm_start"] == {"campaigns": [], "queries": [query], "completed_trials": 2}
+        # a query that finds no usable scan of the material, or is malformed, is a clear error before anything runs
+        with pytest.raises(CampaignError, match=r"selects no usable ase_fluence_scan run.*another material"):
+            run_campaign(cat, CampaignConfig(max_trials=1, warm_start=("sample_id=core-film",)))
+        with pytest.raises(CampaignError, match="is not key=value"):
+            CampaignConfig(warm_start=("sample_id=cas_doped-film,oops",))
+        with pytest.raises(CampaignError, match="only ase_fluence_scan runs"):
+            CampaignConfig(warm_start=("plan_name=vsl_scan",))
+
+
 def test_a_warm_start_trains_on_an_earlier_campaigns_trials_and_never_measures_them_again(tmp_path):
     from gainloop.campaign import prepare_campaign, rebuild_trials, run_campaign
     from gainloop.catalog import Catalog
@@ -296,7 +336,7 @@ def test_a_warm_start_trains_on_an_earlier_campaigns_trials_and_never_measures_t
         assert stored_cfg.warm_start == (uid,)  # recorded resolved in the campaign's record
         assert len(trials) == 1  # only its own trial was measured
         status = campaign_status(cat, second["campaign_uid"])
-        assert status["warm_start"] == {"campaigns": [uid], "completed_trials": 3}
+        assert status["warm_start"] == {"campaigns": [uid], "queries": [], "completed_trials": 3}
         with pytest.raises(CampaignError, match="same material"):
             other = CampaignConfig(material="PbS-core/EMII", max_trials=1, warm_start=(uid,))
             prepare_campaign(cat, other, bench=twin_bench_devices(default_twin_bench_path(), seed=1))
