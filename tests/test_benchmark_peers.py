@@ -56,3 +56,38 @@ def test_a_peer_holds_its_suggestions_as_pending_until_ingested():
     assert [p.trial_index for p in peer.pending()] == [0, 1] == [p.trial_index for p in proposals]
     peer.ingest([{"trial_index": 0, "params": proposals[0].params, "status": "failed", "reason": "test"}])
     assert [p.trial_index for p in peer.pending()] == [1]
+
+
+def test_a_peer_runs_trials_through_the_campaign_plan_on_the_twin(RE):
+    """The campaign plan records a peer's proposals as trial records (one stop's benchmark lost Ax and Xopt to a
+    proposal type the record refused: every seed ended at its first suggestion)."""
+    from plans.campaign import campaign
+    from sim.devices import default_twin_bench_path, twin_bench_devices
+
+    peers = _peers_module()
+
+    class Fixed(peers._Peer):
+        strategy = "fixed"
+
+        def _ask(self, n):
+            start = len(self._results) + len(self._pending)
+            return [(start + i, {"stripe_length_um": 600.0 + 300.0 * (start + i), "doping": 7.4}) for i in range(n)]
+
+        def _tell(self, result):
+            pass
+
+    bench = twin_bench_devices(default_twin_bench_path(), seed=0)
+    peer = Fixed(seed=0)
+    summary = RE(
+        campaign(
+            bench,
+            peer,
+            campaign_uid="peer-test",
+            lab_clock=bench.lab_time_s,
+            max_trials=2,
+            films=["cas_doped-film"],
+        )
+    ).plan_result
+    assert summary["stopped_by"] == "trial budget"
+    assert [r.status for r in peer.history()] == ["completed", "completed"]
+    assert 50.0 < peer.best()["threshold_uJ_cm2"] < 200.0
