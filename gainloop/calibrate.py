@@ -21,6 +21,7 @@ measure.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -84,6 +85,10 @@ def _preset_of(start: dict, presets, sample: str) -> str:
     )
 
 
+#: A whole run uid (a UUID4 as bluesky writes it).
+_WHOLE_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def stripe_run(run, presets, sample: str, dose_before: float = 0.0):
     """The usable acquisitions of one stored stripe run as a ``StripeRun`` (None if it has none), and the
     film's photo-damage dose after it (``twin.damage``: every pulse of every read, saturated ones included,
@@ -93,9 +98,11 @@ def stripe_run(run, presets, sample: str, dose_before: float = 0.0):
     from twin.damage import damage_per_pulse
 
     start = run.start
-    if "primary" not in run:
+    try:
+        primary = run["primary"]  # one request ("primary" in run would be a second)
+    except KeyError:
         return None, dose_before
-    cols = stream_columns(run["primary"], arrays=False)
+    cols = stream_columns(primary, arrays=False)
     need = ("pump_fluence", "slit", "spectrometer_exposure", "spectrometer_integrated", "spectrometer_saturated")
     if any(k not in cols for k in need):
         return None, dose_before
@@ -153,7 +160,9 @@ def select_runs(
     chosen: list = []
     if uids:
         for u in uids:
-            run = catalog.run(catalog.resolve_uid(u))
+            # a whole uid is fetched directly (RunNotFoundError if absent); a prefix is resolved first
+            whole = _WHOLE_UID.fullmatch(str(u).strip().lower())
+            run = catalog.run(whole.group(0) if whole else catalog.resolve_uid(u))
             if run.start.get("sample_id") != sample:
                 raise CalibrationInputError(
                     f"run {run.start['uid']} is of sample {run.start.get('sample_id')!r}, not {sample!r}"
