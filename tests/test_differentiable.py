@@ -107,6 +107,67 @@ def test_autograd_gradients_equal_finite_differences(presets):
     assert abs(fd).max() > 0.1
 
 
+DELAYS_PS = np.r_[0.0, np.geomspace(0.2, 5000.0, 25)]
+TA_NAMES = ("auger.tau_xx_ps", "auger.scaling_exponent", "auger.electron_fraction", "auger.tau_x_radiative_ns")
+
+
+@pytest.mark.parametrize("sid", ["core", "cas", "cas_doped"])
+def test_the_ta_trace_in_torch_equals_numpys_for_every_preset(presets, sid):
+    """The TA bleach trace: the torch path (matrix exponential of the cascade) equals the numpy path (the
+    uniformized series) to rtol 1e-9 over delays, pump levels and dopings, plain and differential."""
+    from twin.differentiable import tensor_sample
+    from twin.dynamics import ta_trace
+
+    sample = presets.get(sid)
+    values = {k: torch.tensor(float(get_parameter(presets, f"{sid}.{k}")), dtype=torch.float64) for k in TA_NAMES}
+    ts = tensor_sample(sample, values)
+    lo, hi = doping_range(sample.degeneracy, sample.doping_distribution)
+    dopings = sorted({float(np.clip(v, lo, hi)) for v in (lo, sample.doping_ne, 2.0, hi - 0.05)})
+    for mean in (0.0, 0.2, 1.0, 3.0, 8.0):
+        for doping in dopings:
+            for differential in (False, True) if mean == 1.0 else (False,):
+                a = ta_trace(DELAYS_PS, mean, sample, doping, differential=differential)
+                b = ta_trace(DELAYS_PS, _t(mean), ts, doping, differential=differential)
+                assert isinstance(b, torch.Tensor)
+                np.testing.assert_allclose(b.numpy(), a, rtol=1e-9, atol=1e-12, err_msg=f"<N> {mean}, doping {doping}")
+
+
+def test_the_ta_traces_gradients_equal_finite_differences(presets):
+    """d(alpha/alpha0)(t)/d ln(parameter) by autograd vs central differences of the numpy twin, for the Auger
+    and radiative parameters, the exciton yield and the pump's <N>."""
+    from twin.differentiable import tensor_sample
+    from twin.dynamics import ta_trace
+
+    sid, mean, doping = "cas_doped", 1.2, 7.0
+    names = (*TA_NAMES, "exciton_yield")
+    base = {k: float(get_parameter(presets, f"{sid}.{k}")) for k in names}
+    base["exciton_yield"] = 0.9  # inside its range on both sides of the difference
+    base["auger.electron_fraction"] = max(base["auger.electron_fraction"], 0.05)
+    delays = np.array([0.0, 3.0, 30.0, 150.0, 1000.0])
+    u = torch.tensor([math.log(v) for v in (*base.values(), mean)], dtype=torch.float64, requires_grad=True)
+    sample = presets.get(sid)
+    ts = tensor_sample(sample, dict(zip(names, torch.exp(u[:-1]), strict=True)))
+    alpha = ta_trace(delays, torch.exp(u[-1]), ts, doping)
+
+    def numpy_alpha(vals: dict, n: float) -> np.ndarray:
+        p = with_parameters(presets, {f"{sid}.{k}": v for k, v in vals.items()})
+        return ta_trace(delays, n, p.get(sid), doping)
+
+    np.testing.assert_allclose(alpha.detach().numpy(), numpy_alpha(base, mean), rtol=1e-9, atol=1e-12)
+    jac = np.stack([torch.autograd.grad(alpha[k], u, retain_graph=True)[0].numpy() for k in range(delays.size)])
+    h = 1e-6
+    for i, name in enumerate((*names, "<N>")):
+        if name == "<N>":
+            fd = (numpy_alpha(base, mean * math.exp(h)) - numpy_alpha(base, mean * math.exp(-h))) / (2 * h)
+        else:
+            up = {**base, name: base[name] * math.exp(h)}
+            down = {**base, name: base[name] * math.exp(-h)}
+            fd = (numpy_alpha(up, mean) - numpy_alpha(down, mean)) / (2 * h)
+        np.testing.assert_allclose(jac[:, i], fd, rtol=1e-5, atol=1e-8, err_msg=name)
+    # the trace depends on tau_XX and <N> where the multiexcitons decay (not trivially zero)
+    assert abs(jac[2, 0]) > 1e-3 and abs(jac[1, -1]) > 1e-3
+
+
 def test_only_the_differentiable_parameters_can_be_varied(presets):
     assert "film.alpha0_per_cm" in DIFFERENTIABLE_PARAMETERS
     assert differentiable_key(presets, "cas_doped.auger.tau_xx_ps") == ("cas_doped", "auger.tau_xx_ps")

@@ -113,6 +113,8 @@ class _TorchNamespace:
         return self._t.minimum(*self._both(a, b))
 
     def where(self, cond, a, b):
+        if not is_tensor(cond):  # a numpy mask (e.g. of integer state counts)
+            cond = self._t.as_tensor(np.asarray(cond, dtype=bool))
         return self._t.where(cond, *self._both(a, b))
 
     def broadcast_arrays(self, *xs):

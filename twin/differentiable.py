@@ -13,7 +13,15 @@ are checked against ``PHYSICAL_RANGES`` by the caller). The forward models:
 * ``ase_output`` / ``vsl_output`` (``twin.ase``): ASE versus fluence and stripe length, with
   the kink, saturation and spectral narrowing;
 * ``expected_stripe_counts`` (``twin.instrument``): the spectrometer's integrated counts of
-  one acquisition (pulse-jitter average, pixel by pixel) with the variance of the noise model.
+  one acquisition (pulse-jitter average, pixel by pixel) with the variance of the noise model;
+* ``ta_trace`` (``twin.dynamics``): the TA bleach alpha/alpha0 versus delay after a pump of <N>,
+  differentiable in <N> and the Auger, radiative and yield parameters. Its rates, initial
+  distribution and per-dot absorption are the numpy path's expressions; the cascade is solved as
+  the matrix exponential of its rate matrix (the numpy path: the uniformized series), held equal
+  to it to rtol 1e-9 by a test.
+
+Not differentiable yet: the DFB output curve (its coupled-mode cavity comes from a mode solver with
+root finding, ``twin.grating``).
 
 Which parameters reach the differentiable forward: ``DIFFERENTIABLE_PARAMETERS`` (the film,
 Auger and yield parameters of a sample; the spectra, the DFB and damage tables are not

@@ -84,6 +84,7 @@ from scipy import optimize
 
 from core.errors import ParameterError
 
+from ._xp import namespace, to_numpy
 from .occupancy import (
     MAX_MEAN_EXCITONS,
     doping_distribution,
@@ -142,9 +143,14 @@ def auger_rate(n_electrons, n_holes, auger: AugerParams) -> np.ndarray:
     """
     n_e = _counts("n_electrons", n_electrons)
     n_h = _counts("n_holes", n_holes)
+    xp = namespace(auger.electron_fraction, auger.scaling_exponent, auger.tau_xx_ps)
     r = auger.electron_fraction
-    s = n_e * n_h * (np.maximum(n_e - 1.0, 0.0) * r + np.maximum(n_h - 1.0, 0.0) * (1.0 - r))
-    return (0.25 * s) ** auger.scaling_exponent / auger.tau_xx_ps
+    # S = 0 (no pathway) gives 0; the power is taken of 1 there, so a derivative in gamma stays finite
+    has = (n_e * n_h * (np.maximum(n_e - 1.0, 0.0) + np.maximum(n_h - 1.0, 0.0))) > 0
+    n_e, n_h = xp.asarray(n_e), xp.asarray(n_h)
+    s = n_e * n_h * (xp.maximum(n_e - 1.0, 0.0) * r + xp.maximum(n_h - 1.0, 0.0) * (1.0 - r))
+    safe = xp.where(has, 0.25 * s, 1.0)
+    return xp.where(has, safe**auger.scaling_exponent / auger.tau_xx_ps, 0.0)
 
 
 def radiative_rate(n_electrons, n_holes, auger: AugerParams, g: int) -> np.ndarray:
@@ -152,7 +158,8 @@ def radiative_rate(n_electrons, n_holes, auger: AugerParams, g: int) -> np.ndarr
     g = _check_g(g)
     n_e = _counts("n_electrons", n_electrons)
     n_h = _counts("n_holes", n_holes)
-    return np.minimum(n_e, g) * np.minimum(n_h, g) / (auger.tau_x_radiative_ns * _PS_PER_NS)
+    xp = namespace(auger.tau_x_radiative_ns)
+    return xp.asarray(np.minimum(n_e, g) * np.minimum(n_h, g)) / (auger.tau_x_radiative_ns * _PS_PER_NS)
 
 
 def recombination_rate(n_electrons, n_holes, auger: AugerParams, g: int) -> np.ndarray:
@@ -192,7 +199,7 @@ def _delays(delays_ps) -> np.ndarray:
 
 
 def _mean(mean_excitons) -> float:
-    m = np.asarray(mean_excitons, dtype=float)
+    m = to_numpy(mean_excitons)
     if m.ndim != 0:
         raise ParameterError(f"mean_excitons must be a scalar <N> (excitons/dot); got an array of shape {m.shape}")
     value = float(m)
@@ -375,11 +382,54 @@ def ta_trace(delays_ps, mean_excitons, sample: Sample, doping=None, *, different
     as in ``occupancy.normalized_absorption``); ``doping`` (1S electrons/dot) overrides
     ``sample.doping_ne``. At t = 0 this equals ``occupancy.normalized_absorption``.
     """
+    a = sample.auger
+    if namespace(mean_excitons, a.tau_xx_ps, a.scaling_exponent, a.electron_fraction, a.tau_x_radiative_ns,
+                 sample.exciton_yield) is not np:  # fmt: skip
+        return _ta_trace_torch(delays_ps, mean_excitons, sample, doping, differential)
     t = _delays(delays_ps)
     s = _setup(mean_excitons, sample, doping)
     alpha = s.alpha(t.ravel()).reshape(t.shape)
     if differential:
         alpha = alpha - s.alpha_unpumped()
+    return alpha
+
+
+def _ta_trace_torch(delays_ps, mean_excitons, sample: Sample, doping, differential: bool):
+    """``ta_trace`` in torch (float64), differentiable in <N> and the sample's Auger, radiative and yield
+    parameters (torch scalars): the same rates (``recombination_rate``), initial Poisson distribution and
+    per-dot absorption as the numpy path, the cascade solved as the matrix exponential of its bidiagonal
+    rate matrix (``torch.linalg.matrix_exp``) instead of the uniformized series. The exciton states kept
+    are those the numpy path keeps at the same values."""
+    import torch
+
+    t = torch.as_tensor(_delays(delays_ps), dtype=torch.float64)
+    mean_value = _mean(mean_excitons)
+    dop = _doping(sample, doping)
+    g = sample.degeneracy
+    q_all = doping_distribution(dop, g, sample.doping_distribution)
+    keep = np.nonzero(q_all > _Q_CUTOFF)[0]
+    n_el = keep.astype(float)
+    weights = torch.as_tensor(q_all[keep], dtype=torch.float64)
+    yield_value = float(to_numpy(sample.exciton_yield))
+    p0_values = exciton_distribution(mean_value * yield_value)
+    last = int(np.nonzero(p0_values > _P_CUTOFF)[0][-1])
+    n_x = np.arange(last + 1, dtype=float)
+    m = torch.as_tensor(mean_excitons, dtype=torch.float64) * sample.exciton_yield
+    n_t = torch.as_tensor(n_x, dtype=torch.float64)
+    if mean_value > 0:
+        p0 = torch.exp(n_t * torch.log(m) - m - torch.lgamma(n_t + 1.0))
+    else:
+        p0 = (n_t == 0).to(torch.float64) + 0.0 * m
+    rates = torch.as_tensor(recombination_rate(n_el[:, None] + n_x[None, :], n_x[None, :], sample.auger, g))
+    rates = rates.to(torch.float64) * torch.ones((n_el.size, n_x.size), dtype=torch.float64)
+    # dP_N/dt = -k_N P_N + k_{N+1} P_{N+1}: the cascade N -> N - 1
+    A = torch.diag_embed(-rates) + torch.diag_embed(rates[:, 1:], offset=1)
+    flat = t.reshape(-1)
+    P = torch.linalg.matrix_exp(A[None] * flat[:, None, None, None]) @ p0  # (T, E, M)
+    absorption = torch.as_tensor(per_dot_absorption(n_x[None, :], n_el[:, None], g), dtype=torch.float64)
+    alpha = torch.einsum("e,ten,en->t", weights, P, absorption).reshape(t.shape)
+    if differential:
+        alpha = alpha - weights @ absorption[:, 0]
     return alpha
 
 
