@@ -648,6 +648,7 @@ def run_campaign(
     from bluesky import RunEngine
 
     from gainloop.running import PlanInterrupted, open_bench, run_plan
+    from gainloop.twin_history import restore_film_doses
 
     with contextlib.ExitStack() as opened:
         if bench is None:
@@ -657,6 +658,7 @@ def run_campaign(
             if stored is None:
                 raise CampaignError("a new campaign needs a config")
             bench = opened.enter_context(open_bench(stored.bench_file, seed=stored.twin_seed, presets=presets))
+            restore_film_doses(bench, catalog)  # the twin's films continue their photo-damage from the catalog
         prepared = prepare_campaign(
             catalog, cfg, bench=bench, resume_uid=resume_uid, budgets=budgets, progress=progress
         )

@@ -137,6 +137,7 @@ def measure(
     from bluesky import RunEngine
 
     from gainloop.running import open_bench, run_plan
+    from gainloop.twin_history import restore_film_doses
     from plans.registry import plan_spec
 
     with command_errors(ValueError, TypeError):
@@ -165,6 +166,9 @@ def measure(
                     kwargs["excitons_per_uJ_cm2"] = kappa
             gen = spec.start(devices, sample, **kwargs)  # a bad argument is refused here: nothing stored or sent
             with opened_catalog(**catalog_args, conf=conf) as cat, bluesky_prints_to_stderr(json_out):
+                if restore_film_doses(devices, cat):  # on the twin: its films continue their photo-damage
+                    gen.close()  # checked before the dose was known: its start document would record none
+                    gen = spec.start(devices, sample, **kwargs)
                 RE = RunEngine({}, call_returns_result=True)
                 RE.subscribe(cat.writer())
                 for cb in _live_callbacks(json_out):

@@ -596,6 +596,8 @@ class TwinBenchDevices(Bench):
             "preset": entry.preset or self.config.twin.new_film_preset,
             "sample": engine.sample_for(entry).model_dump(mode="json"),
             "setup": engine.presets.setup.model_dump(mode="json"),
+            # the film's photo-damage dose at the start of the run: a later command continues from it
+            "film_dose": engine.film_dose(sample_id),
         }
         return md
 

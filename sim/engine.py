@@ -274,6 +274,21 @@ class TwinBench:
             self._draw_truth(film)  # the same film it was when made (same seed, same id)
         return film
 
+    def film_dose(self, film_id: str) -> float:
+        """The photo-damage dose the film has taken so far (``twin.damage``: dimensionless, damaged fraction
+        1 - exp(-dose))."""
+        self.film_truth(film_id)  # a ParameterError naming the library if it is not there
+        return float(self.state.doses.get(film_id, 0.0))
+
+    def restore_film_dose(self, film_id: str, dose: float) -> None:
+        """Give a library film the dose of its history (e.g. read back from its stored runs): a film is damaged
+        by every command that pumped it, not only by this process's. ``ParameterError`` for a film not in the
+        library or a dose that is not finite and >= 0."""
+        self.film_truth(film_id)
+        if not (math.isfinite(dose) and dose >= 0):
+            raise ParameterError(f"damage dose of {film_id!r} must be finite and >= 0, got {dose!r}")
+        self.state.doses[film_id] = float(dose)
+
     def set_lab_time(self, seconds: float) -> None:
         """Set the lab clock (s), e.g. to the lab time a resumed campaign had used."""
         t = float(seconds)
