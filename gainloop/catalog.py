@@ -289,11 +289,12 @@ class Catalog:
         return matches[0]
 
     def run(self, uid: str):
-        """The stored run (BlueskyRun) with this uid, after the drain of its spool file; else ``RunNotFoundError``."""
+        """The stored run (BlueskyRun) with this uid, after the drain of its spool file (only its own: a reader of
+        one run never waits for the drain of a backlog of others); else ``RunNotFoundError``."""
         if any(p.stem == uid for p in self.spool.pending()):
             self.settle(uids=[uid])
         try:
-            return self.client[uid]
+            return self._client[uid]
         except KeyError:
             raise RunNotFoundError(f"no run with uid {uid!r} in the catalog at {self.location}") from None
 
