@@ -45,18 +45,17 @@ def run_dose_added(run, damage, repetition_rate_kHz: float) -> float:
 
 def restore_film_doses(bench, catalog) -> dict[str, float]:
     """Give the twin's library films the doses their stored runs reached (see the module doc); returns
-    {film id: dose} of the films restored ({} on a real bench or an empty history)."""
+    {film id: dose} of the films restored ({} on a real bench, an empty history or a ``catalog`` that is not
+    one to search)."""
     from tiled.queries import Key
 
     engine = getattr(bench, "engine", None)
     if engine is None or not hasattr(engine, "restore_film_dose"):
         return {}
-    settle = getattr(catalog, "settle", None)
-    if settle is not None:
-        settle()
-    ours = catalog.client.search(Key("start.devices") == "twin").search(
-        Key("start.bench_name") == bench.config.bench.name
-    )
+    client = getattr(catalog, "client", None)  # (the drain of the spool first: Catalog.client settles)
+    if client is None:  # a document sink that is not a catalog (e.g. a sweep worker's): no history to read
+        return {}
+    ours = client.search(Key("start.devices") == "twin").search(Key("start.bench_name") == bench.config.bench.name)
     restored: dict[str, float] = {}
     for entry in bench.config.stage.library:
         latest = list(ours.search(Key("start.sample_id") == entry.id).sort(("start.time", -1)).values().head(1))
