@@ -308,17 +308,20 @@ class _Setup:
         return float(self.weights @ self.absorption[:, 0])
 
 
-def _setup(mean_excitons, sample: Sample, doping) -> _Setup:
-    mean = _mean(mean_excitons)
+def _states(mean: float, sample: Sample, doping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The states a cascade keeps: doping electrons n_e (float) with their weights Q(n_e) above ``_Q_CUTOFF``,
+    and the initial Poisson P_N(0) of <N> = ``mean`` x the exciton yield up to its last N above ``_P_CUTOFF``."""
     dop = _doping(sample, doping)
-    g = sample.degeneracy
-    q_all = doping_distribution(dop, g, sample.doping_distribution)
+    q_all = doping_distribution(dop, sample.degeneracy, sample.doping_distribution)
     keep = np.nonzero(q_all > _Q_CUTOFF)[0]
-    n_el = keep.astype(float)
-    q = q_all[keep]
-    p0 = exciton_distribution(mean * sample.exciton_yield)
+    p0 = exciton_distribution(mean * float(to_numpy(sample.exciton_yield)))
     last = int(np.nonzero(p0 > _P_CUTOFF)[0][-1])
-    p0 = p0[: last + 1]
+    return keep.astype(float), q_all[keep], p0[: last + 1]
+
+
+def _setup(mean_excitons, sample: Sample, doping) -> _Setup:
+    n_el, q, p0 = _states(_mean(mean_excitons), sample, doping)
+    g = sample.degeneracy
     n_x = np.arange(p0.size, dtype=float)
     rates = recombination_rate(n_el[:, None] + n_x[None, :], n_x[None, :], sample.auger, g)
     absorption = per_dot_absorption(n_x[None, :], n_el[:, None], g)
@@ -404,16 +407,10 @@ def _ta_trace_torch(delays_ps, mean_excitons, sample: Sample, doping, differenti
 
     t = torch.as_tensor(_delays(delays_ps), dtype=torch.float64)
     mean_value = _mean(mean_excitons)
-    dop = _doping(sample, doping)
+    n_el, q, p0_values = _states(mean_value, sample, doping)
     g = sample.degeneracy
-    q_all = doping_distribution(dop, g, sample.doping_distribution)
-    keep = np.nonzero(q_all > _Q_CUTOFF)[0]
-    n_el = keep.astype(float)
-    weights = torch.as_tensor(q_all[keep], dtype=torch.float64)
-    yield_value = float(to_numpy(sample.exciton_yield))
-    p0_values = exciton_distribution(mean_value * yield_value)
-    last = int(np.nonzero(p0_values > _P_CUTOFF)[0][-1])
-    n_x = np.arange(last + 1, dtype=float)
+    weights = torch.as_tensor(q, dtype=torch.float64)
+    n_x = np.arange(p0_values.size, dtype=float)
     m = torch.as_tensor(mean_excitons, dtype=torch.float64) * sample.exciton_yield
     n_t = torch.as_tensor(n_x, dtype=torch.float64)
     if mean_value > 0:
