@@ -480,12 +480,14 @@ def test_text_pvs_read_alike_as_char_waveforms_or_strings(tmp_path, monkeypatch,
             put_notify(char, "cas-dfb", replies.append, timeout=5.0, connection_timeout=5.0, reason_pv=prefix + "MSG")
             assert wait_for(lambda: len(replies) == 1, 5.0) and replies == [None]
             assert wait_for(lambda: "cas-dfb" in seen, 5.0), seen  # monitors give text too
-            assert char.get(use_monitor=False) == "cas-dfb"
+            assert char.get(use_monitor=False, timeout=10) == "cas-dfb"
             put_notify(char, "nope", replies.append, timeout=5.0, connection_timeout=5.0, reason_pv=prefix + "MSG")
             assert wait_for(lambda: len(replies) == 2, 5.0)
             reason = "refused sample 'nope': not in the library (core-film, cas-dfb), ask an operator"
             assert isinstance(replies[1], PutRefusedError) and str(replies[1]).endswith(f"{prefix}MSG: {reason}")
-            assert char.get(use_monitor=False) == "cas-dfb"
+            # a loaded machine's stub IOC may answer late: wait for it here rather than ophyd's default 2 s
+            char.wait_for_connection(timeout=10)
+            assert char.get(use_monitor=False, timeout=10) == "cas-dfb"
         finally:
             char.destroy()
             text.destroy()

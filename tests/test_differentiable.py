@@ -168,6 +168,69 @@ def test_the_ta_traces_gradients_equal_finite_differences(presets):
     assert abs(jac[2, 0]) > 1e-3 and abs(jac[1, -1]) > 1e-3
 
 
+DFB_NAMES = ("film.alpha0_per_cm", "film.waveguide_loss_per_cm", "exciton_yield")
+
+
+@pytest.mark.parametrize("sid", ["cas", "cas_doped"])
+def test_the_dfb_output_curve_in_torch_equals_numpys_for_every_device(presets, sid):
+    """The DFB output (lasing line + TM + PL) versus fluence, at several dopings: torch equals numpy to rtol 1e-9,
+    below, at and above threshold (the threshold itself from root finding plus one torch Newton step)."""
+    from twin.dfb import dfb_output, dfb_threshold_uJ_cm2
+    from twin.differentiable import tensor_sample
+
+    sample = presets.get(sid)
+    ts = tensor_sample(
+        sample, {k: torch.tensor(float(get_parameter(presets, f"{sid}.{k}")), dtype=torch.float64) for k in DFB_NAMES}
+    )
+    lo, hi = doping_range(sample.degeneracy, sample.doping_distribution)
+    for doping in sorted({float(np.clip(v, lo, hi)) for v in (lo, sample.doping_ne, 2.0)}):
+        f_th = dfb_threshold_uJ_cm2(sample, doping)
+        fluences = (
+            np.r_[np.geomspace(5.0, 1500.0, 12), [f_th * 0.99, f_th, f_th * 1.01]]
+            if np.isfinite(f_th)
+            else (np.geomspace(5.0, 1500.0, 12))
+        )
+        a = dfb_output(fluences, sample, doping)
+        b = dfb_output(_t(fluences), ts, doping)
+        assert isinstance(b, torch.Tensor)
+        np.testing.assert_allclose(b.numpy(), a, rtol=1e-9, atol=0, err_msg=f"{sid} at doping {doping}")
+    # a numpy sample with a tensor fluence runs in torch too
+    np.testing.assert_allclose(dfb_output(_t([300.0]), sample).numpy(), [dfb_output(300.0, sample)], rtol=1e-12)
+
+
+def test_the_dfb_output_curves_gradients_equal_finite_differences(presets):
+    """d ln(output)/d ln(parameter) of the doped DFB by autograd vs central differences of the numpy twin, below
+    and above threshold: the threshold's own dependence on the parameters (implicit, through the Newton step)
+    is in the derivative above threshold."""
+    from twin.dfb import dfb_output, dfb_threshold_uJ_cm2
+    from twin.differentiable import tensor_sample
+
+    sid = "cas_doped"
+    sample = presets.get(sid)
+    base = {k: float(get_parameter(presets, f"{sid}.{k}")) for k in DFB_NAMES}
+    base["exciton_yield"] = 0.9  # inside its range on both sides of the difference
+    f_th = dfb_threshold_uJ_cm2(with_parameters(presets, {f"{sid}.{k}": v for k, v in base.items()}).get(sid))
+    fluences = np.array([0.5, 0.9, 1.2, 2.0, 4.0]) * f_th
+    u = torch.tensor([math.log(v) for v in base.values()], dtype=torch.float64, requires_grad=True)
+    ts = tensor_sample(sample, dict(zip(DFB_NAMES, torch.exp(u), strict=True)))
+    log_out = torch.log(dfb_output(_t(fluences), ts))
+
+    def numpy_log_out(vals: dict) -> np.ndarray:
+        p = with_parameters(presets, {f"{sid}.{k}": v for k, v in vals.items()})
+        return np.log(dfb_output(fluences, p.get(sid)))
+
+    np.testing.assert_allclose(log_out.detach().numpy(), numpy_log_out(base), rtol=1e-9)
+    jac = np.stack([torch.autograd.grad(log_out[k], u, retain_graph=True)[0].numpy() for k in range(fluences.size)])
+    h = 1e-6
+    for i, name in enumerate(DFB_NAMES):
+        up = {**base, name: base[name] * math.exp(h)}
+        down = {**base, name: base[name] * math.exp(-h)}
+        fd = (numpy_log_out(up) - numpy_log_out(down)) / (2 * h)
+        np.testing.assert_allclose(jac[:, i], fd, rtol=1e-4, atol=1e-7, err_msg=name)
+    # above threshold the output depends on the gain and on the (small, next to the grating's) waveguide loss
+    assert abs(jac[3, 0]) > 1.0 and abs(jac[3, 1]) > 0.01
+
+
 def test_only_the_differentiable_parameters_can_be_varied(presets):
     assert "film.alpha0_per_cm" in DIFFERENTIABLE_PARAMETERS
     assert differentiable_key(presets, "cas_doped.auger.tau_xx_ps") == ("cas_doped", "auger.tau_xx_ps")

@@ -113,6 +113,7 @@ from scipy import optimize
 
 from core.errors import ParameterError, PresetError
 
+from ._xp import is_tensor, namespace, to_numpy
 from .constants import HC_EV_NM
 from .gain import absorption_shape, check_doping, check_fluence, emission_shape, intraband_loss_per_cm
 from .grating import DfbCavity, DfbDesign, dfb_cavity
@@ -259,12 +260,37 @@ def _internal_loss_per_cm(sample: Sample, cavity: DfbCavity, d):
 
 
 def _check_statistics(f, sample: Sample, dfb) -> None:
-    if np.any(f * dfb_kappa(dfb) * sample.exciton_yield > MAX_MEAN_EXCITONS):
-        f_max = MAX_MEAN_EXCITONS / (dfb_kappa(dfb) * sample.exciton_yield)
+    values = to_numpy(f)
+    if values is None:  # inside a torch.func transform: checked by the caller
+        return
+    yield_ = float(to_numpy(sample.exciton_yield))
+    if np.any(values * dfb_kappa(dfb) * yield_ > MAX_MEAN_EXCITONS):
+        f_max = MAX_MEAN_EXCITONS / (dfb_kappa(dfb) * yield_)
         raise ParameterError(
-            f"pump fluence {float(f.max()):g} uJ/cm^2 gives more than {MAX_MEAN_EXCITONS:g} excitons/dot on "
+            f"pump fluence {float(values.max()):g} uJ/cm^2 gives more than {MAX_MEAN_EXCITONS:g} excitons/dot on "
             f"this DFB; allowed: 0 to {f_max:.4g} uJ/cm^2"
         )
+
+
+def _namespace_of(sample: Sample, *values):
+    """numpy, or torch if an input or one of the sample's film/Auger/yield parameters is a tensor
+    (``twin.differentiable``)."""
+    params = [getattr(t, k) for t in (sample.film, sample.auger) for k in type(t).model_fields]
+    return namespace(*values, *params, sample.exciton_yield)
+
+
+def _numeric_sample(sample: Sample) -> Sample:
+    """``sample`` with its tensor parameters as floats (the same values, no graph): for root finding."""
+    top: dict[str, object] = {}
+    for table in ("film", "auger"):
+        params = getattr(sample, table)
+        tensors = {k: getattr(params, k) for k in type(params).model_fields if is_tensor(getattr(params, k))}
+        fields = {k: float(to_numpy(v)) for k, v in tensors.items()}
+        if fields:
+            top[table] = params.model_copy(update=fields)
+    if is_tensor(sample.exciton_yield):
+        top["exciton_yield"] = float(to_numpy(sample.exciton_yield))
+    return sample.model_copy(update=top) if top else sample
 
 
 def _gain_and_loss(fluence, sample: Sample, doping, polarization: str = "TE"):
@@ -275,7 +301,7 @@ def _gain_and_loss(fluence, sample: Sample, doping, polarization: str = "TE"):
     dfb = _dfb_of(sample)
     f = check_fluence(fluence)
     d = _doping(doping, sample)
-    f, d = np.broadcast_arrays(f, d)
+    f, d = _namespace_of(sample, f, d).broadcast_arrays(f, d)
     _check_statistics(f, sample, dfb)
     cav = _cavity(dfb, BRAGG_ORDER, polarization)
     mean_n = f * dfb_kappa(dfb)
@@ -285,6 +311,8 @@ def _gain_and_loss(fluence, sample: Sample, doping, polarization: str = "TE"):
 
 
 def _out(a: np.ndarray):
+    if is_tensor(a):
+        return a
     return float(a) if np.ndim(a) == 0 else a
 
 
@@ -316,21 +344,51 @@ def laser_photon_number(pump_ratio, beta: float):
     """
     if not (0.0 < beta < 1.0):
         raise ParameterError(f"spontaneous coupling beta = {beta!r} must be between 0 and 1 (exclusive)")
-    x = np.asarray(pump_ratio, dtype=float)
-    xp = np.maximum(x, 0.0)
-    root = np.sqrt((xp - 1.0) ** 2 + 4.0 * beta * xp)
+    ns = namespace(pump_ratio)
+    x = ns.asarray(pump_ratio, dtype=float)
+    xp = ns.maximum(x, 0.0)
+    root = ns.sqrt((xp - 1.0) ** 2 + 4.0 * beta * xp)
     above = xp >= 1.0
     # below threshold: (x-1) + root = 4 beta x / (root - (x-1)), no cancellation
-    s = np.where(above, ((xp - 1.0) + root) / (2.0 * beta), 2.0 * xp / (root + (1.0 - xp)))
-    return _out(np.where(x > 0.0, s, 0.0))
+    s = ns.where(above, ((xp - 1.0) + root) / (2.0 * beta), 2.0 * xp / (root + (1.0 - xp)))
+    return _out(ns.where(x > 0.0, s, 0.0))
 
 
 def _threshold_mean_excitons(sample: Sample, d: np.ndarray) -> np.ndarray:
-    """Nominal <N> at threshold for each doping (0 where the device never lases)."""
+    """Nominal <N> at threshold for each doping (0 where the device never lases).
+
+    With tensor parameters (or doping) the threshold is found on the numbers (root finding), then
+    one Newton step of g_0 - alpha_tot = 0 is taken in torch from that root: its value is the
+    root's, and its derivative is the implicit-function one, -(d r/d theta)/(d r/d F), exact.
+    """
+    if is_tensor(d) or _namespace_of(sample) is not np:
+        return _threshold_mean_excitons_torch(sample, d)
     values, inverse = np.unique(d, return_inverse=True)
     f_th = np.asarray([_threshold_scalar(sample, float(v)) for v in values])
     n_th = np.where(np.isfinite(f_th), f_th, 0.0) * dfb_kappa(_dfb_of(sample))
     return n_th[inverse].reshape(d.shape)
+
+
+def _threshold_mean_excitons_torch(sample: Sample, d):
+    ns = _namespace_of(sample, d)
+    numeric = _numeric_sample(sample)
+    d_np = to_numpy(d)
+    f0 = (
+        np.vectorize(lambda v: _threshold_scalar(numeric, float(v)))(d_np)
+        if d_np.ndim
+        else np.asarray(_threshold_scalar(numeric, float(d_np)))
+    )
+    lases = np.isfinite(f0) & (f0 > 0.0)
+    f_at = np.where(lases, f0, 1.0)
+    # d r / d F at the root, on the numbers (a central difference of the numpy model)
+    h = 1e-6 * f_at
+    g_hi, l_hi, _ = _gain_and_loss(f_at + h, numeric, d_np)
+    g_lo, l_lo, _ = _gain_and_loss(f_at - h, numeric, d_np)
+    slope = ((g_hi - l_hi) - (g_lo - l_lo)) / (2.0 * h)
+    g0, loss, _ = _gain_and_loss(ns.asarray(f_at), sample, d)
+    f_th = ns.asarray(f_at) - (g0 - loss) / ns.asarray(np.where(lases, slope, 1.0))
+    f_th = ns.where(lases, f_th, ns.asarray(np.where(np.isfinite(f0), f0, 0.0)))
+    return f_th * dfb_kappa(_dfb_of(sample))
 
 
 def _tm_cavity(dfb) -> DfbCavity | None:
@@ -351,20 +409,21 @@ def _components(fluence, sample: Sample, doping):
     dfb = _dfb_of(sample)
     beta = dfb.spontaneous_coupling
     g0, loss, mean_n = _gain_and_loss(fluence, sample, doping)
-    d = np.broadcast_to(_doping(doping, sample), np.shape(g0))
-    s = np.asarray(laser_photon_number(g0 / loss, beta))
+    ns = _namespace_of(sample, g0)
+    d = ns.broadcast_arrays(_doping(doping, sample), g0)[0]
+    s = ns.asarray(laser_photon_number(g0 / loss, beta))
     n_th = _threshold_mean_excitons(sample, d)
-    spont_th = -np.expm1(-n_th * sample.exciton_yield)
-    spont = -np.expm1(-mean_n * sample.exciton_yield)
+    spont_th = -ns.expm1(-n_th * sample.exciton_yield)
+    spont = -ns.expm1(-mean_n * sample.exciton_yield)
     lasing = beta * s * spont_th
     # TM: amplified spontaneous emission into its own mode, beta spont S(x)/x (-> 1/(1 - x) below threshold)
-    tm = np.zeros_like(lasing)
+    tm = ns.zeros_like(lasing)
     if _tm_cavity(dfb) is not None:
         g_tm, loss_tm, _ = _gain_and_loss(fluence, sample, doping, "TM")
         x_tm = g_tm / loss_tm
-        s_tm = np.asarray(laser_photon_number(x_tm, beta))
-        safe_x = np.where(x_tm > 1e-9, x_tm, 1.0)
-        gain_factor = np.where(x_tm > 1e-9, s_tm / safe_x, 1.0 / (1.0 - np.minimum(x_tm, 0.0)))
+        s_tm = ns.asarray(laser_photon_number(x_tm, beta))
+        safe_x = ns.where(x_tm > 1e-9, x_tm, 1.0)
+        gain_factor = ns.where(x_tm > 1e-9, s_tm / safe_x, 1.0 / (1.0 - ns.minimum(x_tm, 0.0)))
         tm = beta * spont * gain_factor
     background = dfb.pl_collection * spont
     return lasing, tm, background, s, loss
@@ -480,7 +539,8 @@ def dfb_threshold_te_tm_uJ_cm2(sample: Sample, doping=None) -> tuple[float, floa
 @functools.lru_cache(maxsize=256)
 def _threshold_scalar(sample: Sample, d: float, polarization: str = "TE") -> float:
     dfb = _dfb_of(sample)
-    f_max = MAX_MEAN_EXCITONS / (dfb_kappa(dfb) * sample.exciton_yield)
+    # the statistics' limit, a hair inside (its product with kappa and the yield may round above it)
+    f_max = MAX_MEAN_EXCITONS / (dfb_kappa(dfb) * sample.exciton_yield) * (1.0 - 1e-12)
 
     def excess(f):
         g0, loss, _ = _gain_and_loss(f, sample, d, polarization)

@@ -20,8 +20,11 @@ are checked against ``PHYSICAL_RANGES`` by the caller). The forward models:
   the matrix exponential of its rate matrix (the numpy path: the uniformized series), held equal
   to it to rtol 1e-9 by a test.
 
-Not differentiable yet: the DFB output curve (its coupled-mode cavity comes from a mode solver with
-root finding, ``twin.grating``).
+* ``dfb_output`` (``twin.dfb``): the DFB's output curve (lasing line + TM mode + PL) versus fluence,
+  differentiable in the film, Auger and yield parameters. The coupled-mode cavity (mode solver and
+  root finding, ``twin.grating``) depends only on the device's own dfb table, which is not varied
+  here; the threshold <N> that scales the lasing line is found by root finding on the numbers and
+  then taken through one Newton step in torch, whose derivative is the implicit-function one.
 
 Which parameters reach the differentiable forward: ``DIFFERENTIABLE_PARAMETERS`` (the film,
 Auger and yield parameters of a sample; the spectra, the DFB and damage tables are not
