@@ -1,9 +1,11 @@
 """``gainloop twin calibrate``: the twin fitted to a sample's stored runs, written and stored.
 
-Reads the sample's stored stripe runs (ASE fluence scans, VSL scans, single ASE points) from the
-catalog, turns each into a ``twin.calibration.StripeRun`` (per usable event: the pump's fluence
-readback, the slit, the exposure and the integrated counts; saturated and empty reads dropped),
-fits the preset parameters by MAP (``twin.calibration.calibrate``), then
+Reads the sample's stored stripe runs (ASE fluence scans, VSL scans, single ASE points) and pump-probe
+(TA) runs from the catalog, turns each stripe run into a ``twin.calibration.StripeRun`` (per usable
+event: the pump's fluence readback, the slit, the exposure and the integrated counts; saturated and
+empty reads dropped) and each TA run into a ``twin.calibration.TaRun`` (per reading: the delay, the
+pump's <N> the plan set and the measured d(alpha)/alpha0), fits the preset parameters by MAP
+(``twin.calibration.calibrate``), then
 
 * writes a presets file any twin command takes (``--presets``) whose header lists the run uids,
   the date and the fit quality (``write_presets``; an existing file is replaced only once the fit
@@ -13,9 +15,9 @@ fits the preset parameters by MAP (``twin.calibration.calibrate``), then
   preset; a ``runs`` stream, one event per source run with its residuals);
 * writes an HTML report with PNG figures (``gainloop.report.calibration``).
 
-Runs of other kinds (DFB lasing, pump-probe, absorption) are not modelled by the calibration yet:
-they are listed as skipped, and a selection with no stripe run at all is an error that says what to
-measure.
+Runs of other kinds (DFB lasing, absorption, stability) are not modelled by the calibration yet:
+they are listed as skipped, and a selection with no stripe or TA run at all is an error that says what
+to measure.
 """
 
 from __future__ import annotations
@@ -32,18 +34,24 @@ import numpy as np
 from core.errors import GainloopError
 
 __all__ = [
+    "CALIBRATION_PLANS",
     "STRIPE_PLANS",
+    "TA_PLANS",
     "CalibrationInputError",
     "SelectedRuns",
     "presets_toml",
     "select_runs",
     "store_calibration",
     "stripe_run",
+    "ta_run",
     "write_presets",
 ]
 
 #: Plans whose runs the calibration models (stripe acquisitions read by the spectrometer).
 STRIPE_PLANS: tuple[str, ...] = ("ase_fluence_scan", "vsl_scan", "ase_point")
+#: Plans whose runs the calibration models as TA bleach traces.
+TA_PLANS: tuple[str, ...] = ("pump_probe",)
+CALIBRATION_PLANS: tuple[str, ...] = STRIPE_PLANS + TA_PLANS
 #: Fewest usable acquisitions a calibration needs.
 MIN_POINTS = 8
 
@@ -56,7 +64,7 @@ class CalibrationInputError(GainloopError):
 class SelectedRuns:
     """The runs of a calibration: usable stripe runs and, for each skipped run, why."""
 
-    runs: list = field(default_factory=list)  # twin.calibration.StripeRun
+    runs: list = field(default_factory=list)  # twin.calibration.StripeRun and TaRun
     skipped: list[str] = field(default_factory=list)
     preset: str = ""
 
@@ -67,8 +75,8 @@ def _usable(start: dict, stop: dict | None) -> str | None:
         return "interrupted (no stop document)"
     if stop.get("exit_status") != "success":
         return f"ended with {stop.get('exit_status')}"
-    if start.get("plan_name") not in STRIPE_PLANS:
-        return f"a {start.get('plan_name')!r} run (the calibration models {', '.join(STRIPE_PLANS)} runs)"
+    if start.get("plan_name") not in CALIBRATION_PLANS:
+        return f"a {start.get('plan_name')!r} run (the calibration models {', '.join(CALIBRATION_PLANS)} runs)"
     return None
 
 
@@ -140,6 +148,42 @@ def stripe_run(run, presets, sample: str, dose_before: float = 0.0):
     return stripe, dose_after
 
 
+def ta_run(run, presets, sample: str):
+    """The usable readings of one stored pump-probe run as a ``TaRun`` (None if it has none): per reading the
+    delay (ps), the pump's <N> the plan set (``ta_pump_excitons``: kappa x the fluence setpoint) and the
+    measured d(alpha)/alpha0 (``ta_signal``); readings at negative delays or with a NaN dropped."""
+    from gainloop.replay import stream_columns
+    from twin.calibration import TaRun
+
+    start = run.start
+    try:
+        primary = run["primary"]
+    except KeyError:
+        return None
+    cols = stream_columns(primary, arrays=False)
+    if any(k not in cols for k in ("ta_delay", "ta_signal", "ta_pump_excitons")):
+        return None
+    delay = np.asarray(cols["ta_delay"], dtype=float)
+    signal = np.asarray(cols["ta_signal"], dtype=float)
+    level = np.asarray(cols["ta_pump_excitons"], dtype=float)
+    ok = np.isfinite(delay) & np.isfinite(signal) & np.isfinite(level) & (delay >= 0) & (level >= 0)
+    if not np.any(ok):
+        return None
+    plan_args = start.get("plan_args") or {}
+    doping = float(start.get("doping", plan_args.get("doping", math.nan)))
+    if not math.isfinite(doping):
+        raise CalibrationInputError(f"run {start['uid']} does not record the film's doping; it cannot be calibrated on")
+    return TaRun(
+        uid=str(start["uid"]),
+        plan=str(start.get("plan_name")),
+        sample=_preset_of(start, presets, sample),
+        doping=doping,
+        delay_ps=delay[ok],
+        pump_excitons=level[ok],
+        signal=signal[ok],
+    )
+
+
 def select_runs(
     catalog,
     presets,
@@ -149,10 +193,10 @@ def select_runs(
     campaign: str | None = None,
     since: str | None = None,
 ) -> SelectedRuns:
-    """The stored stripe runs of ``sample`` (its ``sample_id`` in the runs' start documents): the named
-    ``uids`` (each must be of that sample), or those of a campaign, or all of them (``since`` a date).
+    """The stored stripe and pump-probe runs of ``sample`` (its ``sample_id`` in the runs' start documents): the
+    named ``uids`` (each must be of that sample), or those of a campaign, or all of them (``since`` a date).
 
-    ``CalibrationInputError`` when no usable stripe run is left (saying what was found and what to measure).
+    ``CalibrationInputError`` when no usable run is left (saying what was found and what to measure).
     """
     from gainloop.records import search_runs
     from gainloop.runs import _time_bounds, _zone
@@ -183,7 +227,14 @@ def select_runs(
     for run in chosen:
         start, stop = run.start, run.metadata.get("stop")
         why = _usable(start, stop)
-        if why is None:
+        if why is None and start.get("plan_name") in TA_PLANS:
+            tr = ta_run(run, presets, sample)
+            if tr is None:
+                why = "no usable reading"
+            else:
+                out.runs.append(tr)
+                presets_seen.add(tr.sample)
+        elif why is None:
             sr, dose = stripe_run(run, presets, sample, dose)
             if sr is None:
                 why = "no usable acquisition (every read saturated or empty)"
@@ -196,13 +247,16 @@ def select_runs(
     if not out.runs:
         found = f" (skipped: {'; '.join(out.skipped)})" if out.skipped else ""
         raise CalibrationInputError(
-            f"no stored stripe runs of sample {sample!r}{where} to calibrate on{found}; measure an ASE fluence scan "
+            f"no stored stripe or pump-probe runs of sample {sample!r}{where} to calibrate on{found}; measure an ASE "
+            "fluence scan "
             f"through threshold and a VSL scan above it, e.g. `gainloop measure ase_fluence_scan --sample {sample}` "
             f"and `gainloop measure vsl_scan --sample {sample} --fluence F -a stripe_lengths_um=[...]`"
         )
     if len(presets_seen) > 1:
         raise CalibrationInputError(f"the runs of {sample!r} name several presets ({', '.join(sorted(presets_seen))})")
-    n = sum(r.counts.size for r in out.runs)
+    from twin.calibration import TaRun
+
+    n = sum(r.signal.size if isinstance(r, TaRun) else r.counts.size for r in out.runs)
     if n < MIN_POINTS:
         raise CalibrationInputError(
             f"only {n} usable acquisitions of {sample!r}{where}; a calibration needs at least {MIN_POINTS}: measure an "

@@ -13,11 +13,13 @@ What they share (the config file, the catalog, one-line errors) is ``gainloop.cl
 
 from __future__ import annotations
 
+import atexit
+
 import typer
 
 from gainloop.cli_campaign import campaign_app, demo, report_cmd
 from gainloop.cli_catalog import catalog_app
-from gainloop.cli_common import process_ends_with_command
+from gainloop.cli_common import end_without_teardown, process_ends_with_command, set_exit_status
 from gainloop.cli_measure import list_plans, measure, replay_cmd
 from gainloop.cli_qserver import qserver_app
 from gainloop.cli_runs import runs
@@ -48,9 +50,20 @@ app.add_typer(campaign_app, name="campaign")
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: the command; the process then ends without the interpreter's teardown
+    (``cli_common.end_without_teardown``, registered first so that it runs after every other exit handler)."""
+    atexit.register(end_without_teardown)
     process_ends_with_command()
-    app()
+    try:
+        app()
+    except SystemExit as exc:  # typer ends every command (success, error, --help) with SystemExit
+        code = exc.code
+        set_exit_status(0 if code is None else code if isinstance(code, int) else 1)
+        raise
+    except KeyboardInterrupt:
+        set_exit_status(130)
+        raise
+    set_exit_status(0)
 
 
 if __name__ == "__main__":  # pragma: no cover

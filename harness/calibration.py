@@ -15,7 +15,7 @@ import numpy as np
 
 from twin.presets import PHYSICAL_RANGES, PresetFile, get_parameter, with_parameters
 
-__all__ = ["BENCH_FILE", "FILM", "PERTURBED", "measure_runs", "perturbed_truth", "stripe_range_um"]
+__all__ = ["BENCH_FILE", "FILM", "PERTURBED", "measure_runs", "measure_ta_run", "perturbed_truth", "stripe_range_um"]
 
 BENCH_FILE = Path(__file__).resolve().parents[1] / "examples" / "twin_bench.toml"
 #: The library film the runs are measured on, and its preset sample.
@@ -72,6 +72,23 @@ def measure_runs(catalog, truth: PresetFile, n_runs: int, seed: int) -> list[str
         except AnalysisError:
             continue  # the run is stored as failed (its analysis found no threshold or gain); a calibration skips it
     return uids
+
+
+def measure_ta_run(
+    catalog, truth: PresetFile, seed: int, parts: tuple[str, ...] = ("threshold", "biexciton", "gain_lifetime")
+) -> str:
+    """Measure one pump-probe (TA) run of ``FILM`` on the twin bench whose hidden presets are ``truth``, into
+    ``catalog`` (kappa: the film's own, as a lab measures it by absorption); returns its uid."""
+    from bluesky import RunEngine
+
+    from plans.pump_probe import pump_probe
+    from sim.devices import twin_bench_devices
+
+    bench = twin_bench_devices(BENCH_FILE, seed=seed, presets=truth)
+    RE = RunEngine({}, call_returns_result=True)
+    RE.subscribe(catalog.writer())
+    kappa = bench.excitons_per_uJ_cm2(FILM)
+    return RE(pump_probe(bench, FILM, excitons_per_uJ_cm2=kappa, parts=parts)).plan_result["uid"]
 
 
 def stripe_range_um(n_runs: int) -> tuple[float, float]:

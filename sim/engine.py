@@ -451,5 +451,5 @@ class TwinBench:
                 dynamics.ta_trace(np.array([delay]), self.state.ta_pump_excitons, sample, differential=True)[0]
             )
         self.advance(averaging_s)
-        noisy = value + float(self.rng.normal(0.0, 2e-3))
+        noisy = value + float(self.rng.normal(0.0, self.presets.noise.ta_noise_rms))
         return math.nan if "nan_readback" in self.state.faults else noisy

@@ -168,6 +168,72 @@ def test_the_ta_traces_gradients_equal_finite_differences(presets):
     assert abs(jac[2, 0]) > 1e-3 and abs(jac[1, -1]) > 1e-3
 
 
+def test_a_ta_runs_readings_in_torch_equal_the_numpy_traces_and_their_gradients(presets):
+    """``ta_readings`` (a TA run as stored: a threshold series at one delay and many pumps, delay scans at a few
+    pumps, a pump of 0) in torch, pump levels batched, equals ``ta_trace`` per reading in numpy; its forward-mode
+    derivatives (the calibration's Jacobian) equal central differences of the numpy twin, and reverse mode
+    agrees with them along a random direction."""
+    import torch.autograd.forward_ad as fwd
+
+    from twin.differentiable import make_dual, tensor_sample
+    from twin.dynamics import ta_readings, ta_trace
+
+    sid, doping = "cas_doped", 7.0
+    sample = presets.get(sid)
+    levels = np.r_[np.geomspace(0.05, 6.0, 12), np.full(20, 0.3), np.full(12, 3.0), [0.0, 0.0]]
+    delays = np.r_[np.full(12, 2.0), np.linspace(0.0, 3000.0, 20), np.geomspace(1.0, 4000.0, 12), [0.0, 50.0]]
+    expected = np.array(
+        [ta_trace(np.array([t]), n, sample, doping, differential=True)[0] for t, n in zip(delays, levels, strict=True)]
+    )
+    np.testing.assert_allclose(ta_readings(delays, levels, sample, doping, differential=True), expected, rtol=1e-12)
+    names = ("auger.tau_xx_ps", "auger.electron_fraction", "exciton_yield")
+    values = {k: float(get_parameter(presets, f"{sid}.{k}")) for k in names}
+    values["exciton_yield"] = 0.9  # inside its range on both sides of the difference
+    values["auger.electron_fraction"] = max(values["auger.electron_fraction"], 0.05)
+    base = torch.tensor(list(values.values()), dtype=torch.float64)
+    got = ta_readings(
+        delays, _t(levels), tensor_sample(sample, dict(zip(names, base, strict=True))), doping, differential=True
+    )
+    numpy_at = with_parameters(presets, {f"{sid}.{k}": v for k, v in values.items()}).get(sid)
+    np.testing.assert_allclose(
+        got.numpy(), ta_readings(delays, levels, numpy_at, doping, differential=True), rtol=1e-9, atol=1e-12
+    )
+    jac = np.zeros((delays.size, len(names)))
+    for i, name in enumerate(names):
+        tangent = torch.zeros(len(names), dtype=torch.float64)
+        tangent[i] = 1.0
+        with fwd.dual_level():
+            dual = make_dual(base, tangent)
+            out = ta_readings(
+                delays,
+                _t(levels),
+                tensor_sample(sample, dict(zip(names, dual, strict=True))),
+                doping,
+                differential=True,
+            )
+            jac[:, i] = fwd.unpack_dual(out).tangent.numpy()
+        h = 1e-6 * values[name]
+        up = with_parameters(presets, {f"{sid}.{k}": v + (h if k == name else 0.0) for k, v in values.items()}).get(sid)
+        down = with_parameters(presets, {f"{sid}.{k}": v - (h if k == name else 0.0) for k, v in values.items()}).get(
+            sid
+        )
+        fd = (
+            ta_readings(delays, levels, up, doping, differential=True)
+            - ta_readings(delays, levels, down, doping, differential=True)
+        ) / (2 * h)
+        np.testing.assert_allclose(jac[:, i], fd, rtol=1e-5, atol=1e-9, err_msg=name)
+    u = base.clone().requires_grad_(True)
+    out = ta_readings(
+        delays, _t(levels), tensor_sample(sample, dict(zip(names, u, strict=True))), doping, differential=True
+    )
+    w = np.random.default_rng(0).normal(size=delays.size)
+    (grad,) = torch.autograd.grad(out @ torch.as_tensor(w), u)
+    np.testing.assert_allclose(grad.numpy(), w @ jac, rtol=1e-8)
+    assert np.abs(jac[:, 0]).max() > 1e-5  # tau_XX moves the multiexciton decay
+    with pytest.raises(ValueError, match="one length"):
+        ta_readings(delays[:3], levels[:2], sample)
+
+
 DFB_NAMES = ("film.alpha0_per_cm", "film.waveguide_loss_per_cm", "exciton_yield")
 
 

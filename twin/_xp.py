@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TORCH", "is_tensor", "namespace", "to_numpy"]
+__all__ = ["TORCH", "is_tensor", "make_dual", "namespace", "to_numpy"]
 
 
 def is_tensor(value: Any) -> bool:
@@ -48,6 +48,20 @@ def to_numpy(value: Any) -> np.ndarray | None:
         except RuntimeError:  # a functorch-wrapped tensor (vmap/grad): no values to read
             return None
     return np.asarray(value, dtype=float)
+
+
+def make_dual(primal, tangent):
+    """``torch.autograd.forward_ad.make_dual`` (inside a ``dual_level``): a tensor carrying a forward-mode tangent.
+
+    The first call makes torch load its forward-mode decompositions, which compile with ``torch.jit.script``
+    and warn that it is deprecated (torch's own code, nothing of ours): that one warning is not shown."""
+    import warnings
+
+    import torch.autograd.forward_ad as fwd
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning)
+        return fwd.make_dual(primal, tangent)
 
 
 def gather(table, index):

@@ -21,6 +21,13 @@ mean fluence while iterating, exact (the pulse-jitter average) to confirm conver
 the standard errors are the Laplace approximation (the inverse Gauss-Newton Hessian of the negative log
 posterior).
 
+Pump-probe (TA) runs (``TaRun``) enter the same fit: per reading the delay (ps), the pump's <N> (the level
+the plan set) and the measured d(alpha)/alpha0, modelled by the twin's own TA trace (``twin.dynamics.ta_trace``,
+differential, in torch) with a Gaussian noise of ``noise.ta_noise_rms`` per reading. They constrain the Auger
+and radiative parameters and the exciton yield, which the stripe runs see only through the threshold; their
+residuals join the stripe runs' in one chi2, and their Jacobian (forward-mode autograd) joins the same
+Gauss-Newton step and the same Laplace errors.
+
 Identifiability (``identifiable``): a parameter is *constrained* by the runs when the data alone,
 given the parameters already chosen, pin ln(value) to better than ``IDENTIFIED_MAX_LOG_SD``; the
 default parameter choice adds the candidates (``DEFAULT_CANDIDATES``, in order) that are, and says
@@ -45,6 +52,7 @@ __all__ = [
     "CalibrationResult",
     "ParameterEstimate",
     "StripeRun",
+    "TaRun",
     "calibrate",
     "check_parameter_names",
     "identifiable",
@@ -72,6 +80,7 @@ DEFAULT_CANDIDATES: tuple[str, ...] = (
     "auger.electron_fraction",
     "auger.scaling_exponent",
     "film.group_index",
+    "auger.tau_x_radiative_ns",
 )
 
 #: Largest sd of ln(value) (from the data alone, the other chosen parameters free) of a constrained parameter.
@@ -170,6 +179,44 @@ class StripeRun:
             raise CalibrationError(f"run {self.uid}: fluence, stripe length and exposure must be positive")
         if not math.isfinite(self.doping) or self.doping < 0:
             raise CalibrationError(f"run {self.uid}: doping {self.doping!r} must be a finite number >= 0 electrons/dot")
+
+
+@dataclass(frozen=True)
+class TaRun:
+    """One pump-probe (TA) run's readings (one entry per usable reading), all arrays of one length.
+
+    ``delay_ps``: pump-probe delay (ps, >= 0); ``pump_excitons``: the pump's <N> (excitons/dot, nominal
+    scale: the level the plan set, kappa x the fluence setpoint); ``signal``: the measured d(alpha)/alpha0
+    at the gain peak (dimensionless); ``doping``: the film's <n_e> (electrons/dot); ``noise_rms``: the
+    readings' noise (None: the presets' ``noise.ta_noise_rms``). ``sample``: the preset sample id.
+    """
+
+    uid: str
+    plan: str
+    sample: str
+    doping: float
+    delay_ps: np.ndarray
+    pump_excitons: np.ndarray
+    signal: np.ndarray
+    noise_rms: float | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.signal)
+        for name in ("delay_ps", "pump_excitons", "signal"):
+            arr = np.asarray(getattr(self, name), dtype=float)
+            object.__setattr__(self, name, arr)
+            if arr.shape != (n,):
+                raise CalibrationError(f"run {self.uid}: {name} has shape {arr.shape}, expected ({n},)")
+            if not np.all(np.isfinite(arr)):
+                raise CalibrationError(f"run {self.uid}: {name} has NaN or inf entries (drop unusable readings first)")
+        if n == 0:
+            raise CalibrationError(f"run {self.uid} has no usable readings")
+        if np.any(self.delay_ps < 0) or np.any(self.pump_excitons < 0):
+            raise CalibrationError(f"run {self.uid}: delays (ps) and pump <N> (excitons/dot) must be >= 0")
+        if not math.isfinite(self.doping) or self.doping < 0:
+            raise CalibrationError(f"run {self.uid}: doping {self.doping!r} must be a finite number >= 0 electrons/dot")
+        if self.noise_rms is not None and not (math.isfinite(self.noise_rms) and self.noise_rms > 0):
+            raise CalibrationError(f"run {self.uid}: the TA noise {self.noise_rms!r} must be a positive number")
 
 
 @dataclass(frozen=True)
@@ -288,14 +335,17 @@ class _Data:
         import torch
 
         self.runs = runs
-        cat = np.concatenate
+
+        def cat(parts):
+            return np.concatenate(parts) if parts else np.zeros(0)
+
         self.fluence = torch.as_tensor(cat([r.fluence_uJ_cm2 for r in runs]), dtype=torch.float64)
         self.length = torch.as_tensor(cat([r.stripe_length_um for r in runs]), dtype=torch.float64)
         self.doping = torch.as_tensor(cat([np.full(r.counts.size, r.doping) for r in runs]), dtype=torch.float64)
         self.exposure = torch.as_tensor(cat([r.exposure_s for r in runs]), dtype=torch.float64)
         self.counts = torch.as_tensor(cat([r.counts for r in runs]), dtype=torch.float64)
         self.healthy = torch.as_tensor(np.exp(-cat([r.damage_dose for r in runs])), dtype=torch.float64)
-        self.splits = np.cumsum([r.counts.size for r in runs])[:-1]
+        self.splits = np.cumsum([r.counts.size for r in runs])[:-1] if runs else np.array([], dtype=int)
 
     def batches(self):
         n = self.counts.numel()
@@ -313,6 +363,8 @@ class _Data:
         return sub
 
     def per_run(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        if not self.runs:
+            return {}
         return {r.uid: part for r, part in zip(self.runs, np.split(values, self.splits), strict=True)}
 
 
@@ -345,6 +397,8 @@ def _model(presets: PresetFile, sample_id: str, names: list[str], u, data: _Data
     import torch
     from torch.func import vmap
 
+    if data.counts.numel() == 0:
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
     one = vmap(_point_model(presets, sample_id, names), in_dims=(None, 0, 0, 0, 0, 0))
     means, variances = [], []
     with torch.no_grad():
@@ -370,11 +424,98 @@ def _jacobian(presets, sample_id, names, u, data: _Data, *, exact: bool = True):
     import torch
     from torch.func import jacrev, vmap
 
-    if not names:
-        return torch.zeros((data.counts.numel(), 0), dtype=torch.float64)
+    if not names or data.counts.numel() == 0:
+        return torch.zeros((data.counts.numel(), len(names)), dtype=torch.float64)
     one = _point_model(presets, sample_id, names, exact=exact)
     jac = vmap(jacrev(lambda *a: one(*a)[0]), in_dims=(None, 0, 0, 0, 0, 0))
     return torch.cat([jac(u, *data.columns(sl)) for sl in data.batches()]).detach()
+
+
+#: The parameters (``<table>.<key>`` prefixes) a TA trace depends on: the Auger and radiative rates and the yield.
+_TA_PARAMETER_PREFIXES = ("auger.", "exciton_yield")
+
+
+class _TaData:
+    """The TA runs' readings concatenated (``twin.dynamics.ta_readings``: one batched cascade per run)."""
+
+    def __init__(self, runs: list[TaRun], default_noise_rms: float):
+        self.runs = runs
+        self.signal = np.concatenate([r.signal for r in runs]) if runs else np.zeros(0)
+        self.sd = (
+            np.concatenate([np.full(r.signal.size, r.noise_rms or default_noise_rms) for r in runs])
+            if runs
+            else np.zeros(0)
+        )
+        self.splits = np.cumsum([r.signal.size for r in runs])[:-1] if runs else np.array([], dtype=int)
+
+    @property
+    def size(self) -> int:
+        return int(self.signal.size)
+
+    def model(self, presets: PresetFile, sample_id: str, names: list[str], u):
+        """d(alpha)/alpha0 of every reading at u = ln(parameters) (torch, differentiable in u)."""
+        import torch
+
+        from .dynamics import ta_readings
+
+        if not self.runs:
+            return torch.zeros(0, dtype=torch.float64)
+        sample = _tensor_sample(presets, sample_id, names, torch.exp(u)) if names else presets.get(sample_id)
+        return torch.cat(
+            [
+                ta_readings(r.delay_ps, torch.as_tensor(r.pump_excitons), sample, r.doping, differential=True)
+                for r in self.runs
+            ]
+        )
+
+    def jacobian(self, presets: PresetFile, sample_id: str, names: list[str], u, *, exact: bool = True) -> np.ndarray:
+        """d(model)/du, shape (readings, k), for the parameters the trace depends on (zero columns for the rest):
+        forward-mode autograd, one pass per parameter; ``exact`` False: forward differences in u (step 1e-6; five
+        times cheaper, for the fit's iterations and the identifiability analysis, not for the errors)."""
+        import torch
+        import torch.autograd.forward_ad as fwd
+
+        from ._xp import make_dual
+
+        if not names or not self.runs:
+            return np.zeros((self.size, len(names)))
+        cols = []
+        u = torch.as_tensor(u, dtype=torch.float64).detach()
+        if not exact:
+            with torch.no_grad():
+                at = self.model(presets, sample_id, names, u).numpy()
+        for i, name in enumerate(names):
+            if not name.split(".", 1)[1].startswith(_TA_PARAMETER_PREFIXES):  # the trace does not depend on it
+                cols.append(np.zeros(self.size))
+                continue
+            if not exact:
+                step = torch.zeros_like(u)
+                step[i] = 1e-6
+                with torch.no_grad():
+                    cols.append((self.model(presets, sample_id, names, u + step).numpy() - at) / 1e-6)
+                continue
+            tangent = torch.zeros_like(u)
+            tangent[i] = 1.0
+            # dual numbers (not torch.func): the model reads its inputs' values to choose the states it keeps
+            with fwd.dual_level():
+                out = self.model(presets, sample_id, names, make_dual(u, tangent))
+                col = fwd.unpack_dual(out).tangent
+            cols.append(np.zeros(self.size) if col is None else col.detach().numpy())
+        return np.stack(cols, axis=1)
+
+    def per_run(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        if not self.runs:
+            return {}
+        return {r.uid: part for r, part in zip(self.runs, np.split(values, self.splits), strict=True)}
+
+
+def _split_runs(runs: list) -> tuple[list[StripeRun], list[TaRun]]:
+    stripe = [r for r in runs if isinstance(r, StripeRun)]
+    ta = [r for r in runs if isinstance(r, TaRun)]
+    other = [type(r).__name__ for r in runs if not isinstance(r, StripeRun | TaRun)]
+    if other:
+        raise CalibrationError(f"the calibration models StripeRun and TaRun data, not {', '.join(sorted(set(other)))}")
+    return stripe, ta
 
 
 def predicted_counts(presets: PresetFile, runs: list[StripeRun]) -> dict[str, np.ndarray]:
@@ -435,20 +576,27 @@ def identifiable(
     import torch
 
     sample_id = _one_sample(runs)
+    stripe_runs, ta_runs = _split_runs(runs)
     if candidates is None:
         candidates = [f"{sample_id}.{k}" for k in DEFAULT_CANDIDATES]
-    data = _Data(runs)
-    n = data.counts.numel()
-    idx = np.unique(np.linspace(0, n - 1, min(n, _IDENT_MAX_POINTS)).round().astype(int))
-    sub = data.subset(idx)
     u0 = torch.tensor(
         [math.log(max(get_parameter(presets, c), _bounds(c.split(".", 1)[1])[0])) for c in candidates],
         dtype=torch.float64,
     )
-    with torch.no_grad():
-        _, var = _model(presets, sample_id, candidates, u0, sub)
-    jac = _jacobian(presets, sample_id, candidates, u0, sub, exact=False) / torch.sqrt(var)[:, None]
-    fisher = (jac.T @ jac).numpy() * (n / len(idx))
+    fisher = np.zeros((len(candidates), len(candidates)))
+    data = _Data(stripe_runs)
+    n = data.counts.numel()
+    if n:
+        idx = np.unique(np.linspace(0, n - 1, min(n, _IDENT_MAX_POINTS)).round().astype(int))
+        sub = data.subset(idx)
+        with torch.no_grad():
+            _, var = _model(presets, sample_id, candidates, u0, sub)
+        jac = _jacobian(presets, sample_id, candidates, u0, sub, exact=False) / torch.sqrt(var)[:, None]
+        fisher += (jac.T @ jac).numpy() * (n / len(idx))
+    ta = _TaData(ta_runs, presets.noise.ta_noise_rms)
+    if ta.size:
+        jac_ta = ta.jacobian(presets, sample_id, candidates, u0, exact=False) / ta.sd[:, None]
+        fisher += jac_ta.T @ jac_ta
     chosen: list[int] = []
     lines = []
     for j, name in enumerate(candidates):
@@ -462,7 +610,7 @@ def identifiable(
     return [candidates[j] for j in chosen], lines
 
 
-def _one_sample(runs: list[StripeRun]) -> str:
+def _one_sample(runs: list) -> str:
     if not runs:
         raise CalibrationError("no runs to calibrate on")
     samples = sorted({r.sample for r in runs})
@@ -476,12 +624,13 @@ def _one_sample(runs: list[StripeRun]) -> str:
 # ----------------------------------------------------------------------------- the fit
 def calibrate(
     presets: PresetFile,
-    runs: list[StripeRun],
+    runs: list[StripeRun | TaRun],
     params: list[str] | None = None,
     *,
     max_iterations: int = 40,
 ) -> CalibrationResult:
-    """MAP fit of ``params`` (full dotted names; default: those ``identifiable`` finds) to ``runs``.
+    """MAP fit of ``params`` (full dotted names; default: those ``identifiable`` finds) to ``runs`` (stripe
+    and pump-probe runs of one preset sample).
 
     Returns the estimates with Laplace standard errors, their correlation, the fit quality and the
     calibrated presets (``with_parameters``: a dot parameter is set for its whole batch). A fit that does
@@ -506,8 +655,14 @@ def calibrate(
     preset_values = np.array([get_parameter(presets, n) for n in names])
     u0 = np.clip(np.log(np.maximum(preset_values, bounds[:, 0])), log_lo, log_hi)
     prior_sd = (log_hi - log_lo) / 4.0
-    data = _Data(runs)
+    stripe_runs, ta_runs = _split_runs(runs)
+    data = _Data(stripe_runs)
+    ta = _TaData(ta_runs, presets.noise.ta_noise_rms)
     y = data.counts
+
+    def ta_model(u_np: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return ta.model(presets, sample_id, names, torch.as_tensor(u_np, dtype=torch.float64)).numpy()
 
     def lm(data: _Data, u: np.ndarray, *, warm_start: bool, floor: float = 0.0):
         """Levenberg-Marquardt from u on ``data``: (u, converged, iterations, r, mean, jac); ``warm_start``:
@@ -520,17 +675,23 @@ def calibrate(
             u_t = torch.as_tensor(u_np, dtype=torch.float64)
             mean, var = _model(presets, sample_id, names, u_t, data)
             var = var + (floor * mean) ** 2
-            r = ((y - mean) / torch.sqrt(var)).numpy()
+            pred_ta = ta_model(u_np)
+            r = np.concatenate([((y - mean) / torch.sqrt(var)).numpy(), (ta.signal - pred_ta) / ta.sd])
             rp = (u_np - u0) / prior_sd
-            return 0.5 * (float(r @ r) + float(rp @ rp)), r, mean.numpy(), var
+            return 0.5 * (float(r @ r) + float(rp @ rp)), r, np.concatenate([mean.numpy(), pred_ta]), var
 
         cost, r, mean, var = cost_at(u)
         lam = 1e-3
         exact = False  # the first iterations use the Jacobian at the mean fluence; the last ones the exact one
-        jac = np.zeros((y.numel(), len(names)))
+        jac = np.zeros((y.numel() + ta.size, len(names)))
         for it in range(1, max_iterations + 1):
             u_t = torch.as_tensor(u)
-            jac = (_jacobian(presets, sample_id, names, u_t, data, exact=exact) / torch.sqrt(var)[:, None]).numpy()
+            jac = np.vstack(
+                [
+                    (_jacobian(presets, sample_id, names, u_t, data, exact=exact) / torch.sqrt(var)[:, None]).numpy(),
+                    ta.jacobian(presets, sample_id, names, u_t, exact=exact) / ta.sd[:, None],
+                ]
+            )
             rp = (u - u0) / prior_sd
             h = jac.T @ jac + np.diag(1.0 / prior_sd**2)
             g = -jac.T @ r + rp / prior_sd  # gradient of the cost in u (r = (y - mu)/sd: d r/du = -jac)
@@ -623,19 +784,25 @@ def calibrate(
             )
     calibrated = with_parameters(presets, {n: float(v) for n, v in zip(names, values, strict=True)})
     chi2 = float(r @ r)
+    ns = int(y.numel())
+    at_preset = np.concatenate([_model(presets, sample_id, names, torch.as_tensor(u0), data)[0].numpy(), ta_model(u0)])
+
+    def per_run(values: np.ndarray) -> dict[str, np.ndarray]:
+        return {**data.per_run(values[:ns]), **ta.per_run(values[ns:])}
+
     return CalibrationResult(
         sample=sample_id,
         estimates=estimates,
         correlation=corr,
         chi2=chi2,
-        n_points=int(y.numel()),
+        n_points=ns + ta.size,
         iterations=iterations,
         presets=calibrated,
         flags=flags,
         run_uids=[run.uid for run in runs],
-        residuals=data.per_run(r),
-        predicted=data.per_run(mean),
-        predicted_preset=data.per_run(_model(presets, sample_id, names, torch.as_tensor(u0), data)[0].numpy()),
+        residuals=per_run(r),
+        predicted=per_run(mean),
+        predicted_preset=per_run(at_preset),
     )
 
 

@@ -33,9 +33,10 @@ differentiable here).
 
 from __future__ import annotations
 
+from ._xp import make_dual
 from .presets import PHYSICAL_RANGES, PresetFile, Sample
 
-__all__ = ["DIFFERENTIABLE_PARAMETERS", "differentiable_key", "tensor_presets", "tensor_sample"]
+__all__ = ["DIFFERENTIABLE_PARAMETERS", "differentiable_key", "make_dual", "tensor_presets", "tensor_sample"]
 
 #: Sample parameters (``<table>.<key>`` as in ``PHYSICAL_RANGES``) the differentiable forward models
 #: read as tensors: every numeric film and Auger parameter and the exciton yield.

@@ -84,7 +84,7 @@ from scipy import optimize
 
 from core.errors import ParameterError
 
-from ._xp import namespace, to_numpy
+from ._xp import is_tensor, namespace, to_numpy
 from .occupancy import (
     MAX_MEAN_EXCITONS,
     doping_distribution,
@@ -102,6 +102,7 @@ __all__ = [
     "multiexciton_lifetime_ps",
     "radiative_rate",
     "recombination_rate",
+    "ta_readings",
     "ta_trace",
 ]
 
@@ -164,7 +165,11 @@ def radiative_rate(n_electrons, n_holes, auger: AugerParams, g: int) -> np.ndarr
 
 def recombination_rate(n_electrons, n_holes, auger: AugerParams, g: int) -> np.ndarray:
     """Total exciton recombination rate k_A + k_rad (1/ps): the rate of the step N -> N - 1."""
-    return auger_rate(n_electrons, n_holes, auger) + radiative_rate(n_electrons, n_holes, auger, g)
+    xp = namespace(auger.electron_fraction, auger.scaling_exponent, auger.tau_xx_ps, auger.tau_x_radiative_ns)
+    # both terms in one namespace: a tensor plus a numpy array may go through numpy and lose forward-mode tangents
+    return xp.asarray(auger_rate(n_electrons, n_holes, auger)) + xp.asarray(
+        radiative_rate(n_electrons, n_holes, auger, g)
+    )
 
 
 def multiexciton_lifetime_ps(n_excitons, sample: Sample, n_electrons=0) -> np.ndarray:
@@ -421,13 +426,116 @@ def _ta_trace_torch(delays_ps, mean_excitons, sample: Sample, doping, differenti
     rates = rates.to(torch.float64) * torch.ones((n_el.size, n_x.size), dtype=torch.float64)
     # dP_N/dt = -k_N P_N + k_{N+1} P_{N+1}: the cascade N -> N - 1
     A = torch.diag_embed(-rates) + torch.diag_embed(rates[:, 1:], offset=1)
-    flat = t.reshape(-1)
-    P = torch.linalg.matrix_exp(A[None] * flat[:, None, None, None]) @ p0  # (T, E, M)
+    P = _cascade_at(A, p0.expand(A.shape[:-1]).unsqueeze(-1), t.reshape(-1))[..., 0]  # (T, E, M)
     absorption = torch.as_tensor(per_dot_absorption(n_x[None, :], n_el[:, None], g), dtype=torch.float64)
     alpha = torch.einsum("e,ten,en->t", weights, P, absorption).reshape(t.shape)
     if differential:
         alpha = alpha - weights @ absorption[:, 0]
     return alpha
+
+
+def ta_readings(delays_ps, mean_excitons, sample: Sample, doping=None, *, differential: bool = False):
+    """``ta_trace`` of readings each at its own delay (ps) and pump <N> (excitons/dot): 1-D arrays of one length
+    in, one value per reading out (alpha/alpha0, or d(alpha)/alpha0 with ``differential``), as a TA run
+    stores them (a threshold series at one delay and many pumps, delay scans at a few pumps).
+
+    numpy: ``ta_trace`` per pump level. torch (a tensor input or tensor parameters): every pump level's
+    cascade solved at once, on the exciton states the largest level keeps (the smaller levels' extra
+    states hold less than 1e-18), stepping through the run's distinct delays in order (``_cascade_at``).
+    """
+    t = _delays(delays_ps)
+    levels_np = to_numpy(mean_excitons)
+    if t.ndim != 1 or levels_np is None or levels_np.shape != t.shape:
+        raise ParameterError("delays_ps and mean_excitons must be 1-D arrays of one length (one per reading)")
+    bad = ~np.isfinite(levels_np) | (levels_np < 0) | (levels_np > MAX_MEAN_EXCITONS)
+    if np.any(bad):
+        raise ParameterError(
+            f"<N> = {float(levels_np[bad][0])!r} excitons/dot is out of range; allowed: 0 to {MAX_MEAN_EXCITONS:g}"
+        )
+    a = sample.auger
+    params = (a.tau_xx_ps, a.scaling_exponent, a.electron_fraction, a.tau_x_radiative_ns, sample.exciton_yield)
+    if namespace(mean_excitons, *params) is np:
+        out = np.empty(t.shape)
+        for level in np.unique(levels_np):
+            sel = levels_np == level
+            out[sel] = ta_trace(t[sel], float(level), sample, doping, differential=differential)
+        return out
+    return _ta_readings_torch(t, mean_excitons, levels_np, sample, doping, differential)
+
+
+def _ta_readings_torch(t: np.ndarray, mean_excitons, levels_np: np.ndarray, sample: Sample, doping, differential):
+    """The torch path of ``ta_readings``: the pump levels that share their delays (a threshold series at one
+    delay, each delay scan) are solved together, on the states their largest level keeps."""
+    import torch
+
+    uniq, level_of = np.unique(levels_np, return_inverse=True)
+    if is_tensor(mean_excitons):  # the levels as tensors (one per distinct value), gradients kept
+        first = np.array([np.nonzero(level_of == k)[0][0] for k in range(uniq.size)])
+        levels = mean_excitons.to(torch.float64)[torch.as_tensor(first)]
+    else:
+        levels = torch.as_tensor(uniq, dtype=torch.float64)
+    batches: dict[tuple[float, ...], list[int]] = {}
+    for k in range(uniq.size):
+        batches.setdefault(tuple(np.unique(t[level_of == k])), []).append(k)
+    out = torch.zeros(t.shape, dtype=torch.float64) + 0.0 * levels.sum()
+    for times, ks in batches.items():
+        alpha = _levels_alpha(np.asarray(times), levels[torch.as_tensor(ks)], uniq[ks], sample, doping)  # (T, L)
+        for j, k in enumerate(ks):
+            sel = np.nonzero(level_of == k)[0]
+            at = np.searchsorted(np.asarray(times), t[sel])
+            out = out.index_put((torch.as_tensor(sel),), alpha[torch.as_tensor(at), j])
+    if differential:
+        n_el, q, _ = _states(0.0, sample, doping)
+        absorption = per_dot_absorption(np.zeros((n_el.size, 1)), n_el[:, None], sample.degeneracy)[:, 0]
+        out = out - float(q @ absorption)
+    return out
+
+
+def _levels_alpha(times: np.ndarray, levels, levels_np: np.ndarray, sample: Sample, doping):
+    """alpha/alpha0 at ``times`` (ps, sorted, distinct) for each pump level, shape (T, L) (torch)."""
+    import torch
+
+    n_el, q, p0_top = _states(float(levels_np.max()), sample, doping)
+    g = sample.degeneracy
+    weights = torch.as_tensor(q, dtype=torch.float64)
+    n_x = np.arange(p0_top.size, dtype=float)
+    n_t = torch.as_tensor(n_x, dtype=torch.float64)
+    m = levels * sample.exciton_yield
+    positive = torch.as_tensor(levels_np > 0)
+    m_safe = torch.where(positive, m, torch.ones_like(m))
+    p0 = torch.exp(n_t * torch.log(m_safe)[:, None] - m_safe[:, None] - torch.lgamma(n_t + 1.0))
+    p0 = torch.where(positive[:, None], p0, (n_t == 0).to(torch.float64) + 0.0 * m[:, None])  # (L, M)
+    rates = torch.as_tensor(recombination_rate(n_el[:, None] + n_x[None, :], n_x[None, :], sample.auger, g))
+    rates = rates.to(torch.float64) * torch.ones((n_el.size, n_x.size), dtype=torch.float64)
+    A = torch.diag_embed(-rates) + torch.diag_embed(rates[:, 1:], offset=1)
+    state0 = p0.T[None].expand(n_el.size, n_x.size, levels_np.size)  # (E, M, L)
+    P = _cascade_at(A, state0, torch.as_tensor(times, dtype=torch.float64))  # (T, E, M, L)
+    absorption = torch.as_tensor(per_dot_absorption(n_x[None, :], n_el[:, None], g), dtype=torch.float64)
+    return torch.einsum("e,tenl,en->tl", weights, P, absorption)
+
+
+def _cascade_at(A, p0, delays):
+    """P(t) = exp(A t) p0 at every delay (torch; delays constant, A and p0 may carry gradients): A (E, M, M), p0
+    (E, M, L) for L initial distributions, P (T, E, M, L).
+
+    The delays are taken in increasing order, each from the previous one: P(t_(i+1)) = exp(A (t_(i+1) - t_i))
+    P(t_i), with one matrix exponential per distinct step (a scan on a regular grid needs one), not one per
+    delay: exp(A t) of a long delay needs many squarings, and a TA run holds hundreds of delays."""
+    import torch
+
+    times = delays.detach().numpy()
+    order = np.argsort(times, kind="stable")
+    steps = np.diff(times[order], prepend=0.0)
+    keys, which = np.unique(np.round(steps, 9), return_inverse=True)
+    first = np.array([steps[which == k][0] for k in range(keys.size)])
+    expm = torch.linalg.matrix_exp(A[None] * torch.as_tensor(first, dtype=torch.float64)[:, None, None, None])
+    state = p0
+    out = []
+    for k in which:
+        state = expm[k] @ state  # (E, M, M) @ (E, M, L): one batched product per delay
+        out.append(state)
+    P = torch.stack(out)
+    return P[torch.as_tensor(np.argsort(order, kind="stable"))]
 
 
 def gain_lifetime_ps(mean_excitons, sample: Sample, doping=None) -> float:

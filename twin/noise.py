@@ -53,6 +53,13 @@ class NoiseParams(BaseModel):
     read_noise_counts: float = Field(8.0, ge=0, description="read noise per pixel and read, counts rms")
     dark_counts_per_s: float = Field(20.0, ge=0, description="dark counts per pixel per second")
     full_well_counts: float = Field(6.0e7, gt=0, description="counts at which a pixel saturates")
+    ta_noise_rms: float = Field(
+        2.0e-3,
+        gt=0,
+        lt=0.1,
+        description="noise of one averaged TA reading of d(alpha)/alpha0 (dimensionless), rms: the probe's "
+        "shot and lamp noise over the averaging time (a few 1e-3 for a lock-in TA setup)",
+    )
 
 
 def jitter_nodes(jitter_rms: float, n_nodes: int = 7) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,8 @@
 * ``run_NN.png`` -- per source run: measured integrated counts (counts/s) versus the pump's fluence
   readback (uJ/cm^2) for fluence scans, versus the stripe length (um) for VSL scans, with the
   calibrated twin's and the presets' curves at the same acquisitions, and the normalised residuals
-  (measured - calibrated) / sd below;
+  (measured - calibrated) / sd below; for a pump-probe run, d(alpha)/alpha0 versus delay (ps) per
+  delay scan's pump <N> and versus <N> for the threshold series, measured and twin, and the residuals;
 * ``correlation.png`` -- the correlation matrix of the fitted parameters;
 * a table of the parameters (preset, estimate +- standard error, unit, the data's own constraint)
   and the fit quality, and the identifiability notes.
@@ -19,8 +20,46 @@ from pathlib import Path
 import numpy as np
 
 from gainloop.report.figures import save_figure
+from twin.calibration import TaRun
 
 __all__ = ["write_calibration_report"]
+
+
+def _draw_ta_run(run, calibrated, preset, residuals):
+    """A pump-probe run: d(alpha)/alpha0 versus delay for each delay scan's pump level, and versus the pump's
+    <N> for the readings at one delay (the threshold series), measured and twin."""
+    levels, counts = np.unique(run.pump_excitons, return_counts=True)
+    scans = [lv for lv, n in zip(levels, counts, strict=True) if n >= 5]
+    series = ~np.isin(run.pump_excitons, scans)
+
+    def draw(fig):
+        top, mid, bottom = fig.subplots(3, 1, height_ratios=[3, 2, 1])
+        for level in scans:
+            sel = run.pump_excitons == level
+            order = np.argsort(run.delay_ps[sel])
+            t = run.delay_ps[sel][order]
+            (line,) = top.plot(t, calibrated[sel][order], "-", label=f"twin, <N> {level:.3g}")
+            top.plot(t, run.signal[sel][order], "o", ms=3, color=line.get_color(), label=f"measured, <N> {level:.3g}")
+            if preset is not None:
+                top.plot(t, preset[sel][order], "--", color="0.5", lw=0.8)
+        top.set_xlabel("delay (ps)")
+        top.set_ylabel("d(alpha)/alpha0")
+        top.set_title(f"{run.plan} {run.uid[:8]}  (doping {run.doping:g} e/dot; dashed: presets)")
+        top.legend(fontsize=7)
+        if np.any(series):
+            order = np.argsort(run.pump_excitons[series])
+            n = run.pump_excitons[series][order]
+            mid.semilogx(n, run.signal[series][order], "o", ms=3, label="measured")
+            mid.semilogx(n, calibrated[series][order], "-", label="calibrated twin")
+            mid.set_xlabel("pump <N> (excitons/dot), at one delay")
+            mid.set_ylabel("d(alpha)/alpha0")
+            mid.legend(fontsize=7)
+        bottom.plot(np.arange(residuals.size), residuals, "o", ms=2)
+        bottom.axhline(0.0, color="0.5", lw=0.8)
+        bottom.set_xlabel("reading")
+        bottom.set_ylabel("residual / sd")
+
+    return draw
 
 
 def _draw_run(run, measured, calibrated, preset, residuals):
@@ -68,16 +107,9 @@ def write_calibration_report(result, runs, out_dir: Path, *, title: str = "") ->
     figures = []
     for i, run in enumerate(runs):
         name = f"run_{i:02d}.png"
-        save_figure(
-            _draw_run(
-                run,
-                run.counts,
-                result.predicted[run.uid],
-                result.predicted_preset.get(run.uid),
-                result.residuals[run.uid],
-            ),
-            out / name,
-        )
+        args = (result.predicted[run.uid], result.predicted_preset.get(run.uid), result.residuals[run.uid])
+        is_ta = isinstance(run, TaRun)
+        save_figure(_draw_ta_run(run, *args) if is_ta else _draw_run(run, run.counts, *args), out / name)
         figures.append(name)
     names = [e.name for e in result.estimates]
     if names:
@@ -89,7 +121,7 @@ def write_calibration_report(result, runs, out_dir: Path, *, title: str = "") ->
     )
     notes = "".join(f"<li>{html.escape(f)}</li>" for f in result.flags) or "<li>none</li>"
     runs_rows = "".join(
-        f"<tr><td>{html.escape(r.uid)}</td><td>{html.escape(r.plan)}</td><td>{r.counts.size}</td>"
+        f"<tr><td>{html.escape(r.uid)}</td><td>{html.escape(r.plan)}</td><td>{result.residuals[r.uid].size}</td>"
         f"<td>{float(np.sqrt(np.mean(result.residuals[r.uid] ** 2))):.3g}</td></tr>"
         for r in runs
     )
