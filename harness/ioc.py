@@ -165,7 +165,7 @@ def caget(name: str, timeout: float = 10.0):
     return np.asarray(data)
 
 
-def caput(name: str, value, timeout: float = 5.0, wait: bool = True):
+def caput(name: str, value, timeout: float = 10.0, wait: bool = True):
     """Write one PV; with ``wait`` (put with completion) raise ``PutRefused`` on a failure status."""
     from caproto.sync.client import write
 
