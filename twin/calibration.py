@@ -139,6 +139,21 @@ def unit_of(name: str) -> str:
     return "dimensionless"
 
 
+def _as_columns(run, names: tuple[str, ...], what: str) -> None:
+    """Make ``run``'s fields ``names`` float arrays of one length (the first's), finite, and at least one entry;
+    a ``CalibrationError`` naming the field otherwise."""
+    n = len(getattr(run, names[0]))
+    for name in names:
+        arr = np.asarray(getattr(run, name), dtype=float)
+        object.__setattr__(run, name, arr)
+        if arr.shape != (n,):
+            raise CalibrationError(f"run {run.uid}: {name} has shape {arr.shape}, expected ({n},)")
+        if not np.all(np.isfinite(arr)):
+            raise CalibrationError(f"run {run.uid}: {name} has NaN or inf entries (drop unusable {what} first)")
+    if n == 0:
+        raise CalibrationError(f"run {run.uid} has no usable {what}")
+
+
 @dataclass(frozen=True)
 class StripeRun:
     """One run's stripe acquisitions (one entry per usable event), all arrays of one length.
@@ -161,18 +176,9 @@ class StripeRun:
     damage_dose: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        n = len(self.counts)
         if self.damage_dose is None:
-            object.__setattr__(self, "damage_dose", np.zeros(n))
-        for name in ("fluence_uJ_cm2", "stripe_length_um", "exposure_s", "counts", "damage_dose"):
-            arr = np.asarray(getattr(self, name), dtype=float)
-            object.__setattr__(self, name, arr)
-            if arr.shape != (n,):
-                raise CalibrationError(f"run {self.uid}: {name} has shape {arr.shape}, expected ({n},)")
-            if not np.all(np.isfinite(arr)):
-                raise CalibrationError(f"run {self.uid}: {name} has NaN or inf entries (drop unusable events first)")
-        if n == 0:
-            raise CalibrationError(f"run {self.uid} has no usable acquisitions")
+            object.__setattr__(self, "damage_dose", np.zeros(len(self.counts)))
+        _as_columns(self, ("counts", "fluence_uJ_cm2", "stripe_length_um", "exposure_s", "damage_dose"), "acquisitions")
         if np.any(self.damage_dose < 0):
             raise CalibrationError(f"run {self.uid}: the damage dose must be >= 0")
         if np.any(self.fluence_uJ_cm2 <= 0) or np.any(self.exposure_s <= 0) or np.any(self.stripe_length_um <= 0):
@@ -201,16 +207,7 @@ class TaRun:
     noise_rms: float | None = None
 
     def __post_init__(self) -> None:
-        n = len(self.signal)
-        for name in ("delay_ps", "pump_excitons", "signal"):
-            arr = np.asarray(getattr(self, name), dtype=float)
-            object.__setattr__(self, name, arr)
-            if arr.shape != (n,):
-                raise CalibrationError(f"run {self.uid}: {name} has shape {arr.shape}, expected ({n},)")
-            if not np.all(np.isfinite(arr)):
-                raise CalibrationError(f"run {self.uid}: {name} has NaN or inf entries (drop unusable readings first)")
-        if n == 0:
-            raise CalibrationError(f"run {self.uid} has no usable readings")
+        _as_columns(self, ("signal", "delay_ps", "pump_excitons"), "readings")
         if np.any(self.delay_ps < 0) or np.any(self.pump_excitons < 0):
             raise CalibrationError(f"run {self.uid}: delays (ps) and pump <N> (excitons/dot) must be >= 0")
         if not math.isfinite(self.doping) or self.doping < 0:
