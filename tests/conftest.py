@@ -23,6 +23,12 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 # ports (it reads EPICS_CA_* once per process). Set before ophyd is imported (its import picks a
 # layer), and inherited by the CLI subprocesses the tests start.
 os.environ["OPHYD_CONTROL_LAYER"] = "caproto"
+# The tests' CA clients get no beacons (the pool's repeater port is only held, nothing forwards them), so
+# a client's one check that an IOC lives is an echo request after EPICS_CA_CONN_TMO (default 30 s) of
+# silence, to be answered within 5 s. On a loaded 2-core machine a live but starved IOC missed that window
+# and caproto dropped its circuit mid-module (CI: "Server at 127.0.0.1:... is unresponsive"). The tests
+# detect dead IOCs by their closed connections and their own timeouts, never by this check: it waits longer.
+os.environ.setdefault("EPICS_CA_CONN_TMO", "120")
 
 import pytest
 
