@@ -7,6 +7,7 @@ limits every implementation applies before anything is sent.
 """
 
 from . import _checks
+from ._ca import exclusive_search_ports
 from ._checks import *  # noqa: F403 -- UNITS and the checks: the names _checks.__all__ lists
 from ._errors import BenchConnectionError, DeviceTimeoutError, LimitError, PutRefusedError, ReadbackError
 from ._signals import ContractReadings, LabClock
@@ -46,6 +47,7 @@ __all__ = [
     "TransientAbsorption",
     "WhiteLight",
     "connect_bench",
+    "exclusive_search_ports",
     "load_bench",
     "parse_bench",
 ]

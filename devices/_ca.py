@@ -26,6 +26,17 @@ answer (success, refusal with the IOC's reason) to the caller:
 * any other layer: put with completion, then the setpoint read back and compared
   (``_same``: numbers, strings, char arrays, enums).
 
+Search ports. caproto's clients make their UDP search socket with ``SO_REUSEADDR`` and
+``SO_REUSEPORT`` and bind it to port 0. Linux hands such a socket an ephemeral port that another
+live socket with the same options already has (``udp_lib_lport_inuse`` lets two reuse sockets
+share it): two CA clients on one machine -- two gainloop commands, a bench and a caget -- then
+share a search port, and the IOCs' replies to one of them are delivered to the other (the
+same kind of report as epics-base/pvAccessCPP#128). The client whose replies go astray never
+connects its PVs; the other sees datagrams of searches it never sent. ``exclusive_search_ports()``
+(called whenever caproto is the layer) makes caproto's client sockets bound to port 0 drop both
+options just before that bind, so the port they are given is theirs alone; a bind to a fixed
+port (a repeater, a server) keeps them.
+
 The IOC's reason is read from the bench's reason PV (``IL:Message``): its long-string form
 ``IL:Message.VAL$`` first (the whole text, where the PV is an EPICS string of at most 39
 characters), else the PV itself (e.g. a char waveform holding the whole text).
@@ -37,6 +48,7 @@ import ctypes
 import importlib.util
 import math
 import os
+import socket
 import threading
 from collections.abc import Callable
 
@@ -46,7 +58,7 @@ from ophyd.status import Status
 
 from ._errors import BenchConnectionError, DeviceTimeoutError, LimitError, PutRefusedError
 
-__all__ = ["Completion", "ensure_control_layer", "put_notify", "resolve_control_layer"]
+__all__ = ["Completion", "ensure_control_layer", "exclusive_search_ports", "put_notify", "resolve_control_layer"]
 
 #: control layer -> (module to import, package to install)
 _LAYER_PACKAGES = {"pyepics": ("epics", "pyepics"), "caproto": ("caproto", "caproto")}
@@ -91,8 +103,47 @@ def ensure_control_layer(requested: str = "auto") -> str:
                 raise BenchConnectionError(f"{how}: ophyd cannot use {package}: {exc}") from None
             return ensure_control_layer("caproto")
     if ophyd.cl.name == "caproto":
+        exclusive_search_ports()
         _close_caproto_before_shutdown()
     return ophyd.cl.name
+
+
+class _ExclusiveEphemeralSocket(socket.socket):
+    """A socket whose bind to port 0 clears ``SO_REUSEADDR``/``SO_REUSEPORT`` first (see the module docstring)."""
+
+    def bind(self, address) -> None:
+        if isinstance(address, tuple) and len(address) >= 2 and address[1] == 0:
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+            if hasattr(socket, "SO_REUSEPORT"):
+                self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+        super().bind(address)
+
+
+_caproto_bcast_socket = None
+
+
+def exclusive_search_ports() -> None:
+    """From now on, caproto's CA clients in this process (ophyd's caproto layer, ``caproto.sync.client``)
+    bind their UDP search sockets to ports no other socket shares (see the module docstring). Idempotent."""
+    global _caproto_bcast_socket
+    import caproto
+
+    with _search_ports_lock:
+        if _caproto_bcast_socket is not None:
+            return
+        original = caproto.bcast_socket
+
+        def bcast_socket(socket_module=socket):
+            sock = original(socket_module)
+            if socket_module is not socket:  # trio's or curio's socket module: left as caproto makes it
+                return sock
+            return _ExclusiveEphemeralSocket(sock.family, sock.type, sock.proto, sock.detach())
+
+        caproto.bcast_socket = bcast_socket
+        _caproto_bcast_socket = original
+
+
+_search_ports_lock = threading.Lock()
 
 
 _caproto_close_registered = False

@@ -53,7 +53,8 @@ Both control layers (``control_layer``, ``ca_pool``)
     with it (an empty datagram, confirmed as caRepeater does) and gets the IOCs' beacons through
     it, and, finding the repeater port taken, never starts a ``caRepeater`` process (none outlives
     the session). ``.registrations``, ``.beacons`` count what it saw; ``.close()`` stops it.
-CA helpers (caproto's sync client, no repeater; the environment must be set):
+CA helpers (caproto's sync client, no repeater, search sockets on ports of their own --
+``devices.exclusive_search_ports``; the environment must be set):
 ``caget(name, timeout=10.0)`` (a scalar as a Python number, an array as ``numpy``; a
 string PV or a CHAR array as ``str``), ``caput(name, value, timeout=5.0, wait=True)``
 (raises ``PutRefused`` if the IOC answers the put with a failure status -- it answers a
@@ -147,6 +148,9 @@ def caread(name: str, timeout: float = 10.0, **kwargs):
     stray datagrams on its search socket: the whole response (``data``, ``data_type``, metadata)."""
     from caproto.sync.client import read
 
+    from devices import exclusive_search_ports
+
+    exclusive_search_ports()
     return past_stray_datagrams(lambda: read(name, timeout=timeout, repeater=False, **kwargs))
 
 
@@ -169,6 +173,9 @@ def caput(name: str, value, timeout: float = 10.0, wait: bool = True):
     """Write one PV; with ``wait`` (put with completion) raise ``PutRefused`` on a failure status."""
     from caproto.sync.client import write
 
+    from devices import exclusive_search_ports
+
+    exclusive_search_ports()
     if isinstance(value, bytes):  # as a CHAR array (with its terminator); a str goes as DBR_STRING
         value = np.frombuffer(value + b"\0", dtype=np.uint8)
     resp = past_stray_datagrams(lambda: write(name, value, notify=wait, timeout=timeout, repeater=False))

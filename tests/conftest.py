@@ -32,11 +32,16 @@ os.environ.setdefault("EPICS_CA_CONN_TMO", "120")
 
 import pytest
 
+# caproto's CA clients of this process search from UDP ports no other socket shares (two clients could share
+# one, and one's search replies went to the other: a search "timed out" against a live IOC; devices/_ca.py)
+from devices import exclusive_search_ports
+
 # the EPICS tests' fixtures: ophyd's control layer (caproto, then pyepics) and the process's CA ports
 from harness.ioc import ca_pool, control_layer  # noqa: F401
 from twin.presets import load_presets
 
 REPO = Path(__file__).resolve().parents[1]
+exclusive_search_ports()
 
 
 @pytest.fixture(scope="session")

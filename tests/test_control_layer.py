@@ -282,3 +282,68 @@ def test_the_reason_is_read_whole_from_the_long_string_else_from_the_pv(monkeypa
     assert plain.asked == ["C:IL:Message.VAL$", "C:IL:Message", "C:IL:Message"]  # not tried again
     assert _ca._long_string_name("C:IL:Msg.DESC") == "C:IL:Msg.DESC$"
     assert _ca._reason_from(plain, None) == ""
+
+
+# ---------------------------------------------------------------- caproto's search sockets
+def _shared_with_a_reuse_socket(sock) -> bool:
+    """Whether another socket made as caproto makes its UDP sockets (SO_REUSEADDR, SO_REUSEPORT) can bind
+    the port ``sock`` was given: what a second CA client's ephemeral bind can land on (devices/_ca.py)."""
+    import socket
+
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", sock.getsockname()[1]))
+        return True
+    except OSError:
+        return False
+    finally:
+        other.close()
+
+
+_SEARCH_SOCKET = """
+import caproto, socket, sys
+if sys.argv[1] == "bench":
+    from devices import connect_bench  # noqa: F401 -- what a gainloop command imports
+    from devices._ca import ensure_control_layer
+    ensure_control_layer("caproto")
+sock = caproto.bcast_socket()
+sock.bind(("", 0))
+print(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR), sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
+"""
+
+
+def test_caproto_search_sockets_get_a_port_of_their_own():
+    """Two CA clients on one machine must not share a UDP search port (the IOCs' replies to one went to the
+    other, and its search timed out against a live IOC): a search socket bound to port 0 is exclusive, while
+    a socket bound to a chosen port keeps caproto's reuse options."""
+    import socket
+
+    import caproto
+
+    exclusive = caproto.bcast_socket()  # the suite installs exclusive_search_ports (tests/conftest.py)
+    exclusive.bind(("127.0.0.1", 0))
+    fixed = caproto.bcast_socket()
+    fixed.bind(("127.0.0.1", 0))
+    port = fixed.getsockname()[1]
+    fixed.close()
+    fixed = caproto.bcast_socket()
+    fixed.bind(("127.0.0.1", port))
+    try:
+        assert not _shared_with_a_reuse_socket(exclusive)
+        assert fixed.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0
+        assert _shared_with_a_reuse_socket(fixed)  # the kernel shares reuse sockets' ports: the hazard
+    finally:
+        exclusive.close()
+        fixed.close()
+    # in a new process: caproto alone gives the shared kind; choosing the caproto layer fixes it
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    got = {}
+    for how in ("caproto", "bench"):
+        out = subprocess.run(
+            [sys.executable, "-c", _SEARCH_SOCKET, how], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        got[how] = tuple(int(x) != 0 for x in out.stdout.split())
+    assert got == {"caproto": (True, True), "bench": (False, False)}
