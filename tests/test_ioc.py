@@ -513,7 +513,7 @@ def test_fault_disconnect_takes_the_pvs_away_and_back():
             except (CaprotoError, OSError):  # timeout, or the circuit closing under us
                 return False
 
-        assert wait_for(lambda: not answers(), 1.0)
+        assert wait_for(lambda: not answers(), 5.0)  # dark within the 1.5 s it stays dark (a loaded IOC goes late)
         assert wait_for(answers, 10.0)
         assert time.monotonic() - t0 >= 1.2
         assert caget(pv("PUMP:Fluence-SP")) == 321.0  # the same engine
