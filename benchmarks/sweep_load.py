@@ -8,8 +8,8 @@ trial runs of ``--events`` events (two scalars and a 32-point waveform each). Pr
 complete, lost, doubled, the writing wall time and runs/s (all writers together, from their common start
 until the last one's runs were in the catalog); with --json, one JSON object on the last line
 (``runs_written``, ``runs_stored``, ``lost``, ``doubled``, ``unexpected``, ``write_s``, ``read_s``,
-``runs_per_s``, ``errors``, ``problems``, ``ok``). Exit status 1 if a run was lost or doubled, or a writer
-failed; 2 if PostgreSQL is absent.
+``runs_per_s``, ``records_streamed``, ``errors``, ``problems``, ``ok``). Exit status 1 if a run was lost
+or doubled, or a writer failed; 2 if PostgreSQL is absent.
 
 Usage: python benchmarks/sweep_load.py [--writers 4] [--runs 10] [--events 5] [--json]
 """
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{figures.runs_written:>12} {figures.runs_stored:>7} {figures.lost:>5} {figures.doubled:>7} "
         f"{figures.unexpected:>10} {figures.write_s:>8.1f} {figures.runs_per_s:>7.2f}"
     )
+    print(f"record runs streamed into the catalog while open: {figures.streamed} of {args.writers}")
     load = os.getloadavg()[0]
     print(f"read back and compared in {figures.read_s:.1f} s; machine: {os.cpu_count()} CPUs, load {load:.1f}")
     for line in (figures.errors + figures.problems)[:10]:

@@ -9,6 +9,8 @@ record run (``plan_name`` "campaign", fsynced at every document, open the whole 
 drain streams it while it is open) and ``runs`` trial runs nested in it (a ``primary`` stream of
 ``events`` events with two scalars and a 32-point waveform, stored as an array node). Then, as
 ``run_task`` does, it waits for the drain of its runs (``Catalog.settle``) and closes its catalog.
+Before the record's stop document each writer waits (up to ``STREAMED_TIMEOUT_S``) until the catalog
+holds the record still open, i.e. the drain streamed it (``records_streamed`` counts the writers that saw it).
 
 Every document is a function of (tag, seed, writer, run index): uids are ``uuid5`` of the tag, so the
 reader knows the expected runs without trusting what the writers say. The reader then finds every run
@@ -50,6 +52,8 @@ REPO = Path(__file__).resolve().parents[1]
 WAVEFORM_POINTS = 32  # above TiledWriter's MAX_ARRAY_SIZE (16): an array node, as the twin's spectra
 #: Seconds the writers wait for each other before writing (their imports take seconds each).
 READY_TIMEOUT_S = 120.0
+#: Seconds a writer waits, before the record run's stop, for the drain to have streamed the open record.
+STREAMED_TIMEOUT_S = 20.0
 
 
 @dataclass
@@ -64,6 +68,7 @@ class LoadFigures:
     unexpected: int  # runs with the tag that no writer wrote
     write_s: float  # wall seconds from the writers' common start until the last one's runs were in the catalog
     read_s: float  # wall seconds reading every run back
+    streamed: int = 0  # writers whose record run was in the catalog before its stop (streamed while open)
     errors: list[str] = field(default_factory=list)  # the writers' exceptions, warnings, runs left in the spool
     problems: list[str] = field(default_factory=list)  # what the reader found lost or doubled
 
@@ -89,6 +94,7 @@ class LoadFigures:
             "write_s": self.write_s,
             "read_s": self.read_s,
             "runs_per_s": self.runs_per_s,
+            "records_streamed": self.streamed,
             "errors": self.errors,
             "problems": self.problems,
             "ok": self.ok,
@@ -217,6 +223,18 @@ class _Problems(logging.Handler):
         self.records.append(record)
 
 
+def _seen_open(cat, uid: str, timeout_s: float = STREAMED_TIMEOUT_S) -> bool:
+    """Whether the catalog holds run ``uid`` before its stop document is written (the drain streamed it
+    while open), waiting up to ``timeout_s`` for it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if cat.stored_state(uid).state == "incomplete":
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
 def _writer(ns) -> int:
     """One sweep worker's writing: open the catalog as ``run_task`` does, wait for the others, write, settle."""
     import warnings
@@ -229,6 +247,7 @@ def _writer(ns) -> int:
     docs = expected_runs(ns.tag, ns.seed, ns.writer, ns.runs, ns.events)
     uids = [d["uid"] for n, d in docs if n == "start"]
     t0 = t1 = float("nan")
+    streamed = False
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         target = {"uri": ns.catalog, "api_key": os.environ.get("TILED_API_KEY"), "data_dir": ns.data_dir}
@@ -244,6 +263,8 @@ def _writer(ns) -> int:
                 time.sleep(0.01)
             t0 = time.time()
             for name, doc in docs:
+                if name == "stop" and doc["run_start"] == uids[0]:
+                    streamed = _seen_open(cat, uids[0])
                 writer(name, doc)
                 if name == "stop" and doc["run_start"] != uids[0]:
                     time.sleep(ns.pause_s)  # the trial's analysis, the optimiser's proposal...
@@ -259,7 +280,7 @@ def _writer(ns) -> int:
             cat.close()
     errors += [f"log {r.levelname} {r.name}: {r.getMessage()[:300]}" for r in seen.records]
     errors += [f"warning: {w.category.__name__}: {str(w.message)[:300]}" for w in caught]
-    out = {"writer": ns.writer, "uids": uids, "errors": errors, "started": t0, "settled": t1}
+    out = {"writer": ns.writer, "uids": uids, "errors": errors, "started": t0, "settled": t1, "streamed": streamed}
     Path(ns.out).write_text(json.dumps(out))
     return 0
 
@@ -388,7 +409,7 @@ def scenario_sweep_writers(
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    settled = []
+    settled, n_streamed = [], 0
     for w, p in enumerate(procs):
         out = workdir / f"writer{w}.json"
         if p.returncode != 0 or not out.exists():
@@ -397,6 +418,7 @@ def scenario_sweep_writers(
         result = json.loads(out.read_text())
         errors += [f"writer {w}: {e}" for e in result["errors"]]
         settled.append(result["settled"])
+        n_streamed += bool(result["streamed"])
     write_s = (max(settled) - t_go) if settled else float("nan")
     expected: dict[str, list[tuple[str, dict]]] = {}
     for w in range(n_writers):
@@ -413,6 +435,7 @@ def scenario_sweep_writers(
         unexpected=unexpected,
         write_s=write_s,
         read_s=time.monotonic() - t1,
+        streamed=n_streamed,
         errors=errors,
         problems=problems,
     )

@@ -19,6 +19,7 @@ from harness.sweep_load import expected_runs, read_back, runs_of, scenario_sweep
 pytestmark = pytest.mark.slow(seconds=45)
 
 WRITERS, RUNS_EACH, EVENTS = 4, 5, 5
+PAUSE_S = 0.3  # after each trial: the record run stays open longer than the drain's stream_after_s (1 s)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,12 @@ def env(tmp_path_factory):
 def figures(env, tmp_path_factory):
     try:
         return scenario_sweep_writers(
-            tmp_path_factory.mktemp("load"), env, n_writers=WRITERS, runs_per_writer=RUNS_EACH, n_events=EVENTS
+            tmp_path_factory.mktemp("load"),
+            env,
+            n_writers=WRITERS,
+            runs_per_writer=RUNS_EACH,
+            n_events=EVENTS,
+            pause_s=PAUSE_S,
         )
     except ServiceMissing as exc:
         pytest.skip(str(exc))
@@ -44,6 +50,7 @@ def test_four_writer_processes_lose_and_double_no_run(figures):
     assert figures.problems == [], figures.problems[:5]
     assert (figures.lost, figures.doubled, figures.unexpected) == (0, 0, 0)
     assert figures.runs_stored == figures.runs_written  # each run read back complete and equal to what was written
+    assert figures.streamed == WRITERS  # every record run was in the catalog while open: the streamed path too
     assert figures.ok
     print(
         f"{figures.runs_written} runs from {WRITERS} writers in {figures.write_s:.1f} s ({figures.runs_per_s:.1f} "
