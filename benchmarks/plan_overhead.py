@@ -53,13 +53,18 @@ for a Tiled server in its own process, plus that process's CPU from ``psutil``):
   server is put back as it was for the time of that measurement, on PostgreSQL a second server is
   started without it).
 
+Each also counts the HTTP requests the server served per run (the lines of its own access log during
+the measurement; ``req/run``) and the CPU per request (writer + server CPU seconds per run / requests per
+run; ``CPU ms/req``): what a run costs is requests x cost per request.
+
 Both into the embedded catalog and, with PostgreSQL on 127.0.0.1:5432, into a
 ``gainloop catalog serve`` on PostgreSQL (skipped, saying so, without it; PostgreSQL's own
 backends are not counted).
 
 Prints a table and, with --json, one JSON object on the last line: ``per_acq_ms``,
 ``bare_count_ms``, ``ratio``, ``replay_events_per_s``, ``storage_cpu_s_per_run``,
-``drain_runs_per_s`` (the embedded catalog; the ``postgres_*`` keys for the server) and the
+``drain_runs_per_s``, ``storage_requests_per_run`` (the embedded catalog; the ``postgres_*`` keys for the
+server) and the
 breakdown. ``--profile`` adds cProfile's view of one twin + writer run (the RunEngine's thread).
 
 Targets: ratio <= 2x (storage issue; 3x before); replay >= 1e4 events/s; storage CPU per run
@@ -69,6 +74,7 @@ at most a third of ``before``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import math
@@ -343,22 +349,45 @@ class _UncachedDependants:
         self.utils.get_dependant = self.cached
 
 
-def _storage(cat: Catalog, runs: list, server_pid: int | None, before_cat: Catalog | None = None, before_pid=None):
-    """CPU per run (writer + server) and throughput, as before the spool and with it, on the same runs (new
-    uids). ``before_cat``: a catalog served as before (a server started without the dependant cache); None:
-    ``cat``, with this process's (embedded) server made as before for the time of that measurement."""
-    import contextlib
+def _served_requests(logs: list[Path]) -> int:
+    """HTTP requests the server logged so far: the lines of its access log(s) naming one (``GET /api/... HTTP/1.1``)."""
+    n = 0
+    for path in logs:
+        with contextlib.suppress(FileNotFoundError), open(path, errors="replace") as f:
+            n += sum(1 for line in f if " HTTP/1." in line)
+    return n
 
+
+def _storage(
+    cat: Catalog,
+    runs: list,
+    server_pid: int | None,
+    before_cat: Catalog | None = None,
+    before_pid=None,
+    *,
+    access_logs=None,
+    before_access_logs=None,
+):
+    """CPU per run (writer + server), throughput and requests served per run, as before the spool and with
+    it, on the same runs (new uids). ``before_cat``: a catalog served as before (a server started without the
+    dependant cache); None: ``cat``, with this process's (embedded) server made as before for the time of that
+    measurement. ``access_logs`` (``before_access_logs``): a function giving the paths of the access log(s) of
+    ``cat``'s (``before_cat``'s) server, whose lines count the requests (None: not counted)."""
     out = {}
     n_docs = sum(len(d) for d in runs)
     for label, store in (("before", _store_before), ("spool", _store_spool)):
         target, pid = (before_cat or cat, before_pid) if label == "before" else (cat, server_pid)
+        logs = (before_access_logs or access_logs) if label == "before" else access_logs
         as_before = _UncachedDependants() if label == "before" and before_cat is None else contextlib.nullcontext()
         with as_before:
             store(target, _fresh_uids(runs[:2]))  # warm-up: the drain's client, the server's caches
             fresh = _fresh_uids(runs)
+            time.sleep(0.2)  # (the warm-up's last access-log lines)
+            served = _served_requests(logs()) if logs else 0
             with _Accounting(pid) as acc:
                 store(target, fresh)
+            time.sleep(0.2)  # (a log line is written once its response is sent)
+            served = _served_requests(logs()) - served if logs else None
         missing = [d[0][1]["uid"] for d in fresh if target.stored_state(d[0][1]["uid"]).state != "complete"]
         if missing:
             raise RuntimeError(f"{label}: {len(missing)} runs not complete in the catalog, e.g. {missing[0]}")
@@ -368,6 +397,7 @@ def _storage(cat: Catalog, runs: list, server_pid: int | None, before_cat: Catal
             "server_cpu_s_per_run": acc.server_cpu_s / len(runs),
             "runs_per_s": len(runs) / acc.wall_s,
             "documents_per_s": n_docs / acc.wall_s,
+            "requests_per_run": None if served is None else served / len(runs),
         }
     return out
 
@@ -397,7 +427,18 @@ def _postgres_storage(runs: list, tmp: str) -> tuple[dict | None, str]:
                 Catalog(old.url, data_dir_path=os.path.join(tmp, "pg-old"), api_key=old.api_key) as before,
                 Catalog(new.url, data_dir_path=os.path.join(tmp, "pg-new"), api_key=new.api_key) as cat,
             ):
-                return _storage(cat, runs, new.proc.pid, before, old.proc.pid), ""
+                return (
+                    _storage(
+                        cat,
+                        runs,
+                        new.proc.pid,
+                        before,
+                        old.proc.pid,
+                        access_logs=lambda: sorted(new.log_dir.glob("*.txt")),
+                        before_access_logs=lambda: sorted(old.log_dir.glob("*.txt")),
+                    ),
+                    "",
+                )
     except ServiceMissing as exc:
         return None, str(exc)
 
@@ -487,7 +528,7 @@ def main() -> None:
 
         runs = _recorded_runs(twin_dets, args.storage_runs, args.storage_events)
         with tempfile.TemporaryDirectory(prefix="gainloop-bench-") as tmp2, Catalog(data_dir_path=tmp2) as fresh:
-            storage = _storage(fresh, runs, None)
+            storage = _storage(fresh, runs, None, access_logs=lambda: [Path(fresh.location) / "access.log"])
         postgres, no_postgres = (None, "--no-postgres") if args.no_postgres else _postgres_storage(runs, tmp)
 
     ratio = ms["twin_writer"] / ms["bare"]
@@ -501,12 +542,15 @@ def main() -> None:
         "drain_documents_per_s": storage["spool"]["documents_per_s"],
         "storage_cpu_s_per_run_before": storage["before"]["cpu_s_per_run"],
         "storage_cpu_ratio": storage["spool"]["cpu_s_per_run"] / storage["before"]["cpu_s_per_run"],
+        "storage_requests_per_run": storage["spool"]["requests_per_run"],
+        "storage_requests_per_run_before": storage["before"]["requests_per_run"],
         "lag_median_s": statistics.median(lags) if lags else None,
         "lag_max_s": max(lags) if lags else None,
         "inline_writer_ms": ms["twin_inline"],
         "postgres": postgres,
         "postgres_storage_cpu_s_per_run": postgres and postgres["spool"]["cpu_s_per_run"],
         "postgres_drain_runs_per_s": postgres and postgres["spool"]["runs_per_s"],
+        "postgres_requests_per_run": postgres and postgres["spool"]["requests_per_run"],
         "storage_runs": args.storage_runs,
         "storage_events": args.storage_events,
         "per_acq_no_writer_ms": ms["twin"],
@@ -573,16 +617,22 @@ def main() -> None:
         f"\nstorage of {args.storage_runs} twin count runs of {args.storage_events} events "
         "(CPU: this process + the server process; PostgreSQL's backends not counted)"
     )
-    print(f"{'catalog':<26} {'path':<8} {'CPU s/run':>10} {'writer':>8} {'server':>8} {'runs/s':>8} {'docs/s':>8}")
+    print(
+        f"{'catalog':<26} {'path':<8} {'CPU s/run':>10} {'writer':>8} {'server':>8} {'runs/s':>8} {'docs/s':>8} "
+        f"{'req/run':>8} {'CPU ms/req':>10}"
+    )
     for where, figures in (("embedded (SQLite)", storage), ("Tiled on PostgreSQL", postgres)):
         if figures is None:
             print(f"{where:<26} skipped: {no_postgres}")
             continue
         for label in ("before", "spool"):
             f = figures[label]
+            reqs = f["requests_per_run"]
+            per_req = f"{1e3 * f['cpu_s_per_run'] / reqs:>10.1f}" if reqs else f"{'-':>10}"
             print(
                 f"{where:<26} {label:<8} {f['cpu_s_per_run']:>10.3f} {f['writer_cpu_s_per_run']:>8.3f} "
-                f"{f['server_cpu_s_per_run']:>8.3f} {f['runs_per_s']:>8.1f} {f['documents_per_s']:>8.0f}"
+                f"{f['server_cpu_s_per_run']:>8.3f} {f['runs_per_s']:>8.1f} {f['documents_per_s']:>8.0f} "
+                f"{'-' if reqs is None else f'{reqs:.1f}':>8} {per_req}"
             )
         r = figures["spool"]["cpu_s_per_run"] / figures["before"]["cpu_s_per_run"]
         print(f"{'':<26} spool / before: {r:.2f} (target <= 0.33: {'met' if r <= 1 / 3 else 'MISSED'})")

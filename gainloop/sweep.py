@@ -56,6 +56,7 @@ __all__ = [
     "store_documents",
     "submit_sweep",
     "sweep_tasks",
+    "worker_catalog",
 ]
 
 SHIPPED = "shipped"  # the presets label of the shipped presets file
@@ -234,7 +235,9 @@ def _stop_worker_profiler() -> None:
             worker.loop.add_callback(callback.stop)
 
 
-def _worker_catalog(target: dict):
+def worker_catalog(target: dict):
+    """The catalog a sweep worker writes into (``target`` of ``catalog_target``): opened once per worker
+    process and kept open (its spool in the target's data folder, shared by the host's workers, and its drain)."""
     from gainloop.catalog import Catalog
 
     key = (target["uri"], target.get("data_dir"))
@@ -273,7 +276,7 @@ def run_task(task: SweepTask, target: dict | None = None) -> dict:
     try:
         if target is not None:
             _stop_worker_profiler()
-        catalog = sink if target is None else _worker_catalog(target)
+        catalog = sink if target is None else worker_catalog(target)
         runs: list[str] = []
         RE.subscribe(lambda name, doc: runs.append(doc["uid"]) if name == "start" else None)
         summary = run_campaign(catalog, CampaignConfig.from_dict(task.config), presets=task.presets, RE=RE)

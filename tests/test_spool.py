@@ -128,3 +128,24 @@ def test_a_spool_line_reads_back_as_the_json_module_would_have_written_it(tmp_pa
     assert math.isnan(read[1][1]["data"]["threshold"]) and read[1][1]["data"]["err"] == math.inf
     assert read[0][1]["data"]["spectrum"] == spectrum.tolist()
     assert read[0][1]["data"]["x"] == float(np.float32(0.1))  # the float32's own value, not 0.1
+
+
+def test_the_spool_is_the_one_writer_into_the_catalog():
+    """Every document reaches Tiled through the spool's drain: no module of the service, and no fault scenario
+    (``benchmarks/fault_matrix.py`` runs them), makes a ``TiledWriter`` or a ``TiledInserter`` of its own, or
+    writes nodes into a catalog client itself (only the spool's drain does, and the tests that fake a
+    partial run)."""
+    import ast
+
+    writers = {"TiledWriter", "TiledInserter", "create_container", "write_array", "create_appendable_table"}
+    found = []
+    for folder in ("gainloop", "harness", "plans", "sim", "devices"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call):
+                    func = node.func
+                    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+                    if name in writers:
+                        found.append(f"{path.relative_to(REPO)}:{node.lineno} {name}")
+    assert found and all(f.startswith("gainloop/spool.py:") for f in found), found

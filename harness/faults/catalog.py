@@ -519,6 +519,25 @@ def _load_value(seed: int, writer_index: int, i: int, k: int) -> float:
     return float(seed * 1_000_003 + writer_index * 10_007 + i * 101 + k) / 7.0
 
 
+def _flush_while_draining(writer, stall_s: float = 60.0) -> None:
+    """Wait for the drain of every run of ``writer`` as long as it makes progress: a ``SpoolError`` once
+    ``stall_s`` seconds passed without one more run taken by the catalog.
+
+    A load writer spools its runs far faster than one drain writes them into Tiled (250 runs in a second
+    or two, ~2-3 runs/s drained per writer process): its backlog takes longer than a reader's bound
+    (``SpoolWriter.flush``'s 60 s), which is about a catalog that does not answer, not a long queue."""
+    from gainloop.spool import SpoolError
+
+    while True:
+        before = len(writer.backed_up)
+        try:
+            writer.flush(stall_s)
+            return
+        except SpoolError:
+            if len(writer.backed_up) >= before:
+                raise
+
+
 def _load_worker(ns) -> int:
     """Writes ``ns.n`` runs through gainloop's writer; reports errors (exceptions, warnings, backups)."""
     import warnings
@@ -543,7 +562,7 @@ def _load_worker(ns) -> int:
                 except Exception as exc:
                     errors.append(f"run {i}: {type(exc).__name__}: {exc}")
             try:
-                writer.flush()  # every run drained into the catalog
+                _flush_while_draining(writer)  # every run drained into the catalog
             except Exception as exc:
                 errors.append(f"the drain: {type(exc).__name__}: {exc}")
             errors += [f"run {u} still in the spool" for u in writer.backed_up]
