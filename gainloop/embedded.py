@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
+import re
 import secrets
 import threading
 import time
@@ -127,6 +129,26 @@ def cache_request_dependants() -> None:
     utils.get_dependant = get_dependant
 
 
+class RedactApiKey(logging.Filter):
+    """A log filter: the text of a record (its message and its arguments, e.g. uvicorn's request line
+    ``GET /api/v1?api_key=...``) with every ``api_key=`` value and the process's key replaced."""
+
+    _QUERY_KEY = re.compile(r"(api_key=)[^&\s\"']+", re.IGNORECASE)
+
+    def _clean(self, value):
+        if not isinstance(value, str):
+            return value
+        return self._QUERY_KEY.sub(r"\1[redacted]", value).replace(PROCESS_API_KEY, "[redacted]")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self._clean(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._clean(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: self._clean(v) for k, v in record.args.items()}
+        return True
+
+
 class EmbeddedTiledServer:
     """A Tiled server for the catalog in ``directory``, on a background thread, 127.0.0.1 only.
 
@@ -163,7 +185,12 @@ class EmbeddedTiledServer:
         self.api_key = PROCESS_API_KEY
 
         log_config = copy.deepcopy(LOGGING_CONFIG)  # to files in the folder, not the terminal
+        log_config.setdefault("filters", {})["redact_api_key"] = {"()": RedactApiKey}
+        for formatter in log_config["formatters"].values():
+            formatter["use_colors"] = False  # plain text in the files
         for handler, filename in (("access", "access.log"), ("default", "error.log")):
+            handler_filters = log_config["handlers"][handler].setdefault("filters", [])
+            handler_filters.append("redact_api_key")  # the key never reaches the files
             log_config["handlers"][handler]["class"] = "logging.FileHandler"
             log_config["handlers"][handler].pop("stream", None)
             log_config["handlers"][handler]["filename"] = str(self.directory / filename)

@@ -36,6 +36,28 @@ def test_a_run_round_trips_through_the_embedded_catalog(catalog):
     assert list(data["motor"].values) == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
 
 
+def test_the_embedded_servers_logs_never_hold_its_api_key(tmp_path):
+    """The embedded server's access log records every request, whose URL carries ``api_key=``: the key
+    itself is never written to the folder's logs."""
+    import time
+    from pathlib import Path
+
+    from gainloop.embedded import PROCESS_API_KEY
+
+    with Catalog(data_dir_path=tmp_path) as cat:
+        RE = RunEngine({})
+        RE.subscribe(cat.writer())
+        (uid,) = RE(bp.count([det], num=2))
+        assert cat.run(uid).metadata["stop"]["exit_status"] == "success"
+        access = Path(cat.location) / "access.log"
+        deadline = time.monotonic() + 10.0
+        while "api_key=" not in access.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    logs = access.read_text() + (Path(cat.location) / "error.log").read_text()
+    assert "api_key=[redacted]" in logs and "GET /api/v1" in logs
+    assert PROCESS_API_KEY not in logs
+
+
 def test_a_second_embedded_catalog_in_the_process_leaves_the_first_readable_and_both_reopen(catalog, tmp_path):
     RE = RunEngine({})
     RE.subscribe(catalog.writer())
