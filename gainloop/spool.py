@@ -446,7 +446,6 @@ class Spool:
         and stream nodes appear as they come, and its rows are appended at its stop, one request per
         stream, as TiledWriter does by default: a twin scan slowed past ``stream_after_s`` on a loaded
         machine costs no request per event."""
-        from bluesky_tiled_plugins import TiledWriter
 
         run.last_stream = time.monotonic()
         docs, offset, problems = read_spool_file(run.path, run.offset)
@@ -459,7 +458,7 @@ class Spool:
                 if self.catalog.stored_state(run.uid, client=client).state != "absent":
                     run.whole = True  # stored already (a replay), or the catalog is away: judged at its end
                     return
-                run.stream = TiledWriter(client, batch_size=1) if rows_now else TiledWriter(client)
+                run.stream = _tiled_writer(client, batch_size=1) if rows_now else _tiled_writer(client)
             for name, doc in docs:
                 run.stream(name, doc)
                 run.n_streamed += 1
@@ -580,12 +579,11 @@ class Spool:
         return result
 
     def _write(self, client, docs: list[tuple[str, dict]]) -> None:
-        from bluesky_tiled_plugins import TiledWriter
 
         # TiledWriter caches event rows until a stream has ``batch_size`` of them, or the stop: with the
         # stop, one append per stream; without (the process died), a batch that divides every stream
         if not any(name == "stop" for name, _ in docs):
-            writer = TiledWriter(client, batch_size=_common_batch(docs))
+            writer = _tiled_writer(client, batch_size=_common_batch(docs))
             for name, doc in docs:
                 writer(name, doc)
             return
@@ -594,7 +592,7 @@ class Spool:
         writers = self._writers
         writer = writers.get(id(client))
         if writer is None or writer[0] is not client:
-            writer = writers[id(client)] = (client, TiledWriter(client))
+            writer = writers[id(client)] = (client, _tiled_writer(client))
         try:
             for name, doc in docs:
                 writer[1](name, doc)
@@ -741,6 +739,15 @@ class Spool:
                 self._client.context.close()
         self._client = None
         return [r.uid for r in left]
+
+
+def _tiled_writer(client, **kwargs):
+    """bluesky's ``TiledWriter`` into ``client`` with every internal array data key written as an array
+    node: by default an array of at most 16 elements goes into the event table, whose SQL storage keeps
+    it as its numpy text (``'[0.1 0.33333333 ...]'``: rounded to 8 digits, no longer numbers)."""
+    from bluesky_tiled_plugins import TiledWriter
+
+    return TiledWriter(client, max_array_size=0, **kwargs)
 
 
 def _common_batch(docs: list[tuple[str, dict]]) -> int:

@@ -36,6 +36,22 @@ def test_a_run_round_trips_through_the_embedded_catalog(catalog):
     assert list(data["motor"].values) == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
 
 
+def test_a_short_array_reading_comes_back_as_the_same_numbers(catalog):
+    """An array reading of a few elements (a small detector, a fit's parameters) is stored as numbers, not as
+    its numpy text rounded to 8 digits (what the event table's SQL storage made of arrays of <= 16)."""
+    import numpy as np
+    from ophyd import Signal
+
+    values = np.array([0.1, 1 / 3, 2.0, 3.5])
+    quad = Signal(name="quad", value=values)
+    RE = RunEngine({})
+    RE.subscribe(catalog.writer())
+    (uid,) = RE(bp.count([quad], num=2))
+    got = catalog.run(uid)["primary"].read()["quad"].values
+    assert got.dtype == np.float64 and got.shape == (2, 4)
+    assert np.array_equal(got, np.stack([values, values]))
+
+
 def test_the_embedded_servers_logs_never_hold_its_api_key(tmp_path):
     """The embedded server's access log records every request, whose URL carries ``api_key=``: the key
     itself is never written to the folder's logs."""
