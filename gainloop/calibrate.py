@@ -39,6 +39,7 @@ from core.errors import GainloopError
 
 __all__ = [
     "CALIBRATION_PLANS",
+    "LASING_COLUMNS",
     "LASING_PLANS",
     "STRIPE_PLANS",
     "TA_PLANS",
