@@ -1,10 +1,14 @@
 """``gainloop twin calibrate``: the twin fitted to a sample's stored runs, written and stored.
 
-Reads the sample's stored stripe runs (ASE fluence scans, VSL scans, single ASE points) and pump-probe
-(TA) runs from the catalog, turns each stripe run into a ``twin.calibration.StripeRun`` (per usable
-event: the pump's fluence readback, the slit, the exposure and the integrated counts; saturated and
-empty reads dropped) and each TA run into a ``twin.calibration.TaRun`` (per reading: the delay, the
-pump's <N> the plan set and the measured d(alpha)/alpha0), fits the preset parameters by MAP
+Reads the stored stripe runs (ASE fluence scans, VSL scans, single ASE points), pump-probe (TA) runs and
+DFB lasing runs (``lasing_threshold``) of one or more library samples (a film and the DFB device made of the
+same dots: their runs must name one preset sample) from the catalog, turns each stripe run into a
+``twin.calibration.StripeRun`` (per usable event: the pump's fluence readback, the slit, the exposure and
+the integrated counts; saturated and empty reads dropped), each TA run into a ``twin.calibration.TaRun``
+(per reading: the delay, the pump's <N> the plan set and the measured d(alpha)/alpha0) and each lasing run
+into a ``twin.calibration.LasingRun`` (per usable event: the pump's fluence readback, the exposure, the
+analyser angle and the integrated counts; saturated and empty reads dropped; the device's photo-damage
+dose counted over its reads as for a film), fits the preset parameters by MAP
 (``twin.calibration.calibrate``), then
 
 * writes a presets file any twin command takes (``--presets``) whose header lists the run uids,
@@ -15,9 +19,9 @@ pump's <N> the plan set and the measured d(alpha)/alpha0), fits the preset param
   preset; a ``runs`` stream, one event per source run with its residuals);
 * writes an HTML report with PNG figures (``gainloop.report.calibration``).
 
-Runs of other kinds (DFB lasing, absorption, stability) are not modelled by the calibration yet:
-they are listed as skipped, and a selection with no stripe or TA run at all is an error that says what
-to measure.
+Runs of other kinds (absorption, stability, lasing spectra and polarisation scans) are not modelled by
+the calibration: they are listed as skipped, and a selection with no stripe, TA or lasing run at all is an
+error that says what to measure. A lasing run that lacks a column the model needs is an error naming it.
 """
 
 from __future__ import annotations
@@ -35,10 +39,13 @@ from core.errors import GainloopError
 
 __all__ = [
     "CALIBRATION_PLANS",
+    "LASING_COLUMNS",
+    "LASING_PLANS",
     "STRIPE_PLANS",
     "TA_PLANS",
     "CalibrationInputError",
     "SelectedRuns",
+    "lasing_run",
     "presets_toml",
     "select_runs",
     "store_calibration",
@@ -51,7 +58,17 @@ __all__ = [
 STRIPE_PLANS: tuple[str, ...] = ("ase_fluence_scan", "vsl_scan", "ase_point")
 #: Plans whose runs the calibration models as TA bleach traces.
 TA_PLANS: tuple[str, ...] = ("pump_probe",)
-CALIBRATION_PLANS: tuple[str, ...] = STRIPE_PLANS + TA_PLANS
+#: Plans whose runs the calibration models as a DFB device's output versus fluence (spectrometer counts).
+LASING_PLANS: tuple[str, ...] = ("lasing_threshold",)
+CALIBRATION_PLANS: tuple[str, ...] = STRIPE_PLANS + TA_PLANS + LASING_PLANS
+#: The event columns a lasing run needs.
+LASING_COLUMNS: tuple[str, ...] = (
+    "pump_fluence",
+    "spectrometer_exposure",
+    "spectrometer_integrated",
+    "spectrometer_saturated",
+    "polarizer_angle",
+)
 #: Fewest usable acquisitions a calibration needs.
 MIN_POINTS = 8
 
@@ -64,7 +81,7 @@ class CalibrationInputError(GainloopError):
 class SelectedRuns:
     """The runs of a calibration: usable stripe runs and, for each skipped run, why."""
 
-    runs: list = field(default_factory=list)  # twin.calibration.StripeRun and TaRun
+    runs: list = field(default_factory=list)  # twin.calibration.StripeRun, TaRun and LasingRun
     skipped: list[str] = field(default_factory=list)
     preset: str = ""
 
@@ -148,6 +165,78 @@ def stripe_run(run, presets, sample: str, dose_before: float = 0.0):
     return stripe, dose_after
 
 
+def _grating_period_nm(start: dict) -> float | None:
+    """The DFB device's grating period (nm) as the bench's library gives it, where the run records it (the
+    twin's start document: its sample's dfb table); None: the preset's dfb table."""
+    twin = start.get("twin")
+    dfb = ((twin.get("sample") or {}).get("dfb") or {}) if isinstance(twin, dict) else {}
+    period = dfb.get("grating_period_nm") if isinstance(dfb, dict) else None
+    return None if period is None else float(period)
+
+
+def lasing_run(run, presets, sample: str, dose_before: float = 0.0):
+    """The usable reads of one stored DFB lasing run (``lasing_threshold``) as a ``LasingRun`` (None if it has
+    none), and the device's photo-damage dose after it (every pulse of every read from ``dose_before``, as for a
+    film). Per usable event: the pump's fluence readback, the exposure, the analyser angle and the integrated
+    counts; saturated reads, NaNs and reads without pump dropped. ``CalibrationInputError`` for a run that lacks
+    a column the model needs, or a preset sample without a dfb table."""
+    from gainloop.replay import stream_columns
+    from twin.calibration import LasingRun
+    from twin.damage import damage_per_pulse
+
+    start = run.start
+    uid = str(start.get("uid"))
+    try:
+        primary = run["primary"]
+    except KeyError:
+        return None, dose_before
+    cols = stream_columns(primary, arrays=False)
+    missing = [k for k in LASING_COLUMNS if k not in cols]
+    if missing:
+        raise CalibrationInputError(
+            f"lasing run {uid} has no {', '.join(missing)} column{'s' if len(missing) > 1 else ''} in its primary "
+            f"stream (a lasing_threshold run records {', '.join(LASING_COLUMNS)}); it cannot be calibrated on: "
+            "leave it out (--runs)"
+        )
+    preset = _preset_of(start, presets, sample)
+    if presets.get(preset).dfb is None:
+        raise CalibrationInputError(
+            f"lasing run {uid} is of preset sample {preset!r}, which has no dfb table (the device's grating design)"
+        )
+    fluence = np.asarray(cols["pump_fluence"], dtype=float)
+    exposure = np.asarray(cols["spectrometer_exposure"], dtype=float)
+    counts = np.asarray(cols["spectrometer_integrated"], dtype=float)
+    saturated = np.asarray(cols["spectrometer_saturated"]).astype(bool)
+    angle = np.asarray(cols["polarizer_angle"], dtype=float)
+    shutter = np.asarray(cols.get("pump_shutter", np.ones_like(fluence)), dtype=float)
+    pulses = exposure * presets.setup.pump_repetition_rate_kHz * 1e3
+    delivered = np.where((shutter > 0) & np.isfinite(fluence) & (fluence > 0), fluence, 0.0)
+    pulses = np.where(np.isfinite(pulses), pulses, 0.0)
+    increments = pulses * damage_per_pulse(delivered, presets.get(preset).damage)
+    dose = dose_before + np.concatenate([[0.0], np.cumsum(increments)[:-1]])
+    dose_after = float(dose_before + np.sum(increments))
+    ok = ~saturated & np.isfinite(fluence) & np.isfinite(exposure) & np.isfinite(counts) & np.isfinite(angle)
+    ok &= (fluence > 0) & (exposure > 0) & (shutter > 0)
+    if not np.any(ok):
+        return None, dose_after
+    doping = float(start.get("doping", math.nan))
+    if not math.isfinite(doping):
+        raise CalibrationInputError(f"run {uid} does not record the device's doping; it cannot be calibrated on")
+    lasing = LasingRun(
+        uid=uid,
+        plan=str(start.get("plan_name")),
+        sample=preset,
+        doping=doping,
+        fluence_uJ_cm2=fluence[ok],
+        exposure_s=exposure[ok],
+        counts=counts[ok],
+        analyser_angle_deg=angle[ok],
+        damage_dose=dose[ok],
+        grating_period_nm=_grating_period_nm(start),
+    )
+    return lasing, dose_after
+
+
 def ta_run(run, presets, sample: str):
     """The usable readings of one stored pump-probe run as a ``TaRun`` (None if it has none): per reading the
     delay (ps), the pump's <N> the plan set (``ta_pump_excitons``: kappa x the fluence setpoint) and the
@@ -184,82 +273,101 @@ def ta_run(run, presets, sample: str):
     )
 
 
+def _sample_ids(sample) -> tuple[str, ...]:
+    """The library sample ids of a selection: one id, comma-separated ids or a sequence of them."""
+    items = [sample] if isinstance(sample, str) else list(sample)
+    ids = tuple(dict.fromkeys(p.strip() for item in items for p in str(item).split(",") if p.strip()))
+    if not ids:
+        raise CalibrationInputError("no sample named: give the sample id of the stored runs (e.g. cas_doped-film)")
+    return ids
+
+
 def select_runs(
     catalog,
     presets,
-    sample: str,
+    sample,
     *,
     uids: list[str] | None = None,
     campaign: str | None = None,
     since: str | None = None,
 ) -> SelectedRuns:
-    """The stored stripe and pump-probe runs of ``sample`` (its ``sample_id`` in the runs' start documents): the
-    named ``uids`` (each must be of that sample), or those of a campaign, or all of them (``since`` a date).
+    """The stored stripe, pump-probe and DFB lasing runs of ``sample`` (a library sample id, its ``sample_id``
+    in the runs' start documents; or several, comma-separated or a sequence: e.g. a film and the DFB device
+    made of the same dots, whose runs must then name one preset sample): the named ``uids`` (each must be of
+    one of them), or those of a campaign, or all of them (``since`` a date).
 
     ``CalibrationInputError`` when no usable run is left (saying what was found and what to measure).
     """
     from gainloop.records import search_runs
     from gainloop.runs import _time_bounds, _zone
 
+    samples = _sample_ids(sample)
+    named = ", ".join(repr(s) for s in samples)
     chosen: list = []
     if uids:
         for u in uids:
             # a whole uid is fetched directly (RunNotFoundError if absent); a prefix is resolved first
             whole = _WHOLE_UID.fullmatch(str(u).strip().lower())
             run = catalog.run(whole.group(0) if whole else catalog.resolve_uid(u))
-            if run.start.get("sample_id") != sample:
+            if run.start.get("sample_id") not in samples:
                 raise CalibrationInputError(
-                    f"run {run.start['uid']} is of sample {run.start.get('sample_id')!r}, not {sample!r}"
+                    f"run {run.start['uid']} is of sample {run.start.get('sample_id')!r}, not {named}"
                 )
             chosen.append(run)
     elif campaign:
         cuid = catalog.resolve_uid(campaign, key="campaign_uid", what="campaign")
-        chosen = [r for r in search_runs(catalog, campaign_uid=cuid) if r.start.get("sample_id") == sample]
+        chosen = [r for r in search_runs(catalog, campaign_uid=cuid) if r.start.get("sample_id") in samples]
     else:
-        chosen = search_runs(catalog, sample_id=sample)
+        chosen = [r for s in samples for r in search_runs(catalog, sample_id=s)]
         if since is not None:
             t_since, _ = _time_bounds(since, None, _zone(None))
             chosen = [r for r in chosen if float(r.start.get("time", 0.0)) >= t_since]
     out = SelectedRuns()
     presets_seen = set()
     chosen = sorted(chosen, key=lambda r: float(r.start.get("time", 0.0)))
-    dose = 0.0  # the film's photo-damage dose, accumulated over its runs in the order they were measured
+    # each film's (or device's) photo-damage dose, accumulated over its runs in the order they were measured
+    doses: dict[str, float] = {}
     for run in chosen:
         start, stop = run.start, run.metadata.get("stop")
         why = _usable(start, stop)
-        if why is None and start.get("plan_name") in TA_PLANS:
-            tr = ta_run(run, presets, sample)
+        plan = start.get("plan_name")
+        sid = str(start.get("sample_id"))
+        if why is None and plan in TA_PLANS:
+            tr = ta_run(run, presets, sid)
             if tr is None:
                 why = "no usable reading"
             else:
                 out.runs.append(tr)
                 presets_seen.add(tr.sample)
         elif why is None:
-            sr, dose = stripe_run(run, presets, sample, dose)
-            if sr is None:
+            read = lasing_run if plan in LASING_PLANS else stripe_run
+            got, doses[sid] = read(run, presets, sid, doses.get(sid, 0.0))
+            if got is None:
                 why = "no usable acquisition (every read saturated or empty)"
             else:
-                out.runs.append(sr)
-                presets_seen.add(sr.sample)
+                out.runs.append(got)
+                presets_seen.add(got.sample)
         if why is not None:
             out.skipped.append(f"{str(start.get('uid'))[:8]}: {why}")
     where = f" since {since}" if since else (f" of campaign {campaign}" if campaign else "")
     if not out.runs:
         found = f" (skipped: {'; '.join(out.skipped)})" if out.skipped else ""
+        first = samples[0]
         raise CalibrationInputError(
-            f"no stored stripe or pump-probe runs of sample {sample!r}{where} to calibrate on{found}; measure an ASE "
-            "fluence scan "
-            f"through threshold and a VSL scan above it, e.g. `gainloop measure ase_fluence_scan --sample {sample}` "
-            f"and `gainloop measure vsl_scan --sample {sample} --fluence F -a stripe_lengths_um=[...]`"
+            f"no stored stripe, pump-probe or lasing runs of sample {named}{where} to calibrate on{found}; measure "
+            "an ASE fluence scan "
+            f"through threshold and a VSL scan above it, e.g. `gainloop measure ase_fluence_scan --sample {first}` "
+            f"and `gainloop measure vsl_scan --sample {first} --fluence F -a stripe_lengths_um=[...]`, or a DFB "
+            "device's `lasing_threshold`"
         )
     if len(presets_seen) > 1:
-        raise CalibrationInputError(f"the runs of {sample!r} name several presets ({', '.join(sorted(presets_seen))})")
+        raise CalibrationInputError(f"the runs of {named} name several presets ({', '.join(sorted(presets_seen))})")
     from twin.calibration import TaRun
 
     n = sum(r.signal.size if isinstance(r, TaRun) else r.counts.size for r in out.runs)
     if n < MIN_POINTS:
         raise CalibrationInputError(
-            f"only {n} usable acquisitions of {sample!r}{where}; a calibration needs at least {MIN_POINTS}: measure an "
+            f"only {n} usable acquisitions of {named}{where}; a calibration needs at least {MIN_POINTS}: measure an "
             "ASE fluence scan through threshold"
         )
     out.preset = presets_seen.pop()

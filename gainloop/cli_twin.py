@@ -132,7 +132,14 @@ def twin_optimum(
 @twin_app.command("calibrate")
 @reads_catalog
 def twin_calibrate(
-    sample: Annotated[str, typer.Option("--sample", help="Sample id of the stored runs (e.g. cas_doped-film).")],
+    sample: Annotated[
+        str,
+        typer.Option(
+            "--sample",
+            help="Sample id of the stored runs (e.g. cas_doped-film), or several comma-separated: a film and the DFB "
+            "device of the same dots (cas_doped-film,cas_doped-dfb) are calibrated together.",
+        ),
+    ],
     out: Annotated[
         Path, typer.Option("--out", help="Presets file to write (TOML; any twin command takes it with --presets).")
     ],
@@ -160,8 +167,8 @@ def twin_calibrate(
     json_out: JsonOption = False,
     **catalog_args,
 ) -> None:
-    """Fit the twin's parameters to a sample's stored ASE/VSL runs (MAP, Laplace errors), write a presets file
-    and store the calibration as a run."""
+    """Fit the twin's parameters to a sample's stored ASE/VSL, pump-probe and DFB lasing runs (MAP, Laplace
+    errors), write a presets file and store the calibration as a run."""
     from gainloop.calibrate import now_utc, select_runs, store_calibration, write_presets
     from twin.calibration import CalibrationError, calibrate
     from twin.presets import default_presets_path, load_presets

@@ -26,12 +26,11 @@ import numpy as np
 from core.errors import GainloopError, ParameterError
 from devices.config import BenchConfig, LibraryEntry
 from twin import absorption as absorption_model
-from twin import dfb as dfb_model
 from twin import dynamics
 from twin.damage import accumulate_damage, damaged_sample
 from twin.films import FilmScatter, FilmTruth, draw_film, film_generator, film_sample
 from twin.gain import film_kappa
-from twin.instrument import acquire_stripe_spectrum
+from twin.instrument import acquire_stripe_spectrum, dfb_pixel_intensities
 from twin.noise import PumpDrift, detector_counts
 from twin.presets import PresetFile, Sample, excitons_per_fluence, load_presets
 from twin.spectra import energy_bin_widths_meV, spectrometer_axis_nm
@@ -361,16 +360,13 @@ class TwinBench:
             )
             counts, saturated = acq.counts, acq.saturated
         else:
-            per_nm = dfb_model.dfb_spectrum(self.wavelength_nm, fluence, sample) if fluence > 0 else 0.0
-            total = float(dfb_model.dfb_output(fluence, sample)) if fluence > 0 else 0.0
-            pol = (
-                float(dfb_model.dfb_polarized_output(self.state.polarizer_deg, fluence, sample)) if fluence > 0 else 0.0
+            # the DFB's spectrum through the analyser, in the detector's intensity units (the measurement model
+            # a calibration fits: twin.instrument.expected_dfb_counts)
+            intensity = (
+                dfb_pixel_intensities(self.wavelength_nm, fluence, self.state.polarizer_deg, sample, noise)
+                if fluence > 0
+                else np.zeros_like(self.wavelength_nm)
             )
-            factor = pol / total if total > 0 else 0.0
-            step_nm = np.gradient(self.wavelength_nm)
-            # in the detector's ASE intensity units: counts scale with the DFB collection efficiency
-            to_units = noise.dfb_counts_per_unit_s / noise.counts_per_unit_s
-            intensity = np.asarray(per_nm * factor * step_nm * to_units, dtype=float) * np.ones_like(self.wavelength_nm)
             read = detector_counts(intensity, exp_s, noise, self.rng)
             counts, saturated = read.counts, read.saturated
         if self.lamp_lit():

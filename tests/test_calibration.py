@@ -130,7 +130,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(measured, tmp_path):
     res = _cli("--sample", "nosuch-film", "--data-dir", str(folder), "--out", str(out))
     assert res.exit_code == 2
     assert (
-        "no stored stripe or pump-probe runs of sample 'nosuch-film'" in res.output
+        "no stored stripe, pump-probe or lasing runs of sample 'nosuch-film'" in res.output
         and "measure an ASE fluence scan" in res.output
     )
     res = _cli("--sample", FILM, "--data-dir", str(folder), "--out", str(out), "--params", "film.nope")
@@ -158,7 +158,7 @@ def test_runs_of_another_kind_are_skipped_with_what_to_measure(presets, tmp_path
         RE.subscribe(cat.writer())
         bench = twin_bench_devices(BENCH_FILE, seed=0)
         uid = RE(absorption_spectrum(bench, FILM)).plan_result["uid"]
-        with pytest.raises(CalibrationInputError, match="no stored stripe or pump-probe runs") as err:
+        with pytest.raises(CalibrationInputError, match="no stored stripe, pump-probe or lasing runs") as err:
             select_runs(cat, presets, FILM)
         assert "'absorption_spectrum' run" in str(err.value) and uid[:8] in str(err.value)
         assert "ase_fluence_scan" in str(err.value)  # what to measure

@@ -1,4 +1,5 @@
-"""Calibrate a sample's preset parameters from stored stripe acquisitions: MAP, Laplace errors, identifiability.
+"""Calibrate a sample's preset parameters from stored stripe, pump-probe and DFB lasing runs: MAP, Laplace errors,
+identifiability.
 
 The data are the spectrometer's integrated counts of stripe acquisitions (ASE fluence scans,
 VSL scans, single ASE points): per acquisition the delivered fluence (the pump's readback,
@@ -28,6 +29,18 @@ and radiative parameters and the exciton yield, which the stripe runs see only t
 residuals join the stripe runs' in one chi2, and their Jacobian (forward-mode autograd) joins the same
 Gauss-Newton step and the same Laplace errors.
 
+DFB lasing runs (``LasingRun``: ``lasing_threshold``, the device's output versus fluence) enter the same fit:
+per read the delivered fluence (the pump's readback, uJ/cm^2), the exposure (s), the analyser angle (deg) and
+the dark-subtracted integrated counts, modelled by the twin bench's own DFB read
+(``twin.instrument.expected_dfb_counts``: ``twin.dfb.dfb_analysed_spectrum`` at the pixel centres x the pixel
+widths x the DFB's collection, summed; the variance holds shot, dark and read noise and the pump's drift during
+the exposure), with the device's photo-damage dose before each read scaling alpha0 as for a film. The device's
+dfb table (grating, film thickness and index, its own absorbed fraction, spontaneous coupling, PL collection) is
+its design and never fitted; the fitted film and yield parameters are those of the same dots and film. A lasing
+run pins the film's gain, its total loss and the exciton yield (the PL below threshold), and with them the
+device's threshold; its Jacobian is forward-mode autograd (the threshold is a root on the numbers plus one torch
+Newton step, exact to first order), forward differences while iterating.
+
 Identifiability (``identifiable``): a parameter is *constrained* by the runs when the data alone,
 given the parameters already chosen, pin ln(value) to better than ``IDENTIFIED_MAX_LOG_SD``; the
 default parameter choice adds the candidates (``DEFAULT_CANDIDATES``, in order) that are, and says
@@ -50,6 +63,7 @@ __all__ = [
     "IDENTIFIED_MAX_LOG_SD",
     "CalibrationError",
     "CalibrationResult",
+    "LasingRun",
     "ParameterEstimate",
     "StripeRun",
     "TaRun",
@@ -83,6 +97,10 @@ DEFAULT_CANDIDATES: tuple[str, ...] = (
     "auger.tau_x_radiative_ns",
 )
 
+#: Most Levenberg-Marquardt iterations of one stage of the fit. A lasing run beside a stripe run frees parameters
+#: that stay weakly constrained along a flat valley (measured: one ASE scan + one lasing_threshold run, eight
+#: parameters by default, converged after 54 iterations in all, the last stage alone over 40).
+MAX_ITERATIONS = 80
 #: Largest sd of ln(value) (from the data alone, the other chosen parameters free) of a constrained parameter.
 IDENTIFIED_MAX_LOG_SD = 0.2
 #: A physical range starting at 0 is bounded below at this fraction of its upper end (the fit is in ln).
@@ -111,6 +129,7 @@ _MEASURE_NEXT = {
     "film.intraband_loss_1p_per_cm": "films of other dopings (the 1P spill grows with doping)",
     "film.intraband_loss_1s_per_cm": "films of other dopings",
     "auger.tau_xx_ps": "a pump-probe (TA) run, or VSL scans on long stripes (the Auger decay in transit)",
+    "exciton_yield": "a DFB lasing_threshold run of a device of the same dots (its PL below threshold), or TA runs",
     "auger.electron_fraction": "a pump-probe (TA) run on a doped film",
     "auger.scaling_exponent": "pump-probe (TA) runs at several pump <N>",
     "film.alpha0_per_cm": "a VSL scan at a high fluence (the saturated net gain)",
@@ -214,6 +233,46 @@ class TaRun:
             raise CalibrationError(f"run {self.uid}: doping {self.doping!r} must be a finite number >= 0 electrons/dot")
         if self.noise_rms is not None and not (math.isfinite(self.noise_rms) and self.noise_rms > 0):
             raise CalibrationError(f"run {self.uid}: the TA noise {self.noise_rms!r} must be a positive number")
+
+
+@dataclass(frozen=True)
+class LasingRun:
+    """One DFB lasing run's reads (one entry per usable event), all arrays of one length.
+
+    ``fluence_uJ_cm2``: delivered fluence (the pump's readback; uniform over the DFB's pump spot);
+    ``exposure_s``; ``counts``: dark-subtracted integrated counts of the spectrometer;
+    ``analyser_angle_deg``: the analyser's angle from the lasing polarisation (deg); ``doping``: the device
+    film's <n_e> (electrons/dot); ``damage_dose``: the device's photo-damage dose before each read
+    (``twin.damage``; zeros if None). ``sample``: the preset sample whose dots, film and ``dfb`` table
+    describe the device; ``grating_period_nm``: the device's grating period (nm) where it is not the dfb
+    table's (None: the table's). The device's dfb table is the device's design: never fitted.
+    """
+
+    uid: str
+    plan: str
+    sample: str
+    doping: float
+    fluence_uJ_cm2: np.ndarray
+    exposure_s: np.ndarray
+    counts: np.ndarray
+    analyser_angle_deg: np.ndarray
+    damage_dose: np.ndarray | None = None
+    grating_period_nm: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.damage_dose is None:
+            object.__setattr__(self, "damage_dose", np.zeros(len(self.counts)))
+        _as_columns(self, ("counts", "fluence_uJ_cm2", "exposure_s", "analyser_angle_deg", "damage_dose"), "reads")
+        if np.any(self.damage_dose < 0):
+            raise CalibrationError(f"run {self.uid}: the damage dose must be >= 0")
+        if np.any(self.fluence_uJ_cm2 <= 0) or np.any(self.exposure_s <= 0):
+            raise CalibrationError(f"run {self.uid}: fluence (uJ/cm^2) and exposure (s) must be positive")
+        if not math.isfinite(self.doping) or self.doping < 0:
+            raise CalibrationError(f"run {self.uid}: doping {self.doping!r} must be a finite number >= 0 electrons/dot")
+        if self.grating_period_nm is not None and not (
+            math.isfinite(self.grating_period_nm) and self.grating_period_nm > 0
+        ):
+            raise CalibrationError(f"run {self.uid}: grating period {self.grating_period_nm!r} must be positive, nm")
 
 
 @dataclass(frozen=True)
@@ -506,23 +565,145 @@ class _TaData:
         return {r.uid: part for r, part in zip(self.runs, np.split(values, self.splits), strict=True)}
 
 
-def _split_runs(runs: list) -> tuple[list[StripeRun], list[TaRun]]:
+#: The parameters (``<table>.<key>`` prefixes) a DFB's output depends on: the film's gain and losses and the yield
+#: (the device's own dfb table is its design, not fitted).
+_LASING_PARAMETER_PREFIXES = ("film.", "exciton_yield")
+
+
+class _LasingData:
+    """The DFB lasing runs' reads concatenated; modelled run by run (``twin.instrument.expected_dfb_counts``)."""
+
+    def __init__(self, runs: list[LasingRun]):
+        self.runs = runs
+        self.counts = np.concatenate([r.counts for r in runs]) if runs else np.zeros(0)
+        self.splits = np.cumsum([r.counts.size for r in runs])[:-1] if runs else np.array([], dtype=int)
+
+    @property
+    def size(self) -> int:
+        return int(self.counts.size)
+
+    def _run_sample(self, presets: PresetFile, sample_id: str, names: list[str], u, run: LasingRun):
+        """The run's device: the fitted parameters at u, alpha0 scaled by each read's undamaged fraction
+        exp(-dose) (as ``twin.damage.damaged_sample``), the run's grating period."""
+        import torch
+
+        values = dict(zip(names, torch.exp(u), strict=True)) if names else {}
+        alpha0_name = f"{sample_id}.film.alpha0_per_cm"
+        dose = run.damage_dose
+        if np.any(dose != dose[0]):
+            healthy = torch.exp(-torch.as_tensor(dose, dtype=torch.float64))
+        else:
+            healthy = math.exp(-float(dose[0]))
+        if not (isinstance(healthy, float) and healthy == 1.0):
+            base = presets.get(sample_id).film.alpha0_per_cm
+            values[alpha0_name] = values.get(alpha0_name, base) * healthy
+        sample = _tensor_sample(presets, sample_id, list(values), list(values.values()))
+        if run.grating_period_nm is not None and sample.dfb is not None:
+            sample = sample.model_copy(
+                update={"dfb": sample.dfb.model_copy(update={"grating_period_nm": float(run.grating_period_nm)})}
+            )
+        if sample.dfb is None:
+            raise CalibrationError(
+                f"run {run.uid} is a DFB lasing run, but preset sample {sample_id!r} has no dfb table (the device's "
+                "grating design): add [sample.<id>.dfb] to the presets"
+            )
+        return sample
+
+    def model(self, presets: PresetFile, sample_id: str, names: list[str], u):
+        """Mean and variance of every read's integrated counts at u = ln(parameters) (torch; the mean is
+        differentiable in u, the variance is not meant to be)."""
+        import torch
+
+        from .instrument import expected_dfb_counts
+
+        if not self.runs:
+            return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+        u = torch.as_tensor(u, dtype=torch.float64)
+        means, variances = [], []
+        for r in self.runs:
+            sample = self._run_sample(presets, sample_id, names, u, r)
+            m, v = expected_dfb_counts(
+                torch.as_tensor(r.fluence_uJ_cm2, dtype=torch.float64),
+                r.analyser_angle_deg,
+                r.doping,
+                r.exposure_s,
+                sample,
+                presets.noise,
+            )
+            means.append(m)
+            variances.append(v)
+        return torch.cat(means), torch.cat(variances)
+
+    def jacobian(self, presets: PresetFile, sample_id: str, names: list[str], u, *, exact: bool = True) -> np.ndarray:
+        """d(mean counts)/du, shape (reads, k), for the parameters the DFB output depends on (zero columns for the
+        rest): forward-mode autograd, one pass per parameter (the threshold's root is found on the numbers, so
+        reverse-mode ``torch.func`` transforms cannot run it); ``exact`` False: forward differences in u (step
+        1e-6), for the fit's iterations and the identifiability analysis."""
+        import torch
+        import torch.autograd.forward_ad as fwd
+
+        from ._xp import make_dual
+
+        if not names or not self.runs:
+            return np.zeros((self.size, len(names)))
+        u = torch.as_tensor(u, dtype=torch.float64).detach()
+        cols = []
+        if not exact:
+            with torch.no_grad():
+                at = self.model(presets, sample_id, names, u)[0].numpy()
+        for i, name in enumerate(names):
+            if not name.split(".", 1)[1].startswith(_LASING_PARAMETER_PREFIXES):
+                cols.append(np.zeros(self.size))
+                continue
+            if not exact:
+                step = torch.zeros_like(u)
+                step[i] = 1e-6
+                with torch.no_grad():
+                    cols.append((self.model(presets, sample_id, names, u + step)[0].numpy() - at) / 1e-6)
+                continue
+            tangent = torch.zeros_like(u)
+            tangent[i] = 1.0
+            with fwd.dual_level():
+                out = self.model(presets, sample_id, names, make_dual(u, tangent))[0]
+                col = fwd.unpack_dual(out).tangent
+            cols.append(np.zeros(self.size) if col is None else col.detach().numpy())
+        return np.stack(cols, axis=1)
+
+    def per_run(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        if not self.runs:
+            return {}
+        return {r.uid: part for r, part in zip(self.runs, np.split(values, self.splits), strict=True)}
+
+
+def _split_runs(runs: list) -> tuple[list[StripeRun], list[TaRun], list[LasingRun]]:
     stripe = [r for r in runs if isinstance(r, StripeRun)]
     ta = [r for r in runs if isinstance(r, TaRun)]
-    other = [type(r).__name__ for r in runs if not isinstance(r, StripeRun | TaRun)]
+    lasing = [r for r in runs if isinstance(r, LasingRun)]
+    other = [type(r).__name__ for r in runs if not isinstance(r, StripeRun | TaRun | LasingRun)]
     if other:
-        raise CalibrationError(f"the calibration models StripeRun and TaRun data, not {', '.join(sorted(set(other)))}")
-    return stripe, ta
+        raise CalibrationError(
+            f"the calibration models StripeRun, TaRun and LasingRun data, not {', '.join(sorted(set(other)))}"
+        )
+    return stripe, ta, lasing
 
 
-def predicted_counts(presets: PresetFile, runs: list[StripeRun]) -> dict[str, np.ndarray]:
-    """The twin's mean integrated counts (counts) of every acquisition of ``runs`` (one preset sample), by
-    run uid (numpy): the calibration's model at the presets' values, photo-damage included."""
+def predicted_counts(presets: PresetFile, runs: list[StripeRun | LasingRun]) -> dict[str, np.ndarray]:
+    """The twin's mean integrated counts (counts) of every acquisition of ``runs`` (stripe and DFB lasing runs
+    of one preset sample), by run uid (numpy): the calibration's model at the presets' values, photo-damage
+    included."""
     import torch
 
-    data = _Data(runs)
-    mean, _ = _model(presets, _one_sample(runs), [], torch.zeros(0, dtype=torch.float64), data)
-    return data.per_run(mean.numpy())
+    sample_id = _one_sample(runs)
+    stripe_runs, ta_runs, lasing_runs = _split_runs(runs)
+    if ta_runs:
+        raise CalibrationError("predicted_counts models counts: pump-probe (TA) runs read d(alpha)/alpha0")
+    data = _Data(stripe_runs)
+    u0 = torch.zeros(0, dtype=torch.float64)
+    mean, _ = _model(presets, sample_id, [], u0, data)
+    lasing = _LasingData(lasing_runs)
+    with torch.no_grad():
+        lasing_mean, _ = lasing.model(presets, sample_id, [], u0)
+    return {**data.per_run(mean.numpy()), **lasing.per_run(lasing_mean.numpy())}
 
 
 # ----------------------------------------------------------------------------- identifiability
@@ -573,7 +754,7 @@ def identifiable(
     import torch
 
     sample_id = _one_sample(runs)
-    stripe_runs, ta_runs = _split_runs(runs)
+    stripe_runs, ta_runs, lasing_runs = _split_runs(runs)
     if candidates is None:
         candidates = [f"{sample_id}.{k}" for k in DEFAULT_CANDIDATES]
     u0 = torch.tensor(
@@ -594,6 +775,12 @@ def identifiable(
     if ta.size:
         jac_ta = ta.jacobian(presets, sample_id, candidates, u0, exact=False) / ta.sd[:, None]
         fisher += jac_ta.T @ jac_ta
+    lasing = _LasingData(lasing_runs)
+    if lasing.size:
+        with torch.no_grad():
+            _, var = lasing.model(presets, sample_id, candidates, u0)
+        jac_l = lasing.jacobian(presets, sample_id, candidates, u0, exact=False) / np.sqrt(var.numpy())[:, None]
+        fisher += jac_l.T @ jac_l
     chosen: list[int] = []
     lines = []
     for j, name in enumerate(candidates):
@@ -621,13 +808,13 @@ def _one_sample(runs: list) -> str:
 # ----------------------------------------------------------------------------- the fit
 def calibrate(
     presets: PresetFile,
-    runs: list[StripeRun | TaRun],
+    runs: list[StripeRun | TaRun | LasingRun],
     params: list[str] | None = None,
     *,
-    max_iterations: int = 40,
+    max_iterations: int = MAX_ITERATIONS,
 ) -> CalibrationResult:
-    """MAP fit of ``params`` (full dotted names; default: those ``identifiable`` finds) to ``runs`` (stripe
-    and pump-probe runs of one preset sample).
+    """MAP fit of ``params`` (full dotted names; default: those ``identifiable`` finds) to ``runs`` (stripe,
+    pump-probe and DFB lasing runs of one preset sample).
 
     Returns the estimates with Laplace standard errors, their correlation, the fit quality and the
     calibrated presets (``with_parameters``: a dot parameter is set for its whole batch). A fit that does
@@ -652,14 +839,20 @@ def calibrate(
     preset_values = np.array([get_parameter(presets, n) for n in names])
     u0 = np.clip(np.log(np.maximum(preset_values, bounds[:, 0])), log_lo, log_hi)
     prior_sd = (log_hi - log_lo) / 4.0
-    stripe_runs, ta_runs = _split_runs(runs)
+    stripe_runs, ta_runs, lasing_runs = _split_runs(runs)
     data = _Data(stripe_runs)
     ta = _TaData(ta_runs, presets.noise.ta_noise_rms)
+    lasing = _LasingData(lasing_runs)
     y = data.counts
 
     def ta_model(u_np: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return ta.model(presets, sample_id, names, torch.as_tensor(u_np, dtype=torch.float64)).numpy()
+
+    def lasing_model(u_np: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            mean, var = lasing.model(presets, sample_id, names, torch.as_tensor(u_np, dtype=torch.float64))
+        return mean.numpy(), var.numpy()
 
     def lm(data: _Data, u: np.ndarray, *, warm_start: bool, floor: float = 0.0):
         """Levenberg-Marquardt from u on ``data``: (u, converged, iterations, r, mean, jac); ``warm_start``:
@@ -673,20 +866,31 @@ def calibrate(
             mean, var = _model(presets, sample_id, names, u_t, data)
             var = var + (floor * mean) ** 2
             pred_ta = ta_model(u_np)
-            r = np.concatenate([((y - mean) / torch.sqrt(var)).numpy(), (ta.signal - pred_ta) / ta.sd])
+            pred_l, var_l = lasing_model(u_np)
+            sd_l = np.sqrt(var_l + (floor * pred_l) ** 2)
+            r = np.concatenate(
+                [((y - mean) / torch.sqrt(var)).numpy(), (ta.signal - pred_ta) / ta.sd, (lasing.counts - pred_l) / sd_l]
+            )
             rp = (u_np - u0) / prior_sd
-            return 0.5 * (float(r @ r) + float(rp @ rp)), r, np.concatenate([mean.numpy(), pred_ta]), var
+            return (
+                0.5 * (float(r @ r) + float(rp @ rp)),
+                r,
+                np.concatenate([mean.numpy(), pred_ta, pred_l]),
+                (var, sd_l),
+            )
 
         cost, r, mean, var = cost_at(u)
         lam = 1e-3
         exact = False  # the first iterations use the Jacobian at the mean fluence; the last ones the exact one
-        jac = np.zeros((y.numel() + ta.size, len(names)))
+        jac = np.zeros((y.numel() + ta.size + lasing.size, len(names)))
         for it in range(1, max_iterations + 1):
             u_t = torch.as_tensor(u)
+            var_s, sd_l = var
             jac = np.vstack(
                 [
-                    (_jacobian(presets, sample_id, names, u_t, data, exact=exact) / torch.sqrt(var)[:, None]).numpy(),
+                    (_jacobian(presets, sample_id, names, u_t, data, exact=exact) / torch.sqrt(var_s)[:, None]).numpy(),
                     ta.jacobian(presets, sample_id, names, u_t, exact=exact) / ta.sd[:, None],
+                    lasing.jacobian(presets, sample_id, names, u_t, exact=exact) / sd_l[:, None],
                 ]
             )
             rp = (u - u0) / prior_sd
@@ -782,17 +986,23 @@ def calibrate(
     calibrated = with_parameters(presets, {n: float(v) for n, v in zip(names, values, strict=True)})
     chi2 = float(r @ r)
     ns = int(y.numel())
-    at_preset = np.concatenate([_model(presets, sample_id, names, torch.as_tensor(u0), data)[0].numpy(), ta_model(u0)])
+    at_preset = np.concatenate(
+        [_model(presets, sample_id, names, torch.as_tensor(u0), data)[0].numpy(), ta_model(u0), lasing_model(u0)[0]]
+    )
 
     def per_run(values: np.ndarray) -> dict[str, np.ndarray]:
-        return {**data.per_run(values[:ns]), **ta.per_run(values[ns:])}
+        return {
+            **data.per_run(values[:ns]),
+            **ta.per_run(values[ns : ns + ta.size]),
+            **lasing.per_run(values[ns + ta.size :]),
+        }
 
     return CalibrationResult(
         sample=sample_id,
         estimates=estimates,
         correlation=corr,
         chi2=chi2,
-        n_points=ns + ta.size,
+        n_points=ns + ta.size + lasing.size,
         iterations=iterations,
         presets=calibrated,
         flags=flags,

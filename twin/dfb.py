@@ -126,6 +126,7 @@ __all__ = [
     "DFB_ROW_BASIS",
     "DfbMode",
     "bragg_wavelength_nm",
+    "dfb_analysed_spectrum",
     "dfb_cavity_q",
     "dfb_cold_linewidth_nm",
     "dfb_design",
@@ -279,18 +280,87 @@ def _namespace_of(sample: Sample, *values):
     return namespace(*values, *params, sample.exciton_yield)
 
 
+def _number(value):
+    """A tensor's numbers (no graph): a float for a scalar, a numpy array for one value per element."""
+    arr = to_numpy(value)
+    return float(arr) if arr.ndim == 0 else arr
+
+
 def _numeric_sample(sample: Sample) -> Sample:
-    """``sample`` with its tensor parameters as floats (the same values, no graph): for root finding."""
+    """``sample`` with its tensor parameters as numbers (the same values, no graph): for root finding. A
+    parameter with one value per element (e.g. alpha0 scaled by each acquisition's photo-damage) becomes a
+    numpy array, which the gain and loss broadcast with the fluence."""
     top: dict[str, object] = {}
     for table in ("film", "auger"):
         params = getattr(sample, table)
         tensors = {k: getattr(params, k) for k in type(params).model_fields if is_tensor(getattr(params, k))}
-        fields = {k: float(to_numpy(v)) for k, v in tensors.items()}
+        fields = {k: _number(v) for k, v in tensors.items()}
         if fields:
             top[table] = params.model_copy(update=fields)
     if is_tensor(sample.exciton_yield):
-        top["exciton_yield"] = float(to_numpy(sample.exciton_yield))
+        top["exciton_yield"] = _number(sample.exciton_yield)
     return sample.model_copy(update=top) if top else sample
+
+
+def _per_element_parameters(sample: Sample) -> dict[tuple[str, str], np.ndarray]:
+    """The film/Auger parameters of a numeric sample that hold one value per element, by (table, key)."""
+    out = {}
+    for table in ("film", "auger"):
+        params = getattr(sample, table)
+        for k in type(params).model_fields:
+            v = getattr(params, k)
+            if isinstance(v, np.ndarray):
+                out[(table, k)] = v
+    return out
+
+
+def _element(sample: Sample, arrays: dict[tuple[str, str], np.ndarray], i: int) -> Sample:
+    """The numeric sample of element ``i`` (flat index) of its per-element parameters: floats only."""
+    tables: dict[str, dict[str, float]] = {}
+    for (table, key), arr in arrays.items():
+        tables.setdefault(table, {})[key] = float(arr[i])
+    return sample.model_copy(update={t: getattr(sample, t).model_copy(update=f) for t, f in tables.items()})
+
+
+def _threshold_on_numbers(numeric: Sample, d_np: np.ndarray) -> np.ndarray:
+    """The TE threshold fluence (uJ/cm^2; inf where it never lases) of a numeric sample at each doping, by
+    root finding (``_threshold_scalar``); shape ``broadcast(d, the per-element parameters)``.
+
+    Per-element parameters: the root of the first element (brentq), then Newton steps on the numbers for
+    all elements at once (the elements differ little: a film's photo-damage over one run) until no step
+    exceeds 1e-13 of the fluence; where that does not converge, brentq element by element."""
+    if np.ndim(numeric.exciton_yield):
+        raise ParameterError("a per-element exciton yield is not supported by the DFB threshold")
+    arrays = _per_element_parameters(numeric)
+    if not arrays:
+        if d_np.ndim:
+            return np.vectorize(lambda v: _threshold_scalar(numeric, float(v)))(d_np)
+        return np.asarray(_threshold_scalar(numeric, float(d_np)))
+    shape = np.broadcast_shapes(np.shape(d_np), *(a.shape for a in arrays.values()))
+    flat = {k: np.broadcast_to(a, shape).ravel() for k, a in arrays.items()}
+    d_flat = np.broadcast_to(d_np, shape).ravel()
+    f_ref = _threshold_scalar(_element(numeric, flat, 0), float(d_flat[0]))
+    if math.isfinite(f_ref) and f_ref > 0 and d_flat.size > 1:
+        full = numeric.model_copy(
+            update={
+                t: getattr(numeric, t).model_copy(update={k: a for (tt, k), a in flat.items() if tt == t})
+                for t in {t for t, _ in flat}
+            }
+        )
+        f = np.full(d_flat.size, f_ref)
+        for _ in range(8):
+            h = 1e-6 * f
+            r = np.subtract(*_gain_and_loss(f, full, d_flat)[:2])
+            slope = (
+                np.subtract(*_gain_and_loss(f + h, full, d_flat)[:2])
+                - np.subtract(*_gain_and_loss(f - h, full, d_flat)[:2])
+            ) / (2.0 * h)
+            step = r / slope
+            f = f - step
+            if np.all(np.isfinite(f)) and np.all(f > 0) and np.max(np.abs(step) / f) <= 1e-13:
+                return f.reshape(shape)
+    out = np.array([_threshold_scalar(_element(numeric, flat, i), float(d_flat[i])) for i in range(d_flat.size)])
+    return out.reshape(shape)
 
 
 def _gain_and_loss(fluence, sample: Sample, doping, polarization: str = "TE"):
@@ -363,6 +433,9 @@ def _threshold_mean_excitons(sample: Sample, d: np.ndarray) -> np.ndarray:
     """
     if is_tensor(d) or _namespace_of(sample) is not np:
         return _threshold_mean_excitons_torch(sample, d)
+    if _per_element_parameters(sample):  # a numeric sample with one value per element (``_numeric_sample``)
+        f_th = _threshold_on_numbers(sample, np.asarray(d, dtype=float))
+        return np.where(np.isfinite(f_th), f_th, 0.0) * dfb_kappa(_dfb_of(sample))
     values, inverse = np.unique(d, return_inverse=True)
     f_th = np.asarray([_threshold_scalar(sample, float(v)) for v in values])
     n_th = np.where(np.isfinite(f_th), f_th, 0.0) * dfb_kappa(_dfb_of(sample))
@@ -373,11 +446,7 @@ def _threshold_mean_excitons_torch(sample: Sample, d):
     ns = _namespace_of(sample, d)
     numeric = _numeric_sample(sample)
     d_np = to_numpy(d)
-    f0 = (
-        np.vectorize(lambda v: _threshold_scalar(numeric, float(v)))(d_np)
-        if d_np.ndim
-        else np.asarray(_threshold_scalar(numeric, float(d_np)))
-    )
+    f0 = _threshold_on_numbers(numeric, d_np)
     lases = np.isfinite(f0) & (f0 > 0.0)
     f_at = np.where(lases, f0, 1.0)
     # d r / d F at the root, on the numbers (a central difference of the numpy model)
@@ -480,28 +549,75 @@ def _lorentzian(lam, centre, fwhm):
     return (hw / math.pi) / ((lam - centre) ** 2 + hw**2)
 
 
+def _check_axis(wavelength_nm) -> np.ndarray:
+    lam = np.asarray(wavelength_nm, dtype=float)
+    if not np.all(np.isfinite(lam)) or np.any(lam <= 0):
+        raise ParameterError("wavelengths must be finite and positive, in nm")
+    return lam
+
+
+def _check_angle(angle_deg) -> np.ndarray:
+    theta = np.deg2rad(np.asarray(angle_deg, dtype=float))
+    if not np.all(np.isfinite(theta)):
+        raise ParameterError("analyser angle must be a finite number of degrees")
+    return theta
+
+
+def _spectrum_of(lam: np.ndarray, components, sample: Sample, doping):
+    """The spectrum per nm on the axis ``lam`` from ``_components``' (lasing, TM, PL, S, loss)."""
+    dfb = _dfb_of(sample)
+    lasing, tm, background, s, loss = components
+    ns = _namespace_of(sample, lasing)
+    expand = (Ellipsis,) + (None,) * lam.ndim
+    width = _linewidth(sample, s, ns.broadcast_arrays(loss, s)[0])[expand]
+    lam_x = ns.asarray(lam)
+    out = lasing[expand] * _lorentzian(lam_x, bragg_wavelength_nm(dfb), width)
+    cav_tm = _tm_cavity(dfb)
+    if cav_tm is not None and bool((tm > 0).any()):
+        d = ns.broadcast_arrays(_doping(doping, sample), tm)[0]
+        loss_tm = _internal_loss_per_cm(sample, cav_tm, d) + cav_tm.mirror_loss_per_cm
+        out = out + tm[expand] * _lorentzian(lam_x, cav_tm.wavelength_nm, cav_tm.linewidth_nm(loss_tm)[expand])
+    return out + background[expand] * ns.asarray(_pl_density_per_nm(lam, sample))
+
+
+def _polarized_of(theta: np.ndarray, components, sample: Sample):
+    """The output through the analyser at ``theta`` (rad) from ``_components``' (lasing, TM, PL, ...)."""
+    lasing, tm, background = components[:3]
+    eps = _dfb_of(sample).polarization_extinction
+    ns = _namespace_of(sample, lasing)
+    c2 = ns.asarray(np.cos(theta) ** 2)
+    s2 = 1.0 - c2
+    return (lasing * (c2 + eps * s2) + tm * (s2 + eps * c2)) / (1.0 + eps) + 0.5 * background
+
+
 def dfb_spectrum(wavelength_nm, fluence_uJ_cm2, sample: Sample, doping=None):
     """Emission spectrum normal to the DFB, per nm (units of ``dfb_output`` per nm).
 
     Result shape: ``broadcast(fluence, doping).shape + wavelength.shape``. A Lorentzian
     lasing line at the lasing wavelength (FWHM ``dfb_linewidth_nm``), the TM mode's line at
     its own wavelength (cold-cavity width) and the PL band; the integral over all
-    wavelengths is ``dfb_output``.
+    wavelengths is ``dfb_output``. numpy, or torch for torch fluences or tensor parameters (differentiable in
+    the film and yield parameters, as ``dfb_output``; the wavelength axis stays numbers).
     """
-    lam = np.asarray(wavelength_nm, dtype=float)
-    if not np.all(np.isfinite(lam)) or np.any(lam <= 0):
-        raise ParameterError("wavelengths must be finite and positive, in nm")
-    dfb = _dfb_of(sample)
-    lasing, tm, background, s, loss = _components(fluence_uJ_cm2, sample, doping)
-    expand = (Ellipsis,) + (None,) * lam.ndim
-    width = _linewidth(sample, s, np.broadcast_to(loss, np.shape(s)))[expand]
-    out = lasing[expand] * _lorentzian(lam, bragg_wavelength_nm(dfb), width)
-    cav_tm = _tm_cavity(dfb)
-    if cav_tm is not None and np.any(tm > 0):
-        d = np.broadcast_to(_doping(doping, sample), np.shape(tm))
-        loss_tm = _internal_loss_per_cm(sample, cav_tm, d) + cav_tm.mirror_loss_per_cm
-        out = out + tm[expand] * _lorentzian(lam, cav_tm.wavelength_nm, cav_tm.linewidth_nm(loss_tm)[expand])
-    return _out(out + background[expand] * _pl_density_per_nm(lam, sample))
+    lam = _check_axis(wavelength_nm)
+    return _out(_spectrum_of(lam, _components(fluence_uJ_cm2, sample, doping), sample, doping))
+
+
+def dfb_analysed_spectrum(wavelength_nm, angle_deg, fluence_uJ_cm2, sample: Sample, doping=None):
+    """The spectrum per nm (``dfb_spectrum``) as the spectrometer sees it through the analyser at ``angle_deg``:
+    scaled by ``dfb_polarized_output / dfb_output`` at each fluence (the analyser's transmission of the
+    whole emission; the lines and the PL are not told apart by wavelength). One evaluation of the model for
+    the three; shape ``broadcast(angle, fluence, doping).shape + wavelength.shape``; numpy or torch, as
+    ``dfb_spectrum``."""
+    lam = _check_axis(wavelength_nm)
+    theta = _check_angle(angle_deg)
+    components = _components(fluence_uJ_cm2, sample, doping)
+    per_nm = _spectrum_of(lam, components, sample, doping)
+    lasing, tm, background = components[:3]
+    total = lasing + tm + background
+    pol = _polarized_of(theta, components, sample)
+    factor = _namespace_of(sample, pol).asarray(pol / total)
+    return _out(per_nm * factor[(Ellipsis,) + (None,) * lam.ndim])
 
 
 def dfb_polarized_output(angle_deg, fluence_uJ_cm2, sample: Sample, doping=None):
@@ -510,17 +626,11 @@ def dfb_polarized_output(angle_deg, fluence_uJ_cm2, sample: Sample, doping=None)
     The TE mode radiates polarised along the grating lines, the TM mode across them, the PL
     is unpolarised; an analyser of leakage eps (``polarization_extinction``) transmits
     I(theta) = [P_TE (cos^2 + eps sin^2) + P_TM (sin^2 + eps cos^2)]/(1 + eps) + PL/2.
-    Angle, fluence and doping broadcast together.
+    Angle, fluence and doping broadcast together; numpy or torch (differentiable in the film and yield
+    parameters, as ``dfb_output``).
     """
-    theta = np.deg2rad(np.asarray(angle_deg, dtype=float))
-    if not np.all(np.isfinite(theta)):
-        raise ParameterError("analyser angle must be a finite number of degrees")
-    dfb = _dfb_of(sample)
-    lasing, tm, background, _, _ = _components(fluence_uJ_cm2, sample, doping)
-    eps = dfb.polarization_extinction
-    c2 = np.cos(theta) ** 2
-    s2 = 1.0 - c2
-    return _out((lasing * (c2 + eps * s2) + tm * (s2 + eps * c2)) / (1.0 + eps) + 0.5 * background)
+    theta = _check_angle(angle_deg)
+    return _out(_polarized_of(theta, _components(fluence_uJ_cm2, sample, doping), sample))
 
 
 def dfb_threshold_te_tm_uJ_cm2(sample: Sample, doping=None) -> tuple[float, float]:

@@ -25,6 +25,10 @@ are checked against ``PHYSICAL_RANGES`` by the caller). The forward models:
   root finding, ``twin.grating``) depends only on the device's own dfb table, which is not varied
   here; the threshold <N> that scales the lasing line is found by root finding on the numbers and
   then taken through one Newton step in torch, whose derivative is the implicit-function one.
+* ``expected_dfb_counts`` (``twin.instrument``): the spectrometer's integrated counts of a DFB read (the
+  spectrum through the analyser, ``twin.dfb.dfb_analysed_spectrum``, summed over the pixels) with the variance
+  of the noise model; a parameter may hold one value per read (alpha0 x each read's undamaged fraction), whose
+  thresholds are roots found per element.
 
 Which parameters reach the differentiable forward: ``DIFFERENTIABLE_PARAMETERS`` (the film,
 Auger and yield parameters of a sample; the spectra, the DFB and damage tables are not

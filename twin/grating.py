@@ -75,6 +75,8 @@ from scipy import optimize
 
 from core.errors import ParameterError
 
+from ._xp import namespace
+
 __all__ = [
     "DFB_PARAMETER_RANGES",
     "DFB_SHARED_VALUES",
@@ -673,7 +675,8 @@ class DfbCavity:
     def linewidth_nm(self, total_loss_per_cm):
         """Cold-cavity FWHM (nm) for a total modal loss in 1/cm: lambda^2 alpha / (2 pi n_g)."""
         lam_cm = self.wavelength_nm * 1e-7
-        return np.asarray(total_loss_per_cm) * lam_cm * lam_cm / (2.0 * math.pi * self.group_index) * 1e7
+        loss = namespace(total_loss_per_cm).asarray(total_loss_per_cm)  # numpy, or torch (differentiable)
+        return loss * lam_cm * lam_cm / (2.0 * math.pi * self.group_index) * 1e7
 
 
 @functools.lru_cache(maxsize=256)

@@ -26,6 +26,8 @@ from .spectra import SPECTROMETER_AXIS_NM, energy_bin_widths_meV, pl_spectrum
 __all__ = [
     "SpectrumAcquisition",
     "acquire_stripe_spectrum",
+    "dfb_pixel_intensities",
+    "expected_dfb_counts",
     "expected_stripe_counts",
     "pulses_in",
     "stripe_pixel_intensities",
@@ -229,4 +231,73 @@ def expected_stripe_counts(
     signal = xp.maximum(tot_mean, 0.0) * noise.counts_per_unit_s * exp_s
     n_pix = lam.size
     var = signal + n_pix * noise.dark_counts_per_s * exp_s + n_pix * noise.read_noise_counts**2 + (rel * signal) ** 2
+    return signal, var
+
+
+def dfb_pixel_intensities(lam, fluence_uJ_cm2, analyser_angle_deg, sample: Sample, noise: NoiseParams, doping=None):
+    """What the spectrometer collects from a DFB device per pixel of the axis ``lam`` (nm), in the detector's
+    intensity units (its counts per second are this x ``counts_per_unit_s``): the emission spectrum normal to
+    the device (``twin.dfb.dfb_spectrum``, per nm) at the pixel centres x the pixel's width (nm, ``np.gradient``
+    of the axis), through the analyser at ``analyser_angle_deg`` (the spectrum scaled by ``dfb_polarized_output /
+    dfb_output``: ``twin.dfb.dfb_analysed_spectrum``), with the DFB's collection efficiency
+    (``dfb_counts_per_unit_s``).
+
+    The pump spot on a DFB is uniform and there is no pulse-jitter average: the delivered fluence
+    (uJ/cm^2, > 0) acts as one. Shape ``broadcast(fluence, doping).shape + (pixels,)``; numpy, or torch
+    (differentiable in the sample's film and yield parameters) for torch inputs or tensor parameters.
+    """
+    from .dfb import dfb_analysed_spectrum
+
+    lam = np.asarray(lam, dtype=float)
+    per_nm = dfb_analysed_spectrum(lam, analyser_angle_deg, fluence_uJ_cm2, sample, doping)
+    step_nm = np.gradient(lam)
+    to_units = noise.dfb_counts_per_unit_s / noise.counts_per_unit_s
+    return per_nm * namespace(per_nm).asarray(step_nm) * to_units
+
+
+def expected_dfb_counts(
+    fluence_uJ_cm2,
+    analyser_angle_deg,
+    doping,
+    exposure_s,
+    sample: Sample,
+    noise: NoiseParams,
+    wavelength_nm: np.ndarray = SPECTROMETER_AXIS_NM,
+):
+    """Mean and variance of the spectrometer's integrated counts of a DFB acquisition (counts, counts^2).
+
+    The measurement model of the twin bench's DFB read (``dfb_pixel_intensities`` x ``counts_per_unit_s`` x
+    exposure (s), summed over the axis) for a delivered fluence (the pump's readback, uJ/cm^2, > 0), an
+    analyser angle (deg) and the device's doping (electrons/dot). The variance holds the shot noise of signal
+    and dark counts, the read noise of every pixel and the pump's drift during the exposure (the readback is
+    one moment of it: a relative fluence error drift_rms x 2 pi x exposure / shortest drift period, carried
+    through the local slope d ln(counts)/d ln(fluence), a central difference on the numbers; the variance is
+    not differentiated). Inputs broadcast (one entry per acquisition); numpy or torch.
+    """
+    from ._xp import to_numpy
+
+    xp = namespace(fluence_uJ_cm2, analyser_angle_deg, doping, exposure_s)
+    lam = np.asarray(wavelength_nm, dtype=float)
+    f, angle, dop, exp_s = xp.broadcast_arrays(fluence_uJ_cm2, analyser_angle_deg, doping, exposure_s)
+    angle_deg = to_numpy(angle)
+
+    def integrated(fluence, s):
+        per_pixel = dfb_pixel_intensities(lam, fluence, angle_deg, s, noise, dop)
+        return xp.maximum(per_pixel, 0.0).sum(-1)
+
+    total = integrated(f, sample)
+    signal = total * noise.counts_per_unit_s * exp_s
+    n_pix = lam.size
+    var = signal + n_pix * noise.dark_counts_per_s * exp_s + n_pix * noise.read_noise_counts**2
+    if noise.drift_rms > 0:
+        from .dfb import _numeric_sample
+
+        numeric = _numeric_sample(sample)
+        f_np, dop_np, tot_np = to_numpy(f), to_numpy(dop), to_numpy(total)
+        h = 1e-4
+        hi = to_numpy(dfb_pixel_intensities(lam, f_np * (1.0 + h), angle_deg, numeric, noise, dop_np)).clip(0).sum(-1)
+        lo = to_numpy(dfb_pixel_intensities(lam, f_np * (1.0 - h), angle_deg, numeric, noise, dop_np)).clip(0).sum(-1)
+        slope = (hi - lo) / (2.0 * h * np.maximum(tot_np, 1e-300))
+        fluence_rel = noise.drift_rms * 2.0 * np.pi * to_numpy(exp_s) / noise.drift_period_min_s
+        var = var + (xp.asarray(slope * fluence_rel) * signal) ** 2
     return signal, var

@@ -6,7 +6,10 @@
   readback (uJ/cm^2) for fluence scans, versus the stripe length (um) for VSL scans, with the
   calibrated twin's and the presets' curves at the same acquisitions, and the normalised residuals
   (measured - calibrated) / sd below; for a pump-probe run, d(alpha)/alpha0 versus delay (ps) per
-  delay scan's pump <N> and versus <N> for the threshold series, measured and twin, and the residuals;
+  delay scan's pump <N> and versus <N> for the threshold series, measured and twin, and the residuals; for a
+  DFB lasing run, integrated counts/s versus the pump's fluence readback (uJ/cm^2), measured, calibrated and
+  presets, with the device's lasing threshold of the calibrated twin and of the presets (``twin.dfb``) marked
+  and listed under the runs' table;
 * ``correlation.png`` -- the correlation matrix of the fitted parameters;
 * a table of the parameters (preset, estimate +- standard error, unit, the data's own constraint)
   and the fit quality, and the identifiability notes.
@@ -20,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from gainloop.report.figures import save_figure
-from twin.calibration import TaRun
+from twin.calibration import LasingRun, TaRun
 
-__all__ = ["write_calibration_report"]
+__all__ = ["lasing_thresholds", "write_calibration_report"]
 
 
 def _draw_ta_run(run, calibrated, preset, residuals):
@@ -85,6 +88,51 @@ def _draw_run(run, measured, calibrated, preset, residuals):
     return draw
 
 
+def _device(presets, run: LasingRun):
+    sample = presets.get(run.sample)
+    if run.grating_period_nm is not None and sample.dfb is not None:
+        dfb = sample.dfb.model_copy(update={"grating_period_nm": run.grating_period_nm})
+        sample = sample.model_copy(update={"dfb": dfb})
+    return sample
+
+
+def lasing_thresholds(result, run: LasingRun) -> tuple[float, float]:
+    """The device's lasing threshold (uJ/cm^2; ``twin.dfb.dfb_threshold_uJ_cm2`` at the run's doping, undamaged)
+    of the calibrated twin and of the presets the fit started from (the calibrated ones with every fitted
+    parameter back at its preset value)."""
+    from twin.dfb import dfb_threshold_uJ_cm2
+    from twin.presets import with_parameters
+
+    before = with_parameters(result.presets, {e.name: e.preset for e in result.estimates})
+    return tuple(float(dfb_threshold_uJ_cm2(_device(p, run), run.doping)) for p in (result.presets, before))
+
+
+def _draw_lasing_run(run, calibrated, preset, residuals, thresholds):
+    x = run.fluence_uJ_cm2
+    order = np.argsort(x)
+    f_cal, f_pre = thresholds
+
+    def draw(fig):
+        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+        rate = 1.0 / run.exposure_s
+        top.loglog(x, run.counts * rate, "o", ms=4, label="measured")
+        top.loglog(x[order], (calibrated * rate)[order], "-", label="calibrated twin")
+        if preset is not None:
+            top.loglog(x[order], (preset * rate)[order], "--", color="0.5", label="presets")
+        top.axvline(f_cal, color="C1", lw=0.8, ls=":", label=f"threshold, calibrated {f_cal:.4g} uJ/cm^2")
+        top.axvline(f_pre, color="0.5", lw=0.8, ls=":", label=f"threshold, presets {f_pre:.4g} uJ/cm^2")
+        top.set_ylabel("integrated counts/s")
+        angle = ", ".join(f"{a:g}" for a in np.unique(run.analyser_angle_deg))
+        top.set_title(f"{run.plan} {run.uid[:8]}  (DFB, doping {run.doping:g} e/dot, analyser {angle} deg)")
+        top.legend(fontsize=7)
+        bottom.semilogx(x, residuals, "o", ms=3)
+        bottom.axhline(0.0, color="0.5", lw=0.8)
+        bottom.set_ylabel("residual / sd")
+        bottom.set_xlabel("pump fluence (uJ/cm^2)")
+
+    return draw
+
+
 def _draw_correlation(names, corr):
     def draw(fig):
         ax = fig.subplots()
@@ -105,11 +153,22 @@ def write_calibration_report(result, runs, out_dir: Path, *, title: str = "") ->
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = []
+    lasing_notes = []
     for i, run in enumerate(runs):
         name = f"run_{i:02d}.png"
         args = (result.predicted[run.uid], result.predicted_preset.get(run.uid), result.residuals[run.uid])
-        is_ta = isinstance(run, TaRun)
-        save_figure(_draw_ta_run(run, *args) if is_ta else _draw_run(run, run.counts, *args), out / name)
+        if isinstance(run, TaRun):
+            draw = _draw_ta_run(run, *args)
+        elif isinstance(run, LasingRun):
+            thresholds = lasing_thresholds(result, run)
+            draw = _draw_lasing_run(run, *args, thresholds)
+            lasing_notes.append(
+                f"<li>{html.escape(run.uid[:8])}: DFB lasing threshold of the twin {thresholds[0]:.4g} uJ/cm^2 "
+                f"(presets: {thresholds[1]:.4g} uJ/cm^2)</li>"
+            )
+        else:
+            draw = _draw_run(run, run.counts, *args)
+        save_figure(draw, out / name)
         figures.append(name)
     names = [e.name for e in result.estimates]
     if names:
@@ -142,6 +201,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px}} img{{max-width:640px;margin:4px}}
 {'<img src="correlation.png" alt="correlation">' if names else "<p>no parameters</p>"}
 <h2>Runs: measured versus the calibrated twin</h2>
 <table><tr><th>run</th><th>plan</th><th>acquisitions</th><th>rms residual / sd</th></tr>{runs_rows}</table>
+{f"<ul>{''.join(lasing_notes)}</ul>" if lasing_notes else ""}
 {imgs}
 </body></html>
 """
