@@ -133,7 +133,9 @@ def test_the_page_follows_a_queueserver_twin_campaign_keeps_the_key_and_pauses_r
             assert browser.eval("document.getElementById('btn-pause').hidden") is True
             # paused (at the RunEngine's next checkpoint, possibly inside a fluence scan): nothing more is
             # measured; the page shows the trials the catalog holds finished
-            paused_at = _settled_finished_in_catalog(server, uid, tmp_path)
+            # (a loaded machine's drain can stall a few seconds with trials still in the worker's spool: a full run saw
+            # 4 more trials arrive after 3 quiet seconds)
+            paused_at = _settled_finished_in_catalog(server, uid, tmp_path, quiet_s=8.0)
             browser.wait(f"{FINISHED_JS} === {paused_at}", 30)
             time.sleep(2.0)
             assert manager.api.status()["manager_state"] == "paused"
