@@ -43,6 +43,8 @@ DEPENDANT_CACHE_ENV = "GAINLOOP_TILED_DEPENDANT_CACHE"
 
 #: Wall seconds the server may take to answer ``/healthz`` after it starts listening.
 STARTUP_TIMEOUT_S = 20.0
+#: Seconds the server gives requests still running when it is closed (uvicorn waits for ever without it).
+SHUTDOWN_GRACE_S = 5
 
 
 def init_catalog_database(uri: str) -> bool:
@@ -93,6 +95,24 @@ def init_catalog_database(uri: str) -> bool:
     if "error" in outcome:
         raise outcome["error"]
     return bool(outcome["new"])
+
+
+def write_ahead_log(path: Path) -> None:
+    """Put the SQLite catalog database ``path`` in write-ahead-log mode (kept in the file).
+
+    tiled's ``initialize_database`` asks for it, but inside a transaction, where SQLite leaves the mode
+    as it is: the catalog stayed in rollback-journal mode, in which a long read (a calibration reading
+    its runs) blocks the drain's writes and the server answered "database is locked". In WAL mode readers
+    and the one writer do not block each other."""
+    import sqlite3
+
+    connection = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    try:
+        mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    finally:
+        connection.close()
+    if str(mode).lower() != "wal":
+        raise GainloopError(f"the catalog database {path} cannot use write-ahead logging (journal mode {mode})")
 
 
 def cache_request_dependants() -> None:
@@ -182,6 +202,7 @@ class EmbeddedTiledServer:
                     f"`tiled catalog upgrade-database {catalog_db}`"
                 ) from None
             raise GainloopError(f"cannot open the catalog database {catalog_db}: {exc}") from exc
+        write_ahead_log(catalog_db)
         self.api_key = PROCESS_API_KEY
 
         log_config = copy.deepcopy(LOGGING_CONFIG)  # to files in the folder, not the terminal
@@ -204,7 +225,15 @@ class EmbeddedTiledServer:
         self._storage = get_storage(storage_uri)
         cache_request_dependants()
         app = build_app(self.catalog, authentication=Authentication(single_user_api_key=self.api_key))
-        server = ThreadedServer(uvicorn.Config(app, host="127.0.0.1", port=0, loop="asyncio", log_config=log_config))
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            loop="asyncio",
+            log_config=log_config,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        )
+        server = ThreadedServer(config)
         self._running = server.run_in_thread()
         base_url = self._running.__enter__()
         try:
@@ -238,9 +267,11 @@ class EmbeddedTiledServer:
                 time.sleep(0.05)
 
     def close(self) -> None:
-        """Stop the server and release the table storage's connections."""
-        self._storage.dispose()
+        """Stop the server (requests still running get ``SHUTDOWN_GRACE_S``), then release the table
+        storage's connections: disposing them first failed the requests in flight (DuckDB: "no active
+        transaction") and one left hanging kept the server, and the process, from ever ending."""
         self._running.__exit__(None, None, None)
+        self._storage.dispose()
 
     def __enter__(self) -> EmbeddedTiledServer:
         return self

@@ -52,6 +52,30 @@ def test_a_short_array_reading_comes_back_as_the_same_numbers(catalog):
     assert np.array_equal(got, np.stack([values, values]))
 
 
+def test_the_embedded_catalog_database_is_in_write_ahead_log_mode(tmp_path):
+    """Readers and the drain's writes do not block each other (in rollback-journal mode a long read made the
+    server answer "database is locked" to the drain), and a catalog made before is switched on opening."""
+    import sqlite3
+    from pathlib import Path
+
+    def mode(path) -> str:
+        connection = sqlite3.connect(path)
+        try:
+            return connection.execute("PRAGMA journal_mode").fetchone()[0]
+        finally:
+            connection.close()
+
+    with Catalog(data_dir_path=tmp_path) as cat:
+        db = Path(cat.location) / "catalog.db"
+        assert mode(db) == "wal"
+    connection = sqlite3.connect(db, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=DELETE")  # as tiled's initialisation left it
+    connection.close()
+    assert mode(db) == "delete"
+    with Catalog(data_dir_path=tmp_path):
+        assert mode(db) == "wal"
+
+
 def test_the_embedded_servers_logs_never_hold_its_api_key(tmp_path):
     """The embedded server's access log records every request, whose URL carries ``api_key=``: the key
     itself is never written to the folder's logs."""
