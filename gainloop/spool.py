@@ -607,7 +607,7 @@ class Spool:
         for folder in self.folders:
             if folder.is_dir():
                 out += [p for p in folder.glob("*.jsonl") if p.stem not in self._own]
-        return sorted(out, key=lambda p: (p.stat().st_mtime if p.exists() else 0.0, p.name))
+        return sorted(out, key=lambda p: (_mtime(p), p.name))
 
     def drain_others(self) -> list[DrainResult]:
         """Drain every spool file no live process holds (this thread or a reader); their results."""
@@ -739,6 +739,14 @@ class Spool:
                 self._client.context.close()
         self._client = None
         return [r.uid for r in left]
+
+
+def _mtime(path: Path) -> float:
+    """The file's modification time, 0 once it is gone (another process or the drain removed it meanwhile)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _tiled_writer(client, **kwargs):
