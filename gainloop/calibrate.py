@@ -114,13 +114,25 @@ def _preset_of(start: dict, presets, sample: str) -> str:
 _WHOLE_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+def _doses(presets, preset: str, fluence, exposure, shutter, dose_before: float) -> tuple[np.ndarray, float]:
+    """The sample's photo-damage dose before each read of a run (the pump's pulses of the reads before it,
+    from ``dose_before``) and after the run: fluence in uJ/cm^2, exposure in s, shutter 1 open / 0 closed."""
+    from twin.damage import damage_per_pulse
+
+    pulses = exposure * presets.setup.pump_repetition_rate_kHz * 1e3
+    delivered = np.where((shutter > 0) & np.isfinite(fluence) & (fluence > 0), fluence, 0.0)
+    pulses = np.where(np.isfinite(pulses), pulses, 0.0)
+    increments = pulses * damage_per_pulse(delivered, presets.get(preset).damage)
+    dose = dose_before + np.concatenate([[0.0], np.cumsum(increments)[:-1]])
+    return dose, float(dose_before + np.sum(increments))
+
+
 def stripe_run(run, presets, sample: str, dose_before: float = 0.0):
     """The usable acquisitions of one stored stripe run as a ``StripeRun`` (None if it has none), and the
     film's photo-damage dose after it (``twin.damage``: every pulse of every read, saturated ones included,
     from ``dose_before``, the dose of the film's earlier runs)."""
     from gainloop.replay import stream_columns
     from twin.calibration import StripeRun
-    from twin.damage import damage_per_pulse
 
     start = run.start
     try:
@@ -138,12 +150,7 @@ def stripe_run(run, presets, sample: str, dose_before: float = 0.0):
     saturated = np.asarray(cols["spectrometer_saturated"]).astype(bool)
     shutter = np.asarray(cols.get("pump_shutter", np.ones_like(fluence)), dtype=float)
     preset = _preset_of(start, presets, sample)
-    pulses = exposure * presets.setup.pump_repetition_rate_kHz * 1e3
-    delivered = np.where((shutter > 0) & np.isfinite(fluence) & (fluence > 0), fluence, 0.0)
-    pulses = np.where(np.isfinite(pulses), pulses, 0.0)
-    increments = pulses * damage_per_pulse(delivered, presets.get(preset).damage)
-    dose = dose_before + np.concatenate([[0.0], np.cumsum(increments)[:-1]])
-    dose_after = float(dose_before + np.sum(increments))
+    dose, dose_after = _doses(presets, preset, fluence, exposure, shutter, dose_before)
     ok = ~saturated & np.isfinite(fluence) & np.isfinite(length) & np.isfinite(exposure) & np.isfinite(counts)
     ok &= (fluence > 0) & (length > 0) & (exposure > 0)
     if not np.any(ok):
@@ -182,7 +189,6 @@ def lasing_run(run, presets, sample: str, dose_before: float = 0.0):
     a column the model needs, or a preset sample without a dfb table."""
     from gainloop.replay import stream_columns
     from twin.calibration import LasingRun
-    from twin.damage import damage_per_pulse
 
     start = run.start
     uid = str(start.get("uid"))
@@ -209,12 +215,7 @@ def lasing_run(run, presets, sample: str, dose_before: float = 0.0):
     saturated = np.asarray(cols["spectrometer_saturated"]).astype(bool)
     angle = np.asarray(cols["polarizer_angle"], dtype=float)
     shutter = np.asarray(cols.get("pump_shutter", np.ones_like(fluence)), dtype=float)
-    pulses = exposure * presets.setup.pump_repetition_rate_kHz * 1e3
-    delivered = np.where((shutter > 0) & np.isfinite(fluence) & (fluence > 0), fluence, 0.0)
-    pulses = np.where(np.isfinite(pulses), pulses, 0.0)
-    increments = pulses * damage_per_pulse(delivered, presets.get(preset).damage)
-    dose = dose_before + np.concatenate([[0.0], np.cumsum(increments)[:-1]])
-    dose_after = float(dose_before + np.sum(increments))
+    dose, dose_after = _doses(presets, preset, fluence, exposure, shutter, dose_before)
     ok = ~saturated & np.isfinite(fluence) & np.isfinite(exposure) & np.isfinite(counts) & np.isfinite(angle)
     ok &= (fluence > 0) & (exposure > 0) & (shutter > 0)
     if not np.any(ok):

@@ -419,9 +419,7 @@ class _Data:
         return sub
 
     def per_run(self, values: np.ndarray) -> dict[str, np.ndarray]:
-        if not self.runs:
-            return {}
-        return {r.uid: part for r, part in zip(self.runs, np.split(values, self.splits), strict=True)}
+        return _per_run(self.runs, self.splits, values)
 
 
 def _point_model(presets: PresetFile, sample_id: str, names: list[str], *, exact: bool = True):
@@ -528,41 +526,18 @@ class _TaData:
         """d(model)/du, shape (readings, k), for the parameters the trace depends on (zero columns for the rest):
         forward-mode autograd, one pass per parameter; ``exact`` False: forward differences in u (step 1e-6; five
         times cheaper, for the fit's iterations and the identifiability analysis, not for the errors)."""
-        import torch
-        import torch.autograd.forward_ad as fwd
-
-        from ._xp import make_dual
-
-        if not names or not self.runs:
-            return np.zeros((self.size, len(names)))
-        cols = []
-        u = torch.as_tensor(u, dtype=torch.float64).detach()
-        if not exact:
-            with torch.no_grad():
-                at = self.model(presets, sample_id, names, u).numpy()
-        for i, name in enumerate(names):
-            if not name.split(".", 1)[1].startswith(_TA_PARAMETER_PREFIXES):  # the trace does not depend on it
-                cols.append(np.zeros(self.size))
-                continue
-            if not exact:
-                step = torch.zeros_like(u)
-                step[i] = 1e-6
-                with torch.no_grad():
-                    cols.append((self.model(presets, sample_id, names, u + step).numpy() - at) / 1e-6)
-                continue
-            tangent = torch.zeros_like(u)
-            tangent[i] = 1.0
-            # dual numbers (not torch.func): the model reads its inputs' values to choose the states it keeps
-            with fwd.dual_level():
-                out = self.model(presets, sample_id, names, make_dual(u, tangent))
-                col = fwd.unpack_dual(out).tangent
-            cols.append(np.zeros(self.size) if col is None else col.detach().numpy())
-        return np.stack(cols, axis=1)
+        return _forward_jacobian(
+            lambda v: self.model(presets, sample_id, names, v),
+            u,
+            names,
+            self.size,
+            _TA_PARAMETER_PREFIXES,
+            exact=exact,
+            active=bool(self.runs),
+        )
 
     def per_run(self, values: np.ndarray) -> dict[str, np.ndarray]:
-        if not self.runs:
-            return {}
-        return {r.uid: part for r, part in zip(self.runs, np.split(values, self.splits), strict=True)}
+        return _per_run(self.runs, self.splits, values)
 
 
 #: The parameters (``<table>.<key>`` prefixes) a DFB's output depends on: the film's gain and losses and the yield
@@ -639,40 +614,61 @@ class _LasingData:
         rest): forward-mode autograd, one pass per parameter (the threshold's root is found on the numbers, so
         reverse-mode ``torch.func`` transforms cannot run it); ``exact`` False: forward differences in u (step
         1e-6), for the fit's iterations and the identifiability analysis."""
-        import torch
-        import torch.autograd.forward_ad as fwd
-
-        from ._xp import make_dual
-
-        if not names or not self.runs:
-            return np.zeros((self.size, len(names)))
-        u = torch.as_tensor(u, dtype=torch.float64).detach()
-        cols = []
-        if not exact:
-            with torch.no_grad():
-                at = self.model(presets, sample_id, names, u)[0].numpy()
-        for i, name in enumerate(names):
-            if not name.split(".", 1)[1].startswith(_LASING_PARAMETER_PREFIXES):
-                cols.append(np.zeros(self.size))
-                continue
-            if not exact:
-                step = torch.zeros_like(u)
-                step[i] = 1e-6
-                with torch.no_grad():
-                    cols.append((self.model(presets, sample_id, names, u + step)[0].numpy() - at) / 1e-6)
-                continue
-            tangent = torch.zeros_like(u)
-            tangent[i] = 1.0
-            with fwd.dual_level():
-                out = self.model(presets, sample_id, names, make_dual(u, tangent))[0]
-                col = fwd.unpack_dual(out).tangent
-            cols.append(np.zeros(self.size) if col is None else col.detach().numpy())
-        return np.stack(cols, axis=1)
+        return _forward_jacobian(
+            lambda v: self.model(presets, sample_id, names, v)[0],
+            u,
+            names,
+            self.size,
+            _LASING_PARAMETER_PREFIXES,
+            exact=exact,
+            active=bool(self.runs),
+        )
 
     def per_run(self, values: np.ndarray) -> dict[str, np.ndarray]:
-        if not self.runs:
-            return {}
-        return {r.uid: part for r, part in zip(self.runs, np.split(values, self.splits), strict=True)}
+        return _per_run(self.runs, self.splits, values)
+
+
+def _per_run(runs: list, splits, values: np.ndarray) -> dict[str, np.ndarray]:
+    """``values`` (one per reading, the runs' readings one after the other) split by run uid."""
+    if not runs:
+        return {}
+    return {r.uid: part for r, part in zip(runs, np.split(values, splits), strict=True)}
+
+
+def _forward_jacobian(model, u, names: list[str], size: int, prefixes: tuple[str, ...], *, exact: bool, active: bool):
+    """d model(u) / d u (``size`` x ``len(names)``), one column per parameter: zero where the parameter's key
+    does not start with one of ``prefixes`` (the model does not depend on it); ``exact`` True: forward-mode
+    autograd, one pass per column (dual numbers, not ``torch.func``: the model reads its inputs' values to
+    choose the states it keeps); False: forward differences in u (step 1e-6), for the fit's iterations and
+    the identifiability analysis. ``active`` False (no runs): all zero."""
+    import torch
+    import torch.autograd.forward_ad as fwd
+
+    from ._xp import make_dual
+
+    if not names or not active:
+        return np.zeros((size, len(names)))
+    u = torch.as_tensor(u, dtype=torch.float64).detach()
+    if not exact:
+        with torch.no_grad():
+            at = model(u).numpy()
+    cols = []
+    for i, name in enumerate(names):
+        if not name.split(".", 1)[1].startswith(prefixes):
+            cols.append(np.zeros(size))
+            continue
+        if not exact:
+            step = torch.zeros_like(u)
+            step[i] = 1e-6
+            with torch.no_grad():
+                cols.append((model(u + step).numpy() - at) / 1e-6)
+            continue
+        tangent = torch.zeros_like(u)
+        tangent[i] = 1.0
+        with fwd.dual_level():
+            col = fwd.unpack_dual(model(make_dual(u, tangent))).tangent
+        cols.append(np.zeros(size) if col is None else col.detach().numpy())
+    return np.stack(cols, axis=1)
 
 
 def _split_runs(runs: list) -> tuple[list[StripeRun], list[TaRun], list[LasingRun]]:
