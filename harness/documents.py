@@ -1,7 +1,8 @@
 """Bluesky documents in tests: a RunEngine's documents as emitted, one stream's events and columns.
 
 ``collect(RE)`` subscribes for the rest of the test; ``run_and_collect(RE, plan)`` runs one plan and
-returns its documents only. ``events(docs)`` and ``one(docs, name)`` pick documents out of either.
+returns its documents only. ``events(docs)`` and ``one(docs, name)`` pick documents out of either;
+``by_run(docs)`` groups documents of several runs by their run's uid.
 """
 
 from __future__ import annotations
@@ -44,3 +45,20 @@ def stream_events(docs, name: str) -> list[dict]:
 def event_columns(events) -> dict[str, np.ndarray]:
     """The stream's columns rebuilt from its event documents (what a replay has)."""
     return {key: np.asarray([ev["data"][key] for ev in events]) for key in events[0]["data"]}
+
+
+def by_run(docs: list[tuple[str, dict]]) -> dict[str, list[tuple[str, dict]]]:
+    """Documents of one or more runs grouped by run uid, each run's in their order."""
+    runs: dict[str, list[tuple[str, dict]]] = {}
+    run_of_descriptor: dict[str, str] = {}
+    for name, doc in docs:
+        if name == "start":
+            run = doc["uid"]
+        elif name == "descriptor":
+            run = run_of_descriptor[doc["uid"]] = doc["run_start"]
+        elif name == "stop":
+            run = doc["run_start"]
+        else:
+            run = run_of_descriptor[doc["descriptor"]]
+        runs.setdefault(run, []).append((name, doc))
+    return runs

@@ -42,11 +42,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.documents import by_run
 from harness.faults import FaultEnv
 from harness.faults._env import clean_env
 from harness.faults.catalog import compare_run
 
-__all__ = ["LoadFigures", "expected_runs", "read_back", "runs_of", "scenario_sweep_writers"]
+__all__ = ["LoadFigures", "expected_runs", "read_back", "scenario_sweep_writers"]
 
 REPO = Path(__file__).resolve().parents[1]
 WAVEFORM_POINTS = 32  # above TiledWriter's MAX_ARRAY_SIZE (16): an array node, as the twin's spectra
@@ -194,23 +195,6 @@ def expected_runs(tag: str, seed: int, writer: int, n_runs: int, n_events: int) 
         ("stop", record.compose_stop(exit_status="success", time=t0 + (n_runs + 1) * 10.0, uid=_uid(tag, "rs", writer)))
     )
     return out
-
-
-def runs_of(docs: list[tuple[str, dict]]) -> dict[str, list[tuple[str, dict]]]:
-    """Documents grouped by run uid, in their order."""
-    runs: dict[str, list[tuple[str, dict]]] = {}
-    of_descriptor: dict[str, str] = {}
-    for name, doc in docs:
-        if name == "start":
-            uid = doc["uid"]
-        elif name == "descriptor":
-            uid = of_descriptor[doc["uid"]] = doc["run_start"]
-        elif name == "stop":
-            uid = doc["run_start"]
-        else:
-            uid = of_descriptor[doc["descriptor"]]
-        runs.setdefault(uid, []).append((name, doc))
-    return runs
 
 
 # ------------------------------------------------------------------ the writer process
@@ -422,7 +406,7 @@ def scenario_sweep_writers(
     write_s = (max(settled) - t_go) if settled else float("nan")
     expected: dict[str, list[tuple[str, dict]]] = {}
     for w in range(n_writers):
-        expected.update(runs_of(expected_runs(tag, seed, w, runs_per_writer, n_events)))
+        expected.update(by_run(expected_runs(tag, seed, w, runs_per_writer, n_events)))
     t1 = time.monotonic()
     with Catalog(server.url, data_dir_path=workdir / "reader", api_key=server.api_key) as cat:
         stored, lost, doubled, unexpected, problems = read_back(cat, tag, expected)

@@ -13,8 +13,9 @@ import pyarrow
 import pytest
 
 from gainloop.catalog import Catalog
+from harness.documents import by_run
 from harness.faults import FaultEnv, ServiceMissing
-from harness.sweep_load import expected_runs, read_back, runs_of, scenario_sweep_writers
+from harness.sweep_load import expected_runs, read_back, scenario_sweep_writers
 
 pytestmark = pytest.mark.slow(seconds=45)
 
@@ -68,7 +69,7 @@ def test_the_reader_sees_a_doubled_row_and_a_missing_run(figures, env, tmp_path)
         (tag,) = {run.metadata["start"]["load_tag"] for run in found.values()}
         expected = {}
         for w in range(WRITERS):
-            expected.update(runs_of(expected_runs(tag, 17, w, RUNS_EACH, EVENTS)))
+            expected.update(by_run(expected_runs(tag, 17, w, RUNS_EACH, EVENTS)))
         first, second = sorted(found)[:2]
         table = found[first]["primary"].base["internal"]
         table.append_partition(0, pyarrow.Table.from_pandas(table.read().head(1), preserve_index=False))

@@ -33,6 +33,8 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+from harness.documents import by_run
+
 from . import FaultEnv, FaultFigures
 from ._env import clean_env
 
@@ -67,22 +69,6 @@ def _same(a, b) -> bool:
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
-
-
-def _by_run(docs: list[tuple[str, dict]]) -> dict[str, list[tuple[str, dict]]]:
-    runs: dict[str, list[tuple[str, dict]]] = {}
-    run_of_descriptor: dict[str, str] = {}
-    for name, doc in docs:
-        if name == "start":
-            run = doc["uid"]
-        elif name == "descriptor":
-            run = run_of_descriptor[doc["uid"]] = doc["run_start"]
-        elif name == "stop":
-            run = doc["run_start"]
-        else:
-            run = run_of_descriptor[doc["descriptor"]]
-        runs.setdefault(run, []).append((name, doc))
-    return runs
 
 
 def _comparable(name: str, doc: dict) -> tuple[tuple, dict]:
@@ -148,7 +134,7 @@ def stored_documents(catalog, uids) -> dict[str, list[tuple[str, dict]] | None]:
 def compare_catalog(stored: dict, emitted: list[tuple[str, dict]]) -> tuple[int, list[str]]:
     """Every emitted document against the stored runs (``stored_documents``): (lost, what differs)."""
     lost, diffs = 0, []
-    for uid, docs in _by_run(emitted).items():
+    for uid, docs in by_run(emitted).items():
         if stored.get(uid) is None:
             lost += len(docs)
             diffs.append(f"run {uid} not in the catalog")
@@ -269,7 +255,7 @@ def scenario_tiled_down_mid_run(
         raise RuntimeError(f"the campaign worker exited {proc.returncode}: {worker_err[-3000:]}")
     summary = json.loads(summary_file.read_text())
     emitted = _read_jsonl(emitted_file)
-    runs = _by_run(emitted)
+    runs = by_run(emitted)
     campaign_uid = summary["campaign_uid"]
     checks: dict[str, bool] = {}
 
@@ -436,7 +422,7 @@ def scenario_duplicate_ingestion(workdir: Path, env: FaultEnv, *, trials: int = 
                 cfg = CampaignConfig(strategy="nested", seed=seed, budget_lab_h=None, max_trials=trials, twin_seed=seed)
                 summary = run_campaign(cat, cfg)
                 campaign_uid = summary["campaign_uid"]
-                runs = _by_run(emitted)
+                runs = by_run(emitted)
                 stored_docs = stored_documents(cat, runs)
                 lost, diffs = compare_catalog(stored_docs, emitted)
                 checks["stored_runs_equal_emitted"] = lost == 0 and not diffs
