@@ -222,6 +222,9 @@ def main() -> None:
     )
     print(f"end-to-end speedup of 2 workers over 1: {result['end_to_end_speedup']:.2f}x   (target: >= 1.7x)")
     print(f"same results with 1 and 2 workers: {result['same_results']}")
+    for a, b, task in zip(one["best"], two["best"], tasks, strict=True):
+        if a != b:
+            print(f"  differs: {task.strategy} seed {task.seed}: best threshold {a!r} (1 worker), {b!r} (2 workers)")
     print(
         f"\ncosts per campaign (1 worker): worker process {one['worker_cpu_s_per_campaign']:.2f} CPU s "
         f"(campaign + spool + drain), Tiled server {one['server_cpu_s_per_campaign']:.2f} CPU s "

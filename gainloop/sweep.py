@@ -16,6 +16,13 @@ twin, run by ``gainloop.campaign.run_campaign`` on a Dask worker. Where its docu
 Either way a campaign's runs reach the catalog exactly once, and everything is readable
 when the sweep returns.
 
+Each campaign is an independent replica: its twin (seed, presets) starts from the films as
+made, whatever the catalog already holds. (``gainloop campaign run --twin`` continues the
+photo-damage that stored runs left on the twin's films; a sweep's campaigns share one catalog
+and the twin's film ids, so continuing it would make a campaign's result depend on the
+catalog's history and, with several workers, on which campaign ran first.) The same sweep
+gives the same results on 1 or N workers, into any catalog.
+
 A campaign that fails (an error in the campaign, a worker that dies) is a row with
 its reason, never dropped; whatever documents it produced are stored.
 
@@ -265,6 +272,7 @@ def run_task(task: SweepTask, target: dict | None = None) -> dict:
     from bluesky import RunEngine
 
     from gainloop.campaign import CampaignConfig, run_campaign
+    from gainloop.running import open_bench
 
     started, cpu0 = time.time(), time.process_time()
     sink = _DocumentList()
@@ -279,7 +287,13 @@ def run_task(task: SweepTask, target: dict | None = None) -> dict:
         catalog = sink if target is None else worker_catalog(target)
         runs: list[str] = []
         RE.subscribe(lambda name, doc: runs.append(doc["uid"]) if name == "start" else None)
-        summary = run_campaign(catalog, CampaignConfig.from_dict(task.config), presets=task.presets, RE=RE)
+        cfg = CampaignConfig.from_dict(task.config)
+        # the bench opened here, not by run_campaign: a sweep's campaign starts from the films as made (its
+        # seed's twin), never from the photo-damage other campaigns' runs in the same catalog left on films
+        # of the same ids (restore_film_doses), which would make a result depend on the catalog's history
+        # and, with several workers, on which campaign ran first
+        with open_bench(cfg.bench_file, seed=cfg.twin_seed, presets=task.presets) as bench:
+            summary = run_campaign(catalog, cfg, presets=task.presets, RE=RE, bench=bench)
         if target is not None:
             t0 = time.perf_counter()
             catalog.settle(uids=runs)

@@ -246,3 +246,37 @@ def test_workers_that_write_into_a_catalog_run_without_dasks_statistical_profile
             while list(client.run(profiling).values()) != [[False, False]]:
                 assert time.monotonic() < deadline, client.run(profiling)
                 time.sleep(0.05)
+
+
+def _outcomes(out: dict) -> dict:
+    """What a campaign found (its summary: the best trial, lab hours, trials, failures, films measured, why it
+    stopped), without the uids its runs were given."""
+    assert out["error"] is None, out["error"]
+    return {k: v for k, v in out["summary"].items() if k not in ("campaign_uid", "trial_uids")}
+
+
+def test_a_campaign_written_into_a_catalog_does_not_depend_on_what_the_catalog_holds(tmp_path):
+    """A sweep's campaign (strategy, seed) is a replica of its own: run into a Tiled server that already
+    holds the same campaign's runs (the same twin, the same film ids, photo-damaged by those runs), it finds
+    what it finds with no catalog at all. (It once continued the films' stored doses, so the same sweep gave
+    other results on 1 and 2 workers.)"""
+    from gainloop.sweep import run_task, sweep_tasks
+    from harness.faults import FaultEnv, ServiceMissing
+
+    (task,) = sweep_tasks(["nested"], [1], overrides={"max_trials": 6})
+    alone = run_task(task, None)
+    with FaultEnv(tmp_path / "env") as env:
+        try:
+            server = env.tiled_server()
+        except ServiceMissing as exc:
+            pytest.skip(str(exc))
+        target = {"uri": server.url, "api_key": server.api_key, "data_dir": str(tmp_path / "data")}
+        first = run_task(task, target)
+        again = run_task(task, target)  # the catalog now holds the first one's runs on the same films
+        assert first["stored"] == again["stored"] == sum(1 for name, _ in alone["documents"] if name == "start")
+        with Catalog(server.url, data_dir_path=tmp_path / "reader", api_key=server.api_key) as cat:
+            for out in (first, again):
+                runs = _stored_runs(cat, out["summary"]["campaign_uid"])
+                assert len(runs) == out["stored"] and all(r.stop["exit_status"] == "success" for r in runs)
+    assert _outcomes(first) == _outcomes(alone)
+    assert _outcomes(again) == _outcomes(alone)
