@@ -67,6 +67,7 @@ __all__ = [
     "opened_catalog",
     "pick",
     "print_json",
+    "print_table",
     "process_ends_with_command",
     "reads_catalog",
     "with_error",
@@ -265,6 +266,23 @@ def opened_catalog(
             conf = load_config(config)
         with open_catalog(catalog, data_dir, api_key, conf, **options) as cat:
             yield cat
+
+
+def print_table(console, table) -> None:
+    """Print a rich table whole: into a file or a pipe (no terminal) at its natural width, never squeezed to
+    the 80 columns rich assumes there (its number columns shrank to nothing); in a terminal, to its width."""
+    from rich.measure import Measurement
+
+    if console.is_terminal:
+        console.print(table)
+        return
+    natural = Measurement.get(console, console.options.update_width(100_000), table).maximum
+    before = console.width
+    console.width = max(before, natural)
+    try:
+        console.print(table)
+    finally:
+        console.width = before
 
 
 def print_json(obj) -> None:

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gainloop.cli_common import JsonOption, opened_catalog, reads_catalog
+from gainloop.cli_common import JsonOption, opened_catalog, print_table, reads_catalog
 from gainloop.runs import DEFAULT_LIMIT, list_runs
 
 __all__ = ["runs"]
@@ -75,4 +75,4 @@ def runs(
             "-" if r.scan_id is None else str(r.scan_id),
             r.exit_status,
         )
-    console.print(table)
+    print_table(console, table)

@@ -32,6 +32,7 @@ from gainloop.cli_common import (
     opened_catalog,
     pick,
     print_json,
+    print_table,
     reads_catalog,
     with_help,
 )
@@ -89,7 +90,7 @@ def _print_table(result: dict, rows: list[dict]) -> None:
         if len(columns) > len(cells):
             cells.append(escape(r["error"] or ""))
         table.add_row(*cells)
-    _console.print(table)
+    print_table(_console, table)
     _console.print(
         f"{_n(len(rows), 'campaign')} on {_n(result['workers'], 'Dask worker')} ({result['scheduler']}) in "
         f"{result['wall_s']:.1f} s; catalog: {result['catalog']}"

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from core.errors import GainloopError
 from gainloop.cli_common import (
@@ -27,6 +28,7 @@ from gainloop.cli_common import (
     opened_catalog,
     pick,
     print_json,
+    print_table,
     reads_catalog,
 )
 
@@ -61,10 +63,8 @@ def twin_reproduce(
         )
     else:
         table = Table(title=f"Paper numbers reproduced on the twin ({basis_summary(rows)})")
-        for col in ("id", "sample", "unit", "paper", "twin", "tol", "ok", "basis"):
-            table.add_column(col, justify="right" if col in ("paper", "twin", "tol") else "left", no_wrap=col != "ok")
-        for r in rows:
-            table.add_row(
+        cells = [
+            (
                 r.id,
                 r.sample,
                 r.unit,
@@ -74,7 +74,19 @@ def twin_reproduce(
                 "[green]pass[/]" if r.ok else f"[red]FAIL[/] {r.note}",
                 "predicted" if r.predicted else "calibrated: " + ", ".join(r.basis),
             )
-        _console.print(table)
+            for r in rows
+        ]
+        # the numbers keep their width in a narrow terminal (an 80-column one squeezed them to nothing);
+        # the id and the basis fold onto more lines instead
+        for i, col in enumerate(("id", "sample", "unit", "paper", "twin", "tol", "ok", "basis")):
+            if col in ("id", "basis"):
+                table.add_column(col, overflow="fold", ratio=1)
+            else:
+                width = max(len(col), *(len(Text.from_markup(c[i]).plain) for c in cells))
+                table.add_column(col, justify="right" if col in ("paper", "twin", "tol") else "left", min_width=width)
+        for c in cells:
+            table.add_row(*c)
+        print_table(_console, table)
         n_ok = sum(r.ok for r in rows)
         _console.print(f"{n_ok} of {len(rows)} numbers reproduced within tolerance; {basis_summary(rows)}")
     if not all(r.ok for r in rows):
@@ -104,7 +116,7 @@ def twin_predict(
     table.add_column("value", justify="right")
     for k, v in result.items():
         table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
-    _console.print(table)
+    print_table(_console, table)
 
 
 @twin_app.command("optimum")
@@ -218,7 +230,7 @@ def twin_calibrate(
         table.add_column(col, justify="left" if col in ("parameter", "unit") else "right")
     for e in result.estimates:
         table.add_row(e.name, f"{e.preset:.5g}", f"{e.value:.5g} +- {e.error:.2g}", e.unit)
-    _console.print(table)
+    print_table(_console, table)
     k = len(result.estimates)
     if k > 1:
         corr = Table(title="correlation")
@@ -227,7 +239,7 @@ def twin_calibrate(
             corr.add_column(e.name.split(".")[-1], justify="right")
         for i, e in enumerate(result.estimates):
             corr.add_row(e.name.split(".")[-1], *(f"{result.correlation[i, j]:+.2f}" for j in range(k)))
-        _console.print(corr)
+        print_table(_console, corr)
     for f in result.flags:
         _console.print(f"note: {f}", highlight=False)
     for s in selected.skipped:

@@ -33,9 +33,15 @@ def test_reproduce_json_lists_every_row_with_its_keys(reproduce_json):
         assert basis == "predicted" or (isinstance(basis, list) and basis and all(isinstance(b, str) for b in basis))
 
 
-def test_reproduce_table_is_readable():
-    proc = run("twin", "reproduce")
+def test_reproduce_table_is_readable(reproduce_json):
+    proc = run("twin", "reproduce")  # stdout a pipe: rich would squeeze the table into 80 columns
     assert "ase_threshold_cas_doped" in proc.stdout
+    lines = {line.split("│")[1].strip(): line for line in proc.stdout.splitlines() if line.count("│") > 2}
+    for row in reproduce_json:  # each row whole on one line, with its numbers and its basis
+        line = lines[row["id"]]
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        assert cells[3:7] == [f"{row['paper']:g}", f"{row['twin']:.4g}", f"{row['tol']:g}", "pass"], line
+        assert cells[7] == ("predicted" if row["basis"] == "predicted" else "calibrated: " + ", ".join(row["basis"]))
     assert "numbers reproduced within tolerance" in proc.stdout
     assert "free parameters for" in proc.stdout and "predicted" in proc.stdout
 
