@@ -4,7 +4,8 @@ each campaign stored in the catalog by the worker that ran it, everything readab
 The sweep (default: nested and random x seeds 0-7, 6 trials each: 16 campaigns) runs exactly as
 ``gainloop sweep --catalog URI`` runs it: ``gainloop.sweep.run_task`` on the workers, each worker
 writing its campaign's runs through its own spool and drain into one Tiled server on PostgreSQL
-(``gainloop catalog serve``, started here on a fresh database; a task ends once its runs are in
+(``gainloop catalog serve --processes P``, P = ``--server-processes``, default 2, with the machine's
+Redis as their streaming cache; started here on a fresh database; a task ends once its runs are in
 the catalog). Without PostgreSQL on 127.0.0.1:5432 it says so and runs the embedded mode instead
 (workers return documents, the client spools them into the embedded catalog).
 
@@ -52,12 +53,21 @@ from gainloop.sweep import (
 
 
 def _server_cpu(pid: int | None) -> float:
+    """CPU seconds of the server: its process and every process under it (``--processes N``: the server
+    processes, alive, whose time the parent's ``children_*`` does not hold until they end)."""
     if pid is None:
         return 0.0
     import psutil
 
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system + t.children_user + t.children_system
+    parent = psutil.Process(pid)
+    total = 0.0
+    for p in [parent, *parent.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
 
 
 def _check_readable(cat: Catalog, outs: list[dict]) -> tuple[int, list[str]]:
@@ -113,11 +123,12 @@ def _one_sweep(workers: int, tasks, warm_up, cat: Catalog, server_pid: int | Non
 
 
 def _projection(one: dict) -> list[dict]:
-    """Speedup over 1 worker on N workers (a core each), with one Tiled server (one process: at most one core
-    of work) or one server per 4 workers behind one PostgreSQL; the resource that saturates first.
+    """Speedup over 1 worker on N workers (a core each), with one Tiled server process (at most one core of
+    work) or one server process per 4 workers (``catalog serve --processes``, or several servers) behind one
+    PostgreSQL; the resource that saturates first.
 
-    Campaigns per second: the workers can do N / (worker CPU per campaign), the servers S / (server CPU
-    per campaign); the sweep goes at the smaller rate. 1 worker: the same with N = S = 1 (the server on
+    Campaigns per second: the workers can do N / (worker CPU per campaign), S server processes S / (server
+    CPU per campaign); the sweep goes at the smaller rate. 1 worker: the same with N = S = 1 (the server on
     the other core)."""
     worker = one["worker_cpu_s_per_campaign"]  # campaign + spool + drain, in the worker process
     server = max(one["server_cpu_s_per_campaign"], 1e-9)
@@ -130,11 +141,13 @@ def _projection(one: dict) -> list[dict]:
             rows.append(
                 {
                     "workers": n,
-                    "tiled_servers": servers,
+                    "server_processes": servers,
                     "speedup": rate / rate_1,
                     "bottleneck": "the workers (campaign CPU)"
                     if rate_workers <= rate_servers
-                    else ("the Tiled server process" if servers == 1 else "the Tiled servers (then PostgreSQL)"),
+                    else (
+                        "the Tiled server process" if servers == 1 else "the Tiled server processes (then PostgreSQL)"
+                    ),
                     "server_load": rate * server / servers,
                 }
             )
@@ -147,6 +160,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0-7", help="seeds, e.g. 0-3 or 0,1,2")
     parser.add_argument("--max-trials", type=int, default=6, help="trials of each campaign")
     parser.add_argument("--embedded", action="store_true", help="the embedded catalog, not a server on PostgreSQL")
+    parser.add_argument(
+        "--server-processes",
+        type=int,
+        default=2,
+        help="processes of the Tiled server (catalog serve --processes; more than 1 needs the machine's Redis)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = parser.parse_args()
 
@@ -166,8 +185,9 @@ def main() -> None:
             server = None
             if not args.embedded:
                 try:
-                    server = env.tiled_server(shared=False)
-                    mode = "Tiled on PostgreSQL"
+                    server = env.tiled_server(shared=False, processes=args.server_processes)
+                    plural = "es" if args.server_processes > 1 else ""
+                    mode = f"Tiled on PostgreSQL ({args.server_processes} server process{plural})"
                 except ServiceMissing as exc:
                     print(f"no Tiled server on PostgreSQL ({exc}): the embedded catalog instead")
             if server is None:
@@ -182,6 +202,7 @@ def main() -> None:
     projection = _projection(one)
     result = {
         "catalog": mode,
+        "server_processes": args.server_processes if mode != "embedded" else None,
         "campaigns": len(tasks),
         "trials_each": args.max_trials,
         "runs": one["runs"],
@@ -230,10 +251,10 @@ def main() -> None:
         f"(campaign + spool + drain), Tiled server {one['server_cpu_s_per_campaign']:.2f} CPU s "
         "(PostgreSQL's backends not counted)"
     )
-    print(f"{'projection':<12}{'workers':>8}{'servers':>9}{'speedup':>9}{'server load':>13}  first to saturate")
+    print(f"{'projection':<12}{'workers':>8}{'server procs':>13}{'speedup':>9}{'server load':>13}  first to saturate")
     for row in projection:
         print(
-            f"{'':<12}{row['workers']:>8}{row['tiled_servers']:>9}{row['speedup']:>8.1f}x"
+            f"{'':<12}{row['workers']:>8}{row['server_processes']:>13}{row['speedup']:>8.1f}x"
             f"{row['server_load']:>12.0%}  {row['bottleneck']}"
         )
     print(f"machine: {result['cpus']} CPUs, load average {result['load_average_1min']:.1f} at the end")

@@ -10,7 +10,15 @@
 * served by uvicorn on 127.0.0.1 unless an interface is named, with a single-user
   API key (``--api-key``, else ``$GAINLOOP_TILED_API_KEY``, else
   ``$TILED_SINGLE_USER_API_KEY``, else a random key printed once at start-up).
-  Anonymous access is off: reads and writes without the key get 401.
+  Anonymous access is off: reads and writes without the key get 401;
+* in one process, or in ``--processes N`` (uvicorn's supervisor: N server processes on one
+  socket, each its own event loop and connections to PostgreSQL, restarted if one dies): one
+  process serves requests on one core (the GIL), and a sweep's writers saturate it first. With
+  more than one, tiled's streaming cache (what live subscribers, e.g. ``gainloop watch``, are
+  told) must be shared: ``--redis redis://HOST:PORT/DB`` (a Redis database of its own per
+  catalog: tiled keys it by node id, which each catalog numbers from 1); in memory it would be
+  per process, and a subscriber would miss the writes another process served. A server process
+  whose supervisor is killed (SIGKILL) stops within ~1 s (it checks its parent every second).
 
 Secrets stay secret: the API key is printed at most once (only when generated), URIs
 are printed with their password masked, and every log handler redacts the key, the
@@ -37,18 +45,25 @@ __all__ = [
     "DEFAULT_POSTGRES_URI",
     "ENV_API_KEYS",
     "ENV_POSTGRES_URI",
+    "ENV_REDIS_URI",
     "CatalogServerError",
     "ServerSettings",
     "build_app",
+    "check_redis",
     "ensure_database",
     "init_catalog",
     "mask_password",
     "serve",
+    "server_process_app",
     "startup_line",
 ]
 
 DEFAULT_POSTGRES_URI = "postgresql://postgres@127.0.0.1:5432/gainloop"
 ENV_POSTGRES_URI = "GAINLOOP_POSTGRES_URI"
+ENV_REDIS_URI = "GAINLOOP_REDIS_URI"
+MAX_PROCESSES = 64
+#: Seconds between a server process's checks that its supervisor is alive.
+PARENT_CHECK_S = 1.0
 ENV_API_KEYS = ("GAINLOOP_TILED_API_KEY", "TILED_SINGLE_USER_API_KEY")
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 CONNECT_TIMEOUT_S = 5.0
@@ -104,6 +119,9 @@ class ServerSettings:
     api_key_source: str  # "--api-key", "$GAINLOOP_TILED_API_KEY", ... or "generated"
     host: str = "127.0.0.1"
     port: int = 8000
+    processes: int = 1
+    #: tiled's streaming cache: "memory" (one process) or a Redis URI (shared by the processes)
+    streaming_cache: str = field(default="memory", repr=False)  # a redis:// URI may carry a password
 
     @classmethod
     def resolve(
@@ -116,10 +134,14 @@ class ServerSettings:
         api_key: str | None = None,
         environ: dict[str, str] | None = None,
         api_key_envs: tuple[str, ...] = ENV_API_KEYS,
+        processes: int | None = None,
+        redis: str | None = None,
     ) -> ServerSettings:
         """Settings from explicit values, else the environment, else the defaults.
 
         ``api_key_envs``: the environment variables tried in turn for the key when ``api_key`` is None.
+        ``processes``: server processes (default 1); more than one needs ``redis`` (else ``$GAINLOOP_REDIS_URI``),
+        the URI of the streaming cache they share.
         """
         env = os.environ if environ is None else environ
         uri = _normalise_postgres_uri(postgres or env.get(ENV_POSTGRES_URI) or DEFAULT_POSTGRES_URI)
@@ -136,6 +158,21 @@ class ServerSettings:
         port = 8000 if port is None else port
         if not 0 <= port <= 65535:
             raise CatalogServerError(f"port {port} is out of range (0-65535; 0 picks a free one)")
+        processes = 1 if processes is None else processes
+        if not 1 <= processes <= MAX_PROCESSES:
+            raise CatalogServerError(f"--processes {processes} is out of range (1-{MAX_PROCESSES})")
+        redis = redis or env.get(ENV_REDIS_URI)
+        if redis is not None and urlsplit(redis).scheme not in ("redis", "rediss"):
+            raise CatalogServerError(
+                f"the streaming cache {mask_password(redis)!r} is not a Redis URI (allowed: redis://HOST:PORT/DB, "
+                "rediss://...)"
+            )
+        if processes > 1 and redis is None:
+            raise CatalogServerError(
+                f"--processes {processes} needs a streaming cache the processes share: --redis redis://HOST:PORT/DB "
+                f"(or ${ENV_REDIS_URI}); in memory, a live subscriber (gainloop watch) would miss the writes "
+                "another process served"
+            )
         dbname = unquote(urlsplit(uri).path.lstrip("/"))
         folder = Path(data_dir) if data_dir is not None else gainloop_data_dir() / "server" / dbname
         return cls(
@@ -145,6 +182,8 @@ class ServerSettings:
             api_key_source=source,
             host=host or "127.0.0.1",
             port=port,
+            processes=processes,
+            streaming_cache=redis or "memory",
         )
 
     @property
@@ -167,10 +206,15 @@ class ServerSettings:
         return self.data_dir / "data"
 
     @property
+    def streaming_display(self) -> str:
+        """Where the streaming cache is: "memory", or the Redis URI with its password masked."""
+        return mask_password(self.streaming_cache) if self.streaming_cache != "memory" else "memory"
+
+    @property
     def secret_values(self) -> tuple[str, ...]:
         """Every secret that must never reach a log."""
-        password = urlsplit(self.postgres_uri).password
-        return tuple(s for s in (self.api_key, password, password and unquote(password)) if s)
+        passwords = [urlsplit(u).password for u in (self.postgres_uri, self.streaming_cache) if "://" in u]
+        return tuple(dict.fromkeys(s for s in (self.api_key, *passwords, *(p and unquote(p) for p in passwords)) if s))
 
 
 def _reason(settings: ServerSettings, exc: BaseException) -> str:
@@ -268,7 +312,7 @@ def build_app(settings: ServerSettings):
         settings.catalog_uri,
         writable_storage=[settings.files_dir, settings.tabular_uri],
         init_if_not_exists=False,  # done by init_catalog, without a subprocess
-        cache_config=StreamingCacheConfig(uri="memory").model_dump(),
+        cache_config=StreamingCacheConfig(uri=settings.streaming_cache).model_dump(),
     )
     return tiled_build_app(
         tree,
@@ -344,28 +388,105 @@ def startup_line(settings: ServerSettings, url: str) -> str:
         if settings.api_key_source == "generated"
         else f"API key from {settings.api_key_source}"
     )
+    processes = (
+        f", {settings.processes} processes (streaming cache: Redis at {settings.streaming_display})"
+        if settings.processes > 1
+        else ""
+    )
     return (
-        f"gainloop catalog: Tiled server at {url} on {settings.postgres_display}, files in {settings.files_dir}; {key}"
+        f"gainloop catalog: Tiled server at {url} on {settings.postgres_display}, files in {settings.files_dir}"
+        f"{processes}; {key}"
     )
 
 
+def check_redis(settings: ServerSettings) -> None:
+    """Fail with one clear line if the streaming cache's Redis does not answer (before any process starts)."""
+    if settings.streaming_cache == "memory":
+        return
+    import redis
+
+    try:
+        client = redis.Redis.from_url(settings.streaming_cache, socket_connect_timeout=CONNECT_TIMEOUT_S)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        reason = _redact_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, settings.secret_values)
+        raise CatalogServerError(
+            f"the streaming cache's Redis at {settings.streaming_display} did not answer ({reason}); start it or "
+            "pass another --redis"
+        ) from None
+
+
+def _redact_text(text: str, secrets_: tuple[str, ...]) -> str:
+    for s in secrets_:
+        text = text.replace(s, REDACTED)
+    return text
+
+
+def _exit_with_supervisor(parent_pid: int, period_s: float = PARENT_CHECK_S) -> None:
+    """In a server process of ``--processes N``: stop this process (SIGTERM: uvicorn's graceful shutdown) once
+    its supervisor is gone, whatever ended it (a SIGKILL leaves no one to tell the processes)."""
+    import signal
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(period_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="gainloop-supervisor-watch", daemon=True).start()
+
+
+def server_process_app(settings: ServerSettings, parent_pid: int):
+    """The app of one server process of ``--processes N`` (uvicorn calls it in the process, after its logging
+    is set up): the logs redacted as in one process, and the process ends with its supervisor."""
+    logging.captureWarnings(True)
+    _redact_logs(settings.secret_values)
+    _exit_with_supervisor(parent_pid)
+    return build_app(settings)
+
+
 def serve(settings: ServerSettings, *, out=None) -> None:
-    """Create/initialise the database, start the server and block until it is stopped (Ctrl-C / SIGTERM)."""
+    """Create/initialise the database, start the server and block until it is stopped (Ctrl-C / SIGTERM).
+
+    With ``settings.processes`` > 1: uvicorn's supervisor in this process, that many server processes on
+    the one socket (spawned: each builds its own app), restarted if one dies, all stopped with it."""
+    import functools
+
     import uvicorn
 
     out = out or sys.stdout
+    check_redis(settings)
     ensure_database(settings)
     init_catalog(settings)
-    app = build_app(settings)
     sock = _bind(settings)
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{port}"
-    config = uvicorn.Config(app, log_config=_log_config(), loop="asyncio", lifespan="on")
     logging.captureWarnings(True)  # warnings go through the (redacting) log handlers too
-    _redact_logs(settings.secret_values)
-    print(startup_line(settings, url), file=out, flush=True)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        if settings.processes == 1:
+            app = build_app(settings)
+            config = uvicorn.Config(app, log_config=_log_config(), loop="asyncio", lifespan="on")
+            _redact_logs(settings.secret_values)
+            print(startup_line(settings, url), file=out, flush=True)
+            uvicorn.Server(config).run(sockets=[sock])
+        else:
+            from uvicorn.supervisors import Multiprocess
+
+            config = uvicorn.Config(
+                functools.partial(server_process_app, settings, os.getpid()),
+                factory=True,
+                workers=settings.processes,
+                log_config=_log_config(),
+                loop="asyncio",
+                lifespan="on",
+            )
+            _redact_logs(settings.secret_values)
+            print(startup_line(settings, url), file=out, flush=True)
+            Multiprocess(config, sockets=[sock]).run()
     finally:
         sock.close()

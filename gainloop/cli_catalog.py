@@ -60,6 +60,25 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            "--processes",
+            help="Server processes on the one port (default 1; one process serves on one core). More than one "
+            "needs --redis.",
+            show_default=False,
+        ),
+    ] = None,
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            "--redis",
+            help="Redis URI of the streaming cache the processes share (live subscribers, e.g. gainloop watch), "
+            "a database of its own per catalog, e.g. redis://127.0.0.1:6379/1 (default: $GAINLOOP_REDIS_URI, "
+            "else in memory, one process only).",
+            show_default=False,
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Start a Tiled server for gainloop's runs on PostgreSQL; every request needs the API key.
@@ -80,6 +99,8 @@ def serve(
                 data_dir=pick(data_dir, server.data_dir),
                 api_key=api_key,
                 api_key_envs=tuple(dict.fromkeys((server.api_key_env, *ENV_API_KEYS))),
+                processes=pick(processes, server.processes),
+                redis=pick(redis, server.redis_uri),
             )
             run_server(settings)
     except KeyboardInterrupt:  # pragma: no cover - uvicorn handles Ctrl-C itself

@@ -153,6 +153,12 @@ class ServerSection(_Strict):
     api_key_env: str = Field(
         "GAINLOOP_TILED_API_KEY", pattern=_ENV_NAME, description="environment variable holding the server's API key"
     )
+    processes: int = Field(1, ge=1, le=64, description="server processes on the one port (more than one: redis_uri)")
+    redis_uri: str | None = Field(
+        None,
+        description="Redis URI of the streaming cache the processes share, a database of its own per catalog "
+        "(default: $GAINLOOP_REDIS_URI, else in memory: one process)",
+    )
 
     @model_validator(mode="after")
     def _no_password(self):
@@ -167,6 +173,16 @@ class ServerSection(_Strict):
                 raise ValueError(
                     "postgres_uri must not carry a password (the file is not a secret): "
                     "give the whole URI in $GAINLOOP_POSTGRES_URI instead"
+                )
+        if self.redis_uri is not None:
+            try:
+                has_password = urlsplit(self.redis_uri).password is not None
+            except ValueError as exc:
+                raise ValueError(f"redis_uri is not a URI: {exc}") from None
+            if has_password:
+                raise ValueError(
+                    "redis_uri must not carry a password (the file is not a secret): "
+                    "give the whole URI in $GAINLOOP_REDIS_URI instead"
                 )
         return self
 

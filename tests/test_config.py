@@ -38,6 +38,8 @@ def test_the_example_config_is_valid_and_gives_a_campaign_config():
         ("[sweep]\nscheduler = 'tcp://h:8786'\nworkers = 2\n", "leave them out with a scheduler"),
         ("[sweep]\nworkers = 0\n", "sweep.workers"),
         ("[server]\nhost = ''\n", "server.host"),
+        ("[server]\nprocesses = 0\n", "server.processes"),
+        ("[server]\nredis_uri = 'redis://:pw@h:6379/1'\n", "redis_uri must not carry a password"),
         ("[ioc]\ninterfaces = []\n", "ioc.interfaces"),
         ("[ioc]\ntime_scale = 0\n", "ioc.time_scale"),
     ],

@@ -69,6 +69,8 @@ class TiledServer:
     port: int
     data_dir: Path
     log_dir: Path
+    processes: int = 1
+    redis: str | None = None
 
     def output(self) -> str:
         return "".join(p.read_text() for p in sorted(self.log_dir.glob("*.txt")))
@@ -86,15 +88,27 @@ class TiledServer:
         """Start the server again on the same port, database and key; return the wall seconds it took."""
         self.stop()
         t0 = time.monotonic()
-        self.proc = _spawn(self.postgres_uri, self.port, self.data_dir, self.log_dir, self.api_key)
+        self.proc = _spawn(
+            self.postgres_uri, self.port, self.data_dir, self.log_dir, self.api_key, self.processes, self.redis
+        )
         _wait_healthy(self.proc, self.url, timeout_s, self.log_dir)
         return time.monotonic() - t0
 
 
-def _spawn(postgres_uri: str, port: int, data_dir: Path, log_dir: Path, api_key: str) -> subprocess.Popen:
+def _spawn(
+    postgres_uri: str,
+    port: int,
+    data_dir: Path,
+    log_dir: Path,
+    api_key: str,
+    processes: int = 1,
+    redis: str | None = None,
+) -> subprocess.Popen:
     n = len(list(log_dir.glob("stdout*.txt")))
     out, err = (log_dir / f"stdout{n}.txt").open("w"), (log_dir / f"stderr{n}.txt").open("w")
     args = ["catalog", "serve", "--postgres", postgres_uri, "--port", str(port), "--data-dir", str(data_dir)]
+    if processes > 1:
+        args += ["--processes", str(processes), "--redis", redis]
     with out, err:
         return subprocess.Popen(
             [sys.executable, "-m", "gainloop.cli", *args],
@@ -143,11 +157,13 @@ class FaultEnv:
         return f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
 
     # -- Tiled
-    def tiled_server(self, *, shared: bool = True, timeout_s: float = 60.0) -> TiledServer:
+    def tiled_server(self, *, shared: bool = True, timeout_s: float = 60.0, processes: int = 1) -> TiledServer:
         """A Tiled server on a fresh PostgreSQL database, behind a generated API key.
 
         ``shared``: the same server for every caller of this env (cheap); else a new one
-        (for scenarios that stop and restart it).
+        (for scenarios that stop and restart it). ``processes`` > 1: that many server processes
+        (``--processes``), sharing the machine's Redis (a database chosen by the port) as their
+        streaming cache.
         """
         if shared and self._shared is not None and self._shared.proc.poll() is None:
             return self._shared
@@ -156,8 +172,14 @@ class FaultEnv:
         root = self.workdir / f"tiled-{port}"
         (root / "logs").mkdir(parents=True)
         key = secrets.token_hex(32)
-        proc = _spawn(uri, port, root / "data", root / "logs", key)
-        server = TiledServer(proc, f"http://127.0.0.1:{port}", key, uri, port, root / "data", root / "logs")
+        redis = None
+        if processes > 1:
+            self.require_redis()
+            redis = f"redis://{REDIS_HOST}:{REDIS_PORT}/{1 + port % 15}"
+        proc = _spawn(uri, port, root / "data", root / "logs", key, processes, redis)
+        server = TiledServer(
+            proc, f"http://127.0.0.1:{port}", key, uri, port, root / "data", root / "logs", processes, redis
+        )
         self._servers.append(server)
         _wait_healthy(proc, server.url, timeout_s, server.log_dir)
         if shared:

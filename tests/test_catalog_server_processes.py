@@ -1,0 +1,217 @@
+"""`gainloop catalog serve --processes N --redis URI`: several server processes on one port, one catalog.
+
+Real subprocesses on 127.0.0.1 (a free port, a fresh PostgreSQL database dropped at the end, a Redis
+database of the machine's Redis); skipped only where PostgreSQL or Redis does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from gainloop.catalog_server import CatalogServerError, ServerSettings
+
+pytestmark = pytest.mark.slow(seconds=30)
+
+PG, REDIS = ("127.0.0.1", 5432), ("127.0.0.1", 6379)
+API_KEY = "processes" + uuid.uuid4().hex
+START_TIMEOUT_S = 60.0
+
+
+def _listening(address) -> bool:
+    try:
+        with socket.create_connection(address, timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _pg(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(f"postgresql://postgres@{PG[0]}:{PG[1]}/postgres", timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GAINLOOP_", "TILED_"))}
+    return {**env, "GAINLOOP_TILED_API_KEY": API_KEY}
+
+
+@pytest.fixture
+def database():
+    if not _listening(PG):
+        pytest.skip(f"no PostgreSQL listening on {PG[0]}:{PG[1]} (the catalog server needs one)")
+    if not _listening(REDIS):
+        pytest.skip(f"no Redis listening on {REDIS[0]}:{REDIS[1]} (several server processes share one)")
+    name = f"gainloop_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql://postgres@{PG[0]}:{PG[1]}/{name}"
+    finally:
+        asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _serve(database: str, tmp_path: Path, processes: int = 2):
+    """``gainloop catalog serve --processes N``; (process, url, its server processes) once it answers."""
+    port = _free_port()
+    redis = f"redis://{REDIS[0]}:{REDIS[1]}/{random.randint(8, 15)}"  # a database of its own, mostly
+    with (tmp_path / "serve.txt").open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gainloop.cli", "catalog", "serve", "--postgres", database, "--port", str(port),
+             "--data-dir", str(tmp_path / "data"), "--processes", str(processes), "--redis", redis],
+            stdout=out, stderr=subprocess.STDOUT, env=_env(),
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with httpx.Client(trust_env=False) as client:
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.txt").read_text()
+            assert time.monotonic() < deadline, f"no answer in {START_TIMEOUT_S} s"
+            try:
+                if client.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+    # the server processes (multiprocessing's spawned children; its resource tracker is one more child)
+    while len(servers := _server_processes(proc)) < processes and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(servers) == processes, psutil.Process(proc.pid).children()
+    return proc, url, servers
+
+
+def _server_processes(proc) -> list[psutil.Process]:
+    return [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+
+
+def _kill(proc, servers) -> None:
+    for p in [proc, *servers]:
+        try:
+            p.kill()
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            pass
+    proc.wait(10)
+
+
+def _cpu_s(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return t.user + t.system
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"processes": 0}, r"--processes 0 is out of range \(1-64\)"),
+        ({"processes": 65}, "out of range"),
+        ({"processes": 2}, "needs a streaming cache the processes share: --redis"),
+        ({"processes": 2, "redis": "http://127.0.0.1:6379"}, "is not a Redis URI"),
+    ],
+)
+def test_bad_process_settings_are_clear_errors(tmp_path, kwargs, message):
+    with pytest.raises(CatalogServerError, match=message):
+        ServerSettings.resolve(data_dir=tmp_path, environ={"GAINLOOP_TILED_API_KEY": "abc"}, **kwargs)
+    ok = ServerSettings.resolve(
+        data_dir=tmp_path, environ={"GAINLOOP_TILED_API_KEY": "abc", "GAINLOOP_REDIS_URI": "redis://:pw9@h:1/2"}
+    )
+    assert ok.processes == 1 and ok.streaming_cache == "redis://:pw9@h:1/2"
+    assert ok.streaming_display == "redis://:***@h:1/2" and "pw9" in ok.secret_values and "pw9" not in repr(ok)
+
+
+def test_an_unreachable_redis_is_one_line_and_starts_nothing(tmp_path):
+    port = _free_port()
+    proc = subprocess.run(
+        [sys.executable, "-m", "gainloop.cli", "catalog", "serve", "--port", str(port), "--processes", "2",
+         "--redis", f"redis://127.0.0.1:{_free_port()}/1", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env=_env(),
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: the streaming cache's Redis at redis://127.0.0.1:")
+    assert "Traceback" not in proc.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # nothing was left listening
+
+
+# tiled's subscription calls websockets' connect() the deprecated way (third-party; the watch runs it outside pytest)
+@pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
+def test_two_processes_serve_one_catalog_and_tell_one_subscriber_every_write(database, tmp_path):
+    from tiled.client import from_uri
+
+    proc, url, servers = _serve(database, tmp_path)
+    try:
+        client = from_uri(url, api_key=API_KEY)
+        created: list[str] = []
+        seen = threading.Event()
+        n = 40
+
+        def on_created(update) -> None:
+            created.append(update.key)
+            if len(created) >= n:
+                seen.set()
+
+        sub = client.subscribe()
+        sub.child_created.add_callback(on_created)
+        sub.start_in_thread()
+        time.sleep(1.0)  # (the websocket connected)
+        before = [_cpu_s(p) for p in servers]
+        keys = [f"run{i:02d}" for i in range(n)]
+
+        def create(key: str) -> int:
+            with httpx.Client(trust_env=False, headers={"Authorization": f"Apikey {API_KEY}"}) as http:
+                body = {"structure_family": "container", "metadata": {"i": key}, "specs": [], "data_sources": []}
+                return http.post(f"{url}/api/v1/metadata/", json={**body, "id": key}, timeout=30).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # new connections, 8 at once: both processes accept
+            codes = list(pool.map(create, keys))
+        assert codes == [200] * n
+        # tiled's Redis stream numbers a node's updates with one shared counter, and a subscriber that is told
+        # of update k+1 before the process that took k has stored it skips k: with 8 creations at once in one
+        # container, 1-2 of 40 were missed (all 40 with one process); the watch's safety poll (5 s) catches
+        # those up. One process's own writes alone (a cache in memory per process) would be about half.
+        seen.wait(15)
+        assert set(created) <= set(keys) and len(set(created)) >= n - n // 8, f"told of {len(created)} of {n}"
+        assert sorted(from_uri(url, api_key=API_KEY)) == keys  # one catalog, whichever process wrote
+        used = [_cpu_s(p) - b for p, b in zip(servers, before, strict=True)]
+        assert min(used) > 0.05, f"CPU seconds of each server process meanwhile: {used}"
+        sub.disconnect(wait=True)
+
+        proc.send_signal(signal.SIGKILL)  # the supervisor killed: its server processes follow
+        proc.wait(10)
+        _gone, alive = psutil.wait_procs(servers, timeout=10)
+        assert not alive, f"server processes left running after the supervisor's SIGKILL: {alive}"
+    finally:
+        _kill(proc, servers)
+
+
+def test_sigterm_stops_every_process(database, tmp_path):
+    proc, _url, servers = _serve(database, tmp_path)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        _gone, alive = psutil.wait_procs(servers, timeout=5)
+        assert not alive
+    finally:
+        _kill(proc, servers)
