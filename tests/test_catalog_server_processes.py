@@ -215,3 +215,34 @@ def test_sigterm_stops_every_process(database, tmp_path):
         assert not alive
     finally:
         _kill(proc, servers)
+
+
+def test_the_drain_takes_a_new_connection_for_each_request(database, tmp_path):
+    """A drain into a server of several processes is served by whichever is free: it sends each request on
+    a new connection (one kept-alive connection tied all of a drain's requests to one process, and two
+    workers' drains to the same one in half the sweeps)."""
+    import re
+
+    import bluesky.plans as bp
+    from bluesky import RunEngine
+    from ophyd.sim import det
+
+    from gainloop.catalog import Catalog
+
+    proc, url, servers = _serve(database, tmp_path)
+    try:
+        with Catalog(url, data_dir_path=tmp_path / "client", api_key=API_KEY) as cat:
+            RE = RunEngine({})
+            RE.subscribe(cat.writer())
+            uids = [RE(bp.count([det], num=3))[0] for _ in range(4)]
+            cat.settle(uids=uids)
+            assert all(cat.stored_state(u).state == "complete" for u in uids)
+        time.sleep(0.5)  # (the last access-log lines)
+        log = (tmp_path / "serve.txt").read_text()
+        writes = re.findall(r"127\.0\.0\.1:(\d+) \S+ - \"(?:POST|PUT|PATCH|DELETE) /api/v1/", log)
+        assert len(writes) >= 4 * 6, log[-2000:]  # a run: its node, its stream, table + rows, stop, ...
+        assert len(set(writes)) == len(writes), "the drain sent several requests on one connection"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        _kill(proc, servers)
