@@ -164,25 +164,17 @@ class ServerSection(_Strict):
     def _no_password(self):
         from urllib.parse import urlsplit
 
-        if self.postgres_uri is not None:
+        for key, env in (("postgres_uri", "GAINLOOP_POSTGRES_URI"), ("redis_uri", "GAINLOOP_REDIS_URI")):
+            uri = getattr(self, key)
+            if uri is None:
+                continue
             try:
-                has_password = urlsplit(self.postgres_uri).password is not None
+                has_password = urlsplit(uri).password is not None
             except ValueError as exc:
-                raise ValueError(f"postgres_uri is not a URI: {exc}") from None
+                raise ValueError(f"{key} is not a URI: {exc}") from None
             if has_password:
                 raise ValueError(
-                    "postgres_uri must not carry a password (the file is not a secret): "
-                    "give the whole URI in $GAINLOOP_POSTGRES_URI instead"
-                )
-        if self.redis_uri is not None:
-            try:
-                has_password = urlsplit(self.redis_uri).password is not None
-            except ValueError as exc:
-                raise ValueError(f"redis_uri is not a URI: {exc}") from None
-            if has_password:
-                raise ValueError(
-                    "redis_uri must not carry a password (the file is not a secret): "
-                    "give the whole URI in $GAINLOOP_REDIS_URI instead"
+                    f"{key} must not carry a password (the file is not a secret): give the whole URI in ${env} instead"
                 )
         return self
 

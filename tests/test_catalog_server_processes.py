@@ -24,26 +24,14 @@ import psutil
 import pytest
 
 from gainloop.catalog_server import CatalogServerError, ServerSettings
+from harness.faults._env import free_port as _free_port
+from harness.faults._env import listening
 
 pytestmark = pytest.mark.slow(seconds=30)
 
 PG, REDIS = ("127.0.0.1", 5432), ("127.0.0.1", 6379)
 API_KEY = "processes" + uuid.uuid4().hex
 START_TIMEOUT_S = 60.0
-
-
-def _listening(address) -> bool:
-    try:
-        with socket.create_connection(address, timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _pg(sql: str) -> None:
@@ -63,9 +51,9 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture
 def database():
-    if not _listening(PG):
+    if not listening(*PG):
         pytest.skip(f"no PostgreSQL listening on {PG[0]}:{PG[1]} (the catalog server needs one)")
-    if not _listening(REDIS):
+    if not listening(*REDIS):
         pytest.skip(f"no Redis listening on {REDIS[0]}:{REDIS[1]} (several server processes share one)")
     name = f"gainloop_test_{uuid.uuid4().hex[:12]}"
     asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
