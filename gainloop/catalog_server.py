@@ -12,8 +12,9 @@
   ``$TILED_SINGLE_USER_API_KEY``, else a random key printed once at start-up).
   Anonymous access is off: reads and writes without the key get 401;
 * in one process, or in ``--processes N`` (uvicorn's supervisor: N server processes on one
-  socket, each its own event loop and connections to PostgreSQL, restarted if one dies): one
-  process serves requests on one core (the GIL), and a sweep's writers saturate it first. With
+  socket, each its own event loop and connections to PostgreSQL, replaced if one dies or does not
+  answer its health check for 60 s): one process serves requests on one core (the GIL), and a
+  sweep's writers saturate it first. With
   more than one, tiled's streaming cache (what live subscribers, e.g. ``gainloop watch``, are
   told) must be shared: ``--redis redis://HOST:PORT/DB`` (a Redis database of its own per
   catalog: tiled keys it by node id, which each catalog numbers from 1); in memory it would be
@@ -64,6 +65,10 @@ ENV_REDIS_URI = "GAINLOOP_REDIS_URI"
 MAX_PROCESSES = 64
 #: Seconds between a server process's checks that its supervisor is alive.
 PARENT_CHECK_S = 1.0
+#: Seconds a server process has to answer its supervisor's health check before it is killed and replaced.
+#: uvicorn's default, 5 s, killed processes on a loaded machine (seen in a full test run: a process still
+#: importing, another busy serving), losing the requests in flight; a hung process is still replaced.
+HEALTHCHECK_TIMEOUT_S = 60
 ENV_API_KEYS = ("GAINLOOP_TILED_API_KEY", "TILED_SINGLE_USER_API_KEY")
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 CONNECT_TIMEOUT_S = 5.0
@@ -481,6 +486,7 @@ def serve(settings: ServerSettings, *, out=None) -> None:
                 functools.partial(server_process_app, settings, os.getpid()),
                 factory=True,
                 workers=settings.processes,
+                timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT_S,
                 log_config=_log_config(),
                 loop="asyncio",
                 lifespan="on",
