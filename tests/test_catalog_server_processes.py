@@ -6,7 +6,6 @@ database of the machine's Redis); skipped only where PostgreSQL or Redis does no
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import os
 import random
@@ -24,24 +23,15 @@ import psutil
 import pytest
 
 from gainloop.catalog_server import CatalogServerError, ServerSettings
+from harness.faults import FaultEnv, ServiceMissing
 from harness.faults._env import free_port as _free_port
 from harness.faults._env import listening
 
 pytestmark = pytest.mark.slow(seconds=30)
 
-PG, REDIS = ("127.0.0.1", 5432), ("127.0.0.1", 6379)
+REDIS = ("127.0.0.1", 6379)
 API_KEY = "processes" + uuid.uuid4().hex
 START_TIMEOUT_S = 60.0
-
-
-async def _pg(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(f"postgresql://postgres@{PG[0]}:{PG[1]}/postgres", timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def _env() -> dict[str, str]:
@@ -50,17 +40,15 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture
-def database():
-    if not listening(*PG):
-        pytest.skip(f"no PostgreSQL listening on {PG[0]}:{PG[1]} (the catalog server needs one)")
+def database(tmp_path):
+    """A fresh database on the machine's PostgreSQL (dropped at the end); skipped without PostgreSQL or Redis."""
     if not listening(*REDIS):
         pytest.skip(f"no Redis listening on {REDIS[0]}:{REDIS[1]} (several server processes share one)")
-    name = f"gainloop_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql://postgres@{PG[0]}:{PG[1]}/{name}"
-    finally:
-        asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with FaultEnv(tmp_path / "env") as env:
+        try:
+            yield env.postgres_database()
+        except ServiceMissing as exc:
+            pytest.skip(f"{exc} (the catalog server needs it)")
 
 
 def _serve(database: str, tmp_path: Path, processes: int = 2):
