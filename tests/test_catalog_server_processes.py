@@ -25,7 +25,7 @@ import pytest
 from gainloop.catalog_server import CatalogServerError, ServerSettings
 from harness.faults import FaultEnv, ServiceMissing
 from harness.faults._env import free_port as _free_port
-from harness.faults._env import listening
+from harness.faults._env import listening, wait_healthy
 
 pytestmark = pytest.mark.slow(seconds=30)
 
@@ -62,17 +62,8 @@ def _serve(database: str, tmp_path: Path, processes: int = 2):
             stdout=out, stderr=subprocess.STDOUT, env=_env(),
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
+    wait_healthy(proc, url, START_TIMEOUT_S, tmp_path)  # (its output: tmp_path/serve.txt)
     deadline = time.monotonic() + START_TIMEOUT_S
-    with httpx.Client(trust_env=False) as client:
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.txt").read_text()
-            assert time.monotonic() < deadline, f"no answer in {START_TIMEOUT_S} s"
-            try:
-                if client.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
     # the server processes (multiprocessing's spawned children; its resource tracker is one more child)
     while len(servers := _server_processes(proc)) < processes and time.monotonic() < deadline:
         time.sleep(0.1)

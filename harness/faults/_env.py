@@ -91,7 +91,7 @@ class TiledServer:
         self.proc = _spawn(
             self.postgres_uri, self.port, self.data_dir, self.log_dir, self.api_key, self.processes, self.redis
         )
-        _wait_healthy(self.proc, self.url, timeout_s, self.log_dir)
+        wait_healthy(self.proc, self.url, timeout_s, self.log_dir)
         return time.monotonic() - t0
 
 
@@ -118,7 +118,7 @@ def _spawn(
         )
 
 
-def _wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float, log_dir: Path) -> None:
+def wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float, log_dir: Path) -> None:
     deadline = time.monotonic() + timeout_s
     with httpx.Client(trust_env=False) as client:
         while True:
@@ -181,7 +181,7 @@ class FaultEnv:
             proc, f"http://127.0.0.1:{port}", key, uri, port, root / "data", root / "logs", processes, redis
         )
         self._servers.append(server)
-        _wait_healthy(proc, server.url, timeout_s, server.log_dir)
+        wait_healthy(proc, server.url, timeout_s, server.log_dir)
         if shared:
             self._shared = server
         return server

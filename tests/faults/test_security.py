@@ -38,7 +38,7 @@ import httpx
 import pytest
 
 from harness.faults import ServiceMissing
-from harness.faults._env import PG_HOST, PG_PORT, TiledServer, _wait_healthy, clean_env, free_port
+from harness.faults._env import PG_HOST, PG_PORT, TiledServer, clean_env, free_port, wait_healthy
 from harness.faults.queueserver import Manager
 from harness.ioc import EXAMPLE_BENCH, bound_addresses, caget, twin_ioc
 
@@ -94,7 +94,7 @@ def server(fault_env):
         )  # fmt: skip
     srv = TiledServer(proc, f"http://127.0.0.1:{port}", key, uri, port, root / "data", root / "logs")
     try:
-        _wait_healthy(proc, srv.url, 60.0, srv.log_dir)
+        wait_healthy(proc, srv.url, 60.0, srv.log_dir)
         srv.password = password
         yield srv
     finally:
