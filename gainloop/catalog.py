@@ -124,7 +124,7 @@ class Catalog:
 
             self.location = str(self.data_dir / "catalog")
             self._server = EmbeddedTiledServer(self.location)
-            self._client = self._connect(self._server.uri, None)
+            self._client = self._connect(self._server.uri, None, compress=False)
         else:
             self.location = masked(uri)
             self._api_key = api_key or os.environ.get("TILED_API_KEY")
@@ -172,11 +172,14 @@ class Catalog:
     def new_client(self):
         """Another client of this catalog (the drain's own, off the reader's connection pool)."""
         if self._server is not None:
-            return self._connect(self._server.uri, None)
+            return self._connect(self._server.uri, None, compress=False)
         return self._connect(self.uri, self._api_key)
 
     @staticmethod
-    def _connect(uri: str, api_key: str | None, timeout_s: float = 5.0):
+    def _connect(uri: str, api_key: str | None, timeout_s: float = 5.0, *, compress: bool = True):
+        """A Tiled client of ``uri``. ``compress`` False: ask for uncompressed answers (``Accept-Encoding:
+        identity``), for the embedded server on loopback, where compressing a spectrum array costs both
+        ends CPU and saves no time (a remote server keeps Tiled's default: compressed answers)."""
         import httpx
         from tiled.client import from_uri
 
@@ -192,7 +195,8 @@ class Catalog:
             ) from None
         _check_api_key(uri, api_key, timeout_s)
         try:
-            return from_uri(uri, api_key=api_key) if api_key else from_uri(uri)
+            headers = None if compress else {"accept-encoding": "identity"}
+            return from_uri(uri, api_key=api_key, headers=headers) if api_key else from_uri(uri, headers=headers)
         except Exception as exc:  # httpx connection errors, auth errors, bad URIs
             raise CatalogError(
                 masked(

@@ -52,6 +52,26 @@ def test_a_short_array_reading_comes_back_as_the_same_numbers(catalog):
     assert np.array_equal(got, np.stack([values, values]))
 
 
+def test_the_embedded_catalogs_clients_read_waveforms_uncompressed(catalog):
+    """On loopback, compressing a stored waveform costs the server and the reader CPU and saves no time:
+    the embedded catalog's clients (the readers' and the drain's) ask for it as stored bytes."""
+    import numpy as np
+    from ophyd import Signal
+
+    spectrum = Signal(name="spectrum", value=np.linspace(0.0, 1.0, 512))
+    RE = RunEngine({})
+    RE.subscribe(catalog.writer())
+    (uid,) = RE(bp.count([spectrum], num=20))
+    node = catalog.run(uid)["primary"]["spectrum"]
+    for client in (catalog.client, catalog.new_client()):
+        http = client.context.http_client
+        response = http.get(node.item["links"]["full"], params={"format": "application/octet-stream"})
+        assert response.status_code == 200
+        assert response.headers.get("content-encoding", "identity") == "identity", response.headers
+        assert len(response.content) == 20 * 512 * 8
+    assert np.array_equal(node.read(), np.tile(np.linspace(0.0, 1.0, 512), (20, 1)))
+
+
 def test_the_embedded_catalog_database_is_in_write_ahead_log_mode(tmp_path):
     """Readers and the drain's writes do not block each other (in rollback-journal mode a long read made the
     server answer "database is locked" to the drain), and a catalog made before is switched on opening."""
