@@ -3,23 +3,28 @@ and what storing a run costs.
 
 Side by side in one process, each path on its own fresh ``RunEngine``:
 
-* **twin + spool** (``per_acq_ms``): ``bp.count([spectrometer, pump, slit], num=N)`` of
-  ``sim.devices.twin_bench_devices`` (film mounted, shutter open, exposure 0.01 lab s:
-  the lab clock, no sleeping), the RunEngine subscribed to ``Catalog(...).writer()``
-  of an embedded catalog in a temporary folder: the spool (``gainloop.spool``), drained
-  into the catalog by its background thread. Each timed run starts once the drain has
-  taken the previous ones (``Catalog.settle``), so the drain of one run does not land in
-  the next run's time; its lag (stop document written -> run complete in the catalog)
-  is reported (``lag_median_s``);
-* for reference, **twin + TiledWriter inline** (``inline_writer_ms``): the RunEngine
-  subscribed to a ``TiledWriter`` of the same catalog directly (what the RunEngine paid
-  before the spool: every request to Tiled in its own thread);
+* **gainloop acquisition + spool** (``per_acq_ms``): a run of N acquisitions as every gainloop
+  measurement plan takes them, ``plans.stubs.acquire`` (the spectrometer triggered; it, the pump
+  and the slit read into one event; exposure checked first) on ``sim.devices.twin_bench_devices``
+  (film mounted, shutter open, exposure 0.01 lab s: the lab clock, no sleeping), the RunEngine
+  subscribed to ``Catalog(...).writer()`` of an embedded catalog in a temporary folder: the spool
+  (``gainloop.spool``), drained into the catalog by its background thread. Each timed run starts
+  once the drain has taken the previous ones (``Catalog.settle``), so the drain of one run does not
+  land in the next run's time; its lag (stop document written -> run complete in the catalog) is
+  reported (``lag_median_s``);
+* **bp.count of the same devices + spool** (``per_acq_bp_count_ms``, ``ratio_bp_count``):
+  ``bp.count([spectrometer, pump, slit], num=N)``, the same events through bluesky's own plan stubs
+  (each of which builds a ``bluesky.utils.Plan`` that formats the call stack: the gap between the
+  two rows, see ``--profile``);
+* for reference, **twin + TiledWriter inline** (``inline_writer_ms``): the gainloop acquisitions
+  with the RunEngine subscribed to a ``TiledWriter`` of the same catalog directly (what the
+  RunEngine paid before the spool: every request to Tiled in its own thread);
 * **bare count** (``bare_count_ms``): ``bp.count([ophyd.sim.det], num=N)``, no subscriber;
-* for the breakdown: the twin devices without a writer, ``ophyd.sim.det`` with the
+* for the breakdown: the gainloop acquisitions without a writer, ``ophyd.sim.det`` with the
   writer, and the twin's trigger + read called directly (no RunEngine).
 
-Each figure is the wall time of a run divided by N (the run's open and close are
-included, spread over its N events), after a warm-up run; the paths are timed in
+Each figure is the wall time of a run divided by its events (the run's open and close are
+included, spread over its events), after a warm-up run; the paths are timed in
 interleaved rounds and the median round is reported. ``ratio`` = per_acq_ms / bare_count_ms.
 
 For the breakdown, also: ``bp.count([det1, det2, motor1])`` of three ``ophyd.sim``
@@ -62,10 +67,10 @@ Both into the embedded catalog and, with PostgreSQL on 127.0.0.1:5432, into a
 backends are not counted).
 
 Prints a table and, with --json, one JSON object on the last line: ``per_acq_ms``,
-``bare_count_ms``, ``ratio``, ``replay_events_per_s``, ``storage_cpu_s_per_run``,
-``drain_runs_per_s``, ``storage_requests_per_run`` (the embedded catalog; the ``postgres_*`` keys for the
-server) and the
-breakdown. ``--profile`` adds cProfile's view of one twin + writer run (the RunEngine's thread).
+``bare_count_ms``, ``ratio``, ``per_acq_bp_count_ms``, ``ratio_bp_count``, ``replay_events_per_s``,
+``storage_cpu_s_per_run``, ``drain_runs_per_s``, ``storage_requests_per_run`` (the embedded catalog; the
+``postgres_*`` keys for the server) and the breakdown. ``--profile`` adds cProfile's view of one
+``bp.count`` run of the twin + writer (the RunEngine's thread).
 
 Targets: ratio <= 2x (storage issue; 3x before); replay >= 1e4 events/s; storage CPU per run
 at most a third of ``before``.
@@ -90,6 +95,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import event_model
 import numpy as np
@@ -98,6 +104,7 @@ from ophyd.sim import SynSignal, det, det1, det2, motor, motor1
 
 from gainloop.catalog import Catalog
 from gainloop.replay import run_documents, stream_columns
+from plans.stubs import acquire
 from sim.devices import default_twin_bench_path, twin_bench_devices
 
 RATIO_TARGET = 2.0
@@ -139,10 +146,34 @@ def _run_engine(*subscribers) -> RunEngine:
     return RE
 
 
-def _timed_run(RE: RunEngine, detectors: list, n: int, cat: Catalog | None = None) -> float:
-    """Wall seconds per event of one ``bp.count`` run of ``n`` events (after the drain of earlier runs)."""
+class _Acquisitions:
+    """A run of ``n`` gainloop acquisitions (``plans.stubs.acquire``) of the twin bench; counts its events."""
+
+    def __init__(self, bench, exposure_s: float) -> None:
+        self.bench = bench
+        self.exposure_s = exposure_s
+        self.events = 0
+
+    def add(self, reading: dict) -> None:  # plans.stubs.Collector
+        self.events += 1
+
+    def plan(self, n: int):
+        yield from bps.open_run({"plan_name": "acquisitions", "num_points": n})
+        for _ in range(n):
+            yield from acquire(self.bench, self.exposure_s, self)
+        yield from bps.close_run()
+
+
+def _timed_run(RE: RunEngine, detectors, n: int, cat: Catalog | None = None) -> float:
+    """Wall seconds per event of one run of ``n`` acquisitions (after the drain of earlier runs):
+    ``bp.count(detectors, num=n)``, or gainloop's acquisitions when ``detectors`` is an ``_Acquisitions``."""
     if cat is not None:
         cat.settle()
+    if isinstance(detectors, _Acquisitions):
+        before = detectors.events
+        t0 = time.perf_counter()
+        RE(detectors.plan(n))
+        return (time.perf_counter() - t0) / (detectors.events - before)
     t0 = time.perf_counter()
     RE(bp.count(detectors, num=n))
     return (time.perf_counter() - t0) / n
@@ -185,7 +216,10 @@ def _profile_run(RE: RunEngine, detectors: list, n: int, top: int) -> None:
         for label, (suffix, name) in PROFILE_SPOTS.items():
             if path.endswith(suffix) and func == name:
                 cum[label] = max(cum[label], ct)
-    print(f"\nprofile of one twin + writer run, {n} events, {1e3 * wall / n:.2f} ms/event wall (RunEngine thread;")
+    print(
+        f"\nprofile of one bp.count run of the twin devices + spool, {n} events, "
+        f"{1e3 * wall / n:.2f} ms/event wall (RunEngine thread;"
+    )
     print("the embedded server's own thread is seen as time waiting on HTTP; the spots overlap):")
     for label, ct in cum.items():
         print(f"  {label:<50} {1e3 * ct / n:>8.2f} ms/event ({100 * ct / wall:3.0f}%)")
@@ -464,16 +498,18 @@ def main() -> None:
 
     bench = _twin_bench(args.seed, args.exposure, args.fluence)
     twin_dets = [bench.spectrometer, bench.pump, bench.slit]
+    gainloop_acq = _Acquisitions(bench, args.exposure)
 
     with tempfile.TemporaryDirectory(prefix="gainloop-bench-") as tmp, Catalog(data_dir_path=tmp) as cat:
         # name: (run engine, detectors) -- each a fresh RunEngine; "direct" has none
         from bluesky_tiled_plugins import TiledWriter
 
         paths = {
-            "twin_writer": (_run_engine(cat.writer()), twin_dets),
+            "twin_writer": (_run_engine(cat.writer()), gainloop_acq),
             "bare": (_run_engine(), [det]),
-            "twin_inline": (_run_engine(TiledWriter(cat.new_client())), twin_dets),
-            "twin": (_run_engine(), twin_dets),
+            "twin_count_writer": (_run_engine(cat.writer()), twin_dets),
+            "twin_inline": (_run_engine(TiledWriter(cat.new_client())), gainloop_acq),
+            "twin": (_run_engine(), gainloop_acq),
             "bare_writer": (_run_engine(cat.writer()), [det]),
             "three_sim": (_run_engine(), [det1, det2, motor1]),
             "direct": (None, None),
@@ -502,7 +538,7 @@ def main() -> None:
         per_event_ratio = split["twin_writer"][0] / split["bare"][0]
 
         if args.profile:
-            _profile_run(paths["twin_writer"][0], twin_dets, args.n, args.profile_top)
+            _profile_run(paths["twin_count_writer"][0], twin_dets, args.n, args.profile_top)
 
         cat.settle()
         uid, docs, ingest_rate = _write_replay_run(cat, args.replay_events, args.seed)
@@ -536,6 +572,8 @@ def main() -> None:
         "per_acq_ms": ms["twin_writer"],
         "bare_count_ms": ms["bare"],
         "ratio": ratio,
+        "per_acq_bp_count_ms": ms["twin_count_writer"],
+        "ratio_bp_count": ms["twin_count_writer"] / ms["bare"],
         "replay_events_per_s": replay_rate,
         "storage_cpu_s_per_run": storage["spool"]["cpu_s_per_run"],
         "drain_runs_per_s": storage["spool"]["runs_per_s"],
@@ -577,10 +615,11 @@ def main() -> None:
     print(f"\nplan overhead: ms per acquisition (run wall time / {args.n} events, median of {args.repeats} rounds)")
     print(f"{'path':<52} {'ms/event':>10}")
     rows = [
-        ("RunEngine + twin devices + spool        [per_acq]", "twin_writer"),
+        ("RunEngine + gainloop acquire + spool    [per_acq]", "twin_writer"),
         ("RunEngine + ophyd.sim det, no writer    [bare_count]", "bare"),
-        ("  RunEngine + twin devices + TiledWriter inline", "twin_inline"),
-        ("  RunEngine + twin devices, no writer", "twin"),
+        ("  RunEngine + bp.count(twin devices) + spool", "twin_count_writer"),
+        ("  RunEngine + gainloop acquire + TiledWriter inline", "twin_inline"),
+        ("  RunEngine + gainloop acquire, no writer", "twin"),
         ("  RunEngine + ophyd.sim det + spool", "bare_writer"),
         ("  twin trigger + read, no RunEngine", "direct"),
         ("  RunEngine + 3 ophyd.sim devices, no writer", "three_sim"),
@@ -588,6 +627,10 @@ def main() -> None:
     for label, key in rows:
         print(f"{label:<52} {ms[key]:>10.3f}")
     print(f"ratio per_acq / bare_count: {ratio:.1f}x (target <= {RATIO_TARGET:g}x: {'met' if ok_ratio else 'MISSED'})")
+    print(
+        f"ratio bp.count(twin devices) + spool / bare_count: {result['ratio_bp_count']:.1f}x "
+        "(the same events through bluesky's plan stubs)"
+    )
     print(
         "breakdown per acquisition: twin physics and devices "
         f"{ms['direct']:.2f} ms, RunEngine over the twin {ms['twin'] - ms['direct']:.2f} ms, "
@@ -606,7 +649,7 @@ def main() -> None:
     print(f"{'  Tiled reads alone (stream_columns)':<52} {read_rate:>10.3e}")
     print(f"{'  the same documents into TiledWriter (ingest)':<52} {ingest_rate:>10.3e}")
     print(f"{'  the same documents from memory to the callback':<52} {memory_rate:>10.3e}")
-    print(f"{'  live: RunEngine + twin + TiledWriter (1/per_acq)':<52} {1e3 / ms['twin_writer']:>10.3e}")
+    print(f"{'  live: gainloop acquire + spool (1/per_acq)':<52} {1e3 / ms['twin_writer']:>10.3e}")
     print(f"replay target >= {REPLAY_TARGET:.0e} events/s: {'met' if ok_replay else 'MISSED'}")
     if lags:
         print(

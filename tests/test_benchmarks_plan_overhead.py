@@ -30,6 +30,10 @@ def test_plan_overhead_prints_finite_positive_figures_on_its_last_line():
     for key in KEYS:
         assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, (key, result)
     assert result["ratio"] == pytest.approx(result["per_acq_ms"] / result["bare_count_ms"])
+    # the same events through bp.count, beside gainloop's own acquisitions
+    assert math.isfinite(result["per_acq_bp_count_ms"]) and result["per_acq_bp_count_ms"] > 0
+    assert result["ratio_bp_count"] == pytest.approx(result["per_acq_bp_count_ms"] / result["bare_count_ms"])
+    assert "bp.count(twin devices) + spool" in proc.stdout and "gainloop acquire + spool" in proc.stdout
     assert result["replay_events"] == 10 and result["n"] == 2
     assert math.isfinite(result["three_sim_devices_ms"]) and result["three_sim_devices_ms"] > 0
     # the per-run / per-event split needs runs longer than the 2-event ones: null, not NaN, at --n 2
