@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -134,8 +135,8 @@ def test_the_page_follows_a_queueserver_twin_campaign_keeps_the_key_and_pauses_r
             # paused (at the RunEngine's next checkpoint, possibly inside a fluence scan): nothing more is
             # measured; the page shows the trials the catalog holds finished
             # (a loaded machine's drain can stall a few seconds with trials still in the worker's spool: a full run saw
-            # 4 more trials arrive after 3 quiet seconds)
-            paused_at = _settled_finished_in_catalog(server, uid, tmp_path, quiet_s=8.0)
+            # 4 more trials arrive after 3 quiet seconds; settled = no ended run left in that spool, then quiet)
+            paused_at = _settled_finished_in_catalog(server, uid, tmp_path, manager.data_dir / "spool", quiet_s=8.0)
             browser.wait(f"{FINISHED_JS} === {paused_at}", 30)
             time.sleep(2.0)
             assert manager.api.status()["manager_state"] == "paused"
@@ -200,18 +201,40 @@ def test_the_page_follows_a_queueserver_twin_campaign_keeps_the_key_and_pauses_r
     assert "Traceback" not in watch.output()
 
 
-def _settled_finished_in_catalog(server, uid: str, tmp_path, quiet_s: float = 3.0, timeout_s: float = 60.0) -> int:
-    """``_finished_in_catalog`` once it has not changed for ``quiet_s``: a trial that ended just before the pause
-    reaches the catalog through the worker's spool and drain, a second or more after its stop document."""
+def _settled_finished_in_catalog(
+    server, uid: str, tmp_path, worker_spool: Path, quiet_s: float = 3.0, timeout_s: float = 90.0
+) -> int:
+    """``_finished_in_catalog`` once the worker's spool holds no ended run (every run whose stop document it
+    wrote is in the catalog) and the count has not changed for ``quiet_s``: a trial that ended just before the
+    pause reaches the catalog through the worker's spool and drain, a second or more after its stop document."""
+    assert worker_spool.is_dir(), f"no worker spool at {worker_spool}"
     deadline = time.monotonic() + timeout_s
     last, since = _finished_in_catalog(server, uid, tmp_path), time.monotonic()
-    while time.monotonic() - since < quiet_s:
-        assert time.monotonic() < deadline, f"the finished trials in the catalog kept changing ({last})"
+    while time.monotonic() - since < quiet_s or _ended_runs_in_spool(worker_spool):
+        assert time.monotonic() < deadline, (
+            f"the finished trials in the catalog kept changing ({last}), or the worker's spool kept ended runs "
+            f"({_ended_runs_in_spool(worker_spool)})"
+        )
         time.sleep(0.5)
         now = _finished_in_catalog(server, uid, tmp_path)
         if now != last:
             last, since = now, time.monotonic()
     return last
+
+
+def _ended_runs_in_spool(folder: Path) -> list[str]:
+    """Spool files in ``folder`` that hold a stop document (ended runs the drain has not taken yet)."""
+    from gainloop.spool import read_spool_file
+
+    ended = []
+    for path in sorted(folder.glob("*.jsonl")):
+        try:
+            docs, _, _ = read_spool_file(path)
+        except FileNotFoundError:  # drained meanwhile
+            continue
+        if any(name == "stop" for name, _ in docs):
+            ended.append(path.name)
+    return ended
 
 
 def _finished_in_catalog(server, uid: str, tmp_path) -> int:
