@@ -417,17 +417,10 @@ def check_redis(settings: ServerSettings) -> None:
         finally:
             client.close()
     except (redis.RedisError, OSError, ValueError) as exc:
-        reason = _redact_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, settings.secret_values)
         raise CatalogServerError(
-            f"the streaming cache's Redis at {settings.streaming_display} did not answer ({reason}); start it or "
-            "pass another --redis"
+            f"the streaming cache's Redis at {settings.streaming_display} did not answer "
+            f"({_reason(settings, exc)}); start it or pass another --redis"
         ) from None
-
-
-def _redact_text(text: str, secrets_: tuple[str, ...]) -> str:
-    for s in secrets_:
-        text = text.replace(s, REDACTED)
-    return text
 
 
 def _exit_with_supervisor(parent_pid: int, period_s: float = PARENT_CHECK_S) -> None:

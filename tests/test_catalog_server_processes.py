@@ -46,9 +46,10 @@ def database(tmp_path):
         pytest.skip(f"no Redis listening on {REDIS[0]}:{REDIS[1]} (several server processes share one)")
     with FaultEnv(tmp_path / "env") as env:
         try:
-            yield env.postgres_database()
+            uri = env.postgres_database()
         except ServiceMissing as exc:
             pytest.skip(f"{exc} (the catalog server needs it)")
+        yield uri
 
 
 def _serve(database: str, tmp_path: Path, processes: int = 2):
